@@ -1,0 +1,108 @@
+# cmultiprocessing: libcmp (C library) + the _cmp CPython extension.
+#
+#   make            libcmp.a, libcmp.so and the extension (in place)
+#   make test       every test: C (Criterion) and Python (pytest)
+#   make sanitize   the same tests built with ASan + UBSan
+#   make bench      stdlib vs cmultiprocessing, side by side
+#   make demo       the examples on cmultiprocessing, then the bench table
+#   make install    library, header and cmp.pc under $(PREFIX)
+#
+# `make deps` (run by test, demo and bench) installs missing Debian packages.
+
+PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo python3)
+PREFIX ?= /usr/local
+BUILD ?= build
+
+CC ?= cc
+CFLAGS_BASE := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -fPIC -Iinclude -Isrc
+OPT ?= -O2 -g
+SAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+CFLAGS_ALL := $(CFLAGS_BASE) $(OPT) $(EXTRA_CFLAGS)
+LDLIBS := -lpthread -lm
+
+PY_INCLUDE := $(shell $(PYTHON) -c "import sysconfig; print(sysconfig.get_paths()['include'])" 2>/dev/null)
+PY_EXT := $(shell $(PYTHON) -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))" 2>/dev/null)
+
+LIB_SRC := $(sort $(wildcard src/*.c))
+LIB_OBJ := $(LIB_SRC:src/%.c=$(BUILD)/lib/%.o)
+EXT_SRC := $(sort $(wildcard python/cmultiprocessing/_cmp/*.c))
+EXT_OBJ := $(EXT_SRC:python/cmultiprocessing/_cmp/%.c=$(BUILD)/ext/%.o)
+EXT := python/cmultiprocessing/_cmp$(PY_EXT)
+CTEST_SRC := $(sort $(wildcard tests/c/test_*.c))
+CEXAMPLE_SRC := $(sort $(wildcard examples/c/*.c))
+CEXAMPLES := $(CEXAMPLE_SRC:examples/c/%.c=$(BUILD)/examples/%)
+
+.PHONY: all lib ext test test-c test-python sanitize bench demo install deps clean format
+
+all: lib ext $(CEXAMPLES)
+
+lib: $(BUILD)/libcmp.a $(BUILD)/libcmp.so
+
+ext: $(EXT)
+
+$(BUILD)/lib/%.o: src/%.c include/cmp.h $(wildcard src/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -c $< -o $@
+
+$(BUILD)/libcmp.a: $(LIB_OBJ)
+	ar rcs $@ $^
+
+$(BUILD)/libcmp.so: $(LIB_OBJ)
+	$(CC) $(CFLAGS_ALL) -shared -Wl,-soname,libcmp.so.0 -o $@ $^ $(LDLIBS)
+
+$(BUILD)/ext/%.o: python/cmultiprocessing/_cmp/%.c python/cmultiprocessing/_cmp/_cmp.h include/cmp.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -I$(PY_INCLUDE) -c $< -o $@
+
+$(EXT): $(EXT_OBJ) $(BUILD)/libcmp.a
+	$(CC) $(CFLAGS_ALL) -shared -o $@ $(EXT_OBJ) $(BUILD)/libcmp.a $(LDLIBS)
+
+$(BUILD)/examples/%: examples/c/%.c $(BUILD)/libcmp.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -o $@ $< $(BUILD)/libcmp.a $(LDLIBS)
+
+$(BUILD)/test_c: $(CTEST_SRC) tests/c/helpers.h $(BUILD)/libcmp.a
+	$(CC) $(CFLAGS_ALL) -Itests/c -o $@ $(CTEST_SRC) $(BUILD)/libcmp.a -lcriterion $(LDLIBS)
+
+deps:
+	@./scripts/install-deps.sh
+
+test: deps
+	@$(MAKE) --no-print-directory all $(BUILD)/test_c
+	@PYTHON=$(PYTHON) BUILD=$(BUILD) ./scripts/run-tests.sh
+
+test-c: all $(BUILD)/test_c
+	$(BUILD)/test_c
+
+test-python: all
+	cd tests/python && $(PYTHON) -m pytest -q
+
+# Sanitized build in its own tree; the Python interpreter is not
+# instrumented, so the runtime is preloaded into it.
+SAN_PKG := build/san/pkg/cmultiprocessing
+sanitize: deps
+	@rm -rf $(SAN_PKG) && mkdir -p $(SAN_PKG) && cp -r python/cmultiprocessing/. $(SAN_PKG)/ \
+		&& rm -f $(SAN_PKG)/_cmp*.so
+	@$(MAKE) --no-print-directory BUILD=build/san EXTRA_CFLAGS="$(SAN_FLAGS)" OPT="-O1 -g" \
+		EXT=$(SAN_PKG)/_cmp$(PY_EXT) lib $(SAN_PKG)/_cmp$(PY_EXT) build/san/test_c
+	@PYTHON=$(PYTHON) BUILD=build/san CMP_PKG_DIR=build/san/pkg SANITIZE=1 ./scripts/run-tests.sh
+
+bench: deps all
+	$(PYTHON) bench/bench.py
+
+demo: deps all
+	@./scripts/demo.sh $(PYTHON)
+
+install: lib
+	install -d $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig
+	install -m 644 $(BUILD)/libcmp.a $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 $(BUILD)/libcmp.so $(DESTDIR)$(PREFIX)/lib/libcmp.so.0
+	ln -sf libcmp.so.0 $(DESTDIR)$(PREFIX)/lib/libcmp.so
+	install -m 644 include/cmp.h $(DESTDIR)$(PREFIX)/include/
+	sed 's|@PREFIX@|$(PREFIX)|' cmp.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/cmp.pc
+
+format:
+	clang-format -i include/*.h src/*.[ch] python/cmultiprocessing/_cmp/*.[ch] tests/c/*.[ch] examples/c/*.c
+
+clean:
+	rm -rf build python/cmultiprocessing/_cmp*.so

@@ -1,0 +1,305 @@
+/*
+ * libcmp — process-based parallelism for C: processes, shared memory and
+ * futex-based synchronization that works across fork().
+ *
+ * Conventions (the whole API follows them):
+ *  - A function that can fail returns 0 (or a count) on success and a
+ *    negative errno on failure; it never reports through errno.
+ *    A timeout is -ETIMEDOUT, a failed non-blocking attempt -EAGAIN, and a
+ *    blocking wait interrupted by a signal returns -EINTR so that the caller
+ *    can run its signal handlers and retry with the time that is left.
+ *  - Deadlines are absolute CLOCK_MONOTONIC times; NULL means "wait forever".
+ *    Build one from a relative timeout with cmp_deadline_after().
+ *  - Objects that live in shared memory (locks, semaphores, ...) are
+ *    fixed-size, hold no pointers, and have an init function. Place them in
+ *    memory that every process maps (cmp_shared_alloc(), a cmp_shm_t
+ *    segment, or your own MAP_SHARED mapping) before forking. Their fields
+ *    are private.
+ *  - Acquire functions of owned locks return CMP_OWNER_DIED (> 0) instead
+ *    of 0 when they succeeded by recovering a lock whose holder died.
+ *
+ * Linux only (futex, memfd, pidfd).
+ */
+#ifndef CMP_H
+#define CMP_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <time.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------------
+ * Types (fields are private; sizes and layouts are part of the ABI)
+ * ------------------------------------------------------------------------ */
+
+/* A mapped shared-memory segment (process-local handle). */
+typedef struct cmp_shm {
+    int fd;       /* memfd, O_CLOEXEC */
+    void *addr;   /* where this process maps it */
+    size_t size;
+} cmp_shm_t;
+
+/* A reference, local to this process, to a block of the shared heap. */
+typedef struct cmp_shared cmp_shared_t;
+
+/* Non-recursive lock. Any process may release it (like a binary semaphore);
+ * the word records the pid of the last acquirer so that a dead holder can
+ * be detected. */
+typedef struct cmp_lock {
+    uint32_t state; /* 0 = free, else holder pid | CMP__LOCK_WAITERS */
+} cmp_lock_t;
+
+/* Recursive lock owned by one thread of one process. */
+typedef struct cmp_rlock {
+    cmp_lock_t lock;
+    uint32_t count;  /* recursion depth, touched only by the owner */
+    uint32_t owner;  /* kernel thread id of the owner, 0 when free */
+} cmp_rlock_t;
+
+/* Counting semaphore with an optional upper bound. */
+typedef struct cmp_sem {
+    uint32_t value;   /* futex word */
+    uint32_t waiters;
+    uint32_t max;     /* CMP_SEM_VALUE_MAX when unbounded */
+} cmp_sem_t;
+
+/* Manual-reset event. */
+typedef struct cmp_event {
+    uint32_t flag;    /* futex word: 0 clear, 1 set */
+    uint32_t waiters;
+} cmp_event_t;
+
+/* Condition variable, usable with cmp_lock_t or cmp_rlock_t. */
+typedef struct cmp_cond {
+    cmp_lock_t guard;  /* protects the counters below */
+    uint32_t seq;      /* futex word, bumped by every notify */
+    uint32_t nwaiters; /* processes/threads inside wait */
+    uint32_t nsignals; /* wake-ups granted but not yet consumed */
+} cmp_cond_t;
+
+/* Reusable barrier (the semantics of Python's threading.Barrier). */
+typedef struct cmp_barrier {
+    cmp_lock_t guard;
+    uint32_t seq;        /* futex word, bumped on every state change */
+    uint32_t parties;
+    uint32_t count;      /* arrivals in the current round */
+    uint32_t state;      /* private: filling, draining, resetting, broken */
+    uint32_t generation;
+} cmp_barrier_t;
+
+/* A child process (process-local handle). */
+typedef struct cmp_process {
+    pid_t pid;
+    int pidfd;      /* -1 once closed */
+    int status;     /* raw wait status, valid when reaped != 0 */
+    int reaped;
+} cmp_process_t;
+
+/* ------------------------------------------------------------------------
+ * Errors and time
+ * ------------------------------------------------------------------------ */
+
+/* Returned (> 0) by acquire functions that succeeded by taking over a lock
+ * whose holder process died while holding it. The protected data may be
+ * inconsistent; the caller now holds the lock. */
+#define CMP_OWNER_DIED 1
+
+/* Message for a return value of this API (negative errno or
+ * CMP_OWNER_DIED). Never NULL. */
+const char *cmp_strerror(int err);
+
+/* Fills *out with now + seconds on CLOCK_MONOTONIC. Negative seconds count
+ * as 0. Returns 0, or -EINVAL for NaN. */
+int cmp_deadline_after(double seconds, struct timespec *out);
+
+/* Seconds left until deadline (0 if past). NULL deadline → +infinity. */
+double cmp_deadline_remaining(const struct timespec *deadline);
+
+/* ------------------------------------------------------------------------
+ * Shared memory
+ * ------------------------------------------------------------------------ */
+
+/* Creates an anonymous memfd segment of size bytes, mapped shared and
+ * zero-filled. The kernel frees it when the last process unmaps it.
+ * name is only a label for /proc (may be NULL).
+ * Returns 0, -EINVAL (size 0), or a negative errno from memfd/mmap. */
+int cmp_shm_create(cmp_shm_t *shm, size_t size, const char *name);
+
+/* Maps an existing segment from its fd (for example one received from
+ * another process). Takes ownership of fd on success. */
+int cmp_shm_attach(cmp_shm_t *shm, int fd, size_t size);
+
+/* Unmaps the segment and closes its fd in this process. */
+void cmp_shm_detach(cmp_shm_t *shm);
+
+/* Allocates size bytes (zeroed, 64-byte aligned) from the process-wide
+ * shared heap, which lives in memfd segments and is inherited across fork.
+ * The block is reference-counted per process: a fork gives the child its
+ * own reference to every block this process holds, so a block is reused
+ * only once no process holds it any more.
+ * Returns 0 and sets *out, -EINVAL for size 0, -ENOMEM. */
+int cmp_shared_alloc(size_t size, cmp_shared_t **out);
+
+/* Address of the block in this process. */
+void *cmp_shared_ptr(const cmp_shared_t *ref);
+
+/* Usable size of the block as requested. */
+size_t cmp_shared_size(const cmp_shared_t *ref);
+
+/* Takes another local reference to the block. */
+void cmp_shared_retain(cmp_shared_t *ref);
+
+/* Drops a local reference; when this process holds no more, drops the
+ * process's reference to the block, freeing it when it was the last. */
+void cmp_shared_release(cmp_shared_t *ref);
+
+/* Drops every reference this process holds. A child about to _exit()
+ * calls it so that blocks it inherited can be reused. */
+void cmp_shared_release_all(void);
+
+/* ------------------------------------------------------------------------
+ * Synchronization
+ * ------------------------------------------------------------------------ */
+
+#define CMP__LOCK_WAITERS 0x80000000u
+#define CMP_SEM_VALUE_MAX 0x7fffffffu
+
+/* Lock. acquire: 0, CMP_OWNER_DIED, -ETIMEDOUT, -EINTR.
+ * tryacquire: 0, CMP_OWNER_DIED, -EAGAIN.
+ * release: 0, or -EPERM when the lock is not held. */
+void cmp_lock_init(cmp_lock_t *lock);
+int cmp_lock_acquire(cmp_lock_t *lock, const struct timespec *deadline);
+int cmp_lock_tryacquire(cmp_lock_t *lock);
+int cmp_lock_release(cmp_lock_t *lock);
+/* 1 when held by anyone, 0 when free. */
+int cmp_lock_is_locked(const cmp_lock_t *lock);
+
+/* Recursive lock. acquire as for cmp_lock_t (a re-entry returns 0).
+ * release: 0, or -EPERM when the calling thread does not own it. */
+void cmp_rlock_init(cmp_rlock_t *rlock);
+int cmp_rlock_acquire(cmp_rlock_t *rlock, const struct timespec *deadline);
+int cmp_rlock_tryacquire(cmp_rlock_t *rlock);
+int cmp_rlock_release(cmp_rlock_t *rlock);
+/* 1 when the calling thread owns it. */
+int cmp_rlock_is_mine(const cmp_rlock_t *rlock);
+/* Recursion depth held by the calling thread (0 if not the owner). */
+uint32_t cmp_rlock_count(const cmp_rlock_t *rlock);
+/* Releases every level at once and returns the depth released (for
+ * condition waits), or -EPERM. */
+int cmp_rlock_release_all(cmp_rlock_t *rlock);
+/* Re-acquires with a saved depth. Returns as cmp_rlock_acquire. */
+int cmp_rlock_acquire_count(cmp_rlock_t *rlock, uint32_t count,
+                            const struct timespec *deadline);
+
+/* Semaphore. max = CMP_SEM_VALUE_MAX for an unbounded one.
+ * init: 0, or -EINVAL when value > max.
+ * acquire: 0, -ETIMEDOUT, -EINTR; tryacquire: 0, -EAGAIN.
+ * release: 0, or -EOVERFLOW when it would exceed max. */
+int cmp_sem_init(cmp_sem_t *sem, uint32_t value, uint32_t max);
+int cmp_sem_acquire(cmp_sem_t *sem, const struct timespec *deadline);
+int cmp_sem_tryacquire(cmp_sem_t *sem);
+int cmp_sem_release(cmp_sem_t *sem);
+uint32_t cmp_sem_value(const cmp_sem_t *sem);
+
+/* Event. wait: 0 once set, -ETIMEDOUT, -EINTR. */
+void cmp_event_init(cmp_event_t *event);
+void cmp_event_set(cmp_event_t *event);
+void cmp_event_clear(cmp_event_t *event);
+int cmp_event_is_set(const cmp_event_t *event);
+int cmp_event_wait(cmp_event_t *event, const struct timespec *deadline);
+
+/* Condition. The caller holds the lock; wait releases it (all levels of an
+ * rlock), sleeps until notified or the deadline, and re-acquires it before
+ * returning, also on timeout and on -EINTR.
+ * wait: 0 when notified, -ETIMEDOUT, -EINTR (lock held again in all three
+ * cases); CMP_OWNER_DIED when notified or timed out and re-acquiring took
+ * over from a dead holder. -EPERM if the caller does not hold the lock.
+ * notify wakes up to n waiters and returns how many it woke. */
+void cmp_cond_init(cmp_cond_t *cond);
+int cmp_cond_wait_lock(cmp_cond_t *cond, cmp_lock_t *lock,
+                       const struct timespec *deadline);
+int cmp_cond_wait_rlock(cmp_cond_t *cond, cmp_rlock_t *rlock,
+                        const struct timespec *deadline);
+int cmp_cond_notify(cmp_cond_t *cond, uint32_t n);
+int cmp_cond_notify_all(cmp_cond_t *cond);
+/* Split form for callers that release and re-acquire their own lock
+ * (a binding with its own lock objects): register as a waiter while still
+ * holding the lock, release it, then sleep. */
+int cmp_cond_prepare_wait(cmp_cond_t *cond, uint32_t *ticket);
+int cmp_cond_sleep(cmp_cond_t *cond, uint32_t ticket,
+                   const struct timespec *deadline);
+
+/* Barrier. action (may be NULL) runs in the last process to arrive, before
+ * the others are released; a nonzero return breaks the barrier.
+ * wait: the arrival index 0..parties-1, -EPIPE when the barrier is or
+ * becomes broken (timeout, abort, reset while waiting, failed action:
+ * those waiting all get -EPIPE; the one whose deadline passed breaks it and
+ * gets -ETIMEDOUT), -EINTR (the barrier is left as it was: the caller
+ * withdraws). init: -EINVAL for parties 0. */
+typedef int (*cmp_barrier_action_fn)(void *arg);
+int cmp_barrier_init(cmp_barrier_t *barrier, uint32_t parties);
+int cmp_barrier_wait(cmp_barrier_t *barrier, const struct timespec *deadline,
+                     cmp_barrier_action_fn action, void *arg);
+void cmp_barrier_abort(cmp_barrier_t *barrier);
+void cmp_barrier_reset(cmp_barrier_t *barrier);
+uint32_t cmp_barrier_parties(const cmp_barrier_t *barrier);
+uint32_t cmp_barrier_n_waiting(const cmp_barrier_t *barrier);
+int cmp_barrier_broken(const cmp_barrier_t *barrier);
+
+/* ------------------------------------------------------------------------
+ * Processes
+ * ------------------------------------------------------------------------ */
+
+/* Child gets SIGKILL when the parent process dies. */
+#define CMP_PROCESS_DIE_WITH_PARENT 0x1u
+
+/* Runs in the child; its return value is the exit status (0..255). */
+typedef int (*cmp_process_fn)(void *arg);
+
+/* Forks a child that runs fn(arg), flushes stdio and _exit()s with its
+ * return value. Returns 0, -EINVAL for unknown flags, or a negative errno
+ * from fork/pidfd_open. */
+int cmp_process_start(cmp_process_t *proc, cmp_process_fn fn, void *arg,
+                      unsigned flags);
+
+/* Waits for the child to exit and reaps it. 0, -ETIMEDOUT, -EINTR,
+ * -ECHILD if it was reaped elsewhere. */
+int cmp_process_join(cmp_process_t *proc, const struct timespec *deadline);
+
+/* Reaps the child if it has exited, without blocking: 1 exited, 0 running. */
+int cmp_process_poll(cmp_process_t *proc);
+
+/* 1 while the child runs (not reaped and not exited), 0 otherwise. */
+int cmp_process_is_alive(cmp_process_t *proc);
+
+/* Sends sig (0 on success, -ESRCH once reaped). terminate = SIGTERM,
+ * kill = SIGKILL. */
+int cmp_process_signal(cmp_process_t *proc, int sig);
+int cmp_process_terminate(cmp_process_t *proc);
+int cmp_process_kill(cmp_process_t *proc);
+
+/* Exit code as Python reports it: the exit status, or -signum for a child
+ * killed by a signal. Returns 0 and sets *code, or -EAGAIN while running. */
+int cmp_process_exitcode(cmp_process_t *proc, int *code);
+
+/* An fd that polls readable once the child has exited (a pidfd). */
+int cmp_process_sentinel(const cmp_process_t *proc);
+
+/* Releases the handle's fd. The child keeps running if it still is. */
+void cmp_process_close(cmp_process_t *proc);
+
+/* Pid of the calling process, cached (valid after fork). */
+pid_t cmp_self_pid(void);
+
+/* 1 if the process exists and is not a zombie, 0 otherwise. */
+int cmp_pid_alive(pid_t pid);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* CMP_H */

@@ -1,0 +1,125 @@
+/*
+ * Shared declarations of the _cmp extension: module state and the init
+ * function of each concept file (one file per concept, mirroring src/).
+ */
+#ifndef CMP_PY_CMP_H
+#define CMP_PY_CMP_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "cmp.h"
+
+/* Python 3.9 lacks a few conveniences of 3.10. */
+#if PY_VERSION_HEX < 0x030A0000
+static inline int PyModule_AddObjectRef(PyObject *m, const char *name, PyObject *v)
+{
+    Py_INCREF(v);
+    if (PyModule_AddObject(m, name, v) < 0) {
+        Py_DECREF(v);
+        return -1;
+    }
+    return 0;
+}
+static inline PyObject *Py_NewRef(PyObject *o)
+{
+    Py_INCREF(o);
+    return o;
+}
+#endif
+
+typedef struct {
+    /* synchronization (lock.c, rlock.c, semaphore.c, event.c, condition.c,
+     * barrier.c) */
+    PyTypeObject *Lock_type;
+    PyTypeObject *RLock_type;
+    PyTypeObject *Semaphore_type;
+    PyTypeObject *BoundedSemaphore_type;
+    PyTypeObject *Event_type;
+    PyTypeObject *Condition_type;
+    PyTypeObject *Barrier_type;
+    PyObject *BrokenBarrierError;      /* threading.BrokenBarrierError */
+    PyObject *AbandonedLockWarning;    /* a holder died; see errors.c */
+    /* processes (process.c, context.c) */
+    PyTypeObject *Process_type;
+    PyTypeObject *Context_type;
+    /* shared memory (sharedctypes.c) */
+    PyTypeObject *SharedBlock_type;
+    PyTypeObject *Synchronized_type;
+    PyTypeObject *SynchronizedArray_type;
+    /* exceptions (errors.c), same hierarchy as multiprocessing's */
+    PyObject *ProcessError;
+    PyObject *BufferTooShort;
+    PyObject *TimeoutError;
+    PyObject *AuthenticationError;
+} cmp_py_state;
+
+extern PyModuleDef cmp_py_module_def;
+
+/* State of the module that defined tp or one of its bases (subclasses
+ * written in Python have no module of their own). Never NULL once the
+ * module is initialized. */
+cmp_py_state *cmp_py_state_of_type(PyTypeObject *tp);
+/* State for module-level functions. */
+static inline cmp_py_state *cmp_py_state_of_module(PyObject *module)
+{
+    return (cmp_py_state *)PyModule_GetState(module);
+}
+
+/* Adds a heap type made from spec to the module and returns it (new ref
+ * kept in the state by the caller), or NULL with an exception. */
+PyTypeObject *cmp_py_add_type(PyObject *module, PyType_Spec *spec, PyObject *base);
+
+/* Converts a Python timeout (None, or a number of seconds) into a deadline.
+ * Returns 0 and sets *out (NULL for None) using storage, or -1 with an
+ * exception set. */
+int cmp_py_deadline(PyObject *timeout, struct timespec *storage,
+                    const struct timespec **out);
+
+/* Raises the Python exception for a negative libcmp return value (OSError
+ * with errno by default) and returns NULL. */
+PyObject *cmp_py_raise(int err);
+
+/* Warns that a lock was taken over from a holder process that died
+ * (AbandonedLockWarning). Returns 0, or -1 if the warning was turned into an
+ * exception (the lock is then still held by the caller). */
+int cmp_py_warn_abandoned(PyTypeObject *tp, const char *what);
+
+/* The Lock and RLock objects, visible to condition.c and sharedctypes.c,
+ * which act on the lock directly instead of through method calls. */
+typedef struct {
+    PyObject_HEAD
+    cmp_shared_t *block; /* keeps the shared memory alive */
+    cmp_lock_t *lock;    /* inside block */
+} cmp_py_lock;
+
+typedef struct {
+    PyObject_HEAD
+    cmp_shared_t *block;
+    cmp_rlock_t *rlock;
+} cmp_py_rlock;
+
+/* Acquire (blocking, no timeout) and release any lock object: directly for
+ * this module's Lock and RLock, through acquire()/release() otherwise.
+ * Blocking waits release the GIL and run signal handlers.
+ * Return 0, or -1 with an exception set. (lock.c) */
+int cmp_py_lock_acquire_any(PyObject *lock);
+int cmp_py_lock_release_any(PyObject *lock);
+
+/* Per-concept module initialization, called from module.c's exec slot. */
+int cmp_py_errors_init(PyObject *module, cmp_py_state *st);
+int cmp_py_lock_init(PyObject *module, cmp_py_state *st);
+int cmp_py_rlock_init(PyObject *module, cmp_py_state *st);
+int cmp_py_semaphore_init(PyObject *module, cmp_py_state *st);
+int cmp_py_event_init(PyObject *module, cmp_py_state *st);
+int cmp_py_condition_init(PyObject *module, cmp_py_state *st);
+int cmp_py_barrier_init(PyObject *module, cmp_py_state *st);
+int cmp_py_process_init(PyObject *module, cmp_py_state *st);
+int cmp_py_context_init(PyObject *module, cmp_py_state *st);
+int cmp_py_sharedctypes_init(PyObject *module, cmp_py_state *st);
+
+/* Per-concept GC of the state. */
+int cmp_py_state_traverse(cmp_py_state *st, visitproc visit, void *arg);
+void cmp_py_state_clear(cmp_py_state *st);
+
+#endif /* CMP_PY_CMP_H */

@@ -1,0 +1,146 @@
+/*
+ * The _cmp extension module: multi-phase init, module state, and the
+ * helpers every concept file uses (deadlines, error mapping).
+ */
+#include "_cmp.h"
+
+#include <errno.h>
+#include <math.h>
+
+cmp_py_state *cmp_py_state_of_type(PyTypeObject *tp)
+{
+#if PY_VERSION_HEX >= 0x030B0000
+    PyObject *module = PyType_GetModuleByDef(tp, &cmp_py_module_def);
+    if (module)
+        return cmp_py_state_of_module(module);
+    PyErr_Clear();
+    return NULL;
+#else
+    /* 3.9/3.10: walk the MRO to the first heap type this module defined. */
+    PyObject *mro = tp->tp_mro;
+    for (Py_ssize_t i = 0; mro && i < PyTuple_GET_SIZE(mro); i++) {
+        PyTypeObject *base = (PyTypeObject *)PyTuple_GET_ITEM(mro, i);
+        if (!(base->tp_flags & Py_TPFLAGS_HEAPTYPE))
+            continue;
+        PyObject *module = PyType_GetModule(base);
+        if (module && PyModule_GetDef(module) == &cmp_py_module_def)
+            return cmp_py_state_of_module(module);
+        PyErr_Clear();
+    }
+    return NULL;
+#endif
+}
+
+PyTypeObject *cmp_py_add_type(PyObject *module, PyType_Spec *spec, PyObject *base)
+{
+    PyObject *type = PyType_FromModuleAndSpec(module, spec, base);
+    if (!type)
+        return NULL;
+    if (PyModule_AddType(module, (PyTypeObject *)type) < 0) {
+        Py_DECREF(type);
+        return NULL;
+    }
+    return (PyTypeObject *)type;
+}
+
+int cmp_py_deadline(PyObject *timeout, struct timespec *storage,
+                    const struct timespec **out)
+{
+    if (timeout == NULL || timeout == Py_None) {
+        *out = NULL;
+        return 0;
+    }
+    double seconds = PyFloat_AsDouble(timeout);
+    if (seconds == -1.0 && PyErr_Occurred())
+        return -1;
+    if (isnan(seconds)) {
+        PyErr_SetString(PyExc_ValueError, "timeout must not be NaN");
+        return -1;
+    }
+    cmp_deadline_after(seconds, storage);
+    *out = storage;
+    return 0;
+}
+
+PyObject *cmp_py_raise(int err)
+{
+    if (err == -ENOMEM)
+        return PyErr_NoMemory();
+    errno = -err;
+    return PyErr_SetFromErrno(PyExc_OSError);
+}
+
+int cmp_py_warn_abandoned(PyTypeObject *tp, const char *what)
+{
+    cmp_py_state *st = cmp_py_state_of_type(tp);
+    PyObject *category = st ? st->AbandonedLockWarning : PyExc_RuntimeWarning;
+    return PyErr_WarnFormat(category, 1,
+                            "%s: its previous holder process died while holding it; "
+                            "the data it protects may be inconsistent",
+                            what);
+}
+
+int cmp_py_state_traverse(cmp_py_state *st, visitproc visit, void *arg)
+{
+    PyObject **fields = (PyObject **)st;
+    for (size_t i = 0; i < sizeof *st / sizeof(PyObject *); i++)
+        Py_VISIT(fields[i]);
+    return 0;
+}
+
+void cmp_py_state_clear(cmp_py_state *st)
+{
+    /* Every field of the state is an owned PyObject pointer. */
+    PyObject **fields = (PyObject **)st;
+    for (size_t i = 0; i < sizeof *st / sizeof(PyObject *); i++)
+        Py_CLEAR(fields[i]);
+}
+
+static int module_exec(PyObject *module)
+{
+    cmp_py_state *st = cmp_py_state_of_module(module);
+    if (cmp_py_errors_init(module, st) < 0 || cmp_py_lock_init(module, st) < 0 ||
+        cmp_py_rlock_init(module, st) < 0 || cmp_py_semaphore_init(module, st) < 0 ||
+        cmp_py_event_init(module, st) < 0 || cmp_py_condition_init(module, st) < 0 ||
+        cmp_py_barrier_init(module, st) < 0 || cmp_py_sharedctypes_init(module, st) < 0 ||
+        cmp_py_process_init(module, st) < 0 || cmp_py_context_init(module, st) < 0)
+        return -1;
+    return 0;
+}
+
+static int module_traverse(PyObject *module, visitproc visit, void *arg)
+{
+    return cmp_py_state_traverse(cmp_py_state_of_module(module), visit, arg);
+}
+
+static int module_clear(PyObject *module)
+{
+    cmp_py_state_clear(cmp_py_state_of_module(module));
+    return 0;
+}
+
+static void module_free(void *module)
+{
+    module_clear((PyObject *)module);
+}
+
+static PyModuleDef_Slot module_slots[] = {
+    {Py_mod_exec, module_exec},
+    {0, NULL},
+};
+
+PyModuleDef cmp_py_module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "cmultiprocessing._cmp",
+    .m_doc = "C core of cmultiprocessing (built on libcmp).",
+    .m_size = sizeof(cmp_py_state),
+    .m_slots = module_slots,
+    .m_traverse = module_traverse,
+    .m_clear = module_clear,
+    .m_free = module_free,
+};
+
+PyMODINIT_FUNC PyInit__cmp(void)
+{
+    return PyModuleDef_Init(&cmp_py_module_def);
+}

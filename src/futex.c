@@ -1,0 +1,33 @@
+/* The one futex seam: every sleep and wake in libcmp goes through here. */
+#include "internal.h"
+
+#include <errno.h>
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+int cmp__futex_wait(uint32_t *word, uint32_t expected, const struct timespec *deadline)
+{
+    /* FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline, so a
+     * retry after EINTR never stretches the total wait. */
+    long rc = syscall(SYS_futex, word, FUTEX_WAIT_BITSET, expected, deadline, NULL,
+                      FUTEX_BITSET_MATCH_ANY);
+    if (rc == 0)
+        return 0;
+    switch (errno) {
+    case EAGAIN:
+        return 0;
+    case ETIMEDOUT:
+        return -ETIMEDOUT;
+    case EINTR:
+        return -EINTR;
+    default:
+        return -errno;
+    }
+}
+
+int cmp__futex_wake(uint32_t *word, int n)
+{
+    long rc = syscall(SYS_futex, word, FUTEX_WAKE, n, NULL, NULL, 0);
+    return rc < 0 ? -errno : (int)rc;
+}

@@ -1,0 +1,40 @@
+/*
+ * Declarations shared by libcmp's own files (cmp__ prefix), never installed.
+ */
+#ifndef CMP_INTERNAL_H
+#define CMP_INTERNAL_H
+
+#include "cmp.h"
+
+#include <stdint.h>
+#include <time.h>
+
+/* How many times a waiter re-checks a word before it sleeps. Short: on two
+ * cores a long spin only steals time from the holder. */
+#define CMP__SPIN_LIMIT 100
+
+/* Waiters on an owned lock wake at least this often to check whether the
+ * holder is still alive (nanoseconds). */
+#define CMP__OWNER_CHECK_NS 100000000L
+
+/* futex on a word in shared memory (never FUTEX_PRIVATE: other processes
+ * wait on the same word).
+ * wait: sleeps while *word == expected, until woken or the absolute
+ * CLOCK_MONOTONIC deadline (NULL = none). Returns 0 when woken or when the
+ * word had already changed (-EAGAIN is folded into 0: recheck either way),
+ * -ETIMEDOUT, -EINTR. */
+int cmp__futex_wait(uint32_t *word, uint32_t expected, const struct timespec *deadline);
+/* Wakes up to n waiters; returns how many woke. */
+int cmp__futex_wake(uint32_t *word, int n);
+
+/* Earlier of two deadlines (NULL = infinity). */
+const struct timespec *cmp__deadline_min(const struct timespec *a, const struct timespec *b);
+/* 1 if deadline is non-NULL and has passed. */
+int cmp__deadline_passed(const struct timespec *deadline);
+/* now + ns on CLOCK_MONOTONIC. */
+void cmp__deadline_in_ns(struct timespec *out, long ns);
+
+/* Kernel thread id of the caller, cached per thread. */
+uint32_t cmp__self_tid(void);
+
+#endif /* CMP_INTERNAL_H */

@@ -1,0 +1,28 @@
+"""Shared fixtures: every standard-behaviour test runs twice, once against
+the standard library's multiprocessing (proving the test asserts real
+behaviour) and once against cmultiprocessing."""
+import importlib
+import os
+import sys
+
+import pytest
+
+PKG_DIR = os.environ.get(
+    "CMP_PKG_DIR",
+    os.path.join(os.path.dirname(__file__), "..", "..", "python"))
+sys.path.insert(0, os.path.abspath(PKG_DIR))
+
+IMPLEMENTATIONS = ["multiprocessing", "cmultiprocessing"]
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+def mp(request):
+    """The module under test, with the fork start method."""
+    module = importlib.import_module(request.param)
+    return module.get_context("fork")
+
+
+@pytest.fixture
+def cmp():
+    """cmultiprocessing alone, for behaviour beyond the standard library."""
+    return importlib.import_module("cmultiprocessing")
