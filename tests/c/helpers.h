@@ -4,6 +4,8 @@
 
 #include <criterion/criterion.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "cmp.h"
 

@@ -1,0 +1,156 @@
+"""Side-by-side benchmarks: the standard library's multiprocessing and
+cmultiprocessing, measured in one run, one after the other, on the same
+machine state. Prints each figure and the ratio cmultiprocessing / stdlib.
+
+    python3 bench/bench.py [--quick] [--only NAME]
+
+Each scenario runs REPEATS rounds alternating stdlib and cmultiprocessing;
+the best round of each is reported (the least disturbed by other load).
+"""
+import argparse
+import importlib
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "python"))
+
+SCENARIOS = []
+
+
+def scenario(name, unit, target):
+    """Registers fn(mp, n) -> seconds per operation."""
+    def register(fn):
+        SCENARIOS.append((name, unit, target, fn))
+        return fn
+    return register
+
+
+@scenario("Lock acquire+release, uncontended", "us", 0.5)
+def lock_pair(mp, n):
+    lock = mp.Lock()
+    acquire, release = lock.acquire, lock.release
+    t = time.perf_counter()
+    for _ in range(n):
+        acquire()
+        release()
+    return (time.perf_counter() - t) / n
+
+
+@scenario("Value += 1 under get_lock()", "us", 0.25)
+def value_increment(mp, n):
+    v = mp.Value("i", 0)
+    t = time.perf_counter()
+    for _ in range(n):
+        with v.get_lock():
+            v.value += 1
+    elapsed = time.perf_counter() - t
+    assert v.value == n
+    return elapsed / n
+
+
+def _contend(lock, counter, n, start):
+    start.wait()
+    for _ in range(n):
+        with lock:
+            counter.value += 1
+
+
+@scenario("Lock contended, 2 processes", "us", 0.5)
+def lock_contended(mp, n):
+    n //= 4
+    lock = mp.Lock()
+    counter = mp.Value("q", 0, lock=False)
+    start = mp.Event()
+    procs = [mp.Process(target=_contend, args=(lock, counter, n, start)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    t = time.perf_counter()
+    start.set()
+    for p in procs:
+        p.join(60)
+    elapsed = time.perf_counter() - t
+    assert counter.value == 2 * n, counter.value
+    return elapsed / (2 * n)
+
+
+def _nothing():
+    pass
+
+
+@scenario("Process start+join", "ms", 0.5)
+def process_start_join(mp, n):
+    n = max(20, n // 2000)
+    t = time.perf_counter()
+    for _ in range(n):
+        p = mp.Process(target=_nothing)
+        p.start()
+        p.join()
+    return (time.perf_counter() - t) / n
+
+
+def _echo(ping, pong, n):
+    for _ in range(n):
+        ping.wait()
+        ping.clear()
+        pong.set()
+
+
+@scenario("Event ping-pong round trip", "us", 0.3)
+def event_ping_pong(mp, n):
+    n = max(200, n // 100)
+    ping, pong = mp.Event(), mp.Event()
+    child = mp.Process(target=_echo, args=(ping, pong, n))
+    child.start()
+    t = time.perf_counter()
+    for _ in range(n):
+        ping.set()
+        pong.wait()
+        pong.clear()
+    elapsed = time.perf_counter() - t
+    child.join(60)
+    return elapsed / n
+
+
+SCALE = {"us": 1e6, "ms": 1e3}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer iterations")
+    parser.add_argument("--only", help="run scenarios whose name contains this")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    n = 20000 if args.quick else 200000
+
+    impls = [("stdlib", importlib.import_module("multiprocessing").get_context("fork")),
+             ("cmp", importlib.import_module("cmultiprocessing").get_context("fork"))]
+
+    header = f"{'scenario':<38} {'stdlib':>12} {'cmultiproc':>12} {'ratio':>7} {'target':>7}"
+    print(header)
+    print("-" * len(header))
+    missed = 0
+    for name, unit, target, fn in SCENARIOS:
+        if args.only and args.only.lower() not in name.lower():
+            continue
+        best = {}
+        for _ in range(args.repeats):
+            for label, mp in impls:
+                seconds = fn(mp, n)
+                best[label] = min(best.get(label, float("inf")), seconds)
+        ratio = best["cmp"] / best["stdlib"]
+        ok = ratio <= target
+        missed += not ok
+        scale = SCALE[unit]
+        print(f"{name:<38} {best['stdlib'] * scale:>9.3f} {unit} "
+              f"{best['cmp'] * scale:>9.3f} {unit} {ratio:>7.3f} "
+              f"{'<= ' + str(target):>7}{'' if ok else '  MISSED'}")
+        sys.stdout.flush()
+    print(f"\n(ratio = cmultiprocessing / stdlib, best of {args.repeats}; "
+          f"{os.cpu_count()} cores; fork start method)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""The package as a whole: exceptions, the warning for abandoned locks."""
+import importlib
+
+import pytest
+
+MODULES = ["multiprocessing", "cmultiprocessing"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_exception_hierarchy(name):
+    module = importlib.import_module(name)
+    assert issubclass(module.ProcessError, Exception)
+    for sub in ("BufferTooShort", "TimeoutError", "AuthenticationError"):
+        assert issubclass(getattr(module, sub), module.ProcessError)
+    with pytest.raises(module.ProcessError):
+        raise module.TimeoutError("late")
+
+
+def test_abandoned_lock_warning_is_a_runtime_warning(cmp):
+    assert issubclass(cmp.AbandonedLockWarning, RuntimeWarning)
+    assert cmp.AbandonedLockWarning.__doc__
+
+
+def test_extension_is_the_implementation(cmp):
+    assert cmp._cmp.__file__.endswith(".so")
