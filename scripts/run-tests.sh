@@ -36,7 +36,7 @@ if [ "${SANITIZE:-0}" = 1 ]; then
 fi
 (cd tests/python && LD_PRELOAD="$preload" "$PYTHON" -m pytest -q -p no:cacheprovider 2>&1) \
     | tee "$log/py.txt"
-summary=$(grep -aE "^=+ .*(passed|failed|error).* in [0-9.]+s" "$log/py.txt" | tail -1)
+summary=$(grep -aE "[0-9]+ (passed|failed|error).* in [0-9.]+s" "$log/py.txt" | tail -1)
 num() { grep -oE "[0-9]+ $1" <<<"$summary" | grep -oE "^[0-9]+" || echo 0; }
 py_passed=$(num passed)
 py_failed=$(( $(num failed) + $(num error) ))
