@@ -37,4 +37,10 @@ void cmp__deadline_in_ns(struct timespec *out, long ns);
 /* Kernel thread id of the caller, cached per thread. */
 uint32_t cmp__self_tid(void);
 
+/* Shared heap test hooks (shm.c). heap_lock takes the lock of the first
+ * heap segment (creating it) and returns 0 with it held; free_bytes sums the
+ * free lists of every heap segment this process maps. */
+int cmp__shared_heap_lock(void);
+size_t cmp__shared_heap_free_bytes(void);
+
 #endif /* CMP_INTERNAL_H */

@@ -1,0 +1,527 @@
+/*
+ * Shared memory: memfd segments, and the process-wide shared heap.
+ *
+ * The heap lives in 1 MiB memfd segments, created lazily and mapped
+ * MAP_SHARED, so every process forked after a segment exists allocates and
+ * frees in it too. Everything the allocator needs sits inside the segment
+ * and holds offsets only. A segment is a header followed by blocks that
+ * tile it exactly; each block starts with a 64-byte header, so user memory
+ * is 64-byte aligned. Free blocks also form a list sorted by offset (first
+ * fit, split from the tail, coalesce on free).
+ *
+ * The allocator's state is guarded by a robust cmp_lock_t in the segment
+ * header. Every mutation keeps the physical walk of the blocks consistent
+ * at each single store (a split writes the new header before shrinking its
+ * host; a merge grows the survivor last), so a process that dies holding
+ * the lock leaves a walkable segment: whoever takes the lock over rebuilds
+ * the free list from the walk. At worst the dying process's blocks leak.
+ *
+ * Requests above a quarter of a segment get a dedicated segment of their
+ * own: the kernel frees it when the last process unmaps it, so its refcount
+ * is not needed.
+ *
+ * Lifetime: a block's header counts the processes holding it. A process
+ * holds a block through one cmp_shared_t (malloc'd, never in shared memory)
+ * with a local count; the handles of a process are in a registry so that
+ * fork (pthread_atfork prepare) can give the child one reference to each
+ * and a child can drop them all (cmp_shared_release_all).
+ *
+ * One process-local mutex serializes registry and heap operations; the
+ * segment lock is only ever taken with it held, so at fork no thread of the
+ * parent is inside a segment's critical section.
+ */
+#include "atomic.h"
+#include "internal.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#define ALIGN 64u
+#define HEAP_SEG_SIZE (1u << 20)
+#define DEDICATED_MIN (HEAP_SEG_SIZE / 4)
+/* A free remainder smaller than this stays inside the allocated block. */
+#define MIN_SPLIT (2 * ALIGN)
+
+#define SEG_MAGIC 0x636d7068u /* "cmph" */
+#define BLK_FREE 0x66726565u  /* "free" */
+#define BLK_USED 0x75736564u  /* "used" */
+
+/* Lives at offset 0 of every segment. */
+struct seg_hdr {
+    uint32_t magic;
+    cmp_lock_t lock;
+    uint32_t size;      /* of the whole segment (heap segments) */
+    uint32_t free_head; /* offset of the first free block, 0 = none */
+    uint32_t dedicated;
+    uint8_t pad[ALIGN - 5 * sizeof(uint32_t)];
+};
+
+/* Precedes every block's user memory. */
+struct blk_hdr {
+    uint32_t state;     /* BLK_FREE or BLK_USED */
+    uint32_t size;      /* of the block including this header */
+    uint32_t next_free; /* offset of the next free block, 0 = end */
+    uint32_t refs;      /* processes holding the block */
+    uint64_t req_size;  /* as the user asked */
+    uint8_t pad[ALIGN - 4 * sizeof(uint32_t) - sizeof(uint64_t)];
+};
+
+_Static_assert(sizeof(struct seg_hdr) == ALIGN, "segment header is one line");
+_Static_assert(sizeof(struct blk_hdr) == ALIGN, "block header is one line");
+
+/* A segment as this process maps it. */
+struct seg {
+    cmp_shm_t shm;
+    struct seg *next; /* heap segments only */
+};
+
+struct cmp_shared {
+    struct cmp_shared *prev, *next; /* registry; unlinked once dropped */
+    struct seg *seg;                /* heap segment or own dedicated one */
+    struct blk_hdr *blk;
+    void *ptr;
+    size_t size;
+    size_t local_refs; /* atomically updated */
+    int dedicated;
+    int dropped; /* the process's shared reference is gone (release_all) */
+};
+
+static pthread_mutex_t heap_mutex = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t heap_once = PTHREAD_ONCE_INIT;
+static struct seg *heap_segs; /* newest first */
+static struct cmp_shared registry = {&registry, &registry, NULL, NULL, NULL, 0, 0, 0, 0};
+
+/* ------------------------------------------------------------------------
+ * Segments
+ * ------------------------------------------------------------------------ */
+
+int cmp_shm_create(cmp_shm_t *shm, size_t size, const char *name)
+{
+    if (size == 0)
+        return -EINVAL;
+    int fd = memfd_create(name ? name : "cmp", MFD_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    if (ftruncate(fd, (off_t)size) < 0) {
+        int err = -errno;
+        close(fd);
+        return err;
+    }
+    int rc = cmp_shm_attach(shm, fd, size);
+    if (rc < 0)
+        close(fd);
+    return rc;
+}
+
+int cmp_shm_attach(cmp_shm_t *shm, int fd, size_t size)
+{
+    if (size == 0 || fd < 0)
+        return -EINVAL;
+    void *addr = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (addr == MAP_FAILED)
+        return -errno;
+    shm->fd = fd;
+    shm->addr = addr;
+    shm->size = size;
+    return 0;
+}
+
+void cmp_shm_detach(cmp_shm_t *shm)
+{
+    if (shm->addr)
+        munmap(shm->addr, shm->size);
+    if (shm->fd >= 0)
+        close(shm->fd);
+    shm->addr = NULL;
+    shm->fd = -1;
+    shm->size = 0;
+}
+
+/* ------------------------------------------------------------------------
+ * Heap segments: allocation under the segment lock
+ * ------------------------------------------------------------------------ */
+
+static inline struct blk_hdr *blk_at(struct seg_hdr *sh, uint32_t off)
+{
+    return (struct blk_hdr *)((char *)sh + off);
+}
+
+/* Single stores that a process dying mid-update must not tear: the walk
+ * in rebuild() reads them. Release: a rescuer must see the headers written
+ * before them. */
+static inline void set_u32(uint32_t *p, uint32_t v)
+{
+    cmp__store_release(p, v);
+}
+
+/* Rebuilds the free list from the physical walk, merging neighbours; run
+ * by whoever took the lock over from a dead holder. */
+static void rebuild(struct seg_hdr *sh)
+{
+    uint32_t off = ALIGN, prev_free = 0;
+    sh->free_head = 0;
+    while (off < sh->size) {
+        struct blk_hdr *b = blk_at(sh, off);
+        uint32_t size = b->size;
+        if (size < ALIGN || size % ALIGN || size > sh->size - off)
+            break; /* torn beyond repair: leak the rest of the segment */
+        if (b->state != BLK_USED) {
+            if (prev_free && prev_free + blk_at(sh, prev_free)->size == off) {
+                blk_at(sh, prev_free)->size += size;
+            } else {
+                b->state = BLK_FREE;
+                b->next_free = 0;
+                if (prev_free)
+                    blk_at(sh, prev_free)->next_free = off;
+                else
+                    sh->free_head = off;
+                prev_free = off;
+            }
+        }
+        off += size;
+    }
+}
+
+static void seg_lock(struct seg_hdr *sh)
+{
+    int rc;
+    /* The critical sections are short and never block: retry signals here
+     * rather than make every caller handle them. */
+    while ((rc = cmp_lock_acquire(&sh->lock, NULL)) == -EINTR)
+        ;
+    if (rc == CMP_OWNER_DIED)
+        rebuild(sh);
+    else if (rc != 0)
+        abort();
+}
+
+static void seg_unlock(struct seg_hdr *sh)
+{
+    cmp_lock_release(&sh->lock);
+}
+
+/* First fit. Returns the block's offset (refs = 1, state USED) or 0. */
+static uint32_t seg_alloc(struct seg_hdr *sh, uint32_t need, uint64_t req)
+{
+    uint32_t *link = &sh->free_head;
+    while (*link) {
+        uint32_t off = *link;
+        struct blk_hdr *f = blk_at(sh, off);
+        if (f->size >= need) {
+            uint32_t rest = f->size - need;
+            if (rest >= MIN_SPLIT) {
+                /* Carve the tail: the new header first, so a walk that
+                 * still sees the old size simply skips over it. */
+                uint32_t noff = off + rest;
+                struct blk_hdr *b = blk_at(sh, noff);
+                b->next_free = 0;
+                b->refs = 1;
+                b->req_size = req;
+                b->size = need;
+                set_u32(&b->state, BLK_USED);
+                set_u32(&f->size, rest);
+                return noff;
+            }
+            f->refs = 1;
+            f->req_size = req;
+            set_u32(&f->state, BLK_USED);
+            *link = f->next_free;
+            return off;
+        }
+        link = &f->next_free;
+    }
+    return 0;
+}
+
+static void seg_free(struct seg_hdr *sh, uint32_t off)
+{
+    struct blk_hdr *b = blk_at(sh, off);
+    uint32_t prev = 0, next = sh->free_head;
+    while (next && next < off) {
+        prev = next;
+        next = blk_at(sh, next)->next_free;
+    }
+    b->next_free = next;
+    set_u32(&b->state, BLK_FREE);
+    if (prev)
+        blk_at(sh, prev)->next_free = off;
+    else
+        sh->free_head = off;
+    if (next && off + b->size == next) {
+        struct blk_hdr *n = blk_at(sh, next);
+        b->next_free = n->next_free;
+        set_u32(&b->size, b->size + n->size);
+    }
+    if (prev) {
+        struct blk_hdr *p = blk_at(sh, prev);
+        if (prev + p->size == off) {
+            p->next_free = b->next_free;
+            set_u32(&p->size, p->size + b->size);
+        }
+    }
+}
+
+static int seg_new(struct seg **out)
+{
+    struct seg *s = malloc(sizeof *s);
+    if (!s)
+        return -ENOMEM;
+    int rc = cmp_shm_create(&s->shm, HEAP_SEG_SIZE, "cmp-heap");
+    if (rc < 0) {
+        free(s);
+        return rc;
+    }
+    struct seg_hdr *sh = s->shm.addr;
+    sh->magic = SEG_MAGIC;
+    cmp_lock_init(&sh->lock);
+    sh->size = HEAP_SEG_SIZE;
+    sh->dedicated = 0;
+    struct blk_hdr *b = blk_at(sh, ALIGN);
+    b->state = BLK_FREE;
+    b->size = HEAP_SEG_SIZE - ALIGN;
+    b->next_free = 0;
+    sh->free_head = ALIGN;
+    s->next = NULL;
+    *out = s;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * Registry and fork
+ * ------------------------------------------------------------------------ */
+
+static void reg_insert(struct cmp_shared *ref)
+{
+    ref->next = registry.next;
+    ref->prev = &registry;
+    registry.next->prev = ref;
+    registry.next = ref;
+}
+
+static void reg_remove(struct cmp_shared *ref)
+{
+    ref->prev->next = ref->next;
+    ref->next->prev = ref->prev;
+    ref->prev = ref->next = NULL;
+}
+
+static void atfork_prepare(void)
+{
+    pthread_mutex_lock(&heap_mutex);
+    /* The child inherits every handle: give it its own reference. */
+    for (struct cmp_shared *r = registry.next; r != &registry; r = r->next)
+        if (!r->dedicated)
+            cmp__fetch_add(&r->blk->refs, 1);
+}
+
+static void atfork_parent(void)
+{
+    pthread_mutex_unlock(&heap_mutex);
+}
+
+static void atfork_child(void)
+{
+    /* Only the forking thread exists now; it holds the mutex from prepare. */
+    pthread_mutex_init(&heap_mutex, NULL);
+}
+
+static void heap_init(void)
+{
+    pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
+}
+
+/* Drops the process's shared reference to ref's block. heap_mutex held. */
+static void drop_shared(struct cmp_shared *ref)
+{
+    if (ref->dedicated)
+        return; /* unmapped with the handle; the kernel does the rest */
+    if (cmp__fetch_sub(&ref->blk->refs, 1) == 1) {
+        struct seg_hdr *sh = ref->seg->shm.addr;
+        seg_lock(sh);
+        seg_free(sh, (uint32_t)((char *)ref->blk - (char *)sh));
+        seg_unlock(sh);
+    }
+}
+
+static void free_handle(struct cmp_shared *ref)
+{
+    if (ref->dedicated) {
+        cmp_shm_detach(&ref->seg->shm);
+        free(ref->seg);
+    }
+    free(ref);
+}
+
+/* ------------------------------------------------------------------------
+ * Public heap API
+ * ------------------------------------------------------------------------ */
+
+static int alloc_dedicated(size_t size, struct cmp_shared *ref)
+{
+    long page = sysconf(_SC_PAGESIZE);
+    size_t total = 2 * ALIGN + size;
+    if (total < size)
+        return -ENOMEM;
+    total = (total + (size_t)page - 1) & ~((size_t)page - 1);
+    struct seg *s = malloc(sizeof *s);
+    if (!s)
+        return -ENOMEM;
+    int rc = cmp_shm_create(&s->shm, total, "cmp-block");
+    if (rc < 0) {
+        free(s);
+        return rc == -EINVAL ? -ENOMEM : rc;
+    }
+    struct seg_hdr *sh = s->shm.addr;
+    sh->magic = SEG_MAGIC;
+    sh->dedicated = 1;
+    struct blk_hdr *b = blk_at(sh, ALIGN);
+    b->state = BLK_USED;
+    b->refs = 1;
+    b->req_size = size;
+    s->next = NULL;
+    ref->seg = s;
+    ref->blk = b;
+    ref->dedicated = 1;
+    return 0; /* fresh memfd pages are already zero */
+}
+
+static int alloc_heap(size_t size, struct cmp_shared *ref)
+{
+    uint32_t need = (uint32_t)(ALIGN + ((size + ALIGN - 1) & ~(size_t)(ALIGN - 1)));
+    for (int attempt = 0; attempt < 2; attempt++) {
+        for (struct seg *s = heap_segs; s; s = s->next) {
+            struct seg_hdr *sh = s->shm.addr;
+            seg_lock(sh);
+            uint32_t off = seg_alloc(sh, need, size);
+            seg_unlock(sh);
+            if (off) {
+                ref->seg = s;
+                ref->blk = blk_at(sh, off);
+                ref->dedicated = 0;
+                /* Reused memory: zero it. Ours alone now, no lock needed. */
+                memset(ref->blk + 1, 0, need - ALIGN);
+                return 0;
+            }
+        }
+        if (attempt == 0) {
+            struct seg *s;
+            int rc = seg_new(&s);
+            if (rc < 0)
+                return rc;
+            s->next = heap_segs;
+            heap_segs = s;
+        }
+    }
+    abort(); /* a fresh segment always fits a non-dedicated request */
+}
+
+int cmp_shared_alloc(size_t size, cmp_shared_t **out)
+{
+    if (size == 0)
+        return -EINVAL;
+    pthread_once(&heap_once, heap_init);
+    struct cmp_shared *ref = calloc(1, sizeof *ref);
+    if (!ref)
+        return -ENOMEM;
+    pthread_mutex_lock(&heap_mutex);
+    int rc = size >= DEDICATED_MIN ? alloc_dedicated(size, ref) : alloc_heap(size, ref);
+    if (rc == 0) {
+        ref->ptr = ref->blk + 1;
+        ref->size = size;
+        ref->local_refs = 1;
+        reg_insert(ref);
+    }
+    pthread_mutex_unlock(&heap_mutex);
+    if (rc < 0) {
+        free(ref);
+        return rc;
+    }
+    *out = ref;
+    return 0;
+}
+
+void *cmp_shared_ptr(const cmp_shared_t *ref)
+{
+    return ref->ptr;
+}
+
+size_t cmp_shared_size(const cmp_shared_t *ref)
+{
+    return ref->size;
+}
+
+void cmp_shared_retain(cmp_shared_t *ref)
+{
+    __atomic_fetch_add(&ref->local_refs, 1, __ATOMIC_RELAXED);
+}
+
+void cmp_shared_release(cmp_shared_t *ref)
+{
+    /* acq_rel: the last releaser must see every other thread's use done */
+    if (__atomic_fetch_sub(&ref->local_refs, 1, __ATOMIC_ACQ_REL) != 1)
+        return;
+    pthread_mutex_lock(&heap_mutex);
+    if (!ref->dropped) {
+        reg_remove(ref);
+        drop_shared(ref);
+    }
+    pthread_mutex_unlock(&heap_mutex);
+    free_handle(ref);
+}
+
+void cmp_shared_release_all(void)
+{
+    pthread_once(&heap_once, heap_init);
+    pthread_mutex_lock(&heap_mutex);
+    /* Handles stay valid (their holders may still release them) but no
+     * longer count: the memory may be reused by others from now on. */
+    while (registry.next != &registry) {
+        struct cmp_shared *ref = registry.next;
+        reg_remove(ref);
+        drop_shared(ref);
+        ref->dropped = 1;
+    }
+    pthread_mutex_unlock(&heap_mutex);
+}
+
+/* ------------------------------------------------------------------------
+ * Test hooks (internal.h)
+ * ------------------------------------------------------------------------ */
+
+int cmp__shared_heap_lock(void)
+{
+    pthread_once(&heap_once, heap_init);
+    pthread_mutex_lock(&heap_mutex);
+    if (!heap_segs) {
+        struct seg *s;
+        int rc = seg_new(&s);
+        if (rc < 0) {
+            pthread_mutex_unlock(&heap_mutex);
+            return rc;
+        }
+        heap_segs = s;
+    }
+    struct seg_hdr *sh = heap_segs->shm.addr;
+    pthread_mutex_unlock(&heap_mutex);
+    seg_lock(sh);
+    return 0;
+}
+
+size_t cmp__shared_heap_free_bytes(void)
+{
+    size_t total = 0;
+    pthread_mutex_lock(&heap_mutex);
+    for (struct seg *s = heap_segs; s; s = s->next) {
+        struct seg_hdr *sh = s->shm.addr;
+        seg_lock(sh);
+        for (uint32_t off = sh->free_head; off; off = blk_at(sh, off)->next_free)
+            total += blk_at(sh, off)->size;
+        seg_unlock(sh);
+    }
+    pthread_mutex_unlock(&heap_mutex);
+    return total;
+}
