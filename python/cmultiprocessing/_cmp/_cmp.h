@@ -47,6 +47,13 @@ typedef struct {
     PyTypeObject *SharedBlock_type;
     PyTypeObject *Synchronized_type;
     PyTypeObject *SynchronizedArray_type;
+    PyTypeObject *SynchronizedBase_type;
+    PyTypeObject *SynchronizedString_type;
+    PyTypeObject *SyncField_type;      /* per-field property of Structures */
+    PyObject *ctypes;                  /* imported on first use */
+    PyObject *typecode_to_type;        /* 'i' -> ctypes.c_int, ... */
+    PyObject *fast_types;              /* _type_ -> canonical simple type */
+    PyObject *sync_class_cache;        /* Structure class -> wrapper class */
     /* exceptions (errors.c), same hierarchy as multiprocessing's */
     PyObject *ProcessError;
     PyObject *BufferTooShort;
