@@ -163,6 +163,12 @@ static int ensure_ctypes(cmp_py_state *st)
         if (rc < 0)
             goto fail;
     }
+    if (st->ctypes) { /* another thread got here while we imported */
+        Py_DECREF(map);
+        Py_DECREF(fast);
+        Py_DECREF(ctypes);
+        return 0;
+    }
     st->typecode_to_type = map;
     st->fast_types = fast;
     st->ctypes = ctypes;
@@ -519,6 +525,11 @@ static int sync_init(sync_object *self, PyObject *args, PyObject *kwds)
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OO:SynchronizedBase", kwlist, &obj, &lock,
                                      &ctx))
         return -1;
+    if (self->obj) {
+        /* The fast paths cache the object's address: keep it for life. */
+        PyErr_SetString(PyExc_TypeError, "synchronized wrapper is already initialized");
+        return -1;
+    }
     cmp_py_state *st = cmp_py_state_of_type(Py_TYPE(self));
     int truthy = PyObject_IsTrue(lock);
     if (truthy < 0)
@@ -1025,8 +1036,12 @@ static PyObject *structure_wrapper_class(cmp_py_state *st, PyObject *cls)
         if (rc < 0)
             goto done;
     }
-    if (PyErr_Occurred() ||
-        PyDict_SetItemString(dict, "__module__", PyUnicode_FromString("cmultiprocessing.sharedctypes")) < 0)
+    if (PyErr_Occurred())
+        goto done;
+    PyObject *module_name = PyUnicode_FromString("cmultiprocessing.sharedctypes");
+    int rc = module_name ? PyDict_SetItemString(dict, "__module__", module_name) : -1;
+    Py_XDECREF(module_name);
+    if (rc < 0)
         goto done;
     cls_name = PyObject_GetAttrString(cls, "__name__");
     name = cls_name ? PyUnicode_FromFormat("Synchronized%U", cls_name) : NULL;
