@@ -46,6 +46,7 @@ typedef struct {
     int started;           /* the stdlib's "_popen is not None" */
     int closed;
     int parent_fd;         /* KIND_PARENT: lazily opened sentinel, -1 */
+    int run_is_ours;       /* run() not overridden: the child calls it directly */
     cmp_process_t proc;
 } ProcObject;
 
@@ -53,6 +54,9 @@ typedef struct {
 static PyObject *g_current;       /* current_process() */
 static PyObject *g_parent;        /* parent_process(), NULL for None */
 static PyObject *g_children;      /* dict: started, not yet known finished -> None */
+static pid_t g_children_pid;      /* the process g_children belongs to */
+static int g_parent_pending;      /* g_parent is still to be made from g_current */
+static PyObject *g_threading_dict; /* threading's namespace, for the child's exit */
 static long g_counter = 1;        /* next child number */
 static PyTypeObject *g_main_type;
 static PyTypeObject *g_parent_type;
@@ -64,6 +68,8 @@ static PyObject *g_executable;
 static PyObject *g_forkserver_preload;
 
 static PyObject *s_daemon, *s_authkey, *s_semprefix, *s_run, *s_flush, *s_name;
+static PyObject *s_shutdown, *s_shutdown_locks;
+static PyObject *g_run_descr; /* Process.run as found on the type */
 
 #define LOG_INFO 20
 #define LOG_DEBUG 10
@@ -205,10 +211,26 @@ static int proc_wait(ProcObject *self, PyObject *timeout)
     }
 }
 
+/* The children of this process. A forked child inherits its parent's
+ * dict and starts its own only when it needs one: writing to inherited
+ * memory costs page faults on every start. Borrowed, NULL on error. */
+static PyObject *children(void)
+{
+    pid_t me = cmp_self_pid();
+    if (g_children && g_children_pid == me)
+        return g_children;
+    PyObject *d = PyDict_New();
+    if (!d)
+        return NULL;
+    Py_XSETREF(g_children, d);
+    g_children_pid = me;
+    return d;
+}
+
 /* Forgets children that have finished (the stdlib's _cleanup()). */
 static int cleanup_children(void)
 {
-    if (!g_children || PyDict_GET_SIZE(g_children) == 0)
+    if (!g_children || g_children_pid != cmp_self_pid() || PyDict_GET_SIZE(g_children) == 0)
         return 0;
     PyObject *keys = PyDict_Keys(g_children);
     if (!keys)
@@ -232,7 +254,8 @@ static int cleanup_children(void)
 
 static void discard_child(ProcObject *self)
 {
-    if (g_children && PyDict_DelItem(g_children, (PyObject *)self) < 0)
+    if (g_children && g_children_pid == cmp_self_pid() &&
+        PyDict_DelItem(g_children, (PyObject *)self) < 0)
         PyErr_Clear();
 }
 
@@ -425,12 +448,26 @@ static ProcObject *new_special(PyTypeObject *tp, int kind)
 }
 
 /* The stdlib replaces the child's stdin with /dev/null so that a child
- * never competes with its parent for input. */
+ * never competes with its parent for input. Building a new file object
+ * costs a child ~50 copy-on-write page faults (a third of a fast start),
+ * so when sys.stdin is still the interpreter's own stdin on fd 0, the fd is
+ * pointed at /dev/null instead: reads then see end of file, as they do
+ * with the stdlib. */
 static void close_stdin(void)
 {
     PyObject *in = PySys_GetObject("stdin"); /* borrowed */
     if (!in || in == Py_None)
         return;
+    if (in == PySys_GetObject("__stdin__")) {
+        int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        if (fd >= 0) {
+            int ok = fd == 0 || dup2(fd, 0) == 0;
+            if (fd != 0)
+                close(fd);
+            if (ok)
+                return;
+        }
+    }
     PyObject *r = PyObject_CallMethod(in, "close", NULL);
     Py_XDECREF(r);
     PyErr_Clear();
@@ -447,32 +484,45 @@ static void close_stdin(void)
     Py_DECREF(f);
 }
 
+/* Waits for the non-daemon threads the target started, as the stdlib's
+ * child does through threading._shutdown(). Skipped when there are none
+ * (threading tracks them in _shutdown_locks), which saves the child a
+ * dozen page faults. */
+static void join_threads(void)
+{
+    /* Borrowed lookups with interned keys: nothing is allocated and no
+     * reference count is written unless there are threads to wait for. */
+    PyObject *locks = PyDict_GetItemWithError(g_threading_dict, s_shutdown_locks);
+    if (locks && PyAnySet_Check(locks) && PySet_GET_SIZE(locks) == 0)
+        return;
+    PyObject *fn = PyDict_GetItemWithError(g_threading_dict, s_shutdown);
+    PyObject *res = fn ? PyObject_CallNoArgs(fn) : NULL;
+    Py_XDECREF(res);
+    PyErr_Clear();
+}
+
 static int exit_children(void);
+static PyObject *proc_run(ProcObject *self, PyObject *unused);
 
 /* Runs self.run() and turns its outcome into an exit code, as the stdlib's
  * BaseProcess._bootstrap does. */
 static int bootstrap(ProcObject *self)
 {
+    /* Every write here lands on a page shared with the parent and costs a
+     * copy: the children dict and the parent_process() object are made
+     * when first asked for, and the previous current process object is
+     * left as it is (a reference nobody will drop before _exit). */
     g_counter = 1;
-    Py_XSETREF(g_children, PyDict_New());
-    PyObject *old = g_current;
     g_current = Py_NewRef((PyObject *)self);
-    ProcObject *parent = new_special(g_parent_type, KIND_PARENT);
-    if (parent) {
-        parent->pid = self->parent_pid;
-        parent->name = Py_NewRef(self->parent_name);
-    }
-    Py_XSETREF(g_parent, (PyObject *)parent);
-    Py_XDECREF(old);
-    if (!g_children || !parent) {
-        PyErr_Print();
-        return 1;
-    }
+    g_parent_pending = 1;
     close_stdin();
     log_msg(LOG_INFO, "child process calling self.run()");
 
     int exitcode = 0;
-    PyObject *r = PyObject_CallMethodNoArgs((PyObject *)self, s_run);
+    /* The parent looked run() up before forking, where the lookup's
+     * reference counting costs no page copies. */
+    PyObject *r = self->run_is_ours ? proc_run(self, NULL)
+                                    : PyObject_CallMethodNoArgs((PyObject *)self, s_run);
     Py_XDECREF(r);
     PyObject *et = NULL, *ev = NULL, *tb = NULL;
     PyErr_Fetch(&et, &ev, &tb);
@@ -526,19 +576,7 @@ static int bootstrap(ProcObject *self)
         Py_XDECREF(ev);
         Py_XDECREF(tb);
     }
-    /* Non-daemon threads the target started are waited for, as in the
-     * stdlib (threading._shutdown). */
-    {
-        PyObject *key = PyUnicode_FromString("threading");
-        PyObject *mod = key ? PyImport_GetModule(key) : NULL;
-        Py_XDECREF(key);
-        if (mod) {
-            PyObject *res = PyObject_CallMethod(mod, "_shutdown", NULL);
-            Py_XDECREF(res);
-            Py_DECREF(mod);
-        }
-        PyErr_Clear();
-    }
+    join_threads();
     log_msg(LOG_INFO, "process exiting with exitcode %d", exitcode);
     flush_std_streams();
     return exitcode;
@@ -608,6 +646,16 @@ static PyObject *proc_start(ProcObject *self, PyObject *unused)
         return NULL;
     /* Buffered output would otherwise be written twice, once by each. */
     flush_std_streams();
+    self->run_is_ours = 0;
+    if (!self->dict || !PyDict_GetItemWithError(self->dict, s_run)) {
+        if (PyErr_Occurred())
+            return NULL;
+        PyObject *run = PyObject_GetAttr((PyObject *)Py_TYPE(self), s_run);
+        if (!run)
+            return NULL;
+        self->run_is_ours = run == g_run_descr;
+        Py_DECREF(run);
+    }
 
     PyOS_BeforeFork();
     int rc = cmp_process_start(&self->proc, child_main, self, 0);
@@ -621,7 +669,8 @@ static PyObject *proc_start(ProcObject *self, PyObject *unused)
     Py_CLEAR(self->target);
     Py_CLEAR(self->args);
     Py_CLEAR(self->kwargs);
-    if (PyDict_SetItem(g_children, (PyObject *)self, Py_None) < 0)
+    PyObject *kids = children();
+    if (!kids || PyDict_SetItem(kids, (PyObject *)self, Py_None) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -1177,6 +1226,16 @@ static PyObject *fn_parent_process(PyObject *m, PyObject *unused)
 {
     (void)m;
     (void)unused;
+    if (g_parent_pending) {
+        ProcObject *cur = (ProcObject *)g_current;
+        ProcObject *parent = new_special(g_parent_type, KIND_PARENT);
+        if (!parent)
+            return NULL;
+        parent->pid = cur->parent_pid;
+        parent->name = Py_NewRef(cur->parent_name);
+        Py_XSETREF(g_parent, (PyObject *)parent);
+        g_parent_pending = 0;
+    }
     return Py_NewRef(g_parent ? g_parent : Py_None);
 }
 
@@ -1186,7 +1245,8 @@ static PyObject *fn_active_children(PyObject *m, PyObject *unused)
     (void)unused;
     if (cleanup_children() < 0)
         return NULL;
-    return PyDict_Keys(g_children);
+    PyObject *kids = children();
+    return kids ? PyDict_Keys(kids) : NULL;
 }
 
 static PyObject *fn_cpu_count(PyObject *m, PyObject *unused)
@@ -1326,7 +1386,7 @@ static PyObject *fn_set_forkserver_preload(PyObject *m, PyObject *names)
  * terminated, then every child is joined. */
 static int exit_children(void)
 {
-    if (!g_children)
+    if (!g_children || g_children_pid != cmp_self_pid())
         return 0;
     for (int pass = 0; pass < 2; pass++) {
         if (cleanup_children() < 0)
@@ -1445,6 +1505,11 @@ int cmp_py_process_init(PyObject *module, cmp_py_state *st)
     INTERN(s_run, "run");
     INTERN(s_flush, "flush");
     INTERN(s_name, "name");
+    INTERN(s_shutdown, "_shutdown");
+    g_run_descr = PyObject_GetAttr((PyObject *)st->Process_type, s_run);
+    if (!g_run_descr)
+        return -1;
+    INTERN(s_shutdown_locks, "_shutdown_locks");
 #undef INTERN
 
     g_main_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &main_spec,
@@ -1456,9 +1521,13 @@ int cmp_py_process_init(PyObject *module, cmp_py_state *st)
         return -1;
     if (PyModule_AddObjectRef(module, "_AuthenticationString", g_authstr_type) < 0)
         return -1;
-    g_children = PyDict_New();
-    if (!g_children || make_main_process() < 0)
+    if (!children() || make_main_process() < 0)
         return -1;
+    PyObject *threading = PyImport_ImportModule("threading");
+    if (!threading)
+        return -1;
+    g_threading_dict = Py_NewRef(PyModule_GetDict(threading));
+    Py_DECREF(threading);
 
     g_exit_func = PyObject_GetAttrString(module, "_exit_function");
     PyObject *atexit = g_exit_func ? PyImport_ImportModule("atexit") : NULL;
