@@ -1,6 +1,6 @@
 """multiprocessing.context: contexts and the package's exceptions (re-exports)."""
 from ._cmp import (AuthenticationError, BaseContext, BufferTooShort,  # noqa: F401
-                   ForkContext, ProcessError, TimeoutError)
+                   DefaultContext, ForkContext, ProcessError, TimeoutError)
 
-__all__ = ["BaseContext", "ForkContext", "ProcessError", "BufferTooShort",
-           "TimeoutError", "AuthenticationError"]
+__all__ = ["BaseContext", "DefaultContext", "ForkContext", "ProcessError",
+           "BufferTooShort", "TimeoutError", "AuthenticationError"]

@@ -1,9 +1,378 @@
-/* Placeholder: filled in by the context work. */
+/*
+ * Contexts: get_context(), set_start_method(), get_start_method(),
+ * get_all_start_methods(), and the context objects that carry the same
+ * API as the module.
+ *
+ * A context resolves its public factories (Process, Lock, Queue, ...) from
+ * the module when they are looked up, so whatever the module offers, every
+ * context offers too. Start methods are a table: adding spawn or forkserver
+ * means filling in their entry.
+ */
 #include "_cmp.h"
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *module;  /* the _cmp module: where factories are found */
+    PyObject *actual;  /* DefaultContext only: the chosen context or NULL */
+    int method;        /* index into methods[], -1 for the default context */
+} CtxObject;
+
+struct start_method {
+    const char *name;
+    int supported;
+    PyObject *context; /* the concrete context, once created */
+};
+
+/* Order as the stdlib lists them; the first supported one is the default. */
+static struct start_method methods[] = {
+    {"fork", 1, NULL},
+    {"spawn", 0, NULL},
+    {"forkserver", 0, NULL},
+};
+#define N_METHODS ((int)(sizeof methods / sizeof *methods))
+#define DEFAULT_METHOD 0
+
+static PyObject *g_default; /* the default context (module-level functions) */
+
+static int method_index(PyObject *name)
+{
+    if (!PyUnicode_Check(name))
+        return -1;
+    for (int i = 0; i < N_METHODS; i++)
+        if (PyUnicode_CompareWithASCIIString(name, methods[i].name) == 0)
+            return i;
+    return -1;
+}
+
+/* The concrete context for a method name, or NULL with ValueError. */
+static PyObject *concrete(PyObject *name)
+{
+    int i = method_index(name);
+    if (i < 0)
+        return PyErr_Format(PyExc_ValueError, "cannot find context for %R", name);
+    if (!methods[i].supported || !methods[i].context)
+        return PyErr_Format(PyExc_ValueError,
+                            "start method %R is not supported by cmultiprocessing yet; "
+                            "use 'fork'",
+                            name);
+    return Py_NewRef(methods[i].context);
+}
+
+static PyObject *actual_of(CtxObject *self)
+{
+    if (!self->actual)
+        self->actual = Py_NewRef(methods[DEFAULT_METHOD].context);
+    return self->actual;
+}
+
+/* Parses (first=None, second=False)-style arguments by name. */
+static int parse_two(const char *fname, PyObject *const *args, Py_ssize_t nargs,
+                     PyObject *kwnames, const char *n1, PyObject **v1, const char *n2,
+                     PyObject **v2)
+{
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (nargs > 2 || (nargs > 1 && !n2))
+        goto too_many;
+    if (nargs >= 1)
+        *v1 = args[0];
+    if (nargs >= 2)
+        *v2 = args[1];
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        PyObject *k = PyTuple_GET_ITEM(kwnames, i);
+        if (PyUnicode_CompareWithASCIIString(k, n1) == 0 && nargs < 1) {
+            *v1 = args[nargs + i];
+        } else if (n2 && PyUnicode_CompareWithASCIIString(k, n2) == 0 && nargs < 2) {
+            *v2 = args[nargs + i];
+        } else {
+            PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument %R", fname,
+                         k);
+            return -1;
+        }
+    }
+    return 0;
+too_many:
+    PyErr_Format(PyExc_TypeError, "%s() takes at most %d arguments (%zd given)", fname,
+                 n2 ? 2 : 1, nargs);
+    return -1;
+}
+
+static PyObject *ctx_get_context(CtxObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                 PyObject *kwnames)
+{
+    PyObject *method = Py_None;
+    if (parse_two("get_context", args, nargs, kwnames, "method", &method, NULL, NULL) < 0)
+        return NULL;
+    if (method == Py_None)
+        return Py_NewRef(self->method < 0 ? actual_of(self) : (PyObject *)self);
+    return concrete(method);
+}
+
+static PyObject *ctx_get_start_method(CtxObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                      PyObject *kwnames)
+{
+    PyObject *allow_none = Py_False;
+    if (parse_two("get_start_method", args, nargs, kwnames, "allow_none", &allow_none, NULL,
+                  NULL) < 0)
+        return NULL;
+    if (self->method >= 0)
+        return PyUnicode_FromString(methods[self->method].name);
+    if (!self->actual) {
+        int allow = PyObject_IsTrue(allow_none);
+        if (allow < 0)
+            return NULL;
+        if (allow)
+            Py_RETURN_NONE;
+    }
+    return PyUnicode_FromString(methods[((CtxObject *)actual_of(self))->method].name);
+}
+
+static PyObject *ctx_set_start_method(CtxObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                      PyObject *kwnames)
+{
+    PyObject *method = NULL, *force = Py_False;
+    if (parse_two("set_start_method", args, nargs, kwnames, "method", &method, "force",
+                  &force) < 0)
+        return NULL;
+    if (!method) {
+        PyErr_SetString(PyExc_TypeError,
+                        "set_start_method() missing 1 required positional argument: 'method'");
+        return NULL;
+    }
+    if (self->method >= 0) {
+        PyErr_SetString(PyExc_ValueError, "cannot set start method of concrete context");
+        return NULL;
+    }
+    int forced = PyObject_IsTrue(force);
+    if (forced < 0)
+        return NULL;
+    if (self->actual && !forced) {
+        PyErr_SetString(PyExc_RuntimeError, "context has already been set");
+        return NULL;
+    }
+    if (method == Py_None && forced) {
+        Py_CLEAR(self->actual);
+        Py_RETURN_NONE;
+    }
+    PyObject *ctx = concrete(method);
+    if (!ctx)
+        return NULL;
+    Py_XSETREF(self->actual, ctx);
+    Py_RETURN_NONE;
+}
+
+static PyObject *ctx_get_all_start_methods(CtxObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+    PyObject *list = PyList_New(0);
+    for (int i = 0; list && i < N_METHODS; i++) {
+        if (!methods[i].supported)
+            continue;
+        PyObject *s = PyUnicode_FromString(methods[i].name);
+        if (!s || PyList_Append(list, s) < 0)
+            Py_CLEAR(list);
+        Py_XDECREF(s);
+    }
+    return list;
+}
+
+static PyObject *ctx_reduce(CtxObject *self, PyObject *unused)
+{
+    (void)unused;
+    const char *tp = strrchr(Py_TYPE(self)->tp_name, '.');
+    return PyErr_Format(PyExc_RuntimeError,
+                        "%s objects should only be shared between processes through "
+                        "inheritance",
+                        tp ? tp + 1 : Py_TYPE(self)->tp_name);
+}
+
+static PyObject *ctx_get_name(CtxObject *self, void *c)
+{
+    (void)c;
+    if (self->method < 0)
+        Py_RETURN_NONE;
+    return PyUnicode_FromString(methods[self->method].name);
+}
+
+static PyObject *ctx_getattro(PyObject *self, PyObject *name)
+{
+    PyObject *r = PyObject_GenericGetAttr(self, name);
+    if (r || !PyErr_ExceptionMatches(PyExc_AttributeError) || !PyUnicode_Check(name) ||
+        PyUnicode_READ_CHAR(name, 0) == '_')
+        return r;
+    /* A public factory of the module (Process, Lock, Queue, ...). */
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    r = PyObject_GetAttr(((CtxObject *)self)->module, name);
+    if (r) {
+        Py_XDECREF(et);
+        Py_XDECREF(ev);
+        Py_XDECREF(tb);
+        return r;
+    }
+    PyErr_Clear();
+    PyErr_Restore(et, ev, tb);
+    return NULL;
+}
+
+static PyObject *ctx_dir(PyObject *self, PyObject *unused)
+{
+    (void)unused;
+    PyObject *names = PyObject_Dir((PyObject *)Py_TYPE(self));
+    PyObject *mod = names ? PyObject_Dir(((CtxObject *)self)->module) : NULL;
+    for (Py_ssize_t i = 0; mod && i < PyList_GET_SIZE(mod); i++) {
+        PyObject *n = PyList_GET_ITEM(mod, i);
+        if (PyUnicode_Check(n) && PyUnicode_READ_CHAR(n, 0) != '_' &&
+            PyList_Append(names, n) < 0)
+            Py_CLEAR(mod);
+    }
+    if (!mod) {
+        Py_XDECREF(names);
+        return NULL;
+    }
+    Py_DECREF(mod);
+    if (PyList_Sort(names) < 0) {
+        Py_DECREF(names);
+        return NULL;
+    }
+    return names;
+}
+
+static PyObject *ctx_repr(CtxObject *self)
+{
+    const char *tp = strrchr(Py_TYPE(self)->tp_name, '.');
+    return PyUnicode_FromFormat("<%s object at %p>", tp ? tp + 1 : Py_TYPE(self)->tp_name,
+                                self);
+}
+
+static int ctx_traverse(CtxObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->module);
+    Py_VISIT(self->actual);
+    return 0;
+}
+
+static int ctx_clear(CtxObject *self)
+{
+    Py_CLEAR(self->module);
+    Py_CLEAR(self->actual);
+    return 0;
+}
+
+static void ctx_dealloc(CtxObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    ctx_clear(self);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+#define FASTCALL_KW METH_FASTCALL | METH_KEYWORDS
+static PyMethodDef ctx_methods[] = {
+    {"get_context", (PyCFunction)(void (*)(void))ctx_get_context, FASTCALL_KW,
+     "get_context(method=None)\n--\n\nReturn the context of a start method."},
+    {"get_start_method", (PyCFunction)(void (*)(void))ctx_get_start_method, FASTCALL_KW,
+     "get_start_method(allow_none=False)\n--\n\nReturn the name of the start method."},
+    {"set_start_method", (PyCFunction)(void (*)(void))ctx_set_start_method, FASTCALL_KW,
+     "set_start_method(method, force=False)\n--\n\nSet the default start method (once)."},
+    {"get_all_start_methods", (PyCFunction)ctx_get_all_start_methods, METH_NOARGS,
+     "Return the start methods this platform supports."},
+    {"__reduce__", (PyCFunction)ctx_reduce, METH_NOARGS, NULL},
+    {"__dir__", ctx_dir, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef ctx_getset[] = {
+    {"_name", (getter)ctx_get_name, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot base_slots[] = {
+    {Py_tp_getattro, ctx_getattro},
+    {Py_tp_methods, ctx_methods},
+    {Py_tp_getset, ctx_getset},
+    {Py_tp_repr, ctx_repr},
+    {Py_tp_traverse, ctx_traverse},
+    {Py_tp_clear, ctx_clear},
+    {Py_tp_dealloc, ctx_dealloc},
+    {Py_tp_doc, "A start method and the multiprocessing API bound to it."},
+    {0, NULL},
+};
+
+static PyType_Spec base_spec = {
+    .name = "cmultiprocessing.context.BaseContext",
+    .basicsize = sizeof(CtxObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .slots = base_slots,
+};
+
+static PyType_Slot sub_slots[] = {
+    {Py_tp_traverse, ctx_traverse},
+    {Py_tp_clear, ctx_clear},
+    {0, NULL},
+};
+
+static PyType_Spec fork_spec = {
+    .name = "cmultiprocessing.context.ForkContext",
+    .basicsize = sizeof(CtxObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .slots = sub_slots,
+};
+
+static PyType_Spec default_spec = {
+    .name = "cmultiprocessing.context.DefaultContext",
+    .basicsize = sizeof(CtxObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .slots = sub_slots,
+};
+
+static PyObject *new_ctx(PyTypeObject *tp, PyObject *module, int method)
+{
+    CtxObject *c = PyObject_GC_New(CtxObject, tp);
+    if (!c)
+        return NULL;
+    c->module = Py_NewRef(module);
+    c->actual = NULL;
+    c->method = method;
+    PyObject_GC_Track(c);
+    return (PyObject *)c;
+}
 
 int cmp_py_context_init(PyObject *module, cmp_py_state *st)
 {
-    (void)module;
-    (void)st;
+    st->Context_type = cmp_py_add_type(module, &base_spec, NULL);
+    if (!st->Context_type)
+        return -1;
+    PyTypeObject *fork_type = cmp_py_add_type(module, &fork_spec, (PyObject *)st->Context_type);
+    if (!fork_type)
+        return -1;
+    PyTypeObject *default_type =
+        cmp_py_add_type(module, &default_spec, (PyObject *)st->Context_type);
+    if (!default_type) {
+        Py_DECREF(fork_type);
+        return -1;
+    }
+    /* A second initialization of the module keeps the first contexts:
+     * the chosen start method is process-wide. */
+    if (!methods[0].context)
+        methods[0].context = new_ctx(fork_type, module, 0);
+    if (!g_default)
+        g_default = new_ctx(default_type, module, -1);
+    Py_DECREF(fork_type);
+    Py_DECREF(default_type);
+    if (!methods[0].context || !g_default)
+        return -1;
+    static const char *bound[] = {"get_context", "get_start_method", "set_start_method",
+                                  "get_all_start_methods"};
+    for (size_t i = 0; i < sizeof bound / sizeof *bound; i++) {
+        PyObject *m = PyObject_GetAttrString(g_default, bound[i]);
+        if (!m || PyModule_AddObjectRef(module, bound[i], m) < 0) {
+            Py_XDECREF(m);
+            return -1;
+        }
+        Py_DECREF(m);
+    }
     return 0;
 }

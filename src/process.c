@@ -1,0 +1,239 @@
+/*
+ * Processes: fork a child that runs a C callback, and follow it through a
+ * pidfd.
+ *
+ * The pidfd is what makes the handle safe: it names this very child even
+ * if its pid is reused after reaping, it polls readable when the child
+ * exits (a sentinel for select/poll), and signals sent through it can never
+ * hit a stranger. Reaping goes through waitid() on the pidfd too.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#ifndef P_PIDFD
+#define P_PIDFD 3
+#endif
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+#ifndef SYS_pidfd_send_signal
+#define SYS_pidfd_send_signal 424
+#endif
+
+#define KNOWN_FLAGS CMP_PROCESS_DIE_WITH_PARENT
+
+/* Drops the child's references to the shared heap before it leaves, so
+ * that blocks only it held become reusable. Weak so that libcmp links
+ * even while the shared heap lives in another translation unit that a
+ * static link may leave out. */
+__attribute__((weak)) void cmp_shared_release_all(void);
+
+static _Noreturn void child_run(cmp_process_fn fn, void *arg, unsigned flags, pid_t parent)
+{
+    if (flags & CMP_PROCESS_DIE_WITH_PARENT) {
+        /* The parent may have died between fork() and prctl(): then the
+         * death signal was never armed and we have been reparented. */
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent)
+            raise(SIGKILL);
+    }
+    int ret = fn(arg);
+    if (cmp_shared_release_all)
+        cmp_shared_release_all();
+    fflush(NULL);
+    _exit(ret & 0xff);
+}
+
+int cmp_process_start(cmp_process_t *proc, cmp_process_fn fn, void *arg, unsigned flags)
+{
+    if (flags & ~KNOWN_FLAGS)
+        return -EINVAL;
+    pid_t parent = (flags & CMP_PROCESS_DIE_WITH_PARENT) ? getpid() : 0;
+    pid_t pid = fork();
+    if (pid < 0)
+        return -errno;
+    if (pid == 0)
+        child_run(fn, arg, flags, parent);
+
+    /* An unreaped child's pid cannot be reused, so opening it now is safe.
+     * pidfds are always close-on-exec. */
+    int fd = (int)syscall(SYS_pidfd_open, pid, 0);
+    if (fd < 0) {
+        int err = -errno;
+        kill(pid, SIGKILL);
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+            ;
+        return err;
+    }
+    proc->pid = pid;
+    proc->pidfd = fd;
+    proc->status = 0;
+    proc->reaped = 0;
+    return 0;
+}
+
+/* Turns waitid's report into a wait status (as waitpid would give). */
+static int status_of(const siginfo_t *info)
+{
+    switch (info->si_code) {
+    case CLD_EXITED:
+        return (info->si_status & 0xff) << 8;
+    case CLD_DUMPED:
+        return (info->si_status & 0x7f) | 0x80;
+    default: /* CLD_KILLED */
+        return info->si_status & 0x7f;
+    }
+}
+
+/* One waitid on the child: 1 reaped, 0 still running (only with WNOHANG),
+ * or a negative errno. */
+static int reap(cmp_process_t *proc, int options)
+{
+    siginfo_t info;
+    info.si_pid = 0;
+    int rc;
+    if (proc->pidfd >= 0) {
+        rc = waitid((idtype_t)P_PIDFD, (id_t)proc->pidfd, &info, WEXITED | options);
+        if (rc < 0 && errno == EINVAL) /* kernel before 5.4 */
+            rc = waitid(P_PID, (id_t)proc->pid, &info, WEXITED | options);
+    } else {
+        rc = waitid(P_PID, (id_t)proc->pid, &info, WEXITED | options);
+    }
+    if (rc < 0)
+        return -errno;
+    if (info.si_pid == 0)
+        return 0;
+    proc->status = status_of(&info);
+    /* release: a thread that lost the race to reap (and got ECHILD) reads
+     * status after seeing reaped set. */
+    __atomic_store_n(&proc->reaped, 1, __ATOMIC_RELEASE);
+    return 1;
+}
+
+static int is_reaped(const cmp_process_t *proc)
+{
+    return __atomic_load_n(&proc->reaped, __ATOMIC_ACQUIRE);
+}
+
+int cmp_process_join(cmp_process_t *proc, const struct timespec *deadline)
+{
+    if (is_reaped(proc))
+        return 0;
+    if (deadline && proc->pidfd >= 0) {
+        /* Wait for readability with the time left, then reap (no block). */
+        for (;;) {
+            struct timespec now, left;
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            left.tv_sec = deadline->tv_sec - now.tv_sec;
+            left.tv_nsec = deadline->tv_nsec - now.tv_nsec;
+            if (left.tv_nsec < 0) {
+                left.tv_sec -= 1;
+                left.tv_nsec += 1000000000L;
+            }
+            if (left.tv_sec < 0)
+                left.tv_sec = left.tv_nsec = 0;
+            struct pollfd pfd = {.fd = proc->pidfd, .events = POLLIN};
+            int n = ppoll(&pfd, 1, &left, NULL);
+            if (n < 0)
+                return -errno;
+            if (n > 0)
+                break;
+            if (cmp__deadline_passed(deadline))
+                return -ETIMEDOUT;
+        }
+        int rc = reap(proc, WNOHANG);
+        if (rc < 0)
+            return rc == -ECHILD && is_reaped(proc) ? 0 : rc;
+        if (rc == 0) /* readable but not yet reapable: cannot happen */
+            rc = reap(proc, 0);
+        return rc < 0 ? rc : 0;
+    }
+    if (deadline) { /* handle without fd: poll for the exit */
+        for (;;) {
+            int rc = reap(proc, WNOHANG);
+            if (rc != 0)
+                return rc < 0 ? rc : 0;
+            if (cmp__deadline_passed(deadline))
+                return -ETIMEDOUT;
+            struct timespec nap = {0, 1000000L};
+            if (nanosleep(&nap, NULL) < 0 && errno == EINTR)
+                return -EINTR;
+        }
+    }
+    int rc = reap(proc, 0);
+    if (rc == -ECHILD && is_reaped(proc))
+        return 0;
+    return rc < 0 ? rc : 0;
+}
+
+int cmp_process_poll(cmp_process_t *proc)
+{
+    if (is_reaped(proc))
+        return 1;
+    int rc = reap(proc, WNOHANG);
+    if (rc == -ECHILD && is_reaped(proc))
+        return 1;
+    return rc;
+}
+
+int cmp_process_is_alive(cmp_process_t *proc)
+{
+    return cmp_process_poll(proc) == 0;
+}
+
+int cmp_process_signal(cmp_process_t *proc, int sig)
+{
+    if (is_reaped(proc))
+        return -ESRCH;
+    if (proc->pidfd >= 0) {
+        if (syscall(SYS_pidfd_send_signal, proc->pidfd, sig, NULL, 0) == 0)
+            return 0;
+        if (errno != ENOSYS)
+            return -errno;
+    }
+    /* Not reaped by us, so the pid is still this child's. */
+    return kill(proc->pid, sig) == 0 ? 0 : -errno;
+}
+
+int cmp_process_terminate(cmp_process_t *proc)
+{
+    return cmp_process_signal(proc, SIGTERM);
+}
+
+int cmp_process_kill(cmp_process_t *proc)
+{
+    return cmp_process_signal(proc, SIGKILL);
+}
+
+int cmp_process_exitcode(cmp_process_t *proc, int *code)
+{
+    int rc = cmp_process_poll(proc);
+    if (rc < 0)
+        return rc;
+    if (rc == 0)
+        return -EAGAIN;
+    int st = proc->status;
+    *code = WIFEXITED(st) ? WEXITSTATUS(st) : -WTERMSIG(st);
+    return 0;
+}
+
+int cmp_process_sentinel(const cmp_process_t *proc)
+{
+    return proc->pidfd;
+}
+
+void cmp_process_close(cmp_process_t *proc)
+{
+    if (proc->pidfd >= 0) {
+        close(proc->pidfd);
+        proc->pidfd = -1;
+    }
+}

@@ -1,0 +1,254 @@
+/* Processes: exit codes, signals, deadlines, sentinels, parent death. */
+#include "helpers.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static int return_arg(void *arg)
+{
+    return (int)(intptr_t)arg;
+}
+
+static int sleep_forever(void *arg)
+{
+    (void)arg;
+    for (;;)
+        pause();
+    return 0;
+}
+
+static int sleep_ms(void *arg)
+{
+    usleep((useconds_t)(intptr_t)arg * 1000);
+    return 0;
+}
+
+static int crash(void *arg)
+{
+    (void)arg;
+    raise(SIGSEGV);
+    return 0;
+}
+
+Test(process, exit_codes, .timeout = 10)
+{
+    int codes[] = {0, 1, 7, 255, 256 + 3};
+    for (size_t i = 0; i < sizeof codes / sizeof *codes; i++) {
+        cmp_process_t p;
+        cr_assert_eq(cmp_process_start(&p, return_arg, (void *)(intptr_t)codes[i], 0), 0);
+        cr_assert_gt(p.pid, 0);
+        cr_assert_eq(cmp_process_join(&p, NULL), 0);
+        int code = -1;
+        cr_assert_eq(cmp_process_exitcode(&p, &code), 0);
+        cr_assert_eq(code, codes[i] & 0xff);
+        cr_assert_eq(cmp_process_is_alive(&p), 0);
+        cr_assert_eq(cmp_process_join(&p, NULL), 0, "joining twice is fine");
+        cmp_process_close(&p);
+        cr_assert_eq(p.pidfd, -1);
+    }
+}
+
+Test(process, bad_flags, .timeout = 5)
+{
+    cmp_process_t p;
+    cr_assert_eq(cmp_process_start(&p, return_arg, NULL, 0x80), -EINVAL);
+}
+
+Test(process, signals_give_negative_codes, .timeout = 10)
+{
+    cmp_process_t p;
+    int code = 0;
+    cr_assert_eq(cmp_process_start(&p, sleep_forever, NULL, 0), 0);
+    cr_assert_eq(cmp_process_is_alive(&p), 1);
+    cr_assert_eq(cmp_process_exitcode(&p, &code), -EAGAIN);
+    cr_assert_eq(cmp_process_terminate(&p), 0);
+    cr_assert_eq(cmp_process_join(&p, NULL), 0);
+    cr_assert_eq(cmp_process_exitcode(&p, &code), 0);
+    cr_assert_eq(code, -SIGTERM);
+    cr_assert_eq(cmp_process_terminate(&p), -ESRCH, "reaped: no signal");
+    cmp_process_close(&p);
+
+    cr_assert_eq(cmp_process_start(&p, sleep_forever, NULL, 0), 0);
+    cr_assert_eq(cmp_process_kill(&p), 0);
+    cr_assert_eq(cmp_process_join(&p, NULL), 0);
+    cr_assert_eq(cmp_process_exitcode(&p, &code), 0);
+    cr_assert_eq(code, -SIGKILL);
+    cmp_process_close(&p);
+
+    cr_assert_eq(cmp_process_start(&p, sleep_forever, NULL, 0), 0);
+    cr_assert_eq(cmp_process_signal(&p, SIGUSR1), 0);
+    cr_assert_eq(cmp_process_join(&p, NULL), 0);
+    cr_assert_eq(cmp_process_exitcode(&p, &code), 0);
+    cr_assert_eq(code, -SIGUSR1);
+    cmp_process_close(&p);
+
+    cr_assert_eq(cmp_process_start(&p, crash, NULL, 0), 0);
+    cr_assert_eq(cmp_process_join(&p, NULL), 0);
+    cr_assert_eq(cmp_process_exitcode(&p, &code), 0);
+    cr_assert_eq(code, -SIGSEGV, "a core dump still reports the signal");
+    cmp_process_close(&p);
+}
+
+Test(process, join_timeout, .timeout = 10)
+{
+    cmp_process_t p;
+    cr_assert_eq(cmp_process_start(&p, sleep_forever, NULL, 0), 0);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    struct timespec d = test_deadline(0.2);
+    cr_assert_eq(cmp_process_join(&p, &d), -ETIMEDOUT);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double waited = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    cr_assert(waited >= 0.19 && waited < 2.0, "waited %f", waited);
+    d = test_deadline(0);
+    cr_assert_eq(cmp_process_join(&p, &d), -ETIMEDOUT, "a past deadline only checks");
+    cr_assert_eq(cmp_process_is_alive(&p), 1);
+    cmp_process_kill(&p);
+    d = test_deadline(5);
+    cr_assert_eq(cmp_process_join(&p, &d), 0);
+    cr_assert_eq(cmp_process_is_alive(&p), 0);
+    cmp_process_close(&p);
+
+    cr_assert_eq(cmp_process_start(&p, sleep_ms, (void *)50, 0), 0);
+    d = test_deadline(5);
+    cr_assert_eq(cmp_process_join(&p, &d), 0, "exits well before the deadline");
+    int code = -1;
+    cr_assert_eq(cmp_process_exitcode(&p, &code), 0);
+    cr_assert_eq(code, 0);
+    cmp_process_close(&p);
+}
+
+Test(process, poll_and_is_alive, .timeout = 10)
+{
+    cmp_process_t p;
+    cr_assert_eq(cmp_process_start(&p, sleep_ms, (void *)100, 0), 0);
+    cr_assert_eq(cmp_process_poll(&p), 0);
+    cr_assert_eq(cmp_process_is_alive(&p), 1);
+    while (cmp_process_poll(&p) == 0)
+        usleep(1000);
+    cr_assert_eq(cmp_process_poll(&p), 1);
+    cr_assert_eq(p.reaped, 1, "poll reaps");
+    cr_assert_eq(cmp_process_is_alive(&p), 0);
+    cmp_process_close(&p);
+}
+
+Test(process, sentinel_polls_readable_on_exit, .timeout = 10)
+{
+    cmp_process_t p;
+    cr_assert_eq(cmp_process_start(&p, sleep_ms, (void *)100, 0), 0);
+    int fd = cmp_process_sentinel(&p);
+    cr_assert_geq(fd, 0);
+    cr_assert(fcntl(fd, F_GETFD) & FD_CLOEXEC);
+    struct pollfd pfd = {.fd = fd, .events = POLLIN};
+    cr_assert_eq(poll(&pfd, 1, 0), 0, "not readable while running");
+    cr_assert_eq(poll(&pfd, 1, 5000), 1);
+    cr_assert(pfd.revents & POLLIN);
+    cr_assert_eq(cmp_process_join(&p, NULL), 0);
+    cmp_process_close(&p);
+    cr_assert_eq(cmp_process_sentinel(&p), -1);
+}
+
+/* The middle process starts a grandchild that should die with it, reports
+ * the grandchild's pid through a pipe, then exits. */
+static int grandchild_fd;
+
+static int middle(void *arg)
+{
+    unsigned flags = (unsigned)(uintptr_t)arg;
+    cmp_process_t g;
+    if (cmp_process_start(&g, sleep_forever, NULL, flags) != 0)
+        return 1;
+    pid_t pid = g.pid;
+    if (write(grandchild_fd, &pid, sizeof pid) != sizeof pid)
+        return 2;
+    return 0;
+}
+
+static int wait_gone(pid_t pid, double seconds)
+{
+    struct timespec d = test_deadline(seconds);
+    while (cmp_pid_alive(pid)) {
+        if (cmp_deadline_remaining(&d) <= 0)
+            return 0;
+        usleep(2000);
+    }
+    return 1;
+}
+
+Test(process, die_with_parent, .timeout = 10)
+{
+    int fds[2];
+    cr_assert_eq(pipe(fds), 0);
+    grandchild_fd = fds[1];
+    cmp_process_t p;
+    cr_assert_eq(cmp_process_start(&p, middle, (void *)(uintptr_t)CMP_PROCESS_DIE_WITH_PARENT, 0),
+                 0);
+    pid_t g = 0;
+    cr_assert_eq(read(fds[0], &g, sizeof g), (ssize_t)sizeof g);
+    cr_assert_eq(cmp_process_join(&p, NULL), 0);
+    cr_assert(wait_gone(g, 5), "the grandchild died with its parent");
+
+    /* Without the flag the orphan lives on. */
+    cr_assert_eq(cmp_process_start(&p, middle, (void *)0, 0), 0);
+    cr_assert_eq(read(fds[0], &g, sizeof g), (ssize_t)sizeof g);
+    cr_assert_eq(cmp_process_join(&p, NULL), 0);
+    usleep(50000);
+    cr_assert_eq(cmp_pid_alive(g), 1);
+    kill(g, SIGKILL);
+    close(fds[0]);
+    close(fds[1]);
+}
+
+static volatile sig_atomic_t got_alarm;
+
+static void on_alarm(int sig)
+{
+    (void)sig;
+    got_alarm = 1;
+}
+
+Test(process, join_returns_eintr, .timeout = 10)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_alarm; /* no SA_RESTART: the wait must come back */
+    sigaction(SIGALRM, &sa, NULL);
+    cmp_process_t p;
+    cr_assert_eq(cmp_process_start(&p, sleep_forever, NULL, 0), 0);
+
+    struct itimerval it = {.it_value = {0, 50000}};
+    setitimer(ITIMER_REAL, &it, NULL);
+    cr_assert_eq(cmp_process_join(&p, NULL), -EINTR);
+    cr_assert(got_alarm);
+
+    got_alarm = 0;
+    setitimer(ITIMER_REAL, &it, NULL);
+    struct timespec d = test_deadline(5);
+    cr_assert_eq(cmp_process_join(&p, &d), -EINTR, "deadline waits too");
+    cr_assert(got_alarm);
+    cr_assert_eq(cmp_process_is_alive(&p), 1);
+
+    cmp_process_kill(&p);
+    cr_assert_eq(cmp_process_join(&p, NULL), 0);
+    cmp_process_close(&p);
+    signal(SIGALRM, SIG_DFL);
+}
+
+Test(process, closed_handle_still_joins, .timeout = 10)
+{
+    cmp_process_t p;
+    cr_assert_eq(cmp_process_start(&p, sleep_ms, (void *)20, 0), 0);
+    cmp_process_close(&p);
+    struct timespec d = test_deadline(5);
+    cr_assert_eq(cmp_process_join(&p, &d), 0);
+    int code = -1;
+    cr_assert_eq(cmp_process_exitcode(&p, &code), 0);
+    cr_assert_eq(code, 0);
+}
