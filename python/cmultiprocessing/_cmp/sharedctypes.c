@@ -302,6 +302,8 @@ done:
  * Synchronized wrappers
  * ------------------------------------------------------------------------ */
 
+enum { LOCK_OTHER, LOCK_LOCK, LOCK_RLOCK }; /* which lock a wrapper holds */
+
 typedef struct {
     PyObject_HEAD
     PyObject *obj;
@@ -311,18 +313,28 @@ typedef struct {
     char *addr;        /* obj's memory, for the fast paths */
     Py_ssize_t length; /* arrays */
     int code;          /* fast type code of the value or items, 0 = via ctypes */
-    int fast_lock;     /* lock is this module's Lock or RLock */
+    int lock_kind;     /* LOCK_* */
     PyObject *dict;
     PyObject *weakreflist;
 } sync_object;
 
+/* The default lock is this module's RLock, and the usual pattern
+ * (`with v.get_lock(): v.value += 1`) re-enters it: take that case inline,
+ * exactly as RLock.__enter__/__exit__ do, and leave everything else
+ * (blocking, errors, other locks) to cmp_py_lock_*_any. */
 static inline int sync_acquire(sync_object *self)
 {
+    if (self->lock_kind == LOCK_RLOCK &&
+        cmp_rlock_tryacquire(((cmp_py_rlock *)self->lock)->rlock) == 0)
+        return 0;
     return cmp_py_lock_acquire_any(self->lock);
 }
 
 static inline int sync_release(sync_object *self)
 {
+    if (self->lock_kind == LOCK_RLOCK &&
+        cmp_rlock_release(((cmp_py_rlock *)self->lock)->rlock) == 0)
+        return 0;
     return cmp_py_lock_release_any(self->lock);
 }
 
@@ -442,14 +454,23 @@ static PyObject *scalar_box(int code, const scalar *s)
     }
 }
 
+/* 1 when the calling thread already holds the wrapper's RLock: then a
+ * nested acquire/release pair would change nothing but the count, and the
+ * fast paths skip it. */
+static inline int sync_held(sync_object *self)
+{
+    return self->lock_kind == LOCK_RLOCK && cmp_rlock_is_mine(((cmp_py_rlock *)self->lock)->rlock);
+}
+
 /* Reads the fast value at addr under the lock. */
 static PyObject *sync_load(sync_object *self, const char *addr)
 {
     scalar s;
-    if (sync_acquire(self) < 0)
+    int held = sync_held(self);
+    if (!held && sync_acquire(self) < 0)
         return NULL;
     memcpy(&s, addr, code_size(self->code));
-    if (sync_release(self) < 0)
+    if (!held && sync_release(self) < 0)
         return NULL;
     return scalar_box(self->code, &s);
 }
@@ -459,10 +480,11 @@ static int sync_store(sync_object *self, char *addr, PyObject *v)
     scalar s;
     if (scalar_pack(self->code, v, &s) < 0)
         return -1;
-    if (sync_acquire(self) < 0)
+    int held = sync_held(self);
+    if (!held && sync_acquire(self) < 0)
         return -1;
     memcpy(addr, &s, code_size(self->code));
-    return sync_release(self);
+    return held ? 0 : sync_release(self);
 }
 
 /* -- attribute access through ctypes, under the lock -------------------- */
@@ -549,7 +571,9 @@ static int sync_init(sync_object *self, PyObject *args, PyObject *kwds)
     Py_XSETREF(self->lock, lock);
     Py_XSETREF(self->acquire, acquire);
     Py_XSETREF(self->release, release);
-    self->fast_lock = Py_TYPE(lock) == st->Lock_type || Py_TYPE(lock) == st->RLock_type;
+    self->lock_kind = Py_TYPE(lock) == st->RLock_type  ? LOCK_RLOCK
+                      : Py_TYPE(lock) == st->Lock_type ? LOCK_LOCK
+                                                       : LOCK_OTHER;
 
     /* Fast paths: only for the canonical simple ctypes types (and arrays
      * of them) whose memory we can see through the buffer protocol. */
@@ -646,7 +670,7 @@ static PyObject *sync_enter(sync_object *self, PyObject *Py_UNUSED(ignored))
 {
     if (sync_ready(self) < 0)
         return NULL;
-    if (self->fast_lock) {
+    if (self->lock_kind != LOCK_OTHER) {
         if (sync_acquire(self) < 0)
             return NULL;
         Py_RETURN_TRUE;
@@ -658,7 +682,7 @@ static PyObject *sync_exit(sync_object *self, PyObject *const *args, Py_ssize_t 
 {
     if (sync_ready(self) < 0)
         return NULL;
-    if (self->fast_lock) {
+    if (self->lock_kind != LOCK_OTHER) {
         if (sync_release(self) < 0)
             return NULL;
         Py_RETURN_NONE;
