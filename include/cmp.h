@@ -177,6 +177,8 @@ int cmp_lock_tryacquire(cmp_lock_t *lock);
 int cmp_lock_release(cmp_lock_t *lock);
 /* 1 when held by anyone, 0 when free. */
 int cmp_lock_is_locked(const cmp_lock_t *lock);
+/* Pid of the process that holds it (the last acquirer), 0 when free. */
+pid_t cmp_lock_holder(const cmp_lock_t *lock);
 
 /* Recursive lock. acquire as for cmp_lock_t (a re-entry returns 0).
  * release: 0, or -EPERM when the calling thread does not own it. */

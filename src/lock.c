@@ -110,3 +110,8 @@ int cmp_lock_is_locked(const cmp_lock_t *lock)
 {
     return HOLDER(cmp__load_relaxed(&lock->state)) != 0;
 }
+
+pid_t cmp_lock_holder(const cmp_lock_t *lock)
+{
+    return (pid_t)HOLDER(cmp__load_relaxed(&lock->state));
+}

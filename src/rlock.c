@@ -22,12 +22,17 @@ void cmp_rlock_init(cmp_rlock_t *rlock)
     rlock->owner = 0;
 }
 
+/* The hot paths ask "who am I" once per call. */
+static inline int owned_by(const cmp_rlock_t *rlock, uint32_t tid, uint32_t pid)
+{
+    if (cmp__load_relaxed(&rlock->owner) != tid)
+        return 0;
+    return (cmp__load_relaxed(&rlock->lock.state) & ~CMP__LOCK_WAITERS) == pid;
+}
+
 int cmp_rlock_is_mine(const cmp_rlock_t *rlock)
 {
-    if (cmp__load_relaxed(&rlock->owner) != cmp__self_tid())
-        return 0;
-    uint32_t v = cmp__load_relaxed(&rlock->lock.state) & ~CMP__LOCK_WAITERS;
-    return v == (uint32_t)cmp_self_pid();
+    return owned_by(rlock, cmp__self_tid(), (uint32_t)cmp_self_pid());
 }
 
 uint32_t cmp_rlock_count(const cmp_rlock_t *rlock)
@@ -69,23 +74,25 @@ int cmp_rlock_acquire(cmp_rlock_t *rlock, const struct timespec *deadline)
 
 int cmp_rlock_tryacquire(cmp_rlock_t *rlock)
 {
-    if (cmp_rlock_is_mine(rlock)) {
+    const uint32_t tid = cmp__self_tid(), pid = (uint32_t)cmp_self_pid();
+    if (owned_by(rlock, tid, pid)) {
         uint32_t c = cmp__load_relaxed(&rlock->count);
         if (c == UINT32_MAX)
             return -EOVERFLOW;
         cmp__store_relaxed(&rlock->count, c + 1);
         return 0;
     }
-    int rc = cmp_lock_tryacquire(&rlock->lock);
-    if (rc < 0)
-        return rc;
-    take_ownership(rlock, 1);
-    return rc;
+    uint32_t expected = 0;
+    if (!cmp__cas_acquire(&rlock->lock.state, &expected, pid))
+        return -EAGAIN;
+    cmp__store_relaxed(&rlock->owner, tid);
+    cmp__store_relaxed(&rlock->count, 1);
+    return 0;
 }
 
 int cmp_rlock_release(cmp_rlock_t *rlock)
 {
-    if (!cmp_rlock_is_mine(rlock))
+    if (!owned_by(rlock, cmp__self_tid(), (uint32_t)cmp_self_pid()))
         return -EPERM;
     uint32_t c = cmp__load_relaxed(&rlock->count);
     if (c > 1) {
