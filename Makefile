@@ -61,7 +61,7 @@ $(BUILD)/examples/%: examples/c/%.c $(BUILD)/libcmp.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -o $@ $< $(BUILD)/libcmp.a $(LDLIBS)
 
-$(BUILD)/test_c: $(CTEST_SRC) tests/c/helpers.h $(BUILD)/libcmp.a
+$(BUILD)/test_c: $(CTEST_SRC) $(wildcard tests/c/*.h) $(BUILD)/libcmp.a
 	$(CC) $(CFLAGS_ALL) -Itests/c -o $@ $(CTEST_SRC) $(BUILD)/libcmp.a -lcriterion $(LDLIBS)
 
 deps:

@@ -177,6 +177,8 @@ int cmp_lock_tryacquire(cmp_lock_t *lock);
 int cmp_lock_release(cmp_lock_t *lock);
 /* 1 when held by anyone, 0 when free. */
 int cmp_lock_is_locked(const cmp_lock_t *lock);
+/* Pid of the process that holds it (the last acquirer), 0 when free. */
+pid_t cmp_lock_holder(const cmp_lock_t *lock);
 
 /* Recursive lock. acquire as for cmp_lock_t (a re-entry returns 0).
  * release: 0, or -EPERM when the calling thread does not own it. */
@@ -232,6 +234,14 @@ int cmp_cond_notify_all(cmp_cond_t *cond);
 int cmp_cond_prepare_wait(cmp_cond_t *cond, uint32_t *ticket);
 int cmp_cond_sleep(cmp_cond_t *cond, uint32_t ticket,
                    const struct timespec *deadline);
+/* prepare_wait: always 0. sleep: 0 when notified, -ETIMEDOUT (no longer a
+ * waiter), -EINTR (STILL a waiter: call cmp_cond_sleep again with the same
+ * ticket and deadline, or withdraw with cmp_cond_cancel_wait).
+ * cancel_wait: 0 once withdrawn, 1 if a notify for the caller had already
+ * been granted (it is consumed: treat the wait as notified). */
+int cmp_cond_cancel_wait(cmp_cond_t *cond, uint32_t ticket);
+/* Waiters not yet notified (a snapshot, for repr and tests). */
+uint32_t cmp_cond_n_waiting(const cmp_cond_t *cond);
 
 /* Barrier. action (may be NULL) runs in the last process to arrive, before
  * the others are released; a nonzero return breaks the barrier.

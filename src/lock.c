@@ -63,6 +63,13 @@ int cmp_lock_acquire(cmp_lock_t *lock, const struct timespec *deadline)
             continue;
         }
         if (!(v & WAITERS)) {
+            /* A zero timeout (a poll) sets no WAITERS bit: that would cost
+             * the holder a needless wake syscall on release. */
+            if (deadline && cmp__deadline_passed(deadline)) {
+                if (take_from_dead_holder(lock, v, me))
+                    return CMP_OWNER_DIED;
+                return -ETIMEDOUT;
+            }
             if (!cmp__cas_acquire(&lock->state, &v, v | WAITERS))
                 continue;
             v |= WAITERS;
@@ -76,9 +83,11 @@ int cmp_lock_acquire(cmp_lock_t *lock, const struct timespec *deadline)
         if (rc == -ETIMEDOUT) {
             if (take_from_dead_holder(lock, v, me))
                 return CMP_OWNER_DIED;
-            if (cmp__deadline_passed(deadline))
-                return -ETIMEDOUT;
             v = cmp__load_relaxed(&lock->state);
+            /* A lock freed just as the deadline passed is still taken: the
+             * loop head tries it once more before giving up. */
+            if (HOLDER(v) != 0 && cmp__deadline_passed(deadline))
+                return -ETIMEDOUT;
         }
     }
 }
@@ -100,4 +109,9 @@ int cmp_lock_release(cmp_lock_t *lock)
 int cmp_lock_is_locked(const cmp_lock_t *lock)
 {
     return HOLDER(cmp__load_relaxed(&lock->state)) != 0;
+}
+
+pid_t cmp_lock_holder(const cmp_lock_t *lock)
+{
+    return (pid_t)HOLDER(cmp__load_relaxed(&lock->state));
 }

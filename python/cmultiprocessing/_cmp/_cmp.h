@@ -98,6 +98,7 @@ typedef struct {
     PyObject_HEAD
     cmp_shared_t *block; /* keeps the shared memory alive */
     cmp_lock_t *lock;    /* inside block */
+    unsigned long owner; /* this process's thread that last acquired it */
 } cmp_py_lock;
 
 typedef struct {
@@ -112,6 +113,29 @@ typedef struct {
  * Return 0, or -1 with an exception set. (lock.c) */
 int cmp_py_lock_acquire_any(PyObject *lock);
 int cmp_py_lock_release_any(PyObject *lock);
+
+/* Lock and RLock internals for condition.c (lock.c, rlock.c).
+ * acquire_deadline: blocking acquire with the GIL released, -EINTR retried
+ * after running signal handlers, AbandonedLockWarning on a dead holder.
+ * Returns 1 acquired, 0 timed out, -1 with an exception set. */
+int cmp_py_Lock_acquire_deadline(cmp_py_lock *self, const struct timespec *deadline);
+int cmp_py_RLock_acquire_count(cmp_py_rlock *self, uint32_t count,
+                               const struct timespec *deadline);
+/* 1 if the calling thread of this process holds it. */
+int cmp_py_Lock_is_mine(cmp_py_lock *self);
+PyObject *cmp_py_Lock_acquire(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                              PyObject *kwnames);
+PyObject *cmp_py_Lock_release(PyObject *self, PyObject *unused);
+PyObject *cmp_py_RLock_acquire(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                               PyObject *kwnames);
+PyObject *cmp_py_RLock_release(PyObject *self, PyObject *unused);
+/* Parses (block=True, timeout=None) of acquire(); fname for messages.
+ * Returns 0, or -1 with TypeError set. */
+int cmp_py_parse_acquire_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
+                              PyObject *kwnames, int *block, PyObject **timeout);
+/* "MainProcess" or "MainProcess|Thread-1", as the stdlib's reprs name the
+ * caller. New reference, or NULL with an exception. */
+PyObject *cmp_py_owner_name(void);
 
 /* Per-concept module initialization, called from module.c's exec slot. */
 int cmp_py_errors_init(PyObject *module, cmp_py_state *st);

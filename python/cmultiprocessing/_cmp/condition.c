@@ -1,9 +1,387 @@
-/* Placeholder: filled in by the condition work. */
+/*
+ * Condition: multiprocessing.Condition on a cmp_cond_t in the shared heap,
+ * over one of our Lock or RLock objects (an RLock by default).
+ *
+ * wait() uses libcmp's split form: register while still holding the lock,
+ * release the lock (every level of an RLock), sleep with the GIL released,
+ * then re-acquire. A signal during the sleep runs the Python handlers; if
+ * one raises (KeyboardInterrupt), the waiter withdraws, takes the lock back
+ * and the exception propagates.
+ */
 #include "_cmp.h"
+
+#include <errno.h>
+
+typedef struct {
+    PyObject_HEAD
+    cmp_shared_t *block;
+    cmp_cond_t *cond;
+    PyObject *lock; /* our Lock or RLock */
+    int is_rlock;
+} cmp_py_condition;
+
+static const char CONDITION_DOC[] =
+    "Condition(lock=None)\n--\n\n"
+    "A condition variable shared between processes (multiprocessing.Condition)\n"
+    "over a cmultiprocessing Lock or RLock (a new RLock by default).\n\n"
+    "If a process dies while holding the lock, the next process to acquire it\n"
+    "(also when wait() takes it back) takes it over and emits\n"
+    "cmultiprocessing.AbandonedLockWarning.";
+
+static int is_mine(cmp_py_condition *self)
+{
+    if (self->is_rlock)
+        return cmp_rlock_is_mine(((cmp_py_rlock *)self->lock)->rlock);
+    return cmp_py_Lock_is_mine((cmp_py_lock *)self->lock);
+}
+
+/* Takes the lock back after a wait (depth levels of an RLock). */
+static int reacquire(cmp_py_condition *self, uint32_t depth)
+{
+    if (self->is_rlock)
+        return cmp_py_RLock_acquire_count((cmp_py_rlock *)self->lock, depth, NULL);
+    return cmp_py_Lock_acquire_deadline((cmp_py_lock *)self->lock, NULL);
+}
+
+/* 1 notified, 0 timed out, -1 exception (lock held again unless taking it
+ * back was itself interrupted). */
+static int wait_impl(cmp_py_condition *self, const struct timespec *deadline)
+{
+    if (!is_mine(self)) {
+        PyErr_SetString(PyExc_AssertionError, "must acquire() condition before using wait()");
+        return -1;
+    }
+    uint32_t ticket, depth = 1;
+    cmp_cond_prepare_wait(self->cond, &ticket);
+    if (self->is_rlock) {
+        int d = cmp_rlock_release_all(((cmp_py_rlock *)self->lock)->rlock);
+        depth = d > 0 ? (uint32_t)d : 1;
+    } else {
+        cmp_lock_release(((cmp_py_lock *)self->lock)->lock);
+    }
+    int rc, notified = 0, failed = 0;
+    for (;;) {
+        Py_BEGIN_ALLOW_THREADS
+        rc = cmp_cond_sleep(self->cond, ticket, deadline);
+        Py_END_ALLOW_THREADS
+        if (rc != -EINTR)
+            break;
+        if (PyErr_CheckSignals() < 0) {
+            /* a grant already made to us is consumed, never lost */
+            cmp_cond_cancel_wait(self->cond, ticket);
+            failed = 1;
+            break;
+        }
+    }
+    if (!failed)
+        notified = rc == 0;
+
+    if (failed) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        int r = reacquire(self, depth);
+        if (r < 0)
+            PyErr_Clear(); /* the first exception is the one to report */
+        PyErr_Restore(type, value, tb);
+        return -1;
+    }
+    if (reacquire(self, depth) < 0)
+        return -1;
+    return notified;
+}
+
+static PyObject *Condition_wait(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
+                                PyObject *kwnames)
+{
+    PyObject *timeout = NULL;
+    if (nargs > 1) {
+        PyErr_Format(PyExc_TypeError, "wait() takes at most 1 argument (%zd given)", nargs);
+        return NULL;
+    }
+    if (nargs == 1)
+        timeout = args[0];
+    if (kwnames) {
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++) {
+            PyObject *key = PyTuple_GET_ITEM(kwnames, i);
+            if (PyUnicode_CompareWithASCIIString(key, "timeout") != 0 || nargs == 1) {
+                PyErr_Format(PyExc_TypeError, "wait() got an unexpected keyword argument '%U'",
+                             key);
+                return NULL;
+            }
+            timeout = args[nargs + i];
+        }
+    }
+    struct timespec storage;
+    const struct timespec *deadline;
+    if (cmp_py_deadline(timeout, &storage, &deadline) < 0)
+        return NULL;
+    int r = wait_impl((cmp_py_condition *)op, deadline);
+    if (r < 0)
+        return NULL;
+    return PyBool_FromLong(r);
+}
+
+static PyObject *Condition_wait_for(PyObject *op, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"predicate", "timeout", NULL};
+    PyObject *predicate, *timeout = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O:wait_for", kwlist, &predicate, &timeout))
+        return NULL;
+    PyObject *result = PyObject_CallNoArgs(predicate);
+    if (!result)
+        return NULL;
+    struct timespec storage;
+    const struct timespec *deadline;
+    if (cmp_py_deadline(timeout, &storage, &deadline) < 0)
+        goto fail;
+    for (;;) {
+        int truth = PyObject_IsTrue(result);
+        if (truth < 0)
+            goto fail;
+        if (truth)
+            return result;
+        if (deadline && cmp_deadline_remaining(deadline) <= 0)
+            return result;
+        if (wait_impl((cmp_py_condition *)op, deadline) < 0)
+            goto fail;
+        Py_SETREF(result, PyObject_CallNoArgs(predicate));
+        if (!result)
+            return NULL;
+    }
+fail:
+    Py_DECREF(result);
+    return NULL;
+}
+
+static PyObject *Condition_notify(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
+                                  PyObject *kwnames)
+{
+    cmp_py_condition *self = (cmp_py_condition *)op;
+    PyObject *n_obj = NULL;
+    if (nargs > 1) {
+        PyErr_Format(PyExc_TypeError, "notify() takes at most 1 argument (%zd given)", nargs);
+        return NULL;
+    }
+    if (nargs == 1)
+        n_obj = args[0];
+    if (kwnames) {
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++) {
+            PyObject *key = PyTuple_GET_ITEM(kwnames, i);
+            if (PyUnicode_CompareWithASCIIString(key, "n") != 0 || nargs == 1) {
+                PyErr_Format(PyExc_TypeError,
+                             "notify() got an unexpected keyword argument '%U'", key);
+                return NULL;
+            }
+            n_obj = args[nargs + i];
+        }
+    }
+    uint32_t n = 1;
+    if (n_obj) {
+        PyObject *index = PyNumber_Index(n_obj);
+        if (!index)
+            return NULL;
+        int overflow;
+        long long v = PyLong_AsLongLongAndOverflow(index, &overflow);
+        Py_DECREF(index);
+        if (v == -1 && PyErr_Occurred())
+            return NULL;
+        if (overflow > 0 || v > (long long)UINT32_MAX)
+            n = UINT32_MAX;
+        else if (overflow < 0 || v <= 0)
+            n = 0;
+        else
+            n = (uint32_t)v;
+    }
+    if (!is_mine(self)) {
+        PyErr_SetString(PyExc_AssertionError, "lock is not owned");
+        return NULL;
+    }
+    cmp_cond_notify(self->cond, n);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Condition_notify_all(PyObject *op, PyObject *unused)
+{
+    (void)unused;
+    cmp_py_condition *self = (cmp_py_condition *)op;
+    if (!is_mine(self)) {
+        PyErr_SetString(PyExc_AssertionError, "lock is not owned");
+        return NULL;
+    }
+    cmp_cond_notify_all(self->cond);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Condition_acquire(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
+                                   PyObject *kwnames)
+{
+    cmp_py_condition *self = (cmp_py_condition *)op;
+    return self->is_rlock ? cmp_py_RLock_acquire(self->lock, args, nargs, kwnames)
+                          : cmp_py_Lock_acquire(self->lock, args, nargs, kwnames);
+}
+
+static PyObject *Condition_release(PyObject *op, PyObject *unused)
+{
+    cmp_py_condition *self = (cmp_py_condition *)op;
+    return self->is_rlock ? cmp_py_RLock_release(self->lock, unused)
+                          : cmp_py_Lock_release(self->lock, unused);
+}
+
+static PyObject *Condition_enter(PyObject *op, PyObject *unused)
+{
+    (void)unused;
+    cmp_py_condition *self = (cmp_py_condition *)op;
+    PyObject *r = self->is_rlock ? cmp_py_RLock_acquire(self->lock, NULL, 0, NULL)
+                                 : cmp_py_Lock_acquire(self->lock, NULL, 0, NULL);
+    return r;
+}
+
+static PyObject *Condition_exit(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)args;
+    (void)nargs;
+    return Condition_release(op, NULL);
+}
+
+static PyObject *Condition_reduce(PyObject *op, PyObject *unused)
+{
+    (void)op;
+    (void)unused;
+    PyErr_SetString(PyExc_RuntimeError,
+                    "Condition objects should only be shared between processes through "
+                    "inheritance");
+    return NULL;
+}
+
+static PyObject *Condition_repr(PyObject *op)
+{
+    cmp_py_condition *self = (cmp_py_condition *)op;
+    PyObject *cls = PyObject_GetAttrString((PyObject *)Py_TYPE(op), "__name__");
+    if (!cls)
+        return NULL;
+    PyObject *r = PyUnicode_FromFormat("<%U(%R, %lu)>", cls, self->lock,
+                                       (unsigned long)cmp_cond_n_waiting(self->cond));
+    Py_DECREF(cls);
+    return r;
+}
+
+static PyObject *Condition_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"lock", "ctx", NULL};
+    PyObject *lock = Py_None, *ctx = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O$O:Condition", kwlist, &lock, &ctx))
+        return NULL;
+    cmp_py_state *st = cmp_py_state_of_type(type);
+    if (!st) {
+        PyErr_SetString(PyExc_SystemError, "cmultiprocessing._cmp is not initialized");
+        return NULL;
+    }
+    int is_rlock;
+    if (lock == Py_None) {
+        lock = PyObject_CallNoArgs((PyObject *)st->RLock_type);
+        if (!lock)
+            return NULL;
+        is_rlock = 1;
+    } else if (PyObject_TypeCheck(lock, st->RLock_type)) {
+        Py_INCREF(lock);
+        is_rlock = 1;
+    } else if (PyObject_TypeCheck(lock, st->Lock_type)) {
+        Py_INCREF(lock);
+        is_rlock = 0;
+    } else {
+        PyErr_Format(PyExc_TypeError,
+                     "Condition() needs a cmultiprocessing Lock or RLock, not %.200s",
+                     Py_TYPE(lock)->tp_name);
+        return NULL;
+    }
+    cmp_shared_t *block;
+    int rc = cmp_shared_alloc(sizeof(cmp_cond_t), &block);
+    if (rc < 0) {
+        Py_DECREF(lock);
+        return cmp_py_raise(rc);
+    }
+    cmp_py_condition *self = (cmp_py_condition *)type->tp_alloc(type, 0);
+    if (!self) {
+        Py_DECREF(lock);
+        cmp_shared_release(block);
+        return NULL;
+    }
+    self->block = block;
+    self->cond = cmp_shared_ptr(block);
+    cmp_cond_init(self->cond);
+    self->lock = lock;
+    self->is_rlock = is_rlock;
+    return (PyObject *)self;
+}
+
+static int Condition_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(((cmp_py_condition *)op)->lock);
+    return 0;
+}
+
+static int Condition_clear(PyObject *op)
+{
+    Py_CLEAR(((cmp_py_condition *)op)->lock);
+    return 0;
+}
+
+static void Condition_dealloc(PyObject *op)
+{
+    cmp_py_condition *self = (cmp_py_condition *)op;
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    Condition_clear(op);
+    if (self->block)
+        cmp_shared_release(self->block);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef Condition_methods[] = {
+    {"acquire", (PyCFunction)(void (*)(void))Condition_acquire, METH_FASTCALL | METH_KEYWORDS,
+     "acquire(block=True, timeout=None)\n--\n\nAcquire the underlying lock."},
+    {"release", Condition_release, METH_NOARGS,
+     "release()\n--\n\nRelease the underlying lock."},
+    {"wait", (PyCFunction)(void (*)(void))Condition_wait, METH_FASTCALL | METH_KEYWORDS,
+     "wait(timeout=None)\n--\n\n"
+     "Release the lock, sleep until notified or timeout seconds pass, take the\n"
+     "lock back. Return False if the timeout expired, True otherwise."},
+    {"wait_for", (PyCFunction)(void (*)(void))Condition_wait_for, METH_VARARGS | METH_KEYWORDS,
+     "wait_for(predicate, timeout=None)\n--\n\n"
+     "Wait until predicate() is true or the timeout expires; return the last\n"
+     "value of predicate()."},
+    {"notify", (PyCFunction)(void (*)(void))Condition_notify, METH_FASTCALL | METH_KEYWORDS,
+     "notify(n=1)\n--\n\nWake up to n of the processes or threads waiting."},
+    {"notify_all", Condition_notify_all, METH_NOARGS,
+     "notify_all()\n--\n\nWake every process or thread waiting."},
+    {"__enter__", Condition_enter, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)(void (*)(void))Condition_exit, METH_FASTCALL, NULL},
+    {"__reduce__", Condition_reduce, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot Condition_slots[] = {
+    {Py_tp_doc, (void *)CONDITION_DOC},
+    {Py_tp_new, Condition_new},
+    {Py_tp_dealloc, Condition_dealloc},
+    {Py_tp_traverse, Condition_traverse},
+    {Py_tp_clear, Condition_clear},
+    {Py_tp_repr, Condition_repr},
+    {Py_tp_methods, Condition_methods},
+    {0, NULL},
+};
+
+static PyType_Spec Condition_spec = {
+    .name = "cmultiprocessing.synchronize.Condition",
+    .basicsize = sizeof(cmp_py_condition),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .slots = Condition_slots,
+};
 
 int cmp_py_condition_init(PyObject *module, cmp_py_state *st)
 {
-    (void)module;
-    (void)st;
-    return 0;
+    st->Condition_type = cmp_py_add_type(module, &Condition_spec, NULL);
+    return st->Condition_type ? 0 : -1;
 }

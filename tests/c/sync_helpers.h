@@ -1,0 +1,99 @@
+/* Helpers for the lock, rlock and condition tests: forked workers, a
+ * self-killing holder, and a thread that interrupts the main thread. */
+#ifndef CMP_TEST_SYNC_HELPERS_H
+#define CMP_TEST_SYNC_HELPERS_H
+
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "helpers.h"
+
+static inline double sync_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static inline void sync_sleep(double seconds)
+{
+    struct timespec ts = {(time_t)seconds, (long)((seconds - (double)(time_t)seconds) * 1e9)};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+/* Waits for pid and asserts it exited with status 0. */
+static inline void sync_reap_ok(pid_t pid)
+{
+    int status = 0;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status), "child did not exit normally (status %#x)", status);
+    cr_assert_eq(WEXITSTATUS(status), 0, "child exit status %d", WEXITSTATUS(status));
+}
+
+/* Polls *flag (shared) until it is nonzero; fails the test after seconds. */
+static inline void sync_wait_flag(const volatile uint32_t *flag, uint32_t value, double seconds)
+{
+    double end = sync_now() + seconds;
+    while (__atomic_load_n(flag, __ATOMIC_ACQUIRE) < value) {
+        cr_assert(sync_now() < end, "timed out waiting for a flag");
+        sync_sleep(0.001);
+    }
+}
+
+/* SIGUSR1 with a handler installed without SA_RESTART, so that a blocking
+ * futex wait returns EINTR. */
+static void sync_on_usr1(int sig)
+{
+    (void)sig;
+}
+
+struct sync_interrupter {
+    pthread_t target;
+    double delay;
+    pthread_t thread;
+    int stop;
+};
+
+static void *sync_interrupter_main(void *arg)
+{
+    struct sync_interrupter *it = arg;
+    sync_sleep(it->delay);
+    /* Repeat until joined: on a loaded machine the target may not have gone
+     * to sleep yet when the first signal lands. */
+    while (!__atomic_load_n(&it->stop, __ATOMIC_ACQUIRE)) {
+        pthread_kill(it->target, SIGUSR1);
+        sync_sleep(0.05);
+    }
+    return NULL;
+}
+
+/* Sends SIGUSR1 to the calling thread after delay seconds, then every 50 ms
+ * until sync_interrupter_join(). */
+static inline void sync_interrupt_me_after(struct sync_interrupter *it, double delay)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = sync_on_usr1;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = 0;
+    cr_assert_eq(sigaction(SIGUSR1, &sa, NULL), 0);
+    it->target = pthread_self();
+    it->delay = delay;
+    it->stop = 0;
+    cr_assert_eq(pthread_create(&it->thread, NULL, sync_interrupter_main, it), 0);
+}
+
+static inline void sync_interrupter_join(struct sync_interrupter *it)
+{
+    __atomic_store_n(&it->stop, 1, __ATOMIC_RELEASE);
+    pthread_join(it->thread, NULL);
+}
+
+#endif
