@@ -19,15 +19,16 @@ typedef struct {
 
 struct start_method {
     const char *name;
+    const char *process; /* module attribute of the context's Process class */
     int supported;
     PyObject *context; /* the concrete context, once created */
 };
 
 /* Order as the stdlib lists them; the first supported one is the default. */
 static struct start_method methods[] = {
-    {"fork", 1, NULL},
-    {"spawn", 0, NULL},
-    {"forkserver", 0, NULL},
+    {"fork", "_ForkProcess", 1, NULL},
+    {"spawn", "_SpawnProcess", 0, NULL},
+    {"forkserver", "_ForkServerProcess", 0, NULL},
 };
 #define N_METHODS ((int)(sizeof methods / sizeof *methods))
 #define DEFAULT_METHOD 0
@@ -203,7 +204,11 @@ static PyObject *ctx_getattro(PyObject *self, PyObject *name)
     /* A public factory of the module (Process, Lock, Queue, ...). */
     PyObject *et, *ev, *tb;
     PyErr_Fetch(&et, &ev, &tb);
-    r = PyObject_GetAttr(((CtxObject *)self)->module, name);
+    CtxObject *ctx = (CtxObject *)self;
+    if (ctx->method >= 0 && PyUnicode_CompareWithASCIIString(name, "Process") == 0)
+        r = PyObject_GetAttrString(ctx->module, methods[ctx->method].process);
+    else
+        r = PyObject_GetAttr(ctx->module, name);
     if (r) {
         Py_XDECREF(et);
         Py_XDECREF(ev);

@@ -1166,6 +1166,15 @@ static PyType_Slot special_slots[] = {
     {0, NULL},
 };
 
+/* What the fork context's Process is: the stdlib names its processes after
+ * this class (ForkProcess-1). */
+static PyType_Spec fork_process_spec = {
+    .name = "cmultiprocessing.context.ForkProcess",
+    .basicsize = sizeof(ProcObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .slots = special_slots,
+};
+
 static PyType_Spec main_spec = {
     .name = "cmultiprocessing.process._MainProcess",
     .basicsize = sizeof(ProcObject),
@@ -1519,6 +1528,13 @@ int cmp_py_process_init(PyObject *module, cmp_py_state *st)
     g_authstr_type = PyType_FromModuleAndSpec(module, &authstr_spec, (PyObject *)&PyBytes_Type);
     if (!g_main_type || !g_parent_type || !g_authstr_type)
         return -1;
+    PyObject *fork_process =
+        PyType_FromModuleAndSpec(module, &fork_process_spec, (PyObject *)st->Process_type);
+    if (!fork_process || PyModule_AddObjectRef(module, "_ForkProcess", fork_process) < 0) {
+        Py_XDECREF(fork_process);
+        return -1;
+    }
+    Py_DECREF(fork_process);
     if (PyModule_AddObjectRef(module, "_AuthenticationString", g_authstr_type) < 0)
         return -1;
     if (!children() || make_main_process() < 0)

@@ -1,0 +1,94 @@
+"""Contexts and start methods."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from conftest import PKG_DIR
+
+IMPLS = ["multiprocessing", "cmultiprocessing"]
+
+
+def run_script(code, impl):
+    env = dict(os.environ, PYTHONPATH=os.path.abspath(PKG_DIR))
+    return subprocess.run([sys.executable, "-c", f"import {impl} as mp\n" + textwrap.dedent(code)],
+                          capture_output=True, text=True, timeout=30, env=env)
+
+
+def test_fork_context_api(mp):
+    assert mp.get_start_method() == "fork"
+    assert mp.get_context() is mp
+    assert mp.get_context("fork") is mp
+    assert mp._name == "fork"
+    for name in ("Process", "current_process", "parent_process", "active_children",
+                 "cpu_count", "get_context", "get_start_method", "set_start_method",
+                 "ProcessError", "TimeoutError", "BufferTooShort", "AuthenticationError",
+                 "freeze_support", "get_logger", "log_to_stderr", "set_executable"):
+        assert hasattr(mp, name), name
+    assert mp.current_process().name == "MainProcess"
+    assert mp.cpu_count() >= 1
+    assert issubclass(mp.TimeoutError, mp.ProcessError)
+    with pytest.raises(ValueError, match="cannot set start method of concrete context"):
+        mp.set_start_method("fork")
+    with pytest.raises(ValueError, match="cannot find context for 'nonsense'"):
+        mp.get_context("nonsense")
+    with pytest.raises(AttributeError):
+        mp.no_such_factory
+
+
+def test_context_process_runs(mp):
+    p = mp.Process(target=os.getpid)
+    p.start()
+    p.join(10)
+    assert p.exitcode == 0
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_default_context_start_method_rules(impl):
+    r = run_script("""
+        print(mp.get_start_method(allow_none=True))
+        mp.set_start_method("fork")
+        print(mp.get_start_method())
+        try:
+            mp.set_start_method("fork")
+        except RuntimeError as e:
+            print("RuntimeError", e)
+        mp.set_start_method(None, force=True)
+        print(mp.get_start_method(allow_none=True))
+        print(mp.get_start_method())           # fixes the default
+        try:
+            mp.set_start_method("fork")
+        except RuntimeError:
+            print("set again")
+        mp.set_start_method("fork", force=True)
+        print(mp.get_context() is mp.get_context("fork"))
+        print("fork" in mp.get_all_start_methods())
+        try:
+            mp.get_context("nonsense")
+        except ValueError as e:
+            print("ValueError", e)
+    """, impl)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n") == [
+        "None", "fork", "RuntimeError context has already been set", "None", "fork",
+        "set again", "True", "True", "ValueError cannot find context for 'nonsense'", ""]
+
+
+def test_unsupported_methods_say_so(cmp):
+    for method in ("spawn", "forkserver"):
+        with pytest.raises(ValueError, match="not supported"):
+            cmp.get_context(method)
+    assert cmp.get_all_start_methods() == ["fork"]
+
+
+def test_context_resolves_module_factories(cmp):
+    ctx = cmp.get_context("fork")
+    assert ctx.ProcessError is cmp.ProcessError
+    assert ctx.current_process is cmp.current_process
+    assert isinstance(ctx.Process(), cmp.Process)
+    assert "Process" in dir(ctx)
+    with pytest.raises(RuntimeError):
+        import pickle
+        pickle.dumps(ctx)
