@@ -31,12 +31,6 @@
 
 #define KNOWN_FLAGS CMP_PROCESS_DIE_WITH_PARENT
 
-/* Drops the child's references to the shared heap before it leaves, so
- * that blocks only it held become reusable. Weak so that libcmp links
- * even while the shared heap lives in another translation unit that a
- * static link may leave out. */
-__attribute__((weak)) void cmp_shared_release_all(void);
-
 static _Noreturn void child_run(cmp_process_fn fn, void *arg, unsigned flags, pid_t parent)
 {
     if (flags & CMP_PROCESS_DIE_WITH_PARENT) {
@@ -46,8 +40,8 @@ static _Noreturn void child_run(cmp_process_fn fn, void *arg, unsigned flags, pi
             raise(SIGKILL);
     }
     int ret = fn(arg);
-    if (cmp_shared_release_all)
-        cmp_shared_release_all();
+    /* Blocks only this child held become reusable by the others. */
+    cmp_shared_release_all();
     fflush(NULL);
     _exit(ret & 0xff);
 }
