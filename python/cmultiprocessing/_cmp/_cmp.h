@@ -121,6 +121,10 @@ int cmp_py_lock_release_any(PyObject *lock);
 int cmp_py_Lock_acquire_deadline(cmp_py_lock *self, const struct timespec *deadline);
 int cmp_py_RLock_acquire_count(cmp_py_rlock *self, uint32_t count,
                                const struct timespec *deadline);
+/* The deadline for one GIL-released sleep of a blocking acquire: at most
+ * 50 ms away, so that signal handlers run promptly even when a signal lands
+ * between two futex waits. Returns deadline itself when it comes first. */
+const struct timespec *cmp_py_slice(const struct timespec *deadline, struct timespec *storage);
 /* 1 if the calling thread of this process holds it. */
 int cmp_py_Lock_is_mine(cmp_py_lock *self);
 PyObject *cmp_py_Lock_acquire(PyObject *self, PyObject *const *args, Py_ssize_t nargs,

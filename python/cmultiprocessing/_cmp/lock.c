@@ -125,14 +125,29 @@ int cmp_py_Lock_is_mine(cmp_py_lock *self)
            self->owner == PyThread_get_thread_ident();
 }
 
+const struct timespec *cmp_py_slice(const struct timespec *deadline, struct timespec *storage)
+{
+    /* A signal that lands between two sleeps of a lock's periodic
+     * dead-holder check runs the C handler without interrupting a futex
+     * wait; sleeping in slices bounds how late its Python handler runs. */
+    cmp_deadline_after(0.05, storage);
+    if (deadline && (deadline->tv_sec < storage->tv_sec ||
+                     (deadline->tv_sec == storage->tv_sec &&
+                      deadline->tv_nsec <= storage->tv_nsec)))
+        return deadline;
+    return storage;
+}
+
 int cmp_py_Lock_acquire_deadline(cmp_py_lock *self, const struct timespec *deadline)
 {
     int rc;
     for (;;) {
+        struct timespec storage;
+        const struct timespec *slice = cmp_py_slice(deadline, &storage);
         Py_BEGIN_ALLOW_THREADS
-        rc = cmp_lock_acquire(self->lock, deadline);
+        rc = cmp_lock_acquire(self->lock, slice);
         Py_END_ALLOW_THREADS
-        if (rc != -EINTR)
+        if (rc != -EINTR && !(rc == -ETIMEDOUT && slice != deadline))
             break;
         if (PyErr_CheckSignals() < 0)
             return -1;
@@ -157,6 +172,9 @@ PyObject *cmp_py_Lock_acquire(PyObject *op, PyObject *const *args, Py_ssize_t na
     PyObject *timeout = NULL;
     if ((nargs || kwnames) &&
         cmp_py_parse_acquire_args("acquire", args, nargs, kwnames, &block, &timeout) < 0)
+        return NULL;
+    /* a bad timeout is an error even when the lock is free, as in the stdlib */
+    if (timeout && timeout != Py_None && PyFloat_AsDouble(timeout) == -1.0 && PyErr_Occurred())
         return NULL;
     if (cmp_lock_tryacquire(self->lock) == 0) {
         self->owner = PyThread_get_thread_ident();

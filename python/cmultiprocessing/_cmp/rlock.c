@@ -24,10 +24,12 @@ int cmp_py_RLock_acquire_count(cmp_py_rlock *self, uint32_t count,
     int rc = count == 1 ? cmp_rlock_tryacquire(self->rlock) : -EAGAIN;
     if (rc == -EAGAIN) {
         for (;;) {
+            struct timespec storage;
+            const struct timespec *slice = cmp_py_slice(deadline, &storage);
             Py_BEGIN_ALLOW_THREADS
-            rc = cmp_rlock_acquire_count(self->rlock, count, deadline);
+            rc = cmp_rlock_acquire_count(self->rlock, count, slice);
             Py_END_ALLOW_THREADS
-            if (rc != -EINTR)
+            if (rc != -EINTR && !(rc == -ETIMEDOUT && slice != deadline))
                 break;
             if (PyErr_CheckSignals() < 0)
                 return -1;
@@ -56,6 +58,9 @@ PyObject *cmp_py_RLock_acquire(PyObject *op, PyObject *const *args, Py_ssize_t n
     PyObject *timeout = NULL;
     if ((nargs || kwnames) &&
         cmp_py_parse_acquire_args("acquire", args, nargs, kwnames, &block, &timeout) < 0)
+        return NULL;
+    /* a bad timeout is an error even when the lock is free, as in the stdlib */
+    if (timeout && timeout != Py_None && PyFloat_AsDouble(timeout) == -1.0 && PyErr_Occurred())
         return NULL;
     int rc = cmp_rlock_tryacquire(self->rlock);
     if (rc == 0)

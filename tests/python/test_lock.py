@@ -1,0 +1,231 @@
+"""Lock: the stdlib's semantics (run against both implementations), and
+dead-holder recovery (cmultiprocessing only)."""
+import os
+import pickle
+import signal
+import threading
+import time
+import warnings
+
+import pytest
+
+from _sync_helpers import SharedInts, fork, join, wait_readable, wait_until
+
+
+def test_acquire_release_basics(mp):
+    lock = mp.Lock()
+    assert lock.acquire() is True
+    assert lock.acquire(False) is False
+    assert lock.acquire(block=False) is False
+    assert lock.acquire(True, 0) is False
+    lock.release()
+    assert lock.acquire(block=True, timeout=None) is True
+    lock.release()
+    assert lock.acquire(False) is True
+    lock.release()
+
+
+def test_release_unlocked_raises_valueerror(mp):
+    lock = mp.Lock()
+    with pytest.raises(ValueError):
+        lock.release()
+    lock.acquire()
+    lock.release()
+    with pytest.raises(ValueError):
+        lock.release()
+
+
+def test_timeout_on_held_lock(mp):
+    lock = mp.Lock()
+    lock.acquire()
+    t0 = time.monotonic()
+    assert lock.acquire(timeout=0.1) is False
+    took = time.monotonic() - t0
+    assert 0.09 <= took < 2.0
+    assert lock.acquire(True, -1) is False  # negative counts as zero
+    lock.release()
+
+
+def test_bad_arguments(mp):
+    lock = mp.Lock()
+    with pytest.raises(TypeError):
+        lock.acquire(True, None, 1)
+    with pytest.raises(TypeError):
+        lock.acquire(nonsense=1)
+    with pytest.raises(TypeError):
+        lock.acquire(True, timeout="x")
+
+
+def test_context_manager(mp):
+    lock = mp.Lock()
+    with lock as r:
+        assert r is True
+        assert lock.acquire(False) is False
+    assert lock.acquire(False) is True
+    lock.release()
+    with pytest.raises(KeyError):
+        with lock:
+            raise KeyError("x")
+    assert lock.acquire(False) is True  # released on the way out
+    lock.release()
+
+
+def test_repr(mp):
+    lock = mp.Lock()
+    assert repr(lock) == "<Lock(owner=None)>"
+    lock.acquire()
+    assert repr(lock) == "<Lock(owner=MainProcess)>"
+    seen = []
+    t = threading.Thread(target=lambda: seen.append(repr(lock)))
+    t.start()
+    t.join(10)
+    assert seen == ["<Lock(owner=SomeOtherThread)>"]
+    lock.release()
+
+    def in_thread():
+        with lock:
+            seen.append(repr(lock))
+    t = threading.Thread(target=in_thread, name="Worker-7")
+    t.start()
+    t.join(10)
+    assert seen[-1] == "<Lock(owner=MainProcess|Worker-7)>"
+
+
+def test_not_picklable(mp):
+    with pytest.raises(RuntimeError, match="through inheritance"):
+        pickle.dumps(mp.Lock())
+
+
+def test_released_by_another_process(mp):
+    lock = mp.Lock()
+    lock.acquire()
+    pid = fork(lock.release)
+    assert join(pid) == 0
+    assert lock.acquire(False) is True
+    lock.release()
+
+
+def test_waiter_in_child_wakes_on_release(mp):
+    lock = mp.Lock()
+    shared = SharedInts(2)
+    lock.acquire()
+
+    def child():
+        shared[0] = 1
+        ok = lock.acquire(timeout=10)
+        shared[1] = 1
+        lock.release()
+        return 0 if ok else 3
+    pid = fork(child)
+    wait_until(lambda: shared[0] == 1)
+    time.sleep(0.05)
+    assert shared[1] == 0
+    lock.release()
+    assert join(pid) == 0
+    assert shared[1] == 1
+
+
+def test_mutual_exclusion_8_processes(mp):
+    lock = mp.Lock()
+    counter = SharedInts(1)
+
+    def child():
+        for _ in range(10000):
+            with lock:
+                counter[0] = counter[0] + 1
+    pids = [fork(child) for _ in range(8)]
+    assert [join(p, 60) for p in pids] == [0] * 8
+    assert counter[0] == 80000
+
+
+def test_sigint_interrupts_blocked_acquire(mp):
+    lock = mp.Lock()
+    lock.acquire()
+    r, w = os.pipe()
+
+    def child():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        os.write(w, b"x")
+        try:
+            lock.acquire(timeout=20)
+        except KeyboardInterrupt:
+            return 7
+        return 1
+    pid = fork(child)
+    wait_readable(r)
+    time.sleep(0.1)  # let it block
+    t0 = time.monotonic()
+    os.kill(pid, signal.SIGINT)
+    assert join(pid, 5) == 7
+    assert time.monotonic() - t0 < 0.5
+    lock.release()
+    os.close(r)
+    os.close(w)
+
+
+def _die_holding(lock):
+    lock.acquire()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_dead_holder_is_taken_over_with_warning(cmp):
+    lock = cmp.Lock()
+    pid = fork(_die_holding, lock)
+    assert join(pid) == -signal.SIGKILL
+    with pytest.warns(cmp.AbandonedLockWarning):
+        assert lock.acquire(timeout=5) is True
+    lock.release()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert lock.acquire(timeout=1) is True  # an ordinary lock again
+    lock.release()
+
+
+def test_dead_holder_sleeping_waiter_recovers(cmp):
+    lock = cmp.Lock()
+    r, w = os.pipe()
+
+    def child():
+        lock.acquire()
+        os.write(w, b"x")
+        time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGKILL)
+    pid = fork(child)
+    wait_readable(r)
+    t0 = time.monotonic()
+    with pytest.warns(cmp.AbandonedLockWarning):
+        assert lock.acquire(timeout=5) is True
+    assert time.monotonic() - t0 < 2.0
+    lock.release()
+    assert join(pid) == -signal.SIGKILL
+    os.close(r)
+    os.close(w)
+
+
+def test_abandoned_warning_as_error_keeps_lock(cmp):
+    lock = cmp.Lock()
+    assert join(fork(_die_holding, lock)) == -signal.SIGKILL
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", cmp.AbandonedLockWarning)
+        with pytest.raises(cmp.AbandonedLockWarning):
+            lock.acquire(timeout=5)
+    assert lock.acquire(False) is False  # held by us, as documented
+    lock.release()
+
+
+def test_abandoned_warning_is_documented(cmp):
+    assert issubclass(cmp.AbandonedLockWarning, RuntimeWarning)
+    assert "AbandonedLockWarning" in cmp.Lock.__doc__
+
+
+def test_repr_in_other_process(cmp):
+    # (the stdlib only forgets ownership in children started by Process)
+    lock = cmp.Lock()
+    lock.acquire()
+    r, w = os.pipe()
+    pid = fork(lambda: os.write(w, repr(lock).encode()) and 0)
+    assert join(pid) == 0
+    assert os.read(r, 100) == b"<Lock(owner=SomeOtherProcess)>"
+    os.close(r)
+    os.close(w)
+    lock.release()
