@@ -125,17 +125,22 @@ def test_waiter_in_child_wakes_on_release(mp):
     assert shared[1] == 1
 
 
+def _increment(lock, counter, n):
+    for _ in range(n):
+        with lock:
+            counter.value += 1
+
+
 def test_mutual_exclusion_8_processes(mp):
     lock = mp.Lock()
-    counter = SharedInts(1)
-
-    def child():
-        for _ in range(10000):
-            with lock:
-                counter[0] = counter[0] + 1
-    pids = [fork(child) for _ in range(8)]
-    assert [join(p, 60) for p in pids] == [0] * 8
-    assert counter[0] == 80000
+    counter = mp.Value("q", 0, lock=False)
+    procs = [mp.Process(target=_increment, args=(lock, counter, 10000)) for _ in range(8)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0] * 8
+    assert counter.value == 80000
 
 
 def test_sigint_interrupts_blocked_acquire(mp):
