@@ -69,7 +69,7 @@ typedef struct cmp_sem {
 
 /* Manual-reset event. */
 typedef struct cmp_event {
-    uint32_t flag;    /* futex word: 0 clear, 1 set */
+    uint32_t flag;    /* futex word: bit 0 set, above it a count of sets */
     uint32_t waiters;
 } cmp_event_t;
 

@@ -1,9 +1,306 @@
-/* Placeholder: filled in by the barrier work. */
+/*
+ * Barrier: multiprocessing.Barrier (threading.Barrier's semantics across
+ * processes) on a cmp_barrier_t in the shared heap.
+ *
+ * The action is a Python callable of this process (inherited by forked
+ * children); libcmp calls it back in the last process to arrive, with the
+ * GIL released, so the callback takes the GIL back around the call. An
+ * exception in it breaks the barrier and propagates in that process; the
+ * others get BrokenBarrierError.
+ */
 #include "_cmp.h"
+
+#include <errno.h>
+
+typedef struct {
+    PyObject_HEAD
+    cmp_shared_t *block;
+    cmp_barrier_t *barrier; /* inside block */
+    PyObject *action;       /* callable or None */
+    PyObject *timeout;      /* default timeout for wait(): None or a number */
+} BarrierObject;
+
+static const char BARRIER_DOC[] =
+    "Barrier(parties, action=None, timeout=None)\n--\n\n"
+    "A barrier for a fixed number of processes (multiprocessing.Barrier):\n"
+    "wait() blocks until `parties` processes have called it, then releases\n"
+    "them all and returns each a distinct index in range(parties). `action`,\n"
+    "if given, is called by the last process to arrive before the others are\n"
+    "released. `timeout` is the default for wait().";
+
+struct action_call {
+    PyObject *action;
+    PyThreadState *tstate; /* saved while libcmp runs without the GIL */
+    PyObject *exc_type, *exc_value, *exc_tb; /* what the action raised */
+};
+
+static int run_action(void *arg)
+{
+    struct action_call *call = arg;
+    PyEval_RestoreThread(call->tstate);
+    PyObject *r = PyObject_CallNoArgs(call->action);
+    int failed = r == NULL;
+    if (failed)
+        PyErr_Fetch(&call->exc_type, &call->exc_value, &call->exc_tb);
+    Py_XDECREF(r);
+    call->tstate = PyEval_SaveThread();
+    return failed;
+}
+
+static PyObject *Barrier_wait(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
+                              PyObject *kwnames)
+{
+    BarrierObject *self = (BarrierObject *)op;
+    PyObject *timeout = NULL;
+    if (nargs > 1) {
+        PyErr_Format(PyExc_TypeError, "wait() takes at most 1 argument (%zd given)", nargs);
+        return NULL;
+    }
+    if (nargs == 1)
+        timeout = args[0];
+    if (kwnames) {
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++) {
+            PyObject *key = PyTuple_GET_ITEM(kwnames, i);
+            if (PyUnicode_CompareWithASCIIString(key, "timeout") != 0) {
+                PyErr_Format(PyExc_TypeError, "wait() got an unexpected keyword argument '%U'",
+                             key);
+                return NULL;
+            }
+            if (timeout) {
+                PyErr_SetString(PyExc_TypeError,
+                                "argument for wait() given by name ('timeout') and position");
+                return NULL;
+            }
+            timeout = args[nargs + i];
+        }
+    }
+    if (timeout == NULL || timeout == Py_None)
+        timeout = self->timeout;
+    struct timespec storage;
+    const struct timespec *deadline;
+    if (cmp_py_deadline(timeout, &storage, &deadline) < 0)
+        return NULL;
+
+    struct action_call call = {.action = self->action};
+    cmp_barrier_action_fn fn = self->action != Py_None ? run_action : NULL;
+    int rc;
+    /* the action may drop the last reference to this barrier */
+    Py_INCREF(op);
+    for (;;) {
+        call.tstate = PyEval_SaveThread();
+        rc = cmp_barrier_wait(self->barrier, deadline, fn, &call);
+        PyEval_RestoreThread(call.tstate);
+        if (rc != -EINTR)
+            break;
+        /* we withdrew (or broke the barrier if we could not): handlers
+         * may raise, else arrive again with the same deadline */
+        if (PyErr_CheckSignals() < 0) {
+            Py_DECREF(op);
+            return NULL;
+        }
+    }
+    Py_DECREF(op);
+    if (call.exc_type) {
+        PyErr_Restore(call.exc_type, call.exc_value, call.exc_tb);
+        return NULL;
+    }
+    if (rc >= 0)
+        return PyLong_FromLong(rc);
+    if (rc == -EPIPE || rc == -ETIMEDOUT) {
+        cmp_py_state *st = cmp_py_state_of_type(Py_TYPE(op));
+        PyErr_SetNone(st ? st->BrokenBarrierError : PyExc_RuntimeError);
+        return NULL;
+    }
+    return cmp_py_raise(rc);
+}
+
+static PyObject *Barrier_abort(PyObject *op, PyObject *unused)
+{
+    (void)unused;
+    cmp_barrier_t *b = ((BarrierObject *)op)->barrier;
+    /* the guard is held only briefly, but may need recovering from a dead
+     * holder: let other threads run meanwhile */
+    Py_BEGIN_ALLOW_THREADS
+    cmp_barrier_abort(b);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *Barrier_reset(PyObject *op, PyObject *unused)
+{
+    (void)unused;
+    cmp_barrier_t *b = ((BarrierObject *)op)->barrier;
+    Py_BEGIN_ALLOW_THREADS
+    cmp_barrier_reset(b);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *Barrier_get_parties(PyObject *op, void *closure)
+{
+    (void)closure;
+    return PyLong_FromUnsignedLong(cmp_barrier_parties(((BarrierObject *)op)->barrier));
+}
+
+static PyObject *Barrier_get_n_waiting(PyObject *op, void *closure)
+{
+    (void)closure;
+    return PyLong_FromUnsignedLong(cmp_barrier_n_waiting(((BarrierObject *)op)->barrier));
+}
+
+static PyObject *Barrier_get_broken(PyObject *op, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong(cmp_barrier_broken(((BarrierObject *)op)->barrier));
+}
+
+static PyObject *Barrier_reduce(PyObject *op, PyObject *unused)
+{
+    (void)op;
+    (void)unused;
+    /* the stdlib's Barrier pickles its Condition first, which refuses */
+    PyErr_SetString(PyExc_RuntimeError,
+                    "Condition objects should only be shared between processes through "
+                    "inheritance");
+    return NULL;
+}
+
+static PyObject *Barrier_repr(PyObject *op)
+{
+    BarrierObject *self = (BarrierObject *)op;
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject *module = PyObject_GetAttrString((PyObject *)tp, "__module__");
+    PyObject *qualname = module ? PyObject_GetAttrString((PyObject *)tp, "__qualname__") : NULL;
+    PyObject *r = NULL;
+    if (qualname) {
+        if (cmp_barrier_broken(self->barrier))
+            r = PyUnicode_FromFormat("<%S.%S at %p: broken>", module, qualname, (void *)op);
+        else
+            r = PyUnicode_FromFormat("<%S.%S at %p: waiters=%u/%u>", module, qualname,
+                                     (void *)op,
+                                     (unsigned)cmp_barrier_n_waiting(self->barrier),
+                                     (unsigned)cmp_barrier_parties(self->barrier));
+    }
+    Py_XDECREF(module);
+    Py_XDECREF(qualname);
+    return r;
+}
+
+static PyObject *Barrier_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    /* Barrier(parties, action=None, timeout=None, *, ctx=None) */
+    static char *kwlist[] = {"parties", "action", "timeout", "ctx", NULL};
+    PyObject *parties_obj, *action = Py_None, *timeout = Py_None, *ctx = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OO$O:Barrier", kwlist, &parties_obj,
+                                     &action, &timeout, &ctx))
+        return NULL;
+    PyObject *index = PyNumber_Index(parties_obj);
+    if (!index)
+        return NULL;
+    int overflow;
+    long parties = PyLong_AsLongAndOverflow(index, &overflow);
+    Py_DECREF(index);
+    if (parties == -1 && PyErr_Occurred())
+        return NULL;
+    if (overflow > 0 || parties > (long)INT32_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "parties is too large");
+        return NULL;
+    }
+    if (overflow < 0 || parties < 1) {
+        /* the stdlib accepts this and then hangs every wait() */
+        PyErr_SetString(PyExc_ValueError, "parties must be >= 1");
+        return NULL;
+    }
+    cmp_shared_t *block;
+    int rc = cmp_shared_alloc(sizeof(cmp_barrier_t), &block);
+    if (rc < 0)
+        return cmp_py_raise(rc);
+    BarrierObject *self = (BarrierObject *)type->tp_alloc(type, 0);
+    if (!self) {
+        cmp_shared_release(block);
+        return NULL;
+    }
+    self->block = block;
+    self->barrier = cmp_shared_ptr(block);
+    cmp_barrier_init(self->barrier, (uint32_t)parties);
+    self->action = Py_NewRef(action);
+    self->timeout = Py_NewRef(timeout);
+    return (PyObject *)self;
+}
+
+static int Barrier_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    BarrierObject *self = (BarrierObject *)op;
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(self->action);
+    Py_VISIT(self->timeout);
+    return 0;
+}
+
+static int Barrier_clear(PyObject *op)
+{
+    BarrierObject *self = (BarrierObject *)op;
+    Py_CLEAR(self->action);
+    Py_CLEAR(self->timeout);
+    return 0;
+}
+
+static void Barrier_dealloc(PyObject *op)
+{
+    BarrierObject *self = (BarrierObject *)op;
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    Barrier_clear(op);
+    if (self->block)
+        cmp_shared_release(self->block);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef Barrier_methods[] = {
+    {"wait", (PyCFunction)(void (*)(void))Barrier_wait, METH_FASTCALL | METH_KEYWORDS,
+     "wait(timeout=None)\n--\n\n"
+     "Wait until all parties have arrived; return this party's index.\n"
+     "Raises threading.BrokenBarrierError if the barrier is or becomes broken\n"
+     "(abort, reset while waiting, a timeout, a failing action)."},
+    {"abort", Barrier_abort, METH_NOARGS,
+     "abort()\n--\n\nPut the barrier into the broken state."},
+    {"reset", Barrier_reset, METH_NOARGS,
+     "reset()\n--\n\n"
+     "Return the barrier to its initial state; current waiters get\n"
+     "BrokenBarrierError."},
+    {"__reduce__", Barrier_reduce, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Barrier_getset[] = {
+    {"parties", Barrier_get_parties, NULL, "The number of parties needed to pass.", NULL},
+    {"n_waiting", Barrier_get_n_waiting, NULL, "The number of parties waiting now.", NULL},
+    {"broken", Barrier_get_broken, NULL, "True if the barrier is broken.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot Barrier_slots[] = {
+    {Py_tp_doc, (void *)BARRIER_DOC},
+    {Py_tp_new, Barrier_new},
+    {Py_tp_dealloc, Barrier_dealloc},
+    {Py_tp_traverse, Barrier_traverse},
+    {Py_tp_clear, Barrier_clear},
+    {Py_tp_repr, Barrier_repr},
+    {Py_tp_methods, Barrier_methods},
+    {Py_tp_getset, Barrier_getset},
+    {0, NULL},
+};
+
+static PyType_Spec Barrier_spec = {
+    .name = "cmultiprocessing.synchronize.Barrier",
+    .basicsize = sizeof(BarrierObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .slots = Barrier_slots,
+};
 
 int cmp_py_barrier_init(PyObject *module, cmp_py_state *st)
 {
-    (void)module;
-    (void)st;
-    return 0;
+    st->Barrier_type = cmp_py_add_type(module, &Barrier_spec, NULL);
+    return st->Barrier_type ? 0 : -1;
 }

@@ -1,9 +1,179 @@
-/* Placeholder: filled in by the event work. */
+/*
+ * Event: multiprocessing.Event on a cmp_event_t in the shared heap.
+ * is_set/set/clear never sleep and make no system call unless set() has
+ * sleepers to wake; wait() on a set event returns with the GIL held, and
+ * otherwise spins briefly and sleeps with the GIL released.
+ */
 #include "_cmp.h"
+
+#include <errno.h>
+
+typedef struct {
+    PyObject_HEAD
+    cmp_shared_t *block;
+    cmp_event_t *event; /* inside block */
+} EventObject;
+
+static const char EVENT_DOC[] =
+    "Event()\n--\n\n"
+    "A flag shared between processes (multiprocessing.Event): set() wakes\n"
+    "every process waiting in wait().";
+
+static PyObject *Event_is_set(PyObject *op, PyObject *unused)
+{
+    (void)unused;
+    return PyBool_FromLong(cmp_event_is_set(((EventObject *)op)->event));
+}
+
+static PyObject *Event_set(PyObject *op, PyObject *unused)
+{
+    (void)unused;
+    cmp_event_set(((EventObject *)op)->event);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Event_clear(PyObject *op, PyObject *unused)
+{
+    (void)unused;
+    cmp_event_clear(((EventObject *)op)->event);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Event_wait(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
+                            PyObject *kwnames)
+{
+    EventObject *self = (EventObject *)op;
+    PyObject *timeout = NULL;
+    if (nargs > 1) {
+        PyErr_Format(PyExc_TypeError, "wait() takes at most 1 argument (%zd given)", nargs);
+        return NULL;
+    }
+    if (nargs == 1)
+        timeout = args[0];
+    if (kwnames) {
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++) {
+            PyObject *key = PyTuple_GET_ITEM(kwnames, i);
+            if (PyUnicode_CompareWithASCIIString(key, "timeout") != 0) {
+                PyErr_Format(PyExc_TypeError, "wait() got an unexpected keyword argument '%U'",
+                             key);
+                return NULL;
+            }
+            if (timeout) {
+                PyErr_SetString(PyExc_TypeError,
+                                "argument for wait() given by name ('timeout') and position");
+                return NULL;
+            }
+            timeout = args[nargs + i];
+        }
+    }
+    if (cmp_event_is_set(self->event))
+        Py_RETURN_TRUE;
+    struct timespec storage;
+    const struct timespec *deadline;
+    if (cmp_py_deadline(timeout, &storage, &deadline) < 0)
+        return NULL;
+    int rc;
+    for (;;) {
+        Py_BEGIN_ALLOW_THREADS
+        rc = cmp_event_wait(self->event, deadline);
+        Py_END_ALLOW_THREADS
+        if (rc != -EINTR)
+            break;
+        if (PyErr_CheckSignals() < 0)
+            return NULL;
+    }
+    if (rc == 0)
+        Py_RETURN_TRUE; /* a set() happened while we waited */
+    if (rc == -ETIMEDOUT)
+        return PyBool_FromLong(cmp_event_is_set(self->event));
+    return cmp_py_raise(rc);
+}
+
+static PyObject *Event_reduce(PyObject *op, PyObject *unused)
+{
+    (void)op;
+    (void)unused;
+    /* the stdlib's Event pickles its Condition first, which refuses */
+    PyErr_SetString(PyExc_RuntimeError,
+                    "Condition objects should only be shared between processes through "
+                    "inheritance");
+    return NULL;
+}
+
+static PyObject *Event_repr(PyObject *op)
+{
+    PyObject *name = PyObject_GetAttrString((PyObject *)Py_TYPE(op), "__name__");
+    if (!name)
+        return NULL;
+    PyObject *r = PyUnicode_FromFormat("<%U at %p %s>", name, (void *)op,
+                                       cmp_event_is_set(((EventObject *)op)->event) ? "set"
+                                                                                    : "unset");
+    Py_DECREF(name);
+    return r;
+}
+
+static PyObject *Event_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    /* Event(*, ctx=None), as multiprocessing.synchronize.Event */
+    static char *kwlist[] = {"ctx", NULL};
+    PyObject *ctx = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$O:Event", kwlist, &ctx))
+        return NULL;
+    cmp_shared_t *block;
+    int rc = cmp_shared_alloc(sizeof(cmp_event_t), &block);
+    if (rc < 0)
+        return cmp_py_raise(rc);
+    EventObject *self = (EventObject *)type->tp_alloc(type, 0);
+    if (!self) {
+        cmp_shared_release(block);
+        return NULL;
+    }
+    self->block = block;
+    self->event = cmp_shared_ptr(block);
+    cmp_event_init(self->event);
+    return (PyObject *)self;
+}
+
+static void Event_dealloc(PyObject *op)
+{
+    EventObject *self = (EventObject *)op;
+    PyTypeObject *tp = Py_TYPE(op);
+    if (self->block)
+        cmp_shared_release(self->block);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef Event_methods[] = {
+    {"is_set", Event_is_set, METH_NOARGS, "is_set()\n--\n\nTrue if the flag is set."},
+    {"set", Event_set, METH_NOARGS, "set()\n--\n\nSet the flag and wake every waiter."},
+    {"clear", Event_clear, METH_NOARGS, "clear()\n--\n\nReset the flag."},
+    {"wait", (PyCFunction)(void (*)(void))Event_wait, METH_FASTCALL | METH_KEYWORDS,
+     "wait(timeout=None)\n--\n\n"
+     "Block until the flag is set or timeout seconds pass; return True if it\n"
+     "was set, False on timeout."},
+    {"__reduce__", Event_reduce, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot Event_slots[] = {
+    {Py_tp_doc, (void *)EVENT_DOC},
+    {Py_tp_new, Event_new},
+    {Py_tp_dealloc, Event_dealloc},
+    {Py_tp_repr, Event_repr},
+    {Py_tp_methods, Event_methods},
+    {0, NULL},
+};
+
+static PyType_Spec Event_spec = {
+    .name = "cmultiprocessing.synchronize.Event",
+    .basicsize = sizeof(EventObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .slots = Event_slots,
+};
 
 int cmp_py_event_init(PyObject *module, cmp_py_state *st)
 {
-    (void)module;
-    (void)st;
-    return 0;
+    st->Event_type = cmp_py_add_type(module, &Event_spec, NULL);
+    return st->Event_type ? 0 : -1;
 }
