@@ -8,15 +8,24 @@
  * uncontended acquire/release pair makes no system call.
  *
  * The sleeper's "waiters++ then read value" and the releaser's "value++
- * then read waiters" are ordered by a full fence on each side (a Dekker
- * pair): at least one of them sees the other's write, so either the
- * sleeper sees the new count (or the kernel's recheck of the word does) or
- * the releaser sees the sleeper and wakes it.
+ * then read waiters" are all sequentially consistent (a Dekker pair): at
+ * least one of them sees the other's write, so either the sleeper sees the
+ * new count (or the kernel's recheck of the word does) or the releaser sees
+ * the sleeper and wakes it. SC read-modify-writes and loads rather than
+ * explicit fences: on x86 that costs no MFENCE on the uncontended release,
+ * the locked instruction is the barrier.
  */
 #include "atomic.h"
 #include "internal.h"
 
 #include <errno.h>
+
+/* How long acquire spins before it sleeps, in nanoseconds (see event.c):
+ * a hand-off between busy processes completes within microseconds, far
+ * cheaper than a sleep and a wake-up. */
+#ifndef CMP__SEM_SPIN_NS
+#define CMP__SEM_SPIN_NS 20000L
+#endif
 
 int cmp_sem_init(cmp_sem_t *sem, uint32_t value, uint32_t max)
 {
@@ -51,19 +60,24 @@ int cmp_sem_acquire(cmp_sem_t *sem, const struct timespec *deadline)
         return 0;
 
     /* Spin only while nobody sleeps: with sleepers queued, a release goes
-     * to them first and spinning only burns the releaser's CPU. */
-    for (int spin = 0; spin < CMP__SPIN_LIMIT && !cmp__load_relaxed(&sem->waiters); spin++) {
+     * to them first and spinning only burns the releaser's CPU. Bounded in
+     * time (PAUSE lasts 10 to 140 cycles depending on the CPU). */
+    struct timespec end;
+    cmp__deadline_in_ns(&end, CMP__SEM_SPIN_NS);
+    const struct timespec *stop = cmp__deadline_min(deadline, &end);
+    for (unsigned spin = 1; !cmp__load_relaxed(&sem->waiters); spin++) {
         cmp__cpu_relax();
         v = cmp__load_relaxed(&sem->value);
         if (try_take(sem, &v))
             return 0;
+        if ((spin & 15) == 0 && cmp__deadline_passed(stop))
+            break;
     }
 
     int rc;
-    cmp__fetch_add(&sem->waiters, 1);
-    cmp__fence_seq_cst(); /* pairs with the fence in release */
+    __atomic_fetch_add(&sem->waiters, 1, __ATOMIC_SEQ_CST); /* Dekker with release */
     for (;;) {
-        v = cmp__load_relaxed(&sem->value);
+        v = __atomic_load_n(&sem->value, __ATOMIC_SEQ_CST);
         if (try_take(sem, &v)) {
             rc = 0;
             break;
@@ -93,11 +107,11 @@ int cmp_sem_release(cmp_sem_t *sem)
     do {
         if (v >= max)
             return -EOVERFLOW;
-        /* release: the acquirer must see every write made before release */
-    } while (!__atomic_compare_exchange_n(&sem->value, &v, v + 1, 0, __ATOMIC_RELEASE,
+        /* release (SC includes it): the acquirer must see every write made
+         * before release; SC for the Dekker pair with a sleeper */
+    } while (!__atomic_compare_exchange_n(&sem->value, &v, v + 1, 0, __ATOMIC_SEQ_CST,
                                           __ATOMIC_RELAXED));
-    cmp__fence_seq_cst(); /* pairs with the fence in acquire */
-    if (cmp__load_relaxed(&sem->waiters))
+    if (__atomic_load_n(&sem->waiters, __ATOMIC_SEQ_CST))
         cmp__futex_wake(&sem->value, 1);
     return 0;
 }
