@@ -65,12 +65,14 @@ typedef struct cmp_sem {
     uint32_t value;   /* futex word */
     uint32_t waiters;
     uint32_t max;     /* CMP_SEM_VALUE_MAX when unbounded */
+    uint32_t spin_ns; /* adaptive spin budget (a hint) */
 } cmp_sem_t;
 
 /* Manual-reset event. */
 typedef struct cmp_event {
     uint32_t flag;    /* futex word: bit 0 set, above it a count of sets */
     uint32_t waiters;
+    uint32_t spin_ns; /* adaptive spin budget (a hint) */
 } cmp_event_t;
 
 /* Condition variable, usable with cmp_lock_t or cmp_rlock_t. */

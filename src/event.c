@@ -16,42 +16,18 @@
  */
 #include "atomic.h"
 #include "internal.h"
+#include "spin.h"
 
 #include <errno.h>
 #include <limits.h>
 
 #define FLAG 1u
 
-/* How long a waiter spins before it sleeps (nanoseconds). Waking a sleeper
- * costs both sides a system call and the wakee a trip through the
- * scheduler (tens of microseconds on a virtual machine); a hand-off between
- * two busy processes (a ping-pong) usually completes within a few
- * microseconds, so spinning that long saves the sleep. Bounded in time,
- * not iterations: PAUSE takes from 10 to 140 cycles depending on the CPU. */
-#ifndef CMP__EVENT_SPIN_NS
-#define CMP__EVENT_SPIN_NS 20000L
-#endif
-
-/* Spins until the word leaves `start` (1) or the spin budget or the
- * caller's deadline runs out (0). */
-static int spin_while(const cmp_event_t *event, uint32_t start, const struct timespec *deadline)
-{
-    struct timespec end;
-    cmp__deadline_in_ns(&end, CMP__EVENT_SPIN_NS);
-    const struct timespec *stop = cmp__deadline_min(deadline, &end);
-    for (unsigned i = 1;; i++) {
-        cmp__cpu_relax();
-        if (cmp__load_acquire(&event->flag) != start)
-            return 1;
-        if ((i & 15) == 0 && cmp__deadline_passed(stop))
-            return 0;
-    }
-}
-
 void cmp_event_init(cmp_event_t *event)
 {
     event->flag = 0;
     event->waiters = 0;
+    event->spin_ns = CMP__SPIN_MAX_NS;
 }
 
 void cmp_event_set(cmp_event_t *event)
@@ -86,7 +62,11 @@ int cmp_event_wait(cmp_event_t *event, const struct timespec *deadline)
     if (start & FLAG)
         return 0;
 
-    if (spin_while(event, start, deadline))
+    struct cmp__spin spin;
+    cmp__spin_begin(&spin, &event->spin_ns, deadline);
+    int changed = cmp__spin_until_change(&spin, &event->flag, start);
+    cmp__spin_end(&spin, &event->spin_ns, changed);
+    if (changed)
         return 0;
 
     int rc;

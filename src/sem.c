@@ -17,15 +17,9 @@
  */
 #include "atomic.h"
 #include "internal.h"
+#include "spin.h"
 
 #include <errno.h>
-
-/* How long acquire spins before it sleeps, in nanoseconds (see event.c):
- * a hand-off between busy processes completes within microseconds, far
- * cheaper than a sleep and a wake-up. */
-#ifndef CMP__SEM_SPIN_NS
-#define CMP__SEM_SPIN_NS 20000L
-#endif
 
 int cmp_sem_init(cmp_sem_t *sem, uint32_t value, uint32_t max)
 {
@@ -34,6 +28,7 @@ int cmp_sem_init(cmp_sem_t *sem, uint32_t value, uint32_t max)
     sem->value = value;
     sem->waiters = 0;
     sem->max = max;
+    sem->spin_ns = CMP__SPIN_MAX_NS;
     return 0;
 }
 
@@ -60,18 +55,18 @@ int cmp_sem_acquire(cmp_sem_t *sem, const struct timespec *deadline)
         return 0;
 
     /* Spin only while nobody sleeps: with sleepers queued, a release goes
-     * to them first and spinning only burns the releaser's CPU. Bounded in
-     * time (PAUSE lasts 10 to 140 cycles depending on the CPU). */
-    struct timespec end;
-    cmp__deadline_in_ns(&end, CMP__SEM_SPIN_NS);
-    const struct timespec *stop = cmp__deadline_min(deadline, &end);
-    for (unsigned spin = 1; !cmp__load_relaxed(&sem->waiters); spin++) {
-        cmp__cpu_relax();
-        v = cmp__load_relaxed(&sem->value);
-        if (try_take(sem, &v))
+     * to them first and spinning only burns the releaser's CPU. */
+    if (!cmp__load_relaxed(&sem->waiters)) {
+        struct cmp__spin spin;
+        cmp__spin_begin(&spin, &sem->spin_ns, deadline);
+        int got = 0;
+        while (!got && cmp__spin_until_change(&spin, &sem->value, 0)) {
+            v = cmp__load_relaxed(&sem->value);
+            got = try_take(sem, &v);
+        }
+        cmp__spin_end(&spin, &sem->spin_ns, got);
+        if (got)
             return 0;
-        if ((spin & 15) == 0 && cmp__deadline_passed(stop))
-            break;
     }
 
     int rc;
