@@ -161,3 +161,24 @@ Test(event, signal_interrupts_wait, .timeout = 10)
     kill(pid, SIGUSR1);
     cr_assert_eq(event_join(pid, 5), 0);
 }
+
+/* The spin budget (a private hint) halves when a spin runs out, is left
+ * alone when the caller's deadline cut the spin short, and has a floor. */
+Test(event, spin_budget_adapts, .timeout = 5)
+{
+    cmp_event_t ev;
+    cmp_event_init(&ev);
+    const uint32_t start = ev.spin_ns;
+    cr_assert(start > 0);
+    struct timespec deadline = test_deadline(0.02);
+    cr_assert_eq(cmp_event_wait(&ev, &deadline), -ETIMEDOUT);
+    cr_assert_eq(ev.spin_ns, start / 2);
+    struct timespec past = test_deadline(0);
+    cr_assert_eq(cmp_event_wait(&ev, &past), -ETIMEDOUT);
+    cr_assert_eq(ev.spin_ns, start / 2);
+    for (int i = 0; i < 8; i++) {
+        deadline = test_deadline(0.002);
+        cr_assert_eq(cmp_event_wait(&ev, &deadline), -ETIMEDOUT);
+    }
+    cr_assert(ev.spin_ns > 0 && ev.spin_ns < start / 2, "budget %u", ev.spin_ns);
+}
