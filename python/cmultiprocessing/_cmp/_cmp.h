@@ -83,6 +83,15 @@ PyTypeObject *cmp_py_add_type(PyObject *module, PyType_Spec *spec, PyObject *bas
 int cmp_py_deadline(PyObject *timeout, struct timespec *storage,
                     const struct timespec **out);
 
+/* Parses the arguments of a METH_FASTCALL | METH_KEYWORDS call whose
+ * parameters are all positional-or-keyword and optional: names[0..n-1].
+ * out[i] receives the argument (borrowed) or stays NULL when not given.
+ * Raises the interpreter's own TypeErrors (too many, unknown keyword, given
+ * twice). Returns 0, or -1 with an exception set. */
+int cmp_py_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
+                      PyObject *kwnames, const char *const *names, Py_ssize_t n,
+                      PyObject **out);
+
 /* Raises the Python exception for a negative libcmp return value (OSError
  * with errno by default) and returns NULL. */
 PyObject *cmp_py_raise(int err);

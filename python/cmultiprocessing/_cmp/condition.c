@@ -93,24 +93,10 @@ static int wait_impl(cmp_py_condition *self, const struct timespec *deadline)
 static PyObject *Condition_wait(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
                                 PyObject *kwnames)
 {
-    PyObject *timeout = NULL;
-    if (nargs > 1) {
-        PyErr_Format(PyExc_TypeError, "wait() takes at most 1 argument (%zd given)", nargs);
+    static const char *const names[] = {"timeout"};
+    PyObject *timeout;
+    if (cmp_py_parse_args("wait", args, nargs, kwnames, names, 1, &timeout) < 0)
         return NULL;
-    }
-    if (nargs == 1)
-        timeout = args[0];
-    if (kwnames) {
-        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++) {
-            PyObject *key = PyTuple_GET_ITEM(kwnames, i);
-            if (PyUnicode_CompareWithASCIIString(key, "timeout") != 0 || nargs == 1) {
-                PyErr_Format(PyExc_TypeError, "wait() got an unexpected keyword argument '%U'",
-                             key);
-                return NULL;
-            }
-            timeout = args[nargs + i];
-        }
-    }
     struct timespec storage;
     const struct timespec *deadline;
     if (cmp_py_deadline(timeout, &storage, &deadline) < 0)
@@ -157,24 +143,10 @@ static PyObject *Condition_notify(PyObject *op, PyObject *const *args, Py_ssize_
                                   PyObject *kwnames)
 {
     cmp_py_condition *self = (cmp_py_condition *)op;
-    PyObject *n_obj = NULL;
-    if (nargs > 1) {
-        PyErr_Format(PyExc_TypeError, "notify() takes at most 1 argument (%zd given)", nargs);
+    static const char *const names[] = {"n"};
+    PyObject *n_obj;
+    if (cmp_py_parse_args("notify", args, nargs, kwnames, names, 1, &n_obj) < 0)
         return NULL;
-    }
-    if (nargs == 1)
-        n_obj = args[0];
-    if (kwnames) {
-        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++) {
-            PyObject *key = PyTuple_GET_ITEM(kwnames, i);
-            if (PyUnicode_CompareWithASCIIString(key, "n") != 0 || nargs == 1) {
-                PyErr_Format(PyExc_TypeError,
-                             "notify() got an unexpected keyword argument '%U'", key);
-                return NULL;
-            }
-            n_obj = args[nargs + i];
-        }
-    }
     uint32_t n = 1;
     if (n_obj) {
         PyObject *index = PyNumber_Index(n_obj);

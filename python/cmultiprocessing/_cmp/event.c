@@ -43,29 +43,10 @@ static PyObject *Event_wait(PyObject *op, PyObject *const *args, Py_ssize_t narg
                             PyObject *kwnames)
 {
     EventObject *self = (EventObject *)op;
-    PyObject *timeout = NULL;
-    if (nargs > 1) {
-        PyErr_Format(PyExc_TypeError, "wait() takes at most 1 argument (%zd given)", nargs);
+    static const char *const names[] = {"timeout"};
+    PyObject *timeout;
+    if (cmp_py_parse_args("wait", args, nargs, kwnames, names, 1, &timeout) < 0)
         return NULL;
-    }
-    if (nargs == 1)
-        timeout = args[0];
-    if (kwnames) {
-        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++) {
-            PyObject *key = PyTuple_GET_ITEM(kwnames, i);
-            if (PyUnicode_CompareWithASCIIString(key, "timeout") != 0) {
-                PyErr_Format(PyExc_TypeError, "wait() got an unexpected keyword argument '%U'",
-                             key);
-                return NULL;
-            }
-            if (timeout) {
-                PyErr_SetString(PyExc_TypeError,
-                                "argument for wait() given by name ('timeout') and position");
-                return NULL;
-            }
-            timeout = args[nargs + i];
-        }
-    }
     if (cmp_event_is_set(self->event))
         Py_RETURN_TRUE;
     struct timespec storage;

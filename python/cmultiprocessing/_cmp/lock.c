@@ -25,42 +25,12 @@ static const char LOCK_DOC[] =
 int cmp_py_parse_acquire_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
                               PyObject *kwnames, int *block, PyObject **timeout)
 {
-    PyObject *block_obj = NULL;
-    *timeout = NULL;
-    if (nargs > 2) {
-        PyErr_Format(PyExc_TypeError, "%s() takes at most 2 arguments (%zd given)", fname,
-                     nargs);
+    static const char *const names[] = {"block", "timeout"};
+    PyObject *given[2];
+    if (cmp_py_parse_args(fname, args, nargs, kwnames, names, 2, given) < 0)
         return -1;
-    }
-    if (nargs >= 1)
-        block_obj = args[0];
-    if (nargs == 2)
-        *timeout = args[1];
-    if (kwnames) {
-        Py_ssize_t nkw = PyTuple_GET_SIZE(kwnames);
-        for (Py_ssize_t i = 0; i < nkw; i++) {
-            PyObject *key = PyTuple_GET_ITEM(kwnames, i);
-            PyObject *value = args[nargs + i];
-            if (PyUnicode_CompareWithASCIIString(key, "block") == 0) {
-                if (nargs >= 1)
-                    goto duplicate;
-                block_obj = value;
-            } else if (PyUnicode_CompareWithASCIIString(key, "timeout") == 0) {
-                if (nargs >= 2)
-                    goto duplicate;
-                *timeout = value;
-            } else {
-                PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'",
-                             fname, key);
-                return -1;
-            }
-            continue;
-        duplicate:
-            PyErr_Format(PyExc_TypeError, "argument for %s() given by name ('%U') and position",
-                         fname, key);
-            return -1;
-        }
-    }
+    PyObject *block_obj = given[0];
+    *timeout = given[1];
     if (block_obj) {
         int b = PyObject_IsTrue(block_obj);
         if (b < 0)
