@@ -179,8 +179,10 @@ static int exitcode_of(ProcObject *self)
  * it finished, 0 on timeout, -1 with an exception (KeyboardInterrupt...). */
 static int proc_wait(ProcObject *self, PyObject *timeout)
 {
-    int rc = proc_poll(self);
-    if (rc != 0)
+    int rc;
+    /* Without a timeout, the blocking wait returns at once for a child that
+     * already ended: no need for a first non-blocking look. */
+    if (timeout && timeout != Py_None && (rc = proc_poll(self)) != 0)
         return rc;
     struct timespec storage;
     const struct timespec *deadline;
@@ -508,14 +510,19 @@ static PyObject *threading_function(PyObject *name)
     return f;
 }
 
+/* What the type's (or its bases') namespace holds under name, borrowed;
+ * NULL if nothing. Nothing is written: this runs in the child too. */
 static PyObject *type_attr(PyObject *type, PyObject *name)
 {
-    PyObject *v = PyObject_GetAttr(type, name);
-    if (!v)
-        PyErr_Clear();
-    else
-        Py_DECREF(v); /* kept alive by the type */
-    return v;
+    PyObject *mro = ((PyTypeObject *)type)->tp_mro;
+    for (Py_ssize_t i = 0; mro && i < PyTuple_GET_SIZE(mro); i++) {
+        PyObject *dict = ((PyTypeObject *)PyTuple_GET_ITEM(mro, i))->tp_dict;
+        PyObject *v = dict ? PyDict_GetItemWithError(dict, name) : NULL;
+        if (v)
+            return v;
+    }
+    PyErr_Clear();
+    return NULL;
 }
 
 /* Finds what the fast path needs, once. 1 usable, -1 not. */
