@@ -629,3 +629,31 @@ def test_threading_state_in_grandchild(mp):
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_profiler_sees_threading_fork_hook(mp):
+    """A profiler active at fork time sees threading's at-fork hook run in
+    the child, as after os.fork()."""
+    r, w = os.pipe()
+    calls = []
+
+    def profiler(frame, event, arg):
+        if event == "call":
+            calls.append(frame.f_code.co_name)
+
+    def child():
+        os.write(w, repr("_after_fork" in calls).encode())
+
+    try:
+        sys.setprofile(profiler)
+        try:
+            p = mp.Process(target=child)
+            p.start()
+        finally:
+            sys.setprofile(None)
+        p.join(10)
+        assert p.exitcode == 0
+        assert os.read(r, 100) == b"True"
+    finally:
+        os.close(r)
+        os.close(w)

@@ -693,6 +693,10 @@ static int threading_is_trivial(void)
     int ok = 0;
     PyObject *started = NULL, *cond = NULL, *lock = NULL, *waiters = NULL, *tstate = NULL,
              *ident = NULL, *dangling = NULL, *data = NULL;
+    /* A tracer or profiler would see threading's hook run: let it. */
+    PyThreadState *ts = PyThreadState_Get();
+    if (ts->c_tracefunc || ts->c_profilefunc)
+        return 0;
     if (PyDict_GetItemWithError(td, s_after_fork) != g_thr_after_fork ||
         PyDict_GetItemWithError(td, s_rlock_name) != g_thr_rlock ||
         PyDict_GetItemWithError(td, s_crlock) != g_thr_crlock ||
