@@ -439,19 +439,20 @@ static void proc_dealloc(ProcObject *self)
  * every object it touches sits on a page shared with the parent, so it
  * costs ~130 copy-on-write faults, about half of a whole start+join.
  *
- * When the parent's threading state is the trivial one (the forking
- * thread is the only thread threading knows of, and it is the main
- * thread), the hook's effect is fully known: fresh module locks, an
- * empty _shutdown_locks, and the main thread's own locks reinitialized.
- * In our child, the hook's entry in the interpreter's list is swapped for
- * a C function that does exactly that, at the same position among the
- * other hooks. Any other state, and any later fork from that child
- * (os.fork() included), runs threading's own hook unchanged.
+ * When threading's state is the trivial one (the forking thread is the
+ * only Thread object alive, and it is the main thread), the hook's effect
+ * is fully known: fresh module locks, an empty _shutdown_locks, and the
+ * main thread's own locks reinitialized. In our child, the hook's entry in
+ * the interpreter's list is swapped for a C function that, at the same
+ * position among the other hooks, checks that state (reading only) and
+ * does exactly that. Any other state, a tracer or profiler (it would see
+ * the hook's frames), and any later fork from that child (os.fork()
+ * included) run threading's own hook unchanged.
  *
- * The interpreter's hook list has no public accessor: it is found once as
- * the only object referring to a marker callback we register ourselves
- * (gc.get_referrers). The replica follows CPython 3.11's threading; on
- * other versions the hook always runs as it is.
+ * The interpreter's hook list has no public accessor: it is found once, at
+ * the first start(), as the only object referring to a no-op marker hook we
+ * register for that (gc.get_referrers). The replica follows CPython 3.11's
+ * threading; on other versions the hook always runs as it is.
  * ------------------------------------------------------------------------ */
 
 #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
