@@ -513,3 +513,147 @@ def test_non_daemon_thread_waited_in_child(mp):
     finally:
         os.close(r)
         os.close(w)
+
+
+# --- threading's state in the child ------------------------------------------
+# The child must see threading exactly as after os.fork() (threading's own
+# at-fork hook), whatever threads the parent had. The reference is a plain
+# os.fork() child made from the same parent state.
+
+def _threading_facts(extra):
+    import threading
+    main = threading.main_thread()
+    ran = []
+    t = threading.Thread(target=lambda: ran.append(threading.current_thread().name),
+                         name="late")
+    t.start()
+    t.join(5)
+    facts = (threading.current_thread().name, threading.current_thread() is main,
+             sorted(x.name for x in threading.enumerate()), threading.active_count(),
+             main.is_alive(), main.ident == threading.get_ident(),
+             len(threading._shutdown_locks), len(threading._limbo), ran,
+             threading._active_limbo_lock.acquire(False),
+             threading._shutdown_locks_lock.locked(),
+             sorted(x.name for x in threading._dangling if x is not t))
+    if extra is not None:
+        facts += (extra.is_alive(), extra._is_stopped, extra._tstate_lock is None)
+    return repr(facts)
+
+
+def _facts_via(make_child, extra):
+    r, w = os.pipe()
+    try:
+        def child():
+            os.write(w, _threading_facts(extra).encode())
+        make_child(child)
+        return os.read(r, 10000).decode()
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def _with_process(mp):
+    def make(child):
+        p = mp.Process(target=child)
+        p.start()
+        p.join(10)
+        assert p.exitcode == 0
+    return make
+
+
+def _with_os_fork(child):
+    pid = os.fork()
+    if pid == 0:
+        try:
+            child()
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+
+
+@pytest.mark.parametrize("state", ["plain", "running", "unstarted", "finished",
+                                   "from_thread", "named_main"])
+def test_threading_state_in_child(mp, state):
+    import threading
+    extra = None
+    stop = threading.Event()
+    if state == "running":
+        extra = threading.Thread(target=stop.wait, args=(10,), name="busy")
+        extra.start()
+    elif state == "unstarted":
+        extra = threading.Thread(target=noop, name="never")
+    elif state == "finished":
+        extra = threading.Thread(target=noop, name="done")
+        extra.start()
+        extra.join()
+    elif state == "named_main":
+        old_name = threading.main_thread().name
+        threading.main_thread().name = "Renamed"
+    try:
+        if state == "from_thread":
+            results = []
+            worker = threading.Thread(target=lambda: results.extend(
+                [_facts_via(_with_process(mp), None), _facts_via(_with_os_fork, None)]))
+            worker.start()
+            worker.join(30)
+            ours, reference = results
+        else:
+            ours = _facts_via(_with_process(mp), extra)
+            reference = _facts_via(_with_os_fork, extra)
+        assert ours == reference
+    finally:
+        stop.set()
+        if state == "running":
+            extra.join(10)
+        if state == "named_main":
+            threading.main_thread().name = old_name
+
+
+def test_threading_state_in_grandchild(mp):
+    """A fork made inside a child (os.fork and Process alike) gets the same
+    treatment again."""
+    r, w = os.pipe()
+
+    def child():
+        os.write(w, (_facts_via(_with_process(mp), None) + "\n").encode())
+        os.write(w, (_facts_via(_with_os_fork, None) + "\n").encode())
+
+    try:
+        p = mp.Process(target=child)
+        p.start()
+        p.join(20)
+        assert p.exitcode == 0
+        lines = os.read(r, 20000).decode().splitlines()
+        assert len(lines) == 2 and lines[0] == lines[1]
+        assert lines[0] == _facts_via(_with_os_fork, None)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_profiler_sees_threading_fork_hook(mp):
+    """A profiler active at fork time sees threading's at-fork hook run in
+    the child, as after os.fork()."""
+    r, w = os.pipe()
+    calls = []
+
+    def profiler(frame, event, arg):
+        if event == "call":
+            calls.append(frame.f_code.co_name)
+
+    def child():
+        os.write(w, repr("_after_fork" in calls).encode())
+
+    try:
+        sys.setprofile(profiler)
+        try:
+            p = mp.Process(target=child)
+            p.start()
+        finally:
+            sys.setprofile(None)
+        p.join(10)
+        assert p.exitcode == 0
+        assert os.read(r, 100) == b"True"
+    finally:
+        os.close(r)
+        os.close(w)

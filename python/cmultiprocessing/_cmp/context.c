@@ -195,20 +195,62 @@ static PyObject *ctx_get_name(CtxObject *self, void *c)
     return PyUnicode_FromString(methods[self->method].name);
 }
 
+/* 1 if the type (or a base) defines name, 0 if not, -1 with an exception.
+ * Borrowed lookups only: nothing is allocated or raised. */
+static int type_defines(PyTypeObject *tp, PyObject *name)
+{
+    PyObject *mro = tp->tp_mro;
+    if (!mro || !PyTuple_Check(mro))
+        return 1; /* not ready: let the generic lookup decide */
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(mro); i++) {
+        PyObject *dict = ((PyTypeObject *)PyTuple_GET_ITEM(mro, i))->tp_dict;
+        if (dict && PyDict_GetItemWithError(dict, name))
+            return 1;
+        if (PyErr_Occurred())
+            return -1;
+    }
+    return 0;
+}
+
+/* A public factory of the module (Process, Lock, Queue, ...), or NULL
+ * with an exception. */
+static PyObject *ctx_factory(CtxObject *ctx, PyObject *name)
+{
+    static PyObject *process_attr[N_METHODS];
+    if (ctx->method >= 0 && PyUnicode_CompareWithASCIIString(name, "Process") == 0) {
+        PyObject **attr = &process_attr[ctx->method];
+        if (!*attr && !(*attr = PyUnicode_InternFromString(methods[ctx->method].process)))
+            return NULL;
+        return PyObject_GetAttr(ctx->module, *attr);
+    }
+    return PyObject_GetAttr(ctx->module, name);
+}
+
 static PyObject *ctx_getattro(PyObject *self, PyObject *name)
 {
+    int public = PyUnicode_Check(name) && PyUnicode_GET_LENGTH(name) > 0 &&
+                 PyUnicode_READ_CHAR(name, 0) != '_';
+    if (public && Py_TYPE(self)->tp_dictoffset == 0) {
+        /* Without an instance dict, a name the type does not define can
+         * only be a factory: skip the generic lookup's AttributeError
+         * (building it costs more than the rest of ctx.Process()). */
+        int has = type_defines(Py_TYPE(self), name);
+        if (has < 0)
+            return NULL;
+        if (!has) {
+            PyObject *r = ctx_factory((CtxObject *)self, name);
+            if (r || !PyErr_ExceptionMatches(PyExc_AttributeError))
+                return r;
+            PyErr_Clear();
+            return PyObject_GenericGetAttr(self, name); /* its usual error */
+        }
+    }
     PyObject *r = PyObject_GenericGetAttr(self, name);
-    if (r || !PyErr_ExceptionMatches(PyExc_AttributeError) || !PyUnicode_Check(name) ||
-        PyUnicode_READ_CHAR(name, 0) == '_')
+    if (r || !public || !PyErr_ExceptionMatches(PyExc_AttributeError))
         return r;
-    /* A public factory of the module (Process, Lock, Queue, ...). */
     PyObject *et, *ev, *tb;
     PyErr_Fetch(&et, &ev, &tb);
-    CtxObject *ctx = (CtxObject *)self;
-    if (ctx->method >= 0 && PyUnicode_CompareWithASCIIString(name, "Process") == 0)
-        r = PyObject_GetAttrString(ctx->module, methods[ctx->method].process);
-    else
-        r = PyObject_GetAttr(ctx->module, name);
+    r = ctx_factory((CtxObject *)self, name);
     if (r) {
         Py_XDECREF(et);
         Py_XDECREF(ev);
