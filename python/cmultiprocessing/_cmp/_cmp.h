@@ -150,6 +150,13 @@ int cmp_py_parse_acquire_args(const char *fname, PyObject *const *args, Py_ssize
  * caller. New reference, or NULL with an exception. */
 PyObject *cmp_py_owner_name(void);
 
+/* threading's at-fork hook done in C in our fork children when threading's
+ * state is trivial (fork_threading.c): prepare in the parent before a
+ * fork, arm in the child before PyOS_AfterFork_Child(), disarm after. */
+void cmp_py_fork_threading_prepare(void);
+void cmp_py_fork_threading_arm(void);
+void cmp_py_fork_threading_disarm(void);
+
 /* Per-concept module initialization, called from module.c's exec slot. */
 int cmp_py_errors_init(PyObject *module, cmp_py_state *st);
 int cmp_py_lock_init(PyObject *module, cmp_py_state *st);
