@@ -21,11 +21,13 @@ static inline int PyModule_AddObjectRef(PyObject *m, const char *name, PyObject 
     }
     return 0;
 }
-static inline PyObject *Py_NewRef(PyObject *o)
+static inline PyObject *cmp_py_new_ref(PyObject *o)
 {
     Py_INCREF(o);
     return o;
 }
+/* A macro as in 3.10, so that any object pointer converts. */
+#define Py_NewRef(o) cmp_py_new_ref((PyObject *)(o))
 #endif
 
 typedef struct {
@@ -72,6 +74,10 @@ static inline cmp_py_state *cmp_py_state_of_module(PyObject *module)
 {
     return (cmp_py_state *)PyModule_GetState(module);
 }
+
+/* A heap type made from spec with one base (or none), on every supported
+ * version. New reference, or NULL with an exception. */
+PyObject *cmp_py_type_from_spec(PyObject *module, PyType_Spec *spec, PyObject *base);
 
 /* Adds a heap type made from spec to the module and returns it (new ref
  * kept in the state by the caller), or NULL with an exception. */

@@ -31,9 +31,20 @@ cmp_py_state *cmp_py_state_of_type(PyTypeObject *tp)
 #endif
 }
 
+PyObject *cmp_py_type_from_spec(PyObject *module, PyType_Spec *spec, PyObject *base)
+{
+    /* 3.9 takes the bases only as a tuple; later versions take either. */
+    PyObject *bases = base ? PyTuple_Pack(1, base) : NULL;
+    if (base && !bases)
+        return NULL;
+    PyObject *type = PyType_FromModuleAndSpec(module, spec, bases);
+    Py_XDECREF(bases);
+    return type;
+}
+
 PyTypeObject *cmp_py_add_type(PyObject *module, PyType_Spec *spec, PyObject *base)
 {
-    PyObject *type = PyType_FromModuleAndSpec(module, spec, base);
+    PyObject *type = cmp_py_type_from_spec(module, spec, base);
     if (!type)
         return NULL;
     if (PyModule_AddType(module, (PyTypeObject *)type) < 0) {

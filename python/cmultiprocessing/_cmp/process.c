@@ -1526,15 +1526,15 @@ int cmp_py_process_init(PyObject *module, cmp_py_state *st)
     INTERN(s_shutdown_locks, "_shutdown_locks");
 #undef INTERN
 
-    g_main_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &main_spec,
+    g_main_type = (PyTypeObject *)cmp_py_type_from_spec(module, &main_spec,
                                                            (PyObject *)st->Process_type);
-    g_parent_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &parent_spec,
+    g_parent_type = (PyTypeObject *)cmp_py_type_from_spec(module, &parent_spec,
                                                              (PyObject *)st->Process_type);
-    g_authstr_type = PyType_FromModuleAndSpec(module, &authstr_spec, (PyObject *)&PyBytes_Type);
+    g_authstr_type = cmp_py_type_from_spec(module, &authstr_spec, (PyObject *)&PyBytes_Type);
     if (!g_main_type || !g_parent_type || !g_authstr_type)
         return -1;
     PyObject *fork_process =
-        PyType_FromModuleAndSpec(module, &fork_process_spec, (PyObject *)st->Process_type);
+        cmp_py_type_from_spec(module, &fork_process_spec, (PyObject *)st->Process_type);
     if (!fork_process || PyModule_AddObjectRef(module, "_ForkProcess", fork_process) < 0) {
         Py_XDECREF(fork_process);
         return -1;

@@ -1330,9 +1330,9 @@ int cmp_py_sharedctypes_init(PyObject *module, cmp_py_state *st)
 {
     /* SharedBlock and SyncField are internal: not added to the module. */
     if (!(st->SharedBlock_type =
-              (PyTypeObject *)PyType_FromModuleAndSpec(module, &block_spec, NULL)) ||
+              (PyTypeObject *)cmp_py_type_from_spec(module, &block_spec, NULL)) ||
         !(st->SyncField_type =
-              (PyTypeObject *)PyType_FromModuleAndSpec(module, &field_spec, NULL)) ||
+              (PyTypeObject *)cmp_py_type_from_spec(module, &field_spec, NULL)) ||
         !(st->SynchronizedBase_type = cmp_py_add_type(module, &base_spec, NULL)) ||
         !(st->Synchronized_type =
               cmp_py_add_type(module, &value_spec, (PyObject *)st->SynchronizedBase_type)) ||
