@@ -396,6 +396,20 @@ static size_t code_size(int code)
     return 0;
 }
 
+/* memcpy(dst, src, code_size(code)) for the hot paths: with a size known
+ * at compile time each copy is a single move, where the variable-size
+ * memcpy became `rep movsb`, whose start-up cost was ~7% of
+ * `with v.get_lock(): v.value += 1`. */
+static inline void scalar_copy(int code, void *dst, const void *src)
+{
+    switch (code_size(code)) {
+    case 1: memcpy(dst, src, 1); break;
+    case 2: memcpy(dst, src, 2); break;
+    case 4: memcpy(dst, src, 4); break;
+    case 8: memcpy(dst, src, 8); break;
+    }
+}
+
 /* Converts v as ctypes would for this code (integers wrap, floats accept
  * anything with __float__). Python code may run: call without the lock. */
 static int scalar_pack(int code, PyObject *v, scalar *out)
@@ -469,7 +483,7 @@ static PyObject *sync_load(sync_object *self, const char *addr)
     int held = sync_held(self);
     if (!held && sync_acquire(self) < 0)
         return NULL;
-    memcpy(&s, addr, code_size(self->code));
+    scalar_copy(self->code, &s, addr);
     if (!held && sync_release(self) < 0)
         return NULL;
     return scalar_box(self->code, &s);
@@ -483,7 +497,7 @@ static int sync_store(sync_object *self, char *addr, PyObject *v)
     int held = sync_held(self);
     if (!held && sync_acquire(self) < 0)
         return -1;
-    memcpy(addr, &s, code_size(self->code));
+    scalar_copy(self->code, addr, &s);
     return held ? 0 : sync_release(self);
 }
 
