@@ -54,6 +54,9 @@ typedef struct {
     PyObject *typecode_to_type;        /* 'i' -> ctypes.c_int, ... */
     PyObject *fast_types;              /* _type_ -> canonical simple type */
     PyObject *sync_class_cache;        /* Structure class -> wrapper class */
+    /* __enter__/__exit__ descriptors with recycled bound methods (fastmethod.c) */
+    PyTypeObject *FastMethod_type;
+    PyTypeObject *FastBound_type;
     /* exceptions (errors.c), same hierarchy as multiprocessing's */
     PyObject *ProcessError;
     PyObject *BufferTooShort;
@@ -141,7 +144,14 @@ int cmp_py_parse_acquire_args(const char *fname, PyObject *const *args, Py_ssize
  * caller. New reference, or NULL with an exception. */
 PyObject *cmp_py_owner_name(void);
 
+/* Installs defs (METH_NOARGS or METH_FASTCALL methods, such as __enter__
+ * and __exit__) on type as descriptors whose bound methods are recycled
+ * instead of allocated on every access: see fastmethod.c for why. Needs
+ * cmp_py_fastmethod_init() first. Returns 0, or -1 with an exception. */
+int cmp_py_add_fast_methods(cmp_py_state *st, PyTypeObject *type, PyMethodDef *defs);
+
 /* Per-concept module initialization, called from module.c's exec slot. */
+int cmp_py_fastmethod_init(PyObject *module, cmp_py_state *st);
 int cmp_py_errors_init(PyObject *module, cmp_py_state *st);
 int cmp_py_lock_init(PyObject *module, cmp_py_state *st);
 int cmp_py_rlock_init(PyObject *module, cmp_py_state *st);

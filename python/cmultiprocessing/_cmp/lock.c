@@ -299,9 +299,16 @@ static PyMethodDef Lock_methods[] = {
      "without blocking (block=False) or within timeout seconds."},
     {"release", cmp_py_Lock_release, METH_NOARGS,
      "release()\n--\n\nRelease the lock (ValueError if it is not held)."},
-    {"__enter__", Lock_enter, METH_NOARGS, NULL},
-    {"__exit__", (PyCFunction)(void (*)(void))Lock_exit, METH_FASTCALL, NULL},
     {"__reduce__", Lock_reduce, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+/* Installed by cmp_py_add_fast_methods(): `with` binds them on every use. */
+static PyMethodDef Lock_with_methods[] = {
+    {"__enter__", Lock_enter, METH_NOARGS,
+     "__enter__($self, /)\n--\n\nAcquire the lock (waiting as long as needed); return True."},
+    {"__exit__", (PyCFunction)(void (*)(void))Lock_exit, METH_FASTCALL,
+     "__exit__($self, /, *args)\n--\n\nRelease the lock."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -362,5 +369,7 @@ int cmp_py_lock_release_any(PyObject *lock)
 int cmp_py_lock_init(PyObject *module, cmp_py_state *st)
 {
     st->Lock_type = cmp_py_add_type(module, &Lock_spec, NULL);
-    return st->Lock_type ? 0 : -1;
+    if (!st->Lock_type)
+        return -1;
+    return cmp_py_add_fast_methods(st, st->Lock_type, Lock_with_methods);
 }

@@ -185,9 +185,16 @@ static PyMethodDef RLock_methods[] = {
     {"release", cmp_py_RLock_release, METH_NOARGS,
      "release()\n--\n\n"
      "Release one level (AssertionError if this thread does not own it)."},
-    {"__enter__", RLock_enter, METH_NOARGS, NULL},
-    {"__exit__", (PyCFunction)(void (*)(void))RLock_exit, METH_FASTCALL, NULL},
     {"__reduce__", RLock_reduce, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+/* Installed by cmp_py_add_fast_methods(): `with` binds them on every use. */
+static PyMethodDef RLock_with_methods[] = {
+    {"__enter__", RLock_enter, METH_NOARGS,
+     "__enter__($self, /)\n--\n\nAcquire the lock (again, if this thread owns it), waiting as long as\nneeded; return True."},
+    {"__exit__", (PyCFunction)(void (*)(void))RLock_exit, METH_FASTCALL,
+     "__exit__($self, /, *args)\n--\n\nRelease the lock."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -210,5 +217,7 @@ static PyType_Spec RLock_spec = {
 int cmp_py_rlock_init(PyObject *module, cmp_py_state *st)
 {
     st->RLock_type = cmp_py_add_type(module, &RLock_spec, NULL);
-    return st->RLock_type ? 0 : -1;
+    if (!st->RLock_type)
+        return -1;
+    return cmp_py_add_fast_methods(st, st->RLock_type, RLock_with_methods);
 }

@@ -215,9 +215,16 @@ static PyMethodDef Sem_methods[] = {
     {"release", Sem_release, METH_NOARGS,
      "release()\n--\n\nIncrement the counter, waking one waiter."},
     {"get_value", Sem_get_value, METH_NOARGS, "get_value()\n--\n\nThe current counter."},
-    {"__enter__", Sem_enter, METH_NOARGS, NULL},
-    {"__exit__", (PyCFunction)(void (*)(void))Sem_exit, METH_FASTCALL, NULL},
     {"__reduce__", Sem_reduce, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+/* Installed by cmp_py_add_fast_methods(): `with` binds them on every use. */
+static PyMethodDef Sem_with_methods[] = {
+    {"__enter__", Sem_enter, METH_NOARGS,
+     "__enter__($self, /)\n--\n\nDecrement the counter, waiting while it is zero; return True."},
+    {"__exit__", (PyCFunction)(void (*)(void))Sem_exit, METH_FASTCALL,
+     "__exit__($self, /, *args)\n--\n\nIncrement the counter, as release()."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -252,7 +259,8 @@ static PyType_Spec Bounded_spec = {
 int cmp_py_semaphore_init(PyObject *module, cmp_py_state *st)
 {
     st->Semaphore_type = cmp_py_add_type(module, &Sem_spec, NULL);
-    if (!st->Semaphore_type)
+    if (!st->Semaphore_type ||
+        cmp_py_add_fast_methods(st, st->Semaphore_type, Sem_with_methods) < 0)
         return -1;
     st->BoundedSemaphore_type =
         cmp_py_add_type(module, &Bounded_spec, (PyObject *)st->Semaphore_type);

@@ -751,9 +751,16 @@ static PyObject *sync_get_private_lock(sync_object *self, void *Py_UNUSED(closur
 static PyMethodDef sync_methods[] = {
     {"get_obj", (PyCFunction)sync_get_obj, METH_NOARGS, "The wrapped ctypes object."},
     {"get_lock", (PyCFunction)sync_get_lock, METH_NOARGS, "The lock that guards it."},
-    {"__enter__", (PyCFunction)sync_enter, METH_NOARGS, NULL},
-    {"__exit__", (PyCFunction)(void (*)(void))sync_exit, METH_FASTCALL, NULL},
     {"__reduce__", sync_reduce, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+/* Installed by cmp_py_add_fast_methods(): `with` binds them on every use. */
+static PyMethodDef sync_with_methods[] = {
+    {"__enter__", (PyCFunction)sync_enter, METH_NOARGS,
+     "__enter__($self, /)\n--\n\nAcquire the lock; return its __enter__() result."},
+    {"__exit__", (PyCFunction)(void (*)(void))sync_exit, METH_FASTCALL,
+     "__exit__($self, /, *args)\n--\n\nRelease the lock."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1348,6 +1355,7 @@ int cmp_py_sharedctypes_init(PyObject *module, cmp_py_state *st)
         !(st->SyncField_type =
               (PyTypeObject *)PyType_FromModuleAndSpec(module, &field_spec, NULL)) ||
         !(st->SynchronizedBase_type = cmp_py_add_type(module, &base_spec, NULL)) ||
+        cmp_py_add_fast_methods(st, st->SynchronizedBase_type, sync_with_methods) < 0 ||
         !(st->Synchronized_type =
               cmp_py_add_type(module, &value_spec, (PyObject *)st->SynchronizedBase_type)) ||
         !(st->SynchronizedArray_type =
