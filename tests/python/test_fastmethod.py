@@ -208,3 +208,65 @@ def test_bound_methods_are_recycled(cmp):
         pass
     ids = {id(lock.__enter__) for _ in range(100)}
     assert len(ids) <= 2
+
+
+@pytest.mark.parametrize("kind", ["Lock", "RLock"])
+def test_cached_bound_methods_do_not_keep_the_lock(cmp, kind):
+    """Lock and RLock keep their own bound __enter__/__exit__; those must
+    not hold the lock alive (no cycle), yet stay usable once the lock's
+    other references are gone, and every object is freed in the end."""
+    import sys
+    cls = getattr(cmp, kind)
+    probe = cls()
+    bound_type = type(probe.__enter__)
+    del probe
+    gc.collect()
+    types_before = sys.getrefcount(cls), sys.getrefcount(bound_type)
+
+    lock = cls()
+    before = sys.getrefcount(lock)
+    enter, exit_ = lock.__enter__, lock.__exit__
+    assert lock.__enter__ is enter          # the cached object itself
+    assert sys.getrefcount(lock) == before  # borrowed while cached
+    with lock:
+        pass
+    del lock                                # the bound methods resurrect it
+    gc.collect()
+    assert enter() is True
+    exit_(None, None, None)
+    again = exit_.__self__
+    with again:                             # a new cache on the same object
+        pass
+    enter2 = again.__enter__
+    assert enter2 is not enter
+    del again, enter, exit_                 # the owners of the lock: it dies
+    gc.collect()                            # again, and is resurrected again
+    assert enter2() is True
+    enter2.__self__.release()
+    del enter2
+    gc.collect()
+    for _ in range(100):
+        with cls():
+            pass
+        cls().__exit__  # noqa: B018 - a cached bound method dropped at once
+    gc.collect()
+    assert (sys.getrefcount(cls), sys.getrefcount(bound_type)) == types_before
+
+
+def test_cached_bound_methods_shared_by_threads(cmp):
+    rlock = cmp.RLock()
+    counter = [0]
+
+    def work():
+        for _ in range(2000):
+            with rlock:
+                with rlock:
+                    counter[0] += 1
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert counter[0] == 8000
+    assert not held(rlock)

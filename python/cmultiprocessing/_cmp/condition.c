@@ -392,5 +392,5 @@ int cmp_py_condition_init(PyObject *module, cmp_py_state *st)
     st->Condition_type = cmp_py_add_type(module, &Condition_spec, NULL);
     if (!st->Condition_type)
         return -1;
-    return cmp_py_add_fast_methods(st, st->Condition_type, Condition_with_methods);
+    return cmp_py_add_fast_methods(st, st->Condition_type, Condition_with_methods, 0);
 }

@@ -18,6 +18,15 @@
  * parked object, so there is no cycle and no lifetime tied to an instance:
  * the instance is freed as soon as its last reference goes, as before.
  *
+ * Objects of the exact types that embed a cmp_py_fast_cache (Lock, RLock)
+ * go further: each keeps its own bound __enter__ and __exit__, which a
+ * `with` then only increfs. Those bound objects refer to their instance
+ * without owning it (so no cycle, and the instance dies as before); should
+ * one still be referenced elsewhere when its instance's refcount drops to
+ * zero, the instance's finalizer hands it ownership of the instance, which
+ * is thereby resurrected until that last bound method goes
+ * (cmp_py_fast_cache_finalize).
+ *
  * The descriptor is also a Py_TPFLAGS_METHOD_DESCRIPTOR, so `lock.__exit__(
  * ...)` written out and 3.14's `with` call it unbound, with no bound object
  * at all. Both types offer what inspect and pydoc look for (__name__,
@@ -43,6 +52,8 @@ typedef struct {
     vectorcallfunc vectorcall;
     fast_bound *free;        /* parked bound objects, linked by next_free */
     int nfree;
+    Py_ssize_t cache_offset; /* of the cmp_py_fast_cache in objclass, or 0 */
+    int cache_index;         /* this method's slot in it */
 } fast_descr;
 
 struct fast_bound {
@@ -51,6 +62,7 @@ struct fast_bound {
     fast_descr *descr;
     vectorcallfunc vectorcall;
     fast_bound *next_free;
+    int owns_self;      /* 0 while in its instance's cache: self is borrowed */
 };
 
 static PyObject *call_def(PyMethodDef *def, PyObject *self, PyObject *const *args,
@@ -90,7 +102,8 @@ static PyObject *bound_vectorcall(PyObject *op, PyObject *const *args, size_t na
     return call_def(b->descr->def, b->self, args, PyVectorcall_NARGS(nargsf), kwnames);
 }
 
-static PyObject *bind(fast_descr *d, PyObject *obj)
+/* A bound object, untracked by the GC, with a borrowed self. */
+static fast_bound *new_bound(fast_descr *d, PyObject *obj)
 {
     fast_bound *b = d->free;
     if (b) {
@@ -104,10 +117,32 @@ static PyObject *bind(fast_descr *d, PyObject *obj)
         if (!b)
             return NULL;
     }
-    b->self = Py_NewRef(obj);
+    b->self = obj;
     b->descr = (fast_descr *)Py_NewRef((PyObject *)d);
     b->vectorcall = bound_vectorcall;
     b->next_free = NULL;
+    b->owns_self = 0;
+    return b;
+}
+
+static PyObject *bind(fast_descr *d, PyObject *obj)
+{
+    if (d->cache_offset && Py_IS_TYPE(obj, d->objclass)) {
+        /* Exact type only: a Python subclass instance may have a dict and
+         * thus take part in cycles, and gets its finalizer called only
+         * once, which cmp_py_fast_cache_finalize relies on. */
+        cmp_py_fast_cache *cache = (cmp_py_fast_cache *)((char *)obj + d->cache_offset);
+        PyObject **slot = &cache->bound[d->cache_index];
+        if (!*slot && !(*slot = (PyObject *)new_bound(d, obj)))
+            return NULL;
+        /* untracked: it owns no reference the GC could follow */
+        return Py_NewRef(*slot);
+    }
+    fast_bound *b = new_bound(d, obj);
+    if (!b)
+        return NULL;
+    Py_INCREF(obj);
+    b->owns_self = 1;
     PyObject_GC_Track(b);
     return (PyObject *)b;
 }
@@ -116,9 +151,9 @@ static void bound_dealloc(PyObject *op)
 {
     fast_bound *b = (fast_bound *)op;
     PyTypeObject *tp = Py_TYPE(op);
-    PyObject *self = b->self;
+    PyObject *self = b->owns_self ? b->self : NULL;
     fast_descr *d = b->descr;
-    PyObject_GC_UnTrack(op);
+    PyObject_GC_UnTrack(op); /* a no-op for an untracked one */
     b->self = NULL;
     b->descr = NULL;
     if (d && d->nfree < FREE_MAX) {
@@ -140,7 +175,8 @@ static int bound_traverse(PyObject *op, visitproc visit, void *arg)
 {
     fast_bound *b = (fast_bound *)op;
     Py_VISIT(Py_TYPE(op));
-    Py_VISIT(b->self);
+    if (b->owns_self)
+        Py_VISIT(b->self);
     Py_VISIT((PyObject *)b->descr);
     return 0;
 }
@@ -477,9 +513,33 @@ static PyType_Spec descr_spec = {
 
 /* -- installation --------------------------------------------------------- */
 
-int cmp_py_add_fast_methods(cmp_py_state *st, PyTypeObject *type, PyMethodDef *defs)
+void cmp_py_fast_cache_finalize(PyObject *self, cmp_py_fast_cache *cache)
+{
+    for (int i = 0; i < CMP_PY_FAST_CACHE_SIZE; i++) {
+        fast_bound *b = (fast_bound *)cache->bound[i];
+        if (!b || Py_REFCNT(b) == 1)
+            continue;
+        /* referenced elsewhere: from now on it owns self (resurrecting it,
+         * see PyObject_CallFinalizerFromDealloc) and lives on its own */
+        b->self = Py_NewRef(self);
+        b->owns_self = 1;
+        cache->bound[i] = NULL;
+        Py_DECREF(b);
+    }
+}
+
+void cmp_py_fast_cache_clear(cmp_py_fast_cache *cache)
+{
+    for (int i = 0; i < CMP_PY_FAST_CACHE_SIZE; i++)
+        Py_CLEAR(cache->bound[i]); /* unreferenced elsewhere by now */
+}
+
+int cmp_py_add_fast_methods(cmp_py_state *st, PyTypeObject *type, PyMethodDef *defs,
+                            Py_ssize_t cache_offset)
 {
     for (PyMethodDef *def = defs; def->ml_name; def++) {
+        int index = (int)(def - defs);
+        assert(!cache_offset || index < CMP_PY_FAST_CACHE_SIZE);
         /* the vectorcalls above know these two conventions only */
         assert(def->ml_flags == METH_NOARGS || def->ml_flags == METH_FASTCALL);
         fast_descr *d = PyObject_GC_New(fast_descr, st->FastMethod_type);
@@ -491,6 +551,8 @@ int cmp_py_add_fast_methods(cmp_py_state *st, PyTypeObject *type, PyMethodDef *d
         d->vectorcall = descr_vectorcall;
         d->free = NULL;
         d->nfree = 0;
+        d->cache_offset = cache_offset;
+        d->cache_index = index;
         PyObject_GC_Track(d);
         int rc = PyObject_SetAttrString((PyObject *)type, def->ml_name, (PyObject *)d);
         Py_DECREF(d);

@@ -281,10 +281,19 @@ static PyObject *Lock_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     return (PyObject *)self;
 }
 
+static void Lock_finalize(PyObject *op)
+{
+    cmp_py_fast_cache_finalize(op, &((cmp_py_lock *)op)->with_cache);
+}
+
 static void Lock_dealloc(PyObject *op)
 {
     cmp_py_lock *self = (cmp_py_lock *)op;
     PyTypeObject *tp = Py_TYPE(op);
+    /* a bound __enter__/__exit__ still in use elsewhere keeps it alive */
+    if (cmp_py_fast_cache_used(&self->with_cache) && PyObject_CallFinalizerFromDealloc(op) < 0)
+        return;
+    cmp_py_fast_cache_clear(&self->with_cache);
     if (self->block)
         cmp_shared_release(self->block);
     tp->tp_free(op);
@@ -303,7 +312,8 @@ static PyMethodDef Lock_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-/* Installed by cmp_py_add_fast_methods(): `with` binds them on every use. */
+/* Installed by cmp_py_add_fast_methods(): `with` binds them on every use,
+ * and they are cached per instance (with_cache). */
 static PyMethodDef Lock_with_methods[] = {
     {"__enter__", Lock_enter, METH_NOARGS,
      "__enter__($self, /)\n--\n\nAcquire the lock (waiting as long as needed); return True."},
@@ -316,6 +326,7 @@ static PyType_Slot Lock_slots[] = {
     {Py_tp_doc, (void *)LOCK_DOC},
     {Py_tp_new, Lock_new},
     {Py_tp_dealloc, Lock_dealloc},
+    {Py_tp_finalize, Lock_finalize},
     {Py_tp_repr, Lock_repr},
     {Py_tp_methods, Lock_methods},
     {0, NULL},
@@ -371,5 +382,6 @@ int cmp_py_lock_init(PyObject *module, cmp_py_state *st)
     st->Lock_type = cmp_py_add_type(module, &Lock_spec, NULL);
     if (!st->Lock_type)
         return -1;
-    return cmp_py_add_fast_methods(st, st->Lock_type, Lock_with_methods);
+    return cmp_py_add_fast_methods(st, st->Lock_type, Lock_with_methods,
+                                   offsetof(cmp_py_lock, with_cache));
 }

@@ -260,7 +260,7 @@ int cmp_py_semaphore_init(PyObject *module, cmp_py_state *st)
 {
     st->Semaphore_type = cmp_py_add_type(module, &Sem_spec, NULL);
     if (!st->Semaphore_type ||
-        cmp_py_add_fast_methods(st, st->Semaphore_type, Sem_with_methods) < 0)
+        cmp_py_add_fast_methods(st, st->Semaphore_type, Sem_with_methods, 0) < 0)
         return -1;
     st->BoundedSemaphore_type =
         cmp_py_add_type(module, &Bounded_spec, (PyObject *)st->Semaphore_type);

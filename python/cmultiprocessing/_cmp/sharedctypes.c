@@ -1460,7 +1460,7 @@ int cmp_py_sharedctypes_init(PyObject *module, cmp_py_state *st)
         !(st->SyncField_type =
               (PyTypeObject *)PyType_FromModuleAndSpec(module, &field_spec, NULL)) ||
         !(st->SynchronizedBase_type = cmp_py_add_type(module, &base_spec, NULL)) ||
-        cmp_py_add_fast_methods(st, st->SynchronizedBase_type, sync_with_methods) < 0 ||
+        cmp_py_add_fast_methods(st, st->SynchronizedBase_type, sync_with_methods, 0) < 0 ||
         !(st->Synchronized_type =
               cmp_py_add_type(module, &value_spec, (PyObject *)st->SynchronizedBase_type)) ||
         !(st->SynchronizedArray_type =
