@@ -210,7 +210,7 @@ def test_bound_methods_are_recycled(cmp):
     assert len(ids) <= 2
 
 
-@pytest.mark.parametrize("kind", ["Lock", "RLock"])
+@pytest.mark.parametrize("kind", ["Lock", "RLock", "Semaphore", "BoundedSemaphore"])
 def test_cached_bound_methods_do_not_keep_the_lock(cmp, kind):
     """Lock and RLock keep their own bound __enter__/__exit__; those must
     not hold the lock alive (no cycle), yet stay usable once the lock's
