@@ -44,7 +44,8 @@ def _compile_extension(build_lib):
         sorted(glob.glob(os.path.join(ROOT, "python", NAME, "_cmp", "*.c"))),
         include_dirs=[os.path.join(ROOT, "include"), os.path.join(ROOT, "src")],
         define_macros=[("_GNU_SOURCE", "1")],
-        extra_compile_args=["-std=c11", "-O2"],
+        # only PyInit__cmp is exported: direct calls into libcmp (see Makefile)
+        extra_compile_args=["-std=c11", "-O2", "-fvisibility=hidden"],
         libraries=["pthread", "m"],
     )
     dist = Distribution({"name": NAME, "ext_modules": [extension]})

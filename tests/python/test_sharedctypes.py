@@ -106,6 +106,54 @@ def test_integers_wrap_and_reject_like_ctypes(mp):
     assert f.value == ctypes.c_float(0.1).value
 
 
+def _store(v, value):
+    v.value = value
+
+
+@pytest.mark.parametrize("code, stored, expected", [
+    ("i", 2**32 + 5, 5),              # wraps: the stored int is not what is read
+    ("i", -7, -7),
+    ("b", 300, 44),
+    ("B", -1, 255),
+    ("H", 70000, 70000 - 65536),
+    ("I", 2**32 - 1, 2**32 - 1),
+    ("I", -2, 2**32 - 2),
+    ("q", -2**63, -2**63),
+    ("Q", 2**64 - 1, 2**64 - 1),
+    ("Q", -1, 2**64 - 1),
+    ("L", -3, 2**64 - 3),
+    ("l", 2**63, -2**63),
+    ("f", 0.1, ctypes.c_float(0.1).value),  # rounds to float32
+    ("d", 0.1, 0.1),
+    ("d", -0.0, -0.0),
+    (ctypes.c_bool, 5, True),
+])
+def test_value_reads_back_what_memory_holds(mp, code, stored, expected):
+    """Reading .value right after a store gives the value as converted to
+    the C type (cmultiprocessing reuses the stored object only when it is
+    the same value), and changes made behind its back are seen."""
+    v = mp.Value(code)
+    v.value = stored
+    for _ in range(2):
+        got = v.value
+        assert got == expected and type(got) is type(expected)
+        assert str(got) == str(expected)  # tells -0.0 from 0.0
+    if code is ctypes.c_bool:
+        return
+    if code not in "fd":
+        v.value = True
+        assert v.value == 1 and type(v.value) is int
+    v.get_obj().value = 0      # directly through ctypes
+    assert v.value == 0
+    v.value = 42
+    run_child(mp, _store, v, 43)  # from another process
+    assert v.value == 43
+    with v.get_lock():
+        v.value += 1
+        v.value += 1
+    assert v.value == 45
+
+
 def test_ctypes_types(mp):
     assert mp.Value(ctypes.c_int, 7).value == 7
     assert mp.Value(ctypes.c_double, 2.5).value == 2.5

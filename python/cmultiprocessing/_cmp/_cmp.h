@@ -56,6 +56,9 @@ typedef struct {
     PyObject *typecode_to_type;        /* 'i' -> ctypes.c_int, ... */
     PyObject *fast_types;              /* _type_ -> canonical simple type */
     PyObject *sync_class_cache;        /* Structure class -> wrapper class */
+    /* __enter__/__exit__ descriptors with recycled bound methods (fastmethod.c) */
+    PyTypeObject *FastMethod_type;
+    PyTypeObject *FastBound_type;
     /* exceptions (errors.c), same hierarchy as multiprocessing's */
     PyObject *ProcessError;
     PyObject *BufferTooShort;
@@ -107,6 +110,23 @@ PyObject *cmp_py_raise(int err);
  * exception (the lock is then still held by the caller). */
 int cmp_py_warn_abandoned(PyTypeObject *tp, const char *what);
 
+/* An instance's own bound __enter__ and __exit__ (fastmethod.c): NULL
+ * until first used; the object's tp_finalize calls
+ * cmp_py_fast_cache_finalize() and its tp_dealloc, first
+ * PyObject_CallFinalizerFromDealloc() (when cmp_py_fast_cache_used()),
+ * then cmp_py_fast_cache_clear(). */
+#define CMP_PY_FAST_CACHE_SIZE 2
+typedef struct {
+    PyObject *bound[CMP_PY_FAST_CACHE_SIZE];
+} cmp_py_fast_cache;
+
+static inline int cmp_py_fast_cache_used(const cmp_py_fast_cache *cache)
+{
+    return cache->bound[0] || cache->bound[1];
+}
+void cmp_py_fast_cache_finalize(PyObject *self, cmp_py_fast_cache *cache);
+void cmp_py_fast_cache_clear(cmp_py_fast_cache *cache);
+
 /* The Lock and RLock objects, visible to condition.c and sharedctypes.c,
  * which act on the lock directly instead of through method calls. */
 typedef struct {
@@ -114,12 +134,14 @@ typedef struct {
     cmp_shared_t *block; /* keeps the shared memory alive */
     cmp_lock_t *lock;    /* inside block */
     unsigned long owner; /* this process's thread that last acquired it */
+    cmp_py_fast_cache with_cache;
 } cmp_py_lock;
 
 typedef struct {
     PyObject_HEAD
     cmp_shared_t *block;
     cmp_rlock_t *rlock;
+    cmp_py_fast_cache with_cache;
 } cmp_py_rlock;
 
 /* Acquire (blocking, no timeout) and release any lock object: directly for
@@ -163,7 +185,17 @@ void cmp_py_fork_threading_prepare(void);
 void cmp_py_fork_threading_arm(void);
 void cmp_py_fork_threading_disarm(void);
 
+/* Installs defs (METH_NOARGS or METH_FASTCALL methods, such as __enter__
+ * and __exit__) on type as descriptors whose bound methods are recycled
+ * instead of allocated on every access: see fastmethod.c for why.
+ * cache_offset: of a cmp_py_fast_cache in the instances (at most
+ * CMP_PY_FAST_CACHE_SIZE defs then), or 0. Needs cmp_py_fastmethod_init()
+ * first. Returns 0, or -1 with an exception. */
+int cmp_py_add_fast_methods(cmp_py_state *st, PyTypeObject *type, PyMethodDef *defs,
+                            Py_ssize_t cache_offset);
+
 /* Per-concept module initialization, called from module.c's exec slot. */
+int cmp_py_fastmethod_init(PyObject *module, cmp_py_state *st);
 int cmp_py_errors_init(PyObject *module, cmp_py_state *st);
 int cmp_py_lock_init(PyObject *module, cmp_py_state *st);
 int cmp_py_rlock_init(PyObject *module, cmp_py_state *st);

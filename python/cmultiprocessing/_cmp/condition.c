@@ -328,9 +328,16 @@ static PyMethodDef Condition_methods[] = {
      "notify(n=1)\n--\n\nWake up to n of the processes or threads waiting."},
     {"notify_all", Condition_notify_all, METH_NOARGS,
      "notify_all()\n--\n\nWake every process or thread waiting."},
-    {"__enter__", Condition_enter, METH_NOARGS, NULL},
-    {"__exit__", (PyCFunction)(void (*)(void))Condition_exit, METH_FASTCALL, NULL},
     {"__reduce__", Condition_reduce, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+/* Installed by cmp_py_add_fast_methods(): `with` binds them on every use. */
+static PyMethodDef Condition_with_methods[] = {
+    {"__enter__", Condition_enter, METH_NOARGS,
+     "__enter__($self, /)\n--\n\nAcquire the underlying lock; return its result."},
+    {"__exit__", (PyCFunction)(void (*)(void))Condition_exit, METH_FASTCALL,
+     "__exit__($self, /, *args)\n--\n\nRelease the underlying lock."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -355,5 +362,7 @@ static PyType_Spec Condition_spec = {
 int cmp_py_condition_init(PyObject *module, cmp_py_state *st)
 {
     st->Condition_type = cmp_py_add_type(module, &Condition_spec, NULL);
-    return st->Condition_type ? 0 : -1;
+    if (!st->Condition_type)
+        return -1;
+    return cmp_py_add_fast_methods(st, st->Condition_type, Condition_with_methods, 0);
 }

@@ -251,10 +251,19 @@ static PyObject *Lock_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     return (PyObject *)self;
 }
 
+static void Lock_finalize(PyObject *op)
+{
+    cmp_py_fast_cache_finalize(op, &((cmp_py_lock *)op)->with_cache);
+}
+
 static void Lock_dealloc(PyObject *op)
 {
     cmp_py_lock *self = (cmp_py_lock *)op;
     PyTypeObject *tp = Py_TYPE(op);
+    /* a bound __enter__/__exit__ still in use elsewhere keeps it alive */
+    if (cmp_py_fast_cache_used(&self->with_cache) && PyObject_CallFinalizerFromDealloc(op) < 0)
+        return;
+    cmp_py_fast_cache_clear(&self->with_cache);
     if (self->block)
         cmp_shared_release(self->block);
     tp->tp_free(op);
@@ -269,9 +278,17 @@ static PyMethodDef Lock_methods[] = {
      "without blocking (block=False) or within timeout seconds."},
     {"release", cmp_py_Lock_release, METH_NOARGS,
      "release()\n--\n\nRelease the lock (ValueError if it is not held)."},
-    {"__enter__", Lock_enter, METH_NOARGS, NULL},
-    {"__exit__", (PyCFunction)(void (*)(void))Lock_exit, METH_FASTCALL, NULL},
     {"__reduce__", Lock_reduce, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+/* Installed by cmp_py_add_fast_methods(): `with` binds them on every use,
+ * and they are cached per instance (with_cache). */
+static PyMethodDef Lock_with_methods[] = {
+    {"__enter__", Lock_enter, METH_NOARGS,
+     "__enter__($self, /)\n--\n\nAcquire the lock (waiting as long as needed); return True."},
+    {"__exit__", (PyCFunction)(void (*)(void))Lock_exit, METH_FASTCALL,
+     "__exit__($self, /, *args)\n--\n\nRelease the lock."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -279,6 +296,7 @@ static PyType_Slot Lock_slots[] = {
     {Py_tp_doc, (void *)LOCK_DOC},
     {Py_tp_new, Lock_new},
     {Py_tp_dealloc, Lock_dealloc},
+    {Py_tp_finalize, Lock_finalize},
     {Py_tp_repr, Lock_repr},
     {Py_tp_methods, Lock_methods},
     {0, NULL},
@@ -332,5 +350,8 @@ int cmp_py_lock_release_any(PyObject *lock)
 int cmp_py_lock_init(PyObject *module, cmp_py_state *st)
 {
     st->Lock_type = cmp_py_add_type(module, &Lock_spec, NULL);
-    return st->Lock_type ? 0 : -1;
+    if (!st->Lock_type)
+        return -1;
+    return cmp_py_add_fast_methods(st, st->Lock_type, Lock_with_methods,
+                                   offsetof(cmp_py_lock, with_cache));
 }

@@ -142,7 +142,8 @@ void cmp_py_state_clear(cmp_py_state *st)
 static int module_exec(PyObject *module)
 {
     cmp_py_state *st = cmp_py_state_of_module(module);
-    if (cmp_py_errors_init(module, st) < 0 || cmp_py_lock_init(module, st) < 0 ||
+    if (cmp_py_fastmethod_init(module, st) < 0 || cmp_py_errors_init(module, st) < 0 ||
+        cmp_py_lock_init(module, st) < 0 ||
         cmp_py_rlock_init(module, st) < 0 || cmp_py_semaphore_init(module, st) < 0 ||
         cmp_py_event_init(module, st) < 0 || cmp_py_condition_init(module, st) < 0 ||
         cmp_py_barrier_init(module, st) < 0 || cmp_py_sharedctypes_init(module, st) < 0 ||

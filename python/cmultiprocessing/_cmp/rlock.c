@@ -166,10 +166,19 @@ static PyObject *RLock_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     return (PyObject *)self;
 }
 
+static void RLock_finalize(PyObject *op)
+{
+    cmp_py_fast_cache_finalize(op, &((cmp_py_rlock *)op)->with_cache);
+}
+
 static void RLock_dealloc(PyObject *op)
 {
     cmp_py_rlock *self = (cmp_py_rlock *)op;
     PyTypeObject *tp = Py_TYPE(op);
+    /* a bound __enter__/__exit__ still in use elsewhere keeps it alive */
+    if (cmp_py_fast_cache_used(&self->with_cache) && PyObject_CallFinalizerFromDealloc(op) < 0)
+        return;
+    cmp_py_fast_cache_clear(&self->with_cache);
     if (self->block)
         cmp_shared_release(self->block);
     tp->tp_free(op);
@@ -185,9 +194,17 @@ static PyMethodDef RLock_methods[] = {
     {"release", cmp_py_RLock_release, METH_NOARGS,
      "release()\n--\n\n"
      "Release one level (AssertionError if this thread does not own it)."},
-    {"__enter__", RLock_enter, METH_NOARGS, NULL},
-    {"__exit__", (PyCFunction)(void (*)(void))RLock_exit, METH_FASTCALL, NULL},
     {"__reduce__", RLock_reduce, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+/* Installed by cmp_py_add_fast_methods(): `with` binds them on every use,
+ * and they are cached per instance (with_cache). */
+static PyMethodDef RLock_with_methods[] = {
+    {"__enter__", RLock_enter, METH_NOARGS,
+     "__enter__($self, /)\n--\n\nAcquire the lock (again, if this thread owns it), waiting as long as\nneeded; return True."},
+    {"__exit__", (PyCFunction)(void (*)(void))RLock_exit, METH_FASTCALL,
+     "__exit__($self, /, *args)\n--\n\nRelease the lock."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -195,6 +212,7 @@ static PyType_Slot RLock_slots[] = {
     {Py_tp_doc, (void *)RLOCK_DOC},
     {Py_tp_new, RLock_new},
     {Py_tp_dealloc, RLock_dealloc},
+    {Py_tp_finalize, RLock_finalize},
     {Py_tp_repr, RLock_repr},
     {Py_tp_methods, RLock_methods},
     {0, NULL},
@@ -210,5 +228,8 @@ static PyType_Spec RLock_spec = {
 int cmp_py_rlock_init(PyObject *module, cmp_py_state *st)
 {
     st->RLock_type = cmp_py_add_type(module, &RLock_spec, NULL);
-    return st->RLock_type ? 0 : -1;
+    if (!st->RLock_type)
+        return -1;
+    return cmp_py_add_fast_methods(st, st->RLock_type, RLock_with_methods,
+                                   offsetof(cmp_py_rlock, with_cache));
 }

@@ -13,6 +13,7 @@ typedef struct {
     PyObject_HEAD
     cmp_shared_t *block; /* keeps the shared memory alive */
     cmp_sem_t *sem;      /* inside block */
+    cmp_py_fast_cache with_cache;
 } SemObject;
 
 static const char SEMAPHORE_DOC[] =
@@ -196,10 +197,19 @@ static PyObject *Sem_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     return (PyObject *)self;
 }
 
+static void Sem_finalize(PyObject *op)
+{
+    cmp_py_fast_cache_finalize(op, &((SemObject *)op)->with_cache);
+}
+
 static void Sem_dealloc(PyObject *op)
 {
     SemObject *self = (SemObject *)op;
     PyTypeObject *tp = Py_TYPE(op);
+    /* a bound __enter__/__exit__ still in use elsewhere keeps it alive */
+    if (cmp_py_fast_cache_used(&self->with_cache) && PyObject_CallFinalizerFromDealloc(op) < 0)
+        return;
+    cmp_py_fast_cache_clear(&self->with_cache);
     if (self->block)
         cmp_shared_release(self->block);
     tp->tp_free(op);
@@ -215,9 +225,18 @@ static PyMethodDef Sem_methods[] = {
     {"release", Sem_release, METH_NOARGS,
      "release()\n--\n\nIncrement the counter, waking one waiter."},
     {"get_value", Sem_get_value, METH_NOARGS, "get_value()\n--\n\nThe current counter."},
-    {"__enter__", Sem_enter, METH_NOARGS, NULL},
-    {"__exit__", (PyCFunction)(void (*)(void))Sem_exit, METH_FASTCALL, NULL},
     {"__reduce__", Sem_reduce, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+/* Installed by cmp_py_add_fast_methods() on Semaphore and again on
+ * BoundedSemaphore (the per-instance cache serves exact types only):
+ * `with` binds them on every use. */
+static PyMethodDef Sem_with_methods[] = {
+    {"__enter__", Sem_enter, METH_NOARGS,
+     "__enter__($self, /)\n--\n\nDecrement the counter, waiting while it is zero; return True."},
+    {"__exit__", (PyCFunction)(void (*)(void))Sem_exit, METH_FASTCALL,
+     "__exit__($self, /, *args)\n--\n\nIncrement the counter, as release()."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -225,6 +244,7 @@ static PyType_Slot Sem_slots[] = {
     {Py_tp_doc, (void *)SEMAPHORE_DOC},
     {Py_tp_new, Sem_new},
     {Py_tp_dealloc, Sem_dealloc},
+    {Py_tp_finalize, Sem_finalize},
     {Py_tp_repr, Sem_repr},
     {Py_tp_methods, Sem_methods},
     {0, NULL},
@@ -252,9 +272,14 @@ static PyType_Spec Bounded_spec = {
 int cmp_py_semaphore_init(PyObject *module, cmp_py_state *st)
 {
     st->Semaphore_type = cmp_py_add_type(module, &Sem_spec, NULL);
-    if (!st->Semaphore_type)
+    if (!st->Semaphore_type ||
+        cmp_py_add_fast_methods(st, st->Semaphore_type, Sem_with_methods,
+                                offsetof(SemObject, with_cache)) < 0)
         return -1;
     st->BoundedSemaphore_type =
         cmp_py_add_type(module, &Bounded_spec, (PyObject *)st->Semaphore_type);
-    return st->BoundedSemaphore_type ? 0 : -1;
+    if (!st->BoundedSemaphore_type)
+        return -1;
+    return cmp_py_add_fast_methods(st, st->BoundedSemaphore_type, Sem_with_methods,
+                                   offsetof(SemObject, with_cache));
 }
