@@ -750,7 +750,12 @@ static PyObject *address_type(PyObject *address)
     if (PyBytes_Check(address) && PyBytes_GET_SIZE(address) > 0 &&
         PyBytes_AS_STRING(address)[0] == '\0')
         return PyUnicode_FromString("AF_UNIX");
-    return PyErr_Format(PyExc_ValueError, "address type of %R unrecognized", address);
+    /* As the stdlib: a truthy object of another type is a TypeError. */
+    int truthy = PyBytes_Check(address) ? 0 : PyObject_IsTrue(address);
+    if (truthy < 0)
+        return NULL;
+    return PyErr_Format(truthy ? PyExc_TypeError : PyExc_ValueError,
+                        "address type of %R unrecognized", address);
 }
 
 static PyObject *cmp_address_type(PyObject *module, PyObject *address)
