@@ -143,6 +143,57 @@ def event_ping_pong(mp, n):
     return elapsed / n
 
 
+def _pipe_echo(c, n):
+    for _ in range(n):
+        c.send(c.recv())
+
+
+@scenario("Pipe round trip, small objects", "us", 0.3)
+def pipe_round_trip(mp, n):
+    n = max(500, n // 40)
+    a, b = mp.Pipe()
+    child = mp.Process(target=_pipe_echo, args=(b, n))
+    child.start()
+    msg = ("task", 42, 3.5)
+    a.send(msg)  # first exchange off the clock (child start-up)
+    a.recv()
+    t = time.perf_counter()
+    for _ in range(n - 1):
+        a.send(msg)
+        a.recv()
+    elapsed = time.perf_counter() - t
+    child.join(60)
+    a.close()
+    b.close()
+    return elapsed / (n - 1)
+
+
+def _drain(c, n):
+    buf = bytearray(1 << 20)
+    for _ in range(n):
+        c.recv_bytes_into(buf)
+    c.send_bytes(b"done")
+
+
+# No target: reported as time per 1 MiB message (1 / throughput).
+@scenario("Pipe send_bytes 1 MiB (per message)", "ms", None)
+def pipe_send_bytes_1mib(mp, n):
+    n = max(100, n // 1000)
+    a, b = mp.Pipe()
+    child = mp.Process(target=_drain, args=(b, n))
+    child.start()
+    payload = bytes(1 << 20)
+    t = time.perf_counter()
+    for _ in range(n):
+        a.send_bytes(payload)
+    assert a.recv_bytes() == b"done"
+    elapsed = time.perf_counter() - t
+    child.join(60)
+    a.close()
+    b.close()
+    return elapsed / n
+
+
 SCALE = {"us": 1e6, "ms": 1e3}
 
 

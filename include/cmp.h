@@ -23,8 +23,10 @@
 #ifndef CMP_H
 #define CMP_H
 
+#include <errno.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 #include <time.h>
 
@@ -309,6 +311,160 @@ pid_t cmp_self_pid(void);
 
 /* 1 if the process exists and is not a zombie, 0 otherwise. */
 int cmp_pid_alive(pid_t pid);
+
+/* ------------------------------------------------------------------------
+ * Connections
+ *
+ * A connection carries whole messages over a byte stream (a socket or a
+ * pipe) with the framing of Python's multiprocessing.connection: a 4-byte
+ * big-endian signed length, or for messages over 0x7fffffff the marker -1
+ * followed by an 8-byte big-endian length. Bytes interoperate with the
+ * standard library's Connection, Listener and Client.
+ * ------------------------------------------------------------------------ */
+
+#define CMP_CONN_READABLE 0x1u
+#define CMP_CONN_WRITABLE 0x2u
+
+/* cmp_conn_recv: the peer closed the connection between two messages. */
+#define CMP_CONN_EOF (-ENODATA)
+
+struct cmp__conn_ops;
+
+/* One end of a connection (process-local handle; a fork copies it). */
+typedef struct cmp_conn {
+    int fd;                          /* -1 once closed */
+    unsigned flags;                  /* CMP_CONN_READABLE/WRITABLE, private bits */
+    const struct cmp__conn_ops *ops; /* the transport (private) */
+} cmp_conn_t;
+
+/* Progress of one cmp_conn_recv, so that a call interrupted by a signal or
+ * a deadline resumes where it stopped. Zero it before each new message. */
+typedef struct cmp_conn_rx {
+    uint64_t len;  /* payload length, valid once the header is in */
+    uint64_t done; /* header + payload bytes received so far */
+    void *buf;     /* from the alloc callback, once len is known */
+    unsigned char hdr[12];
+    int allocated; /* alloc has been called for this message */
+} cmp_conn_rx_t;
+
+/* Returns where to put a payload of len bytes (called once per message, as
+ * soon as its length is known), or NULL to fail the receive with -ENOMEM.
+ * May return NULL for len 0 without failing. */
+typedef void *(*cmp_conn_alloc_fn)(void *arg, size_t len);
+
+/* Wraps fd (taken over; closed by cmp_conn_close). flags: READABLE and/or
+ * WRITABLE. Returns 0, -EINVAL for a negative fd, no direction or unknown
+ * flags. */
+int cmp_conn_open(cmp_conn_t *conn, int fd, unsigned flags);
+
+/* Two connected ends, like Python's Pipe(duplex): a socketpair when duplex
+ * (both ends read and write), else a pipe whose end r only reads and end w
+ * only writes. fds are O_CLOEXEC. Returns 0 or a negative errno. */
+int cmp_conn_pair(cmp_conn_t *r, cmp_conn_t *w, int duplex);
+
+/* Closes the fd (idempotent). */
+void cmp_conn_close(cmp_conn_t *conn);
+
+/* Sends one message of len bytes. Header and payload go in one writev for
+ * every size. *progress (may be NULL) counts header + payload bytes already
+ * written: start at 0; after -EINTR or -ETIMEDOUT call again with the same
+ * buffer and progress to finish the message (with NULL, an interrupted
+ * message that was partly written is finished before returning, and -EINTR
+ * is returned only if nothing was written).
+ * Returns 0, -EINTR, -ETIMEDOUT, -EBADF (closed or not writable), -EPIPE
+ * (reader gone), or another negative errno. */
+int cmp_conn_send(cmp_conn_t *conn, const void *buf, size_t len, uint64_t *progress,
+                  const struct timespec *deadline);
+
+/* Receives one message: reads the header, calls alloc(arg, len) once, reads
+ * the payload straight into that memory (one copy). rx carries the progress
+ * (zero it first; after -EINTR/-ETIMEDOUT call again with the same rx to
+ * resume, or give up and free rx->buf yourself).
+ * Returns 0 (rx->len, rx->buf hold the message), CMP_CONN_EOF (closed
+ * between messages), -EPROTO (closed in the middle of a message),
+ * -EMSGSIZE (length > maxlen: the header is consumed, the payload is not,
+ * rx->len holds the length), -ENOMEM (alloc failed), -EINTR, -ETIMEDOUT,
+ * -EBADF (closed or not readable), or another negative errno. */
+int cmp_conn_recv(cmp_conn_t *conn, cmp_conn_rx_t *rx, uint64_t maxlen, cmp_conn_alloc_fn alloc,
+                  void *arg, const struct timespec *deadline);
+
+/* Waits until a message (or EOF) can be read. Returns 0 when readable,
+ * -ETIMEDOUT, -EINTR, -EBADF. */
+int cmp_conn_poll(cmp_conn_t *conn, const struct timespec *deadline);
+
+/* ------------------------------------------------------------------------
+ * Listener and client (AF_UNIX, including abstract names, and AF_INET)
+ * ------------------------------------------------------------------------ */
+
+typedef struct cmp_listener {
+    int fd;        /* -1 once closed */
+    pid_t owner;   /* the process that bound a filesystem path unlinks it */
+    socklen_t addrlen;
+    struct sockaddr_storage addr; /* the bound address (getsockname) */
+} cmp_listener_t;
+
+/* AF_UNIX address for path[0..len) (len > 0; path[0] == '\0' is an
+ * abstract name). Returns 0, or -ENAMETOOLONG. */
+int cmp_sockaddr_unix(struct sockaddr_storage *out, socklen_t *outlen, const char *path,
+                      size_t len);
+/* AF_INET address of host (a name or dotted quad, resolved with
+ * getaddrinfo, which may block) and port. Returns 0, -ENOENT when host does
+ * not resolve, or a negative errno. */
+int cmp_sockaddr_inet(struct sockaddr_storage *out, socklen_t *outlen, const char *host,
+                      uint16_t port);
+
+/* Binds and listens (SO_REUSEADDR, O_CLOEXEC). Returns 0 or a negative
+ * errno (-EADDRINUSE, ...). */
+int cmp_listener_open(cmp_listener_t *l, const struct sockaddr *addr, socklen_t addrlen,
+                      int backlog);
+/* Accepts one connection (readable and writable). peer/peerlen may be NULL.
+ * Returns 0, -ETIMEDOUT, -EINTR, -EBADF once closed, or a negative errno. */
+int cmp_listener_accept(cmp_listener_t *l, cmp_conn_t *conn, struct sockaddr_storage *peer,
+                        socklen_t *peerlen, const struct timespec *deadline);
+/* Closes the socket; the process that bound a filesystem AF_UNIX path also
+ * unlinks it. Idempotent. */
+void cmp_listener_close(cmp_listener_t *l);
+
+/* Connects to a listener. Returns 0, -ECONNREFUSED, -ENOENT, -ETIMEDOUT,
+ * -EINTR (nothing is left half-open: call again), or a negative errno. */
+int cmp_client_connect(cmp_conn_t *conn, const struct sockaddr *addr, socklen_t addrlen,
+                       const struct timespec *deadline);
+
+/* The authentication handshake of Python's multiprocessing.connection
+ * (3.12's protocol, which also talks to 3.11 and older): the server sends
+ * "#CHALLENGE#{sha256}" + 40 random bytes, the client answers "{sha256}" +
+ * HMAC-SHA256(key, challenge) and the server replies "#WELCOME#" or
+ * "#FAILURE#". A server accepts a bare 16-byte HMAC-MD5 answer (old
+ * clients); a client given a bare 20-byte challenge (old servers) answers
+ * with a bare HMAC-MD5. A Listener with a key runs deliver then answer, a
+ * Client answer then deliver.
+ * Both return 0, -EACCES (deliver: the answer was wrong, FAILURE was sent;
+ * answer: ours was rejected), -EPROTO (not the protocol, or a digest we do
+ * not support), or an error of cmp_conn_send/recv (CMP_CONN_EOF, ...). */
+int cmp_conn_deliver_challenge(cmp_conn_t *conn, const void *key, size_t keylen,
+                               const struct timespec *deadline);
+int cmp_conn_answer_challenge(cmp_conn_t *conn, const void *key, size_t keylen,
+                              const struct timespec *deadline);
+
+/* The steps of the handshake, for a caller that moves the messages itself.
+ * Every message is at most CMP_AUTH_MSG_MAX bytes (a longer one is a
+ * protocol error). */
+#define CMP_AUTH_MSG_MAX 256
+/* Fills out (>= CMP_AUTH_MSG_MAX bytes) with a fresh challenge message
+ * (random bytes from getrandom). Returns its length or a negative errno. */
+int cmp_auth_challenge(unsigned char *out);
+/* The server's check of an answer to challenge (the whole message it sent):
+ * 0 if right, -EACCES if wrong, -EPROTO if malformed or of an unsupported
+ * digest. */
+int cmp_auth_verify(const void *key, size_t keylen, const unsigned char *challenge,
+                    size_t challenge_len, const unsigned char *answer, size_t answer_len);
+/* The client's answer to a received challenge message, written to out
+ * (>= CMP_AUTH_MSG_MAX bytes). Returns its length, or -EPROTO. */
+int cmp_auth_answer(const void *key, size_t keylen, const unsigned char *challenge,
+                    size_t challenge_len, unsigned char *out);
+/* The server's reply after verifying: "#WELCOME#" or "#FAILURE#". */
+#define CMP_AUTH_WELCOME "#WELCOME#"
+#define CMP_AUTH_FAILURE "#FAILURE#"
 
 #ifdef __cplusplus
 }

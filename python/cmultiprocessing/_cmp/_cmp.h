@@ -59,6 +59,11 @@ typedef struct {
     /* __enter__/__exit__ descriptors with recycled bound methods (fastmethod.c) */
     PyTypeObject *FastMethod_type;
     PyTypeObject *FastBound_type;
+    /* connections (connection.c) */
+    PyTypeObject *Connection_type;
+    PyTypeObject *Listener_type;
+    PyObject *pickle_dumps;            /* pickle.dumps / loads, as the stdlib's */
+    PyObject *pickle_loads;            /* ForkingPickler uses them by default */
     /* exceptions (errors.c), same hierarchy as multiprocessing's */
     PyObject *ProcessError;
     PyObject *BufferTooShort;
@@ -206,6 +211,7 @@ int cmp_py_barrier_init(PyObject *module, cmp_py_state *st);
 int cmp_py_process_init(PyObject *module, cmp_py_state *st);
 int cmp_py_context_init(PyObject *module, cmp_py_state *st);
 int cmp_py_sharedctypes_init(PyObject *module, cmp_py_state *st);
+int cmp_py_connection_init(PyObject *module, cmp_py_state *st);
 
 /* Per-concept GC of the state. */
 int cmp_py_state_traverse(cmp_py_state *st, visitproc visit, void *arg);

@@ -125,7 +125,7 @@ static fast_bound *new_bound(fast_descr *d, PyObject *obj)
     return b;
 }
 
-static PyObject *bind(fast_descr *d, PyObject *obj)
+static PyObject *bind_method(fast_descr *d, PyObject *obj)
 {
     if (d->cache_offset && Py_IS_TYPE(obj, d->objclass)) {
         /* Exact type only: a Python subclass instance may have a dict and
@@ -163,7 +163,7 @@ static void bound_dealloc(PyObject *op)
     } else {
         PyObject_GC_Del(op);
     }
-    /* as any heap type instance; bind() takes it again on reuse */
+    /* as any heap type instance; bind_method() takes it again on reuse */
     Py_DECREF(tp);
     /* last: either may free the descriptor (and with it the parked memory,
      * b included) or run arbitrary code */
@@ -373,7 +373,7 @@ static PyObject *descr_get(PyObject *op, PyObject *obj, PyObject *type)
         return Py_NewRef(op);
     if (check_self(d, obj) < 0)
         return NULL;
-    return bind(d, obj);
+    return bind_method(d, obj);
 }
 
 static void descr_free_parked(fast_descr *d)

@@ -1,0 +1,1292 @@
+/*
+ * Connections: Pipe(), Connection, connection.wait(), Listener, Client and
+ * the challenge handshake, on libcmp's cmp_conn_* (the stdlib's framing, so
+ * a stdlib Client talks to our Listener and the reverse).
+ *
+ * Every call that can block releases the GIL around the libcmp call only,
+ * and on -EINTR runs the signal handlers and resumes the same message (the
+ * libcmp calls keep their progress), so Ctrl-C interrupts recv, send, poll,
+ * wait and accept promptly.
+ */
+#include "_cmp.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <sys/random.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+typedef struct {
+    PyObject_HEAD
+    cmp_conn_t conn; /* conn.fd == -1 once closed */
+} ConnObject;
+
+typedef struct {
+    PyObject_HEAD
+    cmp_listener_t l;  /* l.fd == -1 once closed */
+    PyObject *authkey; /* bytes or NULL */
+    PyObject *last_accepted;
+} ListenerObject;
+
+/* ---- argument parsing for the METH_FASTCALL methods ---------------------- */
+
+/* Fills out[0..n) from positional and keyword arguments named names[];
+ * missing ones stay as they were (the caller's defaults). */
+static int parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
+                      PyObject *kwnames, const char *const *names, int n, int required,
+                      PyObject **out)
+{
+    if (nargs > n) {
+        PyErr_Format(PyExc_TypeError, "%s() takes at most %d arguments (%zd given)", fname, n,
+                     nargs);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < nargs; i++)
+        out[i] = args[i];
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t k = 0; k < nkw; k++) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, k);
+        int j;
+        for (j = 0; j < n; j++)
+            if (PyUnicode_CompareWithASCIIString(key, names[j]) == 0)
+                break;
+        if (j == n) {
+            PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'", fname,
+                         key);
+            return -1;
+        }
+        if (j < nargs) {
+            PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%s'", fname,
+                         names[j]);
+            return -1;
+        }
+        out[j] = args[nargs + k];
+    }
+    for (int j = 0; j < required; j++)
+        if (!out[j]) {
+            PyErr_Format(PyExc_TypeError, "%s() missing required argument '%s'", fname,
+                         names[j]);
+            return -1;
+        }
+    return 0;
+}
+
+/* ---- Connection ------------------------------------------------------------ */
+
+static cmp_py_state *state_of(PyObject *self) { return cmp_py_state_of_type(Py_TYPE(self)); }
+
+static int check_open(ConnObject *self)
+{
+    if (self->conn.fd < 0) {
+        PyErr_SetString(PyExc_OSError, "handle is closed");
+        return -1;
+    }
+    return 0;
+}
+
+static int check_readable(ConnObject *self)
+{
+    if (check_open(self) < 0)
+        return -1;
+    if (!(self->conn.flags & CMP_CONN_READABLE)) {
+        PyErr_SetString(PyExc_OSError, "connection is write-only");
+        return -1;
+    }
+    return 0;
+}
+
+static int check_writable(ConnObject *self)
+{
+    if (check_open(self) < 0)
+        return -1;
+    if (!(self->conn.flags & CMP_CONN_WRITABLE)) {
+        PyErr_SetString(PyExc_OSError, "connection is read-only");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *raise_conn_error(int r)
+{
+    if (r == CMP_CONN_EOF) {
+        PyErr_SetNone(PyExc_EOFError);
+        return NULL;
+    }
+    if (r == -EPROTO) {
+        PyErr_SetString(PyExc_OSError, "got end of file during message");
+        return NULL;
+    }
+    return cmp_py_raise(r);
+}
+
+/* Sends len bytes with the GIL released; resumes after signal handlers. */
+static int conn_send(ConnObject *self, const void *buf, size_t len)
+{
+    uint64_t progress = 0;
+    for (;;) {
+        int r;
+        Py_BEGIN_ALLOW_THREADS
+        r = cmp_conn_send(&self->conn, buf, len, &progress, NULL);
+        Py_END_ALLOW_THREADS
+        if (r == 0)
+            return 0;
+        if (r == -EINTR) {
+            if (PyErr_CheckSignals() < 0)
+                return -1;
+            if (self->conn.fd < 0) /* closed by a handler */
+                return check_open(self);
+            continue;
+        }
+        raise_conn_error(r);
+        return -1;
+    }
+}
+
+/* Receiving: small messages land in a stack buffer (no GIL needed); a
+ * larger one goes straight into a bytes object, allocated by taking the GIL
+ * back for the moment of the allocation, so it is copied once. */
+#define SMALL_MSG 4096
+
+typedef struct {
+    PyThreadState *ts; /* saved thread state while the GIL is released */
+    PyObject *bytes;   /* the large message, when one was allocated */
+    char *into;        /* recv_bytes_into: the caller's buffer ... */
+    size_t into_cap;   /* ... and its room after the offset */
+    int too_short;     /* the message did not fit: it went to bytes */
+    char small[SMALL_MSG];
+} rx_ctx;
+
+static void *rx_alloc(void *arg, size_t len)
+{
+    rx_ctx *ctx = arg;
+    if (ctx->into && len <= ctx->into_cap)
+        return ctx->into;
+    if (!ctx->into && len <= SMALL_MSG)
+        return ctx->small;
+    if (len > PY_SSIZE_T_MAX)
+        return NULL;
+    PyEval_RestoreThread(ctx->ts);
+    ctx->bytes = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len);
+    ctx->ts = PyEval_SaveThread();
+    ctx->too_short = ctx->into != NULL;
+    return ctx->bytes ? PyBytes_AS_STRING(ctx->bytes) : NULL;
+}
+
+/* Receives one message into ctx. Returns 0, or -1 with an exception. */
+static int conn_recv(ConnObject *self, rx_ctx *ctx, cmp_conn_rx_t *rx, uint64_t maxlen)
+{
+    for (;;) {
+        ctx->ts = PyEval_SaveThread();
+        int r = cmp_conn_recv(&self->conn, rx, maxlen, rx_alloc, ctx, NULL);
+        PyEval_RestoreThread(ctx->ts);
+        if (r == 0)
+            return 0;
+        if (r == -EINTR) {
+            if (PyErr_CheckSignals() < 0 || (self->conn.fd < 0 && check_open(self) < 0))
+                goto fail;
+            continue;
+        }
+        if (r == -EMSGSIZE) {
+            /* As the stdlib: the rest of the stream is unusable for reading. */
+            if (self->conn.flags & CMP_CONN_WRITABLE)
+                self->conn.flags &= ~CMP_CONN_READABLE;
+            else
+                cmp_conn_close(&self->conn);
+            PyErr_SetString(PyExc_OSError, "bad message length");
+            goto fail;
+        }
+        if (r == -ENOMEM && PyErr_Occurred())
+            goto fail;
+        raise_conn_error(r);
+        goto fail;
+    }
+fail:
+    Py_CLEAR(ctx->bytes);
+    return -1;
+}
+
+/* The received message as bytes (new reference). */
+static PyObject *rx_bytes(rx_ctx *ctx, cmp_conn_rx_t *rx)
+{
+    if (ctx->bytes)
+        return ctx->bytes;
+    return PyBytes_FromStringAndSize(ctx->small, (Py_ssize_t)rx->len);
+}
+
+static PyObject *Conn_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"handle", "readable", "writable", NULL};
+    PyObject *handle;
+    int readable = 1, writable = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|pp:Connection", kwlist, &handle, &readable,
+                                     &writable))
+        return NULL;
+    PyObject *index = PyNumber_Index(handle);
+    if (!index)
+        return NULL;
+    long fd = PyLong_AsLong(index);
+    Py_DECREF(index);
+    if (fd == -1 && PyErr_Occurred())
+        return NULL;
+    if (fd < 0 || fd > INT_MAX) {
+        PyErr_SetString(PyExc_ValueError, "invalid handle");
+        return NULL;
+    }
+    if (!readable && !writable) {
+        PyErr_SetString(PyExc_ValueError,
+                        "at least one of `readable` and `writable` must be True");
+        return NULL;
+    }
+    ConnObject *self = (ConnObject *)type->tp_alloc(type, 0);
+    if (!self)
+        return NULL;
+    cmp_conn_open(&self->conn, (int)fd,
+                  (readable ? CMP_CONN_READABLE : 0) | (writable ? CMP_CONN_WRITABLE : 0));
+    return (PyObject *)self;
+}
+
+static ConnObject *conn_wrap(PyTypeObject *type, cmp_conn_t *conn)
+{
+    ConnObject *self = (ConnObject *)type->tp_alloc(type, 0);
+    if (!self) {
+        cmp_conn_close(conn);
+        return NULL;
+    }
+    self->conn = *conn;
+    return self;
+}
+
+static void Conn_dealloc(PyObject *op)
+{
+    ConnObject *self = (ConnObject *)op;
+    PyTypeObject *tp = Py_TYPE(op);
+    cmp_conn_close(&self->conn);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+static PyObject *Conn_send(PyObject *op, PyObject *obj)
+{
+    ConnObject *self = (ConnObject *)op;
+    if (check_writable(self) < 0)
+        return NULL;
+    cmp_py_state *st = state_of(op);
+    PyObject *data = PyObject_CallOneArg(st->pickle_dumps, obj);
+    if (!data)
+        return NULL;
+    int r = conn_send(self, PyBytes_AS_STRING(data), (size_t)PyBytes_GET_SIZE(data));
+    Py_DECREF(data);
+    if (r < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static int index_arg(PyObject *o, Py_ssize_t *out)
+{
+    *out = PyNumber_AsSsize_t(o, PyExc_OverflowError);
+    return *out == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
+static PyObject *Conn_send_bytes(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
+                                 PyObject *kwnames)
+{
+    static const char *const names[] = {"buf", "offset", "size"};
+    PyObject *a[3] = {NULL, NULL, NULL};
+    ConnObject *self = (ConnObject *)op;
+    if (parse_args("send_bytes", args, nargs, kwnames, names, 3, 1, a) < 0 ||
+        check_writable(self) < 0)
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(a[0], &view, PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    Py_ssize_t n = view.len, offset = 0, size;
+    if (a[1] && index_arg(a[1], &offset) < 0)
+        goto fail;
+    if (offset < 0) {
+        PyErr_SetString(PyExc_ValueError, "offset is negative");
+        goto fail;
+    }
+    if (n < offset) {
+        PyErr_SetString(PyExc_ValueError, "buffer length < offset");
+        goto fail;
+    }
+    if (!a[2] || a[2] == Py_None) {
+        size = n - offset;
+    } else {
+        if (index_arg(a[2], &size) < 0)
+            goto fail;
+        if (size < 0) {
+            PyErr_SetString(PyExc_ValueError, "size is negative");
+            goto fail;
+        }
+        if (offset + size > n) {
+            PyErr_SetString(PyExc_ValueError, "buffer length < offset + size");
+            goto fail;
+        }
+    }
+    int r = conn_send(self, (char *)view.buf + offset, (size_t)size);
+    PyBuffer_Release(&view);
+    if (r < 0)
+        return NULL;
+    Py_RETURN_NONE;
+fail:
+    PyBuffer_Release(&view);
+    return NULL;
+}
+
+static PyObject *Conn_recv_bytes(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
+                                 PyObject *kwnames)
+{
+    static const char *const names[] = {"maxlength"};
+    PyObject *a[1] = {NULL};
+    ConnObject *self = (ConnObject *)op;
+    if (parse_args("recv_bytes", args, nargs, kwnames, names, 1, 0, a) < 0 ||
+        check_readable(self) < 0)
+        return NULL;
+    uint64_t maxlen = UINT64_MAX;
+    if (a[0] && a[0] != Py_None) {
+        Py_ssize_t m;
+        if (index_arg(a[0], &m) < 0)
+            return NULL;
+        if (m < 0) {
+            PyErr_SetString(PyExc_ValueError, "negative maxlength");
+            return NULL;
+        }
+        maxlen = (uint64_t)m;
+    }
+    rx_ctx ctx;
+    ctx.bytes = NULL;
+    ctx.into = NULL;
+    ctx.too_short = 0;
+    cmp_conn_rx_t rx = {0};
+    if (conn_recv(self, &ctx, &rx, maxlen) < 0)
+        return NULL;
+    return rx_bytes(&ctx, &rx);
+}
+
+static PyObject *Conn_recv_bytes_into(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
+                                      PyObject *kwnames)
+{
+    static const char *const names[] = {"buf", "offset"};
+    PyObject *a[2] = {NULL, NULL};
+    ConnObject *self = (ConnObject *)op;
+    if (parse_args("recv_bytes_into", args, nargs, kwnames, names, 2, 1, a) < 0 ||
+        check_readable(self) < 0)
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(a[0], &view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    Py_ssize_t offset = 0;
+    PyObject *result = NULL;
+    if (a[1] && index_arg(a[1], &offset) < 0)
+        goto done;
+    if (offset < 0) {
+        PyErr_SetString(PyExc_ValueError, "negative offset");
+        goto done;
+    }
+    if (offset > view.len) {
+        PyErr_SetString(PyExc_ValueError, "offset too large");
+        goto done;
+    }
+    rx_ctx ctx;
+    ctx.bytes = NULL;
+    ctx.into = (char *)view.buf + offset;
+    ctx.into_cap = (size_t)(view.len - offset);
+    ctx.too_short = 0;
+    cmp_conn_rx_t rx = {0};
+    if (conn_recv(self, &ctx, &rx, UINT64_MAX) < 0)
+        goto done;
+    if (ctx.too_short) {
+        /* The whole message travels with the exception, as the stdlib's. */
+        PyErr_SetObject(state_of(op)->BufferTooShort, ctx.bytes);
+        Py_DECREF(ctx.bytes);
+        goto done;
+    }
+    result = PyLong_FromUnsignedLongLong(rx.len);
+done:
+    PyBuffer_Release(&view);
+    return result;
+}
+
+static PyObject *Conn_recv(PyObject *op, PyObject *unused)
+{
+    (void)unused;
+    ConnObject *self = (ConnObject *)op;
+    if (check_readable(self) < 0)
+        return NULL;
+    rx_ctx ctx;
+    ctx.bytes = NULL;
+    ctx.into = NULL;
+    ctx.too_short = 0;
+    cmp_conn_rx_t rx = {0};
+    if (conn_recv(self, &ctx, &rx, UINT64_MAX) < 0)
+        return NULL;
+    cmp_py_state *st = state_of(op);
+    if (ctx.bytes) {
+        PyObject *obj = PyObject_CallOneArg(st->pickle_loads, ctx.bytes);
+        Py_DECREF(ctx.bytes);
+        return obj;
+    }
+    /* Unpickle straight from the stack buffer. */
+    PyObject *mv = PyMemoryView_FromMemory(ctx.small, (Py_ssize_t)rx.len, PyBUF_READ);
+    if (!mv)
+        return NULL;
+    PyObject *obj = PyObject_CallOneArg(st->pickle_loads, mv);
+    Py_DECREF(mv);
+    return obj;
+}
+
+/* Waits for input on fd until deadline with the GIL released, running
+ * signal handlers on EINTR. Returns 1 ready, 0 timed out, -1 exception. */
+static int wait_fd(int fd, const struct timespec *deadline)
+{
+    for (;;) {
+        int r;
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (deadline && cmp_deadline_remaining(deadline) == 0) {
+            r = poll(&p, 1, 0); /* no sleep: keep the GIL */
+            r = r < 0 ? -errno : r == 0 ? -ETIMEDOUT : 0;
+        } else {
+            Py_BEGIN_ALLOW_THREADS
+            struct timespec rel, *relp = NULL;
+            if (deadline) {
+                double left = cmp_deadline_remaining(deadline);
+                rel.tv_sec = (time_t)left;
+                rel.tv_nsec = (long)((left - (double)rel.tv_sec) * 1e9);
+                relp = &rel;
+            }
+            r = ppoll(&p, 1, relp, NULL);
+            r = r < 0 ? -errno : r == 0 ? -ETIMEDOUT : 0;
+            Py_END_ALLOW_THREADS
+        }
+        if (r == 0)
+            return 1;
+        if (r == -ETIMEDOUT)
+            return 0;
+        if (r == -EINTR) {
+            if (PyErr_CheckSignals() < 0)
+                return -1;
+            continue;
+        }
+        cmp_py_raise(r);
+        return -1;
+    }
+}
+
+static PyObject *Conn_poll(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
+                           PyObject *kwnames)
+{
+    static const char *const names[] = {"timeout"};
+    PyObject *a[1] = {NULL};
+    ConnObject *self = (ConnObject *)op;
+    if (parse_args("poll", args, nargs, kwnames, names, 1, 0, a) < 0 ||
+        check_readable(self) < 0)
+        return NULL;
+    struct timespec storage;
+    const struct timespec *deadline = &storage;
+    if (!a[0])
+        cmp_deadline_after(0, &storage);
+    else if (cmp_py_deadline(a[0], &storage, &deadline) < 0)
+        return NULL;
+    int r = wait_fd(self->conn.fd, deadline);
+    if (r < 0)
+        return NULL;
+    return PyBool_FromLong(r);
+}
+
+static PyObject *Conn_fileno(PyObject *op, PyObject *unused)
+{
+    (void)unused;
+    ConnObject *self = (ConnObject *)op;
+    if (check_open(self) < 0)
+        return NULL;
+    return PyLong_FromLong(self->conn.fd);
+}
+
+static PyObject *Conn_close(PyObject *op, PyObject *unused)
+{
+    (void)unused;
+    cmp_conn_close(&((ConnObject *)op)->conn);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Conn_enter(PyObject *op, PyObject *unused)
+{
+    (void)unused;
+    return Py_NewRef(op);
+}
+
+static PyObject *Conn_exit(PyObject *op, PyObject *args)
+{
+    (void)args;
+    return Conn_close(op, NULL);
+}
+
+static PyObject *Conn_reduce(PyObject *op, PyObject *unused)
+{
+    (void)op;
+    (void)unused;
+    PyErr_SetString(PyExc_RuntimeError, "Connection objects should only be shared between "
+                                        "processes through inheritance");
+    return NULL;
+}
+
+static PyObject *Conn_get_closed(PyObject *op, void *c)
+{
+    (void)c;
+    return PyBool_FromLong(((ConnObject *)op)->conn.fd < 0);
+}
+
+static PyObject *Conn_get_readable(PyObject *op, void *c)
+{
+    (void)c;
+    return PyBool_FromLong((((ConnObject *)op)->conn.flags & CMP_CONN_READABLE) != 0);
+}
+
+static PyObject *Conn_get_writable(PyObject *op, void *c)
+{
+    (void)c;
+    return PyBool_FromLong((((ConnObject *)op)->conn.flags & CMP_CONN_WRITABLE) != 0);
+}
+
+#define FASTCALL_KW METH_FASTCALL | METH_KEYWORDS
+
+static PyMethodDef Conn_methods[] = {
+    {"send", Conn_send, METH_O, "Send a (picklable) object."},
+    {"recv", Conn_recv, METH_NOARGS, "Receive a (picklable) object."},
+    {"send_bytes", (PyCFunction)(void (*)(void))Conn_send_bytes, FASTCALL_KW,
+     "send_bytes(buf, offset=0, size=None)\n--\n\nSend the bytes of a bytes-like object."},
+    {"recv_bytes", (PyCFunction)(void (*)(void))Conn_recv_bytes, FASTCALL_KW,
+     "recv_bytes(maxlength=None)\n--\n\nReceive one message as bytes."},
+    {"recv_bytes_into", (PyCFunction)(void (*)(void))Conn_recv_bytes_into, FASTCALL_KW,
+     "recv_bytes_into(buf, offset=0)\n--\n\nReceive one message into a writable buffer; "
+     "returns its length."},
+    {"poll", (PyCFunction)(void (*)(void))Conn_poll, FASTCALL_KW,
+     "poll(timeout=0.0)\n--\n\nWhether there is input to read (waits up to timeout; None: "
+     "forever)."},
+    {"fileno", Conn_fileno, METH_NOARGS, "File descriptor of the connection."},
+    {"close", Conn_close, METH_NOARGS, "Close the connection."},
+    {"__enter__", Conn_enter, METH_NOARGS, NULL},
+    {"__exit__", Conn_exit, METH_VARARGS, NULL},
+    {"__reduce__", Conn_reduce, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Conn_getset[] = {
+    {"closed", Conn_get_closed, NULL, "True if the connection is closed", NULL},
+    {"readable", Conn_get_readable, NULL, "True if the connection is readable", NULL},
+    {"writable", Conn_get_writable, NULL, "True if the connection is writable", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot Conn_slots[] = {
+    {Py_tp_new, Conn_new},
+    {Py_tp_dealloc, Conn_dealloc},
+    {Py_tp_methods, Conn_methods},
+    {Py_tp_getset, Conn_getset},
+    {Py_tp_doc, "Connection(handle, readable=True, writable=True)\n--\n\n"
+                "One end of a connection (multiprocessing.connection.Connection): whole\n"
+                "messages over a socket or pipe, framed as the standard library frames them."},
+    {0, NULL},
+};
+
+static PyType_Spec Conn_spec = {
+    .name = "cmultiprocessing.connection.Connection",
+    .basicsize = sizeof(ConnObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .slots = Conn_slots,
+};
+
+/* ---- Pipe ---------------------------------------------------------------- */
+
+static PyObject *cmp_Pipe(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
+                          PyObject *kwnames)
+{
+    static const char *const names[] = {"duplex"};
+    PyObject *a[1] = {NULL};
+    if (parse_args("Pipe", args, nargs, kwnames, names, 1, 0, a) < 0)
+        return NULL;
+    int duplex = 1;
+    if (a[0] && (duplex = PyObject_IsTrue(a[0])) < 0)
+        return NULL;
+    cmp_conn_t r, w;
+    int rc = cmp_conn_pair(&r, &w, duplex);
+    if (rc < 0)
+        return cmp_py_raise(rc);
+    PyTypeObject *tp = cmp_py_state_of_module(module)->Connection_type;
+    ConnObject *c2 = NULL, *c1 = conn_wrap(tp, &r);
+    if (!c1) {
+        cmp_conn_close(&w);
+        return NULL;
+    }
+    if (!(c2 = conn_wrap(tp, &w))) {
+        Py_DECREF(c1);
+        return NULL;
+    }
+    PyObject *pair = PyTuple_Pack(2, (PyObject *)c1, (PyObject *)c2);
+    Py_DECREF(c1);
+    Py_DECREF(c2);
+    return pair;
+}
+
+/* ---- wait ---------------------------------------------------------------- */
+
+static int object_fd(cmp_py_state *st, PyObject *o)
+{
+    if (Py_IS_TYPE(o, st->Connection_type) ||
+        PyObject_TypeCheck(o, st->Connection_type)) {
+        ConnObject *c = (ConnObject *)o;
+        if (check_open(c) < 0)
+            return -1;
+        return c->conn.fd;
+    }
+    PyObject *fdobj;
+    if (PyLong_Check(o)) {
+        fdobj = Py_NewRef(o);
+    } else {
+        fdobj = PyObject_CallMethod(o, "fileno", NULL);
+        if (!fdobj) {
+            if (PyErr_ExceptionMatches(PyExc_AttributeError) ||
+                PyErr_ExceptionMatches(PyExc_TypeError)) {
+                PyErr_Clear();
+                PyErr_Format(PyExc_ValueError, "Invalid file object: %R", o);
+            }
+            return -1;
+        }
+    }
+    long fd = PyLong_AsLong(fdobj);
+    Py_DECREF(fdobj);
+    if (fd == -1 && PyErr_Occurred())
+        return -1;
+    if (fd < 0 || fd > INT_MAX) {
+        PyErr_Format(PyExc_ValueError, "Invalid file descriptor: %ld", fd);
+        return -1;
+    }
+    return (int)fd;
+}
+
+static PyObject *cmp_wait(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
+                          PyObject *kwnames)
+{
+    static const char *const names[] = {"object_list", "timeout"};
+    PyObject *a[2] = {NULL, NULL};
+    if (parse_args("wait", args, nargs, kwnames, names, 2, 1, a) < 0)
+        return NULL;
+    cmp_py_state *st = cmp_py_state_of_module(module);
+    PyObject *seq = PySequence_Fast(a[0], "wait() expects an iterable of objects");
+    if (!seq)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    struct pollfd stackfds[16], *fds = stackfds;
+    PyObject *result = NULL;
+    if (n > 16 && !(fds = PyMem_New(struct pollfd, (size_t)n))) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int fd = object_fd(st, PySequence_Fast_GET_ITEM(seq, i));
+        if (fd < 0)
+            goto done;
+        fds[i] = (struct pollfd){.fd = fd, .events = POLLIN};
+    }
+    struct timespec storage;
+    const struct timespec *deadline;
+    if (cmp_py_deadline(a[1], &storage, &deadline) < 0)
+        goto done;
+    int r;
+    for (;;) {
+        struct timespec rel, *relp = NULL;
+        if (deadline) {
+            double left = cmp_deadline_remaining(deadline);
+            rel.tv_sec = (time_t)left;
+            rel.tv_nsec = (long)((left - (double)rel.tv_sec) * 1e9);
+            relp = &rel;
+        }
+        Py_BEGIN_ALLOW_THREADS
+        r = ppoll(fds, (nfds_t)n, relp, NULL);
+        if (r < 0)
+            r = -errno;
+        Py_END_ALLOW_THREADS
+        if (r != -EINTR)
+            break;
+        if (PyErr_CheckSignals() < 0)
+            goto done;
+    }
+    if (r < 0) {
+        cmp_py_raise(r);
+        goto done;
+    }
+    if (!(result = PyList_New(0)))
+        goto done;
+    for (Py_ssize_t i = 0; i < n && r > 0; i++)
+        if (fds[i].revents && PyList_Append(result, PySequence_Fast_GET_ITEM(seq, i)) < 0) {
+            Py_CLEAR(result);
+            goto done;
+        }
+done:
+    if (fds != stackfds)
+        PyMem_Free(fds);
+    Py_DECREF(seq);
+    return result;
+}
+
+/* ---- addresses --------------------------------------------------------- */
+
+/* 'AF_INET', 'AF_UNIX' or 'AF_PIPE' for an address (new reference). */
+static PyObject *address_type(PyObject *address)
+{
+    if (PyTuple_CheckExact(address))
+        return PyUnicode_FromString("AF_INET");
+    if (PyUnicode_CheckExact(address)) {
+        if (PyUnicode_GET_LENGTH(address) >= 2 && PyUnicode_READ_CHAR(address, 0) == '\\' &&
+            PyUnicode_READ_CHAR(address, 1) == '\\')
+            return PyUnicode_FromString("AF_PIPE");
+        return PyUnicode_FromString("AF_UNIX");
+    }
+    if (PyBytes_Check(address) && PyBytes_GET_SIZE(address) > 0 &&
+        PyBytes_AS_STRING(address)[0] == '\0')
+        return PyUnicode_FromString("AF_UNIX");
+    /* As the stdlib: a truthy object of another type is a TypeError. */
+    int truthy = PyBytes_Check(address) ? 0 : PyObject_IsTrue(address);
+    if (truthy < 0)
+        return NULL;
+    return PyErr_Format(truthy ? PyExc_TypeError : PyExc_ValueError,
+                        "address type of %R unrecognized", address);
+}
+
+static PyObject *cmp_address_type(PyObject *module, PyObject *address)
+{
+    (void)module;
+    return address_type(address);
+}
+
+/* AF_INET = 1, AF_UNIX = 2, or -1 with ValueError (AF_PIPE is Windows'). */
+static int family_code(PyObject *family)
+{
+    if (PyUnicode_Check(family)) {
+        if (PyUnicode_CompareWithASCIIString(family, "AF_INET") == 0)
+            return AF_INET;
+        if (PyUnicode_CompareWithASCIIString(family, "AF_UNIX") == 0)
+            return AF_UNIX;
+    }
+    PyErr_Format(PyExc_ValueError, "Family %S is not recognized.", family);
+    return -1;
+}
+
+static PyObject *arbitrary_address(PyObject *family)
+{
+    int f = family_code(family);
+    if (f < 0)
+        return NULL;
+    if (f == AF_INET)
+        return Py_BuildValue("(si)", "localhost", 0);
+    unsigned char rnd[8];
+    if (getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd)
+        return cmp_py_raise(-errno);
+    const char *dir = getenv("TMPDIR");
+    if (!dir || !*dir)
+        dir = "/tmp";
+    return PyUnicode_FromFormat("%s/listener-%d-%02x%02x%02x%02x%02x%02x%02x%02x", dir,
+                                (int)getpid(), rnd[0], rnd[1], rnd[2], rnd[3], rnd[4], rnd[5],
+                                rnd[6], rnd[7]);
+}
+
+static PyObject *cmp_arbitrary_address(PyObject *module, PyObject *family)
+{
+    (void)module;
+    return arbitrary_address(family);
+}
+
+/* Python address -> sockaddr. Returns 0 or -1 with an exception. */
+static int to_sockaddr(int family, PyObject *address, struct sockaddr_storage *out,
+                       socklen_t *outlen)
+{
+    int r;
+    if (family == AF_INET) {
+        const char *host;
+        int port;
+        if (!PyTuple_Check(address) ||
+            !PyArg_ParseTuple(address, "si:AF_INET address", &host, &port)) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_TypeError, "AF_INET address must be a tuple (host, port)");
+            return -1;
+        }
+        if (port < 0 || port > 65535) {
+            PyErr_SetString(PyExc_OverflowError, "port must be 0-65535.");
+            return -1;
+        }
+        Py_BEGIN_ALLOW_THREADS
+        r = cmp_sockaddr_inet(out, outlen, host, (uint16_t)port);
+        Py_END_ALLOW_THREADS
+        if (r == -ENOENT) {
+            PyErr_Format(PyExc_OSError, "cannot resolve host %s", host);
+            return -1;
+        }
+    } else {
+        PyObject *b;
+        if (PyUnicode_Check(address)) {
+            b = PyUnicode_EncodeFSDefault(address);
+        } else if (PyBytes_Check(address)) {
+            b = Py_NewRef(address);
+        } else {
+            PyErr_Format(PyExc_TypeError, "AF_UNIX address must be str or bytes, not %s",
+                         Py_TYPE(address)->tp_name);
+            return -1;
+        }
+        if (!b)
+            return -1;
+        r = cmp_sockaddr_unix(out, outlen, PyBytes_AS_STRING(b), (size_t)PyBytes_GET_SIZE(b));
+        Py_DECREF(b);
+        if (r == -ENAMETOOLONG) {
+            PyErr_SetString(PyExc_OSError, "AF_UNIX path too long");
+            return -1;
+        }
+    }
+    if (r < 0) {
+        cmp_py_raise(r);
+        return -1;
+    }
+    return 0;
+}
+
+/* sockaddr -> Python, as the socket module reports it. */
+static PyObject *from_sockaddr(const struct sockaddr_storage *a, socklen_t len)
+{
+    if (a->ss_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)a;
+        char host[INET_ADDRSTRLEN];
+        inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
+        return Py_BuildValue("(si)", host, ntohs(in->sin_port));
+    }
+    const struct sockaddr_un *un = (const struct sockaddr_un *)a;
+    size_t off = offsetof(struct sockaddr_un, sun_path);
+    if (len <= off)
+        return PyUnicode_FromString("");
+    size_t n = len - off;
+    if (un->sun_path[0] == '\0')
+        return PyBytes_FromStringAndSize(un->sun_path, (Py_ssize_t)n);
+    return PyUnicode_DecodeFSDefaultAndSize(un->sun_path, (Py_ssize_t)strnlen(un->sun_path, n));
+}
+
+/* ---- the challenge handshake, on any connection object ---------------- */
+
+static int check_authkey(PyObject *authkey)
+{
+    if (!PyBytes_Check(authkey)) {
+        PyObject *tp = PyObject_Str((PyObject *)Py_TYPE(authkey));
+        if (tp) {
+            PyErr_Format(PyExc_ValueError, "Authkey must be bytes, not %U", tp);
+            Py_DECREF(tp);
+        }
+        return -1;
+    }
+    return 0;
+}
+
+static int send_bytes_to(PyObject *conn, const void *buf, size_t len)
+{
+    PyObject *b = PyBytes_FromStringAndSize(buf, (Py_ssize_t)len);
+    if (!b)
+        return -1;
+    PyObject *r = PyObject_CallMethod(conn, "send_bytes", "O", b);
+    Py_DECREF(b);
+    if (!r)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+static PyObject *recv_small_from(PyObject *conn)
+{
+    PyObject *r = PyObject_CallMethod(conn, "recv_bytes", "i", CMP_AUTH_MSG_MAX);
+    if (r && !PyBytes_Check(r)) {
+        Py_DECREF(r);
+        PyErr_SetString(PyExc_TypeError, "recv_bytes() did not return bytes");
+        return NULL;
+    }
+    return r;
+}
+
+static int deliver_challenge(cmp_py_state *st, PyObject *conn, PyObject *authkey)
+{
+    if (check_authkey(authkey) < 0)
+        return -1;
+    unsigned char challenge[CMP_AUTH_MSG_MAX];
+    int n = cmp_auth_challenge(challenge);
+    if (n < 0) {
+        cmp_py_raise(n);
+        return -1;
+    }
+    if (send_bytes_to(conn, challenge, (size_t)n) < 0)
+        return -1;
+    PyObject *answer = recv_small_from(conn);
+    if (!answer)
+        return -1;
+    int v = cmp_auth_verify(PyBytes_AS_STRING(authkey), (size_t)PyBytes_GET_SIZE(authkey),
+                            challenge, (size_t)n, (unsigned char *)PyBytes_AS_STRING(answer),
+                            (size_t)PyBytes_GET_SIZE(answer));
+    if (v < 0) {
+        if (send_bytes_to(conn, CMP_AUTH_FAILURE, strlen(CMP_AUTH_FAILURE)) == 0) {
+            if (v == -EACCES)
+                PyErr_SetString(st->AuthenticationError, "digest received was wrong");
+            else
+                PyErr_Format(st->AuthenticationError,
+                             "unsupported message length, missing digest prefix, or "
+                             "unsupported digest: message=%R",
+                             answer);
+        }
+        Py_DECREF(answer);
+        return -1;
+    }
+    Py_DECREF(answer);
+    return send_bytes_to(conn, CMP_AUTH_WELCOME, strlen(CMP_AUTH_WELCOME));
+}
+
+static int answer_challenge(cmp_py_state *st, PyObject *conn, PyObject *authkey)
+{
+    if (check_authkey(authkey) < 0)
+        return -1;
+    PyObject *msg = recv_small_from(conn);
+    if (!msg)
+        return -1;
+    unsigned char answer[CMP_AUTH_MSG_MAX];
+    const char *m = PyBytes_AS_STRING(msg);
+    Py_ssize_t mlen = PyBytes_GET_SIZE(msg);
+    int n = cmp_auth_answer(PyBytes_AS_STRING(authkey), (size_t)PyBytes_GET_SIZE(authkey),
+                            (const unsigned char *)m, (size_t)mlen, answer);
+    if (n < 0) {
+        if (mlen < 11 || memcmp(m, "#CHALLENGE#", 11) != 0)
+            PyErr_Format(st->AuthenticationError, "Protocol error, expected challenge: message=%R",
+                         msg);
+        else if (mlen - 11 < 20)
+            PyErr_Format(st->AuthenticationError, "challenge too short: %zd bytes", mlen - 11);
+        else
+            PyErr_Format(st->AuthenticationError,
+                         "unsupported message length, missing digest prefix, or unsupported "
+                         "digest: message=%R",
+                         msg);
+        Py_DECREF(msg);
+        return -1;
+    }
+    Py_DECREF(msg);
+    if (send_bytes_to(conn, answer, (size_t)n) < 0)
+        return -1;
+    PyObject *reply = recv_small_from(conn);
+    if (!reply)
+        return -1;
+    int ok = PyBytes_GET_SIZE(reply) == (Py_ssize_t)strlen(CMP_AUTH_WELCOME) &&
+             memcmp(PyBytes_AS_STRING(reply), CMP_AUTH_WELCOME, strlen(CMP_AUTH_WELCOME)) == 0;
+    Py_DECREF(reply);
+    if (!ok) {
+        PyErr_SetString(st->AuthenticationError, "digest sent was rejected");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *cmp_deliver_challenge(PyObject *module, PyObject *const *args,
+                                       Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"connection", "authkey", "digest_name"};
+    PyObject *a[3] = {NULL, NULL, NULL};
+    if (parse_args("deliver_challenge", args, nargs, kwnames, names, 3, 2, a) < 0)
+        return NULL;
+    if (a[2] && !(PyUnicode_Check(a[2]) && PyUnicode_CompareWithASCIIString(a[2], "sha256") == 0))
+        return PyErr_Format(PyExc_ValueError, "unsupported digest_name %R (only 'sha256')", a[2]);
+    if (deliver_challenge(cmp_py_state_of_module(module), a[0], a[1]) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *cmp_answer_challenge(PyObject *module, PyObject *const *args,
+                                      Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"connection", "authkey"};
+    PyObject *a[2] = {NULL, NULL};
+    if (parse_args("answer_challenge", args, nargs, kwnames, names, 2, 2, a) < 0)
+        return NULL;
+    if (answer_challenge(cmp_py_state_of_module(module), a[0], a[1]) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* ---- Listener and Client --------------------------------------------------- */
+
+/* family or address_type(address) or the default, as a code. */
+static int resolve_family(PyObject *family, PyObject *address)
+{
+    if (family && family != Py_None)
+        return family_code(family);
+    if (address && address != Py_None && PyObject_IsTrue(address) == 1) {
+        PyObject *t = address_type(address);
+        if (!t)
+            return -1;
+        int f = family_code(t);
+        Py_DECREF(t);
+        return f;
+    }
+    return AF_UNIX;
+}
+
+static PyObject *Listener_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"address", "family", "backlog", "authkey", NULL};
+    PyObject *address = Py_None, *family = Py_None, *authkey = Py_None;
+    int backlog = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|OOiO:Listener", kwlist, &address, &family,
+                                     &backlog, &authkey))
+        return NULL;
+    int f = resolve_family(family, address);
+    if (f < 0)
+        return NULL;
+    if (authkey != Py_None && !PyBytes_Check(authkey)) {
+        PyErr_SetString(PyExc_TypeError, "authkey should be a byte string");
+        return NULL;
+    }
+    PyObject *addr;
+    if (address == Py_None || PyObject_IsTrue(address) != 1) {
+        PyObject *name = PyUnicode_FromString(f == AF_INET ? "AF_INET" : "AF_UNIX");
+        addr = name ? arbitrary_address(name) : NULL;
+        Py_XDECREF(name);
+    } else
+        addr = Py_NewRef(address);
+    if (!addr)
+        return NULL;
+    struct sockaddr_storage sa;
+    socklen_t salen;
+    int r = to_sockaddr(f, addr, &sa, &salen);
+    Py_DECREF(addr);
+    if (r < 0)
+        return NULL;
+    ListenerObject *self = (ListenerObject *)type->tp_alloc(type, 0);
+    if (!self)
+        return NULL;
+    self->l.fd = -1;
+    r = cmp_listener_open(&self->l, (struct sockaddr *)&sa, salen, backlog);
+    if (r < 0) {
+        Py_DECREF(self);
+        return cmp_py_raise(r);
+    }
+    if (authkey != Py_None)
+        self->authkey = Py_NewRef(authkey);
+    self->last_accepted = Py_NewRef(Py_None);
+    return (PyObject *)self;
+}
+
+static void Listener_dealloc(PyObject *op)
+{
+    ListenerObject *self = (ListenerObject *)op;
+    PyTypeObject *tp = Py_TYPE(op);
+    cmp_listener_close(&self->l);
+    Py_CLEAR(self->authkey);
+    Py_CLEAR(self->last_accepted);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+static PyObject *Listener_accept(PyObject *op, PyObject *unused)
+{
+    (void)unused;
+    ListenerObject *self = (ListenerObject *)op;
+    cmp_py_state *st = state_of(op);
+    cmp_conn_t conn;
+    struct sockaddr_storage peer;
+    socklen_t peerlen;
+    int r;
+    for (;;) {
+        if (self->l.fd < 0) {
+            PyErr_SetString(PyExc_OSError, "listener is closed");
+            return NULL;
+        }
+        Py_BEGIN_ALLOW_THREADS
+        r = cmp_listener_accept(&self->l, &conn, &peer, &peerlen, NULL);
+        Py_END_ALLOW_THREADS
+        if (r != -EINTR)
+            break;
+        if (PyErr_CheckSignals() < 0)
+            return NULL;
+    }
+    if (r < 0)
+        return cmp_py_raise(r);
+    PyObject *c = (PyObject *)conn_wrap(st->Connection_type, &conn);
+    if (!c)
+        return NULL;
+    PyObject *last = from_sockaddr(&peer, peerlen);
+    if (!last) {
+        Py_DECREF(c);
+        return NULL;
+    }
+    Py_SETREF(self->last_accepted, last);
+    if (self->authkey && PyBytes_GET_SIZE(self->authkey) > 0 &&
+        (deliver_challenge(st, c, self->authkey) < 0 ||
+         answer_challenge(st, c, self->authkey) < 0)) {
+        Py_DECREF(c);
+        return NULL;
+    }
+    return c;
+}
+
+static PyObject *Listener_close(PyObject *op, PyObject *unused)
+{
+    (void)unused;
+    cmp_listener_close(&((ListenerObject *)op)->l);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Listener_exit(PyObject *op, PyObject *args)
+{
+    (void)args;
+    return Listener_close(op, NULL);
+}
+
+static PyObject *Listener_reduce(PyObject *op, PyObject *unused)
+{
+    (void)op;
+    (void)unused;
+    PyErr_SetString(PyExc_RuntimeError, "Listener objects should only be shared between "
+                                        "processes through inheritance");
+    return NULL;
+}
+
+static PyObject *Listener_get_address(PyObject *op, void *c)
+{
+    (void)c;
+    ListenerObject *self = (ListenerObject *)op;
+    return from_sockaddr(&self->l.addr, self->l.addrlen);
+}
+
+static PyObject *Listener_get_last_accepted(PyObject *op, void *c)
+{
+    (void)c;
+    return Py_NewRef(((ListenerObject *)op)->last_accepted);
+}
+
+static PyMethodDef Listener_methods[] = {
+    {"accept", Listener_accept, METH_NOARGS,
+     "Accept a connection (authenticating it when the listener has an authkey)."},
+    {"close", Listener_close, METH_NOARGS, "Close the listening socket."},
+    {"__enter__", Conn_enter, METH_NOARGS, NULL},
+    {"__exit__", Listener_exit, METH_VARARGS, NULL},
+    {"__reduce__", Listener_reduce, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Listener_getset[] = {
+    {"address", Listener_get_address, NULL, "The address the listener is bound to", NULL},
+    {"last_accepted", Listener_get_last_accepted, NULL,
+     "Address of the last accepted connection, or None", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot Listener_slots[] = {
+    {Py_tp_new, Listener_new},
+    {Py_tp_dealloc, Listener_dealloc},
+    {Py_tp_methods, Listener_methods},
+    {Py_tp_getset, Listener_getset},
+    {Py_tp_doc, "Listener(address=None, family=None, backlog=1, authkey=None)\n--\n\n"
+                "A bound, listening socket (multiprocessing.connection.Listener)."},
+    {0, NULL},
+};
+
+static PyType_Spec Listener_spec = {
+    .name = "cmultiprocessing.connection.Listener",
+    .basicsize = sizeof(ListenerObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .slots = Listener_slots,
+};
+
+static PyObject *cmp_Client(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
+                            PyObject *kwnames)
+{
+    static const char *const names[] = {"address", "family", "authkey"};
+    PyObject *a[3] = {NULL, NULL, NULL};
+    if (parse_args("Client", args, nargs, kwnames, names, 3, 1, a) < 0)
+        return NULL;
+    cmp_py_state *st = cmp_py_state_of_module(module);
+    int f;
+    if (a[1] && a[1] != Py_None) {
+        f = family_code(a[1]);
+    } else {
+        PyObject *t = address_type(a[0]);
+        if (!t)
+            return NULL;
+        f = family_code(t);
+        Py_DECREF(t);
+    }
+    if (f < 0)
+        return NULL;
+    PyObject *authkey = a[2] && a[2] != Py_None ? a[2] : NULL;
+    if (authkey && !PyBytes_Check(authkey)) {
+        PyErr_SetString(PyExc_TypeError, "authkey should be a byte string");
+        return NULL;
+    }
+    struct sockaddr_storage sa;
+    socklen_t salen;
+    if (to_sockaddr(f, a[0], &sa, &salen) < 0)
+        return NULL;
+    cmp_conn_t conn;
+    int r;
+    for (;;) {
+        Py_BEGIN_ALLOW_THREADS
+        r = cmp_client_connect(&conn, (struct sockaddr *)&sa, salen, NULL);
+        Py_END_ALLOW_THREADS
+        if (r != -EINTR)
+            break;
+        if (PyErr_CheckSignals() < 0)
+            return NULL;
+    }
+    if (r < 0)
+        return cmp_py_raise(r);
+    PyObject *c = (PyObject *)conn_wrap(st->Connection_type, &conn);
+    if (c && authkey &&
+        (answer_challenge(st, c, authkey) < 0 || deliver_challenge(st, c, authkey) < 0))
+        Py_CLEAR(c);
+    return c;
+}
+
+/* ---- module ---------------------------------------------------------------- */
+
+static PyMethodDef connection_functions[] = {
+    {"Pipe", (PyCFunction)(void (*)(void))cmp_Pipe, FASTCALL_KW,
+     "Pipe(duplex=True)\n--\n\nReturns two Connection objects joined by a pipe (a socketpair "
+     "when duplex; otherwise the first end only reads and the second only writes)."},
+    {"_wait", (PyCFunction)(void (*)(void))cmp_wait, FASTCALL_KW,
+     "wait(object_list, timeout=None)\n--\n\nWait until objects of object_list are ready; "
+     "returns those that are."},
+    {"_Client", (PyCFunction)(void (*)(void))cmp_Client, FASTCALL_KW,
+     "Client(address, family=None, authkey=None)\n--\n\nConnect to a Listener."},
+    {"_deliver_challenge", (PyCFunction)(void (*)(void))cmp_deliver_challenge, FASTCALL_KW,
+     "deliver_challenge(connection, authkey, digest_name='sha256')\n--\n\n"},
+    {"_answer_challenge", (PyCFunction)(void (*)(void))cmp_answer_challenge, FASTCALL_KW,
+     "answer_challenge(connection, authkey)\n--\n\n"},
+    {"_arbitrary_address", cmp_arbitrary_address, METH_O,
+     "arbitrary_address(family)\n--\n\nAn unused address for the family."},
+    {"_address_type", cmp_address_type, METH_O,
+     "address_type(address)\n--\n\n'AF_INET', 'AF_UNIX' or 'AF_PIPE'."},
+    {NULL, NULL, 0, NULL},
+};
+
+int cmp_py_connection_init(PyObject *module, cmp_py_state *st)
+{
+    PyObject *pickle = PyImport_ImportModule("pickle");
+    if (!pickle)
+        return -1;
+    st->pickle_dumps = PyObject_GetAttrString(pickle, "dumps");
+    st->pickle_loads = PyObject_GetAttrString(pickle, "loads");
+    Py_DECREF(pickle);
+    if (!st->pickle_dumps || !st->pickle_loads)
+        return -1;
+    st->Connection_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &Conn_spec, NULL);
+    if (!st->Connection_type ||
+        PyModule_AddObjectRef(module, "_Connection", (PyObject *)st->Connection_type) < 0)
+        return -1;
+    st->Listener_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &Listener_spec, NULL);
+    if (!st->Listener_type ||
+        PyModule_AddObjectRef(module, "_Listener", (PyObject *)st->Listener_type) < 0)
+        return -1;
+    return PyModule_AddFunctions(module, connection_functions);
+}

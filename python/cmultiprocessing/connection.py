@@ -1,0 +1,14 @@
+"""multiprocessing.connection: Pipe, Connection, wait, Listener, Client and
+the authentication handshake (re-exports of the C extension)."""
+from ._cmp import (AuthenticationError, BufferTooShort, Pipe,  # noqa: F401
+                   _Client as Client, _Connection as Connection, _Listener as Listener,
+                   _address_type as address_type, _answer_challenge as answer_challenge,
+                   _arbitrary_address as arbitrary_address,
+                   _deliver_challenge as deliver_challenge, _wait as wait)
+
+__all__ = ["Client", "Listener", "Pipe", "wait"]
+
+BUFSIZE = 8192
+CONNECTION_TIMEOUT = 20.0
+default_family = "AF_UNIX"
+families = ["AF_INET", "AF_UNIX"]

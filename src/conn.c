@@ -1,0 +1,293 @@
+/*
+ * Connections: whole messages over a stream fd with the framing of Python's
+ * multiprocessing.connection (4-byte big-endian length, or -1 then an 8-byte
+ * length above 0x7fffffff), so bytes interoperate with the stdlib.
+ *
+ * The transport sits behind cmp__conn_ops so that a faster one (the
+ * shared-memory ring) can replace the fd for Pipe() without touching the
+ * callers; today there is one, the fd transport below.
+ */
+#include "conn_internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#define CMP__CONN_DIRS (CMP_CONN_READABLE | CMP_CONN_WRITABLE)
+#define SMALL_HDR 4
+#define LARGE_HDR 12
+
+int cmp__fd_wait(int fd, short events, const struct timespec *deadline)
+{
+    struct timespec rel, *relp = NULL;
+    if (deadline) {
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        rel.tv_sec = deadline->tv_sec - now.tv_sec;
+        rel.tv_nsec = deadline->tv_nsec - now.tv_nsec;
+        if (rel.tv_nsec < 0) {
+            rel.tv_sec -= 1;
+            rel.tv_nsec += 1000000000L;
+        }
+        if (rel.tv_sec < 0)
+            rel.tv_sec = rel.tv_nsec = 0;
+        relp = &rel;
+    }
+    struct pollfd p = {.fd = fd, .events = events};
+    int r = ppoll(&p, 1, relp, NULL);
+    if (r < 0)
+        return -errno;
+    if (r == 0)
+        return -ETIMEDOUT;
+    return 0;
+}
+
+/* ---- fd transport ---------------------------------------------------- */
+
+static int fd_send(cmp_conn_t *c, const void *buf, size_t len, uint64_t *progress,
+                   const struct timespec *deadline)
+{
+    unsigned char hdr[LARGE_HDR];
+    size_t hlen;
+    if (len > 0x7fffffffu) {
+        memset(hdr, 0xff, 4);
+        for (int i = 0; i < 8; i++)
+            hdr[4 + i] = (unsigned char)((uint64_t)len >> (56 - 8 * i));
+        hlen = LARGE_HDR;
+    } else {
+        for (int i = 0; i < 4; i++)
+            hdr[i] = (unsigned char)(len >> (24 - 8 * i));
+        hlen = SMALL_HDR;
+    }
+    uint64_t total = hlen + (uint64_t)len, done = progress ? *progress : 0;
+    int sock = (c->flags & CMP__CONN_SOCKET) != 0, err = 0;
+    while (done < total) {
+        struct iovec iov[2];
+        int n = 0;
+        if (done < hlen) {
+            iov[n++] = (struct iovec){hdr + done, hlen - done};
+            if (len)
+                iov[n++] = (struct iovec){(void *)buf, len};
+        } else {
+            iov[n++] = (struct iovec){(char *)buf + (done - hlen), len - (done - hlen)};
+        }
+        ssize_t w;
+        if (sock) {
+            /* MSG_NOSIGNAL: a gone reader is -EPIPE, not a process-killing
+             * SIGPIPE in a C program that did not ignore it. */
+            struct msghdr msg = {.msg_iov = iov, .msg_iovlen = (size_t)n};
+            w = sendmsg(c->fd, &msg, MSG_NOSIGNAL | (deadline ? MSG_DONTWAIT : 0));
+        } else {
+            if (deadline && (err = cmp__fd_wait(c->fd, POLLOUT, deadline)) < 0)
+                break;
+            w = writev(c->fd, iov, n);
+        }
+        if (w < 0) {
+            err = -errno;
+            if (err == -EAGAIN || err == -EWOULDBLOCK) {
+                if ((err = cmp__fd_wait(c->fd, POLLOUT, deadline)) < 0)
+                    break;
+                continue;
+            }
+            if (err == -EINTR && !progress && done > 0)
+                continue; /* nowhere to keep the progress: finish the message */
+            break;
+        }
+        err = 0;
+        done += (uint64_t)w;
+        /* A blocking fd writes everything unless a signal cuts the write
+         * short: report it, so that a caller waiting on a stuck reader gets
+         * to run its handlers (Ctrl-C) instead of blocking again. */
+        if (progress && !deadline && done < total &&
+            (size_t)w < iov[0].iov_len + (n > 1 ? iov[1].iov_len : 0)) {
+            err = -EINTR;
+            break;
+        }
+    }
+    if (progress)
+        *progress = done;
+    return err;
+}
+
+/* Reads up to n bytes: > 0, 0 at EOF, or a negative errno. With a deadline
+ * a socket is read with MSG_DONTWAIT first (no poll when data is there). */
+static ssize_t fd_read(cmp_conn_t *c, void *p, size_t n, const struct timespec *deadline)
+{
+    int sock = (c->flags & CMP__CONN_SOCKET) != 0;
+    for (;;) {
+        ssize_t k;
+        if (deadline && !sock) {
+            int r = cmp__fd_wait(c->fd, POLLIN, deadline);
+            if (r < 0)
+                return r;
+        }
+        if (n > SSIZE_MAX)
+            n = SSIZE_MAX;
+        k = sock ? recv(c->fd, p, n, deadline ? MSG_DONTWAIT : 0) : read(c->fd, p, n);
+        if (k >= 0)
+            return k;
+        int err = -errno;
+        if (err != -EAGAIN && err != -EWOULDBLOCK)
+            return err;
+        int r = cmp__fd_wait(c->fd, POLLIN, deadline);
+        if (r < 0)
+            return r;
+    }
+}
+
+/* Before sleeping in read() for the start of a message, poll a socket
+ * without blocking for a few microseconds: in a request/reply exchange the
+ * answer usually arrives within that time, and a blocking read would pay
+ * a sleep and a wake-up (several microseconds each) on top. Bounded, so an
+ * idle reader costs at most this much CPU per call. */
+#define SPIN_NS 30000L
+
+static void spin_for_data(cmp_conn_t *c)
+{
+    struct timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (;;) {
+        char probe;
+        ssize_t k = recv(c->fd, &probe, 1, MSG_PEEK | MSG_DONTWAIT);
+        if (k >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK))
+            return; /* data, EOF or an error: the real read will see it */
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if ((now.tv_sec - start.tv_sec) * 1000000000L + (now.tv_nsec - start.tv_nsec) > SPIN_NS)
+            return;
+    }
+}
+
+static int fd_recv(cmp_conn_t *c, cmp_conn_rx_t *rx, uint64_t maxlen, cmp_conn_alloc_fn alloc,
+                   void *arg, const struct timespec *deadline)
+{
+    if (rx->done == 0 && !deadline && (c->flags & CMP__CONN_SOCKET))
+        spin_for_data(c);
+    /* Header: 4 bytes, 8 more when the first 4 are the -1 marker. */
+    for (;;) {
+        size_t hlen = SMALL_HDR;
+        if (rx->done >= SMALL_HDR && memcmp(rx->hdr, "\xff\xff\xff\xff", 4) == 0)
+            hlen = LARGE_HDR;
+        if (rx->done >= hlen)
+            break;
+        ssize_t k = fd_read(c, rx->hdr + rx->done, hlen - rx->done, deadline);
+        if (k < 0)
+            return (int)k;
+        if (k == 0)
+            return rx->done == 0 ? CMP_CONN_EOF : -EPROTO;
+        rx->done += (uint64_t)k;
+    }
+    size_t hlen = SMALL_HDR;
+    uint64_t len = 0;
+    if (memcmp(rx->hdr, "\xff\xff\xff\xff", 4) == 0) {
+        hlen = LARGE_HDR;
+        for (int i = 0; i < 8; i++)
+            len = len << 8 | rx->hdr[4 + i];
+    } else {
+        for (int i = 0; i < 4; i++)
+            len = len << 8 | rx->hdr[i];
+        if (len > 0x7fffffffu)
+            return -EPROTO; /* a negative length other than the marker */
+    }
+    rx->len = len;
+    if (len > maxlen)
+        return -EMSGSIZE;
+    if (len > SIZE_MAX - 1)
+        return -ENOMEM;
+    if (!rx->allocated) {
+        rx->buf = alloc(arg, (size_t)len);
+        if (!rx->buf && len)
+            return -ENOMEM;
+        rx->allocated = 1;
+    }
+    while (rx->done < hlen + len) {
+        uint64_t got = rx->done - hlen;
+        ssize_t k = fd_read(c, (char *)rx->buf + got, (size_t)(len - got), deadline);
+        if (k < 0)
+            return (int)k;
+        if (k == 0)
+            return -EPROTO;
+        rx->done += (uint64_t)k;
+    }
+    return 0;
+}
+
+static int fd_poll(cmp_conn_t *c, const struct timespec *deadline)
+{
+    return cmp__fd_wait(c->fd, POLLIN, deadline);
+}
+
+static void fd_close(cmp_conn_t *c)
+{
+    close(c->fd);
+}
+
+static const struct cmp__conn_ops fd_ops = {fd_send, fd_recv, fd_poll, fd_close};
+
+/* ---- public API -------------------------------------------------------- */
+
+int cmp_conn_open(cmp_conn_t *conn, int fd, unsigned flags)
+{
+    if (fd < 0 || !(flags & CMP__CONN_DIRS) || (flags & ~CMP__CONN_DIRS))
+        return -EINVAL;
+    struct stat st;
+    if (fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode))
+        flags |= CMP__CONN_SOCKET;
+    conn->fd = fd;
+    conn->flags = flags;
+    conn->ops = &fd_ops;
+    return 0;
+}
+
+int cmp_conn_pair(cmp_conn_t *r, cmp_conn_t *w, int duplex)
+{
+    int fds[2];
+    if (duplex) {
+        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) < 0)
+            return -errno;
+        unsigned both = CMP_CONN_READABLE | CMP_CONN_WRITABLE | CMP__CONN_SOCKET;
+        *r = (cmp_conn_t){fds[0], both, &fd_ops};
+        *w = (cmp_conn_t){fds[1], both, &fd_ops};
+    } else {
+        if (pipe2(fds, O_CLOEXEC) < 0)
+            return -errno;
+        *r = (cmp_conn_t){fds[0], CMP_CONN_READABLE, &fd_ops};
+        *w = (cmp_conn_t){fds[1], CMP_CONN_WRITABLE, &fd_ops};
+    }
+    return 0;
+}
+
+void cmp_conn_close(cmp_conn_t *conn)
+{
+    if (conn->fd >= 0) {
+        conn->ops->close(conn);
+        conn->fd = -1;
+    }
+}
+
+int cmp_conn_send(cmp_conn_t *conn, const void *buf, size_t len, uint64_t *progress,
+                  const struct timespec *deadline)
+{
+    if (conn->fd < 0 || !(conn->flags & CMP_CONN_WRITABLE))
+        return -EBADF;
+    return conn->ops->send(conn, buf, len, progress, deadline);
+}
+
+int cmp_conn_recv(cmp_conn_t *conn, cmp_conn_rx_t *rx, uint64_t maxlen, cmp_conn_alloc_fn alloc,
+                  void *arg, const struct timespec *deadline)
+{
+    if (conn->fd < 0 || !(conn->flags & CMP_CONN_READABLE))
+        return -EBADF;
+    return conn->ops->recv(conn, rx, maxlen, alloc, arg, deadline);
+}
+
+int cmp_conn_poll(cmp_conn_t *conn, const struct timespec *deadline)
+{
+    if (conn->fd < 0 || !(conn->flags & CMP_CONN_READABLE))
+        return -EBADF;
+    return conn->ops->poll(conn, deadline);
+}
