@@ -59,6 +59,18 @@ typedef struct {
     PyObject *BufferTooShort;
     PyObject *TimeoutError;
     PyObject *AuthenticationError;
+    /* messages (serialize.c): _pickle.dumps/loads and their arguments */
+    PyObject *pickle_dumps;
+    PyObject *pickle_loads;
+    PyObject *pickle_protocol;         /* 5 */
+    PyObject *kw_buffer_callback;      /* ("buffer_callback",) */
+    PyObject *kw_buffers;              /* ("buffers",) */
+    /* queues (queue.c) */
+    PyTypeObject *Queue_type;
+    PyTypeObject *SimpleQueue_type;
+    PyTypeObject *JoinableQueue_type;
+    PyObject *Empty;                   /* queue.Empty */
+    PyObject *Full;                    /* queue.Full */
 } cmp_py_state;
 
 extern PyModuleDef cmp_py_module_def;
@@ -141,6 +153,70 @@ int cmp_py_parse_acquire_args(const char *fname, PyObject *const *args, Py_ssize
  * caller. New reference, or NULL with an exception. */
 PyObject *cmp_py_owner_name(void);
 
+/* Messages (serialize.c). A message is the object in a compact tagged
+ * encoding for small built-in values, or pickled (protocol 5) with its
+ * out-of-band buffers after the pickle stream. Both sides work in pieces so
+ * that large payloads are copied once, straight between the objects and
+ * shared memory. */
+typedef struct {
+    void *ptr;  /* where the piece's bytes are (read or written) */
+    size_t len;
+    size_t off; /* private */
+} cmp_py_piece;
+
+/* An encoded message: pieces[0..npieces) in order, size bytes in all,
+ * pointing into the frame and into the objects it keeps alive. Must not be
+ * moved or changed while the pieces are in use. */
+typedef struct {
+    cmp_py_piece *pieces;
+    int npieces;
+    size_t size;
+    /* private */
+    int cap_pieces;
+    char *buf;
+    size_t len, cap, cut;
+    Py_buffer *views;
+    int nviews;
+    PyObject *keep;
+    cmp_py_piece inline_pieces[4];
+    char inline_buf[256];
+} cmp_py_frame;
+
+void cmp_py_frame_init(cmp_py_frame *f);
+/* Encodes obj into an initialized, empty frame. Returns 0, or -1 with the
+ * exception of pickling (the frame is then empty). */
+int cmp_py_encode(cmp_py_state *st, PyObject *obj, cmp_py_frame *f);
+/* Releases what the frame holds and leaves it empty and reusable. */
+void cmp_py_frame_clear(cmp_py_frame *f);
+
+/* A message being decoded. */
+typedef struct {
+    cmp_py_piece *pieces; /* where the bytes after the head go, in order */
+    int npieces;
+    /* private */
+    int cap_pieces;
+    int tag;
+    PyObject *value;
+    PyObject *pickled;
+    PyObject *buffers;
+    cmp_py_piece inline_pieces[4];
+} cmp_py_unframe;
+
+void cmp_py_unframe_init(cmp_py_unframe *u);
+void cmp_py_unframe_clear(cmp_py_unframe *u);
+/* Reads the head of a message of total bytes from its first avail bytes.
+ * Returns h <= avail: the head is h bytes, and the remaining total - h bytes
+ * must be copied into u->pieces in order before cmp_py_decode_finish (no
+ * pieces: a small value already decoded). Returns h > avail: call again
+ * with at least h bytes. -1 with an exception (memory, corrupt data).
+ * Runs no Python code: safe while holding a slot of shared memory. */
+Py_ssize_t cmp_py_decode_head(cmp_py_state *st, const char *head, size_t avail,
+                              size_t total, cmp_py_unframe *u);
+/* The object (may run pickle.loads); clears u. NULL with an exception. */
+PyObject *cmp_py_decode_finish(cmp_py_state *st, cmp_py_unframe *u);
+/* A whole message in contiguous memory to its object. */
+PyObject *cmp_py_decode(cmp_py_state *st, const char *data, size_t size);
+
 /* Per-concept module initialization, called from module.c's exec slot. */
 int cmp_py_errors_init(PyObject *module, cmp_py_state *st);
 int cmp_py_lock_init(PyObject *module, cmp_py_state *st);
@@ -152,6 +228,7 @@ int cmp_py_barrier_init(PyObject *module, cmp_py_state *st);
 int cmp_py_process_init(PyObject *module, cmp_py_state *st);
 int cmp_py_context_init(PyObject *module, cmp_py_state *st);
 int cmp_py_sharedctypes_init(PyObject *module, cmp_py_state *st);
+int cmp_py_serialize_init(PyObject *module, cmp_py_state *st);
 
 /* Per-concept GC of the state. */
 int cmp_py_state_traverse(cmp_py_state *st, visitproc visit, void *arg);
