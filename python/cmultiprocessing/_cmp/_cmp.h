@@ -189,33 +189,19 @@ int cmp_py_encode(cmp_py_state *st, PyObject *obj, cmp_py_frame *f);
 /* Releases what the frame holds and leaves it empty and reusable. */
 void cmp_py_frame_clear(cmp_py_frame *f);
 
-/* A message being decoded. */
-typedef struct {
-    cmp_py_piece *pieces; /* where the bytes after the head go, in order */
-    int npieces;
-    /* private */
-    int cap_pieces;
-    int tag;
-    PyObject *value;
-    PyObject *pickled;
-    PyObject *buffers;
-    cmp_py_piece inline_pieces[4];
-} cmp_py_unframe;
-
-void cmp_py_unframe_init(cmp_py_unframe *u);
-void cmp_py_unframe_clear(cmp_py_unframe *u);
-/* Reads the head of a message of total bytes from its first avail bytes.
- * Returns h <= avail: the head is h bytes, and the remaining total - h bytes
- * must be copied into u->pieces in order before cmp_py_decode_finish (no
- * pieces: a small value already decoded). Returns h > avail: call again
- * with at least h bytes. -1 with an exception (memory, corrupt data).
- * Runs no Python code: safe while holding a slot of shared memory. */
-Py_ssize_t cmp_py_decode_head(cmp_py_state *st, const char *head, size_t avail,
-                              size_t total, cmp_py_unframe *u);
-/* The object (may run pickle.loads); clears u. NULL with an exception. */
-PyObject *cmp_py_decode_finish(cmp_py_state *st, cmp_py_unframe *u);
-/* A whole message in contiguous memory to its object. */
-PyObject *cmp_py_decode(cmp_py_state *st, const char *data, size_t size);
+/* Decoding. A message below CMP_PY_BIG bytes is copied out of the queue
+ * into any memory and decoded from there (cmp_py_decode). A larger one is
+ * copied straight into the object cmp_py_msg_new makes for it (a bytes
+ * object for odd sizes, a bytearray for even ones: the encoder picks the
+ * size), which becomes the value or holds its out-of-band buffers
+ * (cmp_py_decode_owned); so the payload is copied out exactly once. */
+#define CMP_PY_BIG ((size_t)64 << 10)
+/* The whole message in data: the object, or NULL with an exception. */
+PyObject *cmp_py_decode(cmp_py_state *st, const char *data, size_t len);
+/* New object to receive a message of len >= CMP_PY_BIG bytes at *data. */
+PyObject *cmp_py_msg_new(size_t len, char **data);
+/* The object of the message in owner (from cmp_py_msg_new; stolen). */
+PyObject *cmp_py_decode_owned(cmp_py_state *st, PyObject *owner, size_t len);
 
 /* Per-concept module initialization, called from module.c's exec slot. */
 int cmp_py_errors_init(PyObject *module, cmp_py_state *st);

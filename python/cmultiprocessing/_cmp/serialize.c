@@ -43,6 +43,8 @@ enum {
     T_LIST,      /* u32 count, items */
     T_DICT,      /* u32 count, key value pairs */
     T_PICKLE = 0x50,
+    T_TAIL1 = 0x61, /* last byte of large bytes: 1 byte after the payload */
+    T_TAIL2,        /* ... 2 bytes after it */
 };
 
 /* Lengths above this go to the ring from the object's own memory instead of
@@ -424,26 +426,43 @@ done:
 int cmp_py_encode(cmp_py_state *st, PyObject *obj, cmp_py_frame *f)
 {
     PyTypeObject *tp = Py_TYPE(obj);
-    int rc;
+    int rc, tail = 0;
     /* top-level buffers go raw, whatever their size */
-    if (tp == &PyByteArray_Type || tp == &PyMemoryView_Type) {
-        Py_buffer *view;
-        if (add_view(f, obj, &view) == 0) {
-            /* a memoryview arrives as bytes (the stdlib cannot send one) */
-            rc = put_tag_u64(f, tp == &PyByteArray_Type ? T_BYTEARRAY : T_BYTES,
-                             (uint64_t)view->len);
-            if (rc == 0) {
-                if (view->len < EXTERNAL_MIN)
-                    rc = put_raw(f, view->buf, (size_t)view->len);
-                else
-                    rc = frame_external(f, view->buf, (size_t)view->len);
+    if (tp == &PyBytes_Type || tp == &PyByteArray_Type || tp == &PyMemoryView_Type) {
+        const char *p;
+        size_t n;
+        if (tp == &PyBytes_Type) {
+            p = PyBytes_AS_STRING(obj);
+            n = (size_t)PyBytes_GET_SIZE(obj);
+        } else {
+            Py_buffer *view;
+            if (add_view(f, obj, &view) < 0) {
+                if (tp == &PyByteArray_Type)
+                    return -1;
+                PyErr_Clear(); /* a non-contiguous memoryview: pickle's error */
+                goto slow;
             }
-            goto out;
+            p = view->buf;
+            n = (size_t)view->len;
         }
-        if (tp == &PyByteArray_Type)
-            return -1;
-        PyErr_Clear(); /* a non-contiguous memoryview: pickle's error */
-        goto slow;
+        if (tp == &PyByteArray_Type) {
+            rc = put_tag_u64(f, T_BYTEARRAY, n);
+            if (rc == 0)
+                rc = n < EXTERNAL_MIN ? put_raw(f, p, n) : frame_external(f, p, n);
+        } else if (n >= CMP_PY_BIG) {
+            /* a memoryview arrives as bytes (the stdlib cannot send one).
+             * Large bytes: the payload first and an odd total, so that the
+             * receiver copies it straight into a bytes object of its own
+             * (see cmp_py_msg_new) and only trims the tail */
+            tail = 1;
+            rc = frame_external(f, p, n);
+            if (rc == 0)
+                rc = n % 2 ? ((put_u8(f, 0) < 0 || put_u8(f, T_TAIL2) < 0) ? -1 : 0)
+                           : put_u8(f, T_TAIL1);
+        } else {
+            rc = put_bytes_like(f, T_BYTES8, T_BYTES, p, n, obj);
+        }
+        goto out;
     }
     fast_ctx cx;
     cx.mutable = cx.mutable_inline;
@@ -455,6 +474,9 @@ int cmp_py_encode(cmp_py_state *st, PyObject *obj, cmp_py_frame *f)
 slow:
     rc = pickle_encode(st, f, obj);
 out:
+    /* large messages other than bytes have an even size (see above) */
+    if (rc == 0 && !tail && f->size + f->len >= CMP_PY_BIG && (f->size + f->len) % 2)
+        rc = put_u8(f, 0);
     if (rc == 0)
         rc = frame_cut(f);
     if (rc < 0) {
@@ -600,174 +622,155 @@ static PyObject *fast_decode(rd *r, int depth)
     }
 }
 
-void cmp_py_unframe_init(cmp_py_unframe *u)
+/* A pickled message: [T_PICKLE][u32 nbuf][u64 plen][u64 len|RO]*nbuf
+ * [pickle][buffers] in data (len bytes, maybe one pad byte). With view (a
+ * memoryview of the message's own bytearray) the parts are slices of it;
+ * without, copies. */
+static PyObject *decode_pickle(cmp_py_state *st, const char *data, size_t len,
+                               PyObject *view)
 {
-    memset(u, 0, sizeof *u);
-}
-
-void cmp_py_unframe_clear(cmp_py_unframe *u)
-{
-    Py_CLEAR(u->value);
-    Py_CLEAR(u->pickled);
-    Py_CLEAR(u->buffers);
-    if (u->pieces != u->inline_pieces)
-        PyMem_Free(u->pieces);
-    cmp_py_unframe_init(u);
-}
-
-static int unframe_add(cmp_py_unframe *u, void *dst, size_t n)
-{
-    if (!u->pieces) {
-        u->pieces = u->inline_pieces;
-        u->cap_pieces = (int)(sizeof u->inline_pieces / sizeof u->inline_pieces[0]);
+    uint32_t nbuf;
+    uint64_t plen;
+    if (len < 13)
+        return corrupt();
+    memcpy(&nbuf, data + 1, 4);
+    memcpy(&plen, data + 5, 8);
+    size_t hlen = 13 + 8 * (size_t)nbuf;
+    if (hlen > len || plen > len - hlen)
+        return corrupt();
+    uint64_t sum = plen;
+    for (uint32_t i = 0; i < nbuf; i++) {
+        uint64_t e;
+        memcpy(&e, data + 13 + 8 * (size_t)i, 8);
+        sum += e & ~READONLY_BIT;
+        if (sum > len - hlen)
+            return corrupt();
     }
-    return pieces_push(&u->pieces, &u->npieces, &u->cap_pieces, u->inline_pieces,
-                       (cmp_py_piece){dst, n, 0});
-}
-
-Py_ssize_t cmp_py_decode_head(cmp_py_state *st, const char *head, size_t avail,
-                              size_t total, cmp_py_unframe *u)
-{
-    (void)st;
-    if (total == 0 || avail == 0) {
-        if (total == 0) {
-            corrupt();
-            return -1;
-        }
-        return 1;
+    if (len - hlen - sum > 1)
+        return corrupt();
+    PyObject *pickled = NULL, *buffers = PyList_New(nbuf), *r = NULL;
+    if (!buffers)
+        return NULL;
+    size_t off = hlen;
+    if (view)
+        pickled = PySequence_GetSlice(view, (Py_ssize_t)off, (Py_ssize_t)(off + plen));
+    else
+        pickled = PyBytes_FromStringAndSize(data + off, (Py_ssize_t)plen);
+    if (!pickled)
+        goto done;
+    off += plen;
+    for (uint32_t i = 0; i < nbuf; i++) {
+        uint64_t e;
+        memcpy(&e, data + 13 + 8 * (size_t)i, 8);
+        Py_ssize_t n = (Py_ssize_t)(e & ~READONLY_BIT);
+        PyObject *b;
+        /* writable buffers (a numpy array's) come back writable; pickle
+         * makes the read-only ones read-only again */
+        if (view)
+            b = PySequence_GetSlice(view, (Py_ssize_t)off, (Py_ssize_t)off + n);
+        else if (e & READONLY_BIT)
+            b = PyBytes_FromStringAndSize(data + off, n);
+        else
+            b = PyByteArray_FromStringAndSize(data + off, n);
+        if (!b)
+            goto done;
+        PyList_SET_ITEM(buffers, i, b);
+        off += (size_t)n;
     }
-    unsigned tag = (unsigned char)head[0];
-    if (tag == T_BYTES || tag == T_BYTEARRAY || tag == T_ASCII || tag == T_UTF8) {
-        /* a large top-level value: read straight into the result */
-        if (avail < 9)
-            return 9;
-        uint64_t n;
-        memcpy(&n, head + 1, 8);
-        if (n != total - 9) {
-            corrupt();
-            return -1;
-        }
-        if (tag == T_BYTES)
-            u->value = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n);
-        else if (tag == T_BYTEARRAY)
-            u->value = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)n);
-        else if (tag == T_ASCII)
-            u->value = PyUnicode_New((Py_ssize_t)n, 127);
-        else /* UTF-8 is decoded at the end from a bytes */
-            u->pickled = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n);
-        if (!u->value && !u->pickled)
-            return -1;
-        void *dst = tag == T_BYTES      ? PyBytes_AS_STRING(u->value)
-                    : tag == T_BYTEARRAY ? PyByteArray_AS_STRING(u->value)
-                    : tag == T_ASCII     ? PyUnicode_DATA(u->value)
-                                         : PyBytes_AS_STRING(u->pickled);
-        u->tag = tag;
-        if (n && unframe_add(u, dst, (size_t)n) < 0)
-            return -1;
-        return 9;
-    }
-    if (tag == T_PICKLE) {
-        if (avail < 13)
-            return 13;
-        uint32_t nbuf;
-        uint64_t plen;
-        memcpy(&nbuf, head + 1, 4);
-        memcpy(&plen, head + 5, 8);
-        size_t hlen = 13 + 8 * (size_t)nbuf;
-        if (hlen > total) {
-            corrupt();
-            return -1;
-        }
-        if (avail < hlen)
-            return (Py_ssize_t)hlen;
-        uint64_t sum = plen;
-        for (uint32_t i = 0; i < nbuf; i++) {
-            uint64_t e;
-            memcpy(&e, head + 13 + 8 * (size_t)i, 8);
-            sum += e & ~READONLY_BIT;
-        }
-        if (sum != total - hlen) {
-            corrupt();
-            return -1;
-        }
-        u->tag = tag;
-        u->pickled = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)plen);
-        u->buffers = PyList_New(nbuf);
-        if (!u->pickled || !u->buffers)
-            return -1;
-        if (plen && unframe_add(u, PyBytes_AS_STRING(u->pickled), (size_t)plen) < 0)
-            return -1;
-        for (uint32_t i = 0; i < nbuf; i++) {
-            uint64_t e;
-            memcpy(&e, head + 13 + 8 * (size_t)i, 8);
-            Py_ssize_t n = (Py_ssize_t)(e & ~READONLY_BIT);
-            /* writable buffers (a numpy array's) come back writable */
-            PyObject *b = (e & READONLY_BIT) ? PyBytes_FromStringAndSize(NULL, n)
-                                              : PyByteArray_FromStringAndSize(NULL, n);
-            if (!b)
-                return -1;
-            PyList_SET_ITEM(u->buffers, i, b);
-            void *dst = PyBytes_Check(b) ? PyBytes_AS_STRING(b) : PyByteArray_AS_STRING(b);
-            if (n && unframe_add(u, dst, (size_t)n) < 0)
-                return -1;
-        }
-        return (Py_ssize_t)hlen;
-    }
-    /* a compact value: small, decoded in one go */
-    if (avail < total) {
-        if (total > PY_SSIZE_T_MAX) {
-            corrupt();
-            return -1;
-        }
-        return (Py_ssize_t)total;
-    }
-    rd r = {head, head + total};
-    u->value = fast_decode(&r, 0);
-    if (!u->value)
-        return -1;
-    if (r.p != r.end) {
-        corrupt();
-        return -1;
-    }
-    u->tag = tag;
-    return (Py_ssize_t)total;
-}
-
-PyObject *cmp_py_decode_finish(cmp_py_state *st, cmp_py_unframe *u)
-{
-    PyObject *r;
-    if (u->tag == T_PICKLE) {
-        PyObject *args[2] = {u->pickled, u->buffers};
-        r = PyObject_Vectorcall(st->pickle_loads, args, 1, st->kw_buffers);
-    } else if (u->tag == T_UTF8) {
-        r = PyUnicode_DecodeUTF8(PyBytes_AS_STRING(u->pickled), PyBytes_GET_SIZE(u->pickled),
-                                 "surrogatepass");
-    } else {
-        r = u->value;
-        u->value = NULL;
-    }
-    cmp_py_unframe_clear(u);
+    PyObject *args[2] = {pickled, buffers};
+    r = PyObject_Vectorcall(st->pickle_loads, args, 1, st->kw_buffers);
+done:
+    Py_XDECREF(pickled);
+    Py_DECREF(buffers);
     return r;
 }
 
-PyObject *cmp_py_decode(cmp_py_state *st, const char *data, size_t size)
+PyObject *cmp_py_decode(cmp_py_state *st, const char *data, size_t len)
 {
-    cmp_py_unframe u;
-    cmp_py_unframe_init(&u);
-    Py_ssize_t h = cmp_py_decode_head(st, data, size, size, &u);
-    if (h < 0) {
-        cmp_py_unframe_clear(&u);
-        return NULL;
+    if (len == 0)
+        return corrupt();
+    unsigned tag = (unsigned char)data[0];
+    if (len >= CMP_PY_BIG && len % 2) { /* large bytes, payload first */
+        unsigned last = (unsigned char)data[len - 1];
+        size_t n = last == T_TAIL1 ? len - 1 : last == T_TAIL2 ? len - 2 : (size_t)-1;
+        if (n == (size_t)-1)
+            return corrupt();
+        return PyBytes_FromStringAndSize(data, (Py_ssize_t)n);
     }
-    const char *p = data + h;
-    for (int i = 0; i < u.npieces; i++) {
-        memcpy(u.pieces[i].ptr, p, u.pieces[i].len);
-        p += u.pieces[i].len;
+    if (tag == T_PICKLE)
+        return decode_pickle(st, data, len, NULL);
+    rd r = {data, data + len};
+    PyObject *v = fast_decode(&r, 0);
+    /* large messages may end with a pad byte */
+    if (v && r.p != r.end && !(len >= CMP_PY_BIG && r.p + 1 == r.end)) {
+        Py_DECREF(v);
+        return corrupt();
     }
-    return cmp_py_decode_finish(st, &u);
+    return v;
 }
 
-/* ---- Python-level helpers (for tests and for connections) -------------- */
+PyObject *cmp_py_msg_new(size_t len, char **data)
+{
+    PyObject *o;
+    if (len % 2) {
+        o = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len);
+        if (o)
+            *data = PyBytes_AS_STRING(o);
+    } else {
+        o = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)len);
+        if (o)
+            *data = PyByteArray_AS_STRING(o);
+    }
+    return o;
+}
+
+PyObject *cmp_py_decode_owned(cmp_py_state *st, PyObject *owner, size_t len)
+{
+    if (len % 2) {
+        /* large bytes, payload first: trim the tail in place */
+        const char *data = PyBytes_AS_STRING(owner);
+        unsigned last = (unsigned char)data[len - 1];
+        size_t n = last == T_TAIL1 ? len - 1 : last == T_TAIL2 ? len - 2 : (size_t)-1;
+        if (n == (size_t)-1) {
+            Py_DECREF(owner);
+            return corrupt();
+        }
+        if (_PyBytes_Resize(&owner, (Py_ssize_t)n) < 0)
+            return NULL;
+        return owner;
+    }
+    const char *data = PyByteArray_AS_STRING(owner);
+    unsigned tag = (unsigned char)data[0];
+    PyObject *r;
+    if (tag == T_BYTEARRAY && len >= 9) {
+        /* the message's own bytearray is the value: drop the head (O(1):
+         * bytearray moves its start) and the pad */
+        uint64_t n;
+        memcpy(&n, data + 1, 8);
+        if (n != len - 9 && n != len - 10) {
+            Py_DECREF(owner);
+            return corrupt();
+        }
+        if (PySequence_DelSlice(owner, 0, 9) < 0 ||
+            PyByteArray_Resize(owner, (Py_ssize_t)n) < 0) {
+            Py_DECREF(owner);
+            return NULL;
+        }
+        return owner;
+    }
+    if (tag == T_PICKLE) {
+        /* out-of-band buffers are slices of the message: no second copy */
+        PyObject *view = PyMemoryView_FromObject(owner);
+        r = view ? decode_pickle(st, data, len, view) : NULL;
+        Py_XDECREF(view);
+    } else {
+        r = cmp_py_decode(st, data, len);
+    }
+    Py_DECREF(owner);
+    return r;
+}
+
+/* ---- Python-level helpers (for tests) ---------------------------------- */
 
 static PyObject *py_dumps(PyObject *module, PyObject *obj)
 {
@@ -788,12 +791,24 @@ static PyObject *py_dumps(PyObject *module, PyObject *obj)
     return out;
 }
 
+/* Decodes as a queue does: small messages from memory, large ones in an
+ * object of their own. */
 static PyObject *py_loads(PyObject *module, PyObject *data)
 {
+    cmp_py_state *st = cmp_py_state_of_module(module);
     Py_buffer view;
     if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
         return NULL;
-    PyObject *r = cmp_py_decode(cmp_py_state_of_module(module), view.buf, (size_t)view.len);
+    PyObject *r;
+    if ((size_t)view.len < CMP_PY_BIG) {
+        r = cmp_py_decode(st, view.buf, (size_t)view.len);
+    } else {
+        char *dst;
+        PyObject *owner = cmp_py_msg_new((size_t)view.len, &dst);
+        if (owner)
+            memcpy(dst, view.buf, (size_t)view.len);
+        r = owner ? cmp_py_decode_owned(st, owner, (size_t)view.len) : NULL;
+    }
     PyBuffer_Release(&view);
     return r;
 }
