@@ -215,6 +215,7 @@ int cmp_py_process_init(PyObject *module, cmp_py_state *st);
 int cmp_py_context_init(PyObject *module, cmp_py_state *st);
 int cmp_py_sharedctypes_init(PyObject *module, cmp_py_state *st);
 int cmp_py_serialize_init(PyObject *module, cmp_py_state *st);
+int cmp_py_queue_init(PyObject *module, cmp_py_state *st);
 
 /* Per-concept GC of the state. */
 int cmp_py_state_traverse(cmp_py_state *st, visitproc visit, void *arg);
