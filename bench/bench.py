@@ -194,6 +194,70 @@ def pipe_send_bytes_1mib(mp, n):
     return elapsed / n
 
 
+def _q_producer(q, start, n, item):
+    start.wait()
+    put = q.put
+    for _ in range(n):
+        put(item)
+
+
+def _q_run(mp, nprod, n, item, get_many=False):
+    """nprod producer processes put n items each; this process gets them
+    all. Timed from the start signal to the last item got."""
+    q = mp.Queue()
+    start = mp.Event()
+    procs = [mp.Process(target=_q_producer, args=(q, start, n, item)) for _ in range(nprod)]
+    for p in procs:
+        p.start()
+    total = nprod * n
+    t = time.perf_counter()
+    start.set()
+    if get_many:
+        got = 0
+        while got < total:
+            got += len(q.get_many(1000))
+    else:
+        get = q.get
+        for _ in range(total):
+            get()
+    elapsed = time.perf_counter() - t
+    for p in procs:
+        p.join(60)
+    return elapsed / total
+
+
+SMALL_ITEM = (12345, "small", 2.5)
+
+
+@scenario("Queue 1->1 small objects", "us", 0.15)
+def queue_small(mp, n):
+    return _q_run(mp, 1, max(2000, n // 10), SMALL_ITEM)
+
+
+# Both sides call get() per item (the stdlib has no batch get).
+@scenario("Queue 4->1 small objects", "us", 0.15)
+def queue_small_4(mp, n):
+    return _q_run(mp, 4, max(500, n // 40), SMALL_ITEM)
+
+
+# Reference row: the stdlib side calls get() per item (it has no batch
+# get); ours calls get_many(1000), so this ratio is not like for like.
+@scenario("  (ours with get_many; stdlib get)", "us", None)
+def queue_small_4_many(mp, n):
+    return _q_run(mp, 4, max(500, n // 40), SMALL_ITEM, get_many=hasattr(mp.Queue(), "get_many"))
+
+
+@scenario("Queue 1 MiB bytes 1->1", "us", 0.1)
+def queue_1mib(mp, n):
+    return _q_run(mp, 1, max(50, n // 1000), b"x" * (1 << 20))
+
+
+@scenario("Queue 64 MiB numpy array 1->1", "ms", None)
+def queue_numpy_64mib(mp, n):
+    import numpy
+    return _q_run(mp, 1, 4, numpy.ones(8 << 20))
+
+
 SCALE = {"us": 1e6, "ms": 1e3}
 
 

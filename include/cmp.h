@@ -95,6 +95,39 @@ typedef struct cmp_barrier {
     uint32_t generation;
 } cmp_barrier_t;
 
+/* Message ring: a byte ring for variable-size messages, many producers and
+ * many consumers, in shared memory. The header is followed directly by the
+ * data area (see cmp_ring_footprint()). */
+typedef struct cmp_ring {
+    /* read-only after init */
+    uint64_t capacity;      /* bytes in the data area, a power of two */
+    uint64_t max_count;     /* messages the ring may hold, 0 = no limit */
+    uint32_t closed;        /* futex-free flag, set by cmp_ring_close() */
+    uint32_t pad0[11];
+    /* producer side (own cache line) */
+    uint64_t tail;          /* published write position | message count */
+    cmp_lock_t plock;       /* held by the producer putting a message */
+    uint32_t pstream;       /* 1 while a streamed message is half written */
+    uint32_t space_seq;     /* futex word: bumped when space was freed */
+    uint32_t space_waiters; /* the producer sleeping for space (0 or 1) */
+    uint32_t pad1[10];
+    /* consumer side (own cache line) */
+    uint64_t head;          /* consumed position | message count */
+    cmp_lock_t clock;       /* held by the consumer getting a message */
+    uint32_t data_seq;      /* futex word: bumped when data was published */
+    uint32_t data_waiters;  /* the consumer sleeping for data (0 or 1) */
+    uint32_t pad2[11];
+} cmp_ring_t;
+
+/* Queue: a ring plus the counters of a joinable queue. Followed directly by
+ * the ring (see cmp_queue_footprint()). */
+typedef struct cmp_queue {
+    uint32_t done;          /* futex word: task_done() calls, mod 2^32 */
+    uint32_t join_waiters;  /* processes inside cmp_queue_join() */
+    uint32_t pad[14];
+    cmp_ring_t ring;
+} cmp_queue_t;
+
 /* A child process (process-local handle). */
 typedef struct cmp_process {
     pid_t pid;
@@ -263,6 +296,178 @@ void cmp_barrier_reset(cmp_barrier_t *barrier);
 uint32_t cmp_barrier_parties(const cmp_barrier_t *barrier);
 uint32_t cmp_barrier_n_waiting(const cmp_barrier_t *barrier);
 int cmp_barrier_broken(const cmp_barrier_t *barrier);
+
+/* ------------------------------------------------------------------------
+ * Message ring
+ *
+ * Messages of any size, 0 bytes up, in the order each producer put them;
+ * every message is delivered once. A message of up to capacity/2 bytes is
+ * one record, published at once when it is completely written; a larger one
+ * is streamed in chunks through the ring while the producer holds the
+ * producer lock and the consumer the consumer lock, so any size goes
+ * through a small ring.
+ *
+ * Crashes: a producer killed in the middle of a put leaves nothing visible
+ * (or, for a streamed message, the next producer or the waiting consumer
+ * marks it aborted and it is dropped); a consumer killed in the middle of a
+ * get leaves an unstreamed message (and a batch) in the ring to be
+ * delivered whole to the next consumer; a streamed message whose delivery
+ * had begun is dropped whole. Nothing partial is ever delivered, and no lock
+ * stays held.
+ *
+ * Deadlines: absolute CLOCK_MONOTONIC; NULL waits forever; CMP_NOWAIT makes
+ * one non-blocking attempt that fails with -EAGAIN. A consumer that has
+ * begun a streamed message finishes it regardless of its deadline and of
+ * signals (it stops only if the producer dies: the message is then
+ * dropped); a producer whose deadline passes or who is interrupted in the
+ * middle of a stream aborts it (consumers drop it) and returns
+ * -ETIMEDOUT / -EINTR.
+ * ------------------------------------------------------------------------ */
+
+/* A deadline that means "do not wait" (returns -EAGAIN instead of
+ * blocking). Any deadline equal to {0, 0} counts as it. */
+extern const struct timespec cmp_nowait;
+#define CMP_NOWAIT (&cmp_nowait)
+
+#define CMP_RING_MIN_CAPACITY 64u
+#define CMP_RING_MAX_CAPACITY (1u << 30)
+#define CMP_RING_DEFAULT_CAPACITY (4u << 20)
+/* Largest max_count of a ring and maxsize of a queue. */
+#define CMP_QUEUE_MAXSIZE_MAX ((1u << 27) - 1)
+
+struct iovec;
+
+/* Bytes of shared memory a ring of capacity bytes needs (header + data
+ * area). capacity is rounded up to a power of two in
+ * [CMP_RING_MIN_CAPACITY, CMP_RING_MAX_CAPACITY]; 0 means the default. Pages
+ * of a memfd mapping are committed only when the ring first reaches them. */
+size_t cmp_ring_footprint(size_t capacity);
+
+/* Initializes a ring in mem (cmp_ring_footprint(capacity) bytes of shared
+ * memory, 8-byte aligned; 64 is better). max_count limits the number of
+ * messages the ring holds (a put waits while it is reached), 0 = only the
+ * bytes limit. Returns 0, or -EINVAL for a capacity above the maximum or
+ * max_count above CMP_QUEUE_MAXSIZE_MAX. */
+int cmp_ring_init(cmp_ring_t *ring, size_t capacity, uint64_t max_count);
+
+/* The capacity the ring was initialized with (rounded). */
+size_t cmp_ring_capacity(const cmp_ring_t *ring);
+
+/* Puts one message: the concatenation of iovcnt buffers (gather; no
+ * intermediate copy). Blocks while the ring is full (bytes or max_count).
+ * Returns 0, -ETIMEDOUT, -EAGAIN (CMP_NOWAIT and no room, or another
+ * producer busy), -EINTR (nothing was put), -EPIPE once closed,
+ * -EINVAL for iovcnt < 0. */
+int cmp_ring_putv(cmp_ring_t *ring, const struct iovec *iov, int iovcnt,
+                  const struct timespec *deadline);
+/* One contiguous buffer. Returns as cmp_ring_putv. */
+int cmp_ring_put(cmp_ring_t *ring, const void *data, size_t len,
+                 const struct timespec *deadline);
+
+/* Puts up to nmsg messages under one acquisition of the producer lock, in
+ * order. Message i is counts[i] consecutive buffers of iov (counts NULL:
+ * one buffer per message). Waits for room as cmp_ring_putv does.
+ * Returns how many messages were put (1..nmsg; fewer than nmsg when the
+ * deadline passed or a signal came after some were put), or, when none
+ * was, an error as cmp_ring_putv. nmsg 0 returns 0. */
+long cmp_ring_put_many(cmp_ring_t *ring, const struct iovec *iov,
+                       const unsigned *counts, size_t nmsg,
+                       const struct timespec *deadline);
+
+/* Tells the consumer where to copy a message of len bytes: returns a buffer
+ * of at least len bytes (any non-NULL pointer when len is 0), or NULL to
+ * refuse it (the message stays in the ring). Called under the consumer
+ * lock, once per message, before any byte of it is copied; the message is
+ * copied straight from the ring into that buffer, exactly once. */
+typedef void *(*cmp_ring_alloc_fn)(void *arg, size_t len);
+
+/* Gets one message. Blocks while the ring is empty. Returns 0 (the message
+ * is in the buffer alloc returned), -ETIMEDOUT, -EAGAIN (CMP_NOWAIT and
+ * empty, or another consumer waiting for data), -EINTR, -ENOBUFS (alloc
+ * returned NULL; the message stays in the ring), -ECONNABORTED (a streamed
+ * message was dropped midway because its producer died or gave up; call
+ * again), -EPIPE once closed and empty.
+ * Rule for buffers: the messages returned are in the buffers of the first
+ * calls to alloc; a buffer from a later call (at most one) was not filled
+ * and is the caller's to free. */
+int cmp_ring_get(cmp_ring_t *ring, cmp_ring_alloc_fn alloc, void *arg,
+                 const struct timespec *deadline);
+
+/* Gets up to max messages under one acquisition of the consumer lock:
+ * waits (until the deadline) for the first, then takes those already
+ * there without waiting. alloc is called once per message, in order.
+ * Returns the number got (1..max), or an error as cmp_ring_get when none
+ * was. max 0 returns 0. */
+long cmp_ring_get_many(cmp_ring_t *ring, cmp_ring_alloc_fn alloc, void *arg,
+                       size_t max, const struct timespec *deadline);
+
+/* Waits until a message is available without taking it (for poll()).
+ * Returns 1 when one is, -ETIMEDOUT, -EAGAIN (CMP_NOWAIT, none), -EINTR,
+ * -EPIPE once closed and empty. A consumer mid-get counts as busy. */
+int cmp_ring_wait(cmp_ring_t *ring, const struct timespec *deadline);
+
+/* Messages completely put and not yet got (exact, also after crashes).
+ * A streamed message counts once its last byte is in. */
+uint64_t cmp_ring_count(const cmp_ring_t *ring);
+/* Bytes used in the data area (records, headers included). */
+size_t cmp_ring_used(const cmp_ring_t *ring);
+
+/* Closes the ring: puts fail with -EPIPE, gets drain what is there and then
+ * fail with -EPIPE; everyone blocked in it wakes. Irreversible. */
+void cmp_ring_close(cmp_ring_t *ring);
+int cmp_ring_is_closed(const cmp_ring_t *ring);
+
+/* ------------------------------------------------------------------------
+ * Queues
+ *
+ * A ring limited to maxsize items (0 = unbounded) with the counters of a
+ * joinable queue: every put adds an unfinished task, task_done removes
+ * one, join waits until none is left. Counts are exact across crashes
+ * (a put counts once its message is published; task_done is one atomic
+ * step). put/get behave as the ring functions of the same name.
+ * ------------------------------------------------------------------------ */
+
+
+/* Bytes of shared memory a queue with a ring of capacity bytes needs
+ * (capacity as for cmp_ring_footprint). */
+size_t cmp_queue_footprint(size_t capacity);
+
+/* Initializes a queue in mem (cmp_queue_footprint(capacity) bytes of shared
+ * memory). maxsize 0 = unbounded (a put then waits only when the ring's
+ * bytes are full). Returns 0, -EINVAL (capacity too large, maxsize above
+ * CMP_QUEUE_MAXSIZE_MAX). */
+int cmp_queue_init(cmp_queue_t *q, size_t capacity, uint32_t maxsize);
+
+/* The underlying ring. */
+cmp_ring_t *cmp_queue_ring(cmp_queue_t *q);
+uint32_t cmp_queue_maxsize(const cmp_queue_t *q);
+
+int cmp_queue_put(cmp_queue_t *q, const void *data, size_t len,
+                  const struct timespec *deadline);
+int cmp_queue_putv(cmp_queue_t *q, const struct iovec *iov, int iovcnt,
+                   const struct timespec *deadline);
+long cmp_queue_put_many(cmp_queue_t *q, const struct iovec *iov,
+                        const unsigned *counts, size_t nmsg,
+                        const struct timespec *deadline);
+int cmp_queue_get(cmp_queue_t *q, cmp_ring_alloc_fn alloc, void *arg,
+                  const struct timespec *deadline);
+long cmp_queue_get_many(cmp_queue_t *q, cmp_ring_alloc_fn alloc, void *arg,
+                        size_t max, const struct timespec *deadline);
+
+/* Items in the queue (exact), and the predicates on it. */
+uint64_t cmp_queue_qsize(const cmp_queue_t *q);
+int cmp_queue_empty(const cmp_queue_t *q);
+int cmp_queue_full(const cmp_queue_t *q);
+
+/* Joinable counters. task_done: 0, or -EOVERFLOW when called more times
+ * than items were put. join: 0 once no task is unfinished, -ETIMEDOUT,
+ * -EAGAIN (CMP_NOWAIT with tasks left), -EINTR. unfinished: the count of
+ * items put and not yet marked done. */
+int cmp_queue_task_done(cmp_queue_t *q);
+int cmp_queue_join(cmp_queue_t *q, const struct timespec *deadline);
+uint64_t cmp_queue_unfinished(const cmp_queue_t *q);
+
+void cmp_queue_close(cmp_queue_t *q);
 
 /* ------------------------------------------------------------------------
  * Processes

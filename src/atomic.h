@@ -63,6 +63,22 @@ static inline uint32_t cmp__fetch_sub(uint32_t *p, uint32_t v)
     return __atomic_fetch_sub(p, v, __ATOMIC_ACQ_REL);
 }
 
+/* 64-bit words (ring positions). */
+static inline uint64_t cmp__load64_relaxed(const uint64_t *p)
+{
+    return __atomic_load_n(p, __ATOMIC_RELAXED);
+}
+
+static inline uint64_t cmp__load64_acquire(const uint64_t *p)
+{
+    return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+}
+
+static inline void cmp__store64_release(uint64_t *p, uint64_t v)
+{
+    __atomic_store_n(p, v, __ATOMIC_RELEASE);
+}
+
 /* Orders a plain store before a later load (Dekker-style waiter checks). */
 static inline void cmp__fence_seq_cst(void)
 {

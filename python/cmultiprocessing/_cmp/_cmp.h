@@ -62,13 +62,23 @@ typedef struct {
     /* connections (connection.c) */
     PyTypeObject *Connection_type;
     PyTypeObject *Listener_type;
-    PyObject *pickle_dumps;            /* pickle.dumps / loads, as the stdlib's */
-    PyObject *pickle_loads;            /* ForkingPickler uses them by default */
     /* exceptions (errors.c), same hierarchy as multiprocessing's */
     PyObject *ProcessError;
     PyObject *BufferTooShort;
     PyObject *TimeoutError;
     PyObject *AuthenticationError;
+    /* messages (serialize.c): _pickle.dumps/loads and their arguments */
+    PyObject *pickle_dumps;
+    PyObject *pickle_loads;
+    PyObject *pickle_protocol;         /* 5 */
+    PyObject *kw_buffer_callback;      /* ("buffer_callback",) */
+    PyObject *kw_buffers;              /* ("buffers",) */
+    /* queues (queue.c) */
+    PyTypeObject *Queue_type;
+    PyTypeObject *SimpleQueue_type;
+    PyTypeObject *JoinableQueue_type;
+    PyObject *Empty;                   /* queue.Empty */
+    PyObject *Full;                    /* queue.Full */
 } cmp_py_state;
 
 extern PyModuleDef cmp_py_module_def;
@@ -199,6 +209,56 @@ void cmp_py_fork_threading_disarm(void);
 int cmp_py_add_fast_methods(cmp_py_state *st, PyTypeObject *type, PyMethodDef *defs,
                             Py_ssize_t cache_offset);
 
+/* Messages (serialize.c). A message is the object in a compact tagged
+ * encoding for small built-in values, or pickled (protocol 5) with its
+ * out-of-band buffers after the pickle stream. Both sides work in pieces so
+ * that large payloads are copied once, straight between the objects and
+ * shared memory. */
+typedef struct {
+    void *ptr;  /* where the piece's bytes are (read or written) */
+    size_t len;
+    size_t off; /* private */
+} cmp_py_piece;
+
+/* An encoded message: pieces[0..npieces) in order, size bytes in all,
+ * pointing into the frame and into the objects it keeps alive. Must not be
+ * moved or changed while the pieces are in use. */
+typedef struct {
+    cmp_py_piece *pieces;
+    int npieces;
+    size_t size;
+    /* private */
+    int cap_pieces;
+    char *buf;
+    size_t len, cap, cut;
+    Py_buffer *views;
+    int nviews;
+    PyObject *keep;
+    cmp_py_piece inline_pieces[4];
+    char inline_buf[256];
+} cmp_py_frame;
+
+void cmp_py_frame_init(cmp_py_frame *f);
+/* Encodes obj into an initialized, empty frame. Returns 0, or -1 with the
+ * exception of pickling (the frame is then empty). */
+int cmp_py_encode(cmp_py_state *st, PyObject *obj, cmp_py_frame *f);
+/* Releases what the frame holds and leaves it empty and reusable. */
+void cmp_py_frame_clear(cmp_py_frame *f);
+
+/* Decoding. A message below CMP_PY_BIG bytes is copied out of the queue
+ * into any memory and decoded from there (cmp_py_decode). A larger one is
+ * copied straight into the object cmp_py_msg_new makes for it (a bytes
+ * object for odd sizes, a bytearray for even ones: the encoder picks the
+ * size), which becomes the value or holds its out-of-band buffers
+ * (cmp_py_decode_owned); so the payload is copied out exactly once. */
+#define CMP_PY_BIG ((size_t)64 << 10)
+/* The whole message in data: the object, or NULL with an exception. */
+PyObject *cmp_py_decode(cmp_py_state *st, const char *data, size_t len);
+/* New object to receive a message of len >= CMP_PY_BIG bytes at *data. */
+PyObject *cmp_py_msg_new(size_t len, char **data);
+/* The object of the message in owner (from cmp_py_msg_new; stolen). */
+PyObject *cmp_py_decode_owned(cmp_py_state *st, PyObject *owner, size_t len);
+
 /* Per-concept module initialization, called from module.c's exec slot. */
 int cmp_py_fastmethod_init(PyObject *module, cmp_py_state *st);
 int cmp_py_errors_init(PyObject *module, cmp_py_state *st);
@@ -212,6 +272,9 @@ int cmp_py_process_init(PyObject *module, cmp_py_state *st);
 int cmp_py_context_init(PyObject *module, cmp_py_state *st);
 int cmp_py_sharedctypes_init(PyObject *module, cmp_py_state *st);
 int cmp_py_connection_init(PyObject *module, cmp_py_state *st);
+
+int cmp_py_serialize_init(PyObject *module, cmp_py_state *st);
+int cmp_py_queue_init(PyObject *module, cmp_py_state *st);
 
 /* Per-concept GC of the state. */
 int cmp_py_state_traverse(cmp_py_state *st, visitproc visit, void *arg);

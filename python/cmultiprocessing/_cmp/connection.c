@@ -1272,19 +1272,13 @@ static PyMethodDef connection_functions[] = {
 
 int cmp_py_connection_init(PyObject *module, cmp_py_state *st)
 {
-    PyObject *pickle = PyImport_ImportModule("pickle");
-    if (!pickle)
-        return -1;
-    st->pickle_dumps = PyObject_GetAttrString(pickle, "dumps");
-    st->pickle_loads = PyObject_GetAttrString(pickle, "loads");
-    Py_DECREF(pickle);
-    if (!st->pickle_dumps || !st->pickle_loads)
-        return -1;
-    st->Connection_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &Conn_spec, NULL);
+    /* send()/recv() pickle with serialize.c's st->pickle_dumps/loads (the C
+     * pickle module, default protocol, as the stdlib's ForkingPickler). */
+    st->Connection_type = (PyTypeObject *)cmp_py_type_from_spec(module, &Conn_spec, NULL);
     if (!st->Connection_type ||
         PyModule_AddObjectRef(module, "_Connection", (PyObject *)st->Connection_type) < 0)
         return -1;
-    st->Listener_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &Listener_spec, NULL);
+    st->Listener_type = (PyTypeObject *)cmp_py_type_from_spec(module, &Listener_spec, NULL);
     if (!st->Listener_type ||
         PyModule_AddObjectRef(module, "_Listener", (PyObject *)st->Listener_type) < 0)
         return -1;
