@@ -31,6 +31,7 @@ def test_c_quick_start(tmp_path):
     source.write_text(snippet("c", "cmp_process_start"))
     binary = tmp_path / "quick_start"
     env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    subprocess.run(["make", "-s", "-C", ROOT, "lib"], check=True, timeout=120, env=env)
     subprocess.run(["cc", "-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Werror",
                     "-I" + os.path.join(ROOT, "include"), str(source),
                     os.path.join(ROOT, "build", "libcmp.a"), "-lpthread", "-lm",
