@@ -21,7 +21,7 @@ const char *cmp_strerror(int err)
     case -EOVERFLOW:
         return "released too many times";
     case -EPIPE:
-        return "barrier is broken";
+        return "broken: the barrier was broken, or the other end is closed";
     default:
         /* strerror's table is static and never freed: safe to return. */
         return err < 0 ? strerror(-err) : "unknown result";
