@@ -32,7 +32,7 @@ CTEST_SRC := $(sort $(wildcard tests/c/test_*.c))
 CEXAMPLE_SRC := $(sort $(wildcard examples/c/*.c))
 CEXAMPLES := $(CEXAMPLE_SRC:examples/c/%.c=$(BUILD)/examples/%)
 
-.PHONY: all lib ext test test-c test-python sanitize bench demo install deps clean format
+.PHONY: all lib ext test test-c test-python sanitize bench bench-c demo install deps clean format
 
 all: lib ext $(CEXAMPLES)
 
@@ -66,6 +66,14 @@ $(BUILD)/examples/%: examples/c/%.c $(BUILD)/libcmp.a
 
 $(BUILD)/test_c: $(CTEST_SRC) $(wildcard tests/c/*.h) $(BUILD)/libcmp.a
 	$(CC) $(CFLAGS_ALL) -Itests/c -o $@ $(CTEST_SRC) $(BUILD)/libcmp.a -lcriterion $(LDLIBS)
+
+$(BUILD)/bench/%: bench/%.c $(BUILD)/libcmp.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -o $@ $< $(BUILD)/libcmp.a $(LDLIBS)
+
+# Raw C-level numbers for the ring (no stdlib comparison).
+bench-c: $(BUILD)/bench/ring_bench
+	$(BUILD)/bench/ring_bench
 
 deps:
 	@./scripts/install-deps.sh

@@ -1,0 +1,156 @@
+/* Raw throughput and latency of the libcmp message ring, between
+ * processes: `make bench-c` (build/bench/ring_bench). The Python-level,
+ * side-by-side-with-the-stdlib benchmarks live in bench/bench.py. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cmp.h"
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void *shared(size_t size)
+{
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+        perror("mmap");
+        exit(1);
+    }
+    return p;
+}
+
+struct sink {
+    uint8_t *buf;
+    size_t cap;
+};
+
+static void *sink_alloc(void *arg, size_t len)
+{
+    struct sink *s = arg;
+    if (len > s->cap) {
+        free(s->buf);
+        s->buf = malloc(len);
+        s->cap = len;
+    }
+    return s->buf ? (void *)s->buf : (void *)s;
+}
+
+static void producer(cmp_ring_t *r, size_t len, long n)
+{
+    uint8_t *buf = calloc(1, len ? len : 1);
+    for (long i = 0; i < n; i++)
+        if (cmp_ring_put(r, buf, len, NULL) != 0)
+            _exit(1);
+    _exit(0);
+}
+
+/* nprod producers each put n messages of len bytes; the parent gets them
+ * (batch: get_many of up to 64). Returns seconds. */
+static double run(size_t capacity, int nprod, size_t len, long n, int batch)
+{
+    cmp_ring_t *r = shared(cmp_ring_footprint(capacity));
+    cmp_ring_init(r, capacity, 0);
+    struct sink s = {0};
+    /* warm the ring's pages and the sink */
+    for (int i = 0; i < 2; i++) {
+        void *tmp = calloc(1, len ? len : 1);
+        pid_t pid = fork();
+        if (pid == 0)
+            producer(r, len, 1);
+        cmp_ring_get(r, sink_alloc, &s, NULL);
+        waitpid(pid, NULL, 0);
+        free(tmp);
+    }
+    pid_t pids[16];
+    double t0 = now();
+    for (int i = 0; i < nprod; i++)
+        if ((pids[i] = fork()) == 0)
+            producer(r, len, n);
+    long total = n * nprod;
+    for (long got = 0; got < total;) {
+        long k = batch ? cmp_ring_get_many(r, sink_alloc, &s, 64, NULL)
+                       : (cmp_ring_get(r, sink_alloc, &s, NULL) == 0 ? 1 : -1);
+        if (k < 0) {
+            fprintf(stderr, "get failed: %ld\n", k);
+            exit(1);
+        }
+        got += k;
+    }
+    double t = now() - t0;
+    for (int i = 0; i < nprod; i++)
+        waitpid(pids[i], NULL, 0);
+    munmap(r, cmp_ring_footprint(capacity));
+    free(s.buf);
+    return t;
+}
+
+/* Ping-pong: a message goes to the child and back. Returns seconds per
+ * round trip. */
+static double pingpong(long n)
+{
+    size_t cap = 64 * 1024;
+    cmp_ring_t *a = shared(cmp_ring_footprint(cap)), *b = shared(cmp_ring_footprint(cap));
+    cmp_ring_init(a, cap, 0);
+    cmp_ring_init(b, cap, 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        struct sink s = {0};
+        for (long i = 0; i < n + 100; i++) {
+            cmp_ring_get(a, sink_alloc, &s, NULL);
+            cmp_ring_put(b, "pong", 4, NULL);
+        }
+        _exit(0);
+    }
+    struct sink s = {0};
+    for (int i = 0; i < 100; i++) {
+        cmp_ring_put(a, "ping", 4, NULL);
+        cmp_ring_get(b, sink_alloc, &s, NULL);
+    }
+    double t0 = now();
+    for (long i = 0; i < n; i++) {
+        cmp_ring_put(a, "ping", 4, NULL);
+        cmp_ring_get(b, sink_alloc, &s, NULL);
+    }
+    double t = now() - t0;
+    waitpid(pid, NULL, 0);
+    free(s.buf);
+    return t / (double)n;
+}
+
+int main(void)
+{
+    const size_t cap = 4u << 20;
+    double t;
+    long n = 1000000;
+
+    t = run(cap, 1, 64, n, 0);
+    printf("1->1   64 B         %8.0f ns/msg  %6.2f M msg/s\n", t / n * 1e9, n / t / 1e6);
+    t = run(cap, 4, 64, n / 4, 0);
+    printf("4->1   64 B         %8.0f ns/msg  %6.2f M msg/s\n", t / n * 1e9, n / t / 1e6);
+    t = run(cap, 4, 64, n / 4, 1);
+    printf("4->1   64 B batch   %8.0f ns/msg  %6.2f M msg/s\n", t / n * 1e9, n / t / 1e6);
+    long m = 2000;
+    t = run(cap, 1, 1u << 20, m, 0);
+    printf("1->1   1 MiB        %8.1f us/msg  %6.2f GB/s\n", t / m * 1e6,
+           (double)m * (1u << 20) / t / 1e9);
+    long b = 20;
+    t = run(cap, 1, 64u << 20, b, 0);
+    printf("1->1   64 MiB strm  %8.2f ms/msg  %6.2f GB/s (4 MiB ring)\n", t / b * 1e3,
+           (double)b * (64u << 20) / t / 1e9);
+    t = run(64 * 1024, 1, 1u << 20, m, 0);
+    printf("1->1   1 MiB strm   %8.1f us/msg  %6.2f GB/s (64 KiB ring)\n", t / m * 1e6,
+           (double)m * (1u << 20) / t / 1e9);
+    t = pingpong(200000);
+    printf("ping-pong round trip %7.2f us\n", t * 1e6);
+    return 0;
+}
