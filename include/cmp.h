@@ -305,7 +305,11 @@ int cmp_barrier_broken(const cmp_barrier_t *barrier);
  * one record, published at once when it is completely written; a larger one
  * is streamed in chunks through the ring while the producer holds the
  * producer lock and the consumer the consumer lock, so any size goes
- * through a small ring.
+ * through a small ring. A put waits for room: a streamed message, or any
+ * message once the ring's bytes are full, needs a consumer running
+ * meanwhile (a thread that puts a message larger than capacity/2 and then
+ * gets it itself waits until its deadline). Size the capacity for what may
+ * be put before anyone gets.
  *
  * Crashes: a producer killed in the middle of a put leaves nothing visible
  * (or, for a streamed message, the next producer or the waiting consumer
