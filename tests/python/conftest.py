@@ -26,3 +26,12 @@ def mp(request):
 def cmp():
     """cmultiprocessing alone, for behaviour beyond the standard library."""
     return importlib.import_module("cmultiprocessing")
+
+
+def plain_build_env():
+    """The environment for a nested build or a plain C program: no
+    sanitizer runtime preloaded, and none of the outer make's variables
+    (make sanitize runs the tests with BUILD, EXTRA_CFLAGS... set)."""
+    drop = {"LD_PRELOAD", "BUILD", "EXT", "EXTRA_CFLAGS", "OPT", "MAKEFLAGS", "MFLAGS",
+            "MAKELEVEL", "MAKEOVERRIDES"}
+    return {k: v for k, v in os.environ.items() if k not in drop}

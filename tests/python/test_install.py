@@ -5,6 +5,7 @@ import shutil
 import subprocess
 
 import pytest
+from conftest import plain_build_env
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 PROGRAM = r"""
@@ -29,7 +30,7 @@ int main(void)
 @pytest.mark.skipif(shutil.which("pkg-config") is None, reason="pkg-config not installed")
 @pytest.mark.parametrize("linkage", ["shared", "static"])
 def test_install_and_build_with_pkg_config(tmp_path, linkage):
-    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    env = plain_build_env()
     dest = tmp_path / "root"
     subprocess.run(["make", "-s", "-C", ROOT, "install", f"DESTDIR={dest}", "PREFIX=/usr/local"],
                    check=True, timeout=120, env=env, stdout=subprocess.DEVNULL)

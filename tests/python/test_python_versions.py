@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import plain_build_env
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 SMOKE = os.path.join(os.path.dirname(__file__), "data", "smoke.py")
@@ -28,7 +29,7 @@ def test_builds_and_runs(python, tmp_path):
     out = tmp_path / "pkg"
     # Plain builds: a sanitizer runtime preloaded into this interpreter must
     # not leak into the compiler or the other interpreters.
-    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    env = plain_build_env()
     subprocess.run([os.path.join(ROOT, "scripts", "build-for-python.sh"), python, str(out)],
                    check=True, timeout=280, stdout=subprocess.DEVNULL, env=env)
     result = subprocess.run([python, SMOKE, str(out)], capture_output=True, text=True,

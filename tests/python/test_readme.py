@@ -4,6 +4,8 @@ import re
 import subprocess
 import sys
 
+from conftest import plain_build_env
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
 
@@ -30,7 +32,7 @@ def test_c_quick_start(tmp_path):
     source = tmp_path / "quick_start.c"
     source.write_text(snippet("c", "cmp_process_start"))
     binary = tmp_path / "quick_start"
-    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    env = plain_build_env()
     subprocess.run(["make", "-s", "-C", ROOT, "lib"], check=True, timeout=120, env=env)
     subprocess.run(["cc", "-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Werror",
                     "-I" + os.path.join(ROOT, "include"), str(source),
