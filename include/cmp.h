@@ -103,20 +103,25 @@ typedef struct cmp_ring {
     uint64_t capacity;      /* bytes in the data area, a power of two */
     uint64_t max_count;     /* messages the ring may hold, 0 = no limit */
     uint32_t closed;        /* futex-free flag, set by cmp_ring_close() */
-    uint32_t pad0[11];
+    int32_t spill_fd;       /* overflow file, -1 = none (see "Message ring") */
+    uint32_t pad0[10];
     /* producer side (own cache line) */
     uint64_t tail;          /* published write position | message count */
     cmp_lock_t plock;       /* held by the producer putting a message */
     uint32_t pstream;       /* 1 while a streamed message is half written */
     uint32_t space_seq;     /* futex word: bumped when space was freed */
     uint32_t space_waiters; /* the producer sleeping for space (0 or 1) */
-    uint32_t pad1[10];
+    uint64_t spill_tail;    /* published spill write position | count */
+    uint32_t pad1[8];
     /* consumer side (own cache line) */
     uint64_t head;          /* consumed position | message count */
     cmp_lock_t clock;       /* held by the consumer getting a message */
     uint32_t data_seq;      /* futex word: bumped when data was published */
     uint32_t data_waiters;  /* the consumer sleeping for data (0 or 1) */
-    uint32_t pad2[11];
+    uint32_t pad2a;
+    uint64_t spill_head;    /* consumed spill position | count */
+    uint64_t spill_freed;   /* spill pages below this are given back */
+    uint32_t pad2[6];
 } cmp_ring_t;
 
 /* Queue: a ring plus the counters of a joinable queue. Followed directly by
@@ -301,15 +306,25 @@ int cmp_barrier_broken(const cmp_barrier_t *barrier);
  * Message ring
  *
  * Messages of any size, 0 bytes up, in the order each producer put them;
- * every message is delivered once. A message of up to capacity/2 bytes is
- * one record, published at once when it is completely written; a larger one
- * is streamed in chunks through the ring while the producer holds the
- * producer lock and the consumer the consumer lock, so any size goes
- * through a small ring. A put waits for room: a streamed message, or any
- * message once the ring's bytes are full, needs a consumer running
- * meanwhile (a thread that puts a message larger than capacity/2 and then
- * gets it itself waits until its deadline). Size the capacity for what may
- * be put before anyone gets.
+ * every message is delivered once.
+ *
+ * With a spill file (cmp_ring_set_spill(); every queue has one) a put never
+ * waits for bytes: a message that does not fit in the ring now (or is
+ * larger than capacity/2, or arrives while earlier messages are still in
+ * the spill) is appended to the spill file, a second FIFO in a file (a
+ * memfd: shared memory too, pages given back as they are consumed), and the
+ * put returns once it is there. Only max_count makes such a put wait (and
+ * the spill's own limits, 64 GiB and 2^27 messages pending). Consumers take
+ * from the ring first, then from the spill, in put order.
+ *
+ * Without a spill file (a ring in caller memory with no fd) a put waits for
+ * room: a message of up to capacity/2 bytes is one record; a larger one is
+ * streamed in chunks while the producer holds the producer lock and the
+ * consumer the consumer lock, so it needs a consumer running meanwhile (a
+ * thread that puts a message larger than capacity/2 and then gets it
+ * itself waits until its deadline), and so does any message once the
+ * ring's bytes are full. Size the capacity for what may be put before
+ * anyone gets.
  *
  * Crashes: a producer killed in the middle of a put leaves nothing visible
  * (or, for a streamed message, the next producer or the waiting consumer
@@ -357,11 +372,30 @@ int cmp_ring_init(cmp_ring_t *ring, size_t capacity, uint64_t max_count);
 /* The capacity the ring was initialized with (rounded). */
 size_t cmp_ring_capacity(const cmp_ring_t *ring);
 
+/* Gives the ring a spill file, before any put: fd is an empty regular file
+ * open for reading and writing (a memfd: see cmp_spill_create()), and its
+ * number is stored in the ring's shared header, so it must be the same
+ * descriptor in every process that uses the ring (processes forked after
+ * this call inherit it). The caller keeps ownership of fd: close it, in each
+ * process, only once that process no longer uses the ring.
+ * Returns 0, -EINVAL (fd < 0), -EBUSY (the ring has messages or a spill). */
+int cmp_ring_set_spill(cmp_ring_t *ring, int fd);
+
+/* Creates an empty memfd for a spill file (close-on-exec, numbered 3 or
+ * above so that reopening stdin in a child never replaces it). Returns the
+ * fd, or a negative errno. */
+int cmp_spill_create(void);
+
+/* The ring's spill fd, or -1 when it has none. */
+int cmp_ring_spill_fd(const cmp_ring_t *ring);
+
 /* Puts one message: the concatenation of iovcnt buffers (gather; no
- * intermediate copy). Blocks while the ring is full (bytes or max_count).
- * Returns 0, -ETIMEDOUT, -EAGAIN (CMP_NOWAIT and no room, or another
- * producer busy), -EINTR (nothing was put), -EPIPE once closed,
- * -EINVAL for iovcnt < 0. */
+ * intermediate copy). Blocks while the ring is full: max_count messages, or
+ * (without a spill file) no room for the bytes. Returns 0, -ETIMEDOUT,
+ * -EAGAIN (CMP_NOWAIT and no room, or another producer busy), -EINTR
+ * (nothing was put), -EPIPE once closed, -EINVAL for iovcnt < 0, or a
+ * negative errno from writing the spill file (-ENOSPC, -ENOMEM, -EIO;
+ * nothing was put). */
 int cmp_ring_putv(cmp_ring_t *ring, const struct iovec *iov, int iovcnt,
                   const struct timespec *deadline);
 /* One contiguous buffer. Returns as cmp_ring_putv. */
@@ -390,7 +424,8 @@ typedef void *(*cmp_ring_alloc_fn)(void *arg, size_t len);
  * empty, or another consumer waiting for data), -EINTR, -ENOBUFS (alloc
  * returned NULL; the message stays in the ring), -ECONNABORTED (a streamed
  * message was dropped midway because its producer died or gave up; call
- * again), -EPIPE once closed and empty.
+ * again), -EPIPE once closed and empty, -EIO (or another negative errno)
+ * when reading the spill file failed (the message stays).
  * Rule for buffers: the messages returned are in the buffers of the first
  * calls to alloc; a buffer from a later call (at most one) was not filled
  * and is the caller's to free. */
@@ -410,11 +445,13 @@ long cmp_ring_get_many(cmp_ring_t *ring, cmp_ring_alloc_fn alloc, void *arg,
  * -EPIPE once closed and empty. A consumer mid-get counts as busy. */
 int cmp_ring_wait(cmp_ring_t *ring, const struct timespec *deadline);
 
-/* Messages completely put and not yet got (exact, also after crashes).
- * A streamed message counts once its last byte is in. */
+/* Messages completely put and not yet got, ring and spill (exact, also
+ * after crashes). A streamed message counts once its last byte is in. */
 uint64_t cmp_ring_count(const cmp_ring_t *ring);
 /* Bytes used in the data area (records, headers included). */
 size_t cmp_ring_used(const cmp_ring_t *ring);
+/* Bytes pending in the spill file (records, 8-byte headers included). */
+uint64_t cmp_ring_spilled(const cmp_ring_t *ring);
 
 /* Closes the ring: puts fail with -EPIPE, gets drain what is there and then
  * fail with -EPIPE; everyone blocked in it wakes. Irreversible. */
@@ -437,10 +474,19 @@ int cmp_ring_is_closed(const cmp_ring_t *ring);
 size_t cmp_queue_footprint(size_t capacity);
 
 /* Initializes a queue in mem (cmp_queue_footprint(capacity) bytes of shared
- * memory). maxsize 0 = unbounded (a put then waits only when the ring's
- * bytes are full). Returns 0, -EINVAL (capacity too large, maxsize above
- * CMP_QUEUE_MAXSIZE_MAX). */
+ * memory) with a spill file of its own (cmp_spill_create()), so that a put
+ * waits only for maxsize: messages beyond the ring's bytes go to the spill.
+ * maxsize 0 = unbounded (a put never waits). The queue owns the spill fd:
+ * processes forked after init inherit it with the queue, and each process
+ * calls cmp_queue_detach() once it no longer uses the queue.
+ * Returns 0, -EINVAL (capacity too large, maxsize above
+ * CMP_QUEUE_MAXSIZE_MAX), or a negative errno from memfd_create. */
 int cmp_queue_init(cmp_queue_t *q, size_t capacity, uint32_t maxsize);
+
+/* Closes this process's descriptor of the queue's spill file; the queue
+ * must not be used by this process afterwards (other processes go on).
+ * The spill's memory is freed when the last process has closed it. */
+void cmp_queue_detach(cmp_queue_t *q);
 
 /* The underlying ring. */
 cmp_ring_t *cmp_queue_ring(cmp_queue_t *q);

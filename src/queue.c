@@ -2,8 +2,8 @@
  * Queue: a ring with max_count = maxsize, plus the joinable counters.
  *
  * Unfinished tasks are not a counter of their own: they are the ring's
- * count of messages ever published (the high bits of its tail, modulo
- * 2^28) minus `done`, the count of task_done() calls. A put is counted in
+ * count of messages ever published (the high bits of its tail plus those of
+ * its spill tail, modulo 2^28) minus `done`, the count of task_done() calls. A put is counted in
  * the same store that publishes it and task_done is one compare-and-swap,
  * so a process killed anywhere leaves the count exact. join sleeps on
  * `done`; task_done wakes it when the count reaches zero.
@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <string.h>
+#include <unistd.h>
 
 #define CNT_SHIFT 36
 #define CNT_MASK ((UINT64_C(1) << (64 - CNT_SHIFT)) - 1)
@@ -30,9 +31,19 @@ int cmp_queue_init(cmp_queue_t *q, size_t capacity, uint32_t maxsize)
     int rc = cmp_ring_init(&q->ring, capacity, maxsize);
     if (rc < 0)
         return rc;
+    int fd = cmp_spill_create();
+    if (fd < 0)
+        return fd;
+    cmp_ring_set_spill(&q->ring, fd);
     q->done = 0;
     q->join_waiters = 0;
     return 0;
+}
+
+void cmp_queue_detach(cmp_queue_t *q)
+{
+    if (q->ring.spill_fd >= 0)
+        close(q->ring.spill_fd);
 }
 
 cmp_ring_t *cmp_queue_ring(cmp_queue_t *q)
@@ -92,7 +103,8 @@ int cmp_queue_full(const cmp_queue_t *q)
 
 static uint64_t unfinished(const cmp_queue_t *q, uint32_t done)
 {
-    uint64_t puts = cmp__load64_acquire(&q->ring.tail) >> CNT_SHIFT;
+    uint64_t puts = (cmp__load64_acquire(&q->ring.tail) >> CNT_SHIFT) +
+                    (cmp__load64_acquire(&q->ring.spill_tail) >> CNT_SHIFT);
     return (puts - done) & CNT_MASK;
 }
 

@@ -29,6 +29,39 @@
  * died midway through a stream left behind. No consumer-side state is
  * needed to recover.
  *
+ * Spill. A ring may have a spill file (a memfd): a second FIFO of records
+ *     [u64 len][payload, len bytes]
+ * at stream positions that only grow (the file offset is the position
+ * modulo 2^36: the file is a sparse circle of 64 GiB). `spill_tail` and
+ * `spill_head` pack position and message count as `tail` and `head` do, so
+ * one release store publishes a record and counts it. A producer appends a
+ * message to the spill (one pwritev from its buffers) when the ring has no
+ * room for it now, when it is larger than capacity/2, or when the spill is
+ * not empty; so a put waits only for max_count. A consumer takes from the
+ * ring when it has a message, else from the spill (one preadv into the
+ * buffer alloc returned), and gives whole consumed pages back with
+ * FALLOC_FL_PUNCH_HOLE (`spill_freed` records how far, so a consumer killed
+ * before punching leaves nothing behind for good). Crashes: a producer
+ * killed mid-write has published nothing and the next one writes over its
+ * bytes; a consumer killed mid-read has not moved `spill_head`, so the
+ * record is delivered to the next.
+ *
+ * Order. Invariant: while the spill holds a record, every record in the
+ * ring is older than every record in the spill. A producer writes to the
+ * ring only when it sees the spill empty (spill_head == its spill_tail,
+ * under the producer lock), that is once every spill record has been
+ * consumed; a consumer takes from the spill only when it sees the ring
+ * empty. The consumer must never see a spill record S without the ring
+ * records published before S: S's producer published them (ring `tail`,
+ * release) before it published S (`spill_tail`, release), in program order
+ * or, for another producer, before releasing the producer lock that S's
+ * producer then acquired. The consumer loads `spill_tail` (acquire) first
+ * and `tail` after it, so a `spill_tail` that shows S synchronizes with
+ * S's store and the later load of `tail` shows every ring record published
+ * before S: if one is left, the ring is not empty and is served first. In a
+ * batch the producer keeps the same order: the ring's tail is published
+ * before the spill's.
+ *
  * Waiting. Only the holder of the consumer lock ever waits for data and
  * only the holder of the producer lock for space, so each side has one
  * sleeper at most: a futex sequence word and a waiter flag (Dekker pair:
@@ -44,7 +77,10 @@
 #include <stddef.h>
 #include <sched.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/uio.h>
+#include <unistd.h>
 
 const struct timespec cmp_nowait = {0, 0};
 
@@ -77,9 +113,29 @@ _Static_assert(offsetof(cmp_queue_t, ring) == 64, "cmp_queue_t layout");
 
 #define ROUND8(n) (((n) + 7) & ~(uint64_t)7)
 
+/* Spill: the file is a circle of SPILL_SPAN bytes of offsets; records are
+ * [u64 len][payload]. Pending bytes and messages stay well below what the
+ * packed positions can tell apart. */
+#define SPILL_SPAN (UINT64_C(1) << POS_BITS)
+#define SPILL_HDR 8u
+#define SPILL_MAX_BYTES (SPILL_SPAN - (UINT64_C(1) << 30))
+#define SPILL_MAX_COUNT ((UINT64_C(1) << 27) - 1)
+#define SPILL_PAGE UINT64_C(4096)
+/* A consumer reads a record's header together with this many bytes after
+ * it: one pread for a small message. */
+#define SPILL_PEEK 504u
+
 struct rec_hdr {
     uint32_t len;
     uint32_t flags;
+};
+
+/* A read position over an array of iovecs. */
+struct cursor {
+    const struct iovec *iov;
+    int cnt;
+    int i;
+    size_t off;
 };
 
 static inline int is_nowait(const struct timespec *d)
@@ -112,6 +168,7 @@ int cmp_ring_init(cmp_ring_t *ring, size_t capacity, uint64_t max_count)
     if (capacity > CMP_RING_MAX_CAPACITY || max_count > CMP_QUEUE_MAXSIZE_MAX)
         return -EINVAL;
     memset(ring, 0, sizeof *ring);
+    ring->spill_fd = -1;
     ring->capacity = round_capacity(capacity);
     ring->max_count = max_count;
     cmp_lock_init(&ring->plock);
@@ -122,6 +179,130 @@ int cmp_ring_init(cmp_ring_t *ring, size_t capacity, uint64_t max_count)
 size_t cmp_ring_capacity(const cmp_ring_t *ring)
 {
     return (size_t)ring->capacity;
+}
+
+int cmp_ring_set_spill(cmp_ring_t *ring, int fd)
+{
+    if (fd < 0)
+        return -EINVAL;
+    if (ring->spill_fd >= 0 || cmp__load64_acquire(&ring->tail) != 0)
+        return -EBUSY;
+    ring->spill_fd = fd;
+    return 0;
+}
+
+int cmp_ring_spill_fd(const cmp_ring_t *ring)
+{
+    return ring->spill_fd;
+}
+
+int cmp_spill_create(void)
+{
+    int fd = memfd_create("cmp-spill", MFD_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    if (fd < 3) {
+        /* a child that reopens stdin (fd 0) must not lose the spill */
+        int hi = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+        int err = errno;
+        close(fd);
+        if (hi < 0)
+            return -err;
+        fd = hi;
+    }
+    return fd;
+}
+
+/* --- spill file I/O -------------------------------------------------------- */
+
+/* Moves n bytes between the buffers under cursor c and the spill file at
+ * stream position pos (file offset pos mod SPILL_SPAN, split where it wraps).
+ * Returns 0 or a negative errno; the cursor has moved past what was done. */
+static int spill_xfer(int fd, struct cursor *c, uint64_t pos, size_t n, int write)
+{
+    struct iovec v[64];
+    while (n > 0) {
+        uint64_t off = pos & POS_MASK;
+        size_t seg = n;
+        if (seg > SPILL_SPAN - off)
+            seg = (size_t)(SPILL_SPAN - off);
+        int k = 0, i = c->i;
+        size_t o = c->off, got = 0;
+        while (got < seg && k < 64) {
+            if (o == c->iov[i].iov_len) {
+                i++;
+                o = 0;
+                continue;
+            }
+            size_t len = c->iov[i].iov_len - o;
+            if (len > seg - got)
+                len = seg - got;
+            v[k].iov_base = (uint8_t *)c->iov[i].iov_base + o;
+            v[k].iov_len = len;
+            k++;
+            o += len;
+            got += len;
+        }
+        ssize_t rc = write ? pwritev(fd, v, k, (off_t)off) : preadv(fd, v, k, (off_t)off);
+        if (rc < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        if (rc == 0)
+            return -EIO; /* a read past the end: never written */
+        size_t done = (size_t)rc;
+        pos += done;
+        n -= done;
+        while (done > 0) {
+            if (c->off == c->iov[c->i].iov_len) {
+                c->i++;
+                c->off = 0;
+                continue;
+            }
+            size_t len = c->iov[c->i].iov_len - c->off;
+            if (len > done)
+                len = done;
+            c->off += len;
+            done -= len;
+        }
+    }
+    return 0;
+}
+
+static int spill_read(int fd, void *dst, size_t n, uint64_t pos)
+{
+    struct iovec iov = {dst, n};
+    struct cursor c = {&iov, 1, 0, 0};
+    return spill_xfer(fd, &c, pos, n, 0);
+}
+
+/* Gives back the file's pages wholly below position `to`, from where the
+ * last consumer stopped. Best effort: a failure only keeps memory. */
+static void spill_free(cmp_ring_t *r, uint64_t to)
+{
+    uint64_t from = cmp__load64_relaxed(&r->spill_freed) & ~(SPILL_PAGE - 1);
+    uint64_t end = POS(to) & ~(SPILL_PAGE - 1);
+    uint64_t n = (end - from) & POS_MASK;
+    if (n == 0)
+        return;
+    if (n > SPILL_SPAN - SPILL_MAX_BYTES) {
+        /* further back, producers may be writing again (the file is a
+         * circle): those pages are reused, and freed on the next round */
+        n = SPILL_SPAN - SPILL_MAX_BYTES;
+        from = end - n;
+    }
+    while (n > 0) {
+        uint64_t off = from & POS_MASK;
+        uint64_t seg = n;
+        if (seg > SPILL_SPAN - off)
+            seg = SPILL_SPAN - off;
+        fallocate(r->spill_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off,
+                  (off_t)seg);
+        from += seg;
+        n -= seg;
+    }
+    cmp__store64_release(&r->spill_freed, end);
 }
 
 /* --- copies in and out of the area, wrapping ---------------------------- */
@@ -165,14 +346,6 @@ static inline void write_hdr(cmp_ring_t *r, uint64_t pos, uint32_t len, uint32_t
     struct rec_hdr h = {len, flags};
     memcpy(ring_data(r) + (pos & (r->capacity - 1)), &h, sizeof h);
 }
-
-/* A read position over an array of iovecs. */
-struct cursor {
-    const struct iovec *iov;
-    int cnt;
-    int i;
-    size_t off;
-};
 
 static void cursor_copy_in(cmp_ring_t *r, uint64_t pos, struct cursor *c, size_t n)
 {
@@ -300,24 +473,53 @@ static int clock_acquire(cmp_ring_t *r, const struct timespec *deadline)
 
 /* --- producer side --------------------------------------------------------- */
 
-static inline int has_room(cmp_ring_t *r, uint64_t t, uint64_t h, uint64_t need, int slot)
+/* Producer state while it holds the lock: the local tails of the ring and
+ * of the spill, and how much of them is published. */
+struct prod {
+    cmp_ring_t *r;
+    uint64_t t;
+    uint64_t published;
+    uint64_t st;
+    uint64_t spublished;
+};
+
+enum { NOWHERE = 0, TO_RING = 1, TO_SPILL = 2 };
+
+/* Where a record can go now. need: its bytes in the ring, 0 when it may not
+ * go there; slot: it starts a message (counts against max_count); sneed: its
+ * bytes in the spill, 0 when it may not go there. */
+static int place(struct prod *p, uint64_t need, int slot, uint64_t sneed)
 {
-    uint64_t used = (POS(t) - POS(h)) & POS_MASK;
-    if (used + need + RESERVE > r->capacity)
-        return 0;
-    if (slot && r->max_count && ((CNT(t) - CNT(h)) & CNT_MASK) >= r->max_count)
-        return 0;
-    return 1;
+    cmp_ring_t *r = p->r;
+    uint64_t h = cmp__load64_acquire(&r->head);
+    uint64_t sh = cmp__load64_acquire(&r->spill_head);
+    uint64_t scount = (CNT(p->st) - CNT(sh)) & CNT_MASK;
+    if (slot && r->max_count && ((CNT(p->t) - CNT(h)) & CNT_MASK) + scount >= r->max_count)
+        return NOWHERE;
+    /* the ring only while the spill is empty: see "Order" */
+    if (need && POS(sh) == POS(p->st)) {
+        uint64_t used = (POS(p->t) - POS(h)) & POS_MASK;
+        if (used + need + RESERVE <= r->capacity)
+            return TO_RING;
+    }
+    if (sneed) {
+        uint64_t sused = (POS(p->st) - POS(sh)) & POS_MASK;
+        if (sused + sneed <= SPILL_MAX_BYTES && scount < SPILL_MAX_COUNT)
+            return TO_SPILL;
+    }
+    return NOWHERE;
 }
 
-/* Holding the producer lock, waits until `need` bytes (and, if slot, one
- * message slot) are free past the local tail t. */
-static int wait_space(cmp_ring_t *r, uint64_t t, uint64_t need, int slot,
+/* Holding the producer lock, waits until place() finds room; returns where,
+ * or a negative errno. */
+static int wait_space(struct prod *p, uint64_t need, int slot, uint64_t sneed,
                       const struct timespec *deadline)
 {
+    cmp_ring_t *r = p->r;
+    int w;
     for (int spin = 0; spin < RING_SPIN; spin++) {
-        if (has_room(r, t, cmp__load64_acquire(&r->head), need, slot))
-            return 0;
+        if ((w = place(p, need, slot, sneed)))
+            return w;
         if (cmp_ring_is_closed(r))
             return -EPIPE;
         if (is_nowait(deadline))
@@ -328,9 +530,9 @@ static int wait_space(cmp_ring_t *r, uint64_t t, uint64_t need, int slot,
         uint32_t seq = cmp__load_acquire(&r->space_seq);
         cmp__store_relaxed(&r->space_waiters, 1);
         cmp__fence_seq_cst(); /* pairs with the fence in notify_space */
-        if (has_room(r, t, cmp__load64_acquire(&r->head), need, slot)) {
+        if ((w = place(p, need, slot, sneed))) {
             cmp__store_relaxed(&r->space_waiters, 0);
-            return 0;
+            return w;
         }
         if (cmp_ring_is_closed(r)) {
             cmp__store_relaxed(&r->space_waiters, 0);
@@ -339,37 +541,41 @@ static int wait_space(cmp_ring_t *r, uint64_t t, uint64_t need, int slot,
         int rc = cmp__futex_wait(&r->space_seq, seq, deadline);
         if (rc == -EINTR || (rc == -ETIMEDOUT && cmp__deadline_passed(deadline))) {
             cmp__store_relaxed(&r->space_waiters, 0);
-            if (has_room(r, t, cmp__load64_acquire(&r->head), need, slot))
-                return 0;
+            if ((w = place(p, need, slot, sneed)))
+                return w;
             return rc;
         }
     }
 }
 
-/* Producer state while it holds the lock: the local tail, and how much of
- * it is published. */
-struct prod {
-    cmp_ring_t *r;
-    uint64_t t;
-    uint64_t published;
-};
-
 static void publish(struct prod *p)
 {
-    if (p->t == p->published)
-        return;
-    /* release: a consumer that sees this tail sees every byte before it */
-    cmp__store64_release(&p->r->tail, p->t);
-    p->published = p->t;
-    notify_data(p->r);
+    int moved = 0;
+    if (p->t != p->published) {
+        /* release: a consumer that sees this tail sees every byte before it */
+        cmp__store64_release(&p->r->tail, p->t);
+        p->published = p->t;
+        moved = 1;
+    }
+    if (p->st != p->spublished) {
+        /* release, after the ring's tail: a consumer that sees this spill
+         * record sees the ring records put before it (see "Order") */
+        cmp__store64_release(&p->r->spill_tail, p->st);
+        p->spublished = p->st;
+        moved = 1;
+    }
+    if (moved)
+        notify_data(p->r);
 }
 
-static int prod_wait(struct prod *p, uint64_t need, int slot, const struct timespec *deadline)
+static int prod_wait(struct prod *p, uint64_t need, int slot, uint64_t sneed,
+                     const struct timespec *deadline)
 {
-    if (has_room(p->r, p->t, cmp__load64_acquire(&p->r->head), need, slot))
-        return 0;
+    int w = place(p, need, slot, sneed);
+    if (w)
+        return w;
     publish(p); /* consumers can free space only of what they see */
-    return wait_space(p->r, p->t, need, slot, deadline);
+    return wait_space(p, need, slot, sneed, deadline);
 }
 
 static size_t iov_total(const struct iovec *iov, int cnt)
@@ -393,6 +599,35 @@ static size_t chunk_max(const cmp_ring_t *r)
     return (size_t)(c - HDR);
 }
 
+/* Appends one message to the spill file after the local spill tail: the
+ * header and the caller's buffers in one pwritev when they fit in it. */
+static int prod_spill(struct prod *p, const struct iovec *iov, int cnt, size_t len)
+{
+    int fd = p->r->spill_fd;
+    uint64_t pos = POS(p->st);
+    uint64_t hdr = len;
+    struct iovec all[32];
+    int rc;
+    if (cnt < 32) {
+        all[0].iov_base = &hdr;
+        all[0].iov_len = SPILL_HDR;
+        memcpy(all + 1, iov, (size_t)cnt * sizeof *iov);
+        struct cursor c = {all, cnt + 1, 0, 0};
+        rc = spill_xfer(fd, &c, pos, SPILL_HDR + len, 1);
+    } else {
+        struct iovec h = {&hdr, SPILL_HDR};
+        struct cursor ch = {&h, 1, 0, 0};
+        struct cursor c = {iov, cnt, 0, 0};
+        rc = spill_xfer(fd, &ch, pos, SPILL_HDR, 1);
+        if (rc == 0)
+            rc = spill_xfer(fd, &c, pos + SPILL_HDR, len, 1);
+    }
+    if (rc < 0)
+        return rc; /* nothing published: the next put writes over it */
+    p->st = MAKE(pos + SPILL_HDR + len, CNT(p->st) + 1);
+    return 0;
+}
+
 /* Writes one message at the local tail, publishing as it must. */
 static int prod_message(struct prod *p, const struct iovec *iov, int cnt,
                         const struct timespec *deadline)
@@ -401,9 +636,24 @@ static int prod_message(struct prod *p, const struct iovec *iov, int cnt,
     size_t len = iov_total(iov, cnt);
     struct cursor c = {iov, cnt, 0, 0};
 
+    if (r->spill_fd >= 0) {
+        if (len > SPILL_MAX_BYTES)
+            return -EMSGSIZE;
+        uint64_t rec = HDR + ROUND8(len);
+        int w = prod_wait(p, len <= whole_max(r) ? rec : 0, 1, SPILL_HDR + len, deadline);
+        if (w < 0)
+            return w;
+        if (w == TO_SPILL)
+            return prod_spill(p, iov, cnt, len);
+        write_hdr(r, POS(p->t), (uint32_t)len, F_FIRST | F_LAST);
+        cursor_copy_in(r, POS(p->t) + HDR, &c, len);
+        p->t = MAKE(POS(p->t) + rec, CNT(p->t) + 1);
+        return 0;
+    }
+
     if (len <= whole_max(r)) {
         uint64_t rec = HDR + ROUND8(len);
-        int rc = prod_wait(p, rec, 1, deadline);
+        int rc = prod_wait(p, rec, 1, 0, deadline);
         if (rc < 0)
             return rc;
         write_hdr(r, POS(p->t), (uint32_t)len, F_FIRST | F_LAST);
@@ -423,7 +673,7 @@ static int prod_message(struct prod *p, const struct iovec *iov, int cnt,
             n = left;
         int last = n == left;
         uint64_t rec = HDR + ROUND8(extra + n);
-        int rc = prod_wait(p, rec, first, deadline);
+        int rc = prod_wait(p, rec, first, 0, deadline);
         if (rc < 0) {
             if (!first) {
                 publish(p);
@@ -465,8 +715,10 @@ long cmp_ring_put_many(cmp_ring_t *ring, const struct iovec *iov, const unsigned
     int rc = plock_acquire(ring, deadline);
     if (rc < 0)
         return rc == -ETIMEDOUT && is_nowait(deadline) ? -EAGAIN : rc;
-    struct prod p = {ring, cmp__load64_relaxed(&ring->tail), 0};
+    struct prod p = {ring, cmp__load64_relaxed(&ring->tail), 0,
+                     cmp__load64_relaxed(&ring->spill_tail), 0};
     p.published = p.t;
+    p.spublished = p.st;
     size_t done = 0;
     for (; done < nmsg; done++) {
         int cnt = counts ? (int)counts[done] : 1;
@@ -511,13 +763,41 @@ static void rescue_producer(cmp_ring_t *r)
         cmp_lock_release(&r->plock);
 }
 
-/* Holding the consumer lock, waits until the tail moves past position h.
- * In a stream the caller's deadline and signals are ignored (the message
- * must be finished), but the producer's liveness is checked. */
-static int wait_data(cmp_ring_t *r, uint64_t h, int in_stream, const struct timespec *deadline)
+struct cons {
+    cmp_ring_t *r;
+    uint64_t h;
+    uint64_t stored;
+    uint64_t sh;
+    uint64_t sstored;
+};
+
+/* What the consumer can take next: 1 a ring record at c->h, 2 a spill
+ * record at c->sh, 0 nothing. The spill's tail is loaded first (acquire),
+ * then the ring's: see "Order". */
+static int avail(const struct cons *c)
 {
+    uint64_t st = cmp__load64_acquire(&c->r->spill_tail);
+    if (POS(cmp__load64_acquire(&c->r->tail)) != POS(c->h))
+        return 1;
+    return POS(st) != POS(c->sh) ? 2 : 0;
+}
+
+static int ready(const struct cons *c, int in_stream)
+{
+    if (in_stream)
+        return POS(cmp__load64_acquire(&c->r->tail)) != POS(c->h);
+    return avail(c);
+}
+
+/* Holding the consumer lock, waits until there is something to take (in a
+ * stream: until the ring's tail moves past c->h). In a stream the caller's
+ * deadline and signals are ignored (the message must be finished), but the
+ * producer's liveness is checked. */
+static int wait_data(const struct cons *c, int in_stream, const struct timespec *deadline)
+{
+    cmp_ring_t *r = c->r;
     for (int spin = 0; spin < RING_SPIN; spin++) {
-        if (POS(cmp__load64_acquire(&r->tail)) != POS(h))
+        if (ready(c, in_stream))
             return 0;
         if (!in_stream) {
             if (cmp_ring_is_closed(r))
@@ -531,7 +811,7 @@ static int wait_data(cmp_ring_t *r, uint64_t h, int in_stream, const struct time
         uint32_t seq = cmp__load_acquire(&r->data_seq);
         cmp__store_relaxed(&r->data_waiters, 1);
         cmp__fence_seq_cst(); /* pairs with the fence in notify_data */
-        if (POS(cmp__load64_acquire(&r->tail)) != POS(h)) {
+        if (ready(c, in_stream)) {
             cmp__store_relaxed(&r->data_waiters, 0);
             return 0;
         }
@@ -553,28 +833,66 @@ static int wait_data(cmp_ring_t *r, uint64_t h, int in_stream, const struct time
         }
         if (rc == -EINTR || (rc == -ETIMEDOUT && cmp__deadline_passed(deadline))) {
             cmp__store_relaxed(&r->data_waiters, 0);
-            if (POS(cmp__load64_acquire(&r->tail)) != POS(h))
+            if (ready(c, 0))
                 return 0;
             return rc;
         }
     }
 }
 
-struct cons {
-    cmp_ring_t *r;
-    uint64_t h;
-    uint64_t stored;
-};
-
 static void cons_store(struct cons *c)
 {
-    if (c->h == c->stored)
-        return;
-    /* release: the producer that sees this head may overwrite what was
-     * read before it */
-    cmp__store64_release(&c->r->head, c->h);
-    c->stored = c->h;
-    notify_space(c->r);
+    int moved = 0, spilled = 0;
+    if (c->h != c->stored) {
+        /* release: the producer that sees this head may overwrite what was
+         * read before it */
+        cmp__store64_release(&c->r->head, c->h);
+        c->stored = c->h;
+        moved = 1;
+    }
+    if (c->sh != c->sstored) {
+        /* release: as for head, in the spill file */
+        cmp__store64_release(&c->r->spill_head, c->sh);
+        c->sstored = c->sh;
+        moved = spilled = 1;
+    }
+    if (moved)
+        notify_space(c->r);
+    if (spilled) /* only below the stored head: a record read again after a
+                    crash must still be there */
+        spill_free(c->r, c->sh);
+}
+
+/* Takes the spill record at c->sh: its header and the start of the payload
+ * in one pread, the rest straight into the buffer alloc returns. */
+static int cons_spill(struct cons *c, cmp_ring_alloc_fn alloc, void *arg)
+{
+    cmp_ring_t *r = c->r;
+    uint64_t pos = POS(c->sh);
+    uint64_t there = (POS(cmp__load64_acquire(&r->spill_tail)) - pos) & POS_MASK;
+    uint8_t buf[SPILL_HDR + SPILL_PEEK];
+    size_t n = there < sizeof buf ? (size_t)there : sizeof buf;
+    int rc = spill_read(r->spill_fd, buf, n, pos);
+    if (rc < 0)
+        return rc;
+    uint64_t len;
+    memcpy(&len, buf, sizeof len);
+    if (n < SPILL_HDR || len > there - SPILL_HDR) /* impossible: never deliver it */
+        return -EIO;
+    uint8_t *dst = alloc(arg, (size_t)len);
+    if (!dst)
+        return -ENOBUFS;
+    size_t have = n - SPILL_HDR;
+    if (have > len)
+        have = (size_t)len;
+    memcpy(dst, buf + SPILL_HDR, have);
+    if (have < len) {
+        rc = spill_read(r->spill_fd, dst + have, (size_t)len - have, pos + SPILL_HDR + have);
+        if (rc < 0)
+            return rc;
+    }
+    c->sh = MAKE(pos + SPILL_HDR + len, CNT(c->sh) + 1);
+    return 0;
 }
 
 /* Takes one message at the local head. wait: block for the first record
@@ -584,14 +902,18 @@ static int cons_message(struct cons *c, cmp_ring_alloc_fn alloc, void *arg, int 
 {
     cmp_ring_t *r = c->r;
     for (;;) {
-        if (POS(cmp__load64_acquire(&r->tail)) == POS(c->h)) {
+        int a = avail(c);
+        if (a == 0) {
             if (!wait)
                 return -EAGAIN;
             cons_store(c); /* the producer may be waiting for space */
-            int rc = wait_data(r, c->h, 0, deadline);
+            int rc = wait_data(c, 0, deadline);
             if (rc < 0)
                 return rc;
+            continue;
         }
+        if (a == 2)
+            return cons_spill(c, alloc, arg);
         struct rec_hdr hd = read_hdr(r, POS(c->h));
         uint64_t rec = HDR + ROUND8(hd.len);
         if ((hd.flags & F_ABORT) || !(hd.flags & F_FIRST)) {
@@ -619,8 +941,8 @@ static int cons_message(struct cons *c, cmp_ring_alloc_fn alloc, void *arg, int 
         c->h = MAKE(POS(c->h) + rec, CNT(c->h));
         for (;;) {
             cons_store(c);
-            if (POS(cmp__load64_acquire(&r->tail)) == POS(c->h))
-                wait_data(r, c->h, 1, NULL);
+            if (!ready(c, 1))
+                wait_data(c, 1, NULL);
             hd = read_hdr(r, POS(c->h));
             rec = HDR + ROUND8(hd.len);
             if (hd.flags & (F_ABORT | F_FIRST)) {
@@ -657,8 +979,10 @@ long cmp_ring_get_many(cmp_ring_t *ring, cmp_ring_alloc_fn alloc, void *arg, siz
             rc = -EPIPE;
         return rc;
     }
-    struct cons c = {ring, cmp__load64_relaxed(&ring->head), 0};
+    struct cons c = {ring, cmp__load64_relaxed(&ring->head), 0,
+                     cmp__load64_relaxed(&ring->spill_head), 0};
     c.stored = c.h;
+    c.sstored = c.sh;
     size_t got = 0;
     for (; got < max; got++) {
         rc = cons_message(&c, alloc, arg, got == 0, deadline);
@@ -684,14 +1008,22 @@ int cmp_ring_wait(cmp_ring_t *ring, const struct timespec *deadline)
     int rc = clock_acquire(ring, deadline);
     if (rc < 0)
         return rc == -ETIMEDOUT && is_nowait(deadline) ? -EAGAIN : rc;
-    struct cons c = {ring, cmp__load64_relaxed(&ring->head), 0};
+    struct cons c = {ring, cmp__load64_relaxed(&ring->head), 0,
+                     cmp__load64_relaxed(&ring->spill_head), 0};
     c.stored = c.h;
+    c.sstored = c.sh;
     for (;;) {
-        if (POS(cmp__load64_acquire(&ring->tail)) == POS(c.h)) {
+        int a = avail(&c);
+        if (a == 0) {
             cons_store(&c);
-            rc = wait_data(ring, c.h, 0, deadline);
+            rc = wait_data(&c, 0, deadline);
             if (rc < 0)
                 break;
+            continue;
+        }
+        if (a == 2) {
+            rc = 1;
+            break;
         }
         struct rec_hdr hd = read_hdr(ring, POS(c.h));
         if ((hd.flags & F_ABORT) || !(hd.flags & F_FIRST)) {
@@ -709,11 +1041,13 @@ int cmp_ring_wait(cmp_ring_t *ring, const struct timespec *deadline)
 
 uint64_t cmp_ring_count(const cmp_ring_t *ring)
 {
-    /* head first: the tail read after it is newer, so the difference never
+    /* heads first: the tails read after them are newer, so no difference
      * goes below zero */
     uint64_t h = cmp__load64_acquire(&ring->head);
+    uint64_t sh = cmp__load64_acquire(&ring->spill_head);
+    uint64_t st = cmp__load64_acquire(&ring->spill_tail);
     uint64_t t = cmp__load64_acquire(&ring->tail);
-    return (CNT(t) - CNT(h)) & CNT_MASK;
+    return ((CNT(t) - CNT(h)) & CNT_MASK) + ((CNT(st) - CNT(sh)) & CNT_MASK);
 }
 
 size_t cmp_ring_used(const cmp_ring_t *ring)
@@ -721,4 +1055,11 @@ size_t cmp_ring_used(const cmp_ring_t *ring)
     uint64_t h = cmp__load64_acquire(&ring->head);
     uint64_t t = cmp__load64_acquire(&ring->tail);
     return (size_t)((POS(t) - POS(h)) & POS_MASK);
+}
+
+uint64_t cmp_ring_spilled(const cmp_ring_t *ring)
+{
+    uint64_t sh = cmp__load64_acquire(&ring->spill_head);
+    uint64_t st = cmp__load64_acquire(&ring->spill_tail);
+    return (POS(st) - POS(sh)) & POS_MASK;
 }
