@@ -1,0 +1,299 @@
+/* The spill file behind a queue's ring: puts never wait for bytes (only for
+ * maxsize), order per producer holds across ring and spill phases, a
+ * producer killed mid-write and a consumer killed mid-read lose nothing
+ * delivered, and consumed spill pages are given back. */
+#include "ring_helpers.h"
+
+#include <sys/stat.h>
+
+static cmp_queue_t *spill_queue(size_t capacity, uint32_t maxsize)
+{
+    cmp_queue_t *q = test_shared_map(cmp_queue_footprint(capacity));
+    cr_assert_eq(cmp_queue_init(q, capacity, maxsize), 0);
+    cr_assert(cmp_ring_spill_fd(cmp_queue_ring(q)) >= 3);
+    return q;
+}
+
+static long spill_blocks(cmp_queue_t *q)
+{
+    struct stat st;
+    cr_assert_eq(fstat(cmp_ring_spill_fd(cmp_queue_ring(q)), &st), 0);
+    return (long)st.st_blocks;
+}
+
+Test(spill, set_spill_arguments, .timeout = 10)
+{
+    cmp_ring_t *r = test_ring(4096, 0);
+    cr_assert_eq(cmp_ring_spill_fd(r), -1);
+    cr_assert_eq(cmp_ring_set_spill(r, -1), -EINVAL);
+    int fd = cmp_spill_create();
+    cr_assert(fd >= 3);
+    cr_assert_eq(cmp_ring_set_spill(r, fd), 0);
+    cr_assert_eq(cmp_ring_set_spill(r, fd), -EBUSY);
+    cr_assert_eq(cmp_ring_spill_fd(r), fd);
+    /* a plain ring that already holds messages cannot take a spill */
+    cmp_ring_t *r2 = test_ring(4096, 0);
+    cr_assert_eq(cmp_ring_put(r2, "x", 1, CMP_NOWAIT), 0);
+    cr_assert_eq(cmp_ring_set_spill(r2, fd), -EBUSY);
+    close(fd);
+}
+
+/* The spill keeps the fd out of 0..2 even when those are closed: a child
+ * reopening stdin must not replace it. */
+Test(spill, fd_is_never_stdin, .timeout = 10)
+{
+    pid_t pid = fork_or_fail();
+    if (pid == 0) {
+        close(0);
+        int fd = cmp_spill_create();
+        _exit(fd >= 3 ? 0 : 1);
+    }
+    sync_reap_ok(pid);
+}
+
+#define SMALL 256u
+#define BIG (32u << 20)
+
+/* 64 MiB of small messages and 3 of 32 MiB, with no consumer: every put
+ * succeeds without waiting; then a consumer in another process gets all in
+ * order, and the spill's pages are given back. */
+Test(spill, unbounded_queue_takes_everything_before_any_consumer, .timeout = 60)
+{
+    cmp_queue_t *q = spill_queue(0, 0);
+    const uint32_t nsmall = (64u << 20) / SMALL;
+    uint8_t buf[SMALL];
+    for (uint32_t i = 0; i < nsmall; i++) {
+        make_msg(buf, SMALL, 1, i);
+        cr_assert_eq(cmp_queue_put(q, buf, SMALL, CMP_NOWAIT), 0, "small %u", i);
+    }
+    uint8_t *big = malloc(BIG);
+    cr_assert(big);
+    for (uint32_t i = 0; i < 3; i++) {
+        make_msg(big, BIG, 2, i);
+        /* gathered from two buffers, to exercise pwritev */
+        struct iovec iov[2] = {{big, 1000}, {big + 1000, BIG - 1000}};
+        cr_assert_eq(cmp_queue_putv(q, iov, 2, CMP_NOWAIT), 0, "big %u", i);
+    }
+    free(big);
+    cr_assert_eq(cmp_queue_qsize(q), nsmall + 3);
+    cr_assert_eq(cmp_queue_unfinished(q), nsmall + 3);
+    cr_assert(cmp_ring_spilled(cmp_queue_ring(q)) > (uint64_t)3 * BIG);
+    long before = spill_blocks(q);
+    cr_assert(before * 512 > 3l * BIG, "blocks %ld", before);
+
+    pid_t pid = fork_or_fail();
+    if (pid == 0) {
+        struct sink s = {0};
+        for (uint32_t i = 0; i < nsmall + 3; i++) {
+            struct timespec d = test_deadline(10);
+            if (cmp_queue_get(q, sink_alloc, &s, &d) != 0)
+                _exit(1);
+            uint32_t p, n;
+            if (!parse_msg(s.buf, s.len, &p, &n))
+                _exit(2);
+            int ok = i < nsmall ? (p == 1 && n == i && s.len == SMALL)
+                                : (p == 2 && n == i - nsmall && s.len == BIG);
+            if (!ok)
+                _exit(3);
+        }
+        _exit(cmp_queue_get(q, sink_alloc, &s, CMP_NOWAIT) == -EAGAIN ? 0 : 4);
+    }
+    sync_reap_ok(pid);
+    cr_assert_eq(cmp_queue_qsize(q), 0);
+    cr_assert_eq(cmp_ring_spilled(cmp_queue_ring(q)), 0);
+    long after = spill_blocks(q);
+    cr_assert(after * 512 <= 64 * 1024, "blocks before %ld after %ld", before, after);
+    cmp_queue_detach(q);
+}
+
+/* maxsize still makes a put wait, also for messages that go to the spill. */
+Test(spill, maxsize_still_limits, .timeout = 10)
+{
+    cmp_queue_t *q = spill_queue(4096, 3);
+    static uint8_t buf[10000];
+    for (uint32_t i = 0; i < 3; i++) {
+        make_msg(buf, sizeof buf, 0, i);
+        cr_assert_eq(cmp_queue_put(q, buf, sizeof buf, CMP_NOWAIT), 0);
+    }
+    cr_assert(cmp_queue_full(q));
+    cr_assert_eq(cmp_queue_put(q, "x", 1, CMP_NOWAIT), -EAGAIN);
+    struct timespec d = test_deadline(0.05);
+    cr_assert_eq(cmp_queue_put(q, "x", 1, &d), -ETIMEDOUT);
+    struct sink s = {0};
+    cr_assert_eq(cmp_queue_get(q, sink_alloc, &s, CMP_NOWAIT), 0);
+    uint32_t p, n;
+    cr_assert(parse_msg(s.buf, s.len, &p, &n) && n == 0);
+    /* a batch stops at maxsize too */
+    struct iovec iov[2] = {{buf, sizeof buf}, {buf, sizeof buf}};
+    cr_assert_eq(cmp_queue_put_many(q, iov, NULL, 2, CMP_NOWAIT), 1);
+    uint8_t slots[64][256];
+    struct batch_sink b = {slots, {0}, 0};
+    cr_assert_eq(cmp_queue_get_many(q, batch_alloc, &b, 10, CMP_NOWAIT), -ENOBUFS);
+    cr_assert_eq(cmp_queue_qsize(q), 3); /* refused: still there */
+    sink_free(&s);
+    cmp_queue_detach(q);
+}
+
+/* Several producers, random sizes around the ring's size, a consumer that
+ * pauses now and then: messages go to the ring, then the spill, then the
+ * ring again. Each producer's messages arrive once, whole, in order. */
+#define NPROD 3
+#define PER_PROD 4000
+
+Test(spill, ring_and_spill_phases_keep_order_per_producer, .timeout = 60)
+{
+    cmp_queue_t *q = spill_queue(16384, 0);
+    pid_t pids[NPROD];
+    for (int k = 0; k < NPROD; k++) {
+        pids[k] = fork_or_fail();
+        if (pids[k] == 0) {
+            static uint8_t buf[20000];
+            uint64_t rng = (uint64_t)k + 1;
+            for (uint32_t i = 0; i < PER_PROD; i++) {
+                size_t len = MSG_HDR + rng_next(&rng) % (i % 50 == 0 ? 12000 : 600);
+                make_msg(buf, len, (uint32_t)k, i);
+                unsigned n = (unsigned)(rng_next(&rng) % 3) + 1;
+                /* a deadline only for the lock, which other producers
+                 * hold briefly: room is never waited for */
+                struct timespec d = test_deadline(10);
+                if (n == 1 || i + n > PER_PROD) {
+                    if (cmp_queue_put(q, buf, len, &d) != 0)
+                        _exit(1);
+                } else {
+                    /* a batch of n: the same message renumbered */
+                    static uint8_t more[3][20000];
+                    struct iovec iov[3];
+                    for (unsigned j = 0; j < n; j++) {
+                        make_msg(more[j], len, (uint32_t)k, i + j);
+                        iov[j].iov_base = more[j];
+                        iov[j].iov_len = len;
+                    }
+                    if (cmp_queue_put_many(q, iov, NULL, n, &d) != (long)n)
+                        _exit(1);
+                    i += n - 1;
+                }
+                if (rng_next(&rng) % 500 == 0)
+                    sync_sleep(0.002);
+            }
+            _exit(0);
+        }
+    }
+    uint32_t next[NPROD] = {0};
+    struct sink s = {0};
+    uint64_t rng = 99, got = 0, spilled_seen = 0;
+    while (got < (uint64_t)NPROD * PER_PROD) {
+        if (rng_next(&rng) % 300 == 0)
+            sync_sleep(0.003); /* let the ring fill up */
+        if (cmp_ring_spilled(cmp_queue_ring(q)) > 0)
+            spilled_seen++;
+        struct timespec d = test_deadline(10);
+        cr_assert_eq(cmp_queue_get(q, sink_alloc, &s, &d), 0);
+        uint32_t p, n;
+        cr_assert(parse_msg(s.buf, s.len, &p, &n));
+        cr_assert(p < NPROD);
+        cr_assert_eq(n, next[p], "producer %u: got %u, expected %u", p, n, next[p]);
+        next[p]++;
+        got++;
+    }
+    for (int k = 0; k < NPROD; k++)
+        sync_reap_ok(pids[k]);
+    cr_assert(spilled_seen > 0, "the spill was never used");
+    cr_assert_eq(cmp_queue_qsize(q), 0);
+    cr_assert_eq(cmp_queue_get(q, sink_alloc, &s, CMP_NOWAIT), -EAGAIN);
+    sink_free(&s);
+    cmp_queue_detach(q);
+}
+
+/* Producers killed at random points of 4 MiB spill writes: whatever they
+ * published arrives whole and in order, nothing torn, and the queue goes on. */
+Test(spill, producer_killed_mid_spill, .timeout = 60)
+{
+    cmp_queue_t *q = spill_queue(4096, 0);
+    uint32_t *started = test_shared_map(4096);
+    uint64_t rng = 7;
+    const size_t len = 4u << 20;
+    for (int k = 0; k < 8; k++) {
+        __atomic_store_n(started, 0, __ATOMIC_RELEASE);
+        pid_t victim = fork_or_fail();
+        if (victim == 0) {
+            uint8_t *buf = malloc(len);
+            for (uint32_t i = 0;; i++) {
+                make_msg(buf, len - i % 100, (uint32_t)k, i);
+                struct timespec d = test_deadline(10); /* for a dead holder's lock */
+                if (cmp_queue_put(q, buf, len - i % 100, &d) != 0)
+                    _exit(1);
+                __atomic_fetch_add(started, 1, __ATOMIC_RELEASE);
+            }
+        }
+        sync_wait_flag(started, 1, 5);
+        sync_sleep((double)(rng_next(&rng) % 4000) / 1e6);
+        kill(victim, SIGKILL);
+        int status;
+        waitpid(victim, &status, 0);
+        cr_assert(WIFSIGNALED(status), "victim exited by itself: %d", status);
+    }
+    uint64_t qs = cmp_queue_qsize(q);
+    cr_assert(qs >= 8);
+    cr_assert_eq(cmp_queue_unfinished(q), qs);
+    struct sink s = {0};
+    int last_p = -1;
+    uint32_t expect = 0;
+    for (uint64_t got = 0; got < qs; got++) {
+        cr_assert_eq(cmp_queue_get(q, sink_alloc, &s, CMP_NOWAIT), 0);
+        uint32_t p, n;
+        cr_assert(parse_msg(s.buf, s.len, &p, &n), "torn message");
+        if ((int)p != last_p) {
+            cr_assert((int)p > last_p);
+            last_p = (int)p;
+            expect = 0;
+        }
+        cr_assert_eq(n, expect);
+        expect++;
+    }
+    cr_assert_eq(cmp_queue_get(q, sink_alloc, &s, CMP_NOWAIT), -EAGAIN);
+    cr_assert_eq(cmp_queue_put(q, "after", 5, CMP_NOWAIT), 0);
+    cr_assert_eq(cmp_queue_get(q, sink_alloc, &s, CMP_NOWAIT), 0);
+    cr_assert(s.len == 5 && memcmp(s.buf, "after", 5) == 0);
+    sink_free(&s);
+    cmp_queue_detach(q);
+}
+
+/* A consumer killed while it copies a spill record out (here: inside
+ * alloc) has not consumed it: the next consumer gets it whole. */
+static void *die_in_alloc(void *arg, size_t len)
+{
+    (void)arg;
+    (void)len;
+    raise(SIGKILL);
+    return NULL;
+}
+
+Test(spill, consumer_killed_mid_read_redelivers, .timeout = 20)
+{
+    cmp_queue_t *q = spill_queue(4096, 0);
+    static uint8_t buf[100000];
+    for (uint32_t i = 0; i < 3; i++) {
+        make_msg(buf, sizeof buf, 0, i);
+        cr_assert_eq(cmp_queue_put(q, buf, sizeof buf, CMP_NOWAIT), 0);
+    }
+    cr_assert(cmp_ring_spilled(cmp_queue_ring(q)) > 0);
+    pid_t pid = fork_or_fail();
+    if (pid == 0) {
+        cmp_queue_get(q, die_in_alloc, NULL, NULL);
+        _exit(0);
+    }
+    int status;
+    waitpid(pid, &status, 0);
+    cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+    cr_assert_eq(cmp_queue_qsize(q), 3);
+    struct sink s = {0};
+    for (uint32_t i = 0; i < 3; i++) {
+        struct timespec d = test_deadline(5); /* takes the dead consumer's lock over */
+        cr_assert_eq(cmp_queue_get(q, sink_alloc, &s, &d), 0);
+        uint32_t p, n;
+        cr_assert(parse_msg(s.buf, s.len, &p, &n));
+        cr_assert_eq(n, i);
+    }
+    sink_free(&s);
+    cmp_queue_detach(q);
+}
