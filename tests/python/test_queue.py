@@ -300,6 +300,90 @@ def test_producer_exiting_right_after_put_loses_nothing_cmp(cmp):
     assert [q.get(timeout=5) for _ in range(500)] == [("item", i) for i in range(500)]
 
 
+# ---- a backlog larger than the ring (spill) -------------------------------
+
+_BACKLOG_SMALL = 200_000
+_BACKLOG_BIG = 8 << 20
+
+
+def _drain_in_order(q, results):
+    ok = True
+    for i in range(_BACKLOG_SMALL):
+        ok = ok and q.get(timeout=30) == ("task", i)
+    for k in range(5):
+        b = q.get(timeout=30)
+        ok = ok and type(b) is bytes and len(b) == _BACKLOG_BIG and b[:1] * 4 == bytes([k]) * 4 \
+            and b[-1] == k
+    results.put(ok)
+
+
+@pytest.mark.timeout(120)
+def test_put_everything_before_starting_the_consumer(mp):
+    # "put all the tasks, then start the workers": no put may wait for a
+    # consumer, whatever the backlog
+    q = mp.Queue()
+    for i in range(_BACKLOG_SMALL):
+        q.put(("task", i))
+    for k in range(5):
+        q.put(bytes([k]) * _BACKLOG_BIG)
+    results = mp.Queue()
+    p = mp.Process(target=_drain_in_order, args=(q, results))
+    p.start()
+    assert results.get(timeout=100) is True
+    p.join(10)
+    assert p.exitcode == 0
+
+
+def _put_64mib_and_exit(q):
+    q.put(b"\x07" * (64 << 20))
+    q.put("end")
+
+
+@pytest.mark.timeout(120)
+def test_producer_exits_right_after_a_64mib_put(mp):
+    q = mp.Queue()
+    p = mp.Process(target=_put_64mib_and_exit, args=(q,))
+    p.start()
+    b = q.get(timeout=60)
+    assert len(b) == 64 << 20 and b == b"\x07" * (64 << 20)
+    assert q.get(timeout=10) == "end"
+    p.join(10)
+    assert p.exitcode == 0
+
+
+def _put_64mib_and_exit_now(q):
+    q.put(b"\x07" * (64 << 20))
+    os._exit(0)  # no atexit, no feeder flush
+
+
+def test_producer_exits_right_after_a_64mib_put_unread_cmp(cmp):
+    # beyond the stdlib (whose child would wait at exit for a reader): the
+    # message is in shared memory when put() returns
+    q = cmp.Queue()
+    p = cmp.Process(target=_put_64mib_and_exit_now, args=(q,))
+    p.start()
+    p.join(30)
+    assert p.exitcode == 0
+    assert q.qsize() == 1
+    b = q.get(timeout=10)
+    assert len(b) == 64 << 20 and b == b"\x07" * (64 << 20)
+
+
+def test_maxsize_full_with_large_items(mp):
+    q = mp.Queue(2)
+    q.put(b"a" * (8 << 20))
+    q.put(b"b" * (8 << 20))
+    assert q.full()
+    with pytest.raises(queue.Full):
+        q.put(b"c" * (8 << 20), timeout=0.2)
+    with pytest.raises(queue.Full):
+        q.put_nowait(b"c")
+    assert q.get(timeout=10) == b"a" * (8 << 20)
+    q.put(b"c" * (8 << 20), timeout=5)
+    assert q.get(timeout=10) == b"b" * (8 << 20)
+    assert q.get(timeout=10) == b"c" * (8 << 20)
+
+
 def _blocked_get(q, started):
     started.set()
     try:

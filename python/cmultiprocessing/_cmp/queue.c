@@ -19,10 +19,10 @@
 #include <string.h>
 #include <sys/uio.h>
 
-/* Ring size: a backlog of ~100k small messages put before any consumer
- * runs, yet small enough to stay in cache while large messages stream
- * through it (8 MiB and more made 1 MiB messages 2x slower here). Pages of
- * the memfd are committed only as the ring reaches them. */
+/* Ring size: small enough to stay in cache while 1 MiB messages go
+ * through it (8 MiB and more made them 2x slower here); a backlog beyond it
+ * goes to the queue's spill file. Pages of the memfd are committed only as
+ * the ring reaches them. */
 #define QUEUE_RING_BYTES ((size_t)4 << 20)
 /* Messages from this size are copied in with the GIL released. */
 #define PUT_RELEASE_GIL ((size_t)256 << 10)
@@ -35,7 +35,7 @@ typedef struct {
     cmp_queue_t *q;      /* inside block */
     cmp_py_state *st;
     long long maxsize;   /* as the stdlib reports it (_maxsize) */
-    size_t whole_max;    /* largest message put as one record */
+    int spill_fd;        /* this process's fd of the queue's spill file */
     char closed;
     char joincancelled;
     char simple;         /* SimpleQueue: closed means "handle is closed" */
@@ -154,12 +154,11 @@ static long put_frames(QueueObject *self, cmp_py_frame *frames, size_t nmsg, int
         }
     }
     while (put < nmsg && block) {
+        /* only maxsize makes a put wait (the spill takes what the ring
+         * cannot), and a wait leaves nothing half put: wait in slices so
+         * that signals are handled */
         struct timespec storage_slice;
-        /* a message streamed through the ring is abandoned when the wait
-         * times out: give those the whole deadline, not a slice */
-        const struct timespec *until = deadline;
-        if (frames[put].size <= self->whole_max)
-            until = cmp_py_slice(deadline, &storage_slice);
+        const struct timespec *until = cmp_py_slice(deadline, &storage_slice);
         Py_BEGIN_ALLOW_THREADS
         rc = cmp_queue_put_many(self->q, iov + piece, counts + put, nmsg - put, until);
         Py_END_ALLOW_THREADS
@@ -670,14 +669,17 @@ static PyObject *queue_new(PyTypeObject *type, long long maxsize, int simple)
     }
     self->block = block;
     self->q = cmp_shared_ptr(block);
+    self->spill_fd = -1;
     rc = cmp_queue_init(self->q, capacity, count);
     if (rc < 0) {
         Py_DECREF(self);
         return cmp_py_raise(rc);
     }
+    /* forked children inherit the fd with this object; each closes its own
+     * copy when its object goes */
+    self->spill_fd = cmp_ring_spill_fd(cmp_queue_ring(self->q));
     self->st = st;
     self->maxsize = maxsize > 0 ? maxsize : STDLIB_SEM_VALUE_MAX;
-    self->whole_max = cmp_ring_capacity(cmp_queue_ring(self->q)) / 2;
     self->simple = (char)simple;
     return (PyObject *)self;
 }
@@ -724,6 +726,8 @@ static void Queue_dealloc(PyObject *op)
     PyTypeObject *tp = Py_TYPE(op);
     if (self->weakreflist)
         PyObject_ClearWeakRefs(op);
+    if (self->spill_fd >= 0)
+        cmp_queue_detach(self->q);
     if (self->block)
         cmp_shared_release(self->block);
     tp->tp_free(op);
@@ -768,11 +772,12 @@ static const char QUEUE_DOC[] =
     "waits at exit, and a producer killed at any point leaves the queue\n"
     "consistent for the others. put_many() and get_many() move batches under\n"
     "one lock acquisition. qsize(), empty() and full() are exact.\n\n"
-    "The ring holds 4 MiB of pending messages (more for a large maxsize);\n"
-    "when it is full, put() waits for consumers (put_nowait() raises\n"
-    "queue.Full) even below maxsize, where the standard library would buffer\n"
-    "the messages in the producer's memory. A top-level memoryview arrives\n"
-    "as bytes.";
+    "Messages go to a 4 MiB ring in shared memory; when it is full, or for a\n"
+    "message larger than 2 MiB, they go to the queue's spill file (a memfd,\n"
+    "shared memory too, given back as it is consumed), so put() waits only\n"
+    "for maxsize, as in the standard library: any number of items of any\n"
+    "size can be put before a consumer starts. A top-level memoryview\n"
+    "arrives as bytes.";
 
 static PyMethodDef Queue_methods[] = {
     {"put", CAST(Queue_put), FASTCALL_KW,
