@@ -56,10 +56,15 @@ static void producer(cmp_ring_t *r, size_t len, long n)
 
 /* nprod producers each put n messages of len bytes; the parent gets them
  * (batch: get_many of up to 64). Returns seconds. */
-static double run(size_t capacity, int nprod, size_t len, long n, int batch)
+static double run(size_t capacity, int nprod, size_t len, long n, int batch, int spill)
 {
     cmp_ring_t *r = shared(cmp_ring_footprint(capacity));
     cmp_ring_init(r, capacity, 0);
+    int fd = spill ? cmp_spill_create() : -1;
+    if (spill && (fd < 0 || cmp_ring_set_spill(r, fd) < 0)) {
+        fprintf(stderr, "spill: %d\n", fd);
+        exit(1);
+    }
     struct sink s = {0};
     /* warm the ring's pages and the sink */
     for (int i = 0; i < 2; i++) {
@@ -90,8 +95,44 @@ static double run(size_t capacity, int nprod, size_t len, long n, int batch)
     for (int i = 0; i < nprod; i++)
         waitpid(pids[i], NULL, 0);
     munmap(r, cmp_ring_footprint(capacity));
+    if (fd >= 0)
+        close(fd);
     free(s.buf);
     return t;
+}
+
+/* A backlog: n messages of len bytes put with no consumer (they go to the
+ * spill once the ring is full), then got by a child. Sets the seconds of
+ * each phase. */
+static void backlog(size_t len, long n, double *put, double *get)
+{
+    size_t capacity = 4u << 20;
+    cmp_ring_t *r = shared(cmp_ring_footprint(capacity));
+    cmp_ring_init(r, capacity, 0);
+    int fd = cmp_spill_create();
+    if (fd < 0 || cmp_ring_set_spill(r, fd) < 0)
+        exit(1);
+    uint8_t *buf = calloc(1, len);
+    double t0 = now();
+    for (long i = 0; i < n; i++)
+        if (cmp_ring_put(r, buf, len, CMP_NOWAIT) != 0) {
+            fprintf(stderr, "backlog put failed\n");
+            exit(1);
+        }
+    *put = now() - t0;
+    t0 = now();
+    pid_t pid = fork();
+    if (pid == 0) {
+        struct sink s = {0};
+        for (long got = 0; got < n;)
+            got += cmp_ring_get_many(r, sink_alloc, &s, 64, NULL);
+        _exit(0);
+    }
+    waitpid(pid, NULL, 0);
+    *get = now() - t0;
+    munmap(r, cmp_ring_footprint(capacity));
+    close(fd);
+    free(buf);
 }
 
 /* Ping-pong: a message goes to the child and back. Returns seconds per
@@ -133,23 +174,33 @@ int main(void)
     double t;
     long n = 1000000;
 
-    t = run(cap, 1, 64, n, 0);
+    t = run(cap, 1, 64, n, 0, 0);
     printf("1->1   64 B         %8.0f ns/msg  %6.2f M msg/s\n", t / n * 1e9, n / t / 1e6);
-    t = run(cap, 4, 64, n / 4, 0);
+    t = run(cap, 4, 64, n / 4, 0, 0);
     printf("4->1   64 B         %8.0f ns/msg  %6.2f M msg/s\n", t / n * 1e9, n / t / 1e6);
-    t = run(cap, 4, 64, n / 4, 1);
+    t = run(cap, 4, 64, n / 4, 1, 0);
     printf("4->1   64 B batch   %8.0f ns/msg  %6.2f M msg/s\n", t / n * 1e9, n / t / 1e6);
     long m = 2000;
-    t = run(cap, 1, 1u << 20, m, 0);
+    t = run(cap, 1, 1u << 20, m, 0, 0);
     printf("1->1   1 MiB        %8.1f us/msg  %6.2f GB/s\n", t / m * 1e6,
            (double)m * (1u << 20) / t / 1e9);
     long b = 20;
-    t = run(cap, 1, 64u << 20, b, 0);
+    t = run(cap, 1, 64u << 20, b, 0, 0);
     printf("1->1   64 MiB strm  %8.2f ms/msg  %6.2f GB/s (4 MiB ring)\n", t / b * 1e3,
            (double)b * (64u << 20) / t / 1e9);
-    t = run(64 * 1024, 1, 1u << 20, m, 0);
+    t = run(64 * 1024, 1, 1u << 20, m, 0, 0);
     printf("1->1   1 MiB strm   %8.1f us/msg  %6.2f GB/s (64 KiB ring)\n", t / m * 1e6,
            (double)m * (1u << 20) / t / 1e9);
+    t = run(cap, 1, 1u << 20, m, 0, 1);
+    printf("1->1   1 MiB spill  %8.1f us/msg  %6.2f GB/s (with a spill file)\n", t / m * 1e6,
+           (double)m * (1u << 20) / t / 1e9);
+    t = run(cap, 1, 64u << 20, b, 0, 1);
+    printf("1->1   64 MiB spill %8.2f ms/msg  %6.2f GB/s (4 MiB ring + spill)\n", t / b * 1e3,
+           (double)b * (64u << 20) / t / 1e9);
+    double tp, tg;
+    backlog(64, n, &tp, &tg);
+    printf("backlog 64 B x %ld: put %.0f ns/msg, then get %.0f ns/msg\n", n, tp / n * 1e9,
+           tg / n * 1e9);
     t = pingpong(200000);
     printf("ping-pong round trip %7.2f us\n", t * 1e6);
     return 0;

@@ -483,7 +483,15 @@ struct prod {
     uint64_t spublished;
 };
 
-enum { NOWHERE = 0, TO_RING = 1, TO_SPILL = 2 };
+/* RING_FULL: the spill can take it, but the ring would if a consumer made
+ * room (the spill is empty). */
+enum { NOWHERE = 0, TO_RING = 1, TO_SPILL = 2, RING_FULL = 3 };
+
+/* How long a producer waits for a consumer that is draining the ring before
+ * it spills instead: the ring is an order of magnitude faster than the
+ * spill (whose pages are allocated, written, read and freed), so entering
+ * the spill while a consumer keeps up would only slow both sides down. */
+#define RING_FULL_WAIT_NS (2 * 1000 * 1000)
 
 /* Where a record can go now. need: its bytes in the ring, 0 when it may not
  * go there; slot: it starts a message (counts against max_count); sneed: its
@@ -497,7 +505,8 @@ static int place(struct prod *p, uint64_t need, int slot, uint64_t sneed)
     if (slot && r->max_count && ((CNT(p->t) - CNT(h)) & CNT_MASK) + scount >= r->max_count)
         return NOWHERE;
     /* the ring only while the spill is empty: see "Order" */
-    if (need && POS(sh) == POS(p->st)) {
+    int ring_ok = need && POS(sh) == POS(p->st);
+    if (ring_ok) {
         uint64_t used = (POS(p->t) - POS(h)) & POS_MASK;
         if (used + need + RESERVE <= r->capacity)
             return TO_RING;
@@ -505,7 +514,7 @@ static int place(struct prod *p, uint64_t need, int slot, uint64_t sneed)
     if (sneed) {
         uint64_t sused = (POS(p->st) - POS(sh)) & POS_MASK;
         if (sused + sneed <= SPILL_MAX_BYTES && scount < SPILL_MAX_COUNT)
-            return TO_SPILL;
+            return ring_ok ? RING_FULL : TO_SPILL;
     }
     return NOWHERE;
 }
@@ -568,13 +577,38 @@ static void publish(struct prod *p)
         notify_data(p->r);
 }
 
+/* The ring is full and the spill empty: waits (spinning, a bounded time)
+ * while a consumer is draining the ring; spills when none is. */
+static int wait_ring(struct prod *p, uint64_t need, int slot, uint64_t sneed,
+                     const struct timespec *deadline)
+{
+    cmp_ring_t *r = p->r;
+    uint64_t h0 = cmp__load64_relaxed(&r->head);
+    struct timespec limit;
+    cmp__deadline_in_ns(&limit, RING_FULL_WAIT_NS);
+    for (unsigned i = 1;; i++) {
+        cmp__cpu_relax();
+        int w = place(p, need, slot, sneed);
+        if (w != RING_FULL)
+            return w ? w : wait_space(p, need, slot, sneed, deadline);
+        if ((i & 255) == 0) {
+            uint64_t h = cmp__load64_relaxed(&r->head);
+            if ((h == h0 && !cmp_lock_is_locked(&r->clock)) || cmp__deadline_passed(&limit))
+                return TO_SPILL;
+            h0 = h;
+        }
+    }
+}
+
 static int prod_wait(struct prod *p, uint64_t need, int slot, uint64_t sneed,
                      const struct timespec *deadline)
 {
     int w = place(p, need, slot, sneed);
-    if (w)
+    if (w && w != RING_FULL)
         return w;
     publish(p); /* consumers can free space only of what they see */
+    if (w == RING_FULL)
+        return wait_ring(p, need, slot, sneed, deadline);
     return wait_space(p, need, slot, sneed, deadline);
 }
 
@@ -643,7 +677,7 @@ static int prod_message(struct prod *p, const struct iovec *iov, int cnt,
         int w = prod_wait(p, len <= whole_max(r) ? rec : 0, 1, SPILL_HDR + len, deadline);
         if (w < 0)
             return w;
-        if (w == TO_SPILL)
+        if (w != TO_RING)
             return prod_spill(p, iov, cnt, len);
         write_hdr(r, POS(p->t), (uint32_t)len, F_FIRST | F_LAST);
         cursor_copy_in(r, POS(p->t) + HDR, &c, len);
