@@ -3,6 +3,7 @@
 #define CMP_TEST_HELPERS_H
 
 #include <criterion/criterion.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -23,6 +24,25 @@ static inline struct timespec test_deadline(double seconds)
     struct timespec ts;
     cmp_deadline_after(seconds, &ts);
     return ts;
+}
+
+/* Waits for a forked child for at most `seconds`; returns its exit status
+ * or -1 (after killing it) if it did not finish, or did not exit normally. */
+static inline int test_join(pid_t pid, double seconds)
+{
+    struct timespec deadline = test_deadline(seconds);
+    for (;;) {
+        int status;
+        pid_t r = waitpid(pid, &status, WNOHANG);
+        if (r == pid)
+            return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+        if (cmp_deadline_remaining(&deadline) <= 0) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &status, 0);
+            return -1;
+        }
+        usleep(1000);
+    }
 }
 
 #endif

@@ -8,23 +8,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static int barrier_join(pid_t pid, double seconds)
-{
-    struct timespec deadline = test_deadline(seconds);
-    for (;;) {
-        int status;
-        pid_t r = waitpid(pid, &status, WNOHANG);
-        if (r == pid)
-            return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-        if (cmp_deadline_remaining(&deadline) <= 0) {
-            kill(pid, SIGKILL);
-            waitpid(pid, &status, 0);
-            return -1;
-        }
-        usleep(1000);
-    }
-}
-
 /* Polls until n_waiting reaches n (children asleep in the barrier). */
 static void wait_for_waiting(cmp_barrier_t *b, uint32_t n)
 {
@@ -146,7 +129,7 @@ Test(barrier, many_rounds_four_processes, .timeout = 30)
         }
     }
     for (int i = 0; i < P; i++)
-        cr_assert_eq(barrier_join(pids[i], 25), 0, "child %d", i);
+        cr_assert_eq(test_join(pids[i], 25), 0, "child %d", i);
     cr_assert_eq(sh->actions, ROUNDS);
     cr_assert_eq(sh->bad, 0);
     for (int i = 0; i < 64; i++)
@@ -174,8 +157,8 @@ Test(barrier, abort_releases_waiters, .timeout = 10)
     pid_t a = spawn_waiter(sh, -EPIPE, 5), b = spawn_waiter(sh, -EPIPE, 5);
     wait_for_waiting(&sh->barrier, 2);
     cmp_barrier_abort(&sh->barrier);
-    cr_assert_eq(barrier_join(a, 5), 0);
-    cr_assert_eq(barrier_join(b, 5), 0);
+    cr_assert_eq(test_join(a, 5), 0);
+    cr_assert_eq(test_join(b, 5), 0);
     cr_assert_eq(cmp_barrier_broken(&sh->barrier), 1);
     cr_assert_eq(cmp_barrier_wait(&sh->barrier, NULL, NULL, NULL), -EPIPE);
     cmp_barrier_reset(&sh->barrier);
@@ -187,8 +170,8 @@ Test(barrier, abort_releases_waiters, .timeout = 10)
     wait_for_waiting(&sh->barrier, 2);
     struct timespec deadline = test_deadline(5);
     cr_assert_eq(cmp_barrier_wait(&sh->barrier, &deadline, NULL, NULL), 2);
-    cr_assert_eq(barrier_join(a, 5), 0);
-    cr_assert_eq(barrier_join(b, 5), 0);
+    cr_assert_eq(test_join(a, 5), 0);
+    cr_assert_eq(test_join(b, 5), 0);
 }
 
 Test(barrier, reset_while_waiting_then_reuse, .timeout = 10)
@@ -198,8 +181,8 @@ Test(barrier, reset_while_waiting_then_reuse, .timeout = 10)
     pid_t a = spawn_waiter(sh, -EPIPE, 5), b = spawn_waiter(sh, -EPIPE, 5);
     wait_for_waiting(&sh->barrier, 2);
     cmp_barrier_reset(&sh->barrier);
-    cr_assert_eq(barrier_join(a, 5), 0);
-    cr_assert_eq(barrier_join(b, 5), 0);
+    cr_assert_eq(test_join(a, 5), 0);
+    cr_assert_eq(test_join(b, 5), 0);
     cr_assert_eq(cmp_barrier_broken(&sh->barrier), 0);
     cr_assert_eq(cmp_barrier_n_waiting(&sh->barrier), 0);
     /* a full round works after the reset */
@@ -216,7 +199,7 @@ Test(barrier, reset_while_waiting_then_reuse, .timeout = 10)
     int rc = cmp_barrier_wait(&sh->barrier, &deadline, NULL, NULL);
     cr_assert(rc >= 0 && rc < 3, "rc %d", rc);
     for (int i = 0; i < 2; i++)
-        cr_assert_eq(barrier_join(pids[i], 5), 0);
+        cr_assert_eq(test_join(pids[i], 5), 0);
 }
 
 Test(barrier, waiter_timeout_breaks_for_others, .timeout = 10)
@@ -227,7 +210,7 @@ Test(barrier, waiter_timeout_breaks_for_others, .timeout = 10)
     wait_for_waiting(&sh->barrier, 1);
     struct timespec deadline = test_deadline(0.1);
     cr_assert_eq(cmp_barrier_wait(&sh->barrier, &deadline, NULL, NULL), -ETIMEDOUT);
-    cr_assert_eq(barrier_join(a, 5), 0);
+    cr_assert_eq(test_join(a, 5), 0);
     cr_assert_eq(cmp_barrier_broken(&sh->barrier), 1);
 }
 
@@ -240,12 +223,12 @@ Test(barrier, dead_party_does_not_hang_others, .timeout = 10)
     pid_t victim = spawn_waiter(sh, 0, 30);
     wait_for_waiting(&sh->barrier, 1);
     kill(victim, SIGKILL);
-    barrier_join(victim, 5);
+    test_join(victim, 5);
     pid_t other = spawn_waiter(sh, -EPIPE, 5);
     wait_for_waiting(&sh->barrier, 2);
     struct timespec deadline = test_deadline(0.2);
     cr_assert_eq(cmp_barrier_wait(&sh->barrier, &deadline, NULL, NULL), -ETIMEDOUT);
-    cr_assert_eq(barrier_join(other, 5), 0);
+    cr_assert_eq(test_join(other, 5), 0);
     cr_assert_eq(cmp_barrier_broken(&sh->barrier), 1);
 }
 
@@ -275,8 +258,8 @@ Test(barrier, abort_during_action, .timeout = 10)
         usleep(1000);
     cmp_barrier_abort(&sh->barrier); /* must not wait for the action */
     cr_assert_eq(cmp_barrier_broken(&sh->barrier), 1);
-    cr_assert_eq(barrier_join(a, 5), 0);
-    cr_assert_eq(barrier_join(runner, 5), 0);
+    cr_assert_eq(test_join(a, 5), 0);
+    cr_assert_eq(test_join(runner, 5), 0);
 }
 
 static void barrier_on_usr1(int sig)
@@ -314,5 +297,5 @@ Test(barrier, signal_withdraws_waiter, .timeout = 10)
     struct timespec deadline = test_deadline(5);
     int rc = cmp_barrier_wait(&sh->barrier, &deadline, NULL, NULL);
     cr_assert(rc == 0 || rc == 1, "rc %d", rc);
-    cr_assert_eq(barrier_join(pid, 5), 0);
+    cr_assert_eq(test_join(pid, 5), 0);
 }

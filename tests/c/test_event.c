@@ -7,23 +7,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static int event_join(pid_t pid, double seconds)
-{
-    struct timespec deadline = test_deadline(seconds);
-    for (;;) {
-        int status;
-        pid_t r = waitpid(pid, &status, WNOHANG);
-        if (r == pid)
-            return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-        if (cmp_deadline_remaining(&deadline) <= 0) {
-            kill(pid, SIGKILL);
-            waitpid(pid, &status, 0);
-            return -1;
-        }
-        usleep(1000);
-    }
-}
-
 Test(event, set_clear_is_set, .timeout = 5)
 {
     cmp_event_t ev;
@@ -79,7 +62,7 @@ Test(event, set_wakes_all_waiting_processes, .timeout = 10)
     cr_assert_eq(sh->ev.waiters, N, "all children should be asleep");
     cmp_event_set(&sh->ev);
     for (int i = 0; i < N; i++)
-        cr_assert_eq(event_join(pids[i], 5), 0);
+        cr_assert_eq(test_join(pids[i], 5), 0);
     cr_assert_eq(sh->ev.waiters, 0);
 }
 
@@ -100,7 +83,7 @@ Test(event, pulse_is_not_lost, .timeout = 10)
         usleep(1000);
     cmp_event_set(ev);
     cmp_event_clear(ev);
-    cr_assert_eq(event_join(pid, 5), 0);
+    cr_assert_eq(test_join(pid, 5), 0);
     cr_assert_eq(cmp_event_is_set(ev), 0);
 }
 
@@ -132,7 +115,7 @@ Test(event, ping_pong_across_processes, .timeout = 20)
         cr_assert_eq(cmp_event_wait(&sh->pong, &deadline), 0, "round %d", i);
         cmp_event_clear(&sh->pong);
     }
-    cr_assert_eq(event_join(pid, 5), 0);
+    cr_assert_eq(test_join(pid, 5), 0);
 }
 
 static void event_on_usr1(int sig)
@@ -159,7 +142,7 @@ Test(event, signal_interrupts_wait, .timeout = 10)
         usleep(1000);
     usleep(20000);
     kill(pid, SIGUSR1);
-    cr_assert_eq(event_join(pid, 5), 0);
+    cr_assert_eq(test_join(pid, 5), 0);
 }
 
 /* The spin budget (a private hint) halves when a spin runs out, is left

@@ -6,25 +6,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-/* Waits for a forked child for at most `seconds`; returns its exit status
- * or -1 (after killing it) if it did not finish. */
-static int sem_join(pid_t pid, double seconds)
-{
-    struct timespec deadline = test_deadline(seconds);
-    for (;;) {
-        int status;
-        pid_t r = waitpid(pid, &status, WNOHANG);
-        if (r == pid)
-            return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-        if (cmp_deadline_remaining(&deadline) <= 0) {
-            kill(pid, SIGKILL);
-            waitpid(pid, &status, 0);
-            return -1;
-        }
-        usleep(1000);
-    }
-}
-
 Test(sem, counts_down_and_up, .timeout = 5)
 {
     cmp_sem_t sem;
@@ -89,7 +70,7 @@ Test(sem, release_from_other_process_wakes_sleeper, .timeout = 10)
     }
     struct timespec deadline = test_deadline(5);
     cr_assert_eq(cmp_sem_acquire(sem, &deadline), 0);
-    cr_assert_eq(sem_join(pid, 5), 0);
+    cr_assert_eq(test_join(pid, 5), 0);
     cr_assert_eq(cmp_sem_value(sem), 0);
 }
 
@@ -121,7 +102,7 @@ Test(sem, mutual_exclusion_across_processes, .timeout = 20)
         }
     }
     for (int i = 0; i < PROCS; i++)
-        cr_assert_eq(sem_join(pids[i], 15), 0);
+        cr_assert_eq(test_join(pids[i], 15), 0);
     cr_assert_eq(sh->counter, (long)PROCS * ITERS);
     cr_assert_eq(cmp_sem_value(&sh->sem), 1);
     cr_assert_eq(sh->sem.waiters, 0);
@@ -149,7 +130,7 @@ Test(sem, counting_handoff_across_processes, .timeout = 20)
     for (int n = 0; n < CONSUMERS * EACH; n++)
         cr_assert_eq(cmp_sem_release(sem), 0);
     for (int i = 0; i < CONSUMERS; i++)
-        cr_assert_eq(sem_join(pids[i], 15), 0);
+        cr_assert_eq(test_join(pids[i], 15), 0);
     cr_assert_eq(cmp_sem_value(sem), 0);
 }
 
@@ -179,5 +160,5 @@ Test(sem, signal_interrupts_acquire, .timeout = 10)
         usleep(1000);
     usleep(20000);
     kill(pid, SIGUSR1);
-    cr_assert_eq(sem_join(pid, 5), 0);
+    cr_assert_eq(test_join(pid, 5), 0);
 }

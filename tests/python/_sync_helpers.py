@@ -1,11 +1,14 @@
-"""Helpers for the lock, rlock and condition tests: forked children that
-report through their exit status, a shared int64 counter, polling waits.
+"""Helpers for the synchronization tests (lock, rlock, semaphore, event,
+condition, barrier): forked children that report through their exit
+status, a shared int64 counter, polling waits, the SIGINT harness.
 Every wait has a timeout."""
 import ctypes
 import mmap
 import os
 import signal
 import time
+
+import pytest
 
 
 def fork(fn, *args):
@@ -71,3 +74,38 @@ def wait_readable(fd, timeout=10.0):
     r, _, _ = select.select([fd], [], [], timeout)
     assert r, "child did not report in time"
     return os.read(fd, 64)
+
+
+def join_ok(p, timeout=10):
+    """Joins Process p; returns its exit code. Kills it and fails the test
+    if it did not finish in time."""
+    p.join(timeout)
+    if p.is_alive():
+        p.kill()
+        p.join(5)
+        pytest.fail("child did not finish in time")
+    return p.exitcode
+
+
+def interrupt_status(blocking_call):
+    """In a child: runs blocking_call(); 7 if KeyboardInterrupt ended it,
+    1 if it returned (an exit status for the parent to check)."""
+    try:
+        blocking_call()
+    except KeyboardInterrupt:
+        return 7
+    return 1
+
+
+def sigint_and_join(child, timeout=5):
+    """Sends SIGINT to child (a started Process, or a pid from fork()) and
+    waits for it. Returns (exit code, seconds from the signal to the exit)."""
+    pid = child if isinstance(child, int) else child.pid
+    t0 = time.monotonic()
+    os.kill(pid, signal.SIGINT)
+    if isinstance(child, int):
+        code = join(child, timeout)
+    else:
+        child.join(timeout)
+        code = child.exitcode
+    return code, time.monotonic() - t0

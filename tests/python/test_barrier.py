@@ -11,14 +11,7 @@ import time
 import pytest
 from threading import BrokenBarrierError
 
-
-def join_ok(p, timeout=10):
-    p.join(timeout)
-    if p.is_alive():
-        p.kill()
-        p.join(5)
-        pytest.fail("child did not finish in time")
-    return p.exitcode
+from _sync_helpers import interrupt_status, join_ok, sigint_and_join
 
 
 def wait_until(predicate, timeout=10):
@@ -230,11 +223,7 @@ def test_failing_action_breaks_for_the_others(mp):
 
 def _interrupted_barrier(b, started):
     started.release()
-    try:
-        b.wait(20)
-    except KeyboardInterrupt:
-        os._exit(7)
-    os._exit(1)
+    os._exit(interrupt_status(lambda: b.wait(20)))
 
 
 def test_sigint_interrupts_wait(mp):
@@ -244,11 +233,9 @@ def test_sigint_interrupts_wait(mp):
     p.start()
     assert started.acquire(timeout=10)
     wait_until(lambda: b.n_waiting == 1)
-    t0 = time.monotonic()
-    os.kill(p.pid, signal.SIGINT)
-    p.join(5)
-    assert p.exitcode == 7
-    assert time.monotonic() - t0 < 0.5
+    code, took = sigint_and_join(p)
+    assert code == 7
+    assert took < 0.5
 
 
 # --- beyond the stdlib ------------------------------------------------------

@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from _sync_helpers import SharedInts, fork, join, wait_readable, wait_until
+from _sync_helpers import (SharedInts, fork, interrupt_status, join, sigint_and_join,
+                           wait_readable, wait_until)
 
 
 def test_defaults_and_repr(mp):
@@ -155,20 +156,15 @@ def test_sigint_interrupts_wait(mp):
         signal.signal(signal.SIGINT, signal.default_int_handler)
         with cond:
             os.write(w, b"x")
-            try:
-                cond.wait(20)
-            except KeyboardInterrupt:
-                return 7
-        return 1
+            return interrupt_status(lambda: cond.wait(20))
     pid = fork(child)
     wait_readable(r)
     with cond:  # the child is inside wait() once we get the lock
         pass
     time.sleep(0.05)
-    t0 = time.monotonic()
-    os.kill(pid, signal.SIGINT)
-    assert join(pid, 5) == 7
-    assert time.monotonic() - t0 < 0.5
+    code, took = sigint_and_join(pid)
+    assert code == 7
+    assert took < 0.5
     os.close(r)
     os.close(w)
 

@@ -3,20 +3,12 @@ standard-behaviour test runs on the stdlib and on cmultiprocessing."""
 import os
 import pickle
 import re
-import signal
 import threading
 import time
 
 import pytest
 
-
-def join_ok(p, timeout=10):
-    p.join(timeout)
-    if p.is_alive():
-        p.kill()
-        p.join(5)
-        pytest.fail("child did not finish in time")
-    return p.exitcode
+from _sync_helpers import interrupt_status, join_ok, sigint_and_join
 
 
 def test_set_clear_is_set(mp):
@@ -132,11 +124,7 @@ def test_ping_pong_between_processes(mp):
 
 def _interrupted_wait(e, started):
     started.release()
-    try:
-        e.wait(20)
-    except KeyboardInterrupt:
-        os._exit(7)
-    os._exit(1)
+    os._exit(interrupt_status(lambda: e.wait(20)))
 
 
 def test_sigint_interrupts_wait(mp):
@@ -146,11 +134,9 @@ def test_sigint_interrupts_wait(mp):
     p.start()
     assert started.acquire(timeout=10)
     time.sleep(0.2)
-    t0 = time.monotonic()
-    os.kill(p.pid, signal.SIGINT)
-    p.join(5)
-    assert p.exitcode == 7
-    assert time.monotonic() - t0 < 0.5
+    code, took = sigint_and_join(p)
+    assert code == 7
+    assert took < 0.5
     assert e.is_set() is False
 
 

@@ -9,7 +9,8 @@ import warnings
 
 import pytest
 
-from _sync_helpers import SharedInts, fork, join, wait_readable, wait_until
+from _sync_helpers import (SharedInts, fork, interrupt_status, join, sigint_and_join,
+                           wait_readable, wait_until)
 
 
 def test_acquire_release_basics(mp):
@@ -151,18 +152,13 @@ def test_sigint_interrupts_blocked_acquire(mp):
     def child():
         signal.signal(signal.SIGINT, signal.default_int_handler)
         os.write(w, b"x")
-        try:
-            lock.acquire(timeout=20)
-        except KeyboardInterrupt:
-            return 7
-        return 1
+        return interrupt_status(lambda: lock.acquire(timeout=20))
     pid = fork(child)
     wait_readable(r)
     time.sleep(0.1)  # let it block
-    t0 = time.monotonic()
-    os.kill(pid, signal.SIGINT)
-    assert join(pid, 5) == 7
-    assert time.monotonic() - t0 < 0.5
+    code, took = sigint_and_join(pid)
+    assert code == 7
+    assert took < 0.5
     lock.release()
     os.close(r)
     os.close(w)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from _sync_helpers import SharedInts, fork, join, wait_readable
+from _sync_helpers import SharedInts, fork, interrupt_status, join, sigint_and_join, wait_readable
 
 
 def test_recursion(mp):
@@ -106,18 +106,13 @@ def test_sigint_interrupts_blocked_acquire(mp):
     def child():
         signal.signal(signal.SIGINT, signal.default_int_handler)
         os.write(w, b"x")
-        try:
-            rlock.acquire()
-        except KeyboardInterrupt:
-            return 7
-        return 1
+        return interrupt_status(rlock.acquire)
     pid = fork(child)
     wait_readable(r)
     time.sleep(0.1)
-    t0 = time.monotonic()
-    os.kill(pid, signal.SIGINT)
-    assert join(pid, 5) == 7
-    assert time.monotonic() - t0 < 0.5
+    code, took = sigint_and_join(pid)
+    assert code == 7
+    assert took < 0.5
     rlock.release()
     os.close(r)
     os.close(w)

@@ -4,20 +4,12 @@ cmultiprocessing (the `mp` fixture)."""
 import errno
 import os
 import pickle
-import signal
 import threading
 import time
 
 import pytest
 
-
-def join_ok(p, timeout=10):
-    p.join(timeout)
-    if p.is_alive():
-        p.kill()
-        p.join(5)
-        pytest.fail("child did not finish in time")
-    return p.exitcode
+from _sync_helpers import interrupt_status, join_ok, sigint_and_join
 
 
 # --- API and defaults -------------------------------------------------------
@@ -207,11 +199,7 @@ def test_limits_concurrency_across_processes(mp):
 
 def _interrupted_acquire(s, started):
     started.set()
-    try:
-        s.acquire(timeout=20)
-    except KeyboardInterrupt:
-        os._exit(7)
-    os._exit(1)
+    os._exit(interrupt_status(lambda: s.acquire(timeout=20)))
 
 
 def test_sigint_interrupts_blocked_acquire(mp):
@@ -221,8 +209,6 @@ def test_sigint_interrupts_blocked_acquire(mp):
     p.start()
     assert started.wait(10)
     time.sleep(0.2)
-    t0 = time.monotonic()
-    os.kill(p.pid, signal.SIGINT)
-    p.join(5)
-    assert p.exitcode == 7
-    assert time.monotonic() - t0 < 0.5
+    code, took = sigint_and_join(p)
+    assert code == 7
+    assert took < 0.5

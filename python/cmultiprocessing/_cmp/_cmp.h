@@ -142,20 +142,55 @@ static inline int cmp_py_fast_cache_used(const cmp_py_fast_cache *cache)
 void cmp_py_fast_cache_finalize(PyObject *self, cmp_py_fast_cache *cache);
 void cmp_py_fast_cache_clear(cmp_py_fast_cache *cache);
 
+/* What the synchronization objects share (shared_object.c). */
+
+/* The head of an object whose state is one block of the shared heap
+ * (Lock, RLock, Semaphore, Event, Condition, Barrier): the object keeps
+ * the block alive. */
+#define CMP_PY_SHARED_HEAD \
+    PyObject_HEAD          \
+    cmp_shared_t *block;
+
+/* tp_new's part for such an object: a new instance of type (starting with
+ * CMP_PY_SHARED_HEAD) that owns a fresh block of size bytes, at *mem for the
+ * caller to initialize. New reference, or NULL with an exception. */
+PyObject *cmp_py_shared_new(PyTypeObject *type, size_t size, void **mem);
+/* tp_dealloc's part: clears the instance's cmp_py_fast_cache (cache, or
+ * NULL when it has none; returns early when a bound method it handed out
+ * resurrected op), releases the block and frees op. GC types untrack and
+ * clear their references first. */
+void cmp_py_shared_dealloc(PyObject *op, cmp_py_fast_cache *cache);
+/* __reduce__: raises RuntimeError("<what> objects should only be shared
+ * between processes through inheritance"), what being the type's __name__
+ * when NULL, as the stdlib does outside spawning. Returns NULL. */
+PyObject *cmp_py_refuse_pickle(PyObject *op, const char *what);
+
+/* A libcmp wait on obj until deadline (NULL: none): 0 or more, or a
+ * negative errno, -EINTR when a signal interrupted it. */
+typedef int (*cmp_py_wait_fn)(void *obj, const struct timespec *deadline);
+/* Blocks in wait(obj, ...) with the GIL released; on -EINTR runs the signal
+ * handlers and waits again until the same deadline. sliced: sleeps at most
+ * 50 ms at a time (cmp_py_slice), for waits that can miss a signal landing
+ * between two futex sleeps. Returns what wait returned (never -EINTR), or
+ * -EINTR with the exception a signal handler raised. */
+int cmp_py_wait(cmp_py_wait_fn wait, void *obj, const struct timespec *deadline, int sliced);
+/* The deadline for one GIL-released sleep of a blocking acquire: at most
+ * 50 ms away, so that signal handlers run promptly even when a signal lands
+ * between two futex waits. Returns deadline itself when it comes first. */
+const struct timespec *cmp_py_slice(const struct timespec *deadline, struct timespec *storage);
+
 /* The Lock and RLock objects, visible to condition.c and sharedctypes.c,
  * which act on the lock directly instead of through method calls. */
 typedef struct {
-    PyObject_HEAD
-    cmp_shared_t *block; /* keeps the shared memory alive */
+    CMP_PY_SHARED_HEAD
     cmp_lock_t *lock;    /* inside block */
     unsigned long owner; /* this process's thread that last acquired it */
     cmp_py_fast_cache with_cache;
 } cmp_py_lock;
 
 typedef struct {
-    PyObject_HEAD
-    cmp_shared_t *block;
-    cmp_rlock_t *rlock;
+    CMP_PY_SHARED_HEAD
+    cmp_rlock_t *rlock;  /* inside block */
     cmp_py_fast_cache with_cache;
 } cmp_py_rlock;
 
@@ -173,10 +208,6 @@ int cmp_py_lock_release_any(PyObject *lock);
 int cmp_py_Lock_acquire_deadline(cmp_py_lock *self, const struct timespec *deadline);
 int cmp_py_RLock_acquire_count(cmp_py_rlock *self, uint32_t count,
                                const struct timespec *deadline);
-/* The deadline for one GIL-released sleep of a blocking acquire: at most
- * 50 ms away, so that signal handlers run promptly even when a signal lands
- * between two futex waits. Returns deadline itself when it comes first. */
-const struct timespec *cmp_py_slice(const struct timespec *deadline, struct timespec *storage);
 /* 1 if the calling thread of this process holds it. */
 int cmp_py_Lock_is_mine(cmp_py_lock *self);
 PyObject *cmp_py_Lock_acquire(PyObject *self, PyObject *const *args, Py_ssize_t nargs,

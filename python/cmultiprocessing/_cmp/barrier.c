@@ -13,8 +13,7 @@
 #include <errno.h>
 
 typedef struct {
-    PyObject_HEAD
-    cmp_shared_t *block;
+    CMP_PY_SHARED_HEAD
     cmp_barrier_t *barrier; /* inside block */
     PyObject *action;       /* callable or None */
     PyObject *timeout;      /* default timeout for wait(): None or a number */
@@ -137,13 +136,9 @@ static PyObject *Barrier_get_broken(PyObject *op, void *closure)
 
 static PyObject *Barrier_reduce(PyObject *op, PyObject *unused)
 {
-    (void)op;
     (void)unused;
     /* the stdlib's Barrier pickles its Condition first, which refuses */
-    PyErr_SetString(PyExc_RuntimeError,
-                    "Condition objects should only be shared between processes through "
-                    "inheritance");
-    return NULL;
+    return cmp_py_refuse_pickle(op, "Condition");
 }
 
 static PyObject *Barrier_repr(PyObject *op)
@@ -192,17 +187,11 @@ static PyObject *Barrier_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_ValueError, "parties must be >= 1");
         return NULL;
     }
-    cmp_shared_t *block;
-    int rc = cmp_shared_alloc(sizeof(cmp_barrier_t), &block);
-    if (rc < 0)
-        return cmp_py_raise(rc);
-    BarrierObject *self = (BarrierObject *)type->tp_alloc(type, 0);
-    if (!self) {
-        cmp_shared_release(block);
+    void *mem;
+    BarrierObject *self = (BarrierObject *)cmp_py_shared_new(type, sizeof(cmp_barrier_t), &mem);
+    if (!self)
         return NULL;
-    }
-    self->block = block;
-    self->barrier = cmp_shared_ptr(block);
+    self->barrier = mem;
     cmp_barrier_init(self->barrier, (uint32_t)parties);
     self->action = Py_NewRef(action);
     self->timeout = Py_NewRef(timeout);
@@ -228,14 +217,9 @@ static int Barrier_clear(PyObject *op)
 
 static void Barrier_dealloc(PyObject *op)
 {
-    BarrierObject *self = (BarrierObject *)op;
-    PyTypeObject *tp = Py_TYPE(op);
     PyObject_GC_UnTrack(op);
     Barrier_clear(op);
-    if (self->block)
-        cmp_shared_release(self->block);
-    tp->tp_free(op);
-    Py_DECREF(tp);
+    cmp_py_shared_dealloc(op, NULL);
 }
 
 static PyMethodDef Barrier_methods[] = {

@@ -13,9 +13,8 @@
 #include <errno.h>
 
 typedef struct {
-    PyObject_HEAD
-    cmp_shared_t *block;
-    cmp_cond_t *cond;
+    CMP_PY_SHARED_HEAD
+    cmp_cond_t *cond; /* inside block */
     PyObject *lock; /* our Lock or RLock */
     int is_rlock;
 } cmp_py_condition;
@@ -43,6 +42,17 @@ static int reacquire(cmp_py_condition *self, uint32_t depth)
     return cmp_py_Lock_acquire_deadline((cmp_py_lock *)self->lock, NULL);
 }
 
+struct cond_wait_args {
+    cmp_cond_t *cond;
+    uint32_t ticket;
+};
+
+static int cond_wait(void *arg, const struct timespec *deadline)
+{
+    struct cond_wait_args *a = arg;
+    return cmp_cond_sleep(a->cond, a->ticket, deadline);
+}
+
 /* 1 notified, 0 timed out, -1 exception (lock held again unless taking it
  * back was itself interrupted). */
 static int wait_impl(cmp_py_condition *self, const struct timespec *deadline)
@@ -59,24 +69,12 @@ static int wait_impl(cmp_py_condition *self, const struct timespec *deadline)
     } else {
         cmp_lock_release(((cmp_py_lock *)self->lock)->lock);
     }
-    int rc, notified = 0, failed = 0;
-    for (;;) {
-        Py_BEGIN_ALLOW_THREADS
-        rc = cmp_cond_sleep(self->cond, ticket, deadline);
-        Py_END_ALLOW_THREADS
-        if (rc != -EINTR)
-            break;
-        if (PyErr_CheckSignals() < 0) {
-            /* a grant already made to us is consumed, never lost */
-            cmp_cond_cancel_wait(self->cond, ticket);
-            failed = 1;
-            break;
-        }
-    }
-    if (!failed)
-        notified = rc == 0;
-
-    if (failed) {
+    struct cond_wait_args a = {self->cond, ticket};
+    int rc = cmp_py_wait(cond_wait, &a, deadline, 0);
+    if (rc == -EINTR) {
+        /* a signal handler raised: a grant already made to us is
+         * consumed, never lost */
+        cmp_cond_cancel_wait(self->cond, ticket);
         PyObject *type, *value, *tb;
         PyErr_Fetch(&type, &value, &tb);
         int r = reacquire(self, depth);
@@ -87,7 +85,7 @@ static int wait_impl(cmp_py_condition *self, const struct timespec *deadline)
     }
     if (reacquire(self, depth) < 0)
         return -1;
-    return notified;
+    return rc == 0;
 }
 
 static PyObject *Condition_wait(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
@@ -217,12 +215,8 @@ static PyObject *Condition_exit(PyObject *op, PyObject *const *args, Py_ssize_t 
 
 static PyObject *Condition_reduce(PyObject *op, PyObject *unused)
 {
-    (void)op;
     (void)unused;
-    PyErr_SetString(PyExc_RuntimeError,
-                    "Condition objects should only be shared between processes through "
-                    "inheritance");
-    return NULL;
+    return cmp_py_refuse_pickle(op, "Condition");
 }
 
 static PyObject *Condition_repr(PyObject *op)
@@ -266,20 +260,14 @@ static PyObject *Condition_new(PyTypeObject *type, PyObject *args, PyObject *kwd
                      Py_TYPE(lock)->tp_name);
         return NULL;
     }
-    cmp_shared_t *block;
-    int rc = cmp_shared_alloc(sizeof(cmp_cond_t), &block);
-    if (rc < 0) {
-        Py_DECREF(lock);
-        return cmp_py_raise(rc);
-    }
-    cmp_py_condition *self = (cmp_py_condition *)type->tp_alloc(type, 0);
+    void *mem;
+    cmp_py_condition *self =
+        (cmp_py_condition *)cmp_py_shared_new(type, sizeof(cmp_cond_t), &mem);
     if (!self) {
         Py_DECREF(lock);
-        cmp_shared_release(block);
         return NULL;
     }
-    self->block = block;
-    self->cond = cmp_shared_ptr(block);
+    self->cond = mem;
     cmp_cond_init(self->cond);
     self->lock = lock;
     self->is_rlock = is_rlock;
@@ -301,14 +289,9 @@ static int Condition_clear(PyObject *op)
 
 static void Condition_dealloc(PyObject *op)
 {
-    cmp_py_condition *self = (cmp_py_condition *)op;
-    PyTypeObject *tp = Py_TYPE(op);
     PyObject_GC_UnTrack(op);
     Condition_clear(op);
-    if (self->block)
-        cmp_shared_release(self->block);
-    tp->tp_free(op);
-    Py_DECREF(tp);
+    cmp_py_shared_dealloc(op, NULL);
 }
 
 static PyMethodDef Condition_methods[] = {

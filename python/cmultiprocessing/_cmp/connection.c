@@ -440,6 +440,18 @@ static PyObject *Conn_recv(PyObject *op, PyObject *unused)
     return obj;
 }
 
+/* ppoll()'s relative timeout: what is left until deadline (in rel), or NULL
+ * for no deadline. */
+static struct timespec *time_left(const struct timespec *deadline, struct timespec *rel)
+{
+    if (!deadline)
+        return NULL;
+    double left = cmp_deadline_remaining(deadline);
+    rel->tv_sec = (time_t)left;
+    rel->tv_nsec = (long)((left - (double)rel->tv_sec) * 1e9);
+    return rel;
+}
+
 /* Waits for input on fd until deadline with the GIL released, running
  * signal handlers on EINTR. Returns 1 ready, 0 timed out, -1 exception. */
 static int wait_fd(int fd, const struct timespec *deadline)
@@ -452,14 +464,8 @@ static int wait_fd(int fd, const struct timespec *deadline)
             r = r < 0 ? -errno : r == 0 ? -ETIMEDOUT : 0;
         } else {
             Py_BEGIN_ALLOW_THREADS
-            struct timespec rel, *relp = NULL;
-            if (deadline) {
-                double left = cmp_deadline_remaining(deadline);
-                rel.tv_sec = (time_t)left;
-                rel.tv_nsec = (long)((left - (double)rel.tv_sec) * 1e9);
-                relp = &rel;
-            }
-            r = ppoll(&p, 1, relp, NULL);
+            struct timespec rel;
+            r = ppoll(&p, 1, time_left(deadline, &rel), NULL);
             r = r < 0 ? -errno : r == 0 ? -ETIMEDOUT : 0;
             Py_END_ALLOW_THREADS
         }
@@ -528,11 +534,8 @@ static PyObject *Conn_exit(PyObject *op, PyObject *args)
 
 static PyObject *Conn_reduce(PyObject *op, PyObject *unused)
 {
-    (void)op;
     (void)unused;
-    PyErr_SetString(PyExc_RuntimeError, "Connection objects should only be shared between "
-                                        "processes through inheritance");
-    return NULL;
+    return cmp_py_refuse_pickle(op, "Connection");
 }
 
 static PyObject *Conn_get_closed(PyObject *op, void *c)
@@ -699,13 +702,7 @@ static PyObject *cmp_wait(PyObject *module, PyObject *const *args, Py_ssize_t na
         goto done;
     int r;
     for (;;) {
-        struct timespec rel, *relp = NULL;
-        if (deadline) {
-            double left = cmp_deadline_remaining(deadline);
-            rel.tv_sec = (time_t)left;
-            rel.tv_nsec = (long)((left - (double)rel.tv_sec) * 1e9);
-            relp = &rel;
-        }
+        struct timespec rel, *relp = time_left(deadline, &rel);
         Py_BEGIN_ALLOW_THREADS
         r = ppoll(fds, (nfds_t)n, relp, NULL);
         if (r < 0)
@@ -1145,11 +1142,8 @@ static PyObject *Listener_exit(PyObject *op, PyObject *args)
 
 static PyObject *Listener_reduce(PyObject *op, PyObject *unused)
 {
-    (void)op;
     (void)unused;
-    PyErr_SetString(PyExc_RuntimeError, "Listener objects should only be shared between "
-                                        "processes through inheritance");
-    return NULL;
+    return cmp_py_refuse_pickle(op, "Listener");
 }
 
 static PyObject *Listener_get_address(PyObject *op, void *c)

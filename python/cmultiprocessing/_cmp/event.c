@@ -9,8 +9,7 @@
 #include <errno.h>
 
 typedef struct {
-    PyObject_HEAD
-    cmp_shared_t *block;
+    CMP_PY_SHARED_HEAD
     cmp_event_t *event; /* inside block */
 } EventObject;
 
@@ -39,6 +38,11 @@ static PyObject *Event_clear(PyObject *op, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+static int event_wait(void *event, const struct timespec *deadline)
+{
+    return cmp_event_wait(event, deadline);
+}
+
 static PyObject *Event_wait(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
                             PyObject *kwnames)
 {
@@ -53,16 +57,9 @@ static PyObject *Event_wait(PyObject *op, PyObject *const *args, Py_ssize_t narg
     const struct timespec *deadline;
     if (cmp_py_deadline(timeout, &storage, &deadline) < 0)
         return NULL;
-    int rc;
-    for (;;) {
-        Py_BEGIN_ALLOW_THREADS
-        rc = cmp_event_wait(self->event, deadline);
-        Py_END_ALLOW_THREADS
-        if (rc != -EINTR)
-            break;
-        if (PyErr_CheckSignals() < 0)
-            return NULL;
-    }
+    int rc = cmp_py_wait(event_wait, self->event, deadline, 0);
+    if (rc == -EINTR)
+        return NULL;
     if (rc == 0)
         Py_RETURN_TRUE; /* a set() happened while we waited */
     if (rc == -ETIMEDOUT)
@@ -72,13 +69,9 @@ static PyObject *Event_wait(PyObject *op, PyObject *const *args, Py_ssize_t narg
 
 static PyObject *Event_reduce(PyObject *op, PyObject *unused)
 {
-    (void)op;
     (void)unused;
     /* the stdlib's Event pickles its Condition first, which refuses */
-    PyErr_SetString(PyExc_RuntimeError,
-                    "Condition objects should only be shared between processes through "
-                    "inheritance");
-    return NULL;
+    return cmp_py_refuse_pickle(op, "Condition");
 }
 
 static PyObject *Event_repr(PyObject *op)
@@ -100,29 +93,18 @@ static PyObject *Event_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     PyObject *ctx = NULL;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$O:Event", kwlist, &ctx))
         return NULL;
-    cmp_shared_t *block;
-    int rc = cmp_shared_alloc(sizeof(cmp_event_t), &block);
-    if (rc < 0)
-        return cmp_py_raise(rc);
-    EventObject *self = (EventObject *)type->tp_alloc(type, 0);
-    if (!self) {
-        cmp_shared_release(block);
+    void *mem;
+    EventObject *self = (EventObject *)cmp_py_shared_new(type, sizeof(cmp_event_t), &mem);
+    if (!self)
         return NULL;
-    }
-    self->block = block;
-    self->event = cmp_shared_ptr(block);
+    self->event = mem;
     cmp_event_init(self->event);
     return (PyObject *)self;
 }
 
 static void Event_dealloc(PyObject *op)
 {
-    EventObject *self = (EventObject *)op;
-    PyTypeObject *tp = Py_TYPE(op);
-    if (self->block)
-        cmp_shared_release(self->block);
-    tp->tp_free(op);
-    Py_DECREF(tp);
+    cmp_py_shared_dealloc(op, NULL);
 }
 
 static PyMethodDef Event_methods[] = {

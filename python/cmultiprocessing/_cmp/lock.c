@@ -95,33 +95,17 @@ int cmp_py_Lock_is_mine(cmp_py_lock *self)
            self->owner == PyThread_get_thread_ident();
 }
 
-const struct timespec *cmp_py_slice(const struct timespec *deadline, struct timespec *storage)
+static int lock_wait(void *lock, const struct timespec *deadline)
 {
-    /* A signal that lands between two sleeps of a lock's periodic
-     * dead-holder check runs the C handler without interrupting a futex
-     * wait; sleeping in slices bounds how late its Python handler runs. */
-    cmp_deadline_after(0.05, storage);
-    if (deadline && (deadline->tv_sec < storage->tv_sec ||
-                     (deadline->tv_sec == storage->tv_sec &&
-                      deadline->tv_nsec <= storage->tv_nsec)))
-        return deadline;
-    return storage;
+    return cmp_lock_acquire(lock, deadline);
 }
 
 int cmp_py_Lock_acquire_deadline(cmp_py_lock *self, const struct timespec *deadline)
 {
-    int rc;
-    for (;;) {
-        struct timespec storage;
-        const struct timespec *slice = cmp_py_slice(deadline, &storage);
-        Py_BEGIN_ALLOW_THREADS
-        rc = cmp_lock_acquire(self->lock, slice);
-        Py_END_ALLOW_THREADS
-        if (rc != -EINTR && !(rc == -ETIMEDOUT && slice != deadline))
-            break;
-        if (PyErr_CheckSignals() < 0)
-            return -1;
-    }
+    /* sliced: the periodic dead-holder check sleeps more than once */
+    int rc = cmp_py_wait(lock_wait, self->lock, deadline, 1);
+    if (rc == -EINTR)
+        return -1;
     if (rc == -ETIMEDOUT)
         return 0;
     if (rc < 0) {
@@ -194,11 +178,8 @@ static PyObject *Lock_exit(PyObject *op, PyObject *const *args, Py_ssize_t nargs
 
 static PyObject *Lock_reduce(PyObject *op, PyObject *unused)
 {
-    (void)op;
     (void)unused;
-    PyErr_SetString(PyExc_RuntimeError,
-                    "Lock objects should only be shared between processes through inheritance");
-    return NULL;
+    return cmp_py_refuse_pickle(op, "Lock");
 }
 
 static PyObject *type_name(PyObject *op)
@@ -235,17 +216,11 @@ static PyObject *Lock_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     PyObject *ctx = NULL;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$O:Lock", kwlist, &ctx))
         return NULL;
-    cmp_shared_t *block;
-    int rc = cmp_shared_alloc(sizeof(cmp_lock_t), &block);
-    if (rc < 0)
-        return cmp_py_raise(rc);
-    cmp_py_lock *self = (cmp_py_lock *)type->tp_alloc(type, 0);
-    if (!self) {
-        cmp_shared_release(block);
+    void *mem;
+    cmp_py_lock *self = (cmp_py_lock *)cmp_py_shared_new(type, sizeof(cmp_lock_t), &mem);
+    if (!self)
         return NULL;
-    }
-    self->block = block;
-    self->lock = cmp_shared_ptr(block);
+    self->lock = mem;
     self->owner = 0;
     cmp_lock_init(self->lock);
     return (PyObject *)self;
@@ -258,16 +233,7 @@ static void Lock_finalize(PyObject *op)
 
 static void Lock_dealloc(PyObject *op)
 {
-    cmp_py_lock *self = (cmp_py_lock *)op;
-    PyTypeObject *tp = Py_TYPE(op);
-    /* a bound __enter__/__exit__ still in use elsewhere keeps it alive */
-    if (cmp_py_fast_cache_used(&self->with_cache) && PyObject_CallFinalizerFromDealloc(op) < 0)
-        return;
-    cmp_py_fast_cache_clear(&self->with_cache);
-    if (self->block)
-        cmp_shared_release(self->block);
-    tp->tp_free(op);
-    Py_DECREF(tp);
+    cmp_py_shared_dealloc(op, &((cmp_py_lock *)op)->with_cache);
 }
 
 static PyMethodDef Lock_methods[] = {

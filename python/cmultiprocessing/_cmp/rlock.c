@@ -17,23 +17,28 @@ static const char RLOCK_DOC[] =
     "cmultiprocessing.AbandonedLockWarning: the data the lock protects may be\n"
     "half-updated.";
 
+struct rlock_wait_args {
+    cmp_rlock_t *rlock;
+    uint32_t count;
+};
+
+static int rlock_wait(void *arg, const struct timespec *deadline)
+{
+    struct rlock_wait_args *a = arg;
+    return cmp_rlock_acquire_count(a->rlock, a->count, deadline);
+}
+
 int cmp_py_RLock_acquire_count(cmp_py_rlock *self, uint32_t count,
                                const struct timespec *deadline)
 {
     /* try with the GIL held first: no thread switch when it is free */
     int rc = count == 1 ? cmp_rlock_tryacquire(self->rlock) : -EAGAIN;
     if (rc == -EAGAIN) {
-        for (;;) {
-            struct timespec storage;
-            const struct timespec *slice = cmp_py_slice(deadline, &storage);
-            Py_BEGIN_ALLOW_THREADS
-            rc = cmp_rlock_acquire_count(self->rlock, count, slice);
-            Py_END_ALLOW_THREADS
-            if (rc != -EINTR && !(rc == -ETIMEDOUT && slice != deadline))
-                break;
-            if (PyErr_CheckSignals() < 0)
-                return -1;
-        }
+        /* sliced: the periodic dead-holder check sleeps more than once */
+        struct rlock_wait_args a = {self->rlock, count};
+        rc = cmp_py_wait(rlock_wait, &a, deadline, 1);
+        if (rc == -EINTR)
+            return -1;
     }
     if (rc == -ETIMEDOUT)
         return 0;
@@ -112,11 +117,8 @@ static PyObject *RLock_exit(PyObject *op, PyObject *const *args, Py_ssize_t narg
 
 static PyObject *RLock_reduce(PyObject *op, PyObject *unused)
 {
-    (void)op;
     (void)unused;
-    PyErr_SetString(PyExc_RuntimeError,
-                    "RLock objects should only be shared between processes through inheritance");
-    return NULL;
+    return cmp_py_refuse_pickle(op, "RLock");
 }
 
 static PyObject *RLock_repr(PyObject *op)
@@ -151,17 +153,11 @@ static PyObject *RLock_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     PyObject *ctx = NULL;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$O:RLock", kwlist, &ctx))
         return NULL;
-    cmp_shared_t *block;
-    int rc = cmp_shared_alloc(sizeof(cmp_rlock_t), &block);
-    if (rc < 0)
-        return cmp_py_raise(rc);
-    cmp_py_rlock *self = (cmp_py_rlock *)type->tp_alloc(type, 0);
-    if (!self) {
-        cmp_shared_release(block);
+    void *mem;
+    cmp_py_rlock *self = (cmp_py_rlock *)cmp_py_shared_new(type, sizeof(cmp_rlock_t), &mem);
+    if (!self)
         return NULL;
-    }
-    self->block = block;
-    self->rlock = cmp_shared_ptr(block);
+    self->rlock = mem;
     cmp_rlock_init(self->rlock);
     return (PyObject *)self;
 }
@@ -173,16 +169,7 @@ static void RLock_finalize(PyObject *op)
 
 static void RLock_dealloc(PyObject *op)
 {
-    cmp_py_rlock *self = (cmp_py_rlock *)op;
-    PyTypeObject *tp = Py_TYPE(op);
-    /* a bound __enter__/__exit__ still in use elsewhere keeps it alive */
-    if (cmp_py_fast_cache_used(&self->with_cache) && PyObject_CallFinalizerFromDealloc(op) < 0)
-        return;
-    cmp_py_fast_cache_clear(&self->with_cache);
-    if (self->block)
-        cmp_shared_release(self->block);
-    tp->tp_free(op);
-    Py_DECREF(tp);
+    cmp_py_shared_dealloc(op, &((cmp_py_rlock *)op)->with_cache);
 }
 
 static PyMethodDef RLock_methods[] = {

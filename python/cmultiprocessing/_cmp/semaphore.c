@@ -10,9 +10,8 @@
 #include <limits.h>
 
 typedef struct {
-    PyObject_HEAD
-    cmp_shared_t *block; /* keeps the shared memory alive */
-    cmp_sem_t *sem;      /* inside block */
+    CMP_PY_SHARED_HEAD
+    cmp_sem_t *sem; /* inside block */
     cmp_py_fast_cache with_cache;
 } SemObject;
 
@@ -26,20 +25,18 @@ static const char BOUNDED_DOC[] =
     "(multiprocessing.BoundedSemaphore): releasing it too often raises\n"
     "ValueError.";
 
+static int sem_wait(void *sem, const struct timespec *deadline)
+{
+    return cmp_sem_acquire(sem, deadline);
+}
+
 /* Slow path: sleep with the GIL released, running signal handlers between
  * tries. Returns 1 acquired, 0 timed out, -1 with an exception. */
 static int sem_acquire_blocking(SemObject *self, const struct timespec *deadline)
 {
-    int rc;
-    for (;;) {
-        Py_BEGIN_ALLOW_THREADS
-        rc = cmp_sem_acquire(self->sem, deadline);
-        Py_END_ALLOW_THREADS
-        if (rc != -EINTR)
-            break;
-        if (PyErr_CheckSignals() < 0)
-            return -1;
-    }
+    int rc = cmp_py_wait(sem_wait, self->sem, deadline, 0);
+    if (rc == -EINTR)
+        return -1;
     if (rc == -ETIMEDOUT)
         return 0;
     if (rc < 0) {
@@ -108,14 +105,7 @@ static PyObject *Sem_get_value(PyObject *op, PyObject *unused)
 static PyObject *Sem_reduce(PyObject *op, PyObject *unused)
 {
     (void)unused;
-    PyObject *name = PyObject_GetAttrString((PyObject *)Py_TYPE(op), "__name__");
-    if (!name)
-        return NULL;
-    PyErr_Format(PyExc_RuntimeError,
-                 "%U objects should only be shared between processes through inheritance",
-                 name);
-    Py_DECREF(name);
-    return NULL;
+    return cmp_py_refuse_pickle(op, NULL);
 }
 
 static int is_bounded(PyObject *op)
@@ -182,17 +172,11 @@ static PyObject *Sem_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     cmp_py_state *st = cmp_py_state_of_type(type);
     uint32_t max = st && PyType_IsSubtype(type, st->BoundedSemaphore_type) ? value
                                                                           : CMP_SEM_VALUE_MAX;
-    cmp_shared_t *block;
-    int rc = cmp_shared_alloc(sizeof(cmp_sem_t), &block);
-    if (rc < 0)
-        return cmp_py_raise(rc);
-    SemObject *self = (SemObject *)type->tp_alloc(type, 0);
-    if (!self) {
-        cmp_shared_release(block);
+    void *mem;
+    SemObject *self = (SemObject *)cmp_py_shared_new(type, sizeof(cmp_sem_t), &mem);
+    if (!self)
         return NULL;
-    }
-    self->block = block;
-    self->sem = cmp_shared_ptr(block);
+    self->sem = mem;
     cmp_sem_init(self->sem, value, max);
     return (PyObject *)self;
 }
@@ -204,16 +188,7 @@ static void Sem_finalize(PyObject *op)
 
 static void Sem_dealloc(PyObject *op)
 {
-    SemObject *self = (SemObject *)op;
-    PyTypeObject *tp = Py_TYPE(op);
-    /* a bound __enter__/__exit__ still in use elsewhere keeps it alive */
-    if (cmp_py_fast_cache_used(&self->with_cache) && PyObject_CallFinalizerFromDealloc(op) < 0)
-        return;
-    cmp_py_fast_cache_clear(&self->with_cache);
-    if (self->block)
-        cmp_shared_release(self->block);
-    tp->tp_free(op);
-    Py_DECREF(tp);
+    cmp_py_shared_dealloc(op, &((SemObject *)op)->with_cache);
 }
 
 static PyMethodDef Sem_methods[] = {

@@ -76,21 +76,9 @@ static Py_ssize_t block_length(block_object *self)
     return (Py_ssize_t)cmp_shared_size(self->block);
 }
 
-static PyObject *raise_inheritance_only(PyObject *self)
-{
-    PyObject *name = PyObject_GetAttrString((PyObject *)Py_TYPE(self), "__name__");
-    if (!name)
-        return NULL;
-    PyErr_Format(PyExc_RuntimeError,
-                 "%U objects should only be shared between processes through inheritance",
-                 name);
-    Py_DECREF(name);
-    return NULL;
-}
-
 static PyObject *block_reduce(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
-    return raise_inheritance_only(self);
+    return cmp_py_refuse_pickle(self, NULL);
 }
 
 static PyMethodDef block_methods[] = {
@@ -757,7 +745,7 @@ static PyObject *sync_exit(sync_object *self, PyObject *const *args, Py_ssize_t 
 
 static PyObject *sync_reduce(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
-    return raise_inheritance_only(self);
+    return cmp_py_refuse_pickle(self, NULL);
 }
 
 static PyObject *sync_repr(sync_object *self)
