@@ -23,3 +23,18 @@ def test_abandoned_lock_warning_is_a_runtime_warning(cmp):
 
 def test_extension_is_the_implementation(cmp):
     assert cmp._cmp.__file__.endswith(".so")
+
+
+# Not implemented yet (later issues): the pool, the manager, and the
+# reducer machinery that only spawn needs.
+NOT_YET = {"Manager", "Pool", "allow_connection_pickling", "reducer"}
+
+
+def test_star_import_binds_what_the_stdlib_binds(cmp):
+    import multiprocessing
+    assert set(cmp.__all__) == (set(multiprocessing.__all__) - NOT_YET) | {"AbandonedLockWarning"}
+    namespace = {}
+    exec("from cmultiprocessing import *", namespace)
+    assert "copy" not in namespace  # sharedctypes.copy must not shadow the module
+    for name in cmp.__all__:
+        assert namespace[name] is getattr(cmp, name)
