@@ -15,7 +15,7 @@ from ._cmp import (  # noqa: F401
     AbandonedLockWarning, Array, AuthenticationError, Barrier, BoundedSemaphore,
     BufferTooShort, Condition, Event, JoinableQueue, Lock, Pipe, Process, ProcessError,
     Queue, RLock, RawArray, RawValue, Semaphore, SimpleQueue, TimeoutError, Value,
-    active_children, cpu_count, current_process, freeze_support, get_all_start_methods,
+    active_children, allow_connection_pickling, cpu_count, current_process, freeze_support, get_all_start_methods,
     get_context, get_logger, get_start_method, log_to_stderr, parent_process,
     set_executable, set_forkserver_preload, set_start_method)
 
@@ -24,7 +24,7 @@ __all__ = [
     "AbandonedLockWarning", "Array", "AuthenticationError", "Barrier", "BoundedSemaphore",
     "BufferTooShort", "Condition", "Event", "JoinableQueue", "Lock", "Pipe", "Process",
     "ProcessError", "Queue", "RLock", "RawArray", "RawValue", "Semaphore", "SimpleQueue",
-    "TimeoutError", "Value", "active_children", "cpu_count", "current_process",
+    "TimeoutError", "Value", "active_children", "allow_connection_pickling", "cpu_count", "current_process",
     "freeze_support", "get_all_start_methods", "get_context", "get_logger",
     "get_start_method", "log_to_stderr", "parent_process", "set_executable",
     "set_forkserver_preload", "set_start_method",

@@ -27,7 +27,7 @@ def test_extension_is_the_implementation(cmp):
 
 # Not implemented yet (later issues): the pool, the manager, and the
 # reducer machinery that only spawn needs.
-NOT_YET = {"Manager", "Pool", "allow_connection_pickling", "reducer"}
+NOT_YET = {"Manager", "Pool", "reducer"}
 
 
 def test_star_import_binds_what_the_stdlib_binds(cmp):
@@ -38,3 +38,12 @@ def test_star_import_binds_what_the_stdlib_binds(cmp):
     assert "copy" not in namespace  # sharedctypes.copy must not shadow the module
     for name in cmp.__all__:
         assert namespace[name] is getattr(cmp, name)
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_allow_connection_pickling_loads_the_connection_module(name):
+    import sys
+    module = importlib.import_module(name)
+    assert module.allow_connection_pickling() is None
+    assert name + ".connection" in sys.modules
+    assert module.get_context("fork").allow_connection_pickling is not None

@@ -1244,7 +1244,24 @@ static PyObject *cmp_Client(PyObject *module, PyObject *const *args, Py_ssize_t 
 
 /* ---- module ---------------------------------------------------------------- */
 
+/* multiprocessing.allow_connection_pickling(): in the stdlib its only effect
+ * is importing the connection module (which registers the reducers spawn
+ * needs); the same here, so a program calling it finds the same state. */
+static PyObject *fn_allow_connection_pickling(PyObject *m, PyObject *unused)
+{
+    (void)m;
+    (void)unused;
+    PyObject *connection = PyImport_ImportModule("cmultiprocessing.connection");
+    if (!connection)
+        return NULL;
+    Py_DECREF(connection);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef connection_functions[] = {
+    {"allow_connection_pickling", fn_allow_connection_pickling, METH_NOARGS,
+     "allow_connection_pickling()\n--\n\nLoad cmultiprocessing.connection (as the stdlib "
+     "does)."},
     {"Pipe", (PyCFunction)(void (*)(void))cmp_Pipe, FASTCALL_KW,
      "Pipe(duplex=True)\n--\n\nReturns two Connection objects joined by a pipe (a socketpair "
      "when duplex; otherwise the first end only reads and the second only writes)."},
