@@ -112,13 +112,14 @@ typedef struct cmp_ring {
     uint32_t space_seq;     /* futex word: bumped when space was freed */
     uint32_t space_waiters; /* the producer sleeping for space (0 or 1) */
     uint64_t spill_tail;    /* published spill write position | count */
-    uint32_t pad1[8];
+    uint32_t sgate;         /* a queue's stream in flight: open/taken/aborted */
+    uint32_t pad1[7];
     /* consumer side (own cache line) */
     uint64_t head;          /* consumed position | message count */
     cmp_lock_t clock;       /* held by the consumer getting a message */
     uint32_t data_seq;      /* futex word: bumped when data was published */
     uint32_t data_waiters;  /* the consumer sleeping for data (0 or 1) */
-    uint32_t pad2a;
+    uint32_t data_wanted;   /* a consumer is waiting for a message (0 or 1) */
     uint64_t spill_head;    /* consumed spill position | count */
     uint64_t spill_freed;   /* spill pages below this are given back */
     uint32_t pad2[6];

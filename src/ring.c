@@ -101,6 +101,7 @@ _Static_assert(offsetof(cmp_queue_t, ring) == 64, "cmp_queue_t layout");
 #define F_FIRST 1u
 #define F_LAST 2u
 #define F_ABORT 4u
+#define F_GATED 8u /* a queue's stream: see "Streaming to a waiting consumer" */
 
 #define HDR 8u
 #define RESERVE 8u /* always free: room for an ABORT record */
@@ -466,6 +467,7 @@ static int clock_acquire(cmp_ring_t *r, const struct timespec *deadline)
                                  : cmp_lock_acquire(&r->clock, deadline);
     if (rc == CMP_OWNER_DIED) {
         cmp__store_relaxed(&r->data_waiters, 0);
+        cmp__store_relaxed(&r->data_wanted, 0);
         rc = 0;
     }
     return rc;
@@ -662,6 +664,140 @@ static int prod_spill(struct prod *p, const struct iovec *iov, int cnt, size_t l
     return 0;
 }
 
+/* --- a queue's stream to a waiting consumer ----------------------------- */
+
+enum { GATE_OPEN = 1, GATE_TAKEN = 2, GATE_ABORTED = 3 };
+
+/* How long a streaming producer lets a consumer make no progress before it
+ * gives the stream up and spills the message: a bound on how long such a
+ * put waits for a consumer. */
+#define STREAM_STALL_NS (5 * 1000 * 1000)
+
+/* How long a producer about to spill a message of len bytes into an empty
+ * spill looks for a consumer that comes to wait for it (one that is between
+ * two gets): a small part of what spilling the message costs. */
+#define STREAM_ARRIVE_NS_PER_MIB (32 * 1000)
+#define STREAM_ARRIVE_MAX_NS (4 * 1000 * 1000)
+
+/* Streams only through an empty spill, when the first chunk fits at once,
+ * to a consumer that waits for a message now or comes to within the
+ * arrival bound. */
+static int stream_wanted(struct prod *p, uint64_t first_rec, size_t len)
+{
+    cmp_ring_t *r = p->r;
+    if (place(p, first_rec, 1, SPILL_HDR + len) != TO_RING)
+        return 0;
+    if (cmp__load_relaxed(&r->data_wanted))
+        return 1;
+    uint64_t ns = (uint64_t)(len >> 20) * STREAM_ARRIVE_NS_PER_MIB;
+    struct timespec limit;
+    cmp__deadline_in_ns(&limit, ns < STREAM_ARRIVE_MAX_NS ? (long)ns : STREAM_ARRIVE_MAX_NS);
+    for (unsigned i = 1;; i++) {
+        if (cmp__load_relaxed(&r->data_wanted))
+            return place(p, first_rec, 1, SPILL_HDR + len) == TO_RING;
+        if ((i & 255) == 0) {
+            if (cmp__deadline_passed(&limit))
+                return 0;
+            if (i > RING_SPIN)
+                sched_yield();
+        }
+        cmp__cpu_relax();
+    }
+}
+
+/* Mid-stream, waits until the ring has room for need bytes (or, need 0,
+ * until the consumer has settled the gate). Returns 1, or 0 once the
+ * consumer made no progress for STREAM_STALL_NS. */
+static int stream_wait(struct prod *p, uint64_t need)
+{
+    cmp_ring_t *r = p->r;
+    uint64_t h0 = cmp__load64_acquire(&r->head);
+    struct timespec limit;
+    cmp__deadline_in_ns(&limit, STREAM_STALL_NS);
+    for (unsigned i = 0;; i++) {
+        uint64_t h = cmp__load64_acquire(&r->head);
+        if (need ? ((POS(p->t) - POS(h)) & POS_MASK) + need + RESERVE <= r->capacity
+                 : cmp__load_acquire(&r->sgate) != GATE_OPEN)
+            return 1;
+        if (h != h0) {
+            h0 = h;
+            cmp__deadline_in_ns(&limit, STREAM_STALL_NS);
+            i = 0;
+        }
+        if (i < RING_SPIN) {
+            cmp__cpu_relax();
+            continue;
+        }
+        if (cmp__deadline_passed(&limit))
+            return 0;
+        uint32_t seq = cmp__load_acquire(&r->space_seq);
+        cmp__store_relaxed(&r->space_waiters, 1);
+        cmp__fence_seq_cst(); /* pairs with the fence in notify_space */
+        if (cmp__load64_acquire(&r->head) == h0 &&
+            (need || cmp__load_acquire(&r->sgate) == GATE_OPEN))
+            cmp__futex_wait(&r->space_seq, seq, &limit);
+        cmp__store_relaxed(&r->space_waiters, 0);
+    }
+}
+
+/* Streams a message larger than whole_max through the ring to the waiting
+ * consumer (see "Streaming to a waiting consumer"). Returns 0 once the
+ * consumer has taken it, 1 when the stream was given up (the message is to
+ * go to the spill). */
+static int prod_stream(struct prod *p, const struct iovec *iov, int cnt, size_t len)
+{
+    cmp_ring_t *r = p->r;
+    const size_t cmax = chunk_max(r);
+    struct cursor c = {iov, cnt, 0, 0};
+    size_t left = len;
+    int first = 1;
+    cmp__store_relaxed(&r->sgate, GATE_OPEN);
+    cmp__store_relaxed(&r->pstream, 1); /* both before the first chunk is seen */
+    while (left > 0) {
+        size_t extra = first ? 8 : 0;
+        size_t n = cmax - extra;
+        if (n > left)
+            n = left;
+        uint64_t rec = HDR + ROUND8(extra + n);
+        if (!first && !stream_wait(p, rec))
+            goto give_up;
+        uint64_t pos = POS(p->t);
+        write_hdr(r, pos, (uint32_t)(extra + n), first ? F_FIRST | F_GATED : 0);
+        if (first) {
+            uint64_t total = len;
+            copy_in(r, pos + HDR, &total, 8);
+        }
+        cursor_copy_in(r, pos + HDR + extra, &c, n);
+        p->t = MAKE(pos + rec, CNT(p->t)); /* counted by the final record */
+        publish(p);
+        left -= n;
+        first = 0;
+    }
+    /* every byte is out: the consumer takes the message (sgate TAKEN) once
+     * it has copied them all, or the producer takes it back */
+    uint32_t open = GATE_OPEN;
+    if (!stream_wait(p, 0) && cmp__cas_acq_rel(&r->sgate, &open, GATE_ABORTED))
+        goto abandoned;
+    if (cmp__load_acquire(&r->sgate) != GATE_TAKEN)
+        goto abandoned;
+    /* The consumer stored its head at our tail before taking: the ring is
+     * empty, so the final record fits. It counts the message. */
+    write_hdr(r, POS(p->t), 0, F_LAST);
+    p->t = MAKE(POS(p->t) + HDR, CNT(p->t) + 1);
+    publish(p);
+    cmp__store_relaxed(&r->pstream, 0);
+    return 0;
+
+give_up:
+    /* the consumer cannot have taken a message not wholly written */
+    cmp__store_release(&r->sgate, GATE_ABORTED);
+abandoned:
+    publish(p);
+    write_abort(r);
+    p->published = p->t = cmp__load64_relaxed(&r->tail);
+    return 1;
+}
+
 /* Writes one message at the local tail, publishing as it must. */
 static int prod_message(struct prod *p, const struct iovec *iov, int cnt,
                         const struct timespec *deadline)
@@ -674,6 +810,9 @@ static int prod_message(struct prod *p, const struct iovec *iov, int cnt,
         if (len > SPILL_MAX_BYTES)
             return -EMSGSIZE;
         uint64_t rec = HDR + ROUND8(len);
+        if (len > whole_max(r) && stream_wanted(p, HDR + chunk_max(r), len) &&
+            prod_stream(p, iov, cnt, len) == 0)
+            return 0;
         int w = prod_wait(p, len <= whole_max(r) ? rec : 0, 1, SPILL_HDR + len, deadline);
         if (w < 0)
             return w;
@@ -941,7 +1080,9 @@ static int cons_message(struct cons *c, cmp_ring_alloc_fn alloc, void *arg, int 
             if (!wait)
                 return -EAGAIN;
             cons_store(c); /* the producer may be waiting for space */
+            cmp__store_relaxed(&r->data_wanted, 1);
             int rc = wait_data(c, 0, deadline);
+            cmp__store_relaxed(&r->data_wanted, 0);
             if (rc < 0)
                 return rc;
             continue;
@@ -965,6 +1106,8 @@ static int cons_message(struct cons *c, cmp_ring_alloc_fn alloc, void *arg, int 
             return 0;
         }
         /* a stream */
+        const int gated = (hd.flags & F_GATED) != 0;
+        int gated_taken = 0;
         uint64_t total;
         copy_out(r, POS(c->h) + HDR, &total, 8);
         uint8_t *dst = alloc(arg, (size_t)total);
@@ -975,10 +1118,30 @@ static int cons_message(struct cons *c, cmp_ring_alloc_fn alloc, void *arg, int 
         c->h = MAKE(POS(c->h) + rec, CNT(c->h));
         for (;;) {
             cons_store(c);
+            if (gated && off == total) {
+                /* every byte is here: take the message unless its producer
+                 * took it back (it then writes ABORT and spills it) */
+                uint32_t open = GATE_OPEN;
+                if (!cmp__cas_acq_rel(&r->sgate, &open, GATE_TAKEN))
+                    return -ECONNABORTED;
+                notify_space(r); /* the producer may sleep on the gate */
+                gated_taken = 1;
+            }
             if (!ready(c, 1))
                 wait_data(c, 1, NULL);
             hd = read_hdr(r, POS(c->h));
             rec = HDR + ROUND8(hd.len);
+            if (gated_taken) {
+                /* the final record counts the message; ABORT means the
+                 * producer died before writing it, and did not spill it */
+                if (hd.flags == F_LAST && hd.len == 0) {
+                    c->h = MAKE(POS(c->h) + HDR, CNT(c->h) + 1);
+                    return 0;
+                }
+                if (hd.flags & F_ABORT)
+                    c->h = MAKE(POS(c->h) + rec, CNT(c->h));
+                return -ECONNABORTED;
+            }
             if (hd.flags & (F_ABORT | F_FIRST)) {
                 /* the producer died or gave up; FIRST cannot follow a live
                  * stream, but a corrupt sequence must not be delivered */
@@ -986,8 +1149,8 @@ static int cons_message(struct cons *c, cmp_ring_alloc_fn alloc, void *arg, int 
                     c->h = MAKE(POS(c->h) + rec, CNT(c->h));
                 return -ECONNABORTED;
             }
-            if (off + hd.len > total) /* impossible: never deliver it */
-                return -ECONNABORTED;
+            if (off + hd.len > total || (gated && (hd.flags & F_LAST)))
+                return -ECONNABORTED; /* impossible: never deliver it */
             copy_out(r, POS(c->h) + HDR, dst + off, hd.len);
             off += hd.len;
             c->h = MAKE(POS(c->h) + rec, CNT(c->h) + ((hd.flags & F_LAST) ? 1 : 0));
