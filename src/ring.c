@@ -672,6 +672,8 @@ enum { GATE_OPEN = 1, GATE_TAKEN = 2, GATE_ABORTED = 3 };
  * gives the stream up and spills the message: a bound on how long such a
  * put waits for a consumer. */
 #define STREAM_STALL_NS (5 * 1000 * 1000)
+/* A stream's whole time bound per byte: about the spill's own cost. */
+#define STREAM_NS_PER_BYTE 1u
 
 /* How long a producer about to spill a message of len bytes into an empty
  * spill looks for a consumer that comes to wait for it (one that is between
@@ -707,10 +709,13 @@ static int stream_wanted(struct prod *p, uint64_t first_rec, size_t len)
 
 /* Mid-stream, waits until the ring has room for need bytes (or, need 0,
  * until the consumer has settled the gate). Returns 1, or 0 once the
- * consumer made no progress for STREAM_STALL_NS. */
-static int stream_wait(struct prod *p, uint64_t need)
+ * consumer made no progress for STREAM_STALL_NS or the stream has taken
+ * longer than `end` (a consumer too slow to be worth waiting for). */
+static int stream_wait(struct prod *p, uint64_t need, const struct timespec *end)
 {
     cmp_ring_t *r = p->r;
+    if (cmp__deadline_passed(end))
+        return 0;
     uint64_t h0 = cmp__load64_acquire(&r->head);
     struct timespec limit;
     cmp__deadline_in_ns(&limit, STREAM_STALL_NS);
@@ -728,7 +733,7 @@ static int stream_wait(struct prod *p, uint64_t need)
             cmp__cpu_relax();
             continue;
         }
-        if (cmp__deadline_passed(&limit))
+        if (cmp__deadline_passed(&limit) || cmp__deadline_passed(end))
             return 0;
         uint32_t seq = cmp__load_acquire(&r->space_seq);
         cmp__store_relaxed(&r->space_waiters, 1);
@@ -751,6 +756,11 @@ static int prod_stream(struct prod *p, const struct iovec *iov, int cnt, size_t 
     struct cursor c = {iov, cnt, 0, 0};
     size_t left = len;
     int first = 1;
+    /* at most about what spilling the message would have cost, plus one
+     * stall: past it the consumer is not keeping pace */
+    struct timespec end;
+    uint64_t ns = STREAM_STALL_NS + (uint64_t)len * STREAM_NS_PER_BYTE;
+    cmp__deadline_in_ns(&end, ns < LONG_MAX ? (long)ns : LONG_MAX);
     cmp__store_relaxed(&r->sgate, GATE_OPEN);
     cmp__store_relaxed(&r->pstream, 1); /* both before the first chunk is seen */
     while (left > 0) {
@@ -759,7 +769,7 @@ static int prod_stream(struct prod *p, const struct iovec *iov, int cnt, size_t 
         if (n > left)
             n = left;
         uint64_t rec = HDR + ROUND8(extra + n);
-        if (!first && !stream_wait(p, rec))
+        if (!first && !stream_wait(p, rec, &end))
             goto give_up;
         uint64_t pos = POS(p->t);
         write_hdr(r, pos, (uint32_t)(extra + n), first ? F_FIRST | F_GATED : 0);
@@ -776,7 +786,7 @@ static int prod_stream(struct prod *p, const struct iovec *iov, int cnt, size_t 
     /* every byte is out: the consumer takes the message (sgate TAKEN) once
      * it has copied them all, or the producer takes it back */
     uint32_t open = GATE_OPEN;
-    if (!stream_wait(p, 0) && cmp__cas_acq_rel(&r->sgate, &open, GATE_ABORTED))
+    if (!stream_wait(p, 0, &end) && cmp__cas_acq_rel(&r->sgate, &open, GATE_ABORTED))
         goto abandoned;
     if (cmp__load_acquire(&r->sgate) != GATE_TAKEN)
         goto abandoned;
