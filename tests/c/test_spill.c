@@ -297,3 +297,187 @@ Test(spill, consumer_killed_mid_read_redelivers, .timeout = 20)
     sink_free(&s);
     cmp_queue_detach(q);
 }
+
+/* --- a big message streamed to a waiting consumer ------------------------ */
+
+#define STREAM_CAP (1u << 20)  /* messages above 512 KiB are streams */
+#define STREAM_LEN (8u << 20)
+
+/* Waits until a consumer waits for data on the queue (it then streams). */
+static void wait_consumer(cmp_queue_t *q)
+{
+    sync_wait_flag(&cmp_queue_ring(q)->data_wanted, 1, 5);
+}
+
+/* Gets count messages in order (0..count-1 of producer 0) in a child,
+ * expecting `aborts` -ECONNABORTED (0 or 1: a stream the producer took
+ * back). first_alloc is used for the first get. Exits 0 when all came
+ * whole, exactly once. */
+static void consume_in_order(cmp_queue_t *q, uint32_t count, int aborts,
+                             cmp_ring_alloc_fn first_alloc, struct sink *s)
+{
+    uint32_t expect = 0;
+    int aborted = 0;
+    for (int k = 0; expect < count; k++) {
+        struct timespec d = test_deadline(10);
+        int rc = cmp_queue_get(q, k == 0 ? first_alloc : sink_alloc, s, &d);
+        if (rc == -ECONNABORTED && !aborted++)
+            continue;
+        if (rc != 0)
+            _exit(10 + (rc < 0 ? -rc % 100 : 99));
+        uint32_t p, n;
+        if (!parse_msg(s->buf, s->len, &p, &n) || p != 0 || n != expect)
+            _exit(2);
+        expect++;
+    }
+    if (aborted != aborts)
+        _exit(5);
+    _exit(cmp_queue_get(q, sink_alloc, s, CMP_NOWAIT) == -EAGAIN ? 0 : 4);
+}
+
+/* With a consumer waiting, a message larger than capacity/2 goes through
+ * the ring, not the spill, and arrives whole and in order. */
+Test(spill, big_message_streams_to_a_waiting_consumer, .timeout = 30)
+{
+    cmp_queue_t *q = spill_queue(STREAM_CAP, 0);
+    pid_t pid = fork_or_fail();
+    if (pid == 0) {
+        struct sink s = {0};
+        consume_in_order(q, 6, 0, sink_alloc, &s);
+    }
+    uint8_t *buf = malloc(STREAM_LEN);
+    cr_assert(buf);
+    for (uint32_t i = 0; i < 6; i++) {
+        size_t len = i % 2 ? 1000 : STREAM_LEN - i;
+        make_msg(buf, len, 0, i);
+        if (i % 2 == 0)
+            wait_consumer(q);
+        cr_assert_eq(cmp_queue_put(q, buf, len, NULL), 0);
+    }
+    sync_reap_ok(pid);
+    /* nothing was ever written to the spill */
+    cr_assert_eq(cmp_queue_ring(q)->spill_tail, 0);
+    cr_assert_eq(cmp_queue_qsize(q), 0);
+    cr_assert_eq(cmp_queue_unfinished(q), 6);
+    free(buf);
+    cmp_queue_detach(q);
+}
+
+/* A consumer that stalls inside alloc, after the stream has begun: the put
+ * still returns within the stall bound, the message goes to the spill, and
+ * the consumer drops the stream and gets the message once, in order. */
+static void *slow_alloc(void *arg, size_t len)
+{
+    sync_sleep(0.3);
+    return sink_alloc(arg, len);
+}
+
+Test(spill, stalled_consumer_gets_the_spilled_message_once, .timeout = 30)
+{
+    cmp_queue_t *q = spill_queue(STREAM_CAP, 0);
+    pid_t pid = fork_or_fail();
+    if (pid == 0) {
+        struct sink s = {0};
+        consume_in_order(q, 3, 1, slow_alloc, &s);
+    }
+    uint8_t *buf = malloc(STREAM_LEN);
+    cr_assert(buf);
+    make_msg(buf, STREAM_LEN, 0, 0);
+    wait_consumer(q);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    cr_assert_eq(cmp_queue_put(q, buf, STREAM_LEN, NULL), 0);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double took = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    cr_assert(took < 0.2, "put waited %.3f s for a stalled consumer", took);
+    cr_assert_neq(cmp_queue_ring(q)->spill_tail, 0, "not spilled");
+    make_msg(buf, 100, 0, 1);
+    cr_assert_eq(cmp_queue_put(q, buf, 100, NULL), 0);
+    make_msg(buf, STREAM_LEN - 8, 0, 2);
+    cr_assert_eq(cmp_queue_put(q, buf, STREAM_LEN - 8, NULL), 0);
+    sync_reap_ok(pid);
+    cr_assert_eq(cmp_queue_qsize(q), 0);
+    cr_assert_eq(cmp_queue_unfinished(q), 3);
+    free(buf);
+    cmp_queue_detach(q);
+}
+
+/* A consumer killed mid-stream (in alloc): the producer takes the message
+ * back to the spill, and the next consumer gets it once, then the next. */
+Test(spill, consumer_killed_mid_stream_redelivers, .timeout = 30)
+{
+    cmp_queue_t *q = spill_queue(STREAM_CAP, 0);
+    pid_t pid = fork_or_fail();
+    if (pid == 0) {
+        cmp_queue_get(q, die_in_alloc, NULL, NULL);
+        _exit(0);
+    }
+    uint8_t *buf = malloc(STREAM_LEN);
+    cr_assert(buf);
+    make_msg(buf, STREAM_LEN, 0, 0);
+    wait_consumer(q);
+    cr_assert_eq(cmp_queue_put(q, buf, STREAM_LEN, NULL), 0);
+    int status;
+    waitpid(pid, &status, 0);
+    cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+    make_msg(buf, 5000, 0, 1);
+    cr_assert_eq(cmp_queue_put(q, buf, 5000, NULL), 0);
+    cr_assert_eq(cmp_queue_qsize(q), 2);
+    cr_assert_eq(cmp_queue_unfinished(q), 2);
+    struct sink s = {0};
+    int aborted = 0;
+    for (uint32_t i = 0; i < 2; i++) {
+        struct timespec d = test_deadline(5); /* takes the dead consumer's lock over */
+        int rc = cmp_queue_get(q, sink_alloc, &s, &d);
+        if (rc == -ECONNABORTED && !aborted++) /* the stream taken back */
+            rc = cmp_queue_get(q, sink_alloc, &s, &d);
+        cr_assert_eq(rc, 0, "message %u: %d", i, rc);
+        uint32_t p, n;
+        cr_assert(parse_msg(s.buf, s.len, &p, &n), "torn message");
+        cr_assert_eq(n, i);
+    }
+    cr_assert_eq(cmp_queue_get(q, sink_alloc, &s, CMP_NOWAIT), -EAGAIN);
+    sink_free(&s);
+    free(buf);
+    cmp_queue_detach(q);
+}
+
+/* A producer killed mid-stream: its message is dropped whole (never
+ * delivered partially, never counted), and the queue goes on. */
+static pid_t stream_victim;
+
+static void *kill_producer_alloc(void *arg, size_t len)
+{
+    kill(stream_victim, SIGKILL);
+    return sink_alloc(arg, len);
+}
+
+Test(spill, producer_killed_mid_stream_drops_the_message, .timeout = 30)
+{
+    cmp_queue_t *q = spill_queue(STREAM_CAP, 0);
+    stream_victim = fork_or_fail();
+    if (stream_victim == 0) {
+        uint8_t *buf = malloc(64u << 20);
+        if (!buf)
+            _exit(1);
+        make_msg(buf, 64u << 20, 0, 0);
+        sync_wait_flag(&cmp_queue_ring(q)->data_wanted, 1, 5);
+        cmp_queue_put(q, buf, 64u << 20, NULL);
+        _exit(0);
+    }
+    struct sink s = {0};
+    struct timespec d = test_deadline(10);
+    cr_assert_eq(cmp_queue_get(q, kill_producer_alloc, &s, &d), -ECONNABORTED);
+    int status;
+    waitpid(stream_victim, &status, 0);
+    cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+    cr_assert_eq(cmp_queue_get(q, sink_alloc, &s, CMP_NOWAIT), -EAGAIN);
+    cr_assert_eq(cmp_queue_qsize(q), 0);
+    cr_assert_eq(cmp_queue_unfinished(q), 0);
+    d = test_deadline(5); /* takes the dead producer's lock over */
+    cr_assert_eq(cmp_queue_put(q, "after", 5, &d), 0);
+    cr_assert_eq(cmp_queue_get(q, sink_alloc, &s, CMP_NOWAIT), 0);
+    cr_assert(s.len == 5 && memcmp(s.buf, "after", 5) == 0);
+    sink_free(&s);
+    cmp_queue_detach(q);
+}
