@@ -316,7 +316,13 @@ int cmp_barrier_broken(const cmp_barrier_t *barrier);
  * memfd: shared memory too, pages given back as they are consumed), and the
  * put returns once it is there. Only max_count makes such a put wait (and
  * the spill's own limits, 64 GiB and 2^27 messages pending). Consumers take
- * from the ring first, then from the spill, in put order.
+ * from the ring first, then from the spill, in put order. A message larger
+ * than capacity/2 put while the spill is empty and a consumer waits (or
+ * arrives within a few ms) is streamed through the ring to it instead, at
+ * ring speed; if that consumer stops making progress for a few ms or dies,
+ * the producer takes the message back and spills it (the consumer's get
+ * then returns -ECONNABORTED with nothing delivered, and the message comes
+ * next), so such a put waits for a consumer only while it keeps pace.
  *
  * Without a spill file (a ring in caller memory with no fd) a put waits for
  * room: a message of up to capacity/2 bytes is one record; a larger one is

@@ -62,6 +62,41 @@
  * batch the producer keeps the same order: the ring's tail is published
  * before the spill's.
  *
+ * Streaming to a waiting consumer. Spilling a big message costs several
+ * times what streaming it costs (the file's pages are allocated, written,
+ * read and freed), so a producer whose message is larger than capacity/2
+ * streams it through the ring instead when the spill is empty and a
+ * consumer waits for data (`data_wanted`, set around the consumer's wait;
+ * the producer also looks for one arriving for a bound proportional to the
+ * message, at most a few ms, since a consumer between two gets is the
+ * common case). The put still never waits for a consumer beyond a bound:
+ * the stream's FIRST record is marked GATED; chunks carry no LAST and no
+ * count; `sgate` is set OPEN before the first chunk is published. The
+ * consumer, once it has copied every byte, stores its head and takes the
+ * message with a CAS OPEN -> TAKEN; the producer then publishes an empty
+ * LAST record, which is what counts the message (tail's count, so qsize
+ * and unfinished tasks never count it twice). If the consumer makes no
+ * progress for STREAM_STALL_NS (stalled, or dead: its head stops), or the
+ * stream takes longer than spilling would have, the producer CASes OPEN ->
+ * ABORTED (it cannot fail before every byte is out; after, one CAS wins:
+ * exactly one of "the consumer has it" and "the producer takes it back"),
+ * publishes ABORT after its chunks and appends the whole message to the
+ * spill. The consumer that loses the CAS, or meets ABORT, returns
+ * -ECONNABORTED having delivered nothing; a consumer that took over from a
+ * dead one skips the chunks and ABORT at a message boundary as it does for
+ * any stream. `sgate` always refers to the last stream begun: a new one
+ * needs the plock (released only after TAKEN or ABORTED) and an empty
+ * spill (so a respilled message is consumed, past its ABORT, first).
+ * Order: when the message is respilled the spill was empty since the
+ * stream began (the producer held the lock), and the ring holds only
+ * older records and the aborted stream, which is no message; so "every
+ * ring record is older than every spill record" holds. A producer killed
+ * mid-stream is handled as for any stream (pstream -> ABORT); one killed
+ * after TAKEN and before the LAST record loses the message, as a put that
+ * did not return may. A consumer killed after its CAS and before storing
+ * the final head had the message: the CAS is its commit point, as the
+ * store of `spill_head` is for a spill record.
+ *
  * Waiting. Only the holder of the consumer lock ever waits for data and
  * only the holder of the producer lock for space, so each side has one
  * sleeper at most: a futex sequence word and a waiter flag (Dekker pair:
