@@ -712,9 +712,11 @@ enum { GATE_OPEN = 1, GATE_TAKEN = 2, GATE_ABORTED = 3 };
 
 /* How long a producer about to spill a message of len bytes into an empty
  * spill looks for a consumer that comes to wait for it (one that is between
- * two gets): a small part of what spilling the message costs. */
-#define STREAM_ARRIVE_NS_PER_MIB (32 * 1000)
-#define STREAM_ARRIVE_MAX_NS (4 * 1000 * 1000)
+ * two gets: a Python consumer takes ~2 ms to free and decode a 64 MiB
+ * array before its next get): about a tenth of what spilling the message
+ * costs the producer, and at most a few ms. */
+#define STREAM_ARRIVE_NS_PER_MIB (64 * 1000)
+#define STREAM_ARRIVE_MAX_NS (8 * 1000 * 1000)
 
 /* Streams only through an empty spill, when the first chunk fits at once,
  * to a consumer that waits for a message now or comes to within the
