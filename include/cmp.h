@@ -40,8 +40,8 @@ extern "C" {
 
 /* A mapped shared-memory segment (process-local handle). */
 typedef struct cmp_shm {
-    int fd;       /* memfd, O_CLOEXEC */
-    void *addr;   /* where this process maps it */
+    int fd;     /* memfd, O_CLOEXEC */
+    void *addr; /* where this process maps it */
     size_t size;
 } cmp_shm_t;
 
@@ -58,13 +58,13 @@ typedef struct cmp_lock {
 /* Recursive lock owned by one thread of one process. */
 typedef struct cmp_rlock {
     cmp_lock_t lock;
-    uint32_t count;  /* recursion depth, touched only by the owner */
-    uint32_t owner;  /* kernel thread id of the owner, 0 when free */
+    uint32_t count; /* recursion depth, touched only by the owner */
+    uint32_t owner; /* kernel thread id of the owner, 0 when free */
 } cmp_rlock_t;
 
 /* Counting semaphore with an optional upper bound. */
 typedef struct cmp_sem {
-    uint32_t value;   /* futex word */
+    uint32_t value; /* futex word */
     uint32_t waiters;
     uint32_t max;     /* CMP_SEM_VALUE_MAX when unbounded */
     uint32_t spin_ns; /* adaptive spin budget (a hint) */
@@ -72,7 +72,7 @@ typedef struct cmp_sem {
 
 /* Manual-reset event. */
 typedef struct cmp_event {
-    uint32_t flag;    /* futex word: bit 0 set, above it a count of sets */
+    uint32_t flag; /* futex word: bit 0 set, above it a count of sets */
     uint32_t waiters;
     uint32_t spin_ns; /* adaptive spin budget (a hint) */
 } cmp_event_t;
@@ -88,10 +88,10 @@ typedef struct cmp_cond {
 /* Reusable barrier (the semantics of Python's threading.Barrier). */
 typedef struct cmp_barrier {
     cmp_lock_t guard;
-    uint32_t seq;        /* futex word, bumped on every state change */
+    uint32_t seq; /* futex word, bumped on every state change */
     uint32_t parties;
-    uint32_t count;      /* arrivals in the current round */
-    uint32_t state;      /* private: filling, draining, resetting, broken */
+    uint32_t count; /* arrivals in the current round */
+    uint32_t state; /* private: filling, draining, resetting, broken */
     uint32_t generation;
 } cmp_barrier_t;
 
@@ -100,10 +100,10 @@ typedef struct cmp_barrier {
  * data area (see cmp_ring_footprint()). */
 typedef struct cmp_ring {
     /* read-only after init */
-    uint64_t capacity;      /* bytes in the data area, a power of two */
-    uint64_t max_count;     /* messages the ring may hold, 0 = no limit */
-    uint32_t closed;        /* futex-free flag, set by cmp_ring_close() */
-    int32_t spill_fd;       /* overflow file, -1 = none (see "Message ring") */
+    uint64_t capacity;  /* bytes in the data area, a power of two */
+    uint64_t max_count; /* messages the ring may hold, 0 = no limit */
+    uint32_t closed;    /* futex-free flag, set by cmp_ring_close() */
+    int32_t spill_fd;   /* overflow file, -1 = none (see "Message ring") */
     uint32_t pad0[10];
     /* producer side (own cache line) */
     uint64_t tail;          /* published write position | message count */
@@ -115,21 +115,21 @@ typedef struct cmp_ring {
     uint32_t sgate;         /* a queue's stream in flight: open/taken/aborted */
     uint32_t pad1[7];
     /* consumer side (own cache line) */
-    uint64_t head;          /* consumed position | message count */
-    cmp_lock_t clock;       /* held by the consumer getting a message */
-    uint32_t data_seq;      /* futex word: bumped when data was published */
-    uint32_t data_waiters;  /* the consumer sleeping for data (0 or 1) */
-    uint32_t data_wanted;   /* a consumer is waiting for a message (0 or 1) */
-    uint64_t spill_head;    /* consumed spill position | count */
-    uint64_t spill_freed;   /* spill pages below this are given back */
+    uint64_t head;         /* consumed position | message count */
+    cmp_lock_t clock;      /* held by the consumer getting a message */
+    uint32_t data_seq;     /* futex word: bumped when data was published */
+    uint32_t data_waiters; /* the consumer sleeping for data (0 or 1) */
+    uint32_t data_wanted;  /* a consumer is waiting for a message (0 or 1) */
+    uint64_t spill_head;   /* consumed spill position | count */
+    uint64_t spill_freed;  /* spill pages below this are given back */
     uint32_t pad2[6];
 } cmp_ring_t;
 
 /* Queue: a ring plus the counters of a joinable queue. Followed directly by
  * the ring (see cmp_queue_footprint()). */
 typedef struct cmp_queue {
-    uint32_t done;          /* futex word: task_done() calls, mod 2^32 */
-    uint32_t join_waiters;  /* processes inside cmp_queue_join() */
+    uint32_t done;         /* futex word: task_done() calls, mod 2^32 */
+    uint32_t join_waiters; /* processes inside cmp_queue_join() */
     uint32_t pad[14];
     cmp_ring_t ring;
 } cmp_queue_t;
@@ -137,8 +137,8 @@ typedef struct cmp_queue {
 /* A child process (process-local handle). */
 typedef struct cmp_process {
     pid_t pid;
-    int pidfd;      /* -1 once closed */
-    int status;     /* raw wait status, valid when reaped != 0 */
+    int pidfd;  /* -1 once closed */
+    int status; /* raw wait status, valid when reaped != 0 */
     int reaped;
 } cmp_process_t;
 
@@ -237,8 +237,7 @@ uint32_t cmp_rlock_count(const cmp_rlock_t *rlock);
  * condition waits), or -EPERM. */
 int cmp_rlock_release_all(cmp_rlock_t *rlock);
 /* Re-acquires with a saved depth. Returns as cmp_rlock_acquire. */
-int cmp_rlock_acquire_count(cmp_rlock_t *rlock, uint32_t count,
-                            const struct timespec *deadline);
+int cmp_rlock_acquire_count(cmp_rlock_t *rlock, uint32_t count, const struct timespec *deadline);
 
 /* Semaphore. max = CMP_SEM_VALUE_MAX for an unbounded one.
  * init: 0, or -EINVAL when value > max.
@@ -265,18 +264,15 @@ int cmp_event_wait(cmp_event_t *event, const struct timespec *deadline);
  * over from a dead holder. -EPERM if the caller does not hold the lock.
  * notify wakes up to n waiters and returns how many it woke. */
 void cmp_cond_init(cmp_cond_t *cond);
-int cmp_cond_wait_lock(cmp_cond_t *cond, cmp_lock_t *lock,
-                       const struct timespec *deadline);
-int cmp_cond_wait_rlock(cmp_cond_t *cond, cmp_rlock_t *rlock,
-                        const struct timespec *deadline);
+int cmp_cond_wait_lock(cmp_cond_t *cond, cmp_lock_t *lock, const struct timespec *deadline);
+int cmp_cond_wait_rlock(cmp_cond_t *cond, cmp_rlock_t *rlock, const struct timespec *deadline);
 int cmp_cond_notify(cmp_cond_t *cond, uint32_t n);
 int cmp_cond_notify_all(cmp_cond_t *cond);
 /* Split form for callers that release and re-acquire their own lock
  * (a binding with its own lock objects): register as a waiter while still
  * holding the lock, release it, then sleep. */
 int cmp_cond_prepare_wait(cmp_cond_t *cond, uint32_t *ticket);
-int cmp_cond_sleep(cmp_cond_t *cond, uint32_t ticket,
-                   const struct timespec *deadline);
+int cmp_cond_sleep(cmp_cond_t *cond, uint32_t ticket, const struct timespec *deadline);
 /* prepare_wait: always 0. sleep: 0 when notified, -ETIMEDOUT (no longer a
  * waiter), -EINTR (STILL a waiter: call cmp_cond_sleep again with the same
  * ticket and deadline, or withdraw with cmp_cond_cancel_wait).
@@ -406,8 +402,7 @@ int cmp_ring_spill_fd(const cmp_ring_t *ring);
 int cmp_ring_putv(cmp_ring_t *ring, const struct iovec *iov, int iovcnt,
                   const struct timespec *deadline);
 /* One contiguous buffer. Returns as cmp_ring_putv. */
-int cmp_ring_put(cmp_ring_t *ring, const void *data, size_t len,
-                 const struct timespec *deadline);
+int cmp_ring_put(cmp_ring_t *ring, const void *data, size_t len, const struct timespec *deadline);
 
 /* Puts up to nmsg messages under one acquisition of the producer lock, in
  * order. Message i is counts[i] consecutive buffers of iov (counts NULL:
@@ -415,9 +410,8 @@ int cmp_ring_put(cmp_ring_t *ring, const void *data, size_t len,
  * Returns how many messages were put (1..nmsg; fewer than nmsg when the
  * deadline passed or a signal came after some were put), or, when none
  * was, an error as cmp_ring_putv. nmsg 0 returns 0. */
-long cmp_ring_put_many(cmp_ring_t *ring, const struct iovec *iov,
-                       const unsigned *counts, size_t nmsg,
-                       const struct timespec *deadline);
+long cmp_ring_put_many(cmp_ring_t *ring, const struct iovec *iov, const unsigned *counts,
+                       size_t nmsg, const struct timespec *deadline);
 
 /* Tells the consumer where to copy a message of len bytes: returns a buffer
  * of at least len bytes (any non-NULL pointer when len is 0), or NULL to
@@ -444,8 +438,8 @@ int cmp_ring_get(cmp_ring_t *ring, cmp_ring_alloc_fn alloc, void *arg,
  * there without waiting. alloc is called once per message, in order.
  * Returns the number got (1..max), or an error as cmp_ring_get when none
  * was. max 0 returns 0. */
-long cmp_ring_get_many(cmp_ring_t *ring, cmp_ring_alloc_fn alloc, void *arg,
-                       size_t max, const struct timespec *deadline);
+long cmp_ring_get_many(cmp_ring_t *ring, cmp_ring_alloc_fn alloc, void *arg, size_t max,
+                       const struct timespec *deadline);
 
 /* Waits until a message is available without taking it (for poll()).
  * Returns 1 when one is, -ETIMEDOUT, -EAGAIN (CMP_NOWAIT, none), -EINTR,
@@ -475,7 +469,6 @@ int cmp_ring_is_closed(const cmp_ring_t *ring);
  * step). put/get behave as the ring functions of the same name.
  * ------------------------------------------------------------------------ */
 
-
 /* Bytes of shared memory a queue with a ring of capacity bytes needs
  * (capacity as for cmp_ring_footprint). */
 size_t cmp_queue_footprint(size_t capacity);
@@ -499,17 +492,15 @@ void cmp_queue_detach(cmp_queue_t *q);
 cmp_ring_t *cmp_queue_ring(cmp_queue_t *q);
 uint32_t cmp_queue_maxsize(const cmp_queue_t *q);
 
-int cmp_queue_put(cmp_queue_t *q, const void *data, size_t len,
-                  const struct timespec *deadline);
+int cmp_queue_put(cmp_queue_t *q, const void *data, size_t len, const struct timespec *deadline);
 int cmp_queue_putv(cmp_queue_t *q, const struct iovec *iov, int iovcnt,
                    const struct timespec *deadline);
-long cmp_queue_put_many(cmp_queue_t *q, const struct iovec *iov,
-                        const unsigned *counts, size_t nmsg,
-                        const struct timespec *deadline);
+long cmp_queue_put_many(cmp_queue_t *q, const struct iovec *iov, const unsigned *counts,
+                        size_t nmsg, const struct timespec *deadline);
 int cmp_queue_get(cmp_queue_t *q, cmp_ring_alloc_fn alloc, void *arg,
                   const struct timespec *deadline);
-long cmp_queue_get_many(cmp_queue_t *q, cmp_ring_alloc_fn alloc, void *arg,
-                        size_t max, const struct timespec *deadline);
+long cmp_queue_get_many(cmp_queue_t *q, cmp_ring_alloc_fn alloc, void *arg, size_t max,
+                        const struct timespec *deadline);
 
 /* Items in the queue (exact), and the predicates on it. */
 uint64_t cmp_queue_qsize(const cmp_queue_t *q);
@@ -539,8 +530,7 @@ typedef int (*cmp_process_fn)(void *arg);
 /* Forks a child that runs fn(arg), flushes stdio and _exit()s with its
  * return value. Returns 0, -EINVAL for unknown flags, or a negative errno
  * from fork/pidfd_open. */
-int cmp_process_start(cmp_process_t *proc, cmp_process_fn fn, void *arg,
-                      unsigned flags);
+int cmp_process_start(cmp_process_t *proc, cmp_process_fn fn, void *arg, unsigned flags);
 
 /* Waits for the child to exit and reaps it. 0, -ETIMEDOUT, -EINTR,
  * -ECHILD if it was reaped elsewhere. */
@@ -659,8 +649,8 @@ int cmp_conn_poll(cmp_conn_t *conn, const struct timespec *deadline);
  * ------------------------------------------------------------------------ */
 
 typedef struct cmp_listener {
-    int fd;        /* -1 once closed */
-    pid_t owner;   /* the process that bound a filesystem path unlinks it */
+    int fd;      /* -1 once closed */
+    pid_t owner; /* the process that bound a filesystem path unlinks it */
     socklen_t addrlen;
     struct sockaddr_storage addr; /* the bound address (getsockname) */
 } cmp_listener_t;

@@ -33,14 +33,12 @@ static inline void cmp__store_release(uint32_t *p, uint32_t v)
 /* Strong compare-and-swap; on failure *expected receives the current value. */
 static inline int cmp__cas_acquire(uint32_t *p, uint32_t *expected, uint32_t desired)
 {
-    return __atomic_compare_exchange_n(p, expected, desired, 0, __ATOMIC_ACQUIRE,
-                                       __ATOMIC_RELAXED);
+    return __atomic_compare_exchange_n(p, expected, desired, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED);
 }
 
 static inline int cmp__cas_acq_rel(uint32_t *p, uint32_t *expected, uint32_t desired)
 {
-    return __atomic_compare_exchange_n(p, expected, desired, 0, __ATOMIC_ACQ_REL,
-                                       __ATOMIC_ACQUIRE);
+    return __atomic_compare_exchange_n(p, expected, desired, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
 }
 
 static inline uint32_t cmp__swap_release(uint32_t *p, uint32_t v)

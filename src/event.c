@@ -38,8 +38,8 @@ void cmp_event_set(cmp_event_t *event)
             return;
         /* release (SC includes it): a waiter that sees the flag sees what
          * was written before set(); SC for the Dekker pair with a sleeper */
-    } while (!__atomic_compare_exchange_n(&event->flag, &v, (v + 2) | FLAG, 0,
-                                          __ATOMIC_SEQ_CST, __ATOMIC_RELAXED));
+    } while (!__atomic_compare_exchange_n(&event->flag, &v, (v + 2) | FLAG, 0, __ATOMIC_SEQ_CST,
+                                          __ATOMIC_RELAXED));
     if (__atomic_load_n(&event->waiters, __ATOMIC_SEQ_CST))
         cmp__futex_wake(&event->flag, INT_MAX);
 }

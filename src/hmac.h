@@ -32,8 +32,8 @@ void cmp__hash_final(cmp__hash_ctx *ctx, unsigned char *out);
 void cmp__hash(cmp__hash_kind kind, const void *data, size_t len, unsigned char *out);
 
 /* HMAC (RFC 2104) of data under key; writes cmp__hash_len(kind) bytes. */
-void cmp__hmac(cmp__hash_kind kind, const void *key, size_t keylen, const void *data,
-               size_t len, unsigned char *out);
+void cmp__hmac(cmp__hash_kind kind, const void *key, size_t keylen, const void *data, size_t len,
+               unsigned char *out);
 
 /* Constant-time comparison: 1 if equal. */
 int cmp__digest_equal(const void *a, const void *b, size_t len);

@@ -12,8 +12,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-int cmp_sockaddr_unix(struct sockaddr_storage *out, socklen_t *outlen, const char *path,
-                      size_t len)
+int cmp_sockaddr_unix(struct sockaddr_storage *out, socklen_t *outlen, const char *path, size_t len)
 {
     struct sockaddr_un *un = (struct sockaddr_un *)out;
     /* A path needs room for its NUL; an abstract name is counted exactly. */
@@ -135,8 +134,8 @@ int cmp_client_connect(cmp_conn_t *conn, const struct sockaddr *addr, socklen_t 
     /* AF_UNIX connects at once or blocks only while the backlog is full (a
      * non-blocking one would fail with EAGAIN instead of queueing), so it
      * stays blocking; AF_INET connects in the background under a deadline. */
-    int fd = socket(addr->sa_family, SOCK_STREAM | SOCK_CLOEXEC | (unix_family ? 0 : SOCK_NONBLOCK),
-                    0);
+    int fd =
+        socket(addr->sa_family, SOCK_STREAM | SOCK_CLOEXEC | (unix_family ? 0 : SOCK_NONBLOCK), 0);
     if (fd < 0)
         return -errno;
     int err = 0;

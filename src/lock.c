@@ -99,8 +99,8 @@ int cmp_lock_release(cmp_lock_t *lock)
         if (HOLDER(v) == 0)
             return -EPERM;
         /* release: the next holder must see every write made under the lock */
-    } while (!__atomic_compare_exchange_n(&lock->state, &v, 0, 0, __ATOMIC_RELEASE,
-                                          __ATOMIC_RELAXED));
+    } while (
+        !__atomic_compare_exchange_n(&lock->state, &v, 0, 0, __ATOMIC_RELEASE, __ATOMIC_RELAXED));
     if (v & WAITERS)
         cmp__futex_wake(&lock->state, 1);
     return 0;

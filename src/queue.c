@@ -56,8 +56,7 @@ uint32_t cmp_queue_maxsize(const cmp_queue_t *q)
     return (uint32_t)q->ring.max_count;
 }
 
-int cmp_queue_put(cmp_queue_t *q, const void *data, size_t len,
-                  const struct timespec *deadline)
+int cmp_queue_put(cmp_queue_t *q, const void *data, size_t len, const struct timespec *deadline)
 {
     return cmp_ring_put(&q->ring, data, len, deadline);
 }
@@ -124,8 +123,8 @@ int cmp_queue_task_done(cmp_queue_t *q)
         if (left == 0)
             return -EOVERFLOW;
         /* release: join() returning sees what the task's worker wrote */
-    } while (!__atomic_compare_exchange_n(&q->done, &d, d + 1, 0, __ATOMIC_ACQ_REL,
-                                          __ATOMIC_ACQUIRE));
+    } while (
+        !__atomic_compare_exchange_n(&q->done, &d, d + 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE));
     if (left == 1) {
         cmp__fence_seq_cst(); /* pairs with the fence in join */
         if (cmp__load_relaxed(&q->join_waiters))

@@ -108,11 +108,11 @@
 #include "internal.h"
 
 #include <errno.h>
-#include <limits.h>
-#include <stddef.h>
-#include <sched.h>
-#include <string.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <sched.h>
+#include <stddef.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -333,8 +333,7 @@ static void spill_free(cmp_ring_t *r, uint64_t to)
         uint64_t seg = n;
         if (seg > SPILL_SPAN - off)
             seg = SPILL_SPAN - off;
-        fallocate(r->spill_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off,
-                  (off_t)seg);
+        fallocate(r->spill_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)seg);
         from += seg;
         n -= seg;
     }
@@ -903,8 +902,7 @@ static int prod_message(struct prod *p, const struct iovec *iov, int cnt,
             return rc;
         }
         uint64_t pos = POS(p->t);
-        write_hdr(r, pos, (uint32_t)(extra + n),
-                  (first ? F_FIRST : 0) | (last ? F_LAST : 0));
+        write_hdr(r, pos, (uint32_t)(extra + n), (first ? F_FIRST : 0) | (last ? F_LAST : 0));
         if (first) {
             uint64_t total = len;
             copy_in(r, pos + HDR, &total, 8);
@@ -962,8 +960,7 @@ int cmp_ring_putv(cmp_ring_t *ring, const struct iovec *iov, int iovcnt,
     return rc == 1 ? 0 : (int)rc;
 }
 
-int cmp_ring_put(cmp_ring_t *ring, const void *data, size_t len,
-                 const struct timespec *deadline)
+int cmp_ring_put(cmp_ring_t *ring, const void *data, size_t len, const struct timespec *deadline)
 {
     struct iovec iov = {(void *)data, len};
     return cmp_ring_putv(ring, &iov, 1, deadline);
@@ -1271,8 +1268,7 @@ int cmp_ring_wait(cmp_ring_t *ring, const struct timespec *deadline)
         }
         struct rec_hdr hd = read_hdr(ring, POS(c.h));
         if ((hd.flags & F_ABORT) || !(hd.flags & F_FIRST)) {
-            c.h = MAKE(POS(c.h) + HDR + ROUND8(hd.len),
-                       CNT(c.h) + ((hd.flags & F_LAST) ? 1 : 0));
+            c.h = MAKE(POS(c.h) + HDR + ROUND8(hd.len), CNT(c.h) + ((hd.flags & F_LAST) ? 1 : 0));
             continue;
         }
         rc = 1;

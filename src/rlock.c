@@ -46,8 +46,7 @@ static void take_ownership(cmp_rlock_t *rlock, uint32_t count)
     cmp__store_relaxed(&rlock->count, count);
 }
 
-int cmp_rlock_acquire_count(cmp_rlock_t *rlock, uint32_t count,
-                            const struct timespec *deadline)
+int cmp_rlock_acquire_count(cmp_rlock_t *rlock, uint32_t count, const struct timespec *deadline)
 {
     if (count == 0)
         return -EINVAL;

@@ -44,8 +44,7 @@ static inline void cmp__spin_begin(struct cmp__spin *s, const uint32_t *hint,
 }
 
 /* Spins while *word == start: 1 once it changed, 0 when the time is up. */
-static inline int cmp__spin_until_change(struct cmp__spin *s, const uint32_t *word,
-                                         uint32_t start)
+static inline int cmp__spin_until_change(struct cmp__spin *s, const uint32_t *word, uint32_t start)
 {
     for (unsigned i = 1;; i++) {
         cmp__cpu_relax();

@@ -32,8 +32,8 @@ double cmp_deadline_remaining(const struct timespec *deadline)
         return INFINITY;
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
-    double left = (double)(deadline->tv_sec - now.tv_sec) +
-                  (double)(deadline->tv_nsec - now.tv_nsec) / 1e9;
+    double left =
+        (double)(deadline->tv_sec - now.tv_sec) + (double)(deadline->tv_nsec - now.tv_nsec) / 1e9;
     return left > 0 ? left : 0;
 }
 

@@ -103,8 +103,7 @@ int main(void)
         fprintf(stderr, "get: %s\n", cmp_strerror(rc));
         return 1;
     }
-    printf("consumed %lld items, sum of squares %lld\n", (long long)sums[0],
-           (long long)sums[1]);
+    printf("consumed %lld items, sum of squares %lld\n", (long long)sums[0], (long long)sums[1]);
     for (int i = 0; i < 2; i++)
         cmp_shared_release(blocks[i]);
     return status;

@@ -3,8 +3,8 @@
 #ifndef CMP_TEST_RING_HELPERS_H
 #define CMP_TEST_RING_HELPERS_H
 
-#include <stdlib.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <sys/prctl.h>
 #include <sys/uio.h>
 

@@ -20,9 +20,9 @@ static void wait_for_waiting(cmp_barrier_t *b, uint32_t n)
 
 struct shared {
     cmp_barrier_t barrier;
-    uint32_t actions;    /* action runs */
-    uint32_t counter;    /* arrivals in the current round */
-    uint32_t bad;        /* rounds where the action saw a partial round */
+    uint32_t actions; /* action runs */
+    uint32_t counter; /* arrivals in the current round */
+    uint32_t bad;     /* rounds where the action saw a partial round */
     uint32_t index_mask[64];
 };
 

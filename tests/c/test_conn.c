@@ -122,7 +122,11 @@ Test(conn, eof_and_truncated, .timeout = 5)
 
     int fds[2];
     cr_assert_eq(pipe(fds), 0);
-    cr_assert_eq(write(fds[1], "\0\0\0\x0a" "abc", 7), 7);
+    cr_assert_eq(write(fds[1],
+                       "\0\0\0\x0a"
+                       "abc",
+                       7),
+                 7);
     close(fds[1]);
     cmp_conn_t r;
     cr_assert_eq(cmp_conn_open(&r, fds[0], CMP_CONN_READABLE), 0);
@@ -180,7 +184,10 @@ Test(conn, poll_deadline, .timeout = 5)
     cmp_conn_close(&b);
 }
 
-static unsigned char pattern(size_t i) { return (unsigned char)(i * 131 + (i >> 12)); }
+static unsigned char pattern(size_t i)
+{
+    return (unsigned char)(i * 131 + (i >> 12));
+}
 
 /* 64 MiB through a one-way pipe and a socketpair, each to a forked child
  * that checks every byte and echoes a digest-like sum back. */
@@ -218,10 +225,19 @@ static void large_across_fork(int duplex)
     cmp_conn_close(&back_w);
 }
 
-Test(conn, large_message_pipe, .timeout = 30) { large_across_fork(0); }
-Test(conn, large_message_socketpair, .timeout = 30) { large_across_fork(1); }
+Test(conn, large_message_pipe, .timeout = 30)
+{
+    large_across_fork(0);
+}
+Test(conn, large_message_socketpair, .timeout = 30)
+{
+    large_across_fork(1);
+}
 
-static void on_alarm(int sig) { (void)sig; }
+static void on_alarm(int sig)
+{
+    (void)sig;
+}
 
 /* A signal interrupts a blocking recv with -EINTR (handler without
  * SA_RESTART, as Python installs them); a send interrupted half way

@@ -91,8 +91,7 @@ Test(hmac, hmac_sha256_rfc4231, .timeout = 10)
                "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7");
     check_hmac(CMP__SHA256, "Jefe", 4, "what do ya want for nothing?",
                "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
-    check_hmac(CMP__SHA256, k3, sizeof k3,
-               "Test Using Larger Than Block-Size Key - Hash Key First",
+    check_hmac(CMP__SHA256, k3, sizeof k3, "Test Using Larger Than Block-Size Key - Hash Key First",
                "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54");
 }
 
@@ -104,8 +103,7 @@ Test(hmac, hmac_md5_rfc2202, .timeout = 10)
     check_hmac(CMP__MD5, k1, sizeof k1, "Hi There", "9294727a3638bb1c13f48ef8158bfc9d");
     check_hmac(CMP__MD5, "Jefe", 4, "what do ya want for nothing?",
                "750c783e6ab0b503eaa86e310a5db738");
-    check_hmac(CMP__MD5, k3, sizeof k3,
-               "Test Using Larger Than Block-Size Key - Hash Key First",
+    check_hmac(CMP__MD5, k3, sizeof k3, "Test Using Larger Than Block-Size Key - Hash Key First",
                "6b1ab7fe4bd7bf8f0b62e6ce61b9d0cd");
 }
 

@@ -90,7 +90,7 @@ Test(shm, attach_bad_fd_fails_without_taking_it, .timeout = 5)
     int fds[2];
     cr_assert_eq(pipe(fds), 0);
     cr_assert_lt(cmp_shm_attach(&shm, fds[0], 4096), 0); /* pipes can't be mapped */
-    cr_assert_eq(close(fds[0]), 0);                     /* still ours */
+    cr_assert_eq(close(fds[0]), 0);                      /* still ours */
     close(fds[1]);
 }
 
@@ -104,8 +104,8 @@ Test(shared, zero_size_is_einval, .timeout = 5)
 
 Test(shared, aligned_zeroed_and_sized, .timeout = 10)
 {
-    static const size_t sizes[] = {1, 7, 63, 64, 65, 100, 1000, 4096, 10000, 100000,
-                                   262143, 262144, 300000, 2000000};
+    static const size_t sizes[] = {1,    7,     63,     64,     65,     100,    1000,
+                                   4096, 10000, 100000, 262143, 262144, 300000, 2000000};
     cmp_shared_t *refs[sizeof sizes / sizeof sizes[0]];
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
         cr_assert_eq(cmp_shared_alloc(sizes[i], &refs[i]), 0);
@@ -375,7 +375,8 @@ Test(shared, threads_allocate_concurrently, .timeout = 20)
     size_t before = cmp__shared_heap_free_bytes();
     pthread_t threads[4];
     for (int t = 0; t < 4; t++)
-        cr_assert_eq(pthread_create(&threads[t], NULL, thread_churn, (void *)(uintptr_t)(t + 1)), 0);
+        cr_assert_eq(pthread_create(&threads[t], NULL, thread_churn, (void *)(uintptr_t)(t + 1)),
+                     0);
     /* a fork in the middle of it must not deadlock the child */
     pid_t pid = fork();
     cr_assert(pid >= 0);

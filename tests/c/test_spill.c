@@ -300,7 +300,7 @@ Test(spill, consumer_killed_mid_read_redelivers, .timeout = 20)
 
 /* --- a big message streamed to a waiting consumer ------------------------ */
 
-#define STREAM_CAP (1u << 20)  /* messages above 512 KiB are streams */
+#define STREAM_CAP (1u << 20) /* messages above 512 KiB are streams */
 #define STREAM_LEN (8u << 20)
 
 /* Waits until a consumer waits for data on the queue (it then streams). */

@@ -10,8 +10,8 @@ Test(time, deadline_after_is_in_the_future, .timeout = 5)
     struct timespec now, deadline;
     clock_gettime(CLOCK_MONOTONIC, &now);
     cr_assert_eq(cmp_deadline_after(1.5, &deadline), 0);
-    double delta = (double)(deadline.tv_sec - now.tv_sec) +
-                   (double)(deadline.tv_nsec - now.tv_nsec) / 1e9;
+    double delta =
+        (double)(deadline.tv_sec - now.tv_sec) + (double)(deadline.tv_nsec - now.tv_nsec) / 1e9;
     cr_assert(delta >= 1.5 && delta < 1.6, "delta %f", delta);
     cr_assert(deadline.tv_nsec >= 0 && deadline.tv_nsec < 1000000000L);
 }

@@ -40,8 +40,8 @@ typedef struct {
     PyTypeObject *Event_type;
     PyTypeObject *Condition_type;
     PyTypeObject *Barrier_type;
-    PyObject *BrokenBarrierError;      /* threading.BrokenBarrierError */
-    PyObject *AbandonedLockWarning;    /* a holder died; see errors.c */
+    PyObject *BrokenBarrierError;   /* threading.BrokenBarrierError */
+    PyObject *AbandonedLockWarning; /* a holder died; see errors.c */
     /* processes (process.c, context.c) */
     PyTypeObject *Process_type;
     PyTypeObject *Context_type;
@@ -51,11 +51,11 @@ typedef struct {
     PyTypeObject *SynchronizedArray_type;
     PyTypeObject *SynchronizedBase_type;
     PyTypeObject *SynchronizedString_type;
-    PyTypeObject *SyncField_type;      /* per-field property of Structures */
-    PyObject *ctypes;                  /* imported on first use */
-    PyObject *typecode_to_type;        /* 'i' -> ctypes.c_int, ... */
-    PyObject *fast_types;              /* _type_ -> canonical simple type */
-    PyObject *sync_class_cache;        /* Structure class -> wrapper class */
+    PyTypeObject *SyncField_type; /* per-field property of Structures */
+    PyObject *ctypes;             /* imported on first use */
+    PyObject *typecode_to_type;   /* 'i' -> ctypes.c_int, ... */
+    PyObject *fast_types;         /* _type_ -> canonical simple type */
+    PyObject *sync_class_cache;   /* Structure class -> wrapper class */
     /* __enter__/__exit__ descriptors with recycled bound methods (fastmethod.c) */
     PyTypeObject *FastMethod_type;
     PyTypeObject *FastBound_type;
@@ -70,15 +70,15 @@ typedef struct {
     /* messages (serialize.c): _pickle.dumps/loads and their arguments */
     PyObject *pickle_dumps;
     PyObject *pickle_loads;
-    PyObject *pickle_protocol;         /* 5 */
-    PyObject *kw_buffer_callback;      /* ("buffer_callback",) */
-    PyObject *kw_buffers;              /* ("buffers",) */
+    PyObject *pickle_protocol;    /* 5 */
+    PyObject *kw_buffer_callback; /* ("buffer_callback",) */
+    PyObject *kw_buffers;         /* ("buffers",) */
     /* queues (queue.c) */
     PyTypeObject *Queue_type;
     PyTypeObject *SimpleQueue_type;
     PyTypeObject *JoinableQueue_type;
-    PyObject *Empty;                   /* queue.Empty */
-    PyObject *Full;                    /* queue.Full */
+    PyObject *Empty; /* queue.Empty */
+    PyObject *Full;  /* queue.Full */
 } cmp_py_state;
 
 extern PyModuleDef cmp_py_module_def;
@@ -104,17 +104,15 @@ PyTypeObject *cmp_py_add_type(PyObject *module, PyType_Spec *spec, PyObject *bas
 /* Converts a Python timeout (None, or a number of seconds) into a deadline.
  * Returns 0 and sets *out (NULL for None) using storage, or -1 with an
  * exception set. */
-int cmp_py_deadline(PyObject *timeout, struct timespec *storage,
-                    const struct timespec **out);
+int cmp_py_deadline(PyObject *timeout, struct timespec *storage, const struct timespec **out);
 
 /* Parses the arguments of a METH_FASTCALL | METH_KEYWORDS call whose
  * parameters are all positional-or-keyword and optional: names[0..n-1].
  * out[i] receives the argument (borrowed) or stays NULL when not given.
  * Raises the interpreter's own TypeErrors (too many, unknown keyword, given
  * twice). Returns 0, or -1 with an exception set. */
-int cmp_py_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
-                      PyObject *kwnames, const char *const *names, Py_ssize_t n,
-                      PyObject **out);
+int cmp_py_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                      const char *const *names, Py_ssize_t n, PyObject **out);
 
 /* Raises the Python exception for a negative libcmp return value (OSError
  * with errno by default) and returns NULL. */
@@ -147,9 +145,7 @@ void cmp_py_fast_cache_clear(cmp_py_fast_cache *cache);
 /* The head of an object whose state is one block of the shared heap
  * (Lock, RLock, Semaphore, Event, Condition, Barrier): the object keeps
  * the block alive. */
-#define CMP_PY_SHARED_HEAD \
-    PyObject_HEAD          \
-    cmp_shared_t *block;
+#define CMP_PY_SHARED_HEAD PyObject_HEAD cmp_shared_t *block;
 
 /* tp_new's part for such an object: a new instance of type (starting with
  * CMP_PY_SHARED_HEAD) that owns a fresh block of size bytes, at *mem for the
@@ -190,7 +186,7 @@ typedef struct {
 
 typedef struct {
     CMP_PY_SHARED_HEAD
-    cmp_rlock_t *rlock;  /* inside block */
+    cmp_rlock_t *rlock; /* inside block */
     cmp_py_fast_cache with_cache;
 } cmp_py_rlock;
 
@@ -206,8 +202,7 @@ int cmp_py_lock_release_any(PyObject *lock);
  * after running signal handlers, AbandonedLockWarning on a dead holder.
  * Returns 1 acquired, 0 timed out, -1 with an exception set. */
 int cmp_py_Lock_acquire_deadline(cmp_py_lock *self, const struct timespec *deadline);
-int cmp_py_RLock_acquire_count(cmp_py_rlock *self, uint32_t count,
-                               const struct timespec *deadline);
+int cmp_py_RLock_acquire_count(cmp_py_rlock *self, uint32_t count, const struct timespec *deadline);
 /* 1 if the calling thread of this process holds it. */
 int cmp_py_Lock_is_mine(cmp_py_lock *self);
 PyObject *cmp_py_Lock_acquire(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
@@ -246,7 +241,7 @@ int cmp_py_add_fast_methods(cmp_py_state *st, PyTypeObject *type, PyMethodDef *d
  * that large payloads are copied once, straight between the objects and
  * shared memory. */
 typedef struct {
-    void *ptr;  /* where the piece's bytes are (read or written) */
+    void *ptr; /* where the piece's bytes are (read or written) */
     size_t len;
     size_t off; /* private */
 } cmp_py_piece;

@@ -29,7 +29,7 @@ static const char BARRIER_DOC[] =
 
 struct action_call {
     PyObject *action;
-    PyThreadState *tstate; /* saved while libcmp runs without the GIL */
+    PyThreadState *tstate;                   /* saved while libcmp runs without the GIL */
     PyObject *exc_type, *exc_value, *exc_tb; /* what the action raised */
 };
 
@@ -100,20 +100,16 @@ static PyObject *Barrier_abort(PyObject *op, PyObject *unused)
     cmp_barrier_t *b = ((BarrierObject *)op)->barrier;
     /* the guard is held only briefly, but may need recovering from a dead
      * holder: let other threads run meanwhile */
-    Py_BEGIN_ALLOW_THREADS
-    cmp_barrier_abort(b);
-    Py_END_ALLOW_THREADS
-    Py_RETURN_NONE;
+    Py_BEGIN_ALLOW_THREADS cmp_barrier_abort(b);
+    Py_END_ALLOW_THREADS Py_RETURN_NONE;
 }
 
 static PyObject *Barrier_reset(PyObject *op, PyObject *unused)
 {
     (void)unused;
     cmp_barrier_t *b = ((BarrierObject *)op)->barrier;
-    Py_BEGIN_ALLOW_THREADS
-    cmp_barrier_reset(b);
-    Py_END_ALLOW_THREADS
-    Py_RETURN_NONE;
+    Py_BEGIN_ALLOW_THREADS cmp_barrier_reset(b);
+    Py_END_ALLOW_THREADS Py_RETURN_NONE;
 }
 
 static PyObject *Barrier_get_parties(PyObject *op, void *closure)
@@ -152,8 +148,7 @@ static PyObject *Barrier_repr(PyObject *op)
         if (cmp_barrier_broken(self->barrier))
             r = PyUnicode_FromFormat("<%S.%S at %p: broken>", module, qualname, (void *)op);
         else
-            r = PyUnicode_FromFormat("<%S.%S at %p: waiters=%u/%u>", module, qualname,
-                                     (void *)op,
+            r = PyUnicode_FromFormat("<%S.%S at %p: waiters=%u/%u>", module, qualname, (void *)op,
                                      (unsigned)cmp_barrier_n_waiting(self->barrier),
                                      (unsigned)cmp_barrier_parties(self->barrier));
     }
@@ -167,8 +162,8 @@ static PyObject *Barrier_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     /* Barrier(parties, action=None, timeout=None, *, ctx=None) */
     static char *kwlist[] = {"parties", "action", "timeout", "ctx", NULL};
     PyObject *parties_obj, *action = Py_None, *timeout = Py_None, *ctx = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OO$O:Barrier", kwlist, &parties_obj,
-                                     &action, &timeout, &ctx))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OO$O:Barrier", kwlist, &parties_obj, &action,
+                                     &timeout, &ctx))
         return NULL;
     PyObject *index = PyNumber_Index(parties_obj);
     if (!index)
@@ -228,8 +223,7 @@ static PyMethodDef Barrier_methods[] = {
      "Wait until all parties have arrived; return this party's index.\n"
      "Raises threading.BrokenBarrierError if the barrier is or becomes broken\n"
      "(abort, reset while waiting, a timeout, a failing action)."},
-    {"abort", Barrier_abort, METH_NOARGS,
-     "abort()\n--\n\nPut the barrier into the broken state."},
+    {"abort", Barrier_abort, METH_NOARGS, "abort()\n--\n\nPut the barrier into the broken state."},
     {"reset", Barrier_reset, METH_NOARGS,
      "reset()\n--\n\n"
      "Return the barrier to its initial state; current waiters get\n"

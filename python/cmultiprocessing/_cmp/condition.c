@@ -15,7 +15,7 @@
 typedef struct {
     CMP_PY_SHARED_HEAD
     cmp_cond_t *cond; /* inside block */
-    PyObject *lock; /* our Lock or RLock */
+    PyObject *lock;   /* our Lock or RLock */
     int is_rlock;
 } cmp_py_condition;
 
@@ -261,8 +261,7 @@ static PyObject *Condition_new(PyTypeObject *type, PyObject *args, PyObject *kwd
         return NULL;
     }
     void *mem;
-    cmp_py_condition *self =
-        (cmp_py_condition *)cmp_py_shared_new(type, sizeof(cmp_cond_t), &mem);
+    cmp_py_condition *self = (cmp_py_condition *)cmp_py_shared_new(type, sizeof(cmp_cond_t), &mem);
     if (!self) {
         Py_DECREF(lock);
         return NULL;
@@ -297,8 +296,7 @@ static void Condition_dealloc(PyObject *op)
 static PyMethodDef Condition_methods[] = {
     {"acquire", (PyCFunction)(void (*)(void))Condition_acquire, METH_FASTCALL | METH_KEYWORDS,
      "acquire(block=True, timeout=None)\n--\n\nAcquire the underlying lock."},
-    {"release", Condition_release, METH_NOARGS,
-     "release()\n--\n\nRelease the underlying lock."},
+    {"release", Condition_release, METH_NOARGS, "release()\n--\n\nRelease the underlying lock."},
     {"wait", (PyCFunction)(void (*)(void))Condition_wait, METH_FASTCALL | METH_KEYWORDS,
      "wait(timeout=None)\n--\n\n"
      "Release the lock, sleep until notified or timeout seconds pass, take the\n"
@@ -325,14 +323,10 @@ static PyMethodDef Condition_with_methods[] = {
 };
 
 static PyType_Slot Condition_slots[] = {
-    {Py_tp_doc, (void *)CONDITION_DOC},
-    {Py_tp_new, Condition_new},
-    {Py_tp_dealloc, Condition_dealloc},
-    {Py_tp_traverse, Condition_traverse},
-    {Py_tp_clear, Condition_clear},
-    {Py_tp_repr, Condition_repr},
-    {Py_tp_methods, Condition_methods},
-    {0, NULL},
+    {Py_tp_doc, (void *)CONDITION_DOC}, {Py_tp_new, Condition_new},
+    {Py_tp_dealloc, Condition_dealloc}, {Py_tp_traverse, Condition_traverse},
+    {Py_tp_clear, Condition_clear},     {Py_tp_repr, Condition_repr},
+    {Py_tp_methods, Condition_methods}, {0, NULL},
 };
 
 static PyType_Spec Condition_spec = {

@@ -10,10 +10,10 @@
  */
 #include "_cmp.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <limits.h>
 #include <netinet/in.h>
-#include <arpa/inet.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <sys/random.h>
@@ -21,14 +21,12 @@
 #include <unistd.h>
 
 typedef struct {
-    PyObject_HEAD
-    cmp_conn_t conn; /* conn.fd == -1 once closed */
+    PyObject_HEAD cmp_conn_t conn; /* conn.fd == -1 once closed */
 } ConnObject;
 
 typedef struct {
-    PyObject_HEAD
-    cmp_listener_t l;  /* l.fd == -1 once closed */
-    PyObject *authkey; /* bytes or NULL */
+    PyObject_HEAD cmp_listener_t l; /* l.fd == -1 once closed */
+    PyObject *authkey;              /* bytes or NULL */
     PyObject *last_accepted;
 } ListenerObject;
 
@@ -36,9 +34,8 @@ typedef struct {
 
 /* Fills out[0..n) from positional and keyword arguments named names[];
  * missing ones stay as they were (the caller's defaults). */
-static int parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
-                      PyObject *kwnames, const char *const *names, int n, int required,
-                      PyObject **out)
+static int parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                      const char *const *names, int n, int required, PyObject **out)
 {
     if (nargs > n) {
         PyErr_Format(PyExc_TypeError, "%s() takes at most %d arguments (%zd given)", fname, n,
@@ -68,8 +65,7 @@ static int parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs
     }
     for (int j = 0; j < required; j++)
         if (!out[j]) {
-            PyErr_Format(PyExc_TypeError, "%s() missing required argument '%s'", fname,
-                         names[j]);
+            PyErr_Format(PyExc_TypeError, "%s() missing required argument '%s'", fname, names[j]);
             return -1;
         }
     return 0;
@@ -77,7 +73,10 @@ static int parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs
 
 /* ---- Connection ------------------------------------------------------------ */
 
-static cmp_py_state *state_of(PyObject *self) { return cmp_py_state_of_type(Py_TYPE(self)); }
+static cmp_py_state *state_of(PyObject *self)
+{
+    return cmp_py_state_of_type(Py_TYPE(self));
+}
 
 static int check_open(ConnObject *self)
 {
@@ -129,11 +128,8 @@ static int conn_send(ConnObject *self, const void *buf, size_t len)
     uint64_t progress = 0;
     for (;;) {
         int r;
-        Py_BEGIN_ALLOW_THREADS
-        r = cmp_conn_send(&self->conn, buf, len, &progress, NULL);
-        Py_END_ALLOW_THREADS
-        if (r == 0)
-            return 0;
+        Py_BEGIN_ALLOW_THREADS r = cmp_conn_send(&self->conn, buf, len, &progress, NULL);
+        Py_END_ALLOW_THREADS if (r == 0) return 0;
         if (r == -EINTR) {
             if (PyErr_CheckSignals() < 0)
                 return -1;
@@ -237,8 +233,7 @@ static PyObject *Conn_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         return NULL;
     }
     if (!readable && !writable) {
-        PyErr_SetString(PyExc_ValueError,
-                        "at least one of `readable` and `writable` must be True");
+        PyErr_SetString(PyExc_ValueError, "at least one of `readable` and `writable` must be True");
         return NULL;
     }
     ConnObject *self = (ConnObject *)type->tp_alloc(type, 0);
@@ -463,8 +458,7 @@ static int wait_fd(int fd, const struct timespec *deadline)
             r = poll(&p, 1, 0); /* no sleep: keep the GIL */
             r = r < 0 ? -errno : r == 0 ? -ETIMEDOUT : 0;
         } else {
-            Py_BEGIN_ALLOW_THREADS
-            struct timespec rel;
+            Py_BEGIN_ALLOW_THREADS struct timespec rel;
             r = ppoll(&p, 1, time_left(deadline, &rel), NULL);
             r = r < 0 ? -errno : r == 0 ? -ETIMEDOUT : 0;
             Py_END_ALLOW_THREADS
@@ -483,14 +477,12 @@ static int wait_fd(int fd, const struct timespec *deadline)
     }
 }
 
-static PyObject *Conn_poll(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
-                           PyObject *kwnames)
+static PyObject *Conn_poll(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     static const char *const names[] = {"timeout"};
     PyObject *a[1] = {NULL};
     ConnObject *self = (ConnObject *)op;
-    if (parse_args("poll", args, nargs, kwnames, names, 1, 0, a) < 0 ||
-        check_readable(self) < 0)
+    if (parse_args("poll", args, nargs, kwnames, names, 1, 0, a) < 0 || check_readable(self) < 0)
         return NULL;
     struct timespec storage;
     const struct timespec *deadline = &storage;
@@ -640,8 +632,7 @@ static PyObject *cmp_Pipe(PyObject *module, PyObject *const *args, Py_ssize_t na
 
 static int object_fd(cmp_py_state *st, PyObject *o)
 {
-    if (Py_IS_TYPE(o, st->Connection_type) ||
-        PyObject_TypeCheck(o, st->Connection_type)) {
+    if (Py_IS_TYPE(o, st->Connection_type) || PyObject_TypeCheck(o, st->Connection_type)) {
         ConnObject *c = (ConnObject *)o;
         if (check_open(c) < 0)
             return -1;
@@ -703,13 +694,10 @@ static PyObject *cmp_wait(PyObject *module, PyObject *const *args, Py_ssize_t na
     int r;
     for (;;) {
         struct timespec rel, *relp = time_left(deadline, &rel);
-        Py_BEGIN_ALLOW_THREADS
-        r = ppoll(fds, (nfds_t)n, relp, NULL);
+        Py_BEGIN_ALLOW_THREADS r = ppoll(fds, (nfds_t)n, relp, NULL);
         if (r < 0)
             r = -errno;
-        Py_END_ALLOW_THREADS
-        if (r != -EINTR)
-            break;
+        Py_END_ALLOW_THREADS if (r != -EINTR) break;
         if (PyErr_CheckSignals() < 0)
             goto done;
     }
@@ -816,10 +804,9 @@ static int to_sockaddr(int family, PyObject *address, struct sockaddr_storage *o
             PyErr_SetString(PyExc_OverflowError, "port must be 0-65535.");
             return -1;
         }
-        Py_BEGIN_ALLOW_THREADS
-        r = cmp_sockaddr_inet(out, outlen, host, (uint16_t)port);
-        Py_END_ALLOW_THREADS
-        if (r == -ENOENT) {
+        Py_BEGIN_ALLOW_THREADS r = cmp_sockaddr_inet(out, outlen, host, (uint16_t)port);
+        Py_END_ALLOW_THREADS if (r == -ENOENT)
+        {
             PyErr_Format(PyExc_OSError, "cannot resolve host %s", host);
             return -1;
         }
@@ -985,8 +972,8 @@ static int answer_challenge(cmp_py_state *st, PyObject *conn, PyObject *authkey)
     return 0;
 }
 
-static PyObject *cmp_deliver_challenge(PyObject *module, PyObject *const *args,
-                                       Py_ssize_t nargs, PyObject *kwnames)
+static PyObject *cmp_deliver_challenge(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
+                                       PyObject *kwnames)
 {
     static const char *const names[] = {"connection", "authkey", "digest_name"};
     PyObject *a[3] = {NULL, NULL, NULL};
@@ -999,8 +986,8 @@ static PyObject *cmp_deliver_challenge(PyObject *module, PyObject *const *args,
     Py_RETURN_NONE;
 }
 
-static PyObject *cmp_answer_challenge(PyObject *module, PyObject *const *args,
-                                      Py_ssize_t nargs, PyObject *kwnames)
+static PyObject *cmp_answer_challenge(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
+                                      PyObject *kwnames)
 {
     static const char *const names[] = {"connection", "authkey"};
     PyObject *a[2] = {NULL, NULL};
@@ -1099,11 +1086,8 @@ static PyObject *Listener_accept(PyObject *op, PyObject *unused)
             PyErr_SetString(PyExc_OSError, "listener is closed");
             return NULL;
         }
-        Py_BEGIN_ALLOW_THREADS
-        r = cmp_listener_accept(&self->l, &conn, &peer, &peerlen, NULL);
-        Py_END_ALLOW_THREADS
-        if (r != -EINTR)
-            break;
+        Py_BEGIN_ALLOW_THREADS r = cmp_listener_accept(&self->l, &conn, &peer, &peerlen, NULL);
+        Py_END_ALLOW_THREADS if (r != -EINTR) break;
         if (PyErr_CheckSignals() < 0)
             return NULL;
     }
@@ -1225,11 +1209,8 @@ static PyObject *cmp_Client(PyObject *module, PyObject *const *args, Py_ssize_t 
     cmp_conn_t conn;
     int r;
     for (;;) {
-        Py_BEGIN_ALLOW_THREADS
-        r = cmp_client_connect(&conn, (struct sockaddr *)&sa, salen, NULL);
-        Py_END_ALLOW_THREADS
-        if (r != -EINTR)
-            break;
+        Py_BEGIN_ALLOW_THREADS r = cmp_client_connect(&conn, (struct sockaddr *)&sa, salen, NULL);
+        Py_END_ALLOW_THREADS if (r != -EINTR) break;
         if (PyErr_CheckSignals() < 0)
             return NULL;
     }

@@ -11,10 +11,9 @@
 #include "_cmp.h"
 
 typedef struct {
-    PyObject_HEAD
-    PyObject *module;  /* the _cmp module: where factories are found */
-    PyObject *actual;  /* DefaultContext only: the chosen context or NULL */
-    int method;        /* index into methods[], -1 for the default context */
+    PyObject_HEAD PyObject *module; /* the _cmp module: where factories are found */
+    PyObject *actual;               /* DefaultContext only: the chosen context or NULL */
+    int method;                     /* index into methods[], -1 for the default context */
 } CtxObject;
 
 struct start_method {
@@ -67,9 +66,8 @@ static PyObject *actual_of(CtxObject *self)
 }
 
 /* Parses (first=None, second=False)-style arguments by name. */
-static int parse_two(const char *fname, PyObject *const *args, Py_ssize_t nargs,
-                     PyObject *kwnames, const char *n1, PyObject **v1, const char *n2,
-                     PyObject **v2)
+static int parse_two(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                     const char *n1, PyObject **v1, const char *n2, PyObject **v2)
 {
     Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
     if (nargs > 2 || (nargs > 1 && !n2))
@@ -85,15 +83,14 @@ static int parse_two(const char *fname, PyObject *const *args, Py_ssize_t nargs,
         } else if (n2 && PyUnicode_CompareWithASCIIString(k, n2) == 0 && nargs < 2) {
             *v2 = args[nargs + i];
         } else {
-            PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument %R", fname,
-                         k);
+            PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument %R", fname, k);
             return -1;
         }
     }
     return 0;
 too_many:
-    PyErr_Format(PyExc_TypeError, "%s() takes at most %d arguments (%zd given)", fname,
-                 n2 ? 2 : 1, nargs);
+    PyErr_Format(PyExc_TypeError, "%s() takes at most %d arguments (%zd given)", fname, n2 ? 2 : 1,
+                 nargs);
     return -1;
 }
 
@@ -112,8 +109,8 @@ static PyObject *ctx_get_start_method(CtxObject *self, PyObject *const *args, Py
                                       PyObject *kwnames)
 {
     PyObject *allow_none = Py_False;
-    if (parse_two("get_start_method", args, nargs, kwnames, "allow_none", &allow_none, NULL,
-                  NULL) < 0)
+    if (parse_two("get_start_method", args, nargs, kwnames, "allow_none", &allow_none, NULL, NULL) <
+        0)
         return NULL;
     if (self->method >= 0)
         return PyUnicode_FromString(methods[self->method].name);
@@ -131,8 +128,7 @@ static PyObject *ctx_set_start_method(CtxObject *self, PyObject *const *args, Py
                                       PyObject *kwnames)
 {
     PyObject *method = NULL, *force = Py_False;
-    if (parse_two("set_start_method", args, nargs, kwnames, "method", &method, "force",
-                  &force) < 0)
+    if (parse_two("set_start_method", args, nargs, kwnames, "method", &method, "force", &force) < 0)
         return NULL;
     if (!method) {
         PyErr_SetString(PyExc_TypeError,
@@ -269,8 +265,7 @@ static PyObject *ctx_dir(PyObject *self, PyObject *unused)
     PyObject *mod = names ? PyObject_Dir(((CtxObject *)self)->module) : NULL;
     for (Py_ssize_t i = 0; mod && i < PyList_GET_SIZE(mod); i++) {
         PyObject *n = PyList_GET_ITEM(mod, i);
-        if (PyUnicode_Check(n) && PyUnicode_READ_CHAR(n, 0) != '_' &&
-            PyList_Append(names, n) < 0)
+        if (PyUnicode_Check(n) && PyUnicode_READ_CHAR(n, 0) != '_' && PyList_Append(names, n) < 0)
             Py_CLEAR(mod);
     }
     if (!mod) {
@@ -288,8 +283,7 @@ static PyObject *ctx_dir(PyObject *self, PyObject *unused)
 static PyObject *ctx_repr(CtxObject *self)
 {
     const char *tp = strrchr(Py_TYPE(self)->tp_name, '.');
-    return PyUnicode_FromFormat("<%s object at %p>", tp ? tp + 1 : Py_TYPE(self)->tp_name,
-                                self);
+    return PyUnicode_FromFormat("<%s object at %p>", tp ? tp + 1 : Py_TYPE(self)->tp_name, self);
 }
 
 static int ctx_traverse(CtxObject *self, visitproc visit, void *arg)

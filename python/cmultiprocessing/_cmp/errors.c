@@ -2,8 +2,7 @@
  * hierarchy (ProcessError and its subclasses). */
 #include "_cmp.h"
 
-static PyObject *add_exception(PyObject *module, const char *name, PyObject *base,
-                               const char *doc)
+static PyObject *add_exception(PyObject *module, const char *name, PyObject *base, const char *doc)
 {
     char qualified[128];
     PyOS_snprintf(qualified, sizeof qualified, "cmultiprocessing.%s", name);
@@ -29,11 +28,11 @@ int cmp_py_errors_init(PyObject *module, cmp_py_state *st)
                                      "An operation with a timeout ran out of time.");
     st->AuthenticationError = add_exception(module, "AuthenticationError", st->ProcessError,
                                             "Connection authentication failed.");
-    st->AbandonedLockWarning = add_exception(
-        module, "AbandonedLockWarning", PyExc_RuntimeWarning,
-        "A lock was acquired by taking it over from a holder process that died "
-        "while holding it. The acquire succeeded; the data the lock protects may "
-        "be half-updated.");
+    st->AbandonedLockWarning =
+        add_exception(module, "AbandonedLockWarning", PyExc_RuntimeWarning,
+                      "A lock was acquired by taking it over from a holder process that died "
+                      "while holding it. The acquire succeeded; the data the lock protects may "
+                      "be half-updated.");
     if (!st->BufferTooShort || !st->TimeoutError || !st->AuthenticationError ||
         !st->AbandonedLockWarning)
         return -1;

@@ -79,9 +79,9 @@ static PyObject *Event_repr(PyObject *op)
     PyObject *name = PyObject_GetAttrString((PyObject *)Py_TYPE(op), "__name__");
     if (!name)
         return NULL;
-    PyObject *r = PyUnicode_FromFormat("<%U at %p %s>", name, (void *)op,
-                                       cmp_event_is_set(((EventObject *)op)->event) ? "set"
-                                                                                    : "unset");
+    PyObject *r =
+        PyUnicode_FromFormat("<%U at %p %s>", name, (void *)op,
+                             cmp_event_is_set(((EventObject *)op)->event) ? "set" : "unset");
     Py_DECREF(name);
     return r;
 }
@@ -120,12 +120,8 @@ static PyMethodDef Event_methods[] = {
 };
 
 static PyType_Slot Event_slots[] = {
-    {Py_tp_doc, (void *)EVENT_DOC},
-    {Py_tp_new, Event_new},
-    {Py_tp_dealloc, Event_dealloc},
-    {Py_tp_repr, Event_repr},
-    {Py_tp_methods, Event_methods},
-    {0, NULL},
+    {Py_tp_doc, (void *)EVENT_DOC}, {Py_tp_new, Event_new},         {Py_tp_dealloc, Event_dealloc},
+    {Py_tp_repr, Event_repr},       {Py_tp_methods, Event_methods}, {0, NULL},
 };
 
 static PyType_Spec Event_spec = {

@@ -45,28 +45,26 @@
 typedef struct fast_bound fast_bound;
 
 typedef struct {
-    PyObject_HEAD
-    PyMethodDef *def;        /* METH_NOARGS or METH_FASTCALL */
-    PyTypeObject *objclass;  /* the type it was installed on */
+    PyObject_HEAD PyMethodDef *def; /* METH_NOARGS or METH_FASTCALL */
+    PyTypeObject *objclass;         /* the type it was installed on */
     PyTypeObject *bound_type;
     vectorcallfunc vectorcall;
-    fast_bound *free;        /* parked bound objects, linked by next_free */
+    fast_bound *free; /* parked bound objects, linked by next_free */
     int nfree;
     Py_ssize_t cache_offset; /* of the cmp_py_fast_cache in objclass, or 0 */
     int cache_index;         /* this method's slot in it */
 } fast_descr;
 
 struct fast_bound {
-    PyObject_HEAD
-    PyObject *self;     /* NULL only while parked */
+    PyObject_HEAD PyObject *self; /* NULL only while parked */
     fast_descr *descr;
     vectorcallfunc vectorcall;
     fast_bound *next_free;
-    int owns_self;      /* 0 while in its instance's cache: self is borrowed */
+    int owns_self; /* 0 while in its instance's cache: self is borrowed */
 };
 
-static PyObject *call_def(PyMethodDef *def, PyObject *self, PyObject *const *args,
-                          Py_ssize_t nargs, PyObject *kwnames)
+static PyObject *call_def(PyMethodDef *def, PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                          PyObject *kwnames)
 {
     if (kwnames && PyTuple_GET_SIZE(kwnames)) {
         PyErr_Format(PyExc_TypeError, "%s() takes no keyword arguments", def->ml_name);
@@ -80,8 +78,8 @@ static PyObject *call_def(PyMethodDef *def, PyObject *self, PyObject *const *arg
         }
         return def->ml_meth(self, NULL);
     }
-    return ((PyObject * (*)(PyObject *, PyObject *const *, Py_ssize_t))(void (*)(void))
-                def->ml_meth)(self, args, nargs);
+    return ((PyObject * (*)(PyObject *, PyObject *const *, Py_ssize_t))(
+                void (*)(void))def->ml_meth)(self, args, nargs);
 }
 
 static int check_self(fast_descr *d, PyObject *obj)
@@ -259,8 +257,8 @@ static PyObject *bound_get_signature(PyObject *op, void *closure)
     if (!inspect)
         return NULL;
     PyObject *r = NULL, *params = NULL, *rest = NULL, *replace = NULL, *kw = NULL, *empty = NULL;
-    PyObject *sig = PyObject_CallMethod(inspect, "signature", "O",
-                                        (PyObject *)((fast_bound *)op)->descr);
+    PyObject *sig =
+        PyObject_CallMethod(inspect, "signature", "O", (PyObject *)((fast_bound *)op)->descr);
     if (!sig)
         goto done;
     params = PyObject_GetAttrString(sig, "parameters");
@@ -322,16 +320,11 @@ static PyMemberDef bound_members[] = {
 };
 
 static PyType_Slot bound_slots[] = {
-    {Py_tp_dealloc, bound_dealloc},
-    {Py_tp_traverse, bound_traverse},
-    {Py_tp_call, PyVectorcall_Call},
-    {Py_tp_repr, bound_repr},
-    {Py_tp_richcompare, bound_richcompare},
-    {Py_tp_hash, bound_hash},
-    {Py_tp_getset, bound_getset},
-    {Py_tp_methods, bound_methods},
-    {Py_tp_members, bound_members},
-    {0, NULL},
+    {Py_tp_dealloc, bound_dealloc},         {Py_tp_traverse, bound_traverse},
+    {Py_tp_call, PyVectorcall_Call},        {Py_tp_repr, bound_repr},
+    {Py_tp_richcompare, bound_richcompare}, {Py_tp_hash, bound_hash},
+    {Py_tp_getset, bound_getset},           {Py_tp_methods, bound_methods},
+    {Py_tp_members, bound_members},         {0, NULL},
 };
 
 #if PY_VERSION_HEX >= 0x030A0000
@@ -343,8 +336,8 @@ static PyType_Slot bound_slots[] = {
 static PyType_Spec bound_spec = {
     .name = "cmultiprocessing._cmp.builtin_method",
     .basicsize = sizeof(fast_bound),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL |
-             NOT_INSTANTIABLE,
+    .flags =
+        Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL | NOT_INSTANTIABLE,
     .slots = bound_slots,
 };
 

@@ -28,19 +28,19 @@
 
 #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
 
-static int g_fast_fork;             /* 0 not probed, 1 usable, -1 never */
-static int g_fresh_child;           /* child: the replica is to run now */
-static PyObject *g_threading_dict;  /* threading's namespace */
-static PyObject *g_fork_hooks;      /* the interpreter's after_in_child list */
+static int g_fast_fork;              /* 0 not probed, 1 usable, -1 never */
+static int g_fresh_child;            /* child: the replica is to run now */
+static PyObject *g_threading_dict;   /* threading's namespace */
+static PyObject *g_fork_hooks;       /* the interpreter's after_in_child list */
 static Py_ssize_t g_fork_hook_index; /* threading._after_fork's place in it */
-static PyObject *g_thr_after_fork;  /* threading._after_fork */
-static PyObject *g_thr_standin;     /* our replacement for it */
+static PyObject *g_thr_after_fork;   /* threading._after_fork */
+static PyObject *g_thr_standin;      /* our replacement for it */
 static PyObject *g_thr_rlock, *g_thr_crlock, *g_thr_alloc_lock, *g_thr_lock_type;
 static PyObject *g_thr_main_type, *g_thr_event_type, *g_thr_cond_type, *g_deque_type;
 static PyObject *g_thr_reset_fn, *g_thr_event_reinit, *g_thr_cond_reinit;
 static PyObject *s_active, *s_limbo, *s_dangling, *s_main_thread, *s_active_limbo_lock,
-    *s_shutdown_locks_lock, *s_shutdown_locks, *s_started, *s_cond, *s_lock, *s_waiters, *s_tstate_lock,
-    *s_ident, *s_data, *s_at_fork_reinit, *s_acquire, *s_after_fork, *s_rlock_name,
+    *s_shutdown_locks_lock, *s_shutdown_locks, *s_started, *s_cond, *s_lock, *s_waiters,
+    *s_tstate_lock, *s_ident, *s_data, *s_at_fork_reinit, *s_acquire, *s_after_fork, *s_rlock_name,
     *s_crlock, *s_allocate_lock, *s_reset_internal_locks, *s_clear;
 
 static PyObject *fn_fork_marker(PyObject *m, PyObject *unused)
@@ -101,8 +101,8 @@ static PyObject *type_attr(PyObject *type, PyObject *name)
 /* Finds what the fast path needs, once. 1 usable, -1 not. */
 static int probe_fast_fork(void)
 {
-#define INTERN(var, text)                                                                     \
-    if (!(var) && !((var) = PyUnicode_InternFromString(text)))                                \
+#define INTERN(var, text)                                                                          \
+    if (!(var) && !((var) = PyUnicode_InternFromString(text)))                                     \
         goto fail;
     INTERN(s_active, "_active");
     INTERN(s_limbo, "_limbo");
@@ -149,10 +149,9 @@ static int probe_fast_fork(void)
     PyObject *reset = type_attr(main_type, s_reset_internal_locks);
     PyObject *event_reinit = type_attr(event_type, s_at_fork_reinit);
     PyObject *cond_reinit = type_attr(cond_type, s_at_fork_reinit);
-    if (!reset || !PyFunction_Check(reset) || PyFunction_GetGlobals(reset) != td ||
-        !event_reinit || !PyFunction_Check(event_reinit) ||
-        PyFunction_GetGlobals(event_reinit) != td || !cond_reinit ||
-        !PyFunction_Check(cond_reinit) || PyFunction_GetGlobals(cond_reinit) != td)
+    if (!reset || !PyFunction_Check(reset) || PyFunction_GetGlobals(reset) != td || !event_reinit ||
+        !PyFunction_Check(event_reinit) || PyFunction_GetGlobals(event_reinit) != td ||
+        !cond_reinit || !PyFunction_Check(cond_reinit) || PyFunction_GetGlobals(cond_reinit) != td)
         goto fail;
     PyObject *a_lock = PyObject_CallNoArgs(alloc);
     if (!a_lock)

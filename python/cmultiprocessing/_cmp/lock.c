@@ -237,8 +237,7 @@ static void Lock_dealloc(PyObject *op)
 }
 
 static PyMethodDef Lock_methods[] = {
-    {"acquire", (PyCFunction)(void (*)(void))cmp_py_Lock_acquire,
-     METH_FASTCALL | METH_KEYWORDS,
+    {"acquire", (PyCFunction)(void (*)(void))cmp_py_Lock_acquire, METH_FASTCALL | METH_KEYWORDS,
      "acquire(block=True, timeout=None)\n--\n\n"
      "Acquire the lock; return True, or False if it could not be acquired\n"
      "without blocking (block=False) or within timeout seconds."},

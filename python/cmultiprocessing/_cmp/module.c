@@ -54,8 +54,7 @@ PyTypeObject *cmp_py_add_type(PyObject *module, PyType_Spec *spec, PyObject *bas
     return (PyTypeObject *)type;
 }
 
-int cmp_py_deadline(PyObject *timeout, struct timespec *storage,
-                    const struct timespec **out)
+int cmp_py_deadline(PyObject *timeout, struct timespec *storage, const struct timespec **out)
 {
     if (timeout == NULL || timeout == Py_None) {
         *out = NULL;
@@ -73,9 +72,8 @@ int cmp_py_deadline(PyObject *timeout, struct timespec *storage,
     return 0;
 }
 
-int cmp_py_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
-                      PyObject *kwnames, const char *const *names, Py_ssize_t n,
-                      PyObject **out)
+int cmp_py_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                      const char *const *names, Py_ssize_t n, PyObject **out)
 {
     if (nargs > n) {
         PyErr_Format(PyExc_TypeError, "%s() takes at most %zd argument%s (%zd given)", fname, n,
@@ -143,13 +141,12 @@ static int module_exec(PyObject *module)
 {
     cmp_py_state *st = cmp_py_state_of_module(module);
     if (cmp_py_fastmethod_init(module, st) < 0 || cmp_py_errors_init(module, st) < 0 ||
-        cmp_py_lock_init(module, st) < 0 ||
-        cmp_py_rlock_init(module, st) < 0 || cmp_py_semaphore_init(module, st) < 0 ||
-        cmp_py_event_init(module, st) < 0 || cmp_py_condition_init(module, st) < 0 ||
-        cmp_py_barrier_init(module, st) < 0 || cmp_py_sharedctypes_init(module, st) < 0 ||
-        cmp_py_serialize_init(module, st) < 0 || cmp_py_queue_init(module, st) < 0 ||
-        cmp_py_process_init(module, st) < 0 || cmp_py_context_init(module, st) < 0 ||
-        cmp_py_connection_init(module, st) < 0)
+        cmp_py_lock_init(module, st) < 0 || cmp_py_rlock_init(module, st) < 0 ||
+        cmp_py_semaphore_init(module, st) < 0 || cmp_py_event_init(module, st) < 0 ||
+        cmp_py_condition_init(module, st) < 0 || cmp_py_barrier_init(module, st) < 0 ||
+        cmp_py_sharedctypes_init(module, st) < 0 || cmp_py_serialize_init(module, st) < 0 ||
+        cmp_py_queue_init(module, st) < 0 || cmp_py_process_init(module, st) < 0 ||
+        cmp_py_context_init(module, st) < 0 || cmp_py_connection_init(module, st) < 0)
         return -1;
     return 0;
 }

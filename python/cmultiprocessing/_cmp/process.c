@@ -30,39 +30,38 @@
 enum { KIND_CHILD = 0, KIND_MAIN = 1, KIND_PARENT = 2 };
 
 typedef struct {
-    PyObject_HEAD
-    PyObject *dict;
+    PyObject_HEAD PyObject *dict;
     PyObject *weakreflist;
     PyObject *target;
     PyObject *args;
     PyObject *kwargs;
     PyObject *name;
-    PyObject *identity;    /* tuple of ints: the path of counters from the main process */
-    PyObject *config;      /* dict inherited from the creator: daemon, authkey, ... */
+    PyObject *identity; /* tuple of ints: the path of counters from the main process */
+    PyObject *config;   /* dict inherited from the creator: daemon, authkey, ... */
     PyObject *parent_name;
-    long parent_pid;       /* -1 for None */
-    long pid;              /* KIND_PARENT: the parent's pid */
+    long parent_pid; /* -1 for None */
+    long pid;        /* KIND_PARENT: the parent's pid */
     int kind;
-    int started;           /* the stdlib's "_popen is not None" */
+    int started; /* the stdlib's "_popen is not None" */
     int closed;
-    int parent_fd;         /* KIND_PARENT: lazily opened sentinel, -1 */
-    int run_is_ours;       /* run() not overridden: the child calls it directly */
+    int parent_fd;   /* KIND_PARENT: lazily opened sentinel, -1 */
+    int run_is_ours; /* run() not overridden: the child calls it directly */
     cmp_process_t proc;
 } ProcObject;
 
 /* Process-wide state. Strong references, alive for the whole process. */
-static PyObject *g_current;       /* current_process() */
-static PyObject *g_parent;        /* parent_process(), NULL for None */
-static PyObject *g_children;      /* dict: started, not yet known finished -> None */
-static pid_t g_children_pid;      /* the process g_children belongs to */
-static int g_parent_pending;      /* g_parent is still to be made from g_current */
+static PyObject *g_current;        /* current_process() */
+static PyObject *g_parent;         /* parent_process(), NULL for None */
+static PyObject *g_children;       /* dict: started, not yet known finished -> None */
+static pid_t g_children_pid;       /* the process g_children belongs to */
+static int g_parent_pending;       /* g_parent is still to be made from g_current */
 static PyObject *g_threading_dict; /* threading's namespace, for the child's exit */
-static long g_counter = 1;        /* next child number */
+static long g_counter = 1;         /* next child number */
 static PyTypeObject *g_main_type;
 static PyTypeObject *g_parent_type;
 static PyObject *g_authstr_type;
-static PyObject *g_logger;        /* the 'multiprocessing' logger once get_logger() ran */
-static PyObject *g_exit_func;     /* _exit_function, registered with atexit */
+static PyObject *g_logger;    /* the 'multiprocessing' logger once get_logger() ran */
+static PyObject *g_exit_func; /* _exit_function, registered with atexit */
 static PyObject *g_exitcode_names;
 static PyObject *g_executable;
 static PyObject *g_forkserver_preload;
@@ -189,11 +188,8 @@ static int proc_wait(ProcObject *self, PyObject *timeout)
     if (cmp_py_deadline(timeout, &storage, &deadline) < 0)
         return -1;
     for (;;) {
-        Py_BEGIN_ALLOW_THREADS
-        rc = cmp_process_join(&self->proc, deadline);
-        Py_END_ALLOW_THREADS
-        if (rc == 0)
-            return 1;
+        Py_BEGIN_ALLOW_THREADS rc = cmp_process_join(&self->proc, deadline);
+        Py_END_ALLOW_THREADS if (rc == 0) return 1;
         if (rc == -ETIMEDOUT)
             return 0;
         if (rc == -EINTR) {
@@ -203,8 +199,7 @@ static int proc_wait(ProcObject *self, PyObject *timeout)
         }
         if (rc == -ECHILD) {
             /* Another thread reaped it and is about to publish the status. */
-            for (int i = 0; i < 1000 && !__atomic_load_n(&self->proc.reaped, __ATOMIC_ACQUIRE);
-                 i++)
+            for (int i = 0; i < 1000 && !__atomic_load_n(&self->proc.reaped, __ATOMIC_ACQUIRE); i++)
                 sched_yield();
             return proc_poll(self);
         }
@@ -321,10 +316,10 @@ static PyObject *identity_string(PyObject *identity)
 static int proc_init(ProcObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"group", "target", "name", "args", "kwargs", "daemon", NULL};
-    PyObject *group = Py_None, *target = Py_None, *name = Py_None, *pargs = NULL,
-             *pkwargs = NULL, *daemon = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|OOOOO$O:Process", kwlist, &group, &target,
-                                     &name, &pargs, &pkwargs, &daemon))
+    PyObject *group = Py_None, *target = Py_None, *name = Py_None, *pargs = NULL, *pkwargs = NULL,
+             *daemon = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|OOOOO$O:Process", kwlist, &group, &target, &name,
+                                     &pargs, &pkwargs, &daemon))
         return -1;
     if (group != Py_None) {
         raise_assert("group argument must be None for now");
@@ -726,10 +721,9 @@ static PyObject *parent_join(ProcObject *self, PyObject *timeout)
         }
         struct pollfd pfd = {.fd = fd, .events = POLLIN};
         int n;
-        Py_BEGIN_ALLOW_THREADS
-        n = ppoll(&pfd, 1, lp, NULL);
-        Py_END_ALLOW_THREADS
-        if (n < 0 && errno == EINTR) {
+        Py_BEGIN_ALLOW_THREADS n = ppoll(&pfd, 1, lp, NULL);
+        Py_END_ALLOW_THREADS if (n < 0 && errno == EINTR)
+        {
             if (PyErr_CheckSignals() < 0)
                 return NULL;
             continue;
@@ -755,8 +749,7 @@ static PyObject *proc_join(ProcObject *self, PyObject *const *args, Py_ssize_t n
     } else if (nkw == 1) {
         if (!PyUnicode_Check(PyTuple_GET_ITEM(kwnames, 0)) ||
             PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), "timeout") != 0)
-            return PyErr_Format(PyExc_TypeError,
-                                "join() got an unexpected keyword argument '%S'",
+            return PyErr_Format(PyExc_TypeError, "join() got an unexpected keyword argument '%S'",
                                 PyTuple_GET_ITEM(kwnames, 0));
         timeout = args[0];
     }
@@ -810,8 +803,7 @@ static PyObject *send_signal(ProcObject *self, int sig, const char *what)
     if (check_closed(self) < 0)
         return NULL;
     if (!self->started)
-        return PyErr_Format(PyExc_AttributeError, "'NoneType' object has no attribute '%s'",
-                            what);
+        return PyErr_Format(PyExc_AttributeError, "'NoneType' object has no attribute '%s'", what);
     if (!__atomic_load_n(&self->proc.reaped, __ATOMIC_ACQUIRE)) {
         int rc = cmp_process_signal(&self->proc, sig);
         if (rc < 0 && rc != -ESRCH)
@@ -842,9 +834,8 @@ static PyObject *proc_close(ProcObject *self, PyObject *unused)
         if (rc < 0)
             return NULL;
         if (rc == 0) {
-            PyErr_SetString(PyExc_ValueError,
-                            "Cannot close a process while it is still running. "
-                            "You should first call join() or terminate().");
+            PyErr_SetString(PyExc_ValueError, "Cannot close a process while it is still running. "
+                                              "You should first call join() or terminate().");
             return NULL;
         }
         cmp_process_close(&self->proc);
@@ -1108,8 +1099,7 @@ static PyMethodDef proc_methods[] = {
     {"is_alive", (PyCFunction)proc_is_alive, METH_NOARGS, "Return whether the process is alive."},
     {"terminate", (PyCFunction)proc_terminate, METH_NOARGS, "Send SIGTERM to the process."},
     {"kill", (PyCFunction)proc_kill, METH_NOARGS, "Send SIGKILL to the process."},
-    {"close", (PyCFunction)proc_close, METH_NOARGS,
-     "Release the resources of a finished process."},
+    {"close", (PyCFunction)proc_close, METH_NOARGS, "Release the resources of a finished process."},
     {"__reduce__", (PyCFunction)proc_reduce, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
@@ -1458,8 +1448,7 @@ static PyMethodDef process_functions[] = {
     {"freeze_support", fn_freeze_support, METH_NOARGS,
      "Does nothing except in frozen Windows programs."},
     {"get_logger", fn_get_logger, METH_NOARGS, "Return the 'multiprocessing' logger."},
-    {"log_to_stderr", (PyCFunction)(void (*)(void))fn_log_to_stderr,
-     METH_FASTCALL | METH_KEYWORDS,
+    {"log_to_stderr", (PyCFunction)(void (*)(void))fn_log_to_stderr, METH_FASTCALL | METH_KEYWORDS,
      "log_to_stderr(level=None)\n--\n\nLog to stderr through the 'multiprocessing' logger."},
     {"set_executable", fn_set_executable, METH_O,
      "Set the interpreter the spawn start method runs."},
@@ -1510,8 +1499,8 @@ int cmp_py_process_init(PyObject *module, cmp_py_state *st)
     if (g_current) /* the module was initialized again: keep the process state */
         return 0;
 
-#define INTERN(var, text)                                                                     \
-    if (!((var) = PyUnicode_InternFromString(text)))                                          \
+#define INTERN(var, text)                                                                          \
+    if (!((var) = PyUnicode_InternFromString(text)))                                               \
         return -1;
     INTERN(s_daemon, "daemon");
     INTERN(s_authkey, "authkey");
@@ -1526,10 +1515,10 @@ int cmp_py_process_init(PyObject *module, cmp_py_state *st)
     INTERN(s_shutdown_locks, "_shutdown_locks");
 #undef INTERN
 
-    g_main_type = (PyTypeObject *)cmp_py_type_from_spec(module, &main_spec,
-                                                           (PyObject *)st->Process_type);
-    g_parent_type = (PyTypeObject *)cmp_py_type_from_spec(module, &parent_spec,
-                                                             (PyObject *)st->Process_type);
+    g_main_type =
+        (PyTypeObject *)cmp_py_type_from_spec(module, &main_spec, (PyObject *)st->Process_type);
+    g_parent_type =
+        (PyTypeObject *)cmp_py_type_from_spec(module, &parent_spec, (PyObject *)st->Process_type);
     g_authstr_type = cmp_py_type_from_spec(module, &authstr_spec, (PyObject *)&PyBytes_Type);
     if (!g_main_type || !g_parent_type || !g_authstr_type)
         return -1;

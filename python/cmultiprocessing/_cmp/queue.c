@@ -30,15 +30,14 @@
 #define STDLIB_SEM_VALUE_MAX 2147483647LL
 
 typedef struct {
-    PyObject_HEAD
-    cmp_shared_t *block; /* keeps the shared memory alive */
-    cmp_queue_t *q;      /* inside block */
+    PyObject_HEAD cmp_shared_t *block; /* keeps the shared memory alive */
+    cmp_queue_t *q;                    /* inside block */
     cmp_py_state *st;
-    long long maxsize;   /* as the stdlib reports it (_maxsize) */
-    int spill_fd;        /* this process's fd of the queue's spill file */
+    long long maxsize; /* as the stdlib reports it (_maxsize) */
+    int spill_fd;      /* this process's fd of the queue's spill file */
     char closed;
     char joincancelled;
-    char simple;         /* SimpleQueue: closed means "handle is closed" */
+    char simple; /* SimpleQueue: closed means "handle is closed" */
     PyObject *weakreflist;
 } QueueObject;
 
@@ -46,8 +45,8 @@ typedef struct {
 
 /* Parses positional-or-keyword arguments named names[0..n) into out[]
  * (NULL when absent). Returns 0, or -1 with TypeError. */
-static int parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
-                      PyObject *kwnames, const char *const *names, int n, PyObject **out)
+static int parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                      const char *const *names, int n, PyObject **out)
 {
     for (int i = 0; i < n; i++)
         out[i] = NULL;
@@ -99,8 +98,8 @@ static PyObject *closed_error(QueueObject *self)
 /* ---- put ---------------------------------------------------------------- */
 
 /* iovecs for the pieces of n frames, in storage when it is large enough. */
-static struct iovec *frames_iov(cmp_py_frame *frames, size_t n, struct iovec *storage,
-                                size_t cap, unsigned *counts)
+static struct iovec *frames_iov(cmp_py_frame *frames, size_t n, struct iovec *storage, size_t cap,
+                                unsigned *counts)
 {
     size_t total = 0;
     for (size_t i = 0; i < n; i++)
@@ -159,10 +158,10 @@ static long put_frames(QueueObject *self, cmp_py_frame *frames, size_t nmsg, int
          * that signals are handled */
         struct timespec storage_slice;
         const struct timespec *until = cmp_py_slice(deadline, &storage_slice);
-        Py_BEGIN_ALLOW_THREADS
-        rc = cmp_queue_put_many(self->q, iov + piece, counts + put, nmsg - put, until);
-        Py_END_ALLOW_THREADS
-        if (rc > 0) {
+        Py_BEGIN_ALLOW_THREADS rc =
+            cmp_queue_put_many(self->q, iov + piece, counts + put, nmsg - put, until);
+        Py_END_ALLOW_THREADS if (rc > 0)
+        {
             for (size_t i = put; i < put + (size_t)rc; i++)
                 piece += counts[i];
             put += (size_t)rc;
@@ -218,8 +217,7 @@ static PyObject *do_put(QueueObject *self, PyObject *obj, PyObject *block_o, PyO
     Py_RETURN_NONE;
 }
 
-static PyObject *Queue_put(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
-                           PyObject *kwnames)
+static PyObject *Queue_put(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     static const char *const names[] = {"obj", "block", "timeout"};
     PyObject *a[3];
@@ -275,8 +273,7 @@ static PyObject *Queue_put_many(PyObject *op, PyObject *const *args, Py_ssize_t 
      * raises with nothing put */
     for (; encoded < n; encoded++) {
         cmp_py_frame_init(&frames[encoded]);
-        if (cmp_py_encode(self->st, PySequence_Fast_GET_ITEM(seq, encoded),
-                          &frames[encoded]) < 0)
+        if (cmp_py_encode(self->st, PySequence_Fast_GET_ITEM(seq, encoded), &frames[encoded]) < 0)
             goto out;
     }
     long put = n ? put_frames(self, frames, (size_t)n, block, deadline) : 0;
@@ -381,8 +378,8 @@ static void *get_alloc(void *arg, size_t len)
         size_t cap = c->arena_cap * 2;
         while (cap < off + len)
             cap *= 2;
-        char *a = c->arena == c->inline_arena ? PyMem_RawMalloc(cap)
-                                              : PyMem_RawRealloc(c->arena, cap);
+        char *a =
+            c->arena == c->inline_arena ? PyMem_RawMalloc(cap) : PyMem_RawRealloc(c->arena, cap);
         if (!a)
             return NULL;
         if (c->arena == c->inline_arena)
@@ -476,8 +473,7 @@ static PyObject *do_get(QueueObject *self, PyObject *block_o, PyObject *timeout)
     return r;
 }
 
-static PyObject *Queue_get(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
-                           PyObject *kwnames)
+static PyObject *Queue_get(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     static const char *const names[] = {"block", "timeout"};
     PyObject *a[2];
@@ -617,8 +613,7 @@ static PyObject *Queue_join(PyObject *op, PyObject *unused)
             return NULL;
         struct timespec storage;
         const struct timespec *until = cmp_py_slice(NULL, &storage);
-        Py_BEGIN_ALLOW_THREADS
-        rc = cmp_queue_join(self->q, until);
+        Py_BEGIN_ALLOW_THREADS rc = cmp_queue_join(self->q, until);
         Py_END_ALLOW_THREADS
     }
     if (rc < 0)
@@ -639,8 +634,7 @@ static PyObject *Queue_reduce(PyObject *op, PyObject *unused)
     if (!name)
         return NULL;
     PyErr_Format(PyExc_RuntimeError,
-                 "%U objects should only be shared between processes through inheritance",
-                 name);
+                 "%U objects should only be shared between processes through inheritance", name);
     Py_DECREF(name);
     return NULL;
 }
@@ -802,8 +796,7 @@ static PyMethodDef Queue_methods[] = {
      "Return a list of 1 to max_items items: waits (as get() does) for the\n"
      "first, then takes those already queued without waiting. Raises\n"
      "queue.Empty if none came."},
-    {"qsize", Queue_qsize, METH_NOARGS,
-     "qsize()\n--\n\nThe number of items in the queue (exact)."},
+    {"qsize", Queue_qsize, METH_NOARGS, "qsize()\n--\n\nThe number of items in the queue (exact)."},
     {"empty", Queue_empty, METH_NOARGS, "empty()\n--\n\nTrue if the queue is empty (exact)."},
     {"full", Queue_full, METH_NOARGS,
      "full()\n--\n\nTrue if the queue holds maxsize items (exact)."},
@@ -861,10 +854,9 @@ static PyMethodDef Joinable_methods[] = {
 };
 
 static PyType_Slot Joinable_slots[] = {
-    {Py_tp_doc,
-     (void *)"JoinableQueue(maxsize=0, *, ctx=None)\n--\n\n"
-             "A Queue with task_done() and join() (multiprocessing.JoinableQueue).\n"
-             "The count of unfinished tasks is exact also when processes die."},
+    {Py_tp_doc, (void *)"JoinableQueue(maxsize=0, *, ctx=None)\n--\n\n"
+                        "A Queue with task_done() and join() (multiprocessing.JoinableQueue).\n"
+                        "The count of unfinished tasks is exact also when processes die."},
     {Py_tp_methods, Joinable_methods},
     {0, NULL},
 };
@@ -877,7 +869,8 @@ static PyType_Spec Joinable_spec = {
 };
 
 static PyMethodDef Simple_methods[] = {
-    {"get", SimpleQueue_get, METH_NOARGS, "get()\n--\n\nRemove and return an item, waiting for one."},
+    {"get", SimpleQueue_get, METH_NOARGS,
+     "get()\n--\n\nRemove and return an item, waiting for one."},
     {"put", SimpleQueue_put, METH_O,
      "put(obj)\n--\n\nPut obj into the queue (serialized here, in shared memory on return)."},
     {"empty", Queue_empty, METH_NOARGS, "empty()\n--\n\nTrue if the queue is empty."},
@@ -920,8 +913,7 @@ int cmp_py_queue_init(PyObject *module, cmp_py_state *st)
     st->Queue_type = cmp_py_add_type(module, &Queue_spec, NULL);
     if (!st->Queue_type)
         return -1;
-    st->JoinableQueue_type =
-        cmp_py_add_type(module, &Joinable_spec, (PyObject *)st->Queue_type);
+    st->JoinableQueue_type = cmp_py_add_type(module, &Joinable_spec, (PyObject *)st->Queue_type);
     st->SimpleQueue_type = cmp_py_add_type(module, &Simple_spec, NULL);
     if (!st->JoinableQueue_type || !st->SimpleQueue_type)
         return -1;

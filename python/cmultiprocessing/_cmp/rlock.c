@@ -28,8 +28,7 @@ static int rlock_wait(void *arg, const struct timespec *deadline)
     return cmp_rlock_acquire_count(a->rlock, a->count, deadline);
 }
 
-int cmp_py_RLock_acquire_count(cmp_py_rlock *self, uint32_t count,
-                               const struct timespec *deadline)
+int cmp_py_RLock_acquire_count(cmp_py_rlock *self, uint32_t count, const struct timespec *deadline)
 {
     /* try with the GIL held first: no thread switch when it is free */
     int rc = count == 1 ? cmp_rlock_tryacquire(self->rlock) : -EAGAIN;
@@ -173,8 +172,7 @@ static void RLock_dealloc(PyObject *op)
 }
 
 static PyMethodDef RLock_methods[] = {
-    {"acquire", (PyCFunction)(void (*)(void))cmp_py_RLock_acquire,
-     METH_FASTCALL | METH_KEYWORDS,
+    {"acquire", (PyCFunction)(void (*)(void))cmp_py_RLock_acquire, METH_FASTCALL | METH_KEYWORDS,
      "acquire(block=True, timeout=None)\n--\n\n"
      "Acquire the lock (again, if this thread owns it); return True, or False\n"
      "if it could not be acquired without blocking or within timeout seconds."},
@@ -189,7 +187,8 @@ static PyMethodDef RLock_methods[] = {
  * and they are cached per instance (with_cache). */
 static PyMethodDef RLock_with_methods[] = {
     {"__enter__", RLock_enter, METH_NOARGS,
-     "__enter__($self, /)\n--\n\nAcquire the lock (again, if this thread owns it), waiting as long as\nneeded; return True."},
+     "__enter__($self, /)\n--\n\nAcquire the lock (again, if this thread owns it), waiting as long "
+     "as\nneeded; return True."},
     {"__exit__", (PyCFunction)(void (*)(void))RLock_exit, METH_FASTCALL,
      "__exit__($self, /, *args)\n--\n\nRelease the lock."},
     {NULL, NULL, 0, NULL},

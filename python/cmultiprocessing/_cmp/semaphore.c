@@ -170,8 +170,8 @@ static PyObject *Sem_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (parse_value(value_obj, &value) < 0)
         return NULL;
     cmp_py_state *st = cmp_py_state_of_type(type);
-    uint32_t max = st && PyType_IsSubtype(type, st->BoundedSemaphore_type) ? value
-                                                                          : CMP_SEM_VALUE_MAX;
+    uint32_t max =
+        st && PyType_IsSubtype(type, st->BoundedSemaphore_type) ? value : CMP_SEM_VALUE_MAX;
     void *mem;
     SemObject *self = (SemObject *)cmp_py_shared_new(type, sizeof(cmp_sem_t), &mem);
     if (!self)
@@ -247,9 +247,8 @@ static PyType_Spec Bounded_spec = {
 int cmp_py_semaphore_init(PyObject *module, cmp_py_state *st)
 {
     st->Semaphore_type = cmp_py_add_type(module, &Sem_spec, NULL);
-    if (!st->Semaphore_type ||
-        cmp_py_add_fast_methods(st, st->Semaphore_type, Sem_with_methods,
-                                offsetof(SemObject, with_cache)) < 0)
+    if (!st->Semaphore_type || cmp_py_add_fast_methods(st, st->Semaphore_type, Sem_with_methods,
+                                                       offsetof(SemObject, with_cache)) < 0)
         return -1;
     st->BoundedSemaphore_type =
         cmp_py_add_type(module, &Bounded_spec, (PyObject *)st->Semaphore_type);

@@ -165,9 +165,8 @@ static int frame_cut(cmp_py_frame *f)
 /* Adds n bytes at p, kept alive by the caller, as a piece of their own. */
 static int frame_external(cmp_py_frame *f, const void *p, size_t n)
 {
-    if (frame_cut(f) < 0 ||
-        pieces_push(&f->pieces, &f->npieces, &f->cap_pieces, f->inline_pieces,
-                    (cmp_py_piece){(void *)p, n, 0}) < 0)
+    if (frame_cut(f) < 0 || pieces_push(&f->pieces, &f->npieces, &f->cap_pieces, f->inline_pieces,
+                                        (cmp_py_piece){(void *)p, n, 0}) < 0)
         return -1;
     f->size += n;
     return 0;
@@ -184,8 +183,8 @@ static int frame_keep(cmp_py_frame *f, PyObject *obj)
     return PyList_Append(f->keep, obj);
 }
 
-static int put_bytes_like(cmp_py_frame *f, unsigned tag8, unsigned tag, const char *p,
-                          size_t n, PyObject *owner)
+static int put_bytes_like(cmp_py_frame *f, unsigned tag8, unsigned tag, const char *p, size_t n,
+                          PyObject *owner)
 {
     if (n < 256 && tag8) {
         if (f->len + 2 + n > f->cap && frame_reserve(f, 2 + n) < 0)
@@ -626,8 +625,7 @@ static PyObject *fast_decode(rd *r, int depth)
  * [pickle][buffers] in data (len bytes, maybe one pad byte). With view (a
  * memoryview of the message's own bytearray) the parts are slices of it;
  * without, copies. */
-static PyObject *decode_pickle(cmp_py_state *st, const char *data, size_t len,
-                               PyObject *view)
+static PyObject *decode_pickle(cmp_py_state *st, const char *data, size_t len, PyObject *view)
 {
     uint32_t nbuf;
     uint64_t plen;
@@ -751,8 +749,7 @@ PyObject *cmp_py_decode_owned(cmp_py_state *st, PyObject *owner, size_t len)
             Py_DECREF(owner);
             return corrupt();
         }
-        if (PySequence_DelSlice(owner, 0, 9) < 0 ||
-            PyByteArray_Resize(owner, (Py_ssize_t)n) < 0) {
+        if (PySequence_DelSlice(owner, 0, 9) < 0 || PyByteArray_Resize(owner, (Py_ssize_t)n) < 0) {
             Py_DECREF(owner);
             return NULL;
         }

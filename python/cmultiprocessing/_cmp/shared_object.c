@@ -57,8 +57,7 @@ PyObject *cmp_py_refuse_pickle(PyObject *op, const char *what)
     if (!name)
         return NULL;
     PyErr_Format(PyExc_RuntimeError,
-                 "%U objects should only be shared between processes through inheritance",
-                 name);
+                 "%U objects should only be shared between processes through inheritance", name);
     Py_DECREF(name);
     return NULL;
 }
@@ -71,9 +70,8 @@ const struct timespec *cmp_py_slice(const struct timespec *deadline, struct time
      * dead-holder check runs the C handler without interrupting a futex
      * wait; sleeping in slices bounds how late its Python handler runs. */
     cmp_deadline_after(0.05, storage);
-    if (deadline && (deadline->tv_sec < storage->tv_sec ||
-                     (deadline->tv_sec == storage->tv_sec &&
-                      deadline->tv_nsec <= storage->tv_nsec)))
+    if (deadline && (deadline->tv_sec < storage->tv_sec || (deadline->tv_sec == storage->tv_sec &&
+                                                            deadline->tv_nsec <= storage->tv_nsec)))
         return deadline;
     return storage;
 }
@@ -84,12 +82,10 @@ int cmp_py_wait(cmp_py_wait_fn wait, void *obj, const struct timespec *deadline,
         struct timespec storage;
         const struct timespec *until = sliced ? cmp_py_slice(deadline, &storage) : deadline;
         int rc;
-        Py_BEGIN_ALLOW_THREADS
-        rc = wait(obj, until);
+        Py_BEGIN_ALLOW_THREADS rc = wait(obj, until);
         Py_END_ALLOW_THREADS
-        /* a slice that ran out is not the caller's timeout */
-        if (rc != -EINTR && !(rc == -ETIMEDOUT && until != deadline))
-            return rc;
+            /* a slice that ran out is not the caller's timeout */
+            if (rc != -EINTR && !(rc == -ETIMEDOUT && until != deadline)) return rc;
         if (PyErr_CheckSignals() < 0)
             return -EINTR;
     }

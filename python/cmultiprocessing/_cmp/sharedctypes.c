@@ -16,16 +16,15 @@
  */
 #include "_cmp.h"
 
-#include <structmember.h> /* PyMemberDef, T_PYSSIZET before 3.12 */
 #include <string.h>
+#include <structmember.h> /* PyMemberDef, T_PYSSIZET before 3.12 */
 
 /* ------------------------------------------------------------------------
  * SharedBlock: a cmp_shared_t as a writable buffer
  * ------------------------------------------------------------------------ */
 
 typedef struct {
-    PyObject_HEAD
-    cmp_shared_t *block;
+    PyObject_HEAD cmp_shared_t *block;
 } block_object;
 
 static PyObject *block_new_sized(cmp_py_state *st, size_t size)
@@ -109,16 +108,16 @@ static PyType_Spec block_spec = {
  * ------------------------------------------------------------------------ */
 
 static const char *const typecode_names[][2] = {
-    {"c", "c_char"},  {"u", "c_wchar"},     {"b", "c_byte"},     {"B", "c_ubyte"},
-    {"h", "c_short"}, {"H", "c_ushort"},    {"i", "c_int"},      {"I", "c_uint"},
-    {"l", "c_long"},  {"L", "c_ulong"},     {"q", "c_longlong"}, {"Q", "c_ulonglong"},
+    {"c", "c_char"},  {"u", "c_wchar"},  {"b", "c_byte"},     {"B", "c_ubyte"},
+    {"h", "c_short"}, {"H", "c_ushort"}, {"i", "c_int"},      {"I", "c_uint"},
+    {"l", "c_long"},  {"L", "c_ulong"},  {"q", "c_longlong"}, {"Q", "c_ulonglong"},
     {"f", "c_float"}, {"d", "c_double"},
 };
 
 /* Simple types whose value the fast paths read and write by themselves. */
 static const char *const fast_type_names[] = {
-    "c_byte", "c_ubyte", "c_short",    "c_ushort",    "c_int",   "c_uint",   "c_long",
-    "c_ulong", "c_longlong", "c_ulonglong", "c_float", "c_double", "c_bool",
+    "c_byte",  "c_ubyte",    "c_short",     "c_ushort", "c_int",    "c_uint", "c_long",
+    "c_ulong", "c_longlong", "c_ulonglong", "c_float",  "c_double", "c_bool",
 };
 
 static int ensure_ctypes(cmp_py_state *st)
@@ -310,8 +309,7 @@ typedef union {
 } scalar;
 
 typedef struct {
-    PyObject_HEAD
-    PyObject *obj;
+    PyObject_HEAD PyObject *obj;
     PyObject *lock;
     PyObject *acquire; /* lock.acquire and lock.release, as the stdlib exposes */
     PyObject *release;
@@ -379,14 +377,27 @@ static int sync_release_status(sync_object *self, int status)
 static size_t code_size(int code)
 {
     switch (code) {
-    case 'b': case 'B': return 1;
-    case 'h': case 'H': return sizeof(short);
-    case 'i': case 'I': return sizeof(int);
-    case 'l': case 'L': return sizeof(long);
-    case 'q': case 'Q': return sizeof(long long);
-    case 'f': return sizeof(float);
-    case 'd': return sizeof(double);
-    case '?': return sizeof(_Bool);
+    case 'b':
+    case 'B':
+        return 1;
+    case 'h':
+    case 'H':
+        return sizeof(short);
+    case 'i':
+    case 'I':
+        return sizeof(int);
+    case 'l':
+    case 'L':
+        return sizeof(long);
+    case 'q':
+    case 'Q':
+        return sizeof(long long);
+    case 'f':
+        return sizeof(float);
+    case 'd':
+        return sizeof(double);
+    case '?':
+        return sizeof(_Bool);
     }
     return 0;
 }
@@ -398,10 +409,18 @@ static size_t code_size(int code)
 static inline void scalar_copy(int code, void *dst, const void *src)
 {
     switch (code_size(code)) {
-    case 1: memcpy(dst, src, 1); break;
-    case 2: memcpy(dst, src, 2); break;
-    case 4: memcpy(dst, src, 4); break;
-    case 8: memcpy(dst, src, 8); break;
+    case 1:
+        memcpy(dst, src, 1);
+        break;
+    case 2:
+        memcpy(dst, src, 2);
+        break;
+    case 4:
+        memcpy(dst, src, 4);
+        break;
+    case 8:
+        memcpy(dst, src, 8);
+        break;
     }
 }
 
@@ -410,10 +429,14 @@ static inline void scalar_copy(int code, void *dst, const void *src)
 static inline int scalar_same(int code, const scalar *a, const scalar *b)
 {
     switch (code_size(code)) {
-    case 1: return a->B == b->B;
-    case 2: return a->H == b->H;
-    case 4: return a->I == b->I;
-    case 8: return a->Q == b->Q;
+    case 1:
+        return a->B == b->B;
+    case 2:
+        return a->H == b->H;
+    case 4:
+        return a->I == b->I;
+    case 8:
+        return a->Q == b->Q;
     }
     return 0;
 }
@@ -456,16 +479,46 @@ static int scalar_pack(int code, PyObject *v, scalar *out)
     }
     int same; /* v fits the type: no wrap-around */
     switch (code) {
-    case 'b': out->b = (signed char)x; same = out->b == exact; break;
-    case 'B': out->B = (unsigned char)x; same = out->B == exact; break;
-    case 'h': out->h = (short)x; same = out->h == exact; break;
-    case 'H': out->H = (unsigned short)x; same = out->H == exact; break;
-    case 'i': out->i = (int)x; same = out->i == exact; break;
-    case 'I': out->I = (unsigned int)x; same = out->I == exact; break;
-    case 'l': out->l = (long)x; same = out->l == exact; break;
-    case 'L': out->L = (unsigned long)x; same = exact >= 0 && out->L == (unsigned long long)exact; break;
-    case 'q': out->q = (long long)x; same = 1; break;
-    default: out->Q = x; same = exact >= 0; break;
+    case 'b':
+        out->b = (signed char)x;
+        same = out->b == exact;
+        break;
+    case 'B':
+        out->B = (unsigned char)x;
+        same = out->B == exact;
+        break;
+    case 'h':
+        out->h = (short)x;
+        same = out->h == exact;
+        break;
+    case 'H':
+        out->H = (unsigned short)x;
+        same = out->H == exact;
+        break;
+    case 'i':
+        out->i = (int)x;
+        same = out->i == exact;
+        break;
+    case 'I':
+        out->I = (unsigned int)x;
+        same = out->I == exact;
+        break;
+    case 'l':
+        out->l = (long)x;
+        same = out->l == exact;
+        break;
+    case 'L':
+        out->L = (unsigned long)x;
+        same = exact >= 0 && out->L == (unsigned long long)exact;
+        break;
+    case 'q':
+        out->q = (long long)x;
+        same = 1;
+        break;
+    default:
+        out->Q = x;
+        same = exact >= 0;
+        break;
     }
     return !overflow && same;
 }
@@ -473,19 +526,32 @@ static int scalar_pack(int code, PyObject *v, scalar *out)
 static PyObject *scalar_box(int code, const scalar *s)
 {
     switch (code) {
-    case 'b': return PyLong_FromLong(s->b);
-    case 'B': return PyLong_FromLong(s->B);
-    case 'h': return PyLong_FromLong(s->h);
-    case 'H': return PyLong_FromLong(s->H);
-    case 'i': return PyLong_FromLong(s->i);
-    case 'I': return PyLong_FromUnsignedLong(s->I);
-    case 'l': return PyLong_FromLong(s->l);
-    case 'L': return PyLong_FromUnsignedLong(s->L);
-    case 'q': return PyLong_FromLongLong(s->q);
-    case 'Q': return PyLong_FromUnsignedLongLong(s->Q);
-    case 'f': return PyFloat_FromDouble(s->f);
-    case 'd': return PyFloat_FromDouble(s->d);
-    default: return PyBool_FromLong(s->t);
+    case 'b':
+        return PyLong_FromLong(s->b);
+    case 'B':
+        return PyLong_FromLong(s->B);
+    case 'h':
+        return PyLong_FromLong(s->h);
+    case 'H':
+        return PyLong_FromLong(s->H);
+    case 'i':
+        return PyLong_FromLong(s->i);
+    case 'I':
+        return PyLong_FromUnsignedLong(s->I);
+    case 'l':
+        return PyLong_FromLong(s->l);
+    case 'L':
+        return PyLong_FromUnsignedLong(s->L);
+    case 'q':
+        return PyLong_FromLongLong(s->q);
+    case 'Q':
+        return PyLong_FromUnsignedLongLong(s->Q);
+    case 'f':
+        return PyFloat_FromDouble(s->f);
+    case 'd':
+        return PyFloat_FromDouble(s->d);
+    default:
+        return PyBool_FromLong(s->t);
     }
 }
 
@@ -634,8 +700,8 @@ static int sync_init(sync_object *self, PyObject *args, PyObject *kwds)
             return -1;
     }
     if (st->ctypes && PyObject_CheckBuffer(obj)) {
-        PyObject *ctype = is_array ? PyObject_GetAttrString(obj, "_type_")
-                                   : Py_NewRef((PyObject *)Py_TYPE(obj));
+        PyObject *ctype =
+            is_array ? PyObject_GetAttrString(obj, "_type_") : Py_NewRef((PyObject *)Py_TYPE(obj));
         if (!ctype) {
             PyErr_Clear();
             return 0;
@@ -753,7 +819,8 @@ static PyObject *sync_repr(sync_object *self)
     PyObject *name = PyObject_GetAttrString((PyObject *)Py_TYPE(self), "__name__");
     if (!name)
         return NULL;
-    PyObject *r = PyUnicode_FromFormat("<%U wrapper for %S>", name, self->obj ? self->obj : Py_None);
+    PyObject *r =
+        PyUnicode_FromFormat("<%U wrapper for %S>", name, self->obj ? self->obj : Py_None);
     Py_DECREF(name);
     return r;
 }
@@ -1064,8 +1131,7 @@ static PyType_Spec string_spec = {
 /* -- per-field properties of synchronized Structures --------------------- */
 
 typedef struct {
-    PyObject_HEAD
-    PyObject *name;
+    PyObject_HEAD PyObject *name;
 } field_object;
 
 static PyObject *field_tp_new(PyTypeObject *tp, PyObject *args, PyObject *kwds)
@@ -1237,8 +1303,8 @@ static PyObject *do_synchronized(cmp_py_state *st, PyObject *obj, PyObject *lock
         if (!cls)
             return NULL;
     }
-    PyObject *r = PyObject_CallFunctionObjArgs(cls, obj, lock ? lock : Py_None,
-                                               ctx ? ctx : Py_None, NULL);
+    PyObject *r =
+        PyObject_CallFunctionObjArgs(cls, obj, lock ? lock : Py_None, ctx ? ctx : Py_None, NULL);
     Py_DECREF(cls);
     return r;
 }
@@ -1264,9 +1330,9 @@ static PyObject *lock_argument(cmp_py_state *st, PyObject *lock, PyObject *ctx)
 /* Hand-rolled argument parsing for the constructors: positional names in
  * order, then keyword-only names. Fills out[] (NULL where not given) and,
  * if rest is not NULL, a tuple of extra positionals. */
-static int parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
-                      PyObject *kwnames, const char *const *names, int npos, int nrequired,
-                      int nkwonly, PyObject **out, PyObject **rest)
+static int parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                      const char *const *names, int npos, int nrequired, int nkwonly,
+                      PyObject **out, PyObject **rest)
 {
     int total = npos + nkwonly;
     for (int k = 0; k < total; k++)
@@ -1300,8 +1366,7 @@ static int parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs
     }
     for (int k = 0; k < nrequired; k++) {
         if (!out[k]) {
-            PyErr_Format(PyExc_TypeError, "%s() missing required argument '%s'", fname,
-                         names[k]);
+            PyErr_Format(PyExc_TypeError, "%s() missing required argument '%s'", fname, names[k]);
             return -1;
         }
     }
@@ -1445,8 +1510,7 @@ int cmp_py_sharedctypes_init(PyObject *module, cmp_py_state *st)
     /* SharedBlock and SyncField are internal: not added to the module. */
     if (!(st->SharedBlock_type =
               (PyTypeObject *)cmp_py_type_from_spec(module, &block_spec, NULL)) ||
-        !(st->SyncField_type =
-              (PyTypeObject *)cmp_py_type_from_spec(module, &field_spec, NULL)) ||
+        !(st->SyncField_type = (PyTypeObject *)cmp_py_type_from_spec(module, &field_spec, NULL)) ||
         !(st->SynchronizedBase_type = cmp_py_add_type(module, &base_spec, NULL)) ||
         cmp_py_add_fast_methods(st, st->SynchronizedBase_type, sync_with_methods, 0) < 0 ||
         !(st->Synchronized_type =
