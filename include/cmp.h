@@ -150,6 +150,9 @@ typedef struct cmp_process {
  * whose holder process died while holding it. The protected data may be
  * inconsistent; the caller now holds the lock. */
 #define CMP_OWNER_DIED 1
+/* A waiter on an owned lock checks at least this often (nanoseconds)
+ * whether the holder is still alive. */
+#define CMP_OWNER_CHECK_NS 100000000L
 
 /* Message for a return value of this API (negative errno or
  * CMP_OWNER_DIED). Never NULL. */
@@ -212,7 +215,9 @@ void cmp_shared_release_all(void);
 #define CMP_SEM_VALUE_MAX 0x7fffffffu
 
 /* Lock. acquire: 0, CMP_OWNER_DIED, -ETIMEDOUT, -EINTR.
- * tryacquire: 0, CMP_OWNER_DIED, -EAGAIN.
+ * tryacquire: 0 or -EAGAIN: one compare-and-swap, never a syscall, and so
+ * no check for a dead holder; to poll and recover from one, acquire with an
+ * expired deadline (which checks the holder's liveness when the lock is held).
  * release: 0, or -EPERM when the lock is not held. */
 void cmp_lock_init(cmp_lock_t *lock);
 int cmp_lock_acquire(cmp_lock_t *lock, const struct timespec *deadline);

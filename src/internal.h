@@ -13,9 +13,8 @@
  * cores a long spin only steals time from the holder. */
 #define CMP__SPIN_LIMIT 100
 
-/* Waiters on an owned lock wake at least this often to check whether the
- * holder is still alive (nanoseconds). */
-#define CMP__OWNER_CHECK_NS 100000000L
+/* Waiters on an owned lock wake this often to check the holder (cmp.h). */
+#define CMP__OWNER_CHECK_NS CMP_OWNER_CHECK_NS
 
 /* futex on a word in shared memory (never FUTEX_PRIVATE: other processes
  * wait on the same word).

@@ -230,3 +230,43 @@ def test_repr_in_other_process(cmp):
     os.close(r)
     os.close(w)
     lock.release()
+
+
+@pytest.mark.parametrize("kind", ["Lock", "RLock"])
+def test_dead_holder_polling_acquire_recovers(cmp, kind):
+    # a loop of acquire(False) must not spin forever behind a dead holder
+    lock = getattr(cmp, kind)()
+    assert join(fork(_die_holding, lock)) == -signal.SIGKILL
+    deadline = time.monotonic() + 5
+    with pytest.warns(cmp.AbandonedLockWarning):
+        while not lock.acquire(False):
+            assert time.monotonic() < deadline, "acquire(False) never recovered"
+            time.sleep(0.001)
+    assert lock.acquire(False) is (kind == "RLock")  # ours now
+    lock.release()
+    if kind == "RLock":
+        lock.release()
+
+
+def test_polling_acquire_keeps_live_holder(cmp):
+    # the liveness check must not steal a lock from a holder that lives
+    lock = cmp.Lock()
+    r, w = os.pipe()
+
+    def child():
+        lock.acquire()
+        os.write(w, b"x")
+        time.sleep(0.5)
+        lock.release()
+        return 0
+    pid = fork(child)
+    wait_readable(r)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        t_end = time.monotonic() + 0.3
+        while time.monotonic() < t_end:
+            assert lock.acquire(False) is False
+            time.sleep(0.001)
+    assert join(pid) == 0
+    os.close(r)
+    os.close(w)

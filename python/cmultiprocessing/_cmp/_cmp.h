@@ -179,14 +179,16 @@ const struct timespec *cmp_py_slice(const struct timespec *deadline, struct time
  * which act on the lock directly instead of through method calls. */
 typedef struct {
     CMP_PY_SHARED_HEAD
-    cmp_lock_t *lock;    /* inside block */
-    unsigned long owner; /* this process's thread that last acquired it */
+    cmp_lock_t *lock;          /* inside block */
+    unsigned long owner;       /* this process's thread that last acquired it */
+    int64_t next_holder_check; /* see cmp_py_holder_died */
     cmp_py_fast_cache with_cache;
 } cmp_py_lock;
 
 typedef struct {
     CMP_PY_SHARED_HEAD
-    cmp_rlock_t *rlock; /* inside block */
+    cmp_rlock_t *rlock;        /* inside block */
+    int64_t next_holder_check; /* see cmp_py_holder_died */
     cmp_py_fast_cache with_cache;
 } cmp_py_rlock;
 
@@ -205,6 +207,13 @@ int cmp_py_Lock_acquire_deadline(cmp_py_lock *self, const struct timespec *deadl
 int cmp_py_RLock_acquire_count(cmp_py_rlock *self, uint32_t count, const struct timespec *deadline);
 /* 1 if the calling thread of this process holds it. */
 int cmp_py_Lock_is_mine(cmp_py_lock *self);
+/* After a failed acquire(False): whether `holder` has died, so that the
+ * caller takes the lock over (an acquire with an expired deadline). Looks
+ * at most once per CMP_OWNER_CHECK_NS per lock object, the cadence of a
+ * blocked acquirer, since a liveness check costs a few syscalls and a
+ * polling loop calls this at full speed. (lock.c) */
+int cmp_py_holder_died(int64_t *next_check_ns, pid_t holder);
+extern const struct timespec cmp_py_expired_deadline;
 PyObject *cmp_py_Lock_acquire(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
                               PyObject *kwnames);
 PyObject *cmp_py_Lock_release(PyObject *self, PyObject *unused);

@@ -18,9 +18,10 @@ static const char LOCK_DOC[] =
     "Any process or thread may release it. If the process holding it dies,\n"
     "the next blocking acquire() (or one with a timeout) takes it over, returns\n"
     "True and emits cmultiprocessing.AbandonedLockWarning: the data the lock\n"
-    "protects may be half-updated. A non-blocking acquire(False) does not check\n"
-    "for a dead holder. With the warning turned into an error, acquire()\n"
-    "raises it while holding the lock.";
+    "protects may be half-updated. A non-blocking acquire(False) looks for a\n"
+    "dead holder too, at most every 0.1 s, so a polling loop also recovers.\n"
+    "With the warning turned into an error, acquire() raises it while holding\n"
+    "the lock.";
 
 int cmp_py_parse_acquire_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
                               PyObject *kwnames, int *block, PyObject **timeout)
@@ -95,6 +96,22 @@ int cmp_py_Lock_is_mine(cmp_py_lock *self)
            self->owner == PyThread_get_thread_ident();
 }
 
+int cmp_py_holder_died(int64_t *next_check_ns, pid_t holder)
+{
+    if (holder == 0)
+        return 0;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    int64_t now_ns = (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
+    if (now_ns < *next_check_ns)
+        return 0;
+    *next_check_ns = now_ns + CMP_OWNER_CHECK_NS;
+    return !cmp_pid_alive(holder);
+}
+
+/* An acquire that gives up at once unless it can take the lock over. */
+const struct timespec cmp_py_expired_deadline = {0, 1};
+
 static int lock_wait(void *lock, const struct timespec *deadline)
 {
     return cmp_lock_acquire(lock, deadline);
@@ -134,12 +151,14 @@ PyObject *cmp_py_Lock_acquire(PyObject *op, PyObject *const *args, Py_ssize_t na
         self->owner = PyThread_get_thread_ident();
         Py_RETURN_TRUE;
     }
-    if (!block)
-        Py_RETURN_FALSE;
     struct timespec storage;
-    const struct timespec *deadline;
-    if (cmp_py_deadline(timeout, &storage, &deadline) < 0)
+    const struct timespec *deadline = &cmp_py_expired_deadline;
+    if (!block) {
+        if (!cmp_py_holder_died(&self->next_holder_check, cmp_lock_holder(self->lock)))
+            Py_RETURN_FALSE;
+    } else if (cmp_py_deadline(timeout, &storage, &deadline) < 0) {
         return NULL;
+    }
     int r = cmp_py_Lock_acquire_deadline(self, deadline);
     if (r < 0)
         return NULL;
