@@ -76,6 +76,27 @@ def test_default_context_start_method_rules(impl):
         "set again", "True", "True", "ValueError cannot find context for 'nonsense'", ""]
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+def test_starting_a_default_process_fixes_the_start_method(impl):
+    r = run_script("""
+        ctx_p = mp.get_context("fork").Process(target=int)
+        ctx_p.start(); ctx_p.join(10)
+        print(mp.get_start_method(allow_none=True))   # a concrete context: not fixed
+        p = mp.Process(target=int)
+        p.start(); p.join(10)
+        print(mp.get_start_method(allow_none=True))
+        try:
+            mp.set_start_method("fork")
+        except RuntimeError as e:
+            print("RuntimeError", e)
+        mp.set_start_method("fork", force=True)
+        print(p.exitcode, ctx_p.exitcode)
+    """, impl)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n") == [
+        "None", "fork", "RuntimeError context has already been set", "0 0", ""]
+
+
 def test_unsupported_methods_say_so(cmp):
     for method in ("spawn", "forkserver"):
         with pytest.raises(ValueError, match="not supported"):

@@ -197,6 +197,21 @@ def test_run_in_parent_calls_target(mp):
     assert seen == [1, {"a": 2}]
 
 
+def test_args_and_kwargs_are_copied_with_tuple_and_dict(mp):
+    seen = []
+    kw = {"a": 1}
+    p = mp.Process(target=lambda *a, **k: seen.append((a, k)), args=[1, 2], kwargs=kw)
+    kw["b"] = 2  # a copy was taken
+    p.run()
+    p = mp.Process(target=lambda **k: seen.append(k), kwargs=[("c", 3)])  # pairs, as dict()
+    p.run()
+    assert seen == [((1, 2), {"a": 1}), {"c": 3}]
+    with pytest.raises(TypeError):
+        mp.Process(target=int, kwargs=None)
+    with pytest.raises(TypeError):
+        mp.Process(target=int, args=None)
+
+
 def test_child_introspection(mp):
     r, w = os.pipe()
     try:

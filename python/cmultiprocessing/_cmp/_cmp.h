@@ -305,6 +305,10 @@ int cmp_py_condition_init(PyObject *module, cmp_py_state *st);
 int cmp_py_barrier_init(PyObject *module, cmp_py_state *st);
 int cmp_py_process_init(PyObject *module, cmp_py_state *st);
 int cmp_py_context_init(PyObject *module, cmp_py_state *st);
+/* Fixes the default context's start method, as the stdlib does once the
+ * default context is used (here: a default Process starts), so that a
+ * later set_start_method() without force raises RuntimeError. (context.c) */
+void cmp_py_context_pin_default(void);
 int cmp_py_sharedctypes_init(PyObject *module, cmp_py_state *st);
 int cmp_py_connection_init(PyObject *module, cmp_py_state *st);
 

@@ -65,6 +65,12 @@ static PyObject *actual_of(CtxObject *self)
     return self->actual;
 }
 
+void cmp_py_context_pin_default(void)
+{
+    if (g_default)
+        actual_of((CtxObject *)g_default);
+}
+
 /* Parses (first=None, second=False)-style arguments by name. */
 static int parse_two(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
                      const char *n1, PyObject **v1, const char *n2, PyObject **v2)

@@ -58,6 +58,7 @@ static int g_parent_pending;       /* g_parent is still to be made from g_curren
 static PyObject *g_threading_dict; /* threading's namespace, for the child's exit */
 static long g_counter = 1;         /* next child number */
 static PyTypeObject *g_main_type;
+static PyTypeObject *g_fork_process_type; /* _ForkProcess: a concrete context's */
 static PyTypeObject *g_parent_type;
 static PyObject *g_authstr_type;
 static PyObject *g_logger;    /* the 'multiprocessing' logger once get_logger() ran */
@@ -354,12 +355,11 @@ static int proc_init(ProcObject *self, PyObject *args, PyObject *kwds)
     if (!t)
         return -1;
     Py_XSETREF(self->args, t);
-    PyObject *kw = PyDict_New();
+    /* dict(kwargs), as the stdlib: a mapping or an iterable of pairs */
+    PyObject *kw = pkwargs ? PyObject_CallOneArg((PyObject *)&PyDict_Type, pkwargs) : PyDict_New();
     if (!kw)
         return -1;
     Py_XSETREF(self->kwargs, kw);
-    if (pkwargs && PyDict_Merge(kw, pkwargs, 1) < 0)
-        return -1;
 
     int truthy = PyObject_IsTrue(name);
     if (truthy < 0)
@@ -655,6 +655,10 @@ static PyObject *proc_start(ProcObject *self, PyObject *unused)
         self->run_is_ours = run == g_run_descr;
         Py_DECREF(run);
     }
+
+    /* a plain Process runs with the default context's method, fixing it */
+    if (!PyObject_TypeCheck(self, g_fork_process_type))
+        cmp_py_context_pin_default();
 
     cmp_py_fork_threading_prepare();
     PyOS_BeforeFork();
@@ -1528,7 +1532,8 @@ int cmp_py_process_init(PyObject *module, cmp_py_state *st)
         Py_XDECREF(fork_process);
         return -1;
     }
-    Py_DECREF(fork_process);
+    /* keeps this reference, for is-a checks in start() */
+    Py_XSETREF(g_fork_process_type, (PyTypeObject *)fork_process);
     if (PyModule_AddObjectRef(module, "_AuthenticationString", g_authstr_type) < 0)
         return -1;
     if (!children() || make_main_process() < 0)
