@@ -309,6 +309,18 @@ def test_wait_closed_connection_raises(mp, conn):
     a.close()
 
 
+def test_wait_same_fd_twice_raises(mp, conn):
+    a, b = mp.Pipe()
+    a.send(1)
+    with pytest.raises(KeyError, match="already registered"):
+        conn.wait([b, b], 0)
+    with pytest.raises(KeyError, match="already registered"):
+        conn.wait([b.fileno(), b], 0)
+    assert conn.wait([a, b], 1) == [b]
+    a.close()
+    b.close()
+
+
 # ---- SIGINT ------------------------------------------------------------------
 
 def _sigint_child(mp, block):

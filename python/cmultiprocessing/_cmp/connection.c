@@ -682,9 +682,20 @@ static PyObject *cmp_wait(PyObject *module, PyObject *const *args, Py_ssize_t na
         goto done;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
-        int fd = object_fd(st, PySequence_Fast_GET_ITEM(seq, i));
+        PyObject *o = PySequence_Fast_GET_ITEM(seq, i);
+        int fd = object_fd(st, o);
         if (fd < 0)
             goto done;
+        /* an fd listed twice is an error, as for the stdlib's selector */
+        for (Py_ssize_t j = 0; j < i; j++)
+            if (fds[j].fd == fd) {
+                PyObject *msg = PyUnicode_FromFormat("%R (FD %d) is already registered", o, fd);
+                if (msg) {
+                    PyErr_SetObject(PyExc_KeyError, msg);
+                    Py_DECREF(msg);
+                }
+                goto done;
+            }
         fds[i] = (struct pollfd){.fd = fd, .events = POLLIN};
     }
     struct timespec storage;
