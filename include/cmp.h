@@ -723,6 +723,60 @@ int cmp_auth_answer(const void *key, size_t keylen, const unsigned char *challen
 #define CMP_AUTH_WELCOME "#WELCOME#"
 #define CMP_AUTH_FAILURE "#FAILURE#"
 
+/* ------------------------------------------------------------------------
+ * Fd sharing
+ *
+ * Hands a duplicate of a file descriptor to another process of the same
+ * user that holds a token for it, as Python's multiprocessing does when it
+ * pickles a Connection or a socket. Registering dups the fd and files the
+ * dup under a random 64-bit key; a thread, started by the first
+ * registration, serves an abstract-namespace AF_UNIX socket from which a
+ * process redeems the token for its own copy of the fd (SCM_RIGHTS). Each
+ * registration is redeemable once; the sharer closes its dup after sending
+ * it. Only peers with the sharer's effective uid are served. The sharer
+ * must still be running when the token is redeemed.
+ *
+ * After fork the child has no server thread: its first registration starts
+ * its own, and its copies of the parent's pending dups are closed (so that
+ * they do not keep pipes and sockets open). All fds are O_CLOEXEC.
+ * ------------------------------------------------------------------------ */
+
+/* Room for the sharer's socket name in a token, NUL included. */
+#define CMP_FDSHARE_ADDR_MAX 40
+
+/* What a receiver needs to redeem one registration. Plain data: send it
+ * any way you like (its fields are public). */
+typedef struct cmp_fd_token {
+    char addr[CMP_FDSHARE_ADDR_MAX]; /* abstract AF_UNIX name, without its
+                                        leading NUL; NUL-terminated */
+    uint64_t key;
+} cmp_fd_token_t;
+
+/* Registers a duplicate of fd (fd itself stays the caller's) and fills
+ * *token. Starts the server thread if this process has none. Returns 0,
+ * -EBADF (fd is not open), or a negative errno (socket, thread, memory). */
+int cmp_fdshare_register(int fd, cmp_fd_token_t *token);
+
+/* Redeems a token: returns a new fd (O_CLOEXEC) referring to the same open
+ * file as the registered one, or
+ *   -ECONNREFUSED  no sharer at that address (its process has exited),
+ *   -ENOENT        unknown key, or already redeemed,
+ *   -EACCES        the sharer or we are of another user,
+ *   -ECONNRESET    the sharer went away during the exchange,
+ *   -ETIMEDOUT     no answer before deadline (NULL = none),
+ *   -EINVAL        malformed address, -EPROTO, or another negative errno.
+ * Signals do not interrupt it: bound it with a deadline. */
+int cmp_fdshare_redeem(const cmp_fd_token_t *token, const struct timespec *deadline);
+
+/* Withdraws a registration of this process that will not be redeemed (the
+ * token could not be delivered): closes the dup. Returns 0, or -ENOENT. */
+int cmp_fdshare_cancel(const cmp_fd_token_t *token);
+
+/* Stops this process's server thread and closes every pending dup (their
+ * tokens then fail with -ECONNREFUSED). The next registration starts a new
+ * server. */
+void cmp_fdshare_shutdown(void);
+
 #ifdef __cplusplus
 }
 #endif

@@ -73,6 +73,19 @@ typedef struct {
     PyObject *pickle_protocol;    /* 5 */
     PyObject *kw_buffer_callback; /* ("buffer_callback",) */
     PyObject *kw_buffers;         /* ("buffers",) */
+    /* pickling for our transports (reduction.c) */
+    PyObject *Pickler;            /* _pickle.Pickler */
+    PyObject *SimpleNamespace;    /* types.SimpleNamespace (a Pickler's file) */
+    PyObject *dispatch_table;     /* ours: Connection, socket, then copyreg's */
+    PyTypeObject *Encoder_type;   /* a reusable Pickler and its output */
+    PyObject *queue_encoder;      /* protocol 5, out-of-band buffers */
+    PyObject *conn_encoder;       /* default protocol, in band */
+    PyObject *reduce_connection;  /* _cmp._reduce_connection ... */
+    PyObject *rebuild_connection; /* ... and the others, for the table */
+    PyObject *reduce_socket;
+    PyObject *rebuild_socket;
+    PyObject *socket_type; /* socket.socket, once the socket module is loaded */
+    PyObject *str_socket;  /* "socket" */
     /* queues (queue.c) */
     PyTypeObject *Queue_type;
     PyTypeObject *SimpleQueue_type;
@@ -294,6 +307,29 @@ PyObject *cmp_py_msg_new(size_t len, char **data);
 /* The object of the message in owner (from cmp_py_msg_new; stolen). */
 PyObject *cmp_py_decode_owned(cmp_py_state *st, PyObject *owner, size_t len);
 
+/* Pickling for our transports (reduction.c): with a dispatch table that
+ * sends Connections and sockets as fd sharer tokens, on a Pickler reused
+ * across calls. begin() pickles obj (oob: protocol 5 with out-of-band
+ * buffers, for queues; else the default protocol, for Connection.send) and
+ * fills *p: chunks, the list of bytes-like objects the stream is made of,
+ * in order; buffers (oob only), the out-of-band buffers. Both lists are
+ * borrowed from the encoder until end(): take references to what must
+ * outlive it. Returns 0, or -1 with the pickling exception (nothing to
+ * end then). */
+typedef struct {
+    PyObject *encoder, *chunks, *buffers; /* private, chunks, buffers */
+} cmp_py_pickling;
+int cmp_py_pickle_begin(cmp_py_state *st, int oob, PyObject *obj, cmp_py_pickling *p);
+void cmp_py_pickle_end(cmp_py_pickling *p);
+/* Registers a dup of fd with the fd sharer: a new (addr bytes, key int)
+ * tuple, or NULL with an exception. */
+PyObject *cmp_py_share_fd(int fd);
+/* Redeems a token of cmp_py_share_fd (GIL released, at most
+ * CMP_PY_REDEEM_TIMEOUT seconds): the fd, or -1 with an exception that
+ * names what (e.g. "Connection") and says why. */
+#define CMP_PY_REDEEM_TIMEOUT 30.0
+int cmp_py_redeem_fd(PyObject *addr, PyObject *key, const char *what);
+
 /* Per-concept module initialization, called from module.c's exec slot. */
 int cmp_py_fastmethod_init(PyObject *module, cmp_py_state *st);
 int cmp_py_errors_init(PyObject *module, cmp_py_state *st);
@@ -311,6 +347,8 @@ int cmp_py_context_init(PyObject *module, cmp_py_state *st);
 void cmp_py_context_pin_default(void);
 int cmp_py_sharedctypes_init(PyObject *module, cmp_py_state *st);
 int cmp_py_connection_init(PyObject *module, cmp_py_state *st);
+/* After connection's: it looks up the reducers connection.c defines. */
+int cmp_py_reduction_init(PyObject *module, cmp_py_state *st);
 
 int cmp_py_serialize_init(PyObject *module, cmp_py_state *st);
 int cmp_py_queue_init(PyObject *module, cmp_py_state *st);

@@ -269,8 +269,22 @@ static PyObject *Conn_send(PyObject *op, PyObject *obj)
     ConnObject *self = (ConnObject *)op;
     if (check_writable(self) < 0)
         return NULL;
-    cmp_py_state *st = state_of(op);
-    PyObject *data = PyObject_CallOneArg(st->pickle_dumps, obj);
+    /* pickled as the stdlib's ForkingPickler would (Connections and
+     * sockets in obj travel as fd sharer tokens) */
+    cmp_py_pickling pk;
+    if (cmp_py_pickle_begin(state_of(op), 0, obj, &pk) < 0)
+        return NULL;
+    PyObject *data;
+    if (PyList_GET_SIZE(pk.chunks) == 1 && PyBytes_CheckExact(PyList_GET_ITEM(pk.chunks, 0))) {
+        data = Py_NewRef(PyList_GET_ITEM(pk.chunks, 0));
+    } else {
+        /* a large pickle comes in frames: one message needs them joined */
+        PyObject *empty = PyBytes_FromStringAndSize(NULL, 0);
+        data = empty ? PyObject_CallMethod(empty, "join", "O", pk.chunks) : NULL;
+        Py_XDECREF(empty);
+    }
+    /* before blocking in send: another thread may pickle meanwhile */
+    cmp_py_pickle_end(&pk);
     if (!data)
         return NULL;
     int r = conn_send(self, PyBytes_AS_STRING(data), (size_t)PyBytes_GET_SIZE(data));
@@ -528,6 +542,52 @@ static PyObject *Conn_reduce(PyObject *op, PyObject *unused)
 {
     (void)unused;
     return cmp_py_refuse_pickle(op, "Connection");
+}
+
+/* How our transports pickle a Connection (see reduction.c): a token for a
+ * dup of its fd and its directions. Plain pickling still refuses
+ * (__reduce__ above): outside our transports nobody redeems the token. */
+static PyObject *cmp_reduce_connection(PyObject *module, PyObject *op)
+{
+    cmp_py_state *st = cmp_py_state_of_module(module);
+    if (!PyObject_TypeCheck(op, st->Connection_type)) {
+        PyErr_SetString(PyExc_TypeError, "_reduce_connection() needs a Connection");
+        return NULL;
+    }
+    ConnObject *self = (ConnObject *)op;
+    if (check_open(self) < 0)
+        return NULL;
+    PyObject *token = cmp_py_share_fd(self->conn.fd);
+    if (!token)
+        return NULL;
+    PyObject *r = Py_BuildValue("(O(OOOO))", st->rebuild_connection, PyTuple_GET_ITEM(token, 0),
+                                PyTuple_GET_ITEM(token, 1),
+                                (self->conn.flags & CMP_CONN_READABLE) ? Py_True : Py_False,
+                                (self->conn.flags & CMP_CONN_WRITABLE) ? Py_True : Py_False);
+    Py_DECREF(token);
+    return r;
+}
+
+static PyObject *cmp_rebuild_connection(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "_rebuild_connection() takes 4 arguments");
+        return NULL;
+    }
+    int readable = PyObject_IsTrue(args[2]), writable = PyObject_IsTrue(args[3]);
+    if (readable < 0 || writable < 0)
+        return NULL;
+    if (!readable && !writable) {
+        PyErr_SetString(PyExc_ValueError, "at least one of `readable` and `writable` must be True");
+        return NULL;
+    }
+    int fd = cmp_py_redeem_fd(args[0], args[1], "Connection");
+    if (fd < 0)
+        return NULL;
+    cmp_conn_t conn;
+    cmp_conn_open(&conn, fd,
+                  (readable ? CMP_CONN_READABLE : 0) | (writable ? CMP_CONN_WRITABLE : 0));
+    return (PyObject *)conn_wrap(cmp_py_state_of_module(module)->Connection_type, &conn);
 }
 
 static PyObject *Conn_get_closed(PyObject *op, void *c)
@@ -1266,6 +1326,11 @@ static PyMethodDef connection_functions[] = {
      "deliver_challenge(connection, authkey, digest_name='sha256')\n--\n\n"},
     {"_answer_challenge", (PyCFunction)(void (*)(void))cmp_answer_challenge, FASTCALL_KW,
      "answer_challenge(connection, authkey)\n--\n\n"},
+    {"_reduce_connection", cmp_reduce_connection, METH_O,
+     "_reduce_connection(conn)\n--\n\nHow queues and Connection.send pickle a Connection: a "
+     "token for a dup of its fd, redeemed by _rebuild_connection in the receiver."},
+    {"_rebuild_connection", (PyCFunction)(void (*)(void))cmp_rebuild_connection, METH_FASTCALL,
+     "_rebuild_connection(addr, key, readable, writable)\n--\n\nThe Connection of a token."},
     {"_arbitrary_address", cmp_arbitrary_address, METH_O,
      "arbitrary_address(family)\n--\n\nAn unused address for the family."},
     {"_address_type", cmp_address_type, METH_O,
@@ -1275,8 +1340,9 @@ static PyMethodDef connection_functions[] = {
 
 int cmp_py_connection_init(PyObject *module, cmp_py_state *st)
 {
-    /* send()/recv() pickle with serialize.c's st->pickle_dumps/loads (the C
-     * pickle module, default protocol, as the stdlib's ForkingPickler). */
+    /* send() pickles with reduction.c's encoder, recv() unpickles with
+     * serialize.c's st->pickle_loads (the C pickle module, default
+     * protocol, as the stdlib's ForkingPickler). */
     st->Connection_type = (PyTypeObject *)cmp_py_type_from_spec(module, &Conn_spec, NULL);
     if (!st->Connection_type ||
         PyModule_AddObjectRef(module, "_Connection", (PyObject *)st->Connection_type) < 0)

@@ -365,45 +365,65 @@ static int add_view(cmp_py_frame *f, PyObject *obj, Py_buffer **out)
     return 0;
 }
 
+/* Appends n bytes at p, owned by owner, as small bytes are (copied) or
+ * large ones are (pointed to, owner kept alive). */
+static int put_owned(cmp_py_frame *f, const char *p, size_t n, PyObject *owner)
+{
+    if (n < EXTERNAL_MIN)
+        return put_raw(f, p, n);
+    if (frame_keep(f, owner) < 0)
+        return -1;
+    return frame_external(f, p, n);
+}
+
 static int pickle_encode(cmp_py_state *st, cmp_py_frame *f, PyObject *obj)
 {
-    int rc = -1;
-    PyObject *buffers = PyList_New(0), *append = NULL, *pickled = NULL;
-    if (!buffers)
+    cmp_py_pickling pk;
+    if (cmp_py_pickle_begin(st, 1, obj, &pk) < 0)
         return -1;
-    append = PyObject_GetAttrString(buffers, "append");
-    if (!append)
-        goto done;
-    PyObject *args[3] = {obj, st->pickle_protocol, append};
-    pickled = PyObject_Vectorcall(st->pickle_dumps, args, 2, st->kw_buffer_callback);
-    if (!pickled)
-        goto done;
-    if (!PyBytes_CheckExact(pickled)) {
-        PyErr_SetString(PyExc_TypeError, "pickle.dumps did not return bytes");
-        goto done;
-    }
-    Py_ssize_t nbuf = PyList_GET_SIZE(buffers);
+    int rc = -1;
+    Py_ssize_t nchunks = PyList_GET_SIZE(pk.chunks), nbuf = PyList_GET_SIZE(pk.buffers);
     if (nbuf > (Py_ssize_t)UINT32_MAX) {
         PyErr_SetString(PyExc_OverflowError, "too many out-of-band buffers");
         goto done;
     }
+    /* the stream's chunks are the pickler's bytes objects, except a large
+     * bytearray it streams from the object itself */
+    uint64_t plen = 0;
+    int views_from = f->nviews;
+    for (Py_ssize_t i = 0; i < nchunks; i++) {
+        PyObject *c = PyList_GET_ITEM(pk.chunks, i);
+        if (PyBytes_CheckExact(c)) {
+            plen += (uint64_t)PyBytes_GET_SIZE(c);
+        } else {
+            Py_buffer *view;
+            if (add_view(f, c, &view) < 0)
+                goto done;
+            plen += (uint64_t)view->len;
+        }
+    }
     if (put_tag_u32(f, T_PICKLE, (uint32_t)nbuf) < 0)
         goto done;
-    uint64_t plen = (uint64_t)PyBytes_GET_SIZE(pickled);
     if (put_raw(f, &plen, 8) < 0 || frame_reserve(f, 8 * (size_t)nbuf) < 0)
         goto done;
     size_t table = f->len;
     f->len += 8 * (size_t)nbuf;
-    if (plen < EXTERNAL_MIN) {
-        if (put_raw(f, PyBytes_AS_STRING(pickled), plen) < 0)
+    for (Py_ssize_t i = 0, v = views_from; i < nchunks; i++) {
+        PyObject *c = PyList_GET_ITEM(pk.chunks, i);
+        int r;
+        if (PyBytes_CheckExact(c)) {
+            r = put_owned(f, PyBytes_AS_STRING(c), (size_t)PyBytes_GET_SIZE(c), c);
+        } else {
+            Py_buffer *view = &f->views[v++]; /* held until the frame is cleared */
+            r = view->len < EXTERNAL_MIN ? put_raw(f, view->buf, (size_t)view->len)
+                                         : frame_external(f, view->buf, (size_t)view->len);
+        }
+        if (r < 0)
             goto done;
-    } else if (frame_keep(f, pickled) < 0 ||
-               frame_external(f, PyBytes_AS_STRING(pickled), plen) < 0) {
-        goto done;
     }
     for (Py_ssize_t i = 0; i < nbuf; i++) {
         Py_buffer *view;
-        if (add_view(f, PyList_GET_ITEM(buffers, i), &view) < 0)
+        if (add_view(f, PyList_GET_ITEM(pk.buffers, i), &view) < 0)
             goto done;
         uint64_t entry = (uint64_t)view->len | (view->readonly ? READONLY_BIT : 0);
         memcpy(f->buf + table + 8 * i, &entry, 8);
@@ -416,9 +436,7 @@ static int pickle_encode(cmp_py_state *st, cmp_py_frame *f, PyObject *obj)
     }
     rc = 0;
 done:
-    Py_XDECREF(pickled);
-    Py_XDECREF(append);
-    Py_DECREF(buffers);
+    cmp_py_pickle_end(&pk);
     return rc;
 }
 

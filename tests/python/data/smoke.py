@@ -4,6 +4,9 @@ import sys
 sys.path.insert(0, sys.argv[1])
 import cmultiprocessing as mp
 
+class Point:
+    pass
+
 def work(v, a, lock, q=None):
     with lock:
         v.value += 1
@@ -24,4 +27,13 @@ if __name__ == "__main__":
     r = mp.RLock()
     with r:
         with r: pass
+    # a Connection and a socket through a queue and a connection (the
+    # pickling of our transports, on this interpreter's _pickle)
+    import copyreg, socket
+    q = mp.Queue(); x, y = mp.Pipe(); q.put(y); y2 = q.get(timeout=10)
+    y2.send("fd"); assert x.poll(10) and x.recv() == "fd"
+    s1, s2 = socket.socketpair(); x.send(s1); s3 = y2.recv(); s3.sendall(b"k")
+    assert s2.recv(1) == b"k"
+    copyreg.pickle(Point, lambda p: (int, (5,))); q.put([Point()])
+    assert q.get(timeout=10) == [5]
     print(sys.version.split()[0], "ok")
