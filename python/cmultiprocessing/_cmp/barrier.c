@@ -100,16 +100,20 @@ static PyObject *Barrier_abort(PyObject *op, PyObject *unused)
     cmp_barrier_t *b = ((BarrierObject *)op)->barrier;
     /* the guard is held only briefly, but may need recovering from a dead
      * holder: let other threads run meanwhile */
-    Py_BEGIN_ALLOW_THREADS cmp_barrier_abort(b);
-    Py_END_ALLOW_THREADS Py_RETURN_NONE;
+    Py_BEGIN_ALLOW_THREADS
+    cmp_barrier_abort(b);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
 }
 
 static PyObject *Barrier_reset(PyObject *op, PyObject *unused)
 {
     (void)unused;
     cmp_barrier_t *b = ((BarrierObject *)op)->barrier;
-    Py_BEGIN_ALLOW_THREADS cmp_barrier_reset(b);
-    Py_END_ALLOW_THREADS Py_RETURN_NONE;
+    Py_BEGIN_ALLOW_THREADS
+    cmp_barrier_reset(b);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
 }
 
 static PyObject *Barrier_get_parties(PyObject *op, void *closure)

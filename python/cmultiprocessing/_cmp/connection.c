@@ -21,12 +21,14 @@
 #include <unistd.h>
 
 typedef struct {
-    PyObject_HEAD cmp_conn_t conn; /* conn.fd == -1 once closed */
+    PyObject_HEAD
+    cmp_conn_t conn; /* conn.fd == -1 once closed */
 } ConnObject;
 
 typedef struct {
-    PyObject_HEAD cmp_listener_t l; /* l.fd == -1 once closed */
-    PyObject *authkey;              /* bytes or NULL */
+    PyObject_HEAD
+    cmp_listener_t l;  /* l.fd == -1 once closed */
+    PyObject *authkey; /* bytes or NULL */
     PyObject *last_accepted;
 } ListenerObject;
 
@@ -128,8 +130,11 @@ static int conn_send(ConnObject *self, const void *buf, size_t len)
     uint64_t progress = 0;
     for (;;) {
         int r;
-        Py_BEGIN_ALLOW_THREADS r = cmp_conn_send(&self->conn, buf, len, &progress, NULL);
-        Py_END_ALLOW_THREADS if (r == 0) return 0;
+        Py_BEGIN_ALLOW_THREADS
+        r = cmp_conn_send(&self->conn, buf, len, &progress, NULL);
+        Py_END_ALLOW_THREADS
+        if (r == 0)
+            return 0;
         if (r == -EINTR) {
             if (PyErr_CheckSignals() < 0)
                 return -1;
@@ -472,7 +477,8 @@ static int wait_fd(int fd, const struct timespec *deadline)
             r = poll(&p, 1, 0); /* no sleep: keep the GIL */
             r = r < 0 ? -errno : r == 0 ? -ETIMEDOUT : 0;
         } else {
-            Py_BEGIN_ALLOW_THREADS struct timespec rel;
+            Py_BEGIN_ALLOW_THREADS
+            struct timespec rel;
             r = ppoll(&p, 1, time_left(deadline, &rel), NULL);
             r = r < 0 ? -errno : r == 0 ? -ETIMEDOUT : 0;
             Py_END_ALLOW_THREADS
@@ -765,10 +771,13 @@ static PyObject *cmp_wait(PyObject *module, PyObject *const *args, Py_ssize_t na
     int r;
     for (;;) {
         struct timespec rel, *relp = time_left(deadline, &rel);
-        Py_BEGIN_ALLOW_THREADS r = ppoll(fds, (nfds_t)n, relp, NULL);
+        Py_BEGIN_ALLOW_THREADS
+        r = ppoll(fds, (nfds_t)n, relp, NULL);
         if (r < 0)
             r = -errno;
-        Py_END_ALLOW_THREADS if (r != -EINTR) break;
+        Py_END_ALLOW_THREADS
+        if (r != -EINTR)
+            break;
         if (PyErr_CheckSignals() < 0)
             goto done;
     }
@@ -875,9 +884,10 @@ static int to_sockaddr(int family, PyObject *address, struct sockaddr_storage *o
             PyErr_SetString(PyExc_OverflowError, "port must be 0-65535.");
             return -1;
         }
-        Py_BEGIN_ALLOW_THREADS r = cmp_sockaddr_inet(out, outlen, host, (uint16_t)port);
-        Py_END_ALLOW_THREADS if (r == -ENOENT)
-        {
+        Py_BEGIN_ALLOW_THREADS
+        r = cmp_sockaddr_inet(out, outlen, host, (uint16_t)port);
+        Py_END_ALLOW_THREADS
+        if (r == -ENOENT) {
             PyErr_Format(PyExc_OSError, "cannot resolve host %s", host);
             return -1;
         }
@@ -1157,8 +1167,11 @@ static PyObject *Listener_accept(PyObject *op, PyObject *unused)
             PyErr_SetString(PyExc_OSError, "listener is closed");
             return NULL;
         }
-        Py_BEGIN_ALLOW_THREADS r = cmp_listener_accept(&self->l, &conn, &peer, &peerlen, NULL);
-        Py_END_ALLOW_THREADS if (r != -EINTR) break;
+        Py_BEGIN_ALLOW_THREADS
+        r = cmp_listener_accept(&self->l, &conn, &peer, &peerlen, NULL);
+        Py_END_ALLOW_THREADS
+        if (r != -EINTR)
+            break;
         if (PyErr_CheckSignals() < 0)
             return NULL;
     }
@@ -1280,8 +1293,11 @@ static PyObject *cmp_Client(PyObject *module, PyObject *const *args, Py_ssize_t 
     cmp_conn_t conn;
     int r;
     for (;;) {
-        Py_BEGIN_ALLOW_THREADS r = cmp_client_connect(&conn, (struct sockaddr *)&sa, salen, NULL);
-        Py_END_ALLOW_THREADS if (r != -EINTR) break;
+        Py_BEGIN_ALLOW_THREADS
+        r = cmp_client_connect(&conn, (struct sockaddr *)&sa, salen, NULL);
+        Py_END_ALLOW_THREADS
+        if (r != -EINTR)
+            break;
         if (PyErr_CheckSignals() < 0)
             return NULL;
     }

@@ -11,9 +11,10 @@
 #include "_cmp.h"
 
 typedef struct {
-    PyObject_HEAD PyObject *module; /* the _cmp module: where factories are found */
-    PyObject *actual;               /* DefaultContext only: the chosen context or NULL */
-    int method;                     /* index into methods[], -1 for the default context */
+    PyObject_HEAD
+    PyObject *module; /* the _cmp module: where factories are found */
+    PyObject *actual; /* DefaultContext only: the chosen context or NULL */
+    int method;       /* index into methods[], -1 for the default context */
 } CtxObject;
 
 struct start_method {

@@ -45,8 +45,9 @@
 typedef struct fast_bound fast_bound;
 
 typedef struct {
-    PyObject_HEAD PyMethodDef *def; /* METH_NOARGS or METH_FASTCALL */
-    PyTypeObject *objclass;         /* the type it was installed on */
+    PyObject_HEAD
+    PyMethodDef *def;       /* METH_NOARGS or METH_FASTCALL */
+    PyTypeObject *objclass; /* the type it was installed on */
     PyTypeObject *bound_type;
     vectorcallfunc vectorcall;
     fast_bound *free; /* parked bound objects, linked by next_free */
@@ -56,7 +57,8 @@ typedef struct {
 } fast_descr;
 
 struct fast_bound {
-    PyObject_HEAD PyObject *self; /* NULL only while parked */
+    PyObject_HEAD
+    PyObject *self; /* NULL only while parked */
     fast_descr *descr;
     vectorcallfunc vectorcall;
     fast_bound *next_free;

@@ -30,7 +30,8 @@
 enum { KIND_CHILD = 0, KIND_MAIN = 1, KIND_PARENT = 2 };
 
 typedef struct {
-    PyObject_HEAD PyObject *dict;
+    PyObject_HEAD
+    PyObject *dict;
     PyObject *weakreflist;
     PyObject *target;
     PyObject *args;
@@ -189,8 +190,11 @@ static int proc_wait(ProcObject *self, PyObject *timeout)
     if (cmp_py_deadline(timeout, &storage, &deadline) < 0)
         return -1;
     for (;;) {
-        Py_BEGIN_ALLOW_THREADS rc = cmp_process_join(&self->proc, deadline);
-        Py_END_ALLOW_THREADS if (rc == 0) return 1;
+        Py_BEGIN_ALLOW_THREADS
+        rc = cmp_process_join(&self->proc, deadline);
+        Py_END_ALLOW_THREADS
+        if (rc == 0)
+            return 1;
         if (rc == -ETIMEDOUT)
             return 0;
         if (rc == -EINTR) {
@@ -725,9 +729,10 @@ static PyObject *parent_join(ProcObject *self, PyObject *timeout)
         }
         struct pollfd pfd = {.fd = fd, .events = POLLIN};
         int n;
-        Py_BEGIN_ALLOW_THREADS n = ppoll(&pfd, 1, lp, NULL);
-        Py_END_ALLOW_THREADS if (n < 0 && errno == EINTR)
-        {
+        Py_BEGIN_ALLOW_THREADS
+        n = ppoll(&pfd, 1, lp, NULL);
+        Py_END_ALLOW_THREADS
+        if (n < 0 && errno == EINTR) {
             if (PyErr_CheckSignals() < 0)
                 return NULL;
             continue;

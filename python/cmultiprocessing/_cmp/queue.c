@@ -30,8 +30,9 @@
 #define STDLIB_SEM_VALUE_MAX 2147483647LL
 
 typedef struct {
-    PyObject_HEAD cmp_shared_t *block; /* keeps the shared memory alive */
-    cmp_queue_t *q;                    /* inside block */
+    PyObject_HEAD
+    cmp_shared_t *block; /* keeps the shared memory alive */
+    cmp_queue_t *q;      /* inside block */
     cmp_py_state *st;
     long long maxsize; /* as the stdlib reports it (_maxsize) */
     int spill_fd;      /* this process's fd of the queue's spill file */
@@ -158,10 +159,10 @@ static long put_frames(QueueObject *self, cmp_py_frame *frames, size_t nmsg, int
          * that signals are handled */
         struct timespec storage_slice;
         const struct timespec *until = cmp_py_slice(deadline, &storage_slice);
-        Py_BEGIN_ALLOW_THREADS rc =
-            cmp_queue_put_many(self->q, iov + piece, counts + put, nmsg - put, until);
-        Py_END_ALLOW_THREADS if (rc > 0)
-        {
+        Py_BEGIN_ALLOW_THREADS
+        rc = cmp_queue_put_many(self->q, iov + piece, counts + put, nmsg - put, until);
+        Py_END_ALLOW_THREADS
+        if (rc > 0) {
             for (size_t i = put; i < put + (size_t)rc; i++)
                 piece += counts[i];
             put += (size_t)rc;
@@ -613,7 +614,8 @@ static PyObject *Queue_join(PyObject *op, PyObject *unused)
             return NULL;
         struct timespec storage;
         const struct timespec *until = cmp_py_slice(NULL, &storage);
-        Py_BEGIN_ALLOW_THREADS rc = cmp_queue_join(self->q, until);
+        Py_BEGIN_ALLOW_THREADS
+        rc = cmp_queue_join(self->q, until);
         Py_END_ALLOW_THREADS
     }
     if (rc < 0)

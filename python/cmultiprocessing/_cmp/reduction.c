@@ -30,8 +30,9 @@
  * it per Pickler; a reused Pickler must look at the live one to see later
  * copyreg.pickle() registrations). */
 typedef struct {
-    PyObject_HEAD cmp_py_state *st; /* the module outlives every table */
-    PyObject *copyreg_table;        /* copyreg.dispatch_table (a dict) */
+    PyObject_HEAD
+    cmp_py_state *st;        /* the module outlives every table */
+    PyObject *copyreg_table; /* copyreg.dispatch_table (a dict) */
 } DispatchObject;
 
 /* socket.socket, once the socket module is loaded: before that no object
@@ -100,10 +101,11 @@ static PyType_Spec Dispatch_spec = {
 /* ---- encoders: a reusable Pickler with its output lists ----------------- */
 
 typedef struct {
-    PyObject_HEAD PyObject *chunks; /* list: the pickle stream, in order */
-    PyObject *buffers;              /* list: out-of-band buffers, or NULL */
-    PyObject *dump;                 /* the Pickler's bound dump */
-    PyObject *clear_memo;           /* ... and clear_memo */
+    PyObject_HEAD
+    PyObject *chunks;     /* list: the pickle stream, in order */
+    PyObject *buffers;    /* list: out-of-band buffers, or NULL */
+    PyObject *dump;       /* the Pickler's bound dump */
+    PyObject *clear_memo; /* ... and clear_memo */
     int busy;
 } EncoderObject;
 
@@ -301,9 +303,10 @@ int cmp_py_redeem_fd(PyObject *addr, PyObject *key, const char *what)
     struct timespec deadline;
     cmp_deadline_after(CMP_PY_REDEEM_TIMEOUT, &deadline);
     int fd;
-    Py_BEGIN_ALLOW_THREADS fd = cmp_fdshare_redeem(&token, &deadline);
-    Py_END_ALLOW_THREADS if (fd < 0)
-    {
+    Py_BEGIN_ALLOW_THREADS
+    fd = cmp_fdshare_redeem(&token, &deadline);
+    Py_END_ALLOW_THREADS
+    if (fd < 0) {
         redeem_error(fd, what);
         return -1;
     }

@@ -82,10 +82,12 @@ int cmp_py_wait(cmp_py_wait_fn wait, void *obj, const struct timespec *deadline,
         struct timespec storage;
         const struct timespec *until = sliced ? cmp_py_slice(deadline, &storage) : deadline;
         int rc;
-        Py_BEGIN_ALLOW_THREADS rc = wait(obj, until);
+        Py_BEGIN_ALLOW_THREADS
+        rc = wait(obj, until);
         Py_END_ALLOW_THREADS
-            /* a slice that ran out is not the caller's timeout */
-            if (rc != -EINTR && !(rc == -ETIMEDOUT && until != deadline)) return rc;
+        /* a slice that ran out is not the caller's timeout */
+        if (rc != -EINTR && !(rc == -ETIMEDOUT && until != deadline))
+            return rc;
         if (PyErr_CheckSignals() < 0)
             return -EINTR;
     }

@@ -24,7 +24,8 @@
  * ------------------------------------------------------------------------ */
 
 typedef struct {
-    PyObject_HEAD cmp_shared_t *block;
+    PyObject_HEAD
+    cmp_shared_t *block;
 } block_object;
 
 static PyObject *block_new_sized(cmp_py_state *st, size_t size)
@@ -309,7 +310,8 @@ typedef union {
 } scalar;
 
 typedef struct {
-    PyObject_HEAD PyObject *obj;
+    PyObject_HEAD
+    PyObject *obj;
     PyObject *lock;
     PyObject *acquire; /* lock.acquire and lock.release, as the stdlib exposes */
     PyObject *release;
@@ -1131,7 +1133,8 @@ static PyType_Spec string_spec = {
 /* -- per-field properties of synchronized Structures --------------------- */
 
 typedef struct {
-    PyObject_HEAD PyObject *name;
+    PyObject_HEAD
+    PyObject *name;
 } field_object;
 
 static PyObject *field_tp_new(PyTypeObject *tp, PyObject *args, PyObject *kwds)
