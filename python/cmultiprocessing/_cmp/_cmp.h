@@ -67,12 +67,11 @@ typedef struct {
     PyObject *BufferTooShort;
     PyObject *TimeoutError;
     PyObject *AuthenticationError;
-    /* messages (serialize.c): _pickle.dumps/loads and their arguments */
-    PyObject *pickle_dumps;
+    /* messages (serialize.c): _pickle.loads and its arguments; pickling
+     * goes through reduction.c's Pickler */
     PyObject *pickle_loads;
-    PyObject *pickle_protocol;    /* 5 */
-    PyObject *kw_buffer_callback; /* ("buffer_callback",) */
-    PyObject *kw_buffers;         /* ("buffers",) */
+    PyObject *pickle_protocol; /* 5 */
+    PyObject *kw_buffers;      /* ("buffers",) */
     /* pickling for our transports (reduction.c) */
     PyObject *Pickler;            /* _pickle.Pickler */
     PyObject *SimpleNamespace;    /* types.SimpleNamespace (a Pickler's file) */
@@ -158,7 +157,9 @@ void cmp_py_fast_cache_clear(cmp_py_fast_cache *cache);
 /* The head of an object whose state is one block of the shared heap
  * (Lock, RLock, Semaphore, Event, Condition, Barrier): the object keeps
  * the block alive. */
-#define CMP_PY_SHARED_HEAD PyObject_HEAD cmp_shared_t *block;
+#define CMP_PY_SHARED_HEAD                                                                         \
+    PyObject_HEAD                                                                                  \
+    cmp_shared_t *block;
 
 /* tp_new's part for such an object: a new instance of type (starting with
  * CMP_PY_SHARED_HEAD) that owns a fresh block of size bytes, at *mem for the

@@ -841,15 +841,13 @@ int cmp_py_serialize_init(PyObject *module, cmp_py_state *st)
     PyObject *pickle = PyImport_ImportModule("_pickle");
     if (!pickle)
         return -1;
-    st->pickle_dumps = PyObject_GetAttrString(pickle, "dumps");
     st->pickle_loads = PyObject_GetAttrString(pickle, "loads");
     Py_DECREF(pickle);
-    if (!st->pickle_dumps || !st->pickle_loads)
+    if (!st->pickle_loads)
         return -1;
     st->pickle_protocol = PyLong_FromLong(5);
-    st->kw_buffer_callback = Py_BuildValue("(s)", "buffer_callback");
     st->kw_buffers = Py_BuildValue("(s)", "buffers");
-    if (!st->pickle_protocol || !st->kw_buffer_callback || !st->kw_buffers)
+    if (!st->pickle_protocol || !st->kw_buffers)
         return -1;
     return PyModule_AddFunctions(module, serialize_functions);
 }
