@@ -10,7 +10,6 @@
 #include "hmac.h"
 
 #include <errno.h>
-#include <sys/random.h>
 
 #define CHALLENGE "#CHALLENGE#"
 #define CHALLENGE_LEN (sizeof CHALLENGE - 1)
@@ -43,17 +42,8 @@ int cmp_auth_challenge(unsigned char *out)
     static const char prefix[] = CHALLENGE "{sha256}";
     size_t n = sizeof prefix - 1;
     memcpy(out, prefix, n);
-    size_t got = 0;
-    while (got < RANDOM_LEN) {
-        ssize_t r = getrandom(out + n + got, RANDOM_LEN - got, 0);
-        if (r < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        got += (size_t)r;
-    }
-    return (int)(n + RANDOM_LEN);
+    int rc = cmp__random_bytes(out + n, RANDOM_LEN);
+    return rc < 0 ? rc : (int)(n + RANDOM_LEN);
 }
 
 int cmp_auth_verify(const void *key, size_t keylen, const unsigned char *challenge,

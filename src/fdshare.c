@@ -30,7 +30,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/eventfd.h>
-#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -107,21 +106,6 @@ static int fill_addr(const char *name, struct sockaddr_un *sa, socklen_t *len)
     sa->sun_family = AF_UNIX;
     memcpy(sa->sun_path + 1, name, n); /* sun_path[0] == 0: abstract */
     *len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + n);
-    return 0;
-}
-
-static int random_u64(uint64_t *out)
-{
-    size_t got = 0;
-    while (got < sizeof *out) {
-        ssize_t r = getrandom((char *)out + got, sizeof *out - got, 0);
-        if (r < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        got += (size_t)r;
-    }
     return 0;
 }
 
@@ -239,7 +223,7 @@ static int start_server(void)
     char name[CMP_FDSHARE_ADDR_MAX];
     for (int attempt = 0;; attempt++) {
         uint64_t nonce;
-        if ((rc = random_u64(&nonce)) < 0)
+        if ((rc = cmp__random_bytes(&nonce, sizeof nonce)) < 0)
             goto fail;
         snprintf(name, sizeof name, "cmp-fd-%d-%016llx", (int)getpid(), (unsigned long long)nonce);
         fill_addr(name, &sa, &salen);
@@ -291,7 +275,7 @@ int cmp_fdshare_register(int fd, cmp_fd_token_t *token)
     struct entry *e = malloc(sizeof *e);
     if (!e)
         return -ENOMEM;
-    int rc = random_u64(&e->key);
+    int rc = cmp__random_bytes(&e->key, sizeof e->key);
     if (rc < 0) {
         free(e);
         return rc;

@@ -36,6 +36,9 @@ void cmp__deadline_in_ns(struct timespec *out, long ns);
 /* Kernel thread id of the caller, cached per thread. */
 uint32_t cmp__self_tid(void);
 
+/* Fills out with len random bytes (getrandom). 0 or a negative errno. */
+int cmp__random_bytes(void *out, size_t len);
+
 /* Shared heap test hooks (shm.c). heap_lock takes the lock of the first
  * heap segment (creating it) and returns 0 with it held; free_bytes sums the
  * free lists of every heap segment this process maps. */
