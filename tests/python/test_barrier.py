@@ -240,15 +240,6 @@ def test_sigint_interrupts_wait(mp):
 
 # --- beyond the stdlib ------------------------------------------------------
 
-def test_parties_must_be_positive(cmp):
-    with pytest.raises(ValueError):
-        cmp.Barrier(0)
-    with pytest.raises(ValueError):
-        cmp.Barrier(-2)
-    with pytest.raises(TypeError):
-        cmp.Barrier("2")
-
-
 def test_interrupted_waiter_withdraws(cmp):
     # the stdlib leaves a waiter killed by KeyboardInterrupt counted only
     # until its finally clause runs; ours withdraws at once, intact

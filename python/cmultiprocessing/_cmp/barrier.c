@@ -15,6 +15,7 @@
 typedef struct {
     CMP_PY_SHARED_HEAD
     cmp_barrier_t *barrier; /* inside block */
+    PyObject *parties;      /* as given: what the parties attribute returns */
     PyObject *action;       /* callable or None */
     PyObject *timeout;      /* default timeout for wait(): None or a number */
 } BarrierObject;
@@ -119,7 +120,7 @@ static PyObject *Barrier_reset(PyObject *op, PyObject *unused)
 static PyObject *Barrier_get_parties(PyObject *op, void *closure)
 {
     (void)closure;
-    return PyLong_FromUnsignedLong(cmp_barrier_parties(((BarrierObject *)op)->barrier));
+    return Py_NewRef(((BarrierObject *)op)->parties);
 }
 
 static PyObject *Barrier_get_n_waiting(PyObject *op, void *closure)
@@ -152,13 +153,49 @@ static PyObject *Barrier_repr(PyObject *op)
         if (cmp_barrier_broken(self->barrier))
             r = PyUnicode_FromFormat("<%S.%S at %p: broken>", module, qualname, (void *)op);
         else
-            r = PyUnicode_FromFormat("<%S.%S at %p: waiters=%u/%u>", module, qualname, (void *)op,
-                                     (unsigned)cmp_barrier_n_waiting(self->barrier),
-                                     (unsigned)cmp_barrier_parties(self->barrier));
+            r = PyUnicode_FromFormat("<%S.%S at %p: waiters=%u/%R>", module, qualname, (void *)op,
+                                     (unsigned)cmp_barrier_n_waiting(self->barrier), self->parties);
     }
     Py_XDECREF(module);
     Py_XDECREF(qualname);
     return r;
+}
+
+/* A count of waiters no set of processes reaches (pids and threads run
+ * out long before), yet small enough for libcmp's int arrival index. */
+#define NEVER_TRIPS ((uint32_t)INT32_MAX)
+
+/* The stdlib's Barrier keeps `parties` as given and trips when an
+ * arrival's index + 1 compares equal to it, so it accepts any object:
+ * True and 2.0 trip like 1 and 2, while 0, -1, 1.5, 'x' or 2**64 never
+ * trip and every wait() ends by its timeout (BrokenBarrierError) or an
+ * abort(). Refusing those would break drop-in use, so they become a
+ * barrier that never trips. Sets *trip; -1 only for errors that must
+ * propagate (MemoryError, KeyboardInterrupt). */
+static int trip_count(PyObject *parties, uint32_t *trip)
+{
+    *trip = NEVER_TRIPS;
+    PyObject *n = PyNumber_Long(parties);
+    int equal = n ? PyObject_RichCompareBool(n, parties, Py_EQ) : -1;
+    long long v = -1;
+    if (equal > 0) {
+        int overflow;
+        v = PyLong_AsLongLongAndOverflow(n, &overflow);
+        if (overflow)
+            v = -1;
+    }
+    Py_XDECREF(n);
+    if (PyErr_Occurred()) {
+        /* int('x'), int(nan), a failing __eq__: the stdlib's comparison
+         * would not match either */
+        if (!PyErr_ExceptionMatches(PyExc_Exception) || PyErr_ExceptionMatches(PyExc_MemoryError))
+            return -1;
+        PyErr_Clear();
+        return 0;
+    }
+    if (v >= 1 && v < (long long)NEVER_TRIPS)
+        *trip = (uint32_t)v;
+    return 0;
 }
 
 static PyObject *Barrier_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
@@ -169,29 +206,16 @@ static PyObject *Barrier_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OO$O:Barrier", kwlist, &parties_obj, &action,
                                      &timeout, &ctx))
         return NULL;
-    PyObject *index = PyNumber_Index(parties_obj);
-    if (!index)
+    uint32_t trip;
+    if (trip_count(parties_obj, &trip) < 0)
         return NULL;
-    int overflow;
-    long parties = PyLong_AsLongAndOverflow(index, &overflow);
-    Py_DECREF(index);
-    if (parties == -1 && PyErr_Occurred())
-        return NULL;
-    if (overflow > 0 || parties > (long)INT32_MAX) {
-        PyErr_SetString(PyExc_OverflowError, "parties is too large");
-        return NULL;
-    }
-    if (overflow < 0 || parties < 1) {
-        /* the stdlib accepts this and then hangs every wait() */
-        PyErr_SetString(PyExc_ValueError, "parties must be >= 1");
-        return NULL;
-    }
     void *mem;
     BarrierObject *self = (BarrierObject *)cmp_py_shared_new(type, sizeof(cmp_barrier_t), &mem);
     if (!self)
         return NULL;
     self->barrier = mem;
-    cmp_barrier_init(self->barrier, (uint32_t)parties);
+    cmp_barrier_init(self->barrier, trip);
+    self->parties = Py_NewRef(parties_obj);
     self->action = Py_NewRef(action);
     self->timeout = Py_NewRef(timeout);
     return (PyObject *)self;
@@ -201,6 +225,7 @@ static int Barrier_traverse(PyObject *op, visitproc visit, void *arg)
 {
     BarrierObject *self = (BarrierObject *)op;
     Py_VISIT(Py_TYPE(op));
+    Py_VISIT(self->parties);
     Py_VISIT(self->action);
     Py_VISIT(self->timeout);
     return 0;
@@ -209,6 +234,7 @@ static int Barrier_traverse(PyObject *op, visitproc visit, void *arg)
 static int Barrier_clear(PyObject *op)
 {
     BarrierObject *self = (BarrierObject *)op;
+    Py_CLEAR(self->parties);
     Py_CLEAR(self->action);
     Py_CLEAR(self->timeout);
     return 0;
