@@ -3,6 +3,7 @@ from a dead holder of its lock (cmultiprocessing only)."""
 import os
 import pickle
 import signal
+import threading
 import time
 
 import pytest
@@ -197,8 +198,12 @@ def test_interrupted_waiter_keeps_lock_and_withdraws(cmp):
 
 
 def test_lock_type_checked(cmp):
-    with pytest.raises(TypeError):
+    # AttributeError, the stdlib's type for a lock without acquire(); ours
+    # refuses at once any lock it cannot wait on (the stdlib only at wait())
+    with pytest.raises(AttributeError):
         cmp.Condition(object())
+    with pytest.raises(AttributeError):
+        cmp.Condition(threading.Lock())
 
 
 def _die_holding(cond):

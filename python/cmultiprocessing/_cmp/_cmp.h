@@ -118,6 +118,21 @@ PyTypeObject *cmp_py_add_type(PyObject *module, PyType_Spec *spec, PyObject *bas
  * exception set. */
 int cmp_py_deadline(PyObject *timeout, struct timespec *storage, const struct timespec **out);
 
+/* `block` as the stdlib's acquire() takes it, an integer (bool included):
+ * None, 'x' or 1.5 raise TypeError there, so they do here. dflt when block
+ * is NULL (not given). Returns 0 or 1, or -1 with an exception set. */
+int cmp_py_block_arg(PyObject *block, int dflt);
+
+/* Raises TypeError unless timeout is NULL, None or a real number: the
+ * stdlib checks its type even when the call will not wait (a free lock,
+ * block=False). NaN passes: whether it is an error depends on waiting.
+ * Returns 0, or -1 with an exception set. */
+int cmp_py_check_timeout(PyObject *timeout);
+
+/* The stdlib's locks take at most the three exception arguments in
+ * __exit__; returns 0, or -1 with TypeError set. */
+int cmp_py_check_exit_args(Py_ssize_t nargs);
+
 /* Parses the arguments of a METH_FASTCALL | METH_KEYWORDS call whose
  * parameters are all positional-or-keyword and optional: names[0..n-1].
  * out[i] receives the argument (borrowed) or stays NULL when not given.
@@ -235,6 +250,7 @@ PyObject *cmp_py_RLock_acquire(PyObject *self, PyObject *const *args, Py_ssize_t
                                PyObject *kwnames);
 PyObject *cmp_py_RLock_release(PyObject *self, PyObject *unused);
 /* Parses (block=True, timeout=None) of acquire(); fname for messages.
+ * Checks both as the stdlib does (cmp_py_block_arg, cmp_py_check_timeout).
  * Returns 0, or -1 with TypeError set. */
 int cmp_py_parse_acquire_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
                               PyObject *kwnames, int *block, PyObject **timeout);

@@ -11,6 +11,7 @@
 #include "_cmp.h"
 
 #include <errno.h>
+#include <math.h>
 
 typedef struct {
     CMP_PY_SHARED_HEAD
@@ -115,15 +116,19 @@ static PyObject *Condition_wait_for(PyObject *op, PyObject *args, PyObject *kwds
     if (!result)
         return NULL;
     struct timespec storage;
-    const struct timespec *deadline;
-    if (cmp_py_deadline(timeout, &storage, &deadline) < 0)
-        goto fail;
+    const struct timespec *deadline = NULL;
+    int first = 1;
     for (;;) {
         int truth = PyObject_IsTrue(result);
         if (truth < 0)
             goto fail;
         if (truth)
             return result;
+        /* converted only once a wait is needed: a predicate already true
+         * returns it whatever the timeout, as in the stdlib */
+        if (first && cmp_py_deadline(timeout, &storage, &deadline) < 0)
+            goto fail;
+        first = 0;
         if (deadline && cmp_deadline_remaining(deadline) <= 0)
             return result;
         if (wait_impl((cmp_py_condition *)op, deadline) < 0)
@@ -137,6 +142,40 @@ fail:
     return NULL;
 }
 
+/* The stdlib wakes sleepers while their count is below n, so any real
+ * number works: 1.5 wakes up to 2, NaN or n <= 0 none, inf all; a
+ * non-number is a TypeError. */
+static int notify_count(PyObject *n_obj, uint32_t *n)
+{
+    if (PyIndex_Check(n_obj)) {
+        PyObject *index = PyNumber_Index(n_obj);
+        if (!index)
+            return -1;
+        int overflow;
+        long long v = PyLong_AsLongLongAndOverflow(index, &overflow);
+        Py_DECREF(index);
+        if (v == -1 && PyErr_Occurred())
+            return -1;
+        if (overflow > 0 || v > (long long)UINT32_MAX)
+            *n = UINT32_MAX;
+        else if (overflow < 0 || v <= 0)
+            *n = 0;
+        else
+            *n = (uint32_t)v;
+        return 0;
+    }
+    double v = PyFloat_AsDouble(n_obj);
+    if (v == -1.0 && PyErr_Occurred())
+        return -1;
+    if (!(v > 0)) /* NaN too */
+        *n = 0;
+    else if (v >= (double)UINT32_MAX)
+        *n = UINT32_MAX;
+    else
+        *n = (uint32_t)ceil(v);
+    return 0;
+}
+
 static PyObject *Condition_notify(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
                                   PyObject *kwnames)
 {
@@ -145,27 +184,14 @@ static PyObject *Condition_notify(PyObject *op, PyObject *const *args, Py_ssize_
     PyObject *n_obj;
     if (cmp_py_parse_args("notify", args, nargs, kwnames, names, 1, &n_obj) < 0)
         return NULL;
-    uint32_t n = 1;
-    if (n_obj) {
-        PyObject *index = PyNumber_Index(n_obj);
-        if (!index)
-            return NULL;
-        int overflow;
-        long long v = PyLong_AsLongLongAndOverflow(index, &overflow);
-        Py_DECREF(index);
-        if (v == -1 && PyErr_Occurred())
-            return NULL;
-        if (overflow > 0 || v > (long long)UINT32_MAX)
-            n = UINT32_MAX;
-        else if (overflow < 0 || v <= 0)
-            n = 0;
-        else
-            n = (uint32_t)v;
-    }
+    /* ownership first: the stdlib asserts it before looking at n */
     if (!is_mine(self)) {
         PyErr_SetString(PyExc_AssertionError, "lock is not owned");
         return NULL;
     }
+    uint32_t n = 1;
+    if (n_obj && notify_count(n_obj, &n) < 0)
+        return NULL;
     cmp_cond_notify(self->cond, n);
     Py_RETURN_NONE;
 }
@@ -209,7 +235,8 @@ static PyObject *Condition_enter(PyObject *op, PyObject *unused)
 static PyObject *Condition_exit(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)args;
-    (void)nargs;
+    if (cmp_py_check_exit_args(nargs) < 0)
+        return NULL;
     return Condition_release(op, NULL);
 }
 
@@ -255,7 +282,11 @@ static PyObject *Condition_new(PyTypeObject *type, PyObject *args, PyObject *kwd
         Py_INCREF(lock);
         is_rlock = 0;
     } else {
-        PyErr_Format(PyExc_TypeError,
+        /* AttributeError, as the stdlib's Condition raises when it looks
+         * for lock.acquire; a lock of another kind (threading's, the
+         * stdlib's) is refused here too, where the stdlib fails only at
+         * wait() or notify(): ours waits on the lock's shared word */
+        PyErr_Format(PyExc_AttributeError,
                      "Condition() needs a cmultiprocessing Lock or RLock, not %.200s",
                      Py_TYPE(lock)->tp_name);
         return NULL;

@@ -30,17 +30,11 @@ int cmp_py_parse_acquire_args(const char *fname, PyObject *const *args, Py_ssize
     PyObject *given[2];
     if (cmp_py_parse_args(fname, args, nargs, kwnames, names, 2, given) < 0)
         return -1;
-    PyObject *block_obj = given[0];
     *timeout = given[1];
-    if (block_obj) {
-        int b = PyObject_IsTrue(block_obj);
-        if (b < 0)
-            return -1;
-        *block = b;
-    } else {
-        *block = 1;
-    }
-    return 0;
+    if ((*block = cmp_py_block_arg(given[0], 1)) < 0)
+        return -1;
+    /* a bad timeout is an error even when the lock is free, as in the stdlib */
+    return cmp_py_check_timeout(*timeout);
 }
 
 PyObject *cmp_py_owner_name(void)
@@ -144,9 +138,6 @@ PyObject *cmp_py_Lock_acquire(PyObject *op, PyObject *const *args, Py_ssize_t na
     if ((nargs || kwnames) &&
         cmp_py_parse_acquire_args("acquire", args, nargs, kwnames, &block, &timeout) < 0)
         return NULL;
-    /* a bad timeout is an error even when the lock is free, as in the stdlib */
-    if (timeout && timeout != Py_None && PyFloat_AsDouble(timeout) == -1.0 && PyErr_Occurred())
-        return NULL;
     if (cmp_lock_tryacquire(self->lock) == 0) {
         self->owner = PyThread_get_thread_ident();
         Py_RETURN_TRUE;
@@ -191,7 +182,8 @@ static PyObject *Lock_enter(PyObject *op, PyObject *unused)
 static PyObject *Lock_exit(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)args;
-    (void)nargs;
+    if (cmp_py_check_exit_args(nargs) < 0)
+        return NULL;
     return cmp_py_Lock_release(op, NULL);
 }
 

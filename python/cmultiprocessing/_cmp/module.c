@@ -72,6 +72,35 @@ int cmp_py_deadline(PyObject *timeout, struct timespec *storage, const struct ti
     return 0;
 }
 
+int cmp_py_block_arg(PyObject *block, int dflt)
+{
+    if (!block)
+        return dflt;
+    PyObject *index = PyNumber_Index(block);
+    if (!index)
+        return -1;
+    int truth = PyObject_IsTrue(index);
+    Py_DECREF(index);
+    return truth;
+}
+
+int cmp_py_check_timeout(PyObject *timeout)
+{
+    if (timeout == NULL || timeout == Py_None)
+        return 0;
+    if (PyFloat_AsDouble(timeout) == -1.0 && PyErr_Occurred())
+        return -1;
+    return 0;
+}
+
+int cmp_py_check_exit_args(Py_ssize_t nargs)
+{
+    if (nargs <= 3)
+        return 0;
+    PyErr_Format(PyExc_TypeError, "__exit__ expected at most 3 arguments, got %zd", nargs);
+    return -1;
+}
+
 int cmp_py_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
                       const char *const *names, Py_ssize_t n, PyObject **out)
 {

@@ -64,9 +64,6 @@ PyObject *cmp_py_RLock_acquire(PyObject *op, PyObject *const *args, Py_ssize_t n
     if ((nargs || kwnames) &&
         cmp_py_parse_acquire_args("acquire", args, nargs, kwnames, &block, &timeout) < 0)
         return NULL;
-    /* a bad timeout is an error even when the lock is free, as in the stdlib */
-    if (timeout && timeout != Py_None && PyFloat_AsDouble(timeout) == -1.0 && PyErr_Occurred())
-        return NULL;
     int rc = cmp_rlock_tryacquire(self->rlock);
     if (rc == 0)
         Py_RETURN_TRUE;
@@ -113,7 +110,8 @@ static PyObject *RLock_enter(PyObject *op, PyObject *unused)
 static PyObject *RLock_exit(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)args;
-    (void)nargs;
+    if (cmp_py_check_exit_args(nargs) < 0)
+        return NULL;
     return cmp_py_RLock_release(op, NULL);
 }
 

@@ -92,7 +92,8 @@ static PyObject *Sem_enter(PyObject *op, PyObject *unused)
 static PyObject *Sem_exit(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)args;
-    (void)nargs;
+    if (cmp_py_check_exit_args(nargs) < 0)
+        return NULL;
     return Sem_release(op, NULL);
 }
 
