@@ -16,6 +16,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <math.h>
 #include <string.h>
 #include <sys/uio.h>
 
@@ -81,9 +82,26 @@ static int parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs
     return 0;
 }
 
-static int is_true(PyObject *o, int dflt)
+/* put()'s (block, timeout): the stdlib hands both to a semaphore's
+ * acquire(), which checks their types even when the queue has room. */
+static int put_block_arg(PyObject *block, PyObject *timeout)
 {
-    return o ? PyObject_IsTrue(o) : dflt;
+    int b = cmp_py_block_arg(block, 1);
+    if (b < 0 || cmp_py_check_timeout(timeout) < 0)
+        return -1;
+    return b;
+}
+
+/* get()'s: the stdlib's get(True, None) takes a lock without looking at
+ * them; any other call hands both to an acquire() as put() does. */
+static int get_block_arg(PyObject *block, PyObject *timeout)
+{
+    if (timeout == NULL || timeout == Py_None) {
+        int truth = block ? PyObject_IsTrue(block) : 1;
+        if (truth != 0)
+            return truth;
+    }
+    return put_block_arg(block, timeout);
 }
 
 static PyObject *closed_error(QueueObject *self)
@@ -198,9 +216,15 @@ static PyObject *do_put(QueueObject *self, PyObject *obj, PyObject *block_o, PyO
 {
     if (self->closed)
         return closed_error(self);
-    int block = is_true(block_o, 1);
+    int block = put_block_arg(block_o, timeout);
     if (block < 0)
         return NULL;
+    /* the stdlib's put() only fails on a NaN timeout when it has to wait
+     * for room: try without waiting, and refuse NaN only if full */
+    int nan_timeout =
+        block && timeout && PyFloat_Check(timeout) && isnan(PyFloat_AS_DOUBLE(timeout));
+    if (nan_timeout)
+        block = 0;
     struct timespec storage;
     const struct timespec *deadline = NULL;
     if (block && cmp_py_deadline(timeout, &storage, &deadline) < 0)
@@ -213,6 +237,8 @@ static PyObject *do_put(QueueObject *self, PyObject *obj, PyObject *block_o, PyO
     cmp_py_frame_clear(&f);
     if (n < 0)
         return NULL;
+    if (n == 0 && nan_timeout)
+        return cmp_py_deadline(timeout, &storage, &deadline) < 0 ? NULL : raise_full(self);
     if (n == 0)
         return raise_full(self);
     Py_RETURN_NONE;
@@ -252,7 +278,7 @@ static PyObject *Queue_put_many(PyObject *op, PyObject *const *args, Py_ssize_t 
     }
     if (self->closed)
         return closed_error(self);
-    int block = is_true(a[1], 1);
+    int block = put_block_arg(a[1], a[2]);
     if (block < 0)
         return NULL;
     struct timespec storage;
@@ -455,7 +481,7 @@ static PyObject *do_get(QueueObject *self, PyObject *block_o, PyObject *timeout)
 {
     if (self->closed)
         return closed_error(self);
-    int block = is_true(block_o, 1);
+    int block = get_block_arg(block_o, timeout);
     if (block < 0)
         return NULL;
     struct timespec storage;
@@ -511,7 +537,7 @@ static PyObject *Queue_get_many(PyObject *op, PyObject *const *args, Py_ssize_t 
             return NULL;
         }
     }
-    int block = is_true(a[1], 1);
+    int block = get_block_arg(a[1], a[2]);
     if (block < 0)
         return NULL;
     struct timespec storage;
