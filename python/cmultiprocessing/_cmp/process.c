@@ -181,14 +181,18 @@ static int exitcode_of(ProcObject *self)
 static int proc_wait(ProcObject *self, PyObject *timeout)
 {
     int rc;
+    /* The stdlib converts the timeout unless the exit status is known
+     * already, so join('x') on a child that ended but was not reaped yet
+     * is a TypeError there too: convert before the first look. */
+    struct timespec storage;
+    const struct timespec *deadline = NULL;
+    if (!__atomic_load_n(&self->proc.reaped, __ATOMIC_ACQUIRE) &&
+        cmp_py_deadline(timeout, &storage, &deadline) < 0)
+        return -1;
     /* Without a timeout, the blocking wait returns at once for a child that
      * already ended: no need for a first non-blocking look. */
     if (timeout && timeout != Py_None && (rc = proc_poll(self)) != 0)
         return rc;
-    struct timespec storage;
-    const struct timespec *deadline;
-    if (cmp_py_deadline(timeout, &storage, &deadline) < 0)
-        return -1;
     for (;;) {
         Py_BEGIN_ALLOW_THREADS
         rc = cmp_process_join(&self->proc, deadline);
@@ -858,7 +862,8 @@ static PyObject *proc_close(ProcObject *self, PyObject *unused)
 static PyObject *proc_reduce(ProcObject *self, PyObject *unused)
 {
     (void)unused;
-    return PyErr_Format(PyExc_RuntimeError,
+    /* TypeError: what the stdlib raises here (its authkey refuses) */
+    return PyErr_Format(PyExc_TypeError,
                         "%s objects should only be shared between processes through "
                         "inheritance",
                         type_short_name(Py_TYPE(self)));
