@@ -591,3 +591,23 @@ def test_use_after_fork_in_child(mp):
     assert lock.acquire(False) is True
     assert sem.acquire(timeout=1) is True
     rlock.release()
+
+
+def test_event_barrier_condition_after_fork(mp):
+    e, b, c = mp.Event(), mp.Barrier(2), mp.Condition()
+
+    def child():
+        e.set()
+        with c:  # notify without waiters is fine once the lock is held
+            c.notify_all()
+        try:
+            c.notify()  # and refused once it is not
+            return 1
+        except AssertionError:
+            pass
+        return 10 + b.wait(5)
+
+    pid = fork(child)
+    index = b.wait(5)
+    assert {index + 10, join(pid, 10)} == {10, 11}
+    assert e.is_set()
