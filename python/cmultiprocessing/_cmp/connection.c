@@ -149,40 +149,65 @@ static int conn_send(ConnObject *self, const void *buf, size_t len)
 
 /* Receiving: small messages land in a stack buffer (no GIL needed); a
  * larger one goes straight into a bytes object, allocated by taking the GIL
- * back for the moment of the allocation, so it is copied once. */
+ * back for the moment of the allocation, so it is copied once. libcmp asks
+ * for room as the payload arrives (a header's length is only the peer's
+ * claim), so the bytes object grows with it. */
 #define SMALL_MSG 4096
 
 typedef struct {
-    PyThreadState *ts; /* saved thread state while the GIL is released */
-    PyObject *bytes;   /* the large message, when one was allocated */
-    char *into;        /* recv_bytes_into: the caller's buffer ... */
-    size_t into_cap;   /* ... and its room after the offset */
-    int too_short;     /* the message did not fit: it went to bytes */
+    PyThreadState *ts;       /* saved thread state while the GIL is released */
+    const cmp_conn_rx_t *rx; /* the message's length, for rx_alloc */
+    PyObject *bytes;         /* the large message, when one was allocated */
+    char *into;              /* recv_bytes_into: the caller's buffer ... */
+    size_t into_cap;         /* ... and its room after the offset */
+    int too_short;           /* the message did not fit: it went to bytes */
     char small[SMALL_MSG];
 } rx_ctx;
 
 static void *rx_alloc(void *arg, size_t len)
 {
     rx_ctx *ctx = arg;
-    if (ctx->into && len <= ctx->into_cap)
+    /* Chosen by the whole length, so a message never moves between these:
+     * one that fits goes to the caller's buffer (whose size the caller
+     * chose), and one that does not leaves that buffer untouched, as the
+     * stdlib's BufferTooShort does. */
+    if (ctx->into && ctx->rx->len <= ctx->into_cap)
         return ctx->into;
-    if (!ctx->into && len <= SMALL_MSG)
+    if (!ctx->into && ctx->rx->len <= SMALL_MSG)
         return ctx->small;
     if (len > PY_SSIZE_T_MAX)
         return NULL;
     PyEval_RestoreThread(ctx->ts);
-    ctx->bytes = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len);
+    if (!ctx->bytes)
+        ctx->bytes = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len);
+    else
+        /* Documented C API (Python.h); realloc, so mremap for big blocks.
+         * On failure it frees the object and sets ctx->bytes to NULL. */
+        _PyBytes_Resize(&ctx->bytes, (Py_ssize_t)len);
     ctx->ts = PyEval_SaveThread();
     ctx->too_short = ctx->into != NULL;
     return ctx->bytes ? PyBytes_AS_STRING(ctx->bytes) : NULL;
 }
 
-/* Receives one message into ctx. Returns 0, or -1 with an exception. */
+/* EOF where the stdlib starts one of its reads (after the 4-byte header,
+ * after the 8-byte length, before the payload) is EOFError there, as
+ * between messages; only EOF inside one of them is "end of file during
+ * message". Programs catch EOFError for a peer that died. */
+static int eof_at_boundary(const cmp_conn_rx_t *rx)
+{
+    return rx->done == 4 || (rx->done == 12 && memcmp(rx->hdr, "\xff\xff\xff\xff", 4) == 0);
+}
+
+/* Receives one message into ctx (maxlen: UINT64_MAX for none). Returns 0,
+ * or -1 with an exception. */
 static int conn_recv(ConnObject *self, rx_ctx *ctx, cmp_conn_rx_t *rx, uint64_t maxlen)
 {
+    ctx->rx = rx;
+    /* A bytes object holds at most PY_SSIZE_T_MAX. */
+    uint64_t limit = maxlen < PY_SSIZE_T_MAX ? maxlen : PY_SSIZE_T_MAX;
     for (;;) {
         ctx->ts = PyEval_SaveThread();
-        int r = cmp_conn_recv(&self->conn, rx, maxlen, rx_alloc, ctx, NULL);
+        int r = cmp_conn_recv(&self->conn, rx, limit, rx_alloc, ctx, NULL);
         PyEval_RestoreThread(ctx->ts);
         if (r == 0)
             return 0;
@@ -190,6 +215,17 @@ static int conn_recv(ConnObject *self, rx_ctx *ctx, cmp_conn_rx_t *rx, uint64_t 
             if (PyErr_CheckSignals() < 0 || (self->conn.fd < 0 && check_open(self) < 0))
                 goto fail;
             continue;
+        }
+        if (r == -EMSGSIZE && rx->len <= maxlen) {
+            /* As the stdlib (which fails to read that many): the header is
+             * consumed, the connection stays as it is. */
+            PyErr_Format(PyExc_OverflowError, "message length %llu does not fit in memory",
+                         (unsigned long long)rx->len);
+            goto fail;
+        }
+        if (r == -EPROTO && eof_at_boundary(rx)) {
+            PyErr_SetNone(PyExc_EOFError);
+            goto fail;
         }
         if (r == -EMSGSIZE) {
             /* As the stdlib: the rest of the stream is unusable for reading. */
