@@ -262,6 +262,10 @@ static PyObject *Conn_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|pp:Connection", kwlist, &handle, &readable,
                                      &writable))
         return NULL;
+    /* The stdlib calls handle.__index__(): AttributeError for a str. */
+    if (!PyIndex_Check(handle))
+        return PyErr_Format(PyExc_AttributeError, "'%.100s' object has no attribute '__index__'",
+                            Py_TYPE(handle)->tp_name);
     PyObject *index = PyNumber_Index(handle);
     if (!index)
         return NULL;
@@ -335,10 +339,31 @@ static PyObject *Conn_send(PyObject *op, PyObject *obj)
     Py_RETURN_NONE;
 }
 
+/* An offset or size: an integer, clamped to the Py_ssize_t range, so that
+ * 2**70 is "too large" (ValueError, as the stdlib compares it) rather than
+ * an OverflowError. */
 static int index_arg(PyObject *o, Py_ssize_t *out)
 {
-    *out = PyNumber_AsSsize_t(o, PyExc_OverflowError);
+    PyObject *i = PyNumber_Index(o);
+    if (!i)
+        return -1;
+    *out = PyNumber_AsSsize_t(i, NULL);
+    Py_DECREF(i);
     return *out == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
+/* The stdlib sends a buffer it can concatenate to the header; one that is
+ * not contiguous fails there with TypeError, not BufferError. */
+static int get_buffer(PyObject *o, Py_buffer *view, int flags, const char *what)
+{
+    if (PyObject_GetBuffer(o, view, flags | PyBUF_C_CONTIGUOUS) == 0)
+        return 0;
+    if (PyErr_ExceptionMatches(PyExc_BufferError) && PyObject_CheckBuffer(o)) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "%s() argument must be a %scontiguous bytes-like object",
+                     what, flags & PyBUF_WRITABLE ? "writable, " : "");
+    }
+    return -1;
 }
 
 static PyObject *Conn_send_bytes(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
@@ -351,7 +376,7 @@ static PyObject *Conn_send_bytes(PyObject *op, PyObject *const *args, Py_ssize_t
         check_writable(self) < 0)
         return NULL;
     Py_buffer view;
-    if (PyObject_GetBuffer(a[0], &view, PyBUF_C_CONTIGUOUS) < 0)
+    if (get_buffer(a[0], &view, PyBUF_SIMPLE, "send_bytes") < 0)
         return NULL;
     Py_ssize_t n = view.len, offset = 0, size;
     if (a[1] && index_arg(a[1], &offset) < 0)
@@ -373,7 +398,7 @@ static PyObject *Conn_send_bytes(PyObject *op, PyObject *const *args, Py_ssize_t
             PyErr_SetString(PyExc_ValueError, "size is negative");
             goto fail;
         }
-        if (offset + size > n) {
+        if (size > n - offset) {
             PyErr_SetString(PyExc_ValueError, "buffer length < offset + size");
             goto fail;
         }
@@ -388,6 +413,47 @@ fail:
     return NULL;
 }
 
+/* maxlength as the stdlib compares it with the length: any real number
+ * (recv_bytes(1e6) works there), a huge one or NaN is no limit. */
+static int maxlength_arg(PyObject *o, uint64_t *out)
+{
+    if (PyFloat_Check(o)) {
+        double d = PyFloat_AS_DOUBLE(o);
+        if (d < 0) {
+            PyErr_SetString(PyExc_ValueError, "negative maxlength");
+            return -1;
+        }
+        /* length > d for an integer length is length > floor(d) */
+        *out = d != d || d >= 18446744073709551616.0 ? UINT64_MAX : (uint64_t)d;
+        return 0;
+    }
+    PyObject *i = PyNumber_Index(o);
+    if (!i) {
+        if (PyErr_ExceptionMatches(PyExc_TypeError)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError,
+                         "'<' not supported between instances of '%.100s' and 'int'",
+                         Py_TYPE(o)->tp_name);
+        }
+        return -1;
+    }
+    int overflow;
+    long long v = PyLong_AsLongLongAndOverflow(i, &overflow);
+    Py_DECREF(i);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (overflow > 0) {
+        *out = UINT64_MAX;
+        return 0;
+    }
+    if (v < 0 || overflow < 0) {
+        PyErr_SetString(PyExc_ValueError, "negative maxlength");
+        return -1;
+    }
+    *out = (uint64_t)v;
+    return 0;
+}
+
 static PyObject *Conn_recv_bytes(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
                                  PyObject *kwnames)
 {
@@ -398,16 +464,8 @@ static PyObject *Conn_recv_bytes(PyObject *op, PyObject *const *args, Py_ssize_t
         check_readable(self) < 0)
         return NULL;
     uint64_t maxlen = UINT64_MAX;
-    if (a[0] && a[0] != Py_None) {
-        Py_ssize_t m;
-        if (index_arg(a[0], &m) < 0)
-            return NULL;
-        if (m < 0) {
-            PyErr_SetString(PyExc_ValueError, "negative maxlength");
-            return NULL;
-        }
-        maxlen = (uint64_t)m;
-    }
+    if (a[0] && a[0] != Py_None && maxlength_arg(a[0], &maxlen) < 0)
+        return NULL;
     rx_ctx ctx;
     ctx.bytes = NULL;
     ctx.into = NULL;
@@ -428,7 +486,10 @@ static PyObject *Conn_recv_bytes_into(PyObject *op, PyObject *const *args, Py_ss
         check_readable(self) < 0)
         return NULL;
     Py_buffer view;
-    if (PyObject_GetBuffer(a[0], &view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
+    /* A read-only buffer is a wrong type of argument, TypeError as in the
+     * stdlib (which raises it only after consuming the message: here the
+     * message stays to be read). */
+    if (get_buffer(a[0], &view, PyBUF_WRITABLE, "recv_bytes_into") < 0)
         return NULL;
     Py_ssize_t offset = 0;
     PyObject *result = NULL;
@@ -758,8 +819,12 @@ static int object_fd(cmp_py_state *st, PyObject *o)
     Py_DECREF(fdobj);
     if (fd == -1 && PyErr_Occurred())
         return -1;
-    if (fd < 0 || fd > INT_MAX) {
+    if (fd < 0) {
         PyErr_Format(PyExc_ValueError, "Invalid file descriptor: %ld", fd);
+        return -1;
+    }
+    if (fd > INT_MAX) { /* as the stdlib's selector: no C int */
+        PyErr_SetString(PyExc_OverflowError, "Python int too large to convert to C int");
         return -1;
     }
     return (int)fd;
@@ -1305,16 +1370,19 @@ static PyObject *cmp_Client(PyObject *module, PyObject *const *args, Py_ssize_t 
     if (parse_args("Client", args, nargs, kwnames, names, 3, 1, a) < 0)
         return NULL;
     cmp_py_state *st = cmp_py_state_of_module(module);
-    int f;
-    if (a[1] && a[1] != Py_None) {
-        f = family_code(a[1]);
-    } else {
-        PyObject *t = address_type(a[0]);
-        if (!t)
-            return NULL;
-        f = family_code(t);
-        Py_DECREF(t);
-    }
+    /* As the stdlib: a family argument is only refused when it is
+     * 'AF_PIPE' (Windows'); the socket's family is the address's, so
+     * family='AF_FOO' connects (or fails to) like family=None. */
+    int truthy = a[1] ? PyObject_IsTrue(a[1]) : 0;
+    if (truthy < 0)
+        return NULL;
+    if (truthy && PyUnicode_Check(a[1]) && PyUnicode_CompareWithASCIIString(a[1], "AF_PIPE") == 0)
+        return PyErr_Format(PyExc_ValueError, "Family %S is not recognized.", a[1]);
+    PyObject *t = address_type(a[0]);
+    if (!t)
+        return NULL;
+    int f = family_code(t);
+    Py_DECREF(t);
     if (f < 0)
         return NULL;
     PyObject *authkey = a[2] && a[2] != Py_None ? a[2] : NULL;
