@@ -216,9 +216,10 @@ static int fd_recv(cmp_conn_t *c, cmp_conn_rx_t *rx, uint64_t maxlen, cmp_conn_a
         uint64_t got = rx->done - hlen;
         if (got == rx->room) {
             /* The length is the peer's claim: room grows with what has
-             * arrived (doubling, so an honest big message is copied into
-             * place a bounded number of times), and a header announcing
-             * gigabytes costs what the peer actually sent. */
+             * arrived (doubling, so an honest big message is grown
+             * log2(len / 1 MiB) times, by realloc, i.e. mremap, not a
+             * copy), and a header announcing gigabytes costs what the peer
+             * actually sent. */
             uint64_t want = rx->room < len / 2 ? rx->room * 2 : len;
             void *p = alloc(arg, (size_t)want);
             if (!p)
