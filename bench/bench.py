@@ -175,14 +175,12 @@ def _drain(c, n):
     c.send_bytes(b"done")
 
 
-# No target: reported as time per 1 MiB message (1 / throughput).
-@scenario("Pipe send_bytes 1 MiB (per message)", "ms", None)
-def pipe_send_bytes_1mib(mp, n):
-    n = max(100, n // 1000)
+def _pipe_stream(mp, n, size, drain):
+    """Seconds per message of size bytes sent to a child reading with drain."""
     a, b = mp.Pipe()
-    child = mp.Process(target=_drain, args=(b, n))
+    child = mp.Process(target=drain, args=(b, n))
     child.start()
-    payload = bytes(1 << 20)
+    payload = bytes(size)
     t = time.perf_counter()
     for _ in range(n):
         a.send_bytes(payload)
@@ -192,6 +190,30 @@ def pipe_send_bytes_1mib(mp, n):
     a.close()
     b.close()
     return elapsed / n
+
+
+# No target: reported as time per 1 MiB message (1 / throughput).
+@scenario("Pipe send_bytes 1 MiB (per message)", "ms", None)
+def pipe_send_bytes_1mib(mp, n):
+    return _pipe_stream(mp, max(100, n // 1000), 1 << 20, _drain)
+
+
+def _drain_bytes(c, n):
+    for _ in range(n):
+        c.recv_bytes()
+    c.send_bytes(b"done")
+
+
+# recv_bytes (a new bytes object per message): what the buffer growth that
+# bounds a hostile header's cost must not slow down.
+@scenario("Pipe send_bytes/recv_bytes 1 MiB", "ms", None)
+def pipe_recv_bytes_1mib(mp, n):
+    return _pipe_stream(mp, max(100, n // 1000), 1 << 20, _drain_bytes)
+
+
+@scenario("Pipe send_bytes/recv_bytes 64 MiB", "ms", None)
+def pipe_recv_bytes_64mib(mp, n):
+    return _pipe_stream(mp, max(5, n // 20000), 64 << 20, _drain_bytes)
 
 
 def _q_producer(q, start, n, item):

@@ -600,13 +600,21 @@ typedef struct cmp_conn_rx {
     uint64_t len;  /* payload length, valid once the header is in */
     uint64_t done; /* header + payload bytes received so far */
     void *buf;     /* from the alloc callback, once len is known */
+    uint64_t room; /* bytes at buf the alloc callback provided */
     unsigned char hdr[12];
     int allocated; /* alloc has been called for this message */
 } cmp_conn_rx_t;
 
-/* Returns where to put a payload of len bytes (called once per message, as
- * soon as its length is known), or NULL to fail the receive with -ENOMEM.
- * May return NULL for len 0 without failing. */
+/* Returns where to put len bytes of the payload, or NULL to fail the
+ * receive with -ENOMEM (may return NULL for len 0 without failing).
+ * Called first as soon as the length is known, with len = the whole
+ * payload if it is at most 1 MiB, else 1 MiB; then, for a larger payload,
+ * again each time that room is full and more is due, with a larger len
+ * (doubling, the last call exactly rx->len). A later call must return
+ * memory that begins with the contents of the previous one, rx->buf —
+ * realloc(rx->buf, len) does — so the length in a header, a claim of the
+ * peer's, costs only what the peer really sends. rx->len holds the whole
+ * length at every call. */
 typedef void *(*cmp_conn_alloc_fn)(void *arg, size_t len);
 
 /* Wraps fd (taken over; closed by cmp_conn_close). flags: READABLE and/or
@@ -633,10 +641,12 @@ void cmp_conn_close(cmp_conn_t *conn);
 int cmp_conn_send(cmp_conn_t *conn, const void *buf, size_t len, uint64_t *progress,
                   const struct timespec *deadline);
 
-/* Receives one message: reads the header, calls alloc(arg, len) once, reads
- * the payload straight into that memory (one copy). rx carries the progress
- * (zero it first; after -EINTR/-ETIMEDOUT call again with the same rx to
- * resume, or give up and free rx->buf yourself).
+/* Receives one message: reads the header, calls alloc (see above) for
+ * room, reads the payload straight into that memory. A negative 4-byte
+ * length other than the marker is an empty message (as the stdlib reads
+ * it). rx carries the progress (zero it first; after -EINTR/-ETIMEDOUT call
+ * again with the same rx to resume, or give up and free rx->buf yourself;
+ * after any other error rx->buf, if not NULL, is also the caller's).
  * Returns 0 (rx->len, rx->buf hold the message), CMP_CONN_EOF (closed
  * between messages), -EPROTO (closed in the middle of a message),
  * -EMSGSIZE (length > maxlen: the header is consumed, the payload is not,

@@ -21,6 +21,8 @@
 #define CMP__CONN_DIRS (CMP_CONN_READABLE | CMP_CONN_WRITABLE)
 #define SMALL_HDR 4
 #define LARGE_HDR 12
+/* First room given to a message's payload, and the step it doubles from. */
+#define RX_STEP ((size_t)1 << 20)
 
 int cmp__fd_wait(int fd, short events, const struct timespec *deadline)
 {
@@ -190,8 +192,11 @@ static int fd_recv(cmp_conn_t *c, cmp_conn_rx_t *rx, uint64_t maxlen, cmp_conn_a
     } else {
         for (int i = 0; i < 4; i++)
             len = len << 8 | rx->hdr[i];
+        /* A negative length other than the marker: the stdlib reads it as
+         * an empty message and goes on with the next header, so both ends
+         * must agree on where that header starts. */
         if (len > 0x7fffffffu)
-            return -EPROTO; /* a negative length other than the marker */
+            len = 0;
     }
     rx->len = len;
     if (len > maxlen)
@@ -199,14 +204,30 @@ static int fd_recv(cmp_conn_t *c, cmp_conn_rx_t *rx, uint64_t maxlen, cmp_conn_a
     if (len > SIZE_MAX - 1)
         return -ENOMEM;
     if (!rx->allocated) {
-        rx->buf = alloc(arg, (size_t)len);
-        if (!rx->buf && len)
+        size_t first = len < RX_STEP ? (size_t)len : RX_STEP;
+        void *p = alloc(arg, first);
+        if (!p && first)
             return -ENOMEM;
+        rx->buf = p;
+        rx->room = first;
         rx->allocated = 1;
     }
     while (rx->done < hlen + len) {
         uint64_t got = rx->done - hlen;
-        ssize_t k = fd_read(c, (char *)rx->buf + got, (size_t)(len - got), deadline);
+        if (got == rx->room) {
+            /* The length is the peer's claim: room grows with what has
+             * arrived (doubling, so an honest big message is grown
+             * log2(len / 1 MiB) times, by realloc, i.e. mremap, not a
+             * copy), and a header announcing gigabytes costs what the peer
+             * actually sent. */
+            uint64_t want = rx->room < len / 2 ? rx->room * 2 : len;
+            void *p = alloc(arg, (size_t)want);
+            if (!p)
+                return -ENOMEM; /* rx->buf stays the caller's to free */
+            rx->buf = p;
+            rx->room = want;
+        }
+        ssize_t k = fd_read(c, (char *)rx->buf + got, (size_t)(rx->room - got), deadline);
         if (k < 0)
             return (int)k;
         if (k == 0)

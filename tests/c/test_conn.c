@@ -7,12 +7,16 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+/* The alloc callback of most tests: arg is the rx, so a larger len
+ * reallocs what has arrived so far. */
 static void *grow(void *arg, size_t len)
 {
-    (void)arg;
-    return malloc(len ? len : 1);
+    cmp_conn_rx_t *rx = arg;
+    return realloc(rx->buf, len ? len : 1);
 }
 
 static void *into(void *arg, size_t len)
@@ -24,7 +28,7 @@ static void *into(void *arg, size_t len)
 static int recv_alloc(cmp_conn_t *c, cmp_conn_rx_t *rx)
 {
     *rx = (cmp_conn_rx_t){0};
-    return cmp_conn_recv(c, rx, UINT64_MAX, grow, NULL, NULL);
+    return cmp_conn_recv(c, rx, UINT64_MAX, grow, rx, NULL);
 }
 
 Test(conn, duplex_round_trip, .timeout = 5)
@@ -52,7 +56,7 @@ Test(conn, one_way_directions, .timeout = 5)
     cr_assert_eq(cmp_conn_pair(&r, &w, 0), 0);
     cr_assert_eq(cmp_conn_send(&r, "x", 1, NULL, NULL), -EBADF);
     cmp_conn_rx_t rx = {0};
-    cr_assert_eq(cmp_conn_recv(&w, &rx, UINT64_MAX, grow, NULL, NULL), -EBADF);
+    cr_assert_eq(cmp_conn_recv(&w, &rx, UINT64_MAX, grow, &rx, NULL), -EBADF);
     cr_assert_eq(cmp_conn_poll(&w, NULL), -EBADF);
     cr_assert_eq(cmp_conn_send(&w, "xyz", 3, NULL, NULL), 0);
     cr_assert_eq(recv_alloc(&r, &rx), 0);
@@ -100,9 +104,19 @@ Test(conn, wire_format_large_header_parsed, .timeout = 5)
     cr_assert_eq(rx.len, 5);
     cr_assert_eq(memcmp(rx.buf, "hello", 5), 0);
     free(rx.buf);
-    /* A negative length other than -1 is a protocol error. */
-    cr_assert_eq(write(fds[1], "\xff\xff\xff\xfe", 4), 4);
-    cr_assert_eq(recv_alloc(&r, &rx), -EPROTO);
+    /* A negative length other than -1 is an empty message, as the stdlib
+     * reads it, and the next header follows it. */
+    cr_assert_eq(write(fds[1], "\xff\xff\xff\xfe\x80\0\0\0\0\0\0\x02ok", 14), 14);
+    cr_assert_eq(recv_alloc(&r, &rx), 0);
+    cr_assert_eq(rx.len, 0);
+    free(rx.buf);
+    cr_assert_eq(recv_alloc(&r, &rx), 0);
+    cr_assert_eq(rx.len, 0);
+    free(rx.buf);
+    cr_assert_eq(recv_alloc(&r, &rx), 0);
+    cr_assert_eq(rx.len, 2);
+    cr_assert_eq(memcmp(rx.buf, "ok", 2), 0);
+    free(rx.buf);
     cmp_conn_close(&r);
     close(fds[1]);
 }
@@ -142,13 +156,94 @@ Test(conn, eof_and_truncated, .timeout = 5)
     cmp_conn_close(&r);
 }
 
+static unsigned char pattern(size_t i)
+{
+    return (unsigned char)(i * 131 + (i >> 12));
+}
+
+/* grow, recording the largest room asked for and how many times. */
+typedef struct {
+    cmp_conn_rx_t rx;
+    size_t most;
+    int calls;
+} counted_rx;
+
+static void *grow_counted(void *arg, size_t len)
+{
+    counted_rx *c = arg;
+    c->calls++;
+    if (len > c->most)
+        c->most = len;
+    return grow(&c->rx, len);
+}
+
+/* A header is a claim: 2^31-1 or 2^40 announced, a few bytes sent, then
+ * close costs the first step of room (1 MiB), not the claim. */
+static void hostile_header(const char *bytes, size_t n, uint64_t claim)
+{
+    int fds[2];
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
+    cr_assert_eq(write(fds[1], bytes, n), (ssize_t)n);
+    close(fds[1]);
+    cmp_conn_t r;
+    cr_assert_eq(cmp_conn_open(&r, fds[0], CMP_CONN_READABLE), 0);
+    counted_rx c = {.rx = {0}};
+    cr_assert_eq(cmp_conn_recv(&r, &c.rx, UINT64_MAX, grow_counted, &c, NULL), -EPROTO);
+    cr_assert_eq(c.rx.len, claim);
+    cr_assert_eq(c.calls, 1);
+    cr_assert_eq(c.most, 1u << 20);
+    free(c.rx.buf);
+    cmp_conn_close(&r);
+}
+
+Test(conn, hostile_header_costs_what_arrives, .timeout = 5)
+{
+    hostile_header("\x7f\xff\xff\xff"
+                   "abc",
+                   7, 0x7fffffffu);
+    hostile_header("\xff\xff\xff\xff\0\0\x01\0\0\0\0\0"
+                   "abc",
+                   15, (uint64_t)1 << 40);
+}
+
+/* An honest message over the first step: room doubles (1, 2, then the
+ * exact length) and every byte lands where it belongs. */
+Test(conn, room_grows_with_the_message, .timeout = 10)
+{
+    size_t n = (3u << 20) + 5;
+    unsigned char *big = malloc(n);
+    for (size_t i = 0; i < n; i++)
+        big[i] = pattern(i);
+    cmp_conn_t a, b;
+    cr_assert_eq(cmp_conn_pair(&a, &b, 1), 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        struct timespec cdl = test_deadline(8);
+        _exit(cmp_conn_send(&a, big, n, NULL, &cdl) == 0 ? 0 : 1);
+    }
+    counted_rx c = {.rx = {0}};
+    struct timespec dl = test_deadline(8);
+    cr_assert_eq(cmp_conn_recv(&b, &c.rx, UINT64_MAX, grow_counted, &c, &dl), 0);
+    cr_assert_eq(c.rx.len, n);
+    cr_assert_eq(c.calls, 3);
+    cr_assert_eq(c.most, n);
+    cr_assert_eq(memcmp(c.rx.buf, big, n), 0);
+    int status;
+    waitpid(pid, &status, 0);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    free(c.rx.buf);
+    free(big);
+    cmp_conn_close(&a);
+    cmp_conn_close(&b);
+}
+
 Test(conn, maxlen_and_alloc_failure, .timeout = 5)
 {
     cmp_conn_t a, b;
     cr_assert_eq(cmp_conn_pair(&a, &b, 1), 0);
     cr_assert_eq(cmp_conn_send(&a, "0123456789", 10, NULL, NULL), 0);
     cmp_conn_rx_t rx = {0};
-    cr_assert_eq(cmp_conn_recv(&b, &rx, 9, grow, NULL, NULL), -EMSGSIZE);
+    cr_assert_eq(cmp_conn_recv(&b, &rx, 9, grow, &rx, NULL), -EMSGSIZE);
     cr_assert_eq(rx.len, 10);
     cr_assert_eq(cmp_conn_send(&a, "xy", 2, NULL, NULL), 0);
     cmp_conn_t c, d;
@@ -173,20 +268,15 @@ Test(conn, poll_deadline, .timeout = 5)
     cr_assert_lt(cmp_deadline_remaining(&dl), 0.001);
     cmp_conn_rx_t rx = {0};
     dl = test_deadline(0.02);
-    cr_assert_eq(cmp_conn_recv(&b, &rx, UINT64_MAX, grow, NULL, &dl), -ETIMEDOUT);
+    cr_assert_eq(cmp_conn_recv(&b, &rx, UINT64_MAX, grow, &rx, &dl), -ETIMEDOUT);
     cr_assert_eq(cmp_conn_send(&a, "z", 1, NULL, NULL), 0);
     dl = test_deadline(1);
     cr_assert_eq(cmp_conn_poll(&b, &dl), 0);
-    cr_assert_eq(cmp_conn_recv(&b, &rx, UINT64_MAX, grow, NULL, &dl), 0);
+    cr_assert_eq(cmp_conn_recv(&b, &rx, UINT64_MAX, grow, &rx, &dl), 0);
     cr_assert_eq(rx.len, 1);
     free(rx.buf);
     cmp_conn_close(&a);
     cmp_conn_close(&b);
-}
-
-static unsigned char pattern(size_t i)
-{
-    return (unsigned char)(i * 131 + (i >> 12));
 }
 
 /* 64 MiB through a one-way pipe and a socketpair, each to a forked child
@@ -204,7 +294,7 @@ static void large_across_fork(int duplex)
     if (pid == 0) {
         cmp_conn_rx_t rx = {0};
         struct timespec cdl = test_deadline(20); /* never outlive the test */
-        int ok = cmp_conn_recv(&r, &rx, UINT64_MAX, grow, NULL, &cdl) == 0 && rx.len == n;
+        int ok = cmp_conn_recv(&r, &rx, UINT64_MAX, grow, &rx, &cdl) == 0 && rx.len == n;
         for (size_t i = 0; ok && i < n; i++)
             ok = ((unsigned char *)rx.buf)[i] == pattern(i);
         char verdict = ok ? 'y' : 'n';
@@ -250,7 +340,7 @@ Test(conn, eintr_and_resume, .timeout = 10)
     cr_assert_eq(cmp_conn_pair(&a, &b, 1), 0);
     cmp_conn_rx_t rx = {0};
     ualarm(20000, 0);
-    cr_assert_eq(cmp_conn_recv(&b, &rx, UINT64_MAX, grow, NULL, NULL), -EINTR);
+    cr_assert_eq(cmp_conn_recv(&b, &rx, UINT64_MAX, grow, &rx, NULL), -EINTR);
 
     size_t n = 8u << 20;
     unsigned char *big = malloc(n);
@@ -266,7 +356,7 @@ Test(conn, eintr_and_resume, .timeout = 10)
     if (pid == 0) {
         cmp_conn_rx_t crx = {0};
         struct timespec cdl = test_deadline(8);
-        int ok = cmp_conn_recv(&b, &crx, UINT64_MAX, grow, NULL, &cdl) == 0 && crx.len == n;
+        int ok = cmp_conn_recv(&b, &crx, UINT64_MAX, grow, &crx, &cdl) == 0 && crx.len == n;
         for (size_t i = 0; ok && i < n; i++)
             ok = ((unsigned char *)crx.buf)[i] == pattern(i);
         _exit(ok ? 0 : 1);

@@ -149,40 +149,65 @@ static int conn_send(ConnObject *self, const void *buf, size_t len)
 
 /* Receiving: small messages land in a stack buffer (no GIL needed); a
  * larger one goes straight into a bytes object, allocated by taking the GIL
- * back for the moment of the allocation, so it is copied once. */
+ * back for the moment of the allocation, so it is copied once. libcmp asks
+ * for room as the payload arrives (a header's length is only the peer's
+ * claim), so the bytes object grows with it. */
 #define SMALL_MSG 4096
 
 typedef struct {
-    PyThreadState *ts; /* saved thread state while the GIL is released */
-    PyObject *bytes;   /* the large message, when one was allocated */
-    char *into;        /* recv_bytes_into: the caller's buffer ... */
-    size_t into_cap;   /* ... and its room after the offset */
-    int too_short;     /* the message did not fit: it went to bytes */
+    PyThreadState *ts;       /* saved thread state while the GIL is released */
+    const cmp_conn_rx_t *rx; /* the message's length, for rx_alloc */
+    PyObject *bytes;         /* the large message, when one was allocated */
+    char *into;              /* recv_bytes_into: the caller's buffer ... */
+    size_t into_cap;         /* ... and its room after the offset */
+    int too_short;           /* the message did not fit: it went to bytes */
     char small[SMALL_MSG];
 } rx_ctx;
 
 static void *rx_alloc(void *arg, size_t len)
 {
     rx_ctx *ctx = arg;
-    if (ctx->into && len <= ctx->into_cap)
+    /* Chosen by the whole length, so a message never moves between these:
+     * one that fits goes to the caller's buffer (whose size the caller
+     * chose), and one that does not leaves that buffer untouched, as the
+     * stdlib's BufferTooShort does. */
+    if (ctx->into && ctx->rx->len <= ctx->into_cap)
         return ctx->into;
-    if (!ctx->into && len <= SMALL_MSG)
+    if (!ctx->into && ctx->rx->len <= SMALL_MSG)
         return ctx->small;
     if (len > PY_SSIZE_T_MAX)
         return NULL;
     PyEval_RestoreThread(ctx->ts);
-    ctx->bytes = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len);
+    if (!ctx->bytes)
+        ctx->bytes = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len);
+    else
+        /* Documented C API (Python.h); realloc, so mremap for big blocks.
+         * On failure it frees the object and sets ctx->bytes to NULL. */
+        _PyBytes_Resize(&ctx->bytes, (Py_ssize_t)len);
     ctx->ts = PyEval_SaveThread();
     ctx->too_short = ctx->into != NULL;
     return ctx->bytes ? PyBytes_AS_STRING(ctx->bytes) : NULL;
 }
 
-/* Receives one message into ctx. Returns 0, or -1 with an exception. */
+/* EOF where the stdlib starts one of its reads (after the 4-byte header,
+ * after the 8-byte length, before the payload) is EOFError there, as
+ * between messages; only EOF inside one of them is "end of file during
+ * message". Programs catch EOFError for a peer that died. */
+static int eof_at_boundary(const cmp_conn_rx_t *rx)
+{
+    return rx->done == 4 || (rx->done == 12 && memcmp(rx->hdr, "\xff\xff\xff\xff", 4) == 0);
+}
+
+/* Receives one message into ctx (maxlen: UINT64_MAX for none). Returns 0,
+ * or -1 with an exception. */
 static int conn_recv(ConnObject *self, rx_ctx *ctx, cmp_conn_rx_t *rx, uint64_t maxlen)
 {
+    ctx->rx = rx;
+    /* A bytes object holds at most PY_SSIZE_T_MAX. */
+    uint64_t limit = maxlen < PY_SSIZE_T_MAX ? maxlen : PY_SSIZE_T_MAX;
     for (;;) {
         ctx->ts = PyEval_SaveThread();
-        int r = cmp_conn_recv(&self->conn, rx, maxlen, rx_alloc, ctx, NULL);
+        int r = cmp_conn_recv(&self->conn, rx, limit, rx_alloc, ctx, NULL);
         PyEval_RestoreThread(ctx->ts);
         if (r == 0)
             return 0;
@@ -190,6 +215,17 @@ static int conn_recv(ConnObject *self, rx_ctx *ctx, cmp_conn_rx_t *rx, uint64_t 
             if (PyErr_CheckSignals() < 0 || (self->conn.fd < 0 && check_open(self) < 0))
                 goto fail;
             continue;
+        }
+        if (r == -EMSGSIZE && rx->len <= maxlen) {
+            /* As the stdlib (which fails to read that many): the header is
+             * consumed, the connection stays as it is. */
+            PyErr_Format(PyExc_OverflowError, "message length %llu does not fit in memory",
+                         (unsigned long long)rx->len);
+            goto fail;
+        }
+        if (r == -EPROTO && eof_at_boundary(rx)) {
+            PyErr_SetNone(PyExc_EOFError);
+            goto fail;
         }
         if (r == -EMSGSIZE) {
             /* As the stdlib: the rest of the stream is unusable for reading. */
@@ -226,6 +262,10 @@ static PyObject *Conn_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|pp:Connection", kwlist, &handle, &readable,
                                      &writable))
         return NULL;
+    /* The stdlib calls handle.__index__(): AttributeError for a str. */
+    if (!PyIndex_Check(handle))
+        return PyErr_Format(PyExc_AttributeError, "'%.100s' object has no attribute '__index__'",
+                            Py_TYPE(handle)->tp_name);
     PyObject *index = PyNumber_Index(handle);
     if (!index)
         return NULL;
@@ -299,10 +339,31 @@ static PyObject *Conn_send(PyObject *op, PyObject *obj)
     Py_RETURN_NONE;
 }
 
+/* An offset or size: an integer, clamped to the Py_ssize_t range, so that
+ * 2**70 is "too large" (ValueError, as the stdlib compares it) rather than
+ * an OverflowError. */
 static int index_arg(PyObject *o, Py_ssize_t *out)
 {
-    *out = PyNumber_AsSsize_t(o, PyExc_OverflowError);
+    PyObject *i = PyNumber_Index(o);
+    if (!i)
+        return -1;
+    *out = PyNumber_AsSsize_t(i, NULL);
+    Py_DECREF(i);
     return *out == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
+/* The stdlib sends a buffer it can concatenate to the header; one that is
+ * not contiguous fails there with TypeError, not BufferError. */
+static int get_buffer(PyObject *o, Py_buffer *view, int flags, const char *what)
+{
+    if (PyObject_GetBuffer(o, view, flags | PyBUF_C_CONTIGUOUS) == 0)
+        return 0;
+    if (PyErr_ExceptionMatches(PyExc_BufferError) && PyObject_CheckBuffer(o)) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "%s() argument must be a %scontiguous bytes-like object",
+                     what, flags & PyBUF_WRITABLE ? "writable, " : "");
+    }
+    return -1;
 }
 
 static PyObject *Conn_send_bytes(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
@@ -315,7 +376,7 @@ static PyObject *Conn_send_bytes(PyObject *op, PyObject *const *args, Py_ssize_t
         check_writable(self) < 0)
         return NULL;
     Py_buffer view;
-    if (PyObject_GetBuffer(a[0], &view, PyBUF_C_CONTIGUOUS) < 0)
+    if (get_buffer(a[0], &view, PyBUF_SIMPLE, "send_bytes") < 0)
         return NULL;
     Py_ssize_t n = view.len, offset = 0, size;
     if (a[1] && index_arg(a[1], &offset) < 0)
@@ -337,7 +398,7 @@ static PyObject *Conn_send_bytes(PyObject *op, PyObject *const *args, Py_ssize_t
             PyErr_SetString(PyExc_ValueError, "size is negative");
             goto fail;
         }
-        if (offset + size > n) {
+        if (size > n - offset) {
             PyErr_SetString(PyExc_ValueError, "buffer length < offset + size");
             goto fail;
         }
@@ -352,6 +413,47 @@ fail:
     return NULL;
 }
 
+/* maxlength as the stdlib compares it with the length: any real number
+ * (recv_bytes(1e6) works there), a huge one or NaN is no limit. */
+static int maxlength_arg(PyObject *o, uint64_t *out)
+{
+    if (PyFloat_Check(o)) {
+        double d = PyFloat_AS_DOUBLE(o);
+        if (d < 0) {
+            PyErr_SetString(PyExc_ValueError, "negative maxlength");
+            return -1;
+        }
+        /* length > d for an integer length is length > floor(d) */
+        *out = d != d || d >= 18446744073709551616.0 ? UINT64_MAX : (uint64_t)d;
+        return 0;
+    }
+    PyObject *i = PyNumber_Index(o);
+    if (!i) {
+        if (PyErr_ExceptionMatches(PyExc_TypeError)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError,
+                         "'<' not supported between instances of '%.100s' and 'int'",
+                         Py_TYPE(o)->tp_name);
+        }
+        return -1;
+    }
+    int overflow;
+    long long v = PyLong_AsLongLongAndOverflow(i, &overflow);
+    Py_DECREF(i);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (overflow > 0) {
+        *out = UINT64_MAX;
+        return 0;
+    }
+    if (v < 0 || overflow < 0) {
+        PyErr_SetString(PyExc_ValueError, "negative maxlength");
+        return -1;
+    }
+    *out = (uint64_t)v;
+    return 0;
+}
+
 static PyObject *Conn_recv_bytes(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
                                  PyObject *kwnames)
 {
@@ -362,16 +464,8 @@ static PyObject *Conn_recv_bytes(PyObject *op, PyObject *const *args, Py_ssize_t
         check_readable(self) < 0)
         return NULL;
     uint64_t maxlen = UINT64_MAX;
-    if (a[0] && a[0] != Py_None) {
-        Py_ssize_t m;
-        if (index_arg(a[0], &m) < 0)
-            return NULL;
-        if (m < 0) {
-            PyErr_SetString(PyExc_ValueError, "negative maxlength");
-            return NULL;
-        }
-        maxlen = (uint64_t)m;
-    }
+    if (a[0] && a[0] != Py_None && maxlength_arg(a[0], &maxlen) < 0)
+        return NULL;
     rx_ctx ctx;
     ctx.bytes = NULL;
     ctx.into = NULL;
@@ -392,7 +486,10 @@ static PyObject *Conn_recv_bytes_into(PyObject *op, PyObject *const *args, Py_ss
         check_readable(self) < 0)
         return NULL;
     Py_buffer view;
-    if (PyObject_GetBuffer(a[0], &view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
+    /* A read-only buffer is a wrong type of argument, TypeError as in the
+     * stdlib (which raises it only after consuming the message: here the
+     * message stays to be read). */
+    if (get_buffer(a[0], &view, PyBUF_WRITABLE, "recv_bytes_into") < 0)
         return NULL;
     Py_ssize_t offset = 0;
     PyObject *result = NULL;
@@ -722,8 +819,12 @@ static int object_fd(cmp_py_state *st, PyObject *o)
     Py_DECREF(fdobj);
     if (fd == -1 && PyErr_Occurred())
         return -1;
-    if (fd < 0 || fd > INT_MAX) {
+    if (fd < 0) {
         PyErr_Format(PyExc_ValueError, "Invalid file descriptor: %ld", fd);
+        return -1;
+    }
+    if (fd > INT_MAX) { /* as the stdlib's selector: no C int */
+        PyErr_SetString(PyExc_OverflowError, "Python int too large to convert to C int");
         return -1;
     }
     return (int)fd;
@@ -1269,16 +1370,19 @@ static PyObject *cmp_Client(PyObject *module, PyObject *const *args, Py_ssize_t 
     if (parse_args("Client", args, nargs, kwnames, names, 3, 1, a) < 0)
         return NULL;
     cmp_py_state *st = cmp_py_state_of_module(module);
-    int f;
-    if (a[1] && a[1] != Py_None) {
-        f = family_code(a[1]);
-    } else {
-        PyObject *t = address_type(a[0]);
-        if (!t)
-            return NULL;
-        f = family_code(t);
-        Py_DECREF(t);
-    }
+    /* As the stdlib: a family argument is only refused when it is
+     * 'AF_PIPE' (Windows'); the socket's family is the address's, so
+     * family='AF_FOO' connects (or fails to) like family=None. */
+    int truthy = a[1] ? PyObject_IsTrue(a[1]) : 0;
+    if (truthy < 0)
+        return NULL;
+    if (truthy && PyUnicode_Check(a[1]) && PyUnicode_CompareWithASCIIString(a[1], "AF_PIPE") == 0)
+        return PyErr_Format(PyExc_ValueError, "Family %S is not recognized.", a[1]);
+    PyObject *t = address_type(a[0]);
+    if (!t)
+        return NULL;
+    int f = family_code(t);
+    Py_DECREF(t);
     if (f < 0)
         return NULL;
     PyObject *authkey = a[2] && a[2] != Py_None ? a[2] : NULL;
