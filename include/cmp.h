@@ -758,12 +758,14 @@ int cmp_auth_answer(const void *key, size_t keylen, const unsigned char *challen
 /* A handshake in progress on one connection, resumable: a server that
  * serves many clients runs one per connection and never blocks on any (call
  * cmp_auth_step with a deadline of now, wait for cmp_auth_events on the fd
- * with poll, step again). Fields are private except phase. */
+ * with poll, step again). Fields are private except phase, io_error and
+ * in/in_len (the last message received). */
 typedef struct cmp_auth {
     int role;  /* CMP_AUTH_SERVER, CMP_AUTH_CLIENT, ... */
     int step;  /* private */
     int phase; /* after an error: CMP_AUTH_DELIVERING or CMP_AUTH_ANSWERING */
     int verdict;
+    int io_error;     /* the final error came from cmp_conn_send/recv */
     uint64_t tx;      /* progress of the message being sent */
     cmp_conn_rx_t rx; /* progress of the message being received */
     size_t challenge_len, in_len, out_len;
@@ -791,9 +793,10 @@ int cmp_auth_start(cmp_auth_t *a, int role);
  * drop the connection); or a final error: -EACCES (DELIVERING: the peer's
  * answer was wrong, FAILURE was sent; ANSWERING: ours was rejected),
  * -EPROTO (a message that is not of the protocol, a->in holds it; a
- * malformed answer was also sent FAILURE), -EMSGSIZE (a message longer
- * than CMP_AUTH_MSG_MAX), CMP_CONN_EOF (the peer left), or another error
- * of cmp_conn_send/recv. */
+ * malformed answer was also sent FAILURE), or with a->io_error set an error
+ * of cmp_conn_send/recv: -EMSGSIZE (a message longer than
+ * CMP_AUTH_MSG_MAX), CMP_CONN_EOF (the peer left), -EPROTO (a message cut
+ * short), -EPIPE, ... */
 int cmp_auth_step(cmp_auth_t *a, cmp_conn_t *conn, const void *key, size_t keylen,
                   const struct timespec *deadline);
 

@@ -235,7 +235,10 @@ int cmp_auth_step(cmp_auth_t *a, cmp_conn_t *conn, const void *key, size_t keyle
             return a->verdict;
         }
     }
-    return resumable(r) ? r : fail(a, r);
+    if (resumable(r))
+        return r;
+    a->io_error = 1;
+    return fail(a, r);
 }
 
 static int run_half(cmp_conn_t *conn, int role, const void *key, size_t keylen,

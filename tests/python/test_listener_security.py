@@ -321,3 +321,45 @@ def test_signal_interrupts_handshake_wait(short_timeout):
             signal.signal(signal.SIGUSR1, old)
         assert time.monotonic() - start < 5
         s.close()
+
+
+@pytest.mark.parametrize("peer,exc,match", [
+    ("garbage", "AuthenticationError", ""),  # 3.11 and 3.12 word it differently
+    ("cut_short", OSError, "got end of file during message"),
+    ("leaves", EOFError, ""),
+    ("oversized", OSError, "bad message length"),
+])
+def test_bad_peer_raises_as_stdlib_then_next_is_served(conn, peer, exc, match):
+    """What accept() raises for a peer that breaks the handshake, same as
+    the stdlib's; the listener serves the next client afterwards."""
+    if isinstance(exc, str):
+        exc = getattr(conn, exc)
+    with conn.Listener(authkey=b"key", backlog=4) as l:
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(l.address)
+        s.settimeout(10)
+
+        def misbehave():
+            n = struct.unpack("!i", s.recv(4, socket.MSG_WAITALL))[0]
+            s.recv(n, socket.MSG_WAITALL)  # the challenge
+            if peer == "garbage":
+                s.sendall(struct.pack("!i", 5) + b"hello")
+                s.recv(64)  # FAILURE
+            elif peer == "cut_short":
+                s.sendall(struct.pack("!i", 40) + b"{sha")
+            elif peer == "oversized":
+                s.sendall(struct.pack("!i", 1 << 20))
+            s.close()
+
+        st = threading.Thread(target=misbehave, daemon=True)
+        st.start()
+        with pytest.raises(exc, match=match):
+            l.accept()
+        st.join(10)
+        results = []
+        t = _good_client(conn, l.address, b"key", results)
+        with l.accept() as k:
+            assert k.recv() == "hi"
+            k.send("served")
+        t.join(10)
+        assert results == ["served"]

@@ -1217,7 +1217,12 @@ static int accept_handshake(cmp_py_state *st, ConnObject *c, PyObject *authkey)
     Py_DECREF(timeout);
     if (r == 0 || r == -ETIMEDOUT)
         return r;
-    if (r == -EACCES && a.phase == CMP_AUTH_ANSWERING) {
+    if (a.io_error) {
+        if (r == -EMSGSIZE)
+            PyErr_SetString(PyExc_OSError, "bad message length");
+        else
+            raise_conn_error(r);
+    } else if (r == -EACCES && a.phase == CMP_AUTH_ANSWERING) {
         PyErr_SetString(st->AuthenticationError, "digest sent was rejected");
     } else if (r == -EACCES || r == -EPROTO) {
         PyObject *msg = PyBytes_FromStringAndSize((const char *)a.in, (Py_ssize_t)a.in_len);
@@ -1228,10 +1233,8 @@ static int accept_handshake(cmp_py_state *st, ConnObject *c, PyObject *authkey)
         else
             raise_bad_challenge(st, msg);
         Py_DECREF(msg);
-    } else if (r == -EMSGSIZE) {
-        PyErr_SetString(PyExc_OSError, "bad message length");
     } else {
-        raise_conn_error(r);
+        cmp_py_raise(r);
     }
     return -1;
 }
