@@ -660,6 +660,29 @@ int cmp_conn_recv(cmp_conn_t *conn, cmp_conn_rx_t *rx, uint64_t maxlen, cmp_conn
 int cmp_conn_poll(cmp_conn_t *conn, const struct timespec *deadline);
 
 /* ------------------------------------------------------------------------
+ * Private temporary directory
+ *
+ * One directory per process tree, mode 0700 and owned by the effective
+ * uid whatever the umask, for files and sockets that other users must not
+ * reach (default listener addresses). Made on first use with mkdtemp under
+ * $TMPDIR, $TEMP, $TMP, /tmp, /var/tmp or /usr/tmp (the first that works,
+ * as Python's tempfile), named cmp-XXXXXX. Children forked afterwards share
+ * it; the process that made it removes it, with what it holds, at exit()
+ * (processes that leave with _exit() or a signal leave it behind).
+ * ------------------------------------------------------------------------ */
+
+/* Copies the directory's path (made now if this process tree has none yet)
+ * into out[0..size). Returns its length, -ERANGE if size is too small,
+ * -EPERM if what mkdtemp made is not a private directory of ours, or the
+ * errno of mkdtemp in the last place tried. */
+int cmp_tempdir(char *out, size_t size);
+
+/* Removes the directory and its contents now, if this process made it
+ * (otherwise does nothing); the next cmp_tempdir() makes a new one. Also
+ * run at exit(). */
+void cmp_tempdir_remove(void);
+
+/* ------------------------------------------------------------------------
  * Listener and client (AF_UNIX, including abstract names, and AF_INET)
  * ------------------------------------------------------------------------ */
 
@@ -680,6 +703,10 @@ int cmp_sockaddr_unix(struct sockaddr_storage *out, socklen_t *outlen, const cha
 int cmp_sockaddr_inet(struct sockaddr_storage *out, socklen_t *outlen, const char *host,
                       uint16_t port);
 
+/* A fresh AF_UNIX path for a listener: listener-<16 random hex digits> in
+ * the private directory (cmp_tempdir), so that only our uid can connect at
+ * any umask. Returns 0, or an error of cmp_tempdir or cmp_sockaddr_unix. */
+int cmp_listener_default_addr(struct sockaddr_storage *out, socklen_t *outlen);
 /* Binds and listens (SO_REUSEADDR, O_CLOEXEC). Returns 0 or a negative
  * errno (-EADDRINUSE, ...). */
 int cmp_listener_open(cmp_listener_t *l, const struct sockaddr *addr, socklen_t addrlen,
@@ -732,6 +759,60 @@ int cmp_auth_answer(const void *key, size_t keylen, const unsigned char *challen
 /* The server's reply after verifying: "#WELCOME#" or "#FAILURE#". */
 #define CMP_AUTH_WELCOME "#WELCOME#"
 #define CMP_AUTH_FAILURE "#FAILURE#"
+
+/* How long a listener gives a peer to complete the handshake by default
+ * (the stdlib's CONNECTION_TIMEOUT), in seconds. A peer that stays silent
+ * then costs a server this long at most. */
+#define CMP_AUTH_TIMEOUT 20.0
+
+/* A handshake in progress on one connection, resumable: a server that
+ * serves many clients runs one per connection and never blocks on any (call
+ * cmp_auth_step with a deadline of now, wait for cmp_auth_events on the fd
+ * with poll, step again). Fields are private except phase, io_error and
+ * in/in_len (the last message received). */
+typedef struct cmp_auth {
+    int role;  /* CMP_AUTH_SERVER, CMP_AUTH_CLIENT, ... */
+    int step;  /* private */
+    int phase; /* after an error: CMP_AUTH_DELIVERING or CMP_AUTH_ANSWERING */
+    int verdict;
+    int io_error;     /* the final error came from cmp_conn_send/recv */
+    uint64_t tx;      /* progress of the message being sent */
+    cmp_conn_rx_t rx; /* progress of the message being received */
+    size_t challenge_len, in_len, out_len;
+    unsigned char challenge[CMP_AUTH_MSG_MAX]; /* the one we sent */
+    unsigned char in[CMP_AUTH_MSG_MAX];        /* the last message received */
+    unsigned char out[CMP_AUTH_MSG_MAX];       /* our answer */
+} cmp_auth_t;
+
+/* Roles: which halves, in which order. A Listener delivers then answers,
+ * a Client answers then delivers. */
+#define CMP_AUTH_SERVER 1  /* deliver, then answer */
+#define CMP_AUTH_CLIENT 2  /* answer, then deliver */
+#define CMP_AUTH_DELIVER 3 /* deliver only */
+#define CMP_AUTH_ANSWER 4  /* answer only */
+/* Values of cmp_auth_t.phase. */
+#define CMP_AUTH_DELIVERING 1 /* checking the peer's answer to our challenge */
+#define CMP_AUTH_ANSWERING 2  /* answering the peer's challenge */
+
+/* Prepares *a for role. Returns 0, or -EINVAL for an unknown role. */
+int cmp_auth_start(cmp_auth_t *a, int role);
+
+/* Runs the handshake of *a on conn until it completes, fails or deadline
+ * passes (NULL = no deadline). Returns 0 when both sides are authenticated;
+ * -ETIMEDOUT or -EINTR with the progress kept (call again to resume, or
+ * drop the connection); or a final error: -EACCES (DELIVERING: the peer's
+ * answer was wrong, FAILURE was sent; ANSWERING: ours was rejected),
+ * -EPROTO (a message that is not of the protocol, a->in holds it; a
+ * malformed answer was also sent FAILURE), or with a->io_error set an error
+ * of cmp_conn_send/recv: -EMSGSIZE (a message longer than
+ * CMP_AUTH_MSG_MAX), CMP_CONN_EOF (the peer left), -EPROTO (a message cut
+ * short), -EPIPE, ... */
+int cmp_auth_step(cmp_auth_t *a, cmp_conn_t *conn, const void *key, size_t keylen,
+                  const struct timespec *deadline);
+
+/* What the next cmp_auth_step waits for on the connection's fd: POLLIN or
+ * POLLOUT (values of <poll.h>), or 0 once the handshake has ended. */
+short cmp_auth_events(const cmp_auth_t *a);
 
 /* ------------------------------------------------------------------------
  * Fd sharing

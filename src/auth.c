@@ -10,6 +10,7 @@
 #include "hmac.h"
 
 #include <errno.h>
+#include <poll.h>
 
 #define CHALLENGE "#CHALLENGE#"
 #define CHALLENGE_LEN (sizeof CHALLENGE - 1)
@@ -99,51 +100,163 @@ static void *into_stack(void *arg, size_t len)
     return arg;
 }
 
-static int recv_small(cmp_conn_t *conn, unsigned char *buf, size_t *len,
-                      const struct timespec *deadline)
+/* The handshake as a sequence of sends and receives, each resumable. */
+enum { D_SEND, D_RECV, D_REPLY, A_RECV, A_SEND, A_REPLY, DONE, FAILED };
+
+int cmp_auth_start(cmp_auth_t *a, int role)
 {
-    cmp_conn_rx_t rx = {0};
-    int r = cmp_conn_recv(conn, &rx, CMP_AUTH_MSG_MAX, into_stack, buf, deadline);
-    *len = (size_t)rx.len;
+    if (role < CMP_AUTH_SERVER || role > CMP_AUTH_ANSWER)
+        return -EINVAL;
+    memset(a, 0, sizeof *a);
+    a->role = role;
+    int answer_first = role == CMP_AUTH_CLIENT || role == CMP_AUTH_ANSWER;
+    a->step = answer_first ? A_RECV : D_SEND;
+    a->phase = answer_first ? CMP_AUTH_ANSWERING : CMP_AUTH_DELIVERING;
+    return 0;
+}
+
+short cmp_auth_events(const cmp_auth_t *a)
+{
+    switch (a->step) {
+    case D_SEND:
+    case D_REPLY:
+    case A_SEND:
+        return POLLOUT;
+    case D_RECV:
+    case A_RECV:
+    case A_REPLY:
+        return POLLIN;
+    default:
+        return 0;
+    }
+}
+
+static int send_step(cmp_auth_t *a, cmp_conn_t *conn, const void *buf, size_t len,
+                     const struct timespec *deadline)
+{
+    int r = cmp_conn_send(conn, buf, len, &a->tx, deadline);
+    if (r == 0)
+        a->tx = 0;
     return r;
+}
+
+static int recv_step(cmp_auth_t *a, cmp_conn_t *conn, const struct timespec *deadline)
+{
+    int r = cmp_conn_recv(conn, &a->rx, CMP_AUTH_MSG_MAX, into_stack, a->in, deadline);
+    if (r == 0) {
+        a->in_len = (size_t)a->rx.len;
+        memset(&a->rx, 0, sizeof a->rx);
+    }
+    return r;
+}
+
+/* Where a finished half leads: the other half, or the end. */
+static void half_done(cmp_auth_t *a, int delivered)
+{
+    if (delivered && a->role == CMP_AUTH_SERVER) {
+        a->step = A_RECV;
+        a->phase = CMP_AUTH_ANSWERING;
+    } else if (!delivered && a->role == CMP_AUTH_CLIENT) {
+        a->step = D_SEND;
+        a->phase = CMP_AUTH_DELIVERING;
+    } else {
+        a->step = DONE;
+    }
+}
+
+/* A final error: later calls return it again. */
+static int fail(cmp_auth_t *a, int err)
+{
+    a->step = FAILED;
+    a->verdict = err;
+    return err;
+}
+
+/* Errors after which the same call may resume the same message. */
+static int resumable(int r)
+{
+    return r == -EINTR || r == -ETIMEDOUT;
+}
+
+int cmp_auth_step(cmp_auth_t *a, cmp_conn_t *conn, const void *key, size_t keylen,
+                  const struct timespec *deadline)
+{
+    int r = 0, n;
+    while (r == 0) {
+        switch (a->step) {
+        case D_SEND:
+            if (!a->challenge_len) {
+                if ((n = cmp_auth_challenge(a->challenge)) < 0)
+                    return fail(a, n);
+                a->challenge_len = (size_t)n;
+            }
+            if ((r = send_step(a, conn, a->challenge, a->challenge_len, deadline)) == 0)
+                a->step = D_RECV;
+            break;
+        case D_RECV:
+            if ((r = recv_step(a, conn, deadline)) == 0) {
+                a->verdict =
+                    cmp_auth_verify(key, keylen, a->challenge, a->challenge_len, a->in, a->in_len);
+                a->step = D_REPLY;
+            }
+            break;
+        case D_REPLY: {
+            const char *reply = a->verdict == 0 ? CMP_AUTH_WELCOME : CMP_AUTH_FAILURE;
+            if ((r = send_step(a, conn, reply, strlen(reply), deadline)) < 0)
+                break;
+            if (a->verdict < 0)
+                return fail(a, a->verdict);
+            half_done(a, 1);
+            break;
+        }
+        case A_RECV:
+            if ((r = recv_step(a, conn, deadline)) < 0)
+                break;
+            if ((n = cmp_auth_answer(key, keylen, a->in, a->in_len, a->out)) < 0)
+                return fail(a, n);
+            a->out_len = (size_t)n;
+            a->step = A_SEND;
+            break;
+        case A_SEND:
+            if ((r = send_step(a, conn, a->out, a->out_len, deadline)) == 0)
+                a->step = A_REPLY;
+            break;
+        case A_REPLY:
+            if ((r = recv_step(a, conn, deadline)) < 0)
+                break;
+            if (a->in_len != strlen(CMP_AUTH_WELCOME) ||
+                memcmp(a->in, CMP_AUTH_WELCOME, a->in_len) != 0)
+                return fail(a, -EACCES);
+            half_done(a, 0);
+            break;
+        case DONE:
+            return 0;
+        default:
+            return a->verdict;
+        }
+    }
+    if (resumable(r))
+        return r;
+    a->io_error = 1;
+    return fail(a, r);
+}
+
+static int run_half(cmp_conn_t *conn, int role, const void *key, size_t keylen,
+                    const struct timespec *deadline)
+{
+    cmp_auth_t a;
+    cmp_auth_start(&a, role);
+    return cmp_auth_step(&a, conn, key, keylen, deadline);
 }
 
 int cmp_conn_deliver_challenge(cmp_conn_t *conn, const void *key, size_t keylen,
                                const struct timespec *deadline)
 {
-    unsigned char challenge[CMP_AUTH_MSG_MAX], answer[CMP_AUTH_MSG_MAX];
-    size_t alen = 0;
-    int n = cmp_auth_challenge(challenge);
-    if (n < 0)
-        return n;
-    int r = cmp_conn_send(conn, challenge, (size_t)n, NULL, deadline);
-    if (r == 0)
-        r = recv_small(conn, answer, &alen, deadline);
-    if (r < 0)
-        return r;
-    int v = cmp_auth_verify(key, keylen, challenge, (size_t)n, answer, alen);
-    const char *reply = v == 0 ? CMP_AUTH_WELCOME : CMP_AUTH_FAILURE;
-    r = cmp_conn_send(conn, reply, strlen(reply), NULL, deadline);
-    return v < 0 ? v : r;
+    return run_half(conn, CMP_AUTH_DELIVER, key, keylen, deadline);
 }
 
 int cmp_conn_answer_challenge(cmp_conn_t *conn, const void *key, size_t keylen,
                               const struct timespec *deadline)
 {
-    unsigned char challenge[CMP_AUTH_MSG_MAX], answer[CMP_AUTH_MSG_MAX];
-    size_t clen = 0, rlen = 0;
-    int r = recv_small(conn, challenge, &clen, deadline);
-    if (r < 0)
-        return r;
-    int n = cmp_auth_answer(key, keylen, challenge, clen, answer);
-    if (n < 0)
-        return n;
-    r = cmp_conn_send(conn, answer, (size_t)n, NULL, deadline);
-    if (r == 0)
-        r = recv_small(conn, challenge, &rlen, deadline);
-    if (r < 0)
-        return r;
-    if (rlen != strlen(CMP_AUTH_WELCOME) || memcmp(challenge, CMP_AUTH_WELCOME, rlen) != 0)
-        return -EACCES;
-    return 0;
+    return run_half(conn, CMP_AUTH_ANSWER, key, keylen, deadline);
 }

@@ -40,6 +40,31 @@ int cmp_sockaddr_inet(struct sockaddr_storage *out, socklen_t *outlen, const cha
     return 0;
 }
 
+int cmp_listener_default_addr(struct sockaddr_storage *out, socklen_t *outlen)
+{
+    struct sockaddr_un *un = (struct sockaddr_un *)out;
+    char path[sizeof un->sun_path];
+    int n = cmp_tempdir(path, sizeof path);
+    if (n < 0)
+        return n == -ERANGE ? -ENAMETOOLONG : n;
+    unsigned char rnd[8];
+    int r = cmp__random_bytes(rnd, sizeof rnd);
+    if (r < 0)
+        return r;
+    static const char hex[] = "0123456789abcdef";
+    static const char stem[] = "/listener-";
+    size_t len = (size_t)n;
+    if (len + sizeof stem - 1 + 2 * sizeof rnd >= sizeof path)
+        return -ENAMETOOLONG;
+    memcpy(path + len, stem, sizeof stem - 1);
+    len += sizeof stem - 1;
+    for (size_t i = 0; i < sizeof rnd; i++) {
+        path[len++] = hex[rnd[i] >> 4];
+        path[len++] = hex[rnd[i] & 15];
+    }
+    return cmp_sockaddr_unix(out, outlen, path, len);
+}
+
 static int is_unix_path(const struct sockaddr *addr, socklen_t len)
 {
     const struct sockaddr_un *un = (const struct sockaddr_un *)addr;

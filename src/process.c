@@ -42,6 +42,9 @@ static _Noreturn void child_run(cmp_process_fn fn, void *arg, unsigned flags, pi
     int ret = fn(arg);
     /* Blocks only this child held become reusable by the others. */
     cmp_shared_release_all();
+    /* A private directory this child made goes with it (one its parent
+     * made stays: the child is not its creator). */
+    cmp_tempdir_remove();
     fflush(NULL);
     _exit(ret & 0xff);
 }

@@ -9,6 +9,10 @@ from ._cmp import (AuthenticationError, BufferTooShort, Pipe,  # noqa: F401
 __all__ = ["Client", "Listener", "Pipe", "wait"]
 
 BUFSIZE = 8192
+# Seconds an authenticating Listener.accept() gives its peer to finish the
+# handshake (read at each accept(); None waits without limit, as the stdlib
+# always does). A peer too slow is closed and accept() raises
+# AuthenticationError, as for a wrong key.
 CONNECTION_TIMEOUT = 20.0
 default_family = "AF_UNIX"
 families = ["AF_INET", "AF_UNIX"]

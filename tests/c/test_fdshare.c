@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -200,5 +201,34 @@ Test(fdshare, child_closes_inherited_dups, .timeout = 10)
     cr_assert_eq(test_join(pid, 5.0), 0);
     close(go[0]);
     close(p[0]);
+    cmp_fdshare_shutdown();
+}
+
+/* The sharer's socket is an abstract name, which has no file mode: its
+ * SO_PEERCRED check is what keeps another user from taking our fds. The
+ * token stays redeemable by us afterwards. Needs root. */
+Test(fdshare, other_uid_is_refused, .timeout = 10)
+{
+    if (geteuid() != 0)
+        cr_skip_test("needs root to switch to uid 65534");
+    int p[2];
+    cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
+    cmp_fd_token_t t;
+    cr_assert_eq(cmp_fdshare_register(p[1], &t), 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (setgroups(0, NULL) != 0 || setresgid(65534, 65534, 65534) != 0 ||
+            setresuid(65534, 65534, 65534) != 0)
+            _exit(2);
+        int fd = redeem(&t);
+        _exit(fd == -EACCES ? 0 : fd >= 0 ? 1 : 3);
+    }
+    cr_assert_eq(test_join(pid, 5), 0);
+    int fd = redeem(&t);
+    cr_assert_geq(fd, 0, "redeem: %s", cmp_strerror(fd));
+    assert_linked(fd, p[0], "mine");
+    close(fd);
+    close(p[0]);
+    close(p[1]);
     cmp_fdshare_shutdown();
 }

@@ -16,7 +16,6 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <stdlib.h>
-#include <sys/random.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -943,6 +942,25 @@ static int family_code(PyObject *family)
     return -1;
 }
 
+/* sockaddr -> Python, as the socket module reports it. */
+static PyObject *from_sockaddr(const struct sockaddr_storage *a, socklen_t len)
+{
+    if (a->ss_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)a;
+        char host[INET_ADDRSTRLEN];
+        inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
+        return Py_BuildValue("(si)", host, ntohs(in->sin_port));
+    }
+    const struct sockaddr_un *un = (const struct sockaddr_un *)a;
+    size_t off = offsetof(struct sockaddr_un, sun_path);
+    if (len <= off)
+        return PyUnicode_FromString("");
+    size_t n = len - off;
+    if (un->sun_path[0] == '\0')
+        return PyBytes_FromStringAndSize(un->sun_path, (Py_ssize_t)n);
+    return PyUnicode_DecodeFSDefaultAndSize(un->sun_path, (Py_ssize_t)strnlen(un->sun_path, n));
+}
+
 static PyObject *arbitrary_address(PyObject *family)
 {
     int f = family_code(family);
@@ -950,15 +968,14 @@ static PyObject *arbitrary_address(PyObject *family)
         return NULL;
     if (f == AF_INET)
         return Py_BuildValue("(si)", "localhost", 0);
-    unsigned char rnd[8];
-    if (getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd)
-        return cmp_py_raise(-errno);
-    const char *dir = getenv("TMPDIR");
-    if (!dir || !*dir)
-        dir = "/tmp";
-    return PyUnicode_FromFormat("%s/listener-%d-%02x%02x%02x%02x%02x%02x%02x%02x", dir,
-                                (int)getpid(), rnd[0], rnd[1], rnd[2], rnd[3], rnd[4], rnd[5],
-                                rnd[6], rnd[7]);
+    /* In the private 0700 directory of the process tree, as the stdlib's
+     * util.get_temp_dir(): other users cannot connect at any umask. */
+    struct sockaddr_storage sa;
+    socklen_t salen;
+    int r = cmp_listener_default_addr(&sa, &salen);
+    if (r < 0)
+        return cmp_py_raise(r);
+    return from_sockaddr(&sa, salen);
 }
 
 static PyObject *cmp_arbitrary_address(PyObject *module, PyObject *family)
@@ -1019,25 +1036,6 @@ static int to_sockaddr(int family, PyObject *address, struct sockaddr_storage *o
     return 0;
 }
 
-/* sockaddr -> Python, as the socket module reports it. */
-static PyObject *from_sockaddr(const struct sockaddr_storage *a, socklen_t len)
-{
-    if (a->ss_family == AF_INET) {
-        const struct sockaddr_in *in = (const struct sockaddr_in *)a;
-        char host[INET_ADDRSTRLEN];
-        inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
-        return Py_BuildValue("(si)", host, ntohs(in->sin_port));
-    }
-    const struct sockaddr_un *un = (const struct sockaddr_un *)a;
-    size_t off = offsetof(struct sockaddr_un, sun_path);
-    if (len <= off)
-        return PyUnicode_FromString("");
-    size_t n = len - off;
-    if (un->sun_path[0] == '\0')
-        return PyBytes_FromStringAndSize(un->sun_path, (Py_ssize_t)n);
-    return PyUnicode_DecodeFSDefaultAndSize(un->sun_path, (Py_ssize_t)strnlen(un->sun_path, n));
-}
-
 /* ---- the challenge handshake, on any connection object ---------------- */
 
 static int check_authkey(PyObject *authkey)
@@ -1077,6 +1075,32 @@ static PyObject *recv_small_from(PyObject *conn)
     return r;
 }
 
+/* AuthenticationError for a wrong (err -EACCES) or malformed answer. */
+static void raise_bad_answer(cmp_py_state *st, int err, PyObject *answer)
+{
+    if (err == -EACCES)
+        PyErr_SetString(st->AuthenticationError, "digest received was wrong");
+    else
+        PyErr_Format(st->AuthenticationError,
+                     "unsupported message length, missing digest prefix, or unsupported "
+                     "digest: message=%R",
+                     answer);
+}
+
+/* AuthenticationError for a challenge message we cannot answer (bytes). */
+static void raise_bad_challenge(cmp_py_state *st, PyObject *msg)
+{
+    const char *m = PyBytes_AS_STRING(msg);
+    Py_ssize_t mlen = PyBytes_GET_SIZE(msg);
+    if (mlen < 11 || memcmp(m, "#CHALLENGE#", 11) != 0)
+        PyErr_Format(st->AuthenticationError, "Protocol error, expected challenge: message=%R",
+                     msg);
+    else if (mlen - 11 < 20)
+        PyErr_Format(st->AuthenticationError, "challenge too short: %zd bytes", mlen - 11);
+    else
+        raise_bad_answer(st, -EPROTO, msg);
+}
+
 static int deliver_challenge(cmp_py_state *st, PyObject *conn, PyObject *authkey)
 {
     if (check_authkey(authkey) < 0)
@@ -1096,15 +1120,8 @@ static int deliver_challenge(cmp_py_state *st, PyObject *conn, PyObject *authkey
                             challenge, (size_t)n, (unsigned char *)PyBytes_AS_STRING(answer),
                             (size_t)PyBytes_GET_SIZE(answer));
     if (v < 0) {
-        if (send_bytes_to(conn, CMP_AUTH_FAILURE, strlen(CMP_AUTH_FAILURE)) == 0) {
-            if (v == -EACCES)
-                PyErr_SetString(st->AuthenticationError, "digest received was wrong");
-            else
-                PyErr_Format(st->AuthenticationError,
-                             "unsupported message length, missing digest prefix, or "
-                             "unsupported digest: message=%R",
-                             answer);
-        }
+        if (send_bytes_to(conn, CMP_AUTH_FAILURE, strlen(CMP_AUTH_FAILURE)) == 0)
+            raise_bad_answer(st, v, answer);
         Py_DECREF(answer);
         return -1;
     }
@@ -1125,16 +1142,7 @@ static int answer_challenge(cmp_py_state *st, PyObject *conn, PyObject *authkey)
     int n = cmp_auth_answer(PyBytes_AS_STRING(authkey), (size_t)PyBytes_GET_SIZE(authkey),
                             (const unsigned char *)m, (size_t)mlen, answer);
     if (n < 0) {
-        if (mlen < 11 || memcmp(m, "#CHALLENGE#", 11) != 0)
-            PyErr_Format(st->AuthenticationError, "Protocol error, expected challenge: message=%R",
-                         msg);
-        else if (mlen - 11 < 20)
-            PyErr_Format(st->AuthenticationError, "challenge too short: %zd bytes", mlen - 11);
-        else
-            PyErr_Format(st->AuthenticationError,
-                         "unsupported message length, missing digest prefix, or unsupported "
-                         "digest: message=%R",
-                         msg);
+        raise_bad_challenge(st, msg);
         Py_DECREF(msg);
         return -1;
     }
@@ -1254,6 +1262,84 @@ static void Listener_dealloc(PyObject *op)
     Py_DECREF(tp);
 }
 
+/* connection.CONNECTION_TIMEOUT as it is now (a program or a test may set
+ * it), or the default when the module does not define it. New reference. */
+static PyObject *connection_timeout(void)
+{
+    PyObject *mod = PyImport_ImportModule("cmultiprocessing.connection");
+    if (!mod)
+        return NULL;
+    PyObject *t = PyObject_GetAttrString(mod, "CONNECTION_TIMEOUT");
+    if (!t && PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        PyErr_Clear();
+        t = PyFloat_FromDouble(CMP_AUTH_TIMEOUT);
+    }
+    Py_DECREF(mod);
+    return t;
+}
+
+/* The Listener's side of the handshake (deliver, then answer) on c, with
+ * the GIL released and a deadline of connection.CONNECTION_TIMEOUT: a peer
+ * that stays silent or trickles bytes costs accept() that long at most,
+ * then it is closed (by the caller, dropping c) and accept() raises
+ * AuthenticationError, as for a wrong key. The stdlib has no deadline. */
+static int accept_handshake(cmp_py_state *st, ConnObject *c, PyObject *authkey)
+{
+    PyObject *timeout = connection_timeout();
+    if (!timeout)
+        return -1;
+    struct timespec storage;
+    const struct timespec *deadline;
+    int r = cmp_py_deadline(timeout, &storage, &deadline);
+    if (r < 0) {
+        Py_DECREF(timeout);
+        return -1;
+    }
+    cmp_auth_t a;
+    cmp_auth_start(&a, CMP_AUTH_SERVER);
+    const char *key = PyBytes_AS_STRING(authkey);
+    size_t keylen = (size_t)PyBytes_GET_SIZE(authkey);
+    for (;;) {
+        Py_BEGIN_ALLOW_THREADS
+        r = cmp_auth_step(&a, &c->conn, key, keylen, deadline);
+        Py_END_ALLOW_THREADS
+        if (r != -EINTR)
+            break;
+        if (PyErr_CheckSignals() < 0) {
+            Py_DECREF(timeout);
+            return -1;
+        }
+    }
+    if (r == -ETIMEDOUT)
+        PyErr_Format(st->AuthenticationError,
+                     "the peer did not complete the authentication handshake within %R s "
+                     "(connection.CONNECTION_TIMEOUT); its connection was closed",
+                     timeout);
+    Py_DECREF(timeout);
+    if (r == 0 || r == -ETIMEDOUT)
+        return r;
+    if (a.io_error) {
+        if (r == -EMSGSIZE)
+            PyErr_SetString(PyExc_OSError, "bad message length");
+        else
+            raise_conn_error(r);
+    } else if (r == -EACCES && a.phase == CMP_AUTH_ANSWERING) {
+        PyErr_SetString(st->AuthenticationError, "digest sent was rejected");
+    } else if (r == -EACCES || r == -EPROTO) {
+        PyObject *msg = PyBytes_FromStringAndSize((const char *)a.in, (Py_ssize_t)a.in_len);
+        if (!msg)
+            return -1;
+        if (a.phase == CMP_AUTH_DELIVERING)
+            raise_bad_answer(st, r, msg);
+        else
+            raise_bad_challenge(st, msg);
+        Py_DECREF(msg);
+    } else {
+        cmp_py_raise(r);
+    }
+    return -1;
+}
+
 static PyObject *Listener_accept(PyObject *op, PyObject *unused)
 {
     (void)unused;
@@ -1288,8 +1374,7 @@ static PyObject *Listener_accept(PyObject *op, PyObject *unused)
     }
     Py_SETREF(self->last_accepted, last);
     if (self->authkey && PyBytes_GET_SIZE(self->authkey) > 0 &&
-        (deliver_challenge(st, c, self->authkey) < 0 ||
-         answer_challenge(st, c, self->authkey) < 0)) {
+        accept_handshake(st, (ConnObject *)c, self->authkey) < 0) {
         Py_DECREF(c);
         return NULL;
     }
