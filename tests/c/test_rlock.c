@@ -190,3 +190,22 @@ Test(rlock, eintr_from_signal, .timeout = 10)
     __atomic_store_n(&s->ready, 2, __ATOMIC_RELEASE);
     sync_reap_ok(pid);
 }
+
+#include "pid_helpers.h"
+
+/* The dead owner's pid (and so its main thread's tid) now belongs to a live
+ * process: the rlock is recovered, and its depth is not inherited. */
+Test(rlock, dead_owner_pid_reused_is_taken_over, .timeout = 20)
+{
+    struct rlock_shared *s = test_shared_map(sizeof *s);
+    cmp_rlock_init(&s->rlock);
+    pid_t squatter = pid_squatter(pid_die_holding(&s->rlock.lock));
+    cr_assert_eq(cmp_rlock_is_mine(&s->rlock), 0);
+    struct timespec d = test_deadline(1);
+    int rc = cmp_rlock_acquire(&s->rlock, &d);
+    pid_squatter_end(squatter);
+    cr_assert_eq(rc, CMP_OWNER_DIED);
+    cr_assert_eq(cmp_rlock_count(&s->rlock), 1);
+    cr_assert_eq(cmp_rlock_release(&s->rlock), 0);
+    cr_assert_eq(cmp_lock_is_locked(&s->rlock.lock), 0);
+}
