@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from _sync_helpers import SharedInts, fork, interrupt_status, join, sigint_and_join, wait_readable
+from _sync_helpers import (PidSquatter, SharedInts, fork, interrupt_status, join,
+                           sigint_and_join, wait_readable)
 
 
 def test_recursion(mp):
@@ -144,3 +145,22 @@ def test_dead_owner_is_taken_over_with_warning(cmp):
     rlock.release()
     assert repr(rlock) == "<RLock(None, 0)>"
     assert "AbandonedLockWarning" in cmp.RLock.__doc__
+
+
+def test_dead_owner_pid_reused_is_taken_over(cmp):
+    # ours only (the stdlib never recovers a dead owner): the dead owner's
+    # pid, and so its main thread's id, now belong to a live process
+    rlock = cmp.RLock()
+
+    def child():
+        rlock.acquire()
+        rlock.acquire()
+        os.kill(os.getpid(), signal.SIGKILL)
+    pid = fork(child)
+    assert join(pid) == -signal.SIGKILL
+    with PidSquatter(pid):
+        with pytest.warns(cmp.AbandonedLockWarning):
+            assert rlock.acquire(timeout=1) is True
+    assert repr(rlock) == "<RLock(MainProcess, 1)>"
+    rlock.release()
+    assert repr(rlock) == "<RLock(None, 0)>"
