@@ -20,7 +20,7 @@ static pid_t self_pid;
 /* cmp__self_id(), computed on first use (reading /proc costs three
  * syscalls, which a forked child that never locks should not pay), 0 until
  * then and again in every child. */
-static uint64_t self_id;
+__attribute__((visibility("hidden"))) uint64_t cmp__self_id_cache;
 static pthread_once_t self_once = PTHREAD_ONCE_INIT;
 /* Bumped in every child so that cached thread ids are refreshed: a forked
  * child's only thread carries the parent thread's TLS. */
@@ -37,7 +37,7 @@ static _Thread_local struct {
 static void after_fork_child(void)
 {
     self_pid = (pid_t)syscall(SYS_getpid);
-    __atomic_store_n(&self_id, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&cmp__self_id_cache, 0, __ATOMIC_RELAXED);
     fork_generation++;
 }
 
@@ -116,18 +116,15 @@ static uint32_t start_tag(unsigned long long starttime)
     return tag ? tag : 1;
 }
 
-uint64_t cmp__self_id(void)
+uint64_t cmp__self_id_slow(void)
 {
-    uint64_t id = __atomic_load_n(&self_id, __ATOMIC_RELAXED);
-    if (__builtin_expect(id != 0, 1))
-        return id;
     pid_t pid = cmp_self_pid();
     char state;
     unsigned long long start;
     uint32_t tag = read_stat(pid, &state, &start) == 0 && start ? start_tag(start) : 0;
-    id = (uint64_t)tag << 32 | (uint32_t)pid;
+    uint64_t id = (uint64_t)tag << 32 | (uint32_t)pid;
     /* threads racing here compute the same value */
-    __atomic_store_n(&self_id, id, __ATOMIC_RELAXED);
+    __atomic_store_n(&cmp__self_id_cache, id, __ATOMIC_RELAXED);
     return id;
 }
 
