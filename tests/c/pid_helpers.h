@@ -1,14 +1,17 @@
 /* Helpers for the pid-reuse tests: a holder that dies holding a lock, and a
- * process given exactly the dead holder's pid (clone3 with set_tid), so that
- * a liveness check by pid alone would find the holder "alive". */
+ * process given exactly the dead holder's pid (clone3 with set_tid, or a
+ * fork after setting ns_last_pid), so that a liveness check by pid alone
+ * would find the holder "alive". */
 #ifndef CMP_TEST_PID_HELPERS_H
 #define CMP_TEST_PID_HELPERS_H
 
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/sched.h>
 #include <signal.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -64,6 +67,43 @@ static inline pid_t pid_squatter(pid_t pid)
     cr_assert_eq((pid_t)r, pid);
     cr_assert_eq(cmp_pid_alive(pid), 1, "the reused pid must look alive by pid alone");
     return (pid_t)r;
+}
+
+/* fork(), but the child gets exactly `pid` (free: a reaped holder's), so
+ * that it can use libcmp itself: a raw clone3 runs no atfork handlers,
+ * this does. Sets ns_last_pid (root), so it may race with other processes
+ * forking: retried. Returns 0 in the child, `pid` in the parent, or skips
+ * the test. Sleeps 20 ms first, as pid_squatter(). */
+static inline pid_t pid_fork_as(pid_t pid)
+{
+    struct timespec tick = {0, 20 * 1000 * 1000};
+    nanosleep(&tick, NULL);
+    for (int attempt = 0; attempt < 20; attempt++) {
+        int fd = open("/proc/sys/kernel/ns_last_pid", O_WRONLY | O_CLOEXEC);
+        if (fd < 0) {
+            int e = errno;
+            cr_skip_test("ns_last_pid not writable (%s): cannot reuse a pid", strerror(e));
+        }
+        char buf[16];
+        int n = snprintf(buf, sizeof buf, "%d", (int)pid - 1);
+        ssize_t w = write(fd, buf, (size_t)n);
+        int e = errno;
+        close(fd);
+        if (w != n)
+            cr_skip_test("ns_last_pid refused (%s): cannot reuse a pid", strerror(e));
+        pid_t child = fork();
+        cr_assert(child >= 0);
+        if (child == 0) {
+            if (getpid() == pid)
+                return 0;
+            _exit(0);
+        }
+        if (child == pid)
+            return child;
+        waitpid(child, NULL, 0); /* another process took the pid first */
+    }
+    cr_skip_test("other processes kept taking pid %d", (int)pid);
+    return -1;
 }
 
 static inline void pid_squatter_end(pid_t pid)

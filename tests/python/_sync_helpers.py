@@ -160,3 +160,43 @@ class PidSquatter:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def _run_if_pid(pid, fn, args):
+    if os.getpid() != pid:
+        return 0  # another pid: the parent tries again
+    return fn(*args)
+
+
+def fork_as(pid, fn, *args):
+    """fork(fn, *args), but the child gets exactly `pid` (free: a reaped
+    holder's), and so can use the locks itself (a raw clone3 runs no fork
+    hooks; this is an ordinary fork). Sets ns_last_pid (root), retried when
+    another process takes the pid first; skips the test where that is
+    refused. Waits 20 ms first, as PidSquatter."""
+    time.sleep(0.02)
+    for _ in range(20):
+        try:
+            with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+                f.write(str(pid - 1))
+        except OSError as e:
+            pytest.skip(f"ns_last_pid refused ({e.strerror}): cannot reuse a pid")
+        child = fork(_run_if_pid, pid, fn, args)
+        if child == pid:
+            return child
+        join(child)
+    pytest.skip(f"other processes kept taking pid {pid}")
+
+
+def acquire_abandoned(lock, expect_repr):
+    """In a child: acquire(timeout=1) of a lock whose holder died must
+    return True with AbandonedLockWarning (a RuntimeWarning) and leave the
+    repr expect_repr. An exit status: 0 if so."""
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = lock.acquire(timeout=1)
+    ok = got is True and repr(lock) == expect_repr and any(
+        issubclass(w.category, RuntimeWarning) for w in caught)
+    lock.release()
+    return 0 if ok else 1

@@ -9,8 +9,9 @@ import warnings
 
 import pytest
 
-from _sync_helpers import (PidSquatter, SharedInts, fork, interrupt_status, join,
-                           sigint_and_join, wait_readable, wait_until)
+from _sync_helpers import (PidSquatter, SharedInts, acquire_abandoned, fork, fork_as,
+                           interrupt_status, join, sigint_and_join, wait_readable,
+                           wait_until)
 
 
 def test_acquire_release_basics(mp):
@@ -295,4 +296,14 @@ def test_dead_holder_pid_reused_polling_acquire_recovers(cmp):
             while not lock.acquire(False):
                 assert time.monotonic() < deadline, "acquire(False) never recovered"
                 time.sleep(0.001)
+    lock.release()
+
+
+def test_process_given_dead_holders_pid_takes_it_over(cmp):
+    # ours only: the pid in the lock is the acquirer's own, the holder is not
+    lock = cmp.Lock()
+    pid = fork(_die_holding, lock)
+    assert join(pid) == -signal.SIGKILL
+    assert join(fork_as(pid, acquire_abandoned, lock, "<Lock(owner=MainProcess)>")) == 0
+    assert lock.acquire(False) is True
     lock.release()
