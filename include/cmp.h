@@ -49,10 +49,13 @@ typedef struct cmp_shm {
 typedef struct cmp_shared cmp_shared_t;
 
 /* Non-recursive lock. Any process may release it (like a binary semaphore);
- * the word records the pid of the last acquirer so that a dead holder can
- * be detected. */
+ * the word records who acquired it last, so that a dead holder can be
+ * detected: its pid and a tag of its start time, so that a new process
+ * given the dead holder's pid is not mistaken for it. */
 typedef struct cmp_lock {
-    uint32_t state; /* 0 = free, else holder pid | CMP__LOCK_WAITERS */
+    /* 0 = free; else low 32 bits holder pid | CMP__LOCK_WAITERS (the futex
+     * word), high 32 bits the holder's start time (see cmp_lock_abandoned) */
+    uint64_t state __attribute__((aligned(8)));
 } cmp_lock_t;
 
 /* Recursive lock owned by one thread of one process. */
@@ -108,21 +111,21 @@ typedef struct cmp_ring {
     /* producer side (own cache line) */
     uint64_t tail;          /* published write position | message count */
     cmp_lock_t plock;       /* held by the producer putting a message */
+    uint64_t spill_tail;    /* published spill write position | count */
     uint32_t pstream;       /* 1 while a streamed message is half written */
     uint32_t space_seq;     /* futex word: bumped when space was freed */
     uint32_t space_waiters; /* the producer sleeping for space (0 or 1) */
-    uint64_t spill_tail;    /* published spill write position | count */
     uint32_t sgate;         /* a queue's stream in flight: open/taken/aborted */
-    uint32_t pad1[7];
+    uint32_t pad1[6];
     /* consumer side (own cache line) */
     uint64_t head;         /* consumed position | message count */
     cmp_lock_t clock;      /* held by the consumer getting a message */
+    uint64_t spill_head;   /* consumed spill position | count */
+    uint64_t spill_freed;  /* spill pages below this are given back */
     uint32_t data_seq;     /* futex word: bumped when data was published */
     uint32_t data_waiters; /* the consumer sleeping for data (0 or 1) */
     uint32_t data_wanted;  /* a consumer is waiting for a message (0 or 1) */
-    uint64_t spill_head;   /* consumed spill position | count */
-    uint64_t spill_freed;  /* spill pages below this are given back */
-    uint32_t pad2[6];
+    uint32_t pad2[5];
 } cmp_ring_t;
 
 /* Queue: a ring plus the counters of a joinable queue. Followed directly by
@@ -227,6 +230,18 @@ int cmp_lock_release(cmp_lock_t *lock);
 int cmp_lock_is_locked(const cmp_lock_t *lock);
 /* Pid of the process that holds it (the last acquirer), 0 when free. */
 pid_t cmp_lock_holder(const cmp_lock_t *lock);
+/* 1 when the calling process holds it (any of its threads), else 0. */
+int cmp_lock_is_mine(const cmp_lock_t *lock);
+/* 1 when the lock is held by a process that has died (a zombie counts as
+ * dead), 0 when it is free or its holder lives. A process that was given
+ * the dead holder's pid later is told apart by its start time, which the
+ * lock recorded with the pid; the one case it cannot tell is a new process
+ * started within the same clock tick (1/CLK_TCK s, 10 ms) as the dead
+ * holder and given its pid. Reads /proc/PID/stat: a slow-path call, which
+ * acquire makes only when it has to wait. Holder and checker must share a
+ * pid and a time namespace, as every process sharing a lock does unless it
+ * unshares them. */
+int cmp_lock_abandoned(const cmp_lock_t *lock);
 
 /* Recursive lock. acquire as for cmp_lock_t (a re-entry returns 0).
  * release: 0, or -EPERM when the calling thread does not own it. */
@@ -566,7 +581,9 @@ void cmp_process_close(cmp_process_t *proc);
 /* Pid of the calling process, cached (valid after fork). */
 pid_t cmp_self_pid(void);
 
-/* 1 if the process exists and is not a zombie, 0 otherwise. */
+/* 1 if a process with this pid exists and is not a zombie, 0 otherwise.
+ * It may be a newer process that was given the pid: locks check their
+ * holder with cmp_lock_abandoned(), which tells the two apart. */
 int cmp_pid_alive(pid_t pid);
 
 /* ------------------------------------------------------------------------

@@ -61,7 +61,7 @@ static inline uint32_t cmp__fetch_sub(uint32_t *p, uint32_t v)
     return __atomic_fetch_sub(p, v, __ATOMIC_ACQ_REL);
 }
 
-/* 64-bit words (ring positions). */
+/* 64-bit words (ring positions, lock words). */
 static inline uint64_t cmp__load64_relaxed(const uint64_t *p)
 {
     return __atomic_load_n(p, __ATOMIC_RELAXED);
@@ -75,6 +75,13 @@ static inline uint64_t cmp__load64_acquire(const uint64_t *p)
 static inline void cmp__store64_release(uint64_t *p, uint64_t v)
 {
     __atomic_store_n(p, v, __ATOMIC_RELEASE);
+}
+
+/* Strong 64-bit compare-and-swap (lock words); on failure *expected
+ * receives the current value. */
+static inline int cmp__cas64_acquire(uint64_t *p, uint64_t *expected, uint64_t desired)
+{
+    return __atomic_compare_exchange_n(p, expected, desired, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED);
 }
 
 /* Orders a plain store before a later load (Dekker-style waiter checks). */

@@ -157,8 +157,7 @@ static int sleep_once(cmp_cond_t *cond, uint32_t ticket, const struct timespec *
 
 int cmp_cond_wait_lock(cmp_cond_t *cond, cmp_lock_t *lock, const struct timespec *deadline)
 {
-    uint32_t holder = cmp__load_relaxed(&lock->state) & ~CMP__LOCK_WAITERS;
-    if (holder != (uint32_t)cmp_self_pid())
+    if (!cmp_lock_is_mine(lock))
         return -EPERM;
     uint32_t ticket;
     cmp_cond_prepare_wait(cond, &ticket);

@@ -36,6 +36,24 @@ void cmp__deadline_in_ns(struct timespec *out, long ns);
 /* Kernel thread id of the caller, cached per thread. */
 uint32_t cmp__self_tid(void);
 
+/* The caller's identity as a lock records it: pid in the low 32 bits (below
+ * CMP__LOCK_WAITERS), a tag of its start time in the high 32 (0 when /proc
+ * could not be read). Cached per process, recomputed after fork. Inline: it
+ * is on every lock operation, and the cached case is one load. */
+/* hidden: a direct load in libcmp.so too, not one through the GOT */
+extern uint64_t cmp__self_id_cache __attribute__((visibility("hidden")));
+uint64_t cmp__self_id_slow(void);
+static inline uint64_t cmp__self_id(void)
+{
+    uint64_t id = __atomic_load_n(&cmp__self_id_cache, __ATOMIC_RELAXED);
+    if (__builtin_expect(id != 0, 1))
+        return id;
+    return cmp__self_id_slow();
+}
+/* 1 while the process an identity names lives: not a zombie, and the pid
+ * not given to a newer process (the start time tells, to the clock tick). */
+int cmp__id_alive(uint64_t id);
+
 /* Fills out with len random bytes (getrandom). 0 or a negative errno. */
 int cmp__random_bytes(void *out, size_t len);
 

@@ -449,8 +449,7 @@ static int lock_nowait(cmp_lock_t *lock, const uint32_t *sleeping)
         if (cmp__load_relaxed(sleeping))
             return -EAGAIN;
         if ((i & 63) == 63) {
-            pid_t holder = cmp_lock_holder(lock);
-            if (holder != 0 && !cmp_pid_alive(holder)) {
+            if (cmp_lock_abandoned(lock)) {
                 struct timespec past = {0, 1};
                 int rc = cmp_lock_acquire(lock, &past);
                 if (rc >= 0)
@@ -972,8 +971,7 @@ int cmp_ring_put(cmp_ring_t *ring, const void *data, size_t len, const struct ti
  * publishes the ABORT record, and let go again. */
 static void rescue_producer(cmp_ring_t *r)
 {
-    pid_t holder = cmp_lock_holder(&r->plock);
-    if (holder == 0 || cmp_pid_alive(holder))
+    if (!cmp_lock_abandoned(&r->plock))
         return;
     struct timespec past = {0, 1};
     if (plock_acquire(r, &past) == 0)

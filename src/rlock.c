@@ -1,14 +1,18 @@
 /*
- * Recursive lock: a cmp_lock_t (whose word records the holder's pid, and so
- * gives dead-holder recovery for free) plus the owning thread and the depth.
+ * Recursive lock: a cmp_lock_t (whose word records the holder's identity,
+ * and so gives dead-holder recovery for free) plus the owning thread and the
+ * depth.
  *
- * The owner is the pair (pid in the lock word, kernel tid in `owner`): a tid
- * alone could be reused by a thread of another process after the owner
- * died, and a forked child's thread must not inherit its parent's
- * ownership. `owner` and `count` are written only by the owner while it
- * holds the lock; other threads read `owner` only to learn that they are
- * not the owner, so relaxed accesses suffice (the lock word orders the
- * rest).
+ * The owner is the pair (identity in the lock word, kernel tid in `owner`):
+ * a tid alone could be reused by a thread of another process after the
+ * owner died, and a forked child's thread must not inherit its parent's
+ * ownership. The identity is pid and start time, not the pid alone: a
+ * process given a dead owner's pid has, in its main thread, the dead main
+ * thread's tid too, and must not find itself owning the lock.
+ *
+ * `owner` and `count` are written only by the owner while it holds the
+ * lock; other threads read `owner` only to learn that they are not the
+ * owner, so relaxed accesses suffice (the lock word orders the rest).
  */
 #include "atomic.h"
 #include "internal.h"
@@ -23,16 +27,16 @@ void cmp_rlock_init(cmp_rlock_t *rlock)
 }
 
 /* The hot paths ask "who am I" once per call. */
-static inline int owned_by(const cmp_rlock_t *rlock, uint32_t tid, uint32_t pid)
+static inline int owned_by(const cmp_rlock_t *rlock, uint32_t tid, uint64_t id)
 {
     if (cmp__load_relaxed(&rlock->owner) != tid)
         return 0;
-    return (cmp__load_relaxed(&rlock->lock.state) & ~CMP__LOCK_WAITERS) == pid;
+    return (cmp__load64_relaxed(&rlock->lock.state) & ~(uint64_t)CMP__LOCK_WAITERS) == id;
 }
 
 int cmp_rlock_is_mine(const cmp_rlock_t *rlock)
 {
-    return owned_by(rlock, cmp__self_tid(), (uint32_t)cmp_self_pid());
+    return owned_by(rlock, cmp__self_tid(), cmp__self_id());
 }
 
 uint32_t cmp_rlock_count(const cmp_rlock_t *rlock)
@@ -73,16 +77,17 @@ int cmp_rlock_acquire(cmp_rlock_t *rlock, const struct timespec *deadline)
 
 int cmp_rlock_tryacquire(cmp_rlock_t *rlock)
 {
-    const uint32_t tid = cmp__self_tid(), pid = (uint32_t)cmp_self_pid();
-    if (owned_by(rlock, tid, pid)) {
+    const uint32_t tid = cmp__self_tid();
+    const uint64_t id = cmp__self_id();
+    if (owned_by(rlock, tid, id)) {
         uint32_t c = cmp__load_relaxed(&rlock->count);
         if (c == UINT32_MAX)
             return -EOVERFLOW;
         cmp__store_relaxed(&rlock->count, c + 1);
         return 0;
     }
-    uint32_t expected = 0;
-    if (!cmp__cas_acquire(&rlock->lock.state, &expected, pid))
+    uint64_t expected = 0;
+    if (!cmp__cas64_acquire(&rlock->lock.state, &expected, id))
         return -EAGAIN;
     cmp__store_relaxed(&rlock->owner, tid);
     cmp__store_relaxed(&rlock->count, 1);
@@ -91,7 +96,7 @@ int cmp_rlock_tryacquire(cmp_rlock_t *rlock)
 
 int cmp_rlock_release(cmp_rlock_t *rlock)
 {
-    if (!owned_by(rlock, cmp__self_tid(), (uint32_t)cmp_self_pid()))
+    if (!owned_by(rlock, cmp__self_tid(), cmp__self_id()))
         return -EPERM;
     uint32_t c = cmp__load_relaxed(&rlock->count);
     if (c > 1) {

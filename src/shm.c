@@ -52,12 +52,12 @@
 
 /* Lives at offset 0 of every segment. */
 struct seg_hdr {
+    cmp_lock_t lock; /* first: 8-byte aligned without a hole */
     uint32_t magic;
-    cmp_lock_t lock;
     uint32_t size;      /* of the whole segment (heap segments) */
     uint32_t free_head; /* offset of the first free block, 0 = none */
     uint32_t dedicated;
-    uint8_t pad[ALIGN - 5 * sizeof(uint32_t)];
+    uint8_t pad[ALIGN - sizeof(cmp_lock_t) - 4 * sizeof(uint32_t)];
 };
 
 /* Precedes every block's user memory. */

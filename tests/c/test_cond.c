@@ -315,3 +315,39 @@ Test(cond, cancel_after_grant_reports_notified, .timeout = 10)
     cr_assert_eq(cmp_cond_notify(&s->cond, 1), 0);
     cr_assert_eq(cmp_lock_release(&s->lock), 0);
 }
+
+#include "pid_helpers.h"
+
+/* A process died inside the condition's guard and its pid was given to a
+ * live process: notify and wait still get through. */
+Test(cond, dead_guard_holder_pid_reused, .timeout = 20)
+{
+    struct cond_shared *s = new_shared();
+    pid_t squatter = pid_squatter(pid_die_holding(&s->cond.guard));
+    double t0 = sync_now();
+    int notified = cmp_cond_notify(&s->cond, 1);
+    cr_assert_eq(cmp_lock_acquire(&s->lock, NULL), 0);
+    struct timespec d = test_deadline(0.1);
+    int rc = cmp_cond_wait_lock(&s->cond, &s->lock, &d);
+    double took = sync_now() - t0;
+    pid_squatter_end(squatter);
+    cr_assert_eq(notified, 0);
+    cr_assert_eq(rc, -ETIMEDOUT);
+    cr_assert(took < 3.0, "took %f s", took);
+    cr_assert_eq(cmp_lock_release(&s->lock), 0);
+}
+
+/* The condition's lock, held by a dead process whose pid was reused. */
+Test(cond, dead_lock_holder_pid_reused, .timeout = 20)
+{
+    struct cond_shared *s = new_shared();
+    pid_t squatter = pid_squatter(pid_die_holding(&s->rlock.lock));
+    struct timespec d = test_deadline(1);
+    int rc = cmp_rlock_acquire(&s->rlock, &d);
+    pid_squatter_end(squatter);
+    cr_assert_eq(rc, CMP_OWNER_DIED);
+    d = test_deadline(0.05);
+    cr_assert_eq(cmp_cond_wait_rlock(&s->cond, &s->rlock, &d), -ETIMEDOUT);
+    cr_assert_eq(cmp_rlock_count(&s->rlock), 1);
+    cr_assert_eq(cmp_rlock_release(&s->rlock), 0);
+}

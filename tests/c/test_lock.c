@@ -211,3 +211,76 @@ Test(lock, strerror_names_results, .timeout = 5)
     cr_assert_str_eq(cmp_strerror(-ETIMEDOUT), "timed out");
     cr_assert(strstr(cmp_strerror(CMP_OWNER_DIED), "died") != NULL);
 }
+
+#include "pid_helpers.h"
+
+/* The dead holder's pid now belongs to a live process: the start time in
+ * the lock word tells them apart. */
+Test(lock, dead_holder_pid_reused_is_taken_over, .timeout = 20)
+{
+    struct lock_shared *s = test_shared_map(sizeof *s);
+    cmp_lock_init(&s->lock);
+    pid_t dead = pid_die_holding(&s->lock);
+    pid_t squatter = pid_squatter(dead);
+    cr_assert_eq(cmp_lock_holder(&s->lock), dead);
+    cr_assert_eq(cmp_lock_abandoned(&s->lock), 1);
+    struct timespec d = test_deadline(1);
+    int rc = cmp_lock_acquire(&s->lock, &d);
+    pid_squatter_end(squatter);
+    cr_assert_eq(rc, CMP_OWNER_DIED);
+    cr_assert_eq(cmp_lock_is_mine(&s->lock), 1);
+    cr_assert_eq(cmp_lock_abandoned(&s->lock), 0);
+    cr_assert_eq(cmp_lock_release(&s->lock), 0);
+}
+
+Test(lock, zero_timeout_takes_over_when_pid_reused, .timeout = 20)
+{
+    struct lock_shared *s = test_shared_map(sizeof *s);
+    cmp_lock_init(&s->lock);
+    pid_t squatter = pid_squatter(pid_die_holding(&s->lock));
+    struct timespec d = test_deadline(0);
+    int rc = cmp_lock_acquire(&s->lock, &d);
+    pid_squatter_end(squatter);
+    cr_assert_eq(rc, CMP_OWNER_DIED);
+    cr_assert_eq(cmp_lock_release(&s->lock), 0);
+}
+
+/* The process given the dead holder's pid asks for the lock itself: the pid
+ * in the word is its own, but the holder is not. */
+Test(lock, process_given_dead_holders_pid_takes_it_over, .timeout = 20)
+{
+    struct lock_shared *s = test_shared_map(sizeof *s);
+    cmp_lock_init(&s->lock);
+    pid_t dead = pid_die_holding(&s->lock);
+    pid_t pid = pid_fork_as(dead);
+    if (pid == 0) {
+        struct timespec d = test_deadline(1);
+        int ok = cmp_lock_is_mine(&s->lock) == 0 && cmp_lock_abandoned(&s->lock) == 1 &&
+                 cmp_lock_acquire(&s->lock, &d) == CMP_OWNER_DIED &&
+                 cmp_lock_is_mine(&s->lock) == 1 && cmp_lock_release(&s->lock) == 0;
+        _exit(ok ? 0 : 1);
+    }
+    sync_reap_ok(pid);
+    cr_assert_eq(cmp_lock_is_locked(&s->lock), 0);
+}
+
+/* The other side of the identity: a live holder is never taken for dead,
+ * whoever looks (here a forked child, whose own identity differs). */
+Test(lock, live_holder_is_not_abandoned, .timeout = 10)
+{
+    struct lock_shared *s = test_shared_map(sizeof *s);
+    cmp_lock_init(&s->lock);
+    cr_assert_eq(cmp_lock_acquire(&s->lock, NULL), 0);
+    cr_assert_eq(cmp_lock_abandoned(&s->lock), 0);
+    cr_assert_eq(cmp_lock_is_mine(&s->lock), 1);
+    pid_t pid = fork();
+    cr_assert(pid >= 0);
+    if (pid == 0) {
+        struct timespec d = test_deadline(0.3);
+        int ok = cmp_lock_abandoned(&s->lock) == 0 && cmp_lock_is_mine(&s->lock) == 0 &&
+                 cmp_lock_acquire(&s->lock, &d) == -ETIMEDOUT;
+        _exit(ok ? 0 : 1);
+    }
+    sync_reap_ok(pid);
+    cr_assert_eq(cmp_lock_release(&s->lock), 0);
+}

@@ -251,3 +251,35 @@ Test(queue, counts_exact_after_producers_are_killed, .timeout = 30)
     cr_assert_eq(cmp_queue_task_done(q), -EOVERFLOW);
     sink_free(&s);
 }
+
+#include "pid_helpers.h"
+
+/* A producer killed inside a put (holding the producer lock) of a
+ * maxsize=1 queue, its pid then given to a live process: the queue is not
+ * "full", a put goes through (blocking or not) and the get returns it. */
+static void producer_pid_reused(const struct timespec *deadline)
+{
+    cmp_queue_t *q = test_queue(4096, 1);
+    pid_t squatter = pid_squatter(pid_die_holding(&q->ring.plock));
+    int put = cmp_queue_put(q, "after", 5, deadline);
+    pid_squatter_end(squatter);
+    cr_assert_eq(put, 0);
+    cr_assert_eq(cmp_queue_qsize(q), 1);
+    struct sink s = {0};
+    cr_assert_eq(cmp_queue_get(q, sink_alloc, &s, CMP_NOWAIT), 0);
+    cr_assert_eq(s.len, 5);
+    cr_assert(memcmp(s.buf, "after", 5) == 0);
+    cr_assert(cmp_queue_empty(q));
+    sink_free(&s);
+}
+
+Test(queue, killed_producer_pid_reused_put_with_timeout, .timeout = 20)
+{
+    struct timespec d = test_deadline(1);
+    producer_pid_reused(&d);
+}
+
+Test(queue, killed_producer_pid_reused_put_nowait, .timeout = 20)
+{
+    producer_pid_reused(CMP_NOWAIT);
+}

@@ -1,6 +1,7 @@
 /* cmp_ring_t: records, wrap-around, streaming, batches, many producers and
  * consumers in separate processes, crashes of both sides, timeouts, EINTR,
  * close. */
+#include "pid_helpers.h"
 #include "ring_helpers.h"
 
 #include <signal.h>
@@ -462,9 +463,10 @@ Test(ring, producer_killed_mid_stream_repeatedly, .timeout = 60)
 
 /* The only producer dies mid-stream: the consumer waiting for the rest
  * notices, drops the message, and the ring works on. */
-Test(ring, consumer_notices_dead_producer_mid_stream, .timeout = 20)
+/* The only producer starts a 100 kB stream through a 4 KiB ring and is
+ * SIGKILLed mid-stream; returns its pid, reaped. */
+static pid_t kill_producer_mid_stream(cmp_ring_t *r)
 {
-    cmp_ring_t *r = test_ring(4096, 0);
     uint32_t *flag = test_shared_map(4096);
     pid_t victim = fork_or_fail();
     if (victim == 0) {
@@ -477,11 +479,23 @@ Test(ring, consumer_notices_dead_producer_mid_stream, .timeout = 20)
     sync_sleep(0.05); /* the ring is full of the stream's first chunks */
     kill(victim, SIGKILL);
     waitpid(victim, NULL, 0);
+    return victim;
+}
+
+static void consumer_drops_dead_stream(int reuse_pid)
+{
+    cmp_ring_t *r = test_ring(4096, 0);
+    pid_t victim = kill_producer_mid_stream(r);
+    pid_t squatter = reuse_pid ? pid_squatter(victim) : 0;
     struct sink s = {0};
     struct timespec d = test_deadline(5);
     double t0 = sync_now();
-    cr_assert_eq(cmp_ring_get(r, sink_alloc, &s, &d), -ECONNABORTED);
-    cr_assert(sync_now() - t0 < 2.0);
+    int rc = cmp_ring_get(r, sink_alloc, &s, &d);
+    double took = sync_now() - t0;
+    if (squatter)
+        pid_squatter_end(squatter);
+    cr_assert_eq(rc, -ECONNABORTED);
+    cr_assert(took < 2.0, "took %f s", took);
     cr_assert_eq(cmp_lock_is_locked(&r->plock), 0);
     cr_assert_eq(cmp_ring_count(r), 0);
     cr_assert_eq(cmp_ring_put(r, "after", 5, NULL), 0);
@@ -492,23 +506,23 @@ Test(ring, consumer_notices_dead_producer_mid_stream, .timeout = 20)
     sink_free(&s);
 }
 
+Test(ring, consumer_notices_dead_producer_mid_stream, .timeout = 20)
+{
+    consumer_drops_dead_stream(0);
+}
+
+/* The same, the dead producer's pid given to a live process meanwhile. */
+Test(ring, consumer_notices_dead_producer_mid_stream_pid_reused, .timeout = 20)
+{
+    consumer_drops_dead_stream(1);
+}
+
 /* The next producer takes over from one that died mid-stream, marks the
  * stream aborted and puts its own message after it. */
 Test(ring, next_producer_aborts_dead_stream, .timeout = 20)
 {
     cmp_ring_t *r = test_ring(4096, 0);
-    uint32_t *flag = test_shared_map(4096);
-    pid_t victim = fork_or_fail();
-    if (victim == 0) {
-        static uint8_t big[100000];
-        __atomic_store_n(flag, 1, __ATOMIC_RELEASE);
-        cmp_ring_put(r, big, sizeof big, NULL);
-        _exit(0);
-    }
-    sync_wait_flag(flag, 1, 5);
-    sync_sleep(0.05);
-    kill(victim, SIGKILL);
-    waitpid(victim, NULL, 0);
+    pid_t victim = kill_producer_mid_stream(r);
     cr_assert_eq(cmp_lock_holder(&r->plock), victim);
     pid_t prod = fork_or_fail();
     if (prod == 0) {

@@ -190,3 +190,58 @@ Test(rlock, eintr_from_signal, .timeout = 10)
     __atomic_store_n(&s->ready, 2, __ATOMIC_RELEASE);
     sync_reap_ok(pid);
 }
+
+#include "pid_helpers.h"
+
+/* A child takes the rlock twice and is SIGKILLed; returns its pid, reaped. */
+static pid_t die_owning_twice(struct rlock_shared *s)
+{
+    pid_t pid = fork();
+    cr_assert(pid >= 0);
+    if (pid == 0) {
+        cmp_rlock_acquire(&s->rlock, NULL);
+        cmp_rlock_acquire(&s->rlock, NULL);
+        kill(getpid(), SIGKILL);
+        _exit(2);
+    }
+    int status;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+    return pid;
+}
+
+/* The dead owner's pid (and so its main thread's tid) now belongs to a live
+ * process: the rlock is recovered, and its depth is not inherited. */
+Test(rlock, dead_owner_pid_reused_is_taken_over, .timeout = 20)
+{
+    struct rlock_shared *s = test_shared_map(sizeof *s);
+    cmp_rlock_init(&s->rlock);
+    pid_t squatter = pid_squatter(die_owning_twice(s));
+    cr_assert_eq(cmp_rlock_is_mine(&s->rlock), 0);
+    struct timespec d = test_deadline(1);
+    int rc = cmp_rlock_acquire(&s->rlock, &d);
+    pid_squatter_end(squatter);
+    cr_assert_eq(rc, CMP_OWNER_DIED);
+    cr_assert_eq(cmp_rlock_count(&s->rlock), 1);
+    cr_assert_eq(cmp_rlock_release(&s->rlock), 0);
+    cr_assert_eq(cmp_lock_is_locked(&s->rlock.lock), 0);
+}
+
+/* The process given the dead owner's pid: its main thread also has the dead
+ * main thread's tid, the whole (pid, tid) pair of the owner. It must not
+ * re-enter the dead owner's rlock but take it over, at depth 1. */
+Test(rlock, process_given_dead_owners_pid_does_not_own_it, .timeout = 20)
+{
+    struct rlock_shared *s = test_shared_map(sizeof *s);
+    cmp_rlock_init(&s->rlock);
+    pid_t again = pid_fork_as(die_owning_twice(s));
+    if (again == 0) {
+        struct timespec d = test_deadline(1);
+        int ok = cmp_rlock_is_mine(&s->rlock) == 0 &&
+                 cmp_rlock_acquire(&s->rlock, &d) == CMP_OWNER_DIED &&
+                 cmp_rlock_count(&s->rlock) == 1 && cmp_rlock_release(&s->rlock) == 0;
+        _exit(ok ? 0 : 1);
+    }
+    sync_reap_ok(again);
+    cr_assert_eq(cmp_lock_is_locked(&s->rlock.lock), 0);
+}

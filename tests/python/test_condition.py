@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from _sync_helpers import (SharedInts, fork, interrupt_status, join, sigint_and_join,
-                           wait_readable, wait_until)
+from _sync_helpers import (PidSquatter, SharedInts, fork, interrupt_status, join,
+                           sigint_and_join, wait_readable, wait_until)
 
 
 def test_defaults_and_repr(mp):
@@ -219,6 +219,21 @@ def test_dead_holder_of_condition_lock(cmp, kind):
         assert cond.acquire(timeout=5) is True
     cond.release()
     assert "AbandonedLockWarning" in cmp.Condition.__doc__
+
+
+@pytest.mark.parametrize("kind", ["RLock", "Lock"])
+def test_dead_holder_pid_reused_of_condition_lock(cmp, kind):
+    # ours only (the stdlib never recovers a dead holder): the dead holder's
+    # pid now belongs to a live process
+    cond = cmp.Condition(getattr(cmp, kind)())
+    pid = fork(_die_holding, cond)
+    assert join(pid) == -signal.SIGKILL
+    with PidSquatter(pid):
+        with pytest.warns(cmp.AbandonedLockWarning):
+            assert cond.acquire(timeout=1) is True
+        assert cond.wait(0.05) is False
+        cond.notify_all()
+    cond.release()
 
 
 def test_dead_holder_while_waiting(cmp):

@@ -9,8 +9,9 @@ import warnings
 
 import pytest
 
-from _sync_helpers import (SharedInts, fork, interrupt_status, join, sigint_and_join,
-                           wait_readable, wait_until)
+from _sync_helpers import (PidSquatter, SharedInts, acquire_abandoned, fork, fork_as,
+                           interrupt_status, join, sigint_and_join, wait_readable,
+                           wait_until)
 
 
 def test_acquire_release_basics(mp):
@@ -270,3 +271,39 @@ def test_polling_acquire_keeps_live_holder(cmp):
     assert join(pid) == 0
     os.close(r)
     os.close(w)
+
+
+# The stdlib never recovers a dead holder, so the pid-reuse tests are ours
+# only: the dead holder's pid is given to a live process, which a liveness
+# check by pid alone would take for the holder.
+def test_dead_holder_pid_reused_is_taken_over(cmp):
+    lock = cmp.Lock()
+    pid = fork(_die_holding, lock)
+    assert join(pid) == -signal.SIGKILL
+    with PidSquatter(pid):
+        with pytest.warns(cmp.AbandonedLockWarning):
+            assert lock.acquire(timeout=1) is True
+    lock.release()
+
+
+def test_dead_holder_pid_reused_polling_acquire_recovers(cmp):
+    lock = cmp.Lock()
+    pid = fork(_die_holding, lock)
+    assert join(pid) == -signal.SIGKILL
+    with PidSquatter(pid):
+        deadline = time.monotonic() + 5
+        with pytest.warns(cmp.AbandonedLockWarning):
+            while not lock.acquire(False):
+                assert time.monotonic() < deadline, "acquire(False) never recovered"
+                time.sleep(0.001)
+    lock.release()
+
+
+def test_process_given_dead_holders_pid_takes_it_over(cmp):
+    # ours only: the pid in the lock is the acquirer's own, the holder is not
+    lock = cmp.Lock()
+    pid = fork(_die_holding, lock)
+    assert join(pid) == -signal.SIGKILL
+    assert join(fork_as(pid, acquire_abandoned, lock, "<Lock(owner=MainProcess)>")) == 0
+    assert lock.acquire(False) is True
+    lock.release()

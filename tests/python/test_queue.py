@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from _sync_helpers import PidSquatter
+
 np = pytest.importorskip("numpy")
 
 
@@ -588,3 +590,31 @@ def test_consumer_sigkilled_mid_stream_redelivers_cmp(cmp):
     assert q.get(timeout=10) == "end"
     with pytest.raises(queue.Empty):
         q.get_nowait()
+
+
+def _put_blocking(q, ready):
+    ready.set()
+    q.put("never fully put")  # the queue is full: blocks inside put()
+
+
+def test_producer_killed_in_put_pid_reused_cmp(cmp):
+    # ours only (the stdlib's queue does not survive a producer killed in
+    # put()): the dead producer held the producer lock, and its pid now
+    # belongs to a live process. The queue must not look full.
+    q = cmp.Queue(maxsize=1)
+    q.put("first")
+    ready = cmp.Event()
+    p = cmp.Process(target=_put_blocking, args=(q, ready))
+    p.start()
+    assert ready.wait(10)
+    time.sleep(0.2)  # let it block in put()
+    p.kill()
+    p.join(10)
+    assert p.exitcode == -signal.SIGKILL
+    with PidSquatter(p.pid):
+        assert q.get(timeout=5) == "first"
+        q.put("second", timeout=1)  # no queue.Full
+        assert q.get(timeout=5) == "second"
+        q.put_nowait("third")
+        assert q.get(timeout=5) == "third"
+    assert q.empty()

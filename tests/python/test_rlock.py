@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from _sync_helpers import SharedInts, fork, interrupt_status, join, sigint_and_join, wait_readable
+from _sync_helpers import (PidSquatter, SharedInts, acquire_abandoned, fork, fork_as,
+                           interrupt_status, join, sigint_and_join, wait_readable)
 
 
 def test_recursion(mp):
@@ -130,17 +131,43 @@ def test_repr_in_other_process(cmp):
     os.close(w)
 
 
+def _die_owning_twice(rlock):
+    rlock.acquire()
+    rlock.acquire()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def test_dead_owner_is_taken_over_with_warning(cmp):
     rlock = cmp.RLock()
-
-    def child():
-        rlock.acquire()
-        rlock.acquire()
-        os.kill(os.getpid(), signal.SIGKILL)
-    assert join(fork(child)) == -signal.SIGKILL
+    assert join(fork(_die_owning_twice, rlock)) == -signal.SIGKILL
     with pytest.warns(cmp.AbandonedLockWarning):
         assert rlock.acquire(timeout=5) is True
     assert repr(rlock) == "<RLock(MainProcess, 1)>"  # the dead depth is gone
     rlock.release()
     assert repr(rlock) == "<RLock(None, 0)>"
     assert "AbandonedLockWarning" in cmp.RLock.__doc__
+
+
+def test_dead_owner_pid_reused_is_taken_over(cmp):
+    # ours only (the stdlib never recovers a dead owner): the dead owner's
+    # pid, and so its main thread's id, now belong to a live process
+    rlock = cmp.RLock()
+    pid = fork(_die_owning_twice, rlock)
+    assert join(pid) == -signal.SIGKILL
+    with PidSquatter(pid):
+        with pytest.warns(cmp.AbandonedLockWarning):
+            assert rlock.acquire(timeout=1) is True
+    assert repr(rlock) == "<RLock(MainProcess, 1)>"
+    rlock.release()
+    assert repr(rlock) == "<RLock(None, 0)>"
+
+
+def test_process_given_dead_owners_pid_does_not_own_it(cmp):
+    # ours only: the process given the dead owner's pid has, in its main
+    # thread, the dead main thread's id too; it must take the rlock over
+    # (depth 1, with the warning), not re-enter the dead owner's hold
+    rlock = cmp.RLock()
+    pid = fork(_die_owning_twice, rlock)
+    assert join(pid) == -signal.SIGKILL
+    assert join(fork_as(pid, acquire_abandoned, rlock, "<RLock(MainProcess, 1)>")) == 0
+    assert repr(rlock) == "<RLock(None, 0)>"

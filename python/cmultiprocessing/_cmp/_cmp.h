@@ -241,7 +241,7 @@ int cmp_py_Lock_is_mine(cmp_py_lock *self);
  * at most once per CMP_OWNER_CHECK_NS per lock object, the cadence of a
  * blocked acquirer, since a liveness check costs a few syscalls and a
  * polling loop calls this at full speed. (lock.c) */
-int cmp_py_holder_died(int64_t *next_check_ns, pid_t holder);
+int cmp_py_holder_died(int64_t *next_check_ns, const cmp_lock_t *lock);
 extern const struct timespec cmp_py_expired_deadline;
 PyObject *cmp_py_Lock_acquire(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
                               PyObject *kwnames);

@@ -3,9 +3,9 @@
  *
  * Hot paths (acquire/release/__enter__/__exit__) are one compare-and-swap
  * with the GIL held and no syscall; only a contended acquire releases the
- * GIL and sleeps. The shared word records the holder's pid; the thread of
- * this process that last acquired it is kept locally, for is-mine checks
- * (Condition) and the repr.
+ * GIL and sleeps. The shared word records the holder's identity (pid and
+ * start time, see cmp_lock_abandoned); the thread of this process that last
+ * acquired it is kept locally, for is-mine checks (Condition) and the repr.
  */
 #include "_cmp.h"
 
@@ -86,13 +86,12 @@ done:
 
 int cmp_py_Lock_is_mine(cmp_py_lock *self)
 {
-    return cmp_lock_holder(self->lock) == cmp_self_pid() &&
-           self->owner == PyThread_get_thread_ident();
+    return cmp_lock_is_mine(self->lock) && self->owner == PyThread_get_thread_ident();
 }
 
-int cmp_py_holder_died(int64_t *next_check_ns, pid_t holder)
+int cmp_py_holder_died(int64_t *next_check_ns, const cmp_lock_t *lock)
 {
-    if (holder == 0)
+    if (!cmp_lock_is_locked(lock))
         return 0;
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
@@ -100,7 +99,7 @@ int cmp_py_holder_died(int64_t *next_check_ns, pid_t holder)
     if (now_ns < *next_check_ns)
         return 0;
     *next_check_ns = now_ns + CMP_OWNER_CHECK_NS;
-    return !cmp_pid_alive(holder);
+    return cmp_lock_abandoned(lock);
 }
 
 /* An acquire that gives up at once unless it can take the lock over. */
@@ -145,7 +144,7 @@ PyObject *cmp_py_Lock_acquire(PyObject *op, PyObject *const *args, Py_ssize_t na
     struct timespec storage;
     const struct timespec *deadline = &cmp_py_expired_deadline;
     if (!block) {
-        if (!cmp_py_holder_died(&self->next_holder_check, cmp_lock_holder(self->lock)))
+        if (!cmp_py_holder_died(&self->next_holder_check, self->lock))
             Py_RETURN_FALSE;
     } else if (cmp_py_deadline(timeout, &storage, &deadline) < 0) {
         return NULL;
@@ -210,7 +209,7 @@ static PyObject *Lock_repr(PyObject *op)
         owner = PyUnicode_FromString("None");
     else if (cmp_py_Lock_is_mine(self))
         owner = cmp_py_owner_name();
-    else if (holder == cmp_self_pid())
+    else if (cmp_lock_is_mine(self->lock))
         owner = PyUnicode_FromString("SomeOtherThread");
     else
         owner = PyUnicode_FromString("SomeOtherProcess");

@@ -74,7 +74,7 @@ PyObject *cmp_py_RLock_acquire(PyObject *op, PyObject *const *args, Py_ssize_t n
     struct timespec storage;
     const struct timespec *deadline = &cmp_py_expired_deadline;
     if (!block) {
-        if (!cmp_py_holder_died(&self->next_holder_check, cmp_lock_holder(&self->rlock->lock)))
+        if (!cmp_py_holder_died(&self->next_holder_check, &self->rlock->lock))
             Py_RETURN_FALSE;
     } else if (cmp_py_deadline(timeout, &storage, &deadline) < 0) {
         return NULL;
@@ -138,7 +138,7 @@ static PyObject *RLock_repr(PyObject *op)
         }
     } else if (holder == 0) {
         r = PyUnicode_FromFormat("<%U(None, 0)>", cls);
-    } else if (holder == cmp_self_pid()) {
+    } else if (cmp_lock_is_mine(&self->rlock->lock)) {
         r = PyUnicode_FromFormat("<%U(SomeOtherThread, nonzero)>", cls);
     } else {
         r = PyUnicode_FromFormat("<%U(SomeOtherProcess, nonzero)>", cls);
