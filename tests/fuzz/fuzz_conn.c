@@ -12,7 +12,7 @@
  * every call resumes a partial header or payload), because each takes a
  * different path through conn.c.
  *
- * Memory: the alloc callback mallocs what libcmp asks for, so libFuzzer's
+ * Memory: the alloc callback allocates what libcmp asks for, so libFuzzer's
  * -malloc_limit_mb (make fuzz sets it) reports an allocation sized by a
  * header's claim instead of by the bytes that arrived.
  */
@@ -22,7 +22,8 @@
 #include <time.h>
 
 typedef struct {
-    int failed; /* the last allocation returned NULL */
+    cmp_conn_rx_t *rx; /* the receive the callback serves */
+    int failed;        /* the last allocation returned NULL */
 } alloc_state;
 
 /* FUZZ_ALLOC_CAP=N (bytes) refuses larger allocations, as a full memory
@@ -31,10 +32,12 @@ typedef struct {
  * malloc limit decides. */
 static size_t alloc_cap = SIZE_MAX;
 
+/* realloc of the message's room: libcmp may ask again for more room as the
+ * payload arrives, and the new room starts with what the old one held. */
 static void *track_alloc(void *arg, size_t len)
 {
     alloc_state *st = arg;
-    void *p = len > alloc_cap ? NULL : malloc(len ? len : 1);
+    void *p = len > alloc_cap ? NULL : realloc(st->rx->buf, len ? len : 1);
     st->failed = p == NULL;
     return p;
 }
@@ -110,8 +113,8 @@ static void run(const mode *m, const uint8_t *d, size_t n)
         spec_frame f = spec_next(d, n, off);
         if (m->poll_first)
             FUZZ_CHECK(cmp_conn_poll(&rd, deadline) == 0); /* data or EOF are there */
-        alloc_state st = {0};
         cmp_conn_rx_t rx = {0};
+        alloc_state st = {&rx, 0};
         int r;
         do
             r = cmp_conn_recv(&rd, &rx, m->maxlen, track_alloc, &st, deadline);
