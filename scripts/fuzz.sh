@@ -9,8 +9,9 @@
 # A run reads the seeds in tests/fuzz/corpus/<target>/ and writes what it
 # finds to $FUZZ_BUILD/corpus/<target>/ (scratch, never the tree); crash
 # inputs go to $FUZZ_BUILD/artifacts/<target>/. A merge adds to the tree
-# only the scratch inputs that reach new coverage (libFuzzer -merge=1), so
-# the tree corpus stays small. Limits: -rss_limit_mb=512 and
+# only the scratch inputs that reach new edges (libFuzzer -merge=1 with
+# -use_counters=0: hit counts are not new coverage, or one 5-minute run
+# adds ~170 files), so the tree corpus stays small. Limits: -rss_limit_mb=512 and
 # -malloc_limit_mb=FUZZ_MALLOC_MB (64): one allocation over it is an
 # out-of-memory finding (inputs are at most FUZZ_MAX_LEN bytes, so only an
 # allocation sized by a length claim gets that big).
@@ -95,7 +96,7 @@ merge() {
         mkdir -p "$FUZZ_BUILD/corpus/$t"
         local before
         before=$(find "tests/fuzz/corpus/$t" -type f | wc -l)
-        "$bin" -merge=1 "${limits[@]}" "tests/fuzz/corpus/$t" "$FUZZ_BUILD/corpus/$t" \
+        "$bin" -merge=1 -use_counters=0 "${limits[@]}" "tests/fuzz/corpus/$t" "$FUZZ_BUILD/corpus/$t" \
             >"$FUZZ_BUILD/logs/$t.merge.log" 2>&1 || {
             echo "$t: merge failed, see $FUZZ_BUILD/logs/$t.merge.log"
             return 1

@@ -4,6 +4,7 @@
 Seeds are the valid and the classic hostile inputs, built with the stdlib's
 hmac module so that a right answer in the corpus does not depend on
 libcmp's own HMAC. Deterministic: rerunning it rewrites the same files.
+The files named by a hash beside them are what `make fuzz-merge` kept.
 Usage: tests/fuzz/make_corpus.py [corpus dir]
 """
 import hashlib
