@@ -6,6 +6,10 @@
 #   make bench      stdlib vs cmultiprocessing, side by side
 #   make demo       the examples on cmultiprocessing, then the bench table
 #   make install    library, header and cmp.pc under $(PREFIX)
+#   make fuzz       libFuzzer targets (tests/fuzz/), FUZZ_SECONDS (60) each,
+#                   then a summary; not part of `make test`
+#   make fuzz-merge adds what `make fuzz` found (new coverage only) to the
+#                   seed corpus in tests/fuzz/corpus/
 #
 # `make deps` (run by test, demo and bench) installs missing Debian packages.
 
@@ -111,6 +115,34 @@ install: lib
 	ln -sf libcmp.so.0 $(DESTDIR)$(PREFIX)/lib/libcmp.so
 	install -m 644 include/cmp.h $(DESTDIR)$(PREFIX)/include/
 	sed 's|@PREFIX@|$(PREFIX)|' cmp.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/cmp.pc
+
+# ---- libFuzzer targets (tests/fuzz/: one .c per target) ----------------
+# libcmp is rebuilt with clang, coverage-instrumented and sanitized, in its
+# own tree; each target links it with libFuzzer. scripts/fuzz.sh runs them
+# and keeps what they find out of the tree (see its header).
+FUZZ_CC ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_BUILD := build/fuzz
+FUZZ_SAN := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+FUZZ_BIN := $(patsubst tests/fuzz/%.c,$(FUZZ_BUILD)/%,$(sort $(wildcard tests/fuzz/fuzz_*.c)))
+
+.PHONY: fuzz fuzz-build fuzz-merge
+
+fuzz-build:
+	@./scripts/fuzz.sh deps
+	@$(MAKE) --no-print-directory BUILD=$(FUZZ_BUILD) CC=$(FUZZ_CC) OPT="-O1 -g" \
+		EXTRA_CFLAGS="-fsanitize=fuzzer-no-link $(FUZZ_SAN)" $(FUZZ_BUILD)/libcmp.a
+	@$(MAKE) --no-print-directory $(FUZZ_BIN)
+
+$(FUZZ_BUILD)/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h $(FUZZ_BUILD)/libcmp.a
+	$(FUZZ_CC) $(CFLAGS_BASE) -O1 -g -fsanitize=fuzzer $(FUZZ_SAN) -o $@ $< \
+		$(FUZZ_BUILD)/libcmp.a -lcrypto $(LDLIBS)
+
+fuzz: fuzz-build
+	@FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_BUILD=$(FUZZ_BUILD) ./scripts/fuzz.sh run $(FUZZ_BIN)
+
+fuzz-merge: fuzz-build
+	@FUZZ_BUILD=$(FUZZ_BUILD) ./scripts/fuzz.sh merge $(FUZZ_BIN)
 
 format:
 	clang-format -i include/*.h src/*.[ch] python/cmultiprocessing/_cmp/*.[ch] tests/c/*.[ch] examples/c/*.c

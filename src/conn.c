@@ -201,7 +201,10 @@ static int fd_recv(cmp_conn_t *c, cmp_conn_rx_t *rx, uint64_t maxlen, cmp_conn_a
     rx->len = len;
     if (len > maxlen)
         return -EMSGSIZE;
-    if (len > SIZE_MAX - 1)
+    /* No buffer holds more than this, and below it hlen + len (the end of
+     * the message) cannot wrap around: a wrapped end made a header of
+     * -1 and 2^64-5 a complete message with nothing read. */
+    if (len > SIZE_MAX - LARGE_HDR)
         return -ENOMEM;
     if (!rx->allocated) {
         size_t first = len < RX_STEP ? (size_t)len : RX_STEP;

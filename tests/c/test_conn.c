@@ -381,3 +381,32 @@ Test(conn, epipe_when_reader_gone, .timeout = 5)
     cr_assert_eq(cmp_conn_send(&a, "x", 1, NULL, NULL), -EPIPE); /* no SIGPIPE */
     cmp_conn_close(&a);
 }
+
+/* An allocator that never fails (an arena, a caller's fixed buffer). */
+static void *never_fails(void *arg, size_t len)
+{
+    (void)len;
+    return arg;
+}
+
+/* Found by tests/fuzz/fuzz_conn: an 8-byte length so close to 2^64 that
+ * the end of the message (header + length) wrapped around made the header
+ * alone a complete message of that length. */
+Test(conn, length_near_2_64_is_refused, .timeout = 5)
+{
+    static const uint64_t lens[] = {UINT64_MAX - 12, UINT64_MAX - 11, UINT64_MAX - 4, UINT64_MAX};
+    for (size_t i = 0; i < sizeof lens / sizeof lens[0]; i++) {
+        cmp_conn_t a, b;
+        cr_assert_eq(cmp_conn_pair(&a, &b, 1), 0);
+        unsigned char hdr[12] = {0xff, 0xff, 0xff, 0xff};
+        for (int j = 0; j < 8; j++)
+            hdr[4 + j] = (unsigned char)(lens[i] >> (56 - 8 * j));
+        cr_assert_eq(write(a.fd, hdr, sizeof hdr), (ssize_t)sizeof hdr);
+        cmp_conn_close(&a);
+        static unsigned char room[64];
+        cmp_conn_rx_t rx = {0};
+        int r = cmp_conn_recv(&b, &rx, UINT64_MAX, never_fails, room, NULL);
+        cr_assert(r == -ENOMEM || r == -EPROTO, "length %llu: %d", (unsigned long long)lens[i], r);
+        cmp_conn_close(&b);
+    }
+}
