@@ -204,7 +204,21 @@ static PyObject *resolve_type(cmp_py_state *st, PyObject *typecode_or_type)
     return Py_NewRef(typecode_or_type);
 }
 
-/* A zeroed instance of ctype in a fresh shared block (not initialized). */
+/* A zeroed instance of ctype in a fresh shared block (not initialized).
+ *
+ * The block must live exactly as long as any ctypes object viewing it.
+ * from_buffer() keeps its memoryview in the object's _objects, but only
+ * while that is a dict: for a simple type it is the memoryview itself, and
+ * storing a c_char_p, c_wchar_p or py_object value *replaces* it with the
+ * stored object, freeing the block under the live object. So the object
+ * handed out is instead the contents of a pointer to that first view: its
+ * _b_base_ is the pointer, which every ctypes object derived from it
+ * (fields, elements, contents) reaches through its own base chain, whose
+ * _objects is always a dict (a pointer has one slot), and which holds the
+ * view (so the memoryview and the block) under keys no store can replace:
+ * ctypes files what the handed-out object stores under keys of its own
+ * ("0:0"...). All of it is public ctypes API; the bytes the fast paths
+ * touch are the same, so they cost nothing more. */
 static PyObject *new_shared_ctype(cmp_py_state *st, PyObject *ctype)
 {
     PyObject *sizeof_fn = ctypes_attr(st, "sizeof");
@@ -221,8 +235,18 @@ static PyObject *new_shared_ctype(cmp_py_state *st, PyObject *ctype)
     PyObject *block = block_new_sized(st, (size_t)size);
     if (!block)
         return NULL;
-    PyObject *obj = PyObject_CallMethod(ctype, "from_buffer", "O", block);
+    PyObject *view = PyObject_CallMethod(ctype, "from_buffer", "O", block);
     Py_DECREF(block);
+    if (!view)
+        return NULL;
+    PyObject *pointer_fn = ctypes_attr(st, "pointer");
+    PyObject *root = pointer_fn ? PyObject_CallOneArg(pointer_fn, view) : NULL;
+    Py_XDECREF(pointer_fn);
+    Py_DECREF(view);
+    if (!root)
+        return NULL;
+    PyObject *obj = PyObject_GetAttrString(root, "contents");
+    Py_DECREF(root);
     return obj;
 }
 
@@ -1462,6 +1486,109 @@ static PyObject *mod_synchronized(PyObject *module, PyObject *const *args, Py_ss
     return do_synchronized(cmp_py_state_of_module(module), out[0], out[1], out[2]);
 }
 
+/* 1 if instances of ctype can hold references to Python objects that
+ * ctypes keeps alive beside the bytes (c_char_p, c_wchar_p, py_object,
+ * pointers, function pointers, and anything made of them), 0 if not, -1 on
+ * error. An unknown kind of type counts as holding them. */
+static int holds_references(cmp_py_state *st, PyObject *ctype, int depth)
+{
+    static const char *const plain_kinds[] = {"_SimpleCData", "Array", "Structure", "Union"};
+    if (depth > 64 || !PyType_Check(ctype)) /* be safe rather than guess */
+        return 1;
+    int kind = -1;
+    for (int k = 0; k < 4 && kind < 0; k++) {
+        PyObject *base = ctypes_attr(st, plain_kinds[k]);
+        int sub = base ? PyObject_IsSubclass(ctype, base) : -1;
+        Py_XDECREF(base);
+        if (sub < 0)
+            return -1;
+        if (sub)
+            kind = k;
+    }
+    if (kind < 0)
+        return 1;
+    if (kind <= 1) {
+        PyObject *item = PyObject_GetAttrString(ctype, "_type_");
+        if (!item)
+            return -1;
+        int r;
+        if (kind == 1)
+            r = holds_references(st, item, depth + 1);
+        else
+            r = !PyUnicode_Check(item) || PyUnicode_FindChar(item, 'z', 0, 1, 1) >= 0 ||
+                PyUnicode_FindChar(item, 'Z', 0, 1, 1) >= 0 ||
+                PyUnicode_FindChar(item, 'O', 0, 1, 1) >= 0;
+        Py_DECREF(item);
+        return r;
+    }
+    PyObject *fields = PyObject_GetAttrString(ctype, "_fields_");
+    if (!fields) {
+        PyErr_Clear(); /* no _fields_: nothing in it */
+        return 0;
+    }
+    PyObject *seq = PySequence_Fast(fields, "_fields_ must be a sequence");
+    Py_DECREF(fields);
+    if (!seq)
+        return -1;
+    int r = 0;
+    for (Py_ssize_t i = 0; r == 0 && i < PySequence_Fast_GET_SIZE(seq); i++) {
+        PyObject *field = PySequence_Fast_GET_ITEM(seq, i);
+        PyObject *ftype = PySequence_Check(field) ? PySequence_GetItem(field, 1) : NULL;
+        r = ftype ? holds_references(st, ftype, depth + 1) : -1;
+        Py_XDECREF(ftype);
+    }
+    Py_DECREF(seq);
+    return r;
+}
+
+/* What ctypes keeps alive for obj: the _objects of the object at the root
+ * of its _b_base_ chain (a new reference, maybe None), or NULL. */
+static PyObject *kept_objects(PyObject *obj)
+{
+    PyObject *root = Py_NewRef(obj);
+    for (;;) {
+        PyObject *base = PyObject_GetAttrString(root, "_b_base_");
+        if (!base) {
+            Py_DECREF(root);
+            return NULL;
+        }
+        if (base == Py_None) {
+            Py_DECREF(base);
+            break;
+        }
+        Py_SETREF(root, base);
+    }
+    PyObject *kept = PyObject_GetAttrString(root, "_objects");
+    Py_DECREF(root);
+    return kept;
+}
+
+/* The standard library's copy() assigns through a temporary pointer, so
+ * what the source references (the bytes of a c_char_p, a py_object's
+ * object) is kept by nothing once it returns: the copy dangles when the
+ * source goes. Ours keeps them in the copy's own root container, under a
+ * key no ctypes store uses. Only for types that hold references: for the
+ * others that would keep the source's shared block alive for nothing. */
+static int copy_keep_references(cmp_py_state *st, PyObject *copy, PyObject *src)
+{
+    int holds = holds_references(st, (PyObject *)Py_TYPE(src), 0);
+    if (holds <= 0)
+        return holds;
+    PyObject *kept = kept_objects(src);
+    if (!kept)
+        return -1;
+    int rc = 0;
+    if (kept != Py_None) {
+        PyObject *root = PyObject_GetAttrString(copy, "_b_base_");
+        PyObject *dict = root ? PyObject_GetAttrString(root, "_objects") : NULL;
+        rc = !dict ? -1 : PyDict_Check(dict) ? PyDict_SetItemString(dict, "cmp.copy", kept) : 0;
+        Py_XDECREF(dict);
+        Py_XDECREF(root);
+    }
+    Py_DECREF(kept);
+    return rc;
+}
+
 static PyObject *mod_copy(PyObject *module, PyObject *obj)
 {
     cmp_py_state *st = cmp_py_state_of_module(module);
@@ -1480,6 +1607,8 @@ static PyObject *mod_copy(PyObject *module, PyObject *obj)
     memcpy(dst.buf, src.buf, (size_t)(src.len < dst.len ? src.len : dst.len));
     PyBuffer_Release(&dst);
     PyBuffer_Release(&src);
+    if (copy_keep_references(st, copy, obj) < 0)
+        goto fail;
     return copy;
 fail:
     Py_DECREF(copy);
