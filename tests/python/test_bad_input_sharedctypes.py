@@ -203,6 +203,16 @@ def test_derived_objects_outlive_their_parent(mp):
     assert inner.w == "stored through the field"
 
 
+def _bytes_of(obj):
+    """obj's bytes, copied by memcpy: under make sanitize ASan reports the
+    copy if the block under obj was freed (the heap poisons what a process
+    releases until it allocates it again)."""
+    raw = obj.get_obj() if hasattr(obj, "get_obj") else obj
+    data = memoryview(raw).cast("B").tobytes()
+    assert len(data) == ctypes.sizeof(raw)
+    return data
+
+
 def test_gc_stress_create_drop_allocate_read(mp):
     live = []
     for i in range(300):
@@ -220,6 +230,7 @@ def test_gc_stress_create_drop_allocate_read(mp):
             o = mp.RawValue(S, i, b"s%d" % i, i)
         else:
             o = mp.RawArray(ctypes.py_object, [i, str(i)])
+        _bytes_of(o)
         live.append((i, o))
         if i % 7 == 3:
             del live[len(live) // 2]  # drop one, so the next allocation reuses it
@@ -227,6 +238,7 @@ def test_gc_stress_create_drop_allocate_read(mp):
             gc.collect()
     churn(mp)
     for i, o in live:
+        _bytes_of(o)
         kind = i % 6
         if kind in (0, 3):
             assert o.value == (b"c%d" if kind == 0 else b"v%d") % i
