@@ -514,3 +514,9 @@ def test_every_input_matches_the_standard_library(cmp, name):
     expected = _cases(multiprocessing, t)
     got = _cases(cmp, t)
     assert got == expected
+
+
+def test_docstrings_say_a_pointer_means_nothing_in_another_process(cmp):
+    sc = importlib.import_module("cmultiprocessing.sharedctypes")
+    for fn in (cmp.Value, cmp.Array, cmp.RawValue, cmp.RawArray, sc.Value, sc.RawArray):
+        assert "means nothing in any other process" in fn.__doc__

@@ -2,10 +2,12 @@
  * multiprocessing.sharedctypes: ctypes objects in the shared heap, and the
  * synchronized wrappers around them.
  *
- * RawValue/RawArray are genuine ctypes objects: ctype.from_buffer() over a
- * SharedBlock, a small object exporting a cmp_shared_t block as a writable
- * buffer (the ctypes object keeps it alive through its memoryview, and the
- * block survives fork through the heap's per-process references).
+ * RawValue/RawArray are genuine ctypes objects over a SharedBlock, a small
+ * object exporting a cmp_shared_t block as a writable buffer. The block
+ * lives as long as any ctypes object viewing it (new_shared_ctype() says
+ * how, whatever the object stores), and survives fork through the heap's
+ * per-process references. A pointer stored in it means something only in
+ * the process that stored it (POINTER_NOTE).
  *
  * The wrappers keep the standard library's behaviour, but their per-call
  * paths (Synchronized.value, SynchronizedArray items) read and write the
@@ -1617,18 +1619,26 @@ fail:
 
 #define FASTCALL_KW (METH_FASTCALL | METH_KEYWORDS)
 
+/* The same words as the README's: what the shared bytes of a pointer are. */
+#define POINTER_NOTE                                                                               \
+    "A pointer stored in shared memory (c_char_p, c_wchar_p, c_void_p, py_object, "                \
+    "POINTER(...), or a Structure or array holding one) is an address in the process that "        \
+    "stored it: it keeps what it points to alive there and means nothing in any other process, "   \
+    "so only that process may read it."
+
 static PyMethodDef module_functions[] = {
     {"RawValue", (PyCFunction)(void (*)(void))mod_RawValue, FASTCALL_KW,
-     "RawValue(typecode_or_type, *args)\n--\n\nA ctypes object allocated from shared memory."},
+     "RawValue(typecode_or_type, *args)\n--\n\nA ctypes object allocated from shared "
+     "memory.\n\n" POINTER_NOTE},
     {"RawArray", (PyCFunction)(void (*)(void))mod_RawArray, FASTCALL_KW,
      "RawArray(typecode_or_type, size_or_initializer)\n--\n\n"
-     "A ctypes array allocated from shared memory."},
+     "A ctypes array allocated from shared memory.\n\n" POINTER_NOTE},
     {"Value", (PyCFunction)(void (*)(void))mod_Value, FASTCALL_KW,
      "Value(typecode_or_type, *args, lock=True, ctx=None)\n--\n\n"
-     "A synchronized wrapper around a shared ctypes object."},
+     "A synchronized wrapper around a shared ctypes object.\n\n" POINTER_NOTE},
     {"Array", (PyCFunction)(void (*)(void))mod_Array, FASTCALL_KW,
      "Array(typecode_or_type, size_or_initializer, *, lock=True, ctx=None)\n--\n\n"
-     "A synchronized wrapper around a shared ctypes array."},
+     "A synchronized wrapper around a shared ctypes array.\n\n" POINTER_NOTE},
     {"synchronized", (PyCFunction)(void (*)(void))mod_synchronized, FASTCALL_KW,
      "synchronized(obj, lock=None, ctx=None)\n--\n\n"
      "Wraps a ctypes object in a synchronized wrapper."},
