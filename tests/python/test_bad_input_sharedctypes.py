@@ -179,6 +179,10 @@ def test_derived_objects_outlive_their_parent(mp):
     structs = mp.RawArray(Inner, 3)
     structs[2].w = "element"
     elem = structs[2]
+    sliced = structs[1:3]
+    wrapped_slice = mp.Array(Inner, 3)
+    wrapped_slice[2] = Inner("in a slice", 1.0)
+    from_slice = wrapped_slice[1:][1]
     wrapped = mp.Array(Inner, 2)
     wrapped.get_obj()[1].n = 7.0
     wrapped_elem = wrapped.get_obj()[1]
@@ -189,11 +193,12 @@ def test_derived_objects_outlive_their_parent(mp):
     nested = mp.RawArray(ctypes.c_int * 3, 2)
     nested[1][2] = 12
     row = nested[1]
-    del o, structs, wrapped, value, syn, nested
+    del o, structs, wrapped, value, syn, nested, wrapped_slice
     churn(mp)
     assert (inner.w, inner.n) == ("field", 2.5)
     assert len(pair) == 2 and pair[0].w is None
-    assert elem.w == "element"
+    assert elem.w == "element" and sliced[1].w == "element"
+    assert (from_slice.w, from_slice.n) == ("in a slice", 1.0)
     assert wrapped_elem.n == 7.0
     assert (raw.a, raw.p) == (5, b"s")
     assert syn_obj.value == b"syn"
