@@ -33,6 +33,10 @@ class Outer(ctypes.Structure):
     _fields_ = [("inner", Inner), ("pair", Inner * 2), ("ip", ctypes.POINTER(ctypes.c_int))]
 
 
+class Derived(S):  # S's fields, then its own
+    _fields_ = [("extra", ctypes.c_int)]
+
+
 class U(ctypes.Union):
     _fields_ = [("i", ctypes.c_int), ("d", ctypes.c_double), ("p", ctypes.c_char_p)]
 
@@ -301,11 +305,16 @@ def test_copy_keeps_what_the_source_referenced(cmp):
     src = sc.RawValue(ctypes.py_object, "x" * 40 + str(os.getpid()))
     dup = sc.copy(src)
     s = sc.copy(sc.RawValue(S, 1, b"bytes " + str(os.getpid()).encode(), ["o"]))
-    del src
+    derived = sc.RawValue(Derived)
+    derived.p, derived.extra = b"in the base's fields " + str(os.getpid()).encode(), 4
+    dup_derived = sc.copy(derived)
+    del src, derived
     churn(cmp)
     junk = [str(i) * 40 for i in range(2000)]
     assert dup.value == "x" * 40 + str(os.getpid())
     assert s.p == b"bytes " + str(os.getpid()).encode() and s.o == ["o"]
+    assert dup_derived.p == b"in the base's fields " + str(os.getpid()).encode()
+    assert dup_derived.extra == 4
     del junk
 
 

@@ -1497,10 +1497,11 @@ static int holds_references(cmp_py_state *st, PyObject *ctype, int depth)
     static const char *const plain_kinds[] = {"_SimpleCData", "Array", "Structure", "Union"};
     if (depth > 64 || !PyType_Check(ctype)) /* be safe rather than guess */
         return 1;
-    int kind = -1;
+    int kind = -1, is_root = 0;
     for (int k = 0; k < 4 && kind < 0; k++) {
         PyObject *base = ctypes_attr(st, plain_kinds[k]);
         int sub = base ? PyObject_IsSubclass(ctype, base) : -1;
+        is_root = base == ctype;
         Py_XDECREF(base);
         if (sub < 0)
             return -1;
@@ -1509,6 +1510,8 @@ static int holds_references(cmp_py_state *st, PyObject *ctype, int depth)
     }
     if (kind < 0)
         return 1;
+    if (is_root) /* ctypes.Structure itself, say: no fields */
+        return 0;
     if (kind <= 1) {
         PyObject *item = PyObject_GetAttrString(ctype, "_type_");
         if (!item)
@@ -1523,23 +1526,25 @@ static int holds_references(cmp_py_state *st, PyObject *ctype, int depth)
         Py_DECREF(item);
         return r;
     }
-    PyObject *fields = PyObject_GetAttrString(ctype, "_fields_");
-    if (!fields) {
-        PyErr_Clear(); /* no _fields_: nothing in it */
-        return 0;
-    }
-    PyObject *seq = PySequence_Fast(fields, "_fields_ must be a sequence");
-    Py_DECREF(fields);
-    if (!seq)
-        return -1;
+    /* A Structure's own _fields_ follow those of the Structure it derives
+     * from: look at each class's own, then at its base's. */
+    PyTypeObject *tp = (PyTypeObject *)ctype;
+    PyObject *fields = PyDict_GetItemString(tp->tp_dict, "_fields_"); /* borrowed */
     int r = 0;
-    for (Py_ssize_t i = 0; r == 0 && i < PySequence_Fast_GET_SIZE(seq); i++) {
-        PyObject *field = PySequence_Fast_GET_ITEM(seq, i);
-        PyObject *ftype = PySequence_Check(field) ? PySequence_GetItem(field, 1) : NULL;
-        r = ftype ? holds_references(st, ftype, depth + 1) : -1;
-        Py_XDECREF(ftype);
+    if (fields) {
+        PyObject *seq = PySequence_Fast(fields, "_fields_ must be a sequence");
+        if (!seq)
+            return -1;
+        for (Py_ssize_t i = 0; r == 0 && i < PySequence_Fast_GET_SIZE(seq); i++) {
+            PyObject *field = PySequence_Fast_GET_ITEM(seq, i);
+            PyObject *ftype = PySequence_Check(field) ? PySequence_GetItem(field, 1) : NULL;
+            r = ftype ? holds_references(st, ftype, depth + 1) : -1;
+            Py_XDECREF(ftype);
+        }
+        Py_DECREF(seq);
     }
-    Py_DECREF(seq);
+    if (r == 0 && tp->tp_base)
+        r = holds_references(st, (PyObject *)tp->tp_base, depth + 1);
     return r;
 }
 
