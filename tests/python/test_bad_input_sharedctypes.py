@@ -534,3 +534,37 @@ def test_docstrings_say_a_pointer_means_nothing_in_another_process(cmp):
     sc = importlib.import_module("cmultiprocessing.sharedctypes")
     for fn in (cmp.Value, cmp.Array, cmp.RawValue, cmp.RawArray, sc.Value, sc.RawArray):
         assert "means nothing in any other process" in fn.__doc__
+
+
+LOCKS = {
+    "True": lambda mp: True, "None": lambda mp: None, "Lock": lambda mp: mp.Lock(),
+    "RLock": lambda mp: mp.RLock(), "Semaphore": lambda mp: mp.Semaphore(),
+    "BoundedSemaphore": lambda mp: mp.BoundedSemaphore(2),
+    "Condition": lambda mp: mp.Condition(),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(LOCKS))
+def test_every_kind_of_lock_guards_pointer_values(mp, kind):
+    sc = sharedctypes_of(mp)
+    lock = LOCKS[kind](mp)
+    v = mp.Value(ctypes.c_char_p, b"locked", lock=lock)
+    a = mp.Array(ctypes.py_object, [1, "two"], lock=lock)
+    # synchronized() takes a lock object or a false value, not True
+    w = sc.synchronized(mp.RawValue(S, 1, b"s", None), None if lock is True else lock)
+    if lock not in (True, None):
+        assert v.get_lock() is lock and a.get_lock() is lock and w.get_lock() is lock
+    churn(mp)
+    if kind in ("True", "None", "RLock", "Condition"):  # re-entrant: nest
+        with v:
+            v.value = v.value + b" twice"
+        with a.get_lock():
+            a[1] = a[1] * 2
+    else:  # each access takes the lock by itself
+        v.value = v.value + b" twice"
+        a[1] = a[1] * 2
+    w.p = b"field"
+    churn(mp)
+    assert v.value == b"locked twice"
+    assert a[:] == [1, "twotwo"]
+    assert (w.a, w.p) == (1, b"field")
