@@ -40,6 +40,21 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+/* Under ASan, the payload of a block this process let go of is poisoned
+ * until this process allocates it again: a Python object still viewing it
+ * (the sharedctypes use-after-free of issue 7) then shows up as a report
+ * at the bad access instead of as a corrupt value much later. A header is
+ * never user memory, but may sit where this process once had a payload
+ * (another process split a free block there): blk_at() unpoisons it. */
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#define POISON(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
+#define UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
+#else
+#define POISON(p, n) ((void)(p), (void)(n))
+#define UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+
 #define ALIGN 64u
 #define HEAP_SEG_SIZE (1u << 20)
 #define DEDICATED_MIN (HEAP_SEG_SIZE / 4)
@@ -147,7 +162,9 @@ void cmp_shm_detach(cmp_shm_t *shm)
 
 static inline struct blk_hdr *blk_at(struct seg_hdr *sh, uint32_t off)
 {
-    return (struct blk_hdr *)((char *)sh + off);
+    struct blk_hdr *b = (struct blk_hdr *)((char *)sh + off);
+    UNPOISON(b, sizeof *b);
+    return b;
 }
 
 /* Single stores that a process dying mid-update must not tear: the walk
@@ -403,6 +420,7 @@ static int alloc_heap(size_t size, struct cmp_shared *ref)
                 ref->blk = blk_at(sh, off);
                 ref->dedicated = 0;
                 /* Reused memory: zero it. Ours alone now, no lock needed. */
+                UNPOISON(ref->blk, need);
                 memset(ref->blk + 1, 0, need - ALIGN);
                 return 0;
             }
@@ -468,6 +486,8 @@ void cmp_shared_release(cmp_shared_t *ref)
     if (!ref->dropped) {
         reg_remove(ref);
         drop_shared(ref);
+        if (!ref->dedicated) /* a dedicated block is unmapped: faults anyway */
+            POISON(ref->ptr, (ref->size + ALIGN - 1) & ~(size_t)(ALIGN - 1));
     }
     pthread_mutex_unlock(&heap_mutex);
     free_handle(ref);

@@ -2,10 +2,12 @@
  * multiprocessing.sharedctypes: ctypes objects in the shared heap, and the
  * synchronized wrappers around them.
  *
- * RawValue/RawArray are genuine ctypes objects: ctype.from_buffer() over a
- * SharedBlock, a small object exporting a cmp_shared_t block as a writable
- * buffer (the ctypes object keeps it alive through its memoryview, and the
- * block survives fork through the heap's per-process references).
+ * RawValue/RawArray are genuine ctypes objects over a SharedBlock, a small
+ * object exporting a cmp_shared_t block as a writable buffer. The block
+ * lives as long as any ctypes object viewing it (new_shared_ctype() says
+ * how, whatever the object stores), and survives fork through the heap's
+ * per-process references. A pointer stored in it means something only in
+ * the process that stored it (POINTER_NOTE).
  *
  * The wrappers keep the standard library's behaviour, but their per-call
  * paths (Synchronized.value, SynchronizedArray items) read and write the
@@ -204,7 +206,21 @@ static PyObject *resolve_type(cmp_py_state *st, PyObject *typecode_or_type)
     return Py_NewRef(typecode_or_type);
 }
 
-/* A zeroed instance of ctype in a fresh shared block (not initialized). */
+/* A zeroed instance of ctype in a fresh shared block (not initialized).
+ *
+ * The block must live exactly as long as any ctypes object viewing it.
+ * from_buffer() keeps its memoryview in the object's _objects, but only
+ * while that is a dict: for a simple type it is the memoryview itself, and
+ * storing a c_char_p, c_wchar_p or py_object value *replaces* it with the
+ * stored object, freeing the block under the live object. So the object
+ * handed out is instead the contents of a pointer to that first view: its
+ * _b_base_ is the pointer, which every ctypes object derived from it
+ * (fields, elements, contents) reaches through its own base chain, whose
+ * _objects is always a dict (a pointer has one slot), and which holds the
+ * view (so the memoryview and the block) under keys no store can replace:
+ * ctypes files what the handed-out object stores under keys of its own
+ * ("0:0"...). All of it is public ctypes API; the bytes the fast paths
+ * touch are the same, so they cost nothing more. */
 static PyObject *new_shared_ctype(cmp_py_state *st, PyObject *ctype)
 {
     PyObject *sizeof_fn = ctypes_attr(st, "sizeof");
@@ -221,8 +237,18 @@ static PyObject *new_shared_ctype(cmp_py_state *st, PyObject *ctype)
     PyObject *block = block_new_sized(st, (size_t)size);
     if (!block)
         return NULL;
-    PyObject *obj = PyObject_CallMethod(ctype, "from_buffer", "O", block);
+    PyObject *view = PyObject_CallMethod(ctype, "from_buffer", "O", block);
     Py_DECREF(block);
+    if (!view)
+        return NULL;
+    PyObject *pointer_fn = ctypes_attr(st, "pointer");
+    PyObject *root = pointer_fn ? PyObject_CallOneArg(pointer_fn, view) : NULL;
+    Py_XDECREF(pointer_fn);
+    Py_DECREF(view);
+    if (!root)
+        return NULL;
+    PyObject *obj = PyObject_GetAttrString(root, "contents");
+    Py_DECREF(root);
     return obj;
 }
 
@@ -1462,6 +1488,114 @@ static PyObject *mod_synchronized(PyObject *module, PyObject *const *args, Py_ss
     return do_synchronized(cmp_py_state_of_module(module), out[0], out[1], out[2]);
 }
 
+/* 1 if instances of ctype can hold references to Python objects that
+ * ctypes keeps alive beside the bytes (c_char_p, c_wchar_p, py_object,
+ * pointers, function pointers, and anything made of them), 0 if not, -1 on
+ * error. An unknown kind of type counts as holding them. */
+static int holds_references(cmp_py_state *st, PyObject *ctype, int depth)
+{
+    static const char *const plain_kinds[] = {"_SimpleCData", "Array", "Structure", "Union"};
+    if (depth > 64 || !PyType_Check(ctype)) /* be safe rather than guess */
+        return 1;
+    int kind = -1, is_root = 0;
+    for (int k = 0; k < 4 && kind < 0; k++) {
+        PyObject *base = ctypes_attr(st, plain_kinds[k]);
+        int sub = base ? PyObject_IsSubclass(ctype, base) : -1;
+        is_root = base == ctype;
+        Py_XDECREF(base);
+        if (sub < 0)
+            return -1;
+        if (sub)
+            kind = k;
+    }
+    if (kind < 0)
+        return 1;
+    if (is_root) /* ctypes.Structure itself, say: no fields */
+        return 0;
+    if (kind <= 1) {
+        PyObject *item = PyObject_GetAttrString(ctype, "_type_");
+        if (!item)
+            return -1;
+        int r;
+        if (kind == 1)
+            r = holds_references(st, item, depth + 1);
+        else
+            r = !PyUnicode_Check(item) || PyUnicode_FindChar(item, 'z', 0, 1, 1) >= 0 ||
+                PyUnicode_FindChar(item, 'Z', 0, 1, 1) >= 0 ||
+                PyUnicode_FindChar(item, 'O', 0, 1, 1) >= 0;
+        Py_DECREF(item);
+        return r;
+    }
+    /* A Structure's own _fields_ follow those of the Structure it derives
+     * from: look at each class's own, then at its base's. */
+    PyTypeObject *tp = (PyTypeObject *)ctype;
+    PyObject *fields = PyDict_GetItemString(tp->tp_dict, "_fields_"); /* borrowed */
+    int r = 0;
+    if (fields) {
+        PyObject *seq = PySequence_Fast(fields, "_fields_ must be a sequence");
+        if (!seq)
+            return -1;
+        for (Py_ssize_t i = 0; r == 0 && i < PySequence_Fast_GET_SIZE(seq); i++) {
+            PyObject *field = PySequence_Fast_GET_ITEM(seq, i);
+            PyObject *ftype = PySequence_Check(field) ? PySequence_GetItem(field, 1) : NULL;
+            r = ftype ? holds_references(st, ftype, depth + 1) : -1;
+            Py_XDECREF(ftype);
+        }
+        Py_DECREF(seq);
+    }
+    if (r == 0 && tp->tp_base)
+        r = holds_references(st, (PyObject *)tp->tp_base, depth + 1);
+    return r;
+}
+
+/* What ctypes keeps alive for obj: the _objects of the object at the root
+ * of its _b_base_ chain (a new reference, maybe None), or NULL. */
+static PyObject *kept_objects(PyObject *obj)
+{
+    PyObject *root = Py_NewRef(obj);
+    for (;;) {
+        PyObject *base = PyObject_GetAttrString(root, "_b_base_");
+        if (!base) {
+            Py_DECREF(root);
+            return NULL;
+        }
+        if (base == Py_None) {
+            Py_DECREF(base);
+            break;
+        }
+        Py_SETREF(root, base);
+    }
+    PyObject *kept = PyObject_GetAttrString(root, "_objects");
+    Py_DECREF(root);
+    return kept;
+}
+
+/* The standard library's copy() assigns through a temporary pointer, so
+ * what the source references (the bytes of a c_char_p, a py_object's
+ * object) is kept by nothing once it returns: the copy dangles when the
+ * source goes. Ours keeps them in the copy's own root container, under a
+ * key no ctypes store uses. Only for types that hold references: for the
+ * others that would keep the source's shared block alive for nothing. */
+static int copy_keep_references(cmp_py_state *st, PyObject *copy, PyObject *src)
+{
+    int holds = holds_references(st, (PyObject *)Py_TYPE(src), 0);
+    if (holds <= 0)
+        return holds;
+    PyObject *kept = kept_objects(src);
+    if (!kept)
+        return -1;
+    int rc = 0;
+    if (kept != Py_None) {
+        PyObject *root = PyObject_GetAttrString(copy, "_b_base_");
+        PyObject *dict = root ? PyObject_GetAttrString(root, "_objects") : NULL;
+        rc = !dict ? -1 : PyDict_Check(dict) ? PyDict_SetItemString(dict, "cmp.copy", kept) : 0;
+        Py_XDECREF(dict);
+        Py_XDECREF(root);
+    }
+    Py_DECREF(kept);
+    return rc;
+}
+
 static PyObject *mod_copy(PyObject *module, PyObject *obj)
 {
     cmp_py_state *st = cmp_py_state_of_module(module);
@@ -1480,6 +1614,8 @@ static PyObject *mod_copy(PyObject *module, PyObject *obj)
     memcpy(dst.buf, src.buf, (size_t)(src.len < dst.len ? src.len : dst.len));
     PyBuffer_Release(&dst);
     PyBuffer_Release(&src);
+    if (copy_keep_references(st, copy, obj) < 0)
+        goto fail;
     return copy;
 fail:
     Py_DECREF(copy);
@@ -1488,18 +1624,26 @@ fail:
 
 #define FASTCALL_KW (METH_FASTCALL | METH_KEYWORDS)
 
+/* The same words as the README's: what the shared bytes of a pointer are. */
+#define POINTER_NOTE                                                                               \
+    "A pointer stored in shared memory (c_char_p, c_wchar_p, c_void_p, py_object, "                \
+    "POINTER(...), or a Structure or array holding one) is an address in the process that "        \
+    "stored it: it keeps what it points to alive there and means nothing in any other process, "   \
+    "so only that process may read it."
+
 static PyMethodDef module_functions[] = {
     {"RawValue", (PyCFunction)(void (*)(void))mod_RawValue, FASTCALL_KW,
-     "RawValue(typecode_or_type, *args)\n--\n\nA ctypes object allocated from shared memory."},
+     "RawValue(typecode_or_type, *args)\n--\n\nA ctypes object allocated from shared "
+     "memory.\n\n" POINTER_NOTE},
     {"RawArray", (PyCFunction)(void (*)(void))mod_RawArray, FASTCALL_KW,
      "RawArray(typecode_or_type, size_or_initializer)\n--\n\n"
-     "A ctypes array allocated from shared memory."},
+     "A ctypes array allocated from shared memory.\n\n" POINTER_NOTE},
     {"Value", (PyCFunction)(void (*)(void))mod_Value, FASTCALL_KW,
      "Value(typecode_or_type, *args, lock=True, ctx=None)\n--\n\n"
-     "A synchronized wrapper around a shared ctypes object."},
+     "A synchronized wrapper around a shared ctypes object.\n\n" POINTER_NOTE},
     {"Array", (PyCFunction)(void (*)(void))mod_Array, FASTCALL_KW,
      "Array(typecode_or_type, size_or_initializer, *, lock=True, ctx=None)\n--\n\n"
-     "A synchronized wrapper around a shared ctypes array."},
+     "A synchronized wrapper around a shared ctypes array.\n\n" POINTER_NOTE},
     {"synchronized", (PyCFunction)(void (*)(void))mod_synchronized, FASTCALL_KW,
      "synchronized(obj, lock=None, ctx=None)\n--\n\n"
      "Wraps a ctypes object in a synchronized wrapper."},
