@@ -7,6 +7,7 @@ asserts both behaviours."""
 import array
 import importlib
 import os
+import pickle
 import socket
 import struct
 import subprocess
@@ -617,12 +618,35 @@ def test_listener_bad_arguments(mp, conn):
         listener.accept()
 
 
-def test_listener_unknown_family_with_address(mp, conn, tmp_path):
-    if ours(mp):
-        pytest.xfail("ValueError here; the stdlib's AttributeError (getattr(socket, family)) "
-                     "is left to the Listener work of issue 7")
+@pytest.mark.parametrize("family, with_address, exc, match", [
+    ("AF_FOO", False, ValueError, "unrecognized family"),
+    ("AF_FOO", True, AttributeError, "AF_FOO"),
+    (123, False, ValueError, "unrecognized family"),
+    (123, True, TypeError, "must be string"),
+    ("AF_PIPE", False, ValueError, "AF_PIPE is not recognized"),
+    ("AF_PIPE", True, ValueError, "AF_PIPE is not recognized"),
+])
+def test_listener_unknown_family(conn, tmp_path, family, with_address, exc, match):
+    address = str(tmp_path / "sock") if with_address else None
+    with pytest.raises(exc, match=match):
+        conn.Listener(address, family=family)
+    assert not (tmp_path / "sock").exists()
+
+
+@pytest.mark.parametrize("attr", ["address", "last_accepted"])
+def test_closed_listener_has_no_address(conn, attr):
+    listener = conn.Listener()
+    getattr(listener, attr)
+    listener.close()
     with pytest.raises(AttributeError):
-        conn.Listener(str(tmp_path / "sock"), family="AF_FOO")
+        getattr(listener, attr)
+    listener.close()  # twice is fine, as the stdlib
+
+
+def test_listener_is_not_picklable(conn):
+    with conn.Listener() as listener:
+        with pytest.raises(TypeError, match="cannot pickle"):
+            pickle.dumps(listener)
 
 
 def test_challenge_bad_keys(pipe, conn):

@@ -938,7 +938,12 @@ static int family_code(PyObject *family)
         if (PyUnicode_CompareWithASCIIString(family, "AF_UNIX") == 0)
             return AF_UNIX;
     }
-    PyErr_Format(PyExc_ValueError, "Family %S is not recognized.", family);
+    /* the stdlib's two messages: Windows' AF_PIPE, or a family it cannot
+     * make an address for */
+    if (PyUnicode_Check(family) && PyUnicode_CompareWithASCIIString(family, "AF_PIPE") == 0)
+        PyErr_Format(PyExc_ValueError, "Family %S is not recognized.", family);
+    else
+        PyErr_SetString(PyExc_ValueError, "unrecognized family");
     return -1;
 }
 
@@ -1193,8 +1198,27 @@ static PyObject *cmp_answer_challenge(PyObject *module, PyObject *const *args, P
 /* family or address_type(address) or the default, as a code. */
 static int resolve_family(PyObject *family, PyObject *address)
 {
-    if (family && family != Py_None)
+    if (family && family != Py_None) {
+        int given = address && address != Py_None ? PyObject_IsTrue(address) : 0;
+        if (given < 0)
+            return -1;
+        /* The stdlib's order of refusals: no address to make for an unknown
+         * family (ValueError), then AF_PIPE (Windows'), then the socket
+         * module has no such family (getattr(socket, family)). */
+        if (given && PyUnicode_Check(family) &&
+            PyUnicode_CompareWithASCIIString(family, "AF_INET") != 0 &&
+            PyUnicode_CompareWithASCIIString(family, "AF_UNIX") != 0 &&
+            PyUnicode_CompareWithASCIIString(family, "AF_PIPE") != 0) {
+            PyErr_Format(PyExc_AttributeError, "module 'socket' has no attribute '%U'", family);
+            return -1;
+        }
+        if (given && !PyUnicode_Check(family)) {
+            PyErr_Format(PyExc_TypeError, "attribute name must be string, not '%.100s'",
+                         Py_TYPE(family)->tp_name);
+            return -1;
+        }
         return family_code(family);
+    }
     if (address && address != Py_None && PyObject_IsTrue(address) == 1) {
         PyObject *t = address_type(address);
         if (!t)
@@ -1394,23 +1418,40 @@ static PyObject *Listener_exit(PyObject *op, PyObject *args)
     return Listener_close(op, NULL);
 }
 
+/* A listening socket means nothing in another process: TypeError, as the
+ * stdlib's Listener raises for its socket. */
 static PyObject *Listener_reduce(PyObject *op, PyObject *unused)
 {
     (void)unused;
-    return cmp_py_refuse_pickle(op, "Listener");
+    return PyErr_Format(PyExc_TypeError, "cannot pickle '%.100s' object", Py_TYPE(op)->tp_name);
+}
+
+/* A closed Listener has no address and no last_accepted: AttributeError, as
+ * the stdlib's (whose closed Listener drops the object holding both). */
+static int Listener_check_open(ListenerObject *self, const char *attr)
+{
+    if (self->l.fd >= 0)
+        return 0;
+    PyErr_Format(PyExc_AttributeError, "closed Listener has no attribute '%s'", attr);
+    return -1;
 }
 
 static PyObject *Listener_get_address(PyObject *op, void *c)
 {
     (void)c;
     ListenerObject *self = (ListenerObject *)op;
+    if (Listener_check_open(self, "address") < 0)
+        return NULL;
     return from_sockaddr(&self->l.addr, self->l.addrlen);
 }
 
 static PyObject *Listener_get_last_accepted(PyObject *op, void *c)
 {
     (void)c;
-    return Py_NewRef(((ListenerObject *)op)->last_accepted);
+    ListenerObject *self = (ListenerObject *)op;
+    if (Listener_check_open(self, "last_accepted") < 0)
+        return NULL;
+    return Py_NewRef(self->last_accepted);
 }
 
 static PyMethodDef Listener_methods[] = {
