@@ -435,16 +435,13 @@ Test(ring, producer_killed_mid_stream_repeatedly, .timeout = 60)
         if (victim == 0) {
             size_t len = 2u << 20; /* 2 MiB through 16 KiB: ~170 chunks */
             uint8_t *buf = malloc(len);
-            make_msg(buf, len, 1 + (uint32_t)k, 0);
-            /* started once a whole put is done (the lock taken over from
-             * the last victim): the kill then lands in a stream however
-             * slow we are, not before our first (valgrind) */
-            for (;;) {
-                cmp_ring_put(r, buf, len, NULL);
+            for (uint32_t q = 0;; q++) {
+                make_msg(buf, len, 1 + (uint32_t)k, q);
                 __atomic_store_n(&sh->started, 1, __ATOMIC_RELEASE);
+                cmp_ring_put(r, buf, len, NULL);
             }
         }
-        sync_wait_flag(&sh->started, 1, 60); /* a hang guard only */
+        sync_wait_flag(&sh->started, 1, 10);
         sync_sleep((double)(rng_next(&rng) % 3000) / 1e6);
         kill(victim, SIGKILL);
         waitpid(victim, NULL, 0);
