@@ -109,7 +109,7 @@ VG_TIMEOUT_SCALE ?= 20
 valgrind:
 	@command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind; }
 	@$(MAKE) --no-print-directory BUILD=$(VG_BUILD) OPT="-O1 -g" $(VG_BUILD)/test_c_vg
-	@CMP_TEST_TIMEOUT_SCALE=$(VG_TIMEOUT_SCALE) ./scripts/valgrind.sh $(VG_BUILD)/test_c_vg
+	@CMP_TEST_TIMEOUT_SCALE=$(VG_TIMEOUT_SCALE) PYTHON=$(PYTHON) ./scripts/valgrind.sh $(VG_BUILD)/test_c_vg
 
 $(BUILD)/test_c_vg: $(CTEST_SRC) tests/c/valgrind_timeouts.c $(wildcard tests/c/*.h) $(BUILD)/libcmp.a
 	$(CC) $(CFLAGS_ALL) -Itests/c -o $@ $(CTEST_SRC) tests/c/valgrind_timeouts.c $(BUILD)/libcmp.a \
