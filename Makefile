@@ -3,6 +3,7 @@
 #   make            libcmp.a, libcmp.so and the extension (in place)
 #   make test       every test: C (Criterion) and Python (pytest)
 #   make sanitize   the same tests built with ASan + UBSan
+#   make valgrind   the C tests under valgrind memcheck (not part of make test)
 #   make bench      stdlib vs cmultiprocessing, side by side
 #   make demo       the examples on cmultiprocessing, then the bench table
 #   make install    library, header and cmp.pc under $(PREFIX)
@@ -101,6 +102,22 @@ sanitize: deps
 	@$(MAKE) --no-print-directory BUILD=build/san EXTRA_CFLAGS="$(SAN_FLAGS)" OPT="-O1 -g" \
 		EXT=$(SAN_PKG)/_cmp$(PY_EXT) lib $(SAN_PKG)/_cmp$(PY_EXT) build/san/test_c
 	@PYTHON=$(PYTHON) BUILD=build/san CMP_PKG_DIR=build/san/pkg SANITIZE=1 ./scripts/run-tests.sh
+
+# The C tests under memcheck, in their own build (-O1 -g) and binary, which
+# also links tests/c/valgrind_timeouts.c: each test's Criterion timeout is
+# multiplied by VG_TIMEOUT_SCALE, as memcheck runs code 20-50x slower.
+# scripts/valgrind.sh runs them one at a time and prints the summary.
+VG_BUILD := build/vg
+VG_TIMEOUT_SCALE ?= 20
+.PHONY: valgrind
+valgrind:
+	@command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind; }
+	@$(MAKE) --no-print-directory BUILD=$(VG_BUILD) OPT="-O1 -g" $(VG_BUILD)/test_c_vg
+	@CMP_TEST_TIMEOUT_SCALE=$(VG_TIMEOUT_SCALE) PYTHON=$(PYTHON) ./scripts/valgrind.sh $(VG_BUILD)/test_c_vg
+
+$(BUILD)/test_c_vg: $(CTEST_SRC) tests/c/valgrind_timeouts.c $(wildcard tests/c/*.h) $(BUILD)/libcmp.a
+	$(CC) $(CFLAGS_ALL) -Itests/c -o $@ $(CTEST_SRC) tests/c/valgrind_timeouts.c $(BUILD)/libcmp.a \
+		-lcriterion $(LDLIBS)
 
 bench: deps all
 	$(PYTHON) bench/bench.py

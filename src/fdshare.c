@@ -181,14 +181,18 @@ static void serve_one(int sock)
     free(e);
 }
 
-struct server_fds {
+/* The fds the thread serves, handed over in static storage, not on the
+ * heap: a fork before the new thread had freed a malloc'ed copy would leak
+ * it in the child, which has no thread to free it. Written under mu before
+ * the thread starts (pthread_create orders it); the next start only comes
+ * after shutdown has joined this thread. */
+static struct server_fds {
     int listen_fd, wake_fd;
-};
+} serve_fds;
 
 static void *serve(void *arg)
 {
-    struct server_fds fds = *(struct server_fds *)arg;
-    free(arg);
+    const struct server_fds fds = *(const struct server_fds *)arg;
     for (;;) {
         struct pollfd p[2] = {{fds.listen_fd, POLLIN, 0}, {fds.wake_fd, POLLIN, 0}};
         if (poll(p, 2, -1) < 0)
@@ -214,13 +218,14 @@ static void *serve(void *arg)
 static int start_server(void)
 {
     int lfd = -1, wfd = -1, rc;
-    struct server_fds *arg = NULL;
     lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (lfd < 0)
         return -errno;
     struct sockaddr_un sa;
     socklen_t salen = 0;
-    char name[CMP_FDSHARE_ADDR_MAX];
+    /* zeroed: tokens carry the whole array, and callers send them as
+     * plain bytes (no uninitialised tail after the NUL) */
+    char name[CMP_FDSHARE_ADDR_MAX] = {0};
     for (int attempt = 0;; attempt++) {
         uint64_t nonce;
         if ((rc = cmp__random_bytes(&nonce, sizeof nonce)) < 0)
@@ -242,17 +247,11 @@ static int start_server(void)
         rc = -errno;
         goto fail;
     }
-    arg = malloc(sizeof *arg);
-    if (!arg) {
-        rc = -ENOMEM;
-        goto fail;
-    }
-    arg->listen_fd = lfd;
-    arg->wake_fd = wfd;
+    serve_fds = (struct server_fds){lfd, wfd};
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old); /* the thread inherits it */
-    rc = -pthread_create(&server, NULL, serve, arg);
+    rc = -pthread_create(&server, NULL, serve, &serve_fds);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc < 0)
         goto fail;
@@ -262,7 +261,6 @@ static int start_server(void)
     running = 1;
     return 0;
 fail:
-    free(arg);
     if (wfd >= 0)
         close(wfd);
     close(lfd);

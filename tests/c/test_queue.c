@@ -186,10 +186,11 @@ Test(queue, join_interrupted, .timeout = 10)
 Test(queue, counts_exact_after_producers_are_killed, .timeout = 30)
 {
     cmp_queue_t *q = test_queue(8192, 0);
-    uint32_t *started = test_shared_map(4096);
+    uint32_t *started = test_shared_map(4096), *stop = started + 1;
     uint64_t rng = 5;
     for (int k = 0; k < 20; k++) {
         __atomic_store_n(started, 0, __ATOMIC_RELEASE);
+        __atomic_store_n(stop, 0, __ATOMIC_RELEASE);
         pid_t victim = fork_or_fail();
         if (victim == 0) {
             static uint8_t buf[20000];
@@ -202,12 +203,14 @@ Test(queue, counts_exact_after_producers_are_killed, .timeout = 30)
                     __atomic_fetch_add(started, 1, __ATOMIC_RELEASE);
             }
         }
-        /* a consumer drains in between so that puts keep going */
+        /* a consumer drains so that puts keep going, until the victim is
+         * dead: a drain that stopped first (after so many gets, however
+         * slow the victim was to start) could leave it a full ring */
         pid_t drain = fork_or_fail();
         if (drain == 0) {
             struct sink s = {0};
-            for (int i = 0; i < 30; i++) {
-                struct timespec d = test_deadline(0.5);
+            while (!__atomic_load_n(stop, __ATOMIC_ACQUIRE)) {
+                struct timespec d = test_deadline(0.05); /* to see stop */
                 int rc = cmp_queue_get(q, sink_alloc, &s, &d);
                 uint32_t p, n;
                 if (rc == 0 && !parse_msg(s.buf, s.len, &p, &n))
@@ -220,10 +223,11 @@ Test(queue, counts_exact_after_producers_are_killed, .timeout = 30)
         /* one put done: the victim took the lock over from the last one (a
          * waiter checks its holder's liveness every 100 ms); then kill it at
          * a random point of a later put */
-        sync_wait_flag(started, 1, 5);
+        sync_wait_flag(started, 1, 60); /* a hang guard only */
         sync_sleep((double)(rng_next(&rng) % 3000) / 1e6);
         kill(victim, SIGKILL);
         waitpid(victim, NULL, 0);
+        __atomic_store_n(stop, 1, __ATOMIC_RELEASE);
         sync_reap_ok(drain);
     }
     uint64_t qs = cmp_queue_qsize(q);

@@ -16,8 +16,11 @@ import pytest
 T = 10  # seconds: every wait below is bounded by it
 
 
-def _use_conn(conn_source, how):
-    """In the child: take a Connection from conn_source, talk both ways."""
+def _use_conn(conn_source, how, go=None):
+    """In the child: take a Connection from conn_source (once go is set, if
+    given), talk both ways."""
+    if go is not None:
+        assert go.wait(T)
     if how == "conn":
         assert conn_source.poll(T)
         c = conn_source.recv()
@@ -37,10 +40,19 @@ def stop(p):
         p.join(T)
 
 
-def _run_and_talk(mp, source, how, mine):
-    p = mp.Process(target=_use_conn, args=(source, how))
+def _run_and_talk(mp, source, how, mine, give, go=None):
+    """Starts the child, and only then give() sends it the Connection.
+
+    Never fork after a put into the stdlib's Queue: its feeder thread
+    pickles, and the first Connection it pickles imports
+    multiprocessing.resource_sharer. A fork in the middle of that import
+    leaves the child the module half-initialised with its import lock held
+    by a thread the child does not have: the child's unpickling (which looks
+    up resource_sharer.DupFd) waits on that lock for ever."""
+    p = mp.Process(target=_use_conn, args=(source, how, go))
     p.start()
     try:
+        give()
         assert mine.poll(T)
         assert mine.recv() == ("from child", True, True)
         mine.send([1, "two", 3.0])
@@ -55,8 +67,8 @@ def _run_and_talk(mp, source, how, mine):
 def test_pipe_end_through_queue(mp, kind):
     q = getattr(mp, kind)()
     mine, theirs = mp.Pipe()
-    q.put(theirs)
-    _run_and_talk(mp, q, "queue" if kind != "SimpleQueue" else "simple", mine)
+    _run_and_talk(mp, q, "queue" if kind != "SimpleQueue" else "simple", mine,
+                  lambda: q.put(theirs))
     mine.close()
     theirs.close()
 
@@ -64,8 +76,7 @@ def test_pipe_end_through_queue(mp, kind):
 def test_pipe_end_through_connection(mp):
     a, b = mp.Pipe()
     mine, theirs = mp.Pipe()
-    a.send(theirs)
-    _run_and_talk(mp, b, "conn", mine)
+    _run_and_talk(mp, b, "conn", mine, lambda: a.send(theirs))
     for c in (a, b, mine, theirs):
         c.close()
 
@@ -73,13 +84,22 @@ def test_pipe_end_through_connection(mp):
 def test_sender_closing_its_copy_does_not_affect_receiver(mp):
     q = mp.Queue()
     mine, theirs = mp.Pipe()
-    q.put(theirs)
-    # the stdlib pickles in a feeder thread: let it finish before closing
-    # (ours has pickled by the time put() returns)
-    time.sleep(0.2)
-    theirs.close()
-    _run_and_talk(mp, q, "queue", mine)
+    go = mp.Event()
+    _run_and_talk(mp, q, "queue", mine, lambda: put_then_close(q, theirs, go), go)
     mine.close()
+
+
+def put_then_close(q, obj, go):
+    """Puts obj, closes our copy once it is pickled and only then lets the
+    child (already started: see _run_and_talk) take it."""
+    q.put(obj)
+    # the stdlib pickles in a feeder thread: close() and join_thread() wait
+    # until it has pickled obj and written it (ours has by the time put()
+    # returns). The child's copy of the queue stays open.
+    q.close()
+    q.join_thread()
+    obj.close()
+    go.set()
 
 
 def test_one_way_pipe_keeps_its_direction(mp):
@@ -98,7 +118,8 @@ def test_one_way_pipe_keeps_its_direction(mp):
         c.close()
 
 
-def _use_socket(q):
+def _use_socket(q, go):
+    assert go.wait(T)
     s = q.get(timeout=T)
     s.settimeout(T)
     s.sendall(b"ping " + s.recv(16))
@@ -109,12 +130,11 @@ def test_socket_through_queue(mp):
     q = mp.Queue()
     mine, theirs = socket.socketpair()
     mine.settimeout(T)
-    q.put(theirs)
-    time.sleep(0.2)  # see above: the stdlib pickles in a thread
-    theirs.close()
-    p = mp.Process(target=_use_socket, args=(q,))
-    p.start()
+    go = mp.Event()
+    p = mp.Process(target=_use_socket, args=(q, go))
+    p.start()  # before the put: see _run_and_talk
     try:
+        put_then_close(q, theirs, go)
         mine.sendall(b"pong")
         assert mine.recv(16) == b"ping pong"
     finally:
