@@ -366,53 +366,103 @@ Test(ring, random_sizes_up_to_64_mib_through_a_small_ring, .timeout = 60)
 
 /* --- crashes -------------------------------------------------------------- */
 
+enum { KILLS = 16, BIG = 2u << 20 };
+
 struct crash_shared {
-    uint32_t started;
-    uint32_t good_done;
-    uint32_t delivered_big;
-    uint32_t aborted;
     uint32_t bad;
     uint32_t small_seen;
+    /* per victim, counted by the consumer: streams whose first chunk it
+     * began to copy, and how each ended */
+    uint32_t begun[KILLS];
+    uint32_t delivered[KILLS];
+    uint32_t aborted[KILLS];
+    uint32_t hold[KILLS];   /* the consumer stops in the victim's first chunk */
+    uint32_t killed[KILLS]; /* ... until the victim is dead */
 };
+
+/* The consumer's alloc: victim k's messages are BIG + 8k bytes, so a call
+ * for one says whose stream has begun: its first chunk is published and
+ * the consumer is copying it. */
+struct crash_sink {
+    struct sink s;
+    struct crash_shared *sh;
+    uint32_t cur;
+};
+
+static void *crash_alloc(void *arg, size_t len)
+{
+    struct crash_sink *c = arg;
+    if (len >= BIG && len < BIG + 8 * KILLS) {
+        c->cur = (uint32_t)(len - BIG) / 8;
+        __atomic_fetch_add(&c->sh->begun[c->cur], 1, __ATOMIC_RELEASE);
+        if (__atomic_load_n(&c->sh->hold[c->cur], __ATOMIC_ACQUIRE)) {
+            /* the victim cannot finish its stream while we hold it here: the
+             * kill lands mid-stream however slow anyone is (a hang guard) */
+            double end = sync_now() + 60;
+            while (!__atomic_load_n(&c->sh->killed[c->cur], __ATOMIC_ACQUIRE)) {
+                if (sync_now() > end)
+                    _exit(4);
+                sync_sleep(0.001);
+            }
+        }
+    }
+    return sink_alloc(&c->s, len);
+}
+
+/* 1 once every stream of victim k that the consumer began has ended,
+ * delivered whole or cut. */
+static int crash_settled(struct crash_shared *sh, int k)
+{
+    uint32_t b = __atomic_load_n(&sh->begun[k], __ATOMIC_ACQUIRE);
+    return b == __atomic_load_n(&sh->delivered[k], __ATOMIC_ACQUIRE) +
+                    __atomic_load_n(&sh->aborted[k], __ATOMIC_ACQUIRE);
+}
 
 /* A producer SIGKILLed in the middle of a stream, again and again, while a
  * well-behaved producer and a consumer keep going: nothing corrupt is ever
- * delivered, every small message arrives once and in order, and the ring
- * ends empty with both locks free. */
+ * delivered, every small message arrives once and in order, every stream
+ * the consumer began is delivered whole or cut (a stream whose victim was
+ * killed mid-way is cut, promptly), and the ring ends empty with both locks
+ * free. Each kill waits for state, not time: for the victim's stream to
+ * reach the consumer; every other victim is killed while the consumer holds
+ * its stream (so surely mid-stream), the rest up to 3 ms later, wherever
+ * that lands (mid-stream, between puts, in the next put's first chunk). */
 Test(ring, producer_killed_mid_stream_repeatedly, .timeout = 60)
 {
     cmp_ring_t *r = test_ring(16 * 1024, 0);
     struct crash_shared *sh = test_shared_map(sizeof *sh);
-    enum { SMALL = 3000, KILLS = 15 };
+    enum { SMALL = 3000 };
 
     pid_t consumer = fork_or_fail();
     if (consumer == 0) {
-        struct sink s = {0};
+        struct crash_sink c = {.sh = sh};
         uint32_t next_small = 0;
         for (;;) {
             struct timespec d = test_deadline(20);
-            int rc = cmp_ring_get(r, sink_alloc, &s, &d);
+            int rc = cmp_ring_get(r, crash_alloc, &c, &d);
             if (rc == -EPIPE)
                 break;
             if (rc == -ECONNABORTED) {
-                __atomic_fetch_add(&sh->aborted, 1, __ATOMIC_RELAXED);
+                __atomic_fetch_add(&sh->aborted[c.cur], 1, __ATOMIC_RELEASE);
                 continue;
             }
             if (rc != 0)
                 _exit(2);
             uint32_t p, q;
-            if (!parse_msg(s.buf, s.len, &p, &q)) {
+            if (!parse_msg(c.s.buf, c.s.len, &p, &q)) {
                 __atomic_fetch_add(&sh->bad, 1, __ATOMIC_RELAXED);
             } else if (p == 0) {
                 if (q != next_small)
                     __atomic_fetch_add(&sh->bad, 1, __ATOMIC_RELAXED);
                 next_small = q + 1;
+            } else if (p > KILLS || c.s.len != BIG + 8 * (p - 1)) {
+                __atomic_fetch_add(&sh->bad, 1, __ATOMIC_RELAXED);
             } else {
-                __atomic_fetch_add(&sh->delivered_big, 1, __ATOMIC_RELAXED);
+                __atomic_fetch_add(&sh->delivered[p - 1], 1, __ATOMIC_RELEASE);
             }
         }
         sh->small_seen = next_small;
-        sink_free(&s);
+        sink_free(&c.s);
         _exit(0);
     }
     pid_t good = fork_or_fail();
@@ -431,32 +481,48 @@ Test(ring, producer_killed_mid_stream_repeatedly, .timeout = 60)
     }
     uint64_t rng = 99;
     for (int k = 0; k < KILLS; k++) {
-        __atomic_store_n(&sh->started, 0, __ATOMIC_RELEASE);
+        int hold = k % 2 == 0;
+        sh->hold[k] = (uint32_t)hold;
         pid_t victim = fork_or_fail();
         if (victim == 0) {
-            size_t len = 2u << 20; /* 2 MiB through 16 KiB: ~170 chunks */
+            size_t len = BIG + 8 * (size_t)k; /* through 16 KiB: ~500 chunks */
             uint8_t *buf = malloc(len);
-            for (uint32_t q = 0;; q++) {
-                make_msg(buf, len, 1 + (uint32_t)k, q);
-                __atomic_store_n(&sh->started, 1, __ATOMIC_RELEASE);
+            make_msg(buf, len, 1 + (uint32_t)k, 0);
+            for (;;)
                 cmp_ring_put(r, buf, len, NULL);
-            }
         }
-        sync_wait_flag(&sh->started, 1, 10);
-        sync_sleep((double)(rng_next(&rng) % 3000) / 1e6);
+        sync_wait_flag(&sh->begun[k], 1, 30); /* a hang guard */
+        if (!hold)
+            sync_sleep((double)(rng_next(&rng) % 3000) / 1e6);
         kill(victim, SIGKILL);
         waitpid(victim, NULL, 0);
+        __atomic_store_n(&sh->killed[k], 1, __ATOMIC_RELEASE);
+        if (hold) /* the consumer notices the dead producer */
+            sync_wait_flag(&sh->aborted[k], 1, 30);
+        double end = sync_now() + 30;
+        while (!crash_settled(sh, k)) {
+            cr_assert(sync_now() < end, "victim %d: a stream neither delivered nor cut", k);
+            sync_sleep(0.001);
+        }
     }
     sync_reap_ok(good);
-    /* let the consumer drain, then close */
-    double end = sync_now() + 10;
-    while (cmp_ring_count(r) != 0 && sync_now() < end)
-        sync_sleep(0.005);
+    double end = sync_now() + 30;
+    while (cmp_ring_count(r) != 0) {
+        cr_assert(sync_now() < end, "the consumer does not drain the ring");
+        sync_sleep(0.001);
+    }
     cmp_ring_close(r);
     sync_reap_ok(consumer);
     cr_assert_eq(sh->bad, 0);
     cr_assert_eq(sh->small_seen, SMALL);
-    cr_assert(sh->aborted >= 1, "no stream was cut (aborted %u)", sh->aborted);
+    for (int k = 0; k < KILLS; k++) {
+        /* a victim is killed once: at most its last stream is cut */
+        cr_assert(sh->begun[k] >= 1 && crash_settled(sh, k) && sh->aborted[k] <= 1,
+                  "victim %d: begun %u delivered %u aborted %u", k, sh->begun[k], sh->delivered[k],
+                  sh->aborted[k]);
+        if (sh->hold[k])
+            cr_assert_eq(sh->aborted[k], 1, "victim %d was killed mid-stream", k);
+    }
     cr_assert_eq(cmp_ring_count(r), 0);
     cr_assert_eq(cmp_lock_is_locked(&r->clock), 0);
 }
