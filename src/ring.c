@@ -401,22 +401,56 @@ static void cursor_copy_in(cmp_ring_t *r, uint64_t pos, struct cursor *c, size_t
 
 /* --- waking -------------------------------------------------------------- */
 
+/*
+ * One sleeper per side at most (it holds that side's lock). It announces
+ * itself by storing sleeper_tag(seq) in the side's waiters word, where seq
+ * is the futex word's value it is about to sleep on; never 0.
+ *
+ * The waker bumps the sequence, wakes, and only then clears the word, by a
+ * compare-and-swap from the tag it saw. A waker killed anywhere in between
+ * leaves the word set, so the next put or get wakes the sleeper (clearing
+ * first, as a swap would, lost that sleeper for good: later wakers saw 0).
+ * A sleeper that armed again meanwhile did so with the newer sequence, so
+ * its tag differs and survives the swap; one that armed with the old tag
+ * finds the sequence moved and does not sleep. If no later put or get ever
+ * comes, the sleeper's periodic recheck (WAIT_RECHECK_NS) finds the data.
+ */
+static uint32_t sleeper_tag(uint32_t seq)
+{
+    return (seq << 1) | 1u;
+}
+
+static void notify(uint32_t *waiters, uint32_t *seq)
+{
+    cmp__fence_seq_cst(); /* pairs with the fence after the sleeper's tag */
+    uint32_t tag = cmp__load_relaxed(waiters);
+    if (tag) {
+        cmp__fetch_add(seq, 1);
+        cmp__futex_wake(seq, 1);
+        cmp__cas_acq_rel(waiters, &tag, 0);
+    }
+}
+
 static void notify_data(cmp_ring_t *r)
 {
-    cmp__fence_seq_cst(); /* pairs with the fence in wait_data */
-    if (cmp__load_relaxed(&r->data_waiters) && cmp__swap_acq_rel(&r->data_waiters, 0)) {
-        cmp__fetch_add(&r->data_seq, 1);
-        cmp__futex_wake(&r->data_seq, 1);
-    }
+    notify(&r->data_waiters, &r->data_seq);
 }
 
 static void notify_space(cmp_ring_t *r)
 {
-    cmp__fence_seq_cst(); /* pairs with the fence in wait_space */
-    if (cmp__load_relaxed(&r->space_waiters) && cmp__swap_acq_rel(&r->space_waiters, 0)) {
-        cmp__fetch_add(&r->space_seq, 1);
-        cmp__futex_wake(&r->space_seq, 1);
-    }
+    notify(&r->space_waiters, &r->space_seq);
+}
+
+/* A sleeper with no deadline rechecks this often, so that a waker killed
+ * between its bump and its wake (with no put or get after it) costs a
+ * second, not forever; an idle waiter wakes once a second. */
+#define WAIT_RECHECK_NS (1000 * 1000 * 1000)
+
+static const struct timespec *recheck_deadline(const struct timespec *deadline,
+                                               struct timespec *check)
+{
+    cmp__deadline_in_ns(check, WAIT_RECHECK_NS);
+    return cmp__deadline_min(deadline, check);
 }
 
 void cmp_ring_close(cmp_ring_t *ring)
@@ -572,7 +606,7 @@ static int wait_space(struct prod *p, uint64_t need, int slot, uint64_t sneed,
     }
     for (;;) {
         uint32_t seq = cmp__load_acquire(&r->space_seq);
-        cmp__store_relaxed(&r->space_waiters, 1);
+        cmp__store_relaxed(&r->space_waiters, sleeper_tag(seq));
         cmp__fence_seq_cst(); /* pairs with the fence in notify_space */
         if ((w = place(p, need, slot, sneed))) {
             cmp__store_relaxed(&r->space_waiters, 0);
@@ -582,7 +616,8 @@ static int wait_space(struct prod *p, uint64_t need, int slot, uint64_t sneed,
             cmp__store_relaxed(&r->space_waiters, 0);
             return -EPIPE;
         }
-        int rc = cmp__futex_wait(&r->space_seq, seq, deadline);
+        struct timespec check;
+        int rc = cmp__futex_wait(&r->space_seq, seq, recheck_deadline(deadline, &check));
         if (rc == -EINTR || (rc == -ETIMEDOUT && cmp__deadline_passed(deadline))) {
             cmp__store_relaxed(&r->space_waiters, 0);
             if ((w = place(p, need, slot, sneed)))
@@ -771,7 +806,7 @@ static int stream_wait(struct prod *p, uint64_t need, const struct timespec *end
         if (cmp__deadline_passed(&limit) || cmp__deadline_passed(end))
             return 0;
         uint32_t seq = cmp__load_acquire(&r->space_seq);
-        cmp__store_relaxed(&r->space_waiters, 1);
+        cmp__store_relaxed(&r->space_waiters, sleeper_tag(seq));
         cmp__fence_seq_cst(); /* pairs with the fence in notify_space */
         if (cmp__load64_acquire(&r->head) == h0 &&
             (need || cmp__load_acquire(&r->sgate) == GATE_OPEN))
@@ -1024,7 +1059,7 @@ static int wait_data(const struct cons *c, int in_stream, const struct timespec 
     }
     for (;;) {
         uint32_t seq = cmp__load_acquire(&r->data_seq);
-        cmp__store_relaxed(&r->data_waiters, 1);
+        cmp__store_relaxed(&r->data_waiters, sleeper_tag(seq));
         cmp__fence_seq_cst(); /* pairs with the fence in notify_data */
         if (ready(c, in_stream)) {
             cmp__store_relaxed(&r->data_waiters, 0);
@@ -1034,12 +1069,13 @@ static int wait_data(const struct cons *c, int in_stream, const struct timespec 
             cmp__store_relaxed(&r->data_waiters, 0);
             return -EPIPE;
         }
-        const struct timespec *until = in_stream ? NULL : deadline;
         struct timespec check;
+        const struct timespec *until;
         if (in_stream) {
             cmp__deadline_in_ns(&check, CMP__OWNER_CHECK_NS);
             until = &check;
-        }
+        } else
+            until = recheck_deadline(deadline, &check);
         int rc = cmp__futex_wait(&r->data_seq, seq, until);
         if (in_stream) {
             if (rc == -ETIMEDOUT)

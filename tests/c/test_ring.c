@@ -716,3 +716,42 @@ Test(ring, consumer_killed_while_waiting, .timeout = 20)
     cr_assert_eq(s.len, 5);
     sink_free(&s);
 }
+
+/* Waits until the consumer has announced itself asleep on the ring. */
+static void wait_sleeper(cmp_ring_t *r)
+{
+    double end = sync_now() + 10;
+    while (!__atomic_load_n(&r->data_waiters, __ATOMIC_ACQUIRE))
+        cr_assert(sync_now() < end, "the consumer never went to sleep");
+    sync_sleep(0.01); /* into futex_wait, most likely; either way is correct */
+}
+
+/* A waker killed between its bump of the sequence and its wake leaves the
+ * sleeper's flag set, so the next put wakes it; and a sleeper whose flag
+ * was lost altogether (no put ever wakes it) finds the data by its own
+ * periodic recheck. Both gets have no deadline: without either, this hangs
+ * until Criterion's timeout. */
+Test(ring, sleeper_survives_a_waker_killed_mid_wake, .timeout = 20)
+{
+    cmp_ring_t *r = test_ring(4096, 0);
+    pid_t pid = fork_or_fail();
+    if (pid == 0) {
+        struct sink s = {0};
+        int ok = cmp_ring_get(r, sink_alloc, &s, NULL) == 0 && s.len == 3 &&
+                 memcmp(s.buf, "one", 3) == 0;
+        ok = ok && cmp_ring_get(r, sink_alloc, &s, NULL) == 0 && s.len == 3 &&
+             memcmp(s.buf, "two", 3) == 0;
+        _exit(ok ? 0 : 1);
+    }
+    wait_sleeper(r);
+    /* what a waker killed after its bump leaves behind: the sequence moved,
+     * nobody woken, the flag still set */
+    __atomic_fetch_add(&r->data_seq, 1, __ATOMIC_ACQ_REL);
+    cr_assert_neq(__atomic_load_n(&r->data_waiters, __ATOMIC_ACQUIRE), 0);
+    cr_assert_eq(cmp_ring_put(r, "one", 3, NULL), 0);
+    wait_sleeper(r);
+    /* the worst case: the flag gone, so this put wakes nobody */
+    __atomic_store_n(&r->data_waiters, 0, __ATOMIC_RELEASE);
+    cr_assert_eq(cmp_ring_put(r, "two", 3, NULL), 0);
+    cr_assert_eq(test_join(pid, 10), 0);
+}
