@@ -929,8 +929,19 @@ static PyObject *cmp_address_type(PyObject *module, PyObject *address)
     return address_type(address);
 }
 
-/* AF_INET = 1, AF_UNIX = 2, or -1 with ValueError (AF_PIPE is Windows'). */
-static int family_code(PyObject *family)
+/* The stdlib's _validate_family: only Windows' AF_PIPE is refused, with
+ * ValueError. Returns 0, or -1 with the exception set. */
+static int validate_family(PyObject *family)
+{
+    if (PyUnicode_Check(family) && PyUnicode_CompareWithASCIIString(family, "AF_PIPE") == 0) {
+        PyErr_Format(PyExc_ValueError, "Family %S is not recognized.", family);
+        return -1;
+    }
+    return 0;
+}
+
+/* 'AF_INET' or 'AF_UNIX' as a code, else 0. */
+static int known_family(PyObject *family)
 {
     if (PyUnicode_Check(family)) {
         if (PyUnicode_CompareWithASCIIString(family, "AF_INET") == 0)
@@ -938,12 +949,34 @@ static int family_code(PyObject *family)
         if (PyUnicode_CompareWithASCIIString(family, "AF_UNIX") == 0)
             return AF_UNIX;
     }
-    /* the stdlib's two messages: Windows' AF_PIPE, or a family it cannot
-     * make an address for */
-    if (PyUnicode_Check(family) && PyUnicode_CompareWithASCIIString(family, "AF_PIPE") == 0)
-        PyErr_Format(PyExc_ValueError, "Family %S is not recognized.", family);
+    return 0;
+}
+
+/* The family of a listener that must make its own address, as a code:
+ * AF_PIPE is refused as the stdlib's validation does, any other family it
+ * cannot make an address for with its ValueError. -1 with the exception. */
+static int family_code(PyObject *family)
+{
+    int f = known_family(family);
+    if (f || validate_family(family) < 0)
+        return f ? f : -1;
+    PyErr_SetString(PyExc_ValueError, "unrecognized family");
+    return -1;
+}
+
+/* The family of a listener bound to an address given: the stdlib
+ * validates it, then asks the socket module for it (getattr(socket,
+ * family)), whose errors are TypeError and AttributeError. */
+static int socket_family(PyObject *family)
+{
+    int f = known_family(family);
+    if (f || validate_family(family) < 0)
+        return f ? f : -1;
+    if (!PyUnicode_Check(family))
+        PyErr_Format(PyExc_TypeError, "attribute name must be string, not '%.100s'",
+                     Py_TYPE(family)->tp_name);
     else
-        PyErr_SetString(PyExc_ValueError, "unrecognized family");
+        PyErr_Format(PyExc_AttributeError, "module 'socket' has no attribute '%U'", family);
     return -1;
 }
 
@@ -1198,28 +1231,12 @@ static PyObject *cmp_answer_challenge(PyObject *module, PyObject *const *args, P
 /* family or address_type(address) or the default, as a code. */
 static int resolve_family(PyObject *family, PyObject *address)
 {
-    if (family && family != Py_None) {
-        int given = address && address != Py_None ? PyObject_IsTrue(address) : 0;
-        if (given < 0)
-            return -1;
-        /* The stdlib's order of refusals: no address to make for an unknown
-         * family (ValueError), then AF_PIPE (Windows'), then the socket
-         * module has no such family (getattr(socket, family)). */
-        if (given && PyUnicode_Check(family) &&
-            PyUnicode_CompareWithASCIIString(family, "AF_INET") != 0 &&
-            PyUnicode_CompareWithASCIIString(family, "AF_UNIX") != 0 &&
-            PyUnicode_CompareWithASCIIString(family, "AF_PIPE") != 0) {
-            PyErr_Format(PyExc_AttributeError, "module 'socket' has no attribute '%U'", family);
-            return -1;
-        }
-        if (given && !PyUnicode_Check(family)) {
-            PyErr_Format(PyExc_TypeError, "attribute name must be string, not '%.100s'",
-                         Py_TYPE(family)->tp_name);
-            return -1;
-        }
-        return family_code(family);
-    }
-    if (address && address != Py_None && PyObject_IsTrue(address) == 1) {
+    int given = address && address != Py_None ? PyObject_IsTrue(address) : 0;
+    if (given < 0)
+        return -1;
+    if (family && family != Py_None)
+        return given ? socket_family(family) : family_code(family);
+    if (given) {
         PyObject *t = address_type(address);
         if (!t)
             return -1;
@@ -1500,10 +1517,8 @@ static PyObject *cmp_Client(PyObject *module, PyObject *const *args, Py_ssize_t 
      * 'AF_PIPE' (Windows'); the socket's family is the address's, so
      * family='AF_FOO' connects (or fails to) like family=None. */
     int truthy = a[1] ? PyObject_IsTrue(a[1]) : 0;
-    if (truthy < 0)
+    if (truthy < 0 || (truthy && validate_family(a[1]) < 0))
         return NULL;
-    if (truthy && PyUnicode_Check(a[1]) && PyUnicode_CompareWithASCIIString(a[1], "AF_PIPE") == 0)
-        return PyErr_Format(PyExc_ValueError, "Family %S is not recognized.", a[1]);
     PyObject *t = address_type(a[0]);
     if (!t)
         return NULL;
