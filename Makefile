@@ -72,13 +72,18 @@ $(BUILD)/examples/%: examples/c/%.c $(BUILD)/libcmp.a
 $(BUILD)/test_c: $(CTEST_SRC) $(wildcard tests/c/*.h) $(BUILD)/libcmp.a
 	$(CC) $(CFLAGS_ALL) -Itests/c -o $@ $(CTEST_SRC) $(BUILD)/libcmp.a -lcriterion $(LDLIBS)
 
-$(BUILD)/bench/%: bench/%.c $(BUILD)/libcmp.a
+$(BUILD)/bench/%: bench/%.c bench/hogs.h $(BUILD)/libcmp.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -o $@ $< $(BUILD)/libcmp.a $(LDLIBS)
 
-# Raw C-level numbers for the ring (no stdlib comparison).
-bench-c: $(BUILD)/bench/ring_bench
-	$(BUILD)/bench/ring_bench
+# Raw C-level numbers (no stdlib comparison): the ring, and wake-up costs
+# next to the kernel's floor, at each load in BENCH_LOADS (CPU hogs).
+BENCH_LOADS ?= 0 1 2
+bench-c: $(BUILD)/bench/ring_bench $(BUILD)/bench/wake_bench
+	@for load in $(BENCH_LOADS); do \
+		echo "== load $$load"; \
+		$(BUILD)/bench/ring_bench --load $$load && $(BUILD)/bench/wake_bench --load $$load || exit 1; \
+	done
 
 deps:
 	@./scripts/install-deps.sh

@@ -71,6 +71,7 @@ typedef struct cmp_sem {
     uint32_t waiters;
     uint32_t max;     /* CMP_SEM_VALUE_MAX when unbounded */
     uint32_t spin_ns; /* adaptive spin budget (a hint) */
+    uint32_t cpu;     /* the last releaser's CPU + 1 (a hint) */
 } cmp_sem_t;
 
 /* Manual-reset event. */
@@ -78,6 +79,7 @@ typedef struct cmp_event {
     uint32_t flag; /* futex word: bit 0 set, above it a count of sets */
     uint32_t waiters;
     uint32_t spin_ns; /* adaptive spin budget (a hint) */
+    uint32_t cpu;     /* the last setter's CPU + 1 (a hint) */
 } cmp_event_t;
 
 /* Condition variable, usable with cmp_lock_t or cmp_rlock_t. */
@@ -86,6 +88,7 @@ typedef struct cmp_cond {
     uint32_t seq;      /* futex word, bumped by every notify */
     uint32_t nwaiters; /* processes/threads inside wait */
     uint32_t nsignals; /* wake-ups granted but not yet consumed */
+    uint32_t spin_ns;  /* adaptive spin budget (a hint) */
 } cmp_cond_t;
 
 /* Reusable barrier (the semantics of Python's threading.Barrier). */
@@ -116,7 +119,9 @@ typedef struct cmp_ring {
     uint32_t space_seq;     /* futex word: bumped when space was freed */
     uint32_t space_waiters; /* the producer sleeping for space (0 or 1) */
     uint32_t sgate;         /* a queue's stream in flight: open/taken/aborted */
-    uint32_t pad1[6];
+    uint32_t prod_cpu;      /* the last publishing producer's CPU + 1 (a hint) */
+    uint32_t space_spin_ns; /* adaptive spin budget of a wait for space (a hint) */
+    uint32_t pad1[4];
     /* consumer side (own cache line) */
     uint64_t head;         /* consumed position | message count */
     cmp_lock_t clock;      /* held by the consumer getting a message */
@@ -125,7 +130,9 @@ typedef struct cmp_ring {
     uint32_t data_seq;     /* futex word: bumped when data was published */
     uint32_t data_waiters; /* the consumer sleeping for data (0 or 1) */
     uint32_t data_wanted;  /* a consumer is waiting for a message (0 or 1) */
-    uint32_t pad2[5];
+    uint32_t cons_cpu;     /* the last consuming consumer's CPU + 1 (a hint) */
+    uint32_t data_spin_ns; /* adaptive spin budget of a wait for data (a hint) */
+    uint32_t pad2[3];
 } cmp_ring_t;
 
 /* Queue: a ring plus the counters of a joinable queue. Followed directly by

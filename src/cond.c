@@ -25,6 +25,7 @@
  */
 #include "atomic.h"
 #include "internal.h"
+#include "spin.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -49,6 +50,7 @@ void cmp_cond_init(cmp_cond_t *cond)
     cond->seq = 0;
     cond->nwaiters = 0;
     cond->nsignals = 0;
+    cond->spin_ns = CMP__SPIN_MAX_NS;
 }
 
 uint32_t cmp_cond_n_waiting(const cmp_cond_t *cond)
@@ -97,6 +99,15 @@ int cmp_cond_sleep(cmp_cond_t *cond, uint32_t ticket, const struct timespec *dea
         guard_unlock(cond);
         if (notified)
             return 0;
+        /* no peer CPU: one condition carries notifies both ways, so its
+         * last notifier is as often the waiter itself */
+        struct cmp__spin spin;
+        if (cmp__spin_begin(&spin, &cond->spin_ns, NULL, deadline)) {
+            int moved = cmp__spin_until_change(&spin, &cond->seq, seq);
+            cmp__spin_end(&spin, &cond->spin_ns, moved);
+            if (moved)
+                continue;
+        }
         int rc = cmp__futex_wait(&cond->seq, seq, deadline);
         if (rc == -ETIMEDOUT)
             return cmp_cond_cancel_wait(cond, ticket) ? 0 : -ETIMEDOUT;

@@ -8,6 +8,7 @@
  * callers; today there is one, the fd transport below.
  */
 #include "conn_internal.h"
+#include "spin.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -143,25 +144,28 @@ static ssize_t fd_read(cmp_conn_t *c, void *p, size_t n, const struct timespec *
 }
 
 /* Before sleeping in read() for the start of a message, poll a socket
- * without blocking for a few microseconds: in a request/reply exchange the
- * answer usually arrives within that time, and a blocking read would pay
- * a sleep and a wake-up (several microseconds each) on top. Bounded, so an
- * idle reader costs at most this much CPU per call. */
-#define SPIN_NS 30000L
-
+ * without blocking for a while (spin.h): in a request/reply exchange the
+ * answer usually arrives within microseconds, and a blocking read would pay
+ * a sleep and a wake-up on top. The peer's CPU is unknown here, so the
+ * budget (per thread: it follows how this thread's exchanges go) and the
+ * preemption check decide alone. */
 static void spin_for_data(cmp_conn_t *c)
 {
-    struct timespec start, now;
-    clock_gettime(CLOCK_MONOTONIC, &start);
-    for (;;) {
+    static __thread uint32_t budget = CMP__SPIN_MAX_NS;
+    struct cmp__spin spin;
+    if (!cmp__spin_begin(&spin, &budget, NULL, NULL))
+        return;
+
+    int got = 0;
+    do {
         char probe;
         ssize_t k = recv(c->fd, &probe, 1, MSG_PEEK | MSG_DONTWAIT);
-        if (k >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK))
-            return; /* data, EOF or an error: the real read will see it */
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        if ((now.tv_sec - start.tv_sec) * 1000000000L + (now.tv_nsec - start.tv_nsec) > SPIN_NS)
-            return;
-    }
+        if (k >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) {
+            got = 1; /* data, EOF or an error: the real read will see it */
+            break;
+        }
+    } while (cmp__spin_check(&spin));
+    cmp__spin_end(&spin, &budget, got);
 }
 
 static int fd_recv(cmp_conn_t *c, cmp_conn_rx_t *rx, uint64_t maxlen, cmp_conn_alloc_fn alloc,

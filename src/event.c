@@ -28,11 +28,15 @@ void cmp_event_init(cmp_event_t *event)
     event->flag = 0;
     event->waiters = 0;
     event->spin_ns = CMP__SPIN_MAX_NS;
+    event->cpu = 0;
 }
 
 void cmp_event_set(cmp_event_t *event)
 {
     uint32_t v = cmp__load_relaxed(&event->flag);
+    if (v & FLAG)
+        return;
+    cmp__spin_publish_cpu(&event->cpu);
     do {
         if (v & FLAG)
             return;
@@ -63,11 +67,12 @@ int cmp_event_wait(cmp_event_t *event, const struct timespec *deadline)
         return 0;
 
     struct cmp__spin spin;
-    cmp__spin_begin(&spin, &event->spin_ns, deadline);
-    int changed = cmp__spin_until_change(&spin, &event->flag, start);
-    cmp__spin_end(&spin, &event->spin_ns, changed);
-    if (changed)
-        return 0;
+    if (cmp__spin_begin(&spin, &event->spin_ns, &event->cpu, deadline)) {
+        int changed = cmp__spin_until_change(&spin, &event->flag, start);
+        cmp__spin_end(&spin, &event->spin_ns, changed);
+        if (changed)
+            return 0;
+    }
 
     int rc;
     __atomic_fetch_add(&event->waiters, 1, __ATOMIC_SEQ_CST); /* Dekker with set */

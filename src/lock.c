@@ -25,6 +25,7 @@
  */
 #include "atomic.h"
 #include "internal.h"
+#include "spin.h"
 
 #include <errno.h>
 
@@ -75,6 +76,12 @@ static int take_from_dead_holder(cmp_lock_t *lock, uint64_t v, uint64_t me)
     return cmp__cas64_acquire(&lock->state, &v, me | WAITERS);
 }
 
+/* A deadline already passed (CMP_NOWAIT): one attempt, no spin. */
+static int is_poll(const struct timespec *deadline)
+{
+    return deadline && cmp__deadline_passed(deadline);
+}
+
 int cmp_lock_acquire(cmp_lock_t *lock, const struct timespec *deadline)
 {
     const uint64_t me = cmp__self_id();
@@ -82,11 +89,20 @@ int cmp_lock_acquire(cmp_lock_t *lock, const struct timespec *deadline)
     if (cmp__cas64_acquire(&lock->state, &v, me))
         return 0;
 
-    for (int spin = 0; spin < CMP__SPIN_LIMIT && HOLDER(v) != 0 && !(v & WAITERS); spin++) {
-        cmp__cpu_relax();
+    /* Spin (spin.h) while the holder runs and nobody sleeps: with sleepers
+     * queued the release goes to them first. No budget hint (the word is
+     * the whole lock): a fixed, short budget. */
+    struct cmp__spin spin;
+    if (HOLDER(v) != 0 && !(v & WAITERS) && !is_poll(deadline) &&
+        cmp__spin_begin(&spin, NULL, NULL, deadline)) {
+        while (cmp__spin_more(&spin)) {
+            v = cmp__load64_relaxed(&lock->state);
+            if (v == 0 && cmp__cas64_acquire(&lock->state, &v, me))
+                return 0;
+            if (v & WAITERS)
+                break;
+        }
         v = cmp__load64_relaxed(&lock->state);
-        if (v == 0 && cmp__cas64_acquire(&lock->state, &v, me))
-            return 0;
     }
 
     for (;;) {

@@ -106,6 +106,7 @@
  */
 #include "atomic.h"
 #include "internal.h"
+#include "spin.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -207,6 +208,7 @@ int cmp_ring_init(cmp_ring_t *ring, size_t capacity, uint64_t max_count)
     ring->spill_fd = -1;
     ring->capacity = round_capacity(capacity);
     ring->max_count = max_count;
+    ring->space_spin_ns = ring->data_spin_ns = CMP__SPIN_MAX_NS;
     cmp_lock_init(&ring->plock);
     cmp_lock_init(&ring->clock);
     return 0;
@@ -433,11 +435,13 @@ static void notify(uint32_t *waiters, uint32_t *seq)
 
 static void notify_data(cmp_ring_t *r)
 {
+    cmp__spin_publish_cpu(&r->prod_cpu);
     notify(&r->data_waiters, &r->data_seq);
 }
 
 static void notify_space(cmp_ring_t *r)
 {
+    cmp__spin_publish_cpu(&r->cons_cpu);
     notify(&r->space_waiters, &r->space_seq);
 }
 
@@ -595,14 +599,20 @@ static int wait_space(struct prod *p, uint64_t need, int slot, uint64_t sneed,
 {
     cmp_ring_t *r = p->r;
     int w;
-    for (int spin = 0; spin < RING_SPIN; spin++) {
-        if ((w = place(p, need, slot, sneed)))
+    if ((w = place(p, need, slot, sneed)))
+        return w;
+    if (cmp_ring_is_closed(r))
+        return -EPIPE;
+    if (is_nowait(deadline))
+        return -EAGAIN;
+    struct cmp__spin spin;
+    if (cmp__spin_begin(&spin, &r->space_spin_ns, &r->cons_cpu, deadline)) {
+        while (!(w = place(p, need, slot, sneed)) && !cmp_ring_is_closed(r) &&
+               cmp__spin_more(&spin)) {
+        }
+        cmp__spin_end(&spin, &r->space_spin_ns, w != 0);
+        if (w)
             return w;
-        if (cmp_ring_is_closed(r))
-            return -EPIPE;
-        if (is_nowait(deadline))
-            return -EAGAIN;
-        cmp__cpu_relax();
     }
     for (;;) {
         uint32_t seq = cmp__load_acquire(&r->space_seq);
@@ -654,6 +664,10 @@ static int wait_ring(struct prod *p, uint64_t need, int slot, uint64_t sneed,
 {
     cmp_ring_t *r = p->r;
     uint64_t h0 = cmp__load64_relaxed(&r->head);
+    /* a thread that competes for its CPU (spin.h, case 2) would only keep
+     * the draining consumer from it: spill at once */
+    if (cmp__spin_held())
+        return TO_SPILL;
     struct timespec limit;
     cmp__deadline_in_ns(&limit, RING_FULL_WAIT_NS);
     for (unsigned i = 1;; i++) {
@@ -761,6 +775,8 @@ static int stream_wanted(struct prod *p, uint64_t first_rec, size_t len)
         return 0;
     if (cmp__load_relaxed(&r->data_wanted))
         return 1;
+    if (cmp__spin_held()) /* no CPU to spin on while a consumer comes */
+        return 0;
     uint64_t ns = (uint64_t)(len >> 20) * STREAM_ARRIVE_NS_PER_MIB;
     struct timespec limit;
     cmp__deadline_in_ns(&limit, ns < STREAM_ARRIVE_MAX_NS ? (long)ns : STREAM_ARRIVE_MAX_NS);
@@ -1046,16 +1062,23 @@ static int ready(const struct cons *c, int in_stream)
 static int wait_data(const struct cons *c, int in_stream, const struct timespec *deadline)
 {
     cmp_ring_t *r = c->r;
-    for (int spin = 0; spin < RING_SPIN; spin++) {
-        if (ready(c, in_stream))
-            return 0;
-        if (!in_stream) {
-            if (cmp_ring_is_closed(r))
-                return -EPIPE;
-            if (is_nowait(deadline))
-                return -EAGAIN;
+    if (ready(c, in_stream))
+        return 0;
+    if (!in_stream) {
+        if (cmp_ring_is_closed(r))
+            return -EPIPE;
+        if (is_nowait(deadline))
+            return -EAGAIN;
+    }
+    struct cmp__spin spin;
+    if (cmp__spin_begin(&spin, &r->data_spin_ns, &r->prod_cpu, in_stream ? NULL : deadline)) {
+        int got;
+        while (!(got = ready(c, in_stream)) && (in_stream || !cmp_ring_is_closed(r)) &&
+               cmp__spin_more(&spin)) {
         }
-        cmp__cpu_relax();
+        cmp__spin_end(&spin, &r->data_spin_ns, got);
+        if (got)
+            return 0;
     }
     for (;;) {
         uint32_t seq = cmp__load_acquire(&r->data_seq);

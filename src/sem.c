@@ -29,6 +29,7 @@ int cmp_sem_init(cmp_sem_t *sem, uint32_t value, uint32_t max)
     sem->waiters = 0;
     sem->max = max;
     sem->spin_ns = CMP__SPIN_MAX_NS;
+    sem->cpu = 0;
     return 0;
 }
 
@@ -56,9 +57,9 @@ int cmp_sem_acquire(cmp_sem_t *sem, const struct timespec *deadline)
 
     /* Spin only while nobody sleeps: with sleepers queued, a release goes
      * to them first and spinning only burns the releaser's CPU. */
-    if (!cmp__load_relaxed(&sem->waiters)) {
-        struct cmp__spin spin;
-        cmp__spin_begin(&spin, &sem->spin_ns, deadline);
+    struct cmp__spin spin;
+    if (!cmp__load_relaxed(&sem->waiters) &&
+        cmp__spin_begin(&spin, &sem->spin_ns, &sem->cpu, deadline)) {
         int got = 0;
         while (!got && cmp__spin_until_change(&spin, &sem->value, 0)) {
             v = cmp__load_relaxed(&sem->value);
@@ -99,6 +100,7 @@ int cmp_sem_release(cmp_sem_t *sem)
 {
     uint32_t v = cmp__load_relaxed(&sem->value);
     const uint32_t max = sem->max;
+    cmp__spin_publish_cpu(&sem->cpu);
     do {
         if (v >= max)
             return -EOVERFLOW;

@@ -1,19 +1,40 @@
 /*
- * Adaptive spinning before a futex sleep (sem.c, event.c).
+ * The wake-up policy: how every libcmp wait spins before it sleeps (ring,
+ * connection, lock, semaphore, event, condition, barrier). The public
+ * summary is in cmp.h ("Waiting"); the measurements behind it are in
+ * bench/wake_bench.c.
  *
- * A hand-off between two busy processes on different CPUs (a ping-pong)
- * completes within a few microseconds, while a sleep and a wake-up cost
- * system calls on both sides and, when the sleeper's CPU went idle on a
- * virtual machine, up to hundreds of microseconds. But when the scheduler
- * has put the other party on *our* CPU (it likes to, for processes that
- * wake each other) or the cores are oversubscribed, every spin only delays
- * the party we wait for. Yielding instead is worse still: it can hand the
- * CPU to an unrelated CPU hog for a whole time slice.
+ * A hand-off between two processes that each own a CPU completes in a few
+ * hundred nanoseconds when the waiter spins, while a futex sleep and wake-up
+ * cost system calls on both sides and, when the sleeper's CPU went idle on
+ * a virtual machine, tens of microseconds. But a spin only pays while the
+ * party we wait for runs on *another* CPU. Three cases make it a loss, and
+ * each has its own guard here:
  *
- * So each object keeps a spin budget (a hint in shared memory, written
- * only when it changes): a spin that succeeded doubles it, one that ran out
- * halves it. With cores to spare it settles at the maximum; where spinning
- * cannot help it sinks to the minimum and waits become plain futex sleeps.
+ *  1. The party we wait for is on our CPU (the scheduler likes to put
+ *     processes that wake each other together): every spin delays it by
+ *     the whole spin. Whoever changes a word a waiter spins on publishes
+ *     its CPU next to it (cmp__spin_publish_cpu); a waiter whose CPU is
+ *     that one sleeps at once (sched_getcpu() is a vDSO/rseq read, ~1 ns).
+ *  2. Our CPU is shared with another runnable process (a CPU hog, another
+ *     worker): the spinner is preempted, and a preempted spinner is not a
+ *     sleeper, so the wake-up that comes meanwhile does not preempt the hog
+ *     for it — it waits out the hog's time slice, milliseconds. A spin that
+ *     sees the clock jump between two polls (it was descheduled) stops at
+ *     once and counts as failed.
+ *  3. The other party needs longer than a spin (it computes, or sleeps
+ *     itself): the spin is wasted CPU. Each object keeps a spin budget (a
+ *     hint in shared memory, written only when it changes): a spin that
+ *     succeeded doubles it, one that ran out or was preempted halves it,
+ *     between SPIN_MIN_NS and SPIN_MAX_NS. The minimum stays above a
+ *     futex wake-to-run time, so that a ping-pong that fell back to sleeping
+ *     finds its way back to spinning once both parties own a CPU again.
+ *
+ * Not used: sched_yield() (on a busy CPU it hands the CPU to a hog for a
+ * whole slice, and the yielder then waits like a preempted spinner), and a
+ * system-wide "is a CPU idle" test (/proc/loadavg's running count: 400 ns a
+ * read, and it cannot tell whether the CPU that is busy is ours).
+ *
  * Bounded in time, not iterations: PAUSE lasts 10 to 140 cycles depending
  * on the CPU.
  */
@@ -23,47 +44,163 @@
 #include "atomic.h"
 #include "internal.h"
 
-#define CMP__SPIN_MIN_NS 1000u
+#include <sched.h>
+
+#define CMP__SPIN_MIN_NS 4000u
 #define CMP__SPIN_MAX_NS 32000u
+/* A spin without a budget hint of its own (a short one: a lock's holder
+ * is usually about to release it). */
+#define CMP__SPIN_FIXED_NS 8000u
+/* A budget hint that says "don't spin": a spin at the minimum failed. One
+ * wait in CMP__SPIN_PROBE_EVERY then spins with half the maximum (long
+ * enough for a slow answer: a Python peer's takes microseconds), so that
+ * spinning comes back when it would succeed; probes cost at most 1 us a
+ * wait on average. */
+#define CMP__SPIN_OFF 1u
+#define CMP__SPIN_PROBE_EVERY 16u
+/* A gap this long between two clock checks of a spin means it was
+ * descheduled: a spin that another process preempted (often the very peer
+ * it waits for, woken onto our CPU) and that then finds its answer did not
+ * succeed by spinning. */
+#define CMP__SPIN_PREEMPTED_NS 20000L
+
+/* 0 when the environment variable CMP_SPIN was 0 at the first wait of the
+ * process: every wait then sleeps at once (spin.c). */
+extern int cmp__spin_setting __attribute__((visibility("hidden")));
+int cmp__spin_enabled_slow(void);
+static inline int cmp__spin_enabled(void)
+{
+    int v = __atomic_load_n(&cmp__spin_setting, __ATOMIC_RELAXED);
+    return __builtin_expect(v >= 0, 1) ? v : cmp__spin_enabled_slow();
+}
+
+/* Case 2 (spin.c): 1 while the calling thread holds off spinning, since
+ * it has lately had to wait for its CPU. */
+int cmp__spin_held(void);
+
+/* The caller's CPU, +1 (0: unknown). */
+static inline uint32_t cmp__spin_cpu(void)
+{
+    int cpu = sched_getcpu();
+    return cpu < 0 ? 0 : (uint32_t)cpu + 1;
+}
+
+/* Called by whoever changes a word that waiters spin on, just before (or
+ * after) the change: records its CPU in *cpu for them (see case 1). */
+static inline void cmp__spin_publish_cpu(uint32_t *cpu)
+{
+    uint32_t me = cmp__spin_cpu();
+    if (cmp__load_relaxed(cpu) != me)
+        cmp__store_relaxed(cpu, me);
+}
+
+enum { CMP__SPIN_RUNNING, CMP__SPIN_DONE, CMP__SPIN_TIMED_OUT, CMP__SPIN_PREEMPTED };
 
 struct cmp__spin {
     struct timespec end;
+    struct timespec last;        /* time of the last poll */
     const struct timespec *stop; /* earlier of end and the caller's deadline */
     uint32_t budget;
+    unsigned polls;
+    int state;
+    long preempted_ns; /* a gap between clock checks that means preempted */
 };
 
-static inline void cmp__spin_begin(struct cmp__spin *s, const uint32_t *hint,
-                                   const struct timespec *deadline)
+/* Starts a spin before a sleep. hint: the object's budget word (NULL: a
+ * fixed budget); peer_cpu: where the party that will wake us published its
+ * CPU (NULL: unknown). Returns 0 when spinning cannot pay now (then don't
+ * spin, and don't call cmp__spin_end). */
+static inline int cmp__spin_begin(struct cmp__spin *s, const uint32_t *hint,
+                                  const uint32_t *peer_cpu, const struct timespec *deadline)
 {
-    uint32_t budget = cmp__load_relaxed(hint);
-    if (budget < CMP__SPIN_MIN_NS || budget > CMP__SPIN_MAX_NS)
-        budget = CMP__SPIN_MIN_NS; /* zeroed memory, or a torn guess */
-    s->budget = budget;
-    cmp__deadline_in_ns(&s->end, (long)budget);
-    s->stop = cmp__deadline_min(deadline, &s->end);
-}
-
-/* Spins while *word == start: 1 once it changed, 0 when the time is up. */
-static inline int cmp__spin_until_change(struct cmp__spin *s, const uint32_t *word, uint32_t start)
-{
-    for (unsigned i = 1;; i++) {
-        cmp__cpu_relax();
-        if (cmp__load_acquire(word) != start)
-            return 1;
-        if ((i & 15) == 0 && cmp__deadline_passed(s->stop))
+    if (!cmp__spin_enabled() || cmp__spin_held())
+        return 0;
+    if (peer_cpu) {
+        uint32_t peer = cmp__load_relaxed(peer_cpu);
+        if (peer != 0 && peer == cmp__spin_cpu())
             return 0;
     }
+    uint32_t budget = CMP__SPIN_FIXED_NS;
+    if (hint) {
+        budget = cmp__load_relaxed(hint);
+        if (budget == CMP__SPIN_OFF) {
+            /* spins kept failing: sleep at once, but probe now and then */
+            static __thread unsigned skipped;
+            if (++skipped % CMP__SPIN_PROBE_EVERY != 0)
+                return 0;
+            budget = CMP__SPIN_MAX_NS / 2;
+        } else if (budget < CMP__SPIN_MIN_NS || budget > CMP__SPIN_MAX_NS) {
+            budget = CMP__SPIN_MIN_NS; /* zeroed memory, or a torn guess */
+        }
+    }
+    s->budget = budget;
+    clock_gettime(CLOCK_MONOTONIC, &s->last);
+    s->end = s->last;
+    s->end.tv_nsec += (long)budget;
+    if (s->end.tv_nsec >= 1000000000L) {
+        s->end.tv_sec++;
+        s->end.tv_nsec -= 1000000000L;
+    }
+    s->stop = cmp__deadline_min(deadline, &s->end);
+    s->polls = 0;
+    s->state = CMP__SPIN_RUNNING;
+    s->preempted_ns = CMP__SPIN_PREEMPTED_NS;
+    return 1;
 }
 
-/* Records how the spin went (benign races: it is only a hint). A spin cut
- * short by the caller's deadline says nothing about the budget. */
+/* Checks the clock: 1 while the spin may go on; 0 once it ran out of time
+ * or was descheduled since the last check (s->state says which). For a
+ * spin whose every round is a system call, call it every round. */
+static inline int cmp__spin_check(struct cmp__spin *s)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    long gap = (now.tv_sec - s->last.tv_sec) * 1000000000L + (now.tv_nsec - s->last.tv_nsec);
+    s->last = now;
+    if (gap > s->preempted_ns) {
+        s->state = CMP__SPIN_PREEMPTED;
+        return 0;
+    }
+    if (now.tv_sec > s->stop->tv_sec ||
+        (now.tv_sec == s->stop->tv_sec && now.tv_nsec >= s->stop->tv_nsec)) {
+        s->state = CMP__SPIN_TIMED_OUT;
+        return 0;
+    }
+    return 1;
+}
+
+/* One round of a spin on a word in memory: pauses, and every 16 rounds
+ * (well under a microsecond apart) checks the clock. */
+static inline int cmp__spin_more(struct cmp__spin *s)
+{
+    cmp__cpu_relax();
+    if ((++s->polls & 15) != 0)
+        return 1;
+    return cmp__spin_check(s);
+}
+
+/* Spins while *word == start: 1 once it changed, 0 when the spin is over. */
+static inline int cmp__spin_until_change(struct cmp__spin *s, const uint32_t *word, uint32_t start)
+{
+    do {
+        if (cmp__load_acquire(word) != start)
+            return 1;
+    } while (cmp__spin_more(s));
+    return 0;
+}
+
+/* Records how the spin went in the object's hint (benign races: it is only
+ * a hint). A spin cut short by the caller's deadline says nothing about
+ * the budget. */
 static inline void cmp__spin_end(struct cmp__spin *s, uint32_t *hint, int succeeded)
 {
-    if (!succeeded && s->stop != &s->end)
+    if (!hint)
+        return;
+    if (!succeeded && s->state == CMP__SPIN_TIMED_OUT && s->stop != &s->end)
         return;
     uint32_t next = succeeded ? s->budget * 2 : s->budget / 2;
     if (next < CMP__SPIN_MIN_NS)
-        next = CMP__SPIN_MIN_NS;
+        next = succeeded ? CMP__SPIN_MIN_NS : CMP__SPIN_OFF;
     if (next > CMP__SPIN_MAX_NS)
         next = CMP__SPIN_MAX_NS;
     if (next != cmp__load_relaxed(hint))
