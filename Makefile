@@ -125,7 +125,7 @@ $(BUILD)/test_c_vg: $(CTEST_SRC) tests/c/valgrind_timeouts.c $(wildcard tests/c/
 		-lcriterion $(LDLIBS)
 
 bench: deps all
-	$(PYTHON) bench/bench.py
+	$(PYTHON) bench/bench.py --load 0,1,2
 
 demo: deps all
 	@./scripts/demo.sh $(PYTHON)

@@ -221,6 +221,24 @@ void cmp_shared_release_all(void);
  * Synchronization
  * ------------------------------------------------------------------------ */
 
+/* Waiting. Every blocking call (lock, semaphore, event, condition,
+ * barrier, ring and queue put/get, connection recv) follows one policy
+ * (src/spin.h): it spins for a few microseconds before it sleeps on a
+ * futex only where the spin can pay, that is while the party it waits for
+ * runs on another CPU:
+ *  - not when that party last ran on the caller's CPU (objects record the
+ *    CPU of whoever last released, set, published or consumed);
+ *  - not while the calling thread has lately been kept waiting for its own
+ *    CPU (its run-queue wait in /proc/thread-self/schedstat, sampled at most
+ *    once a millisecond): a spinner that a CPU hog preempts is not a sleeper,
+ *    so the wake-up that comes meanwhile would not preempt the hog for it;
+ *  - for as long as spins succeed: each object keeps an adaptive budget
+ *    (4 to 32 us), off after failures at the minimum, with one probing spin
+ *    every 16 waits;
+ *  - a spin that sees it was descheduled stops at once.
+ * A waiter that waits long sleeps: it costs no CPU until woken. With
+ * CMP_SPIN=0 in the environment every wait sleeps at once. */
+
 #define CMP__LOCK_WAITERS 0x80000000u
 #define CMP_SEM_VALUE_MAX 0x7fffffffu
 
