@@ -564,7 +564,12 @@ enum { NOWHERE = 0, TO_RING = 1, TO_SPILL = 2, RING_FULL = 3 };
  * it spills instead: the ring is an order of magnitude faster than the
  * spill (whose pages are allocated, written, read and freed), so entering
  * the spill while a consumer keeps up would only slow both sides down. */
-#define RING_FULL_WAIT_NS (2 * 1000 * 1000)
+#define RING_FULL_WAIT_NS (10 * 1000 * 1000)
+/* A consumer that is between two gets (no lock held, the head still) is
+ * draining all the same if it comes back within this time: a Python
+ * consumer takes tens of microseconds to build and free a 1 MiB object.
+ * One that stays away longer (gone, dead, or busy elsewhere) is not. */
+#define RING_FULL_IDLE_NS (2 * 1000 * 1000)
 
 /* Where a record can go now. need: its bytes in the ring, 0 when it may not
  * go there; slot: it starts a message (counts against max_count); sneed: its
@@ -657,30 +662,58 @@ static void publish(struct prod *p)
         notify_data(p->r);
 }
 
-/* The ring is full and the spill empty: waits (spinning, a bounded time)
- * while a consumer is draining the ring; spills when none is. */
+/* The ring is full and the spill empty: waits (a bounded time) while a
+ * consumer is draining the ring; spills when none is. The wait spins where
+ * the policy lets it (spin.h: never while this thread competes for its
+ * CPU, whatever the consumer's CPU, since the consumer needs one), then
+ * sleeps in naps that the consumer's next get cuts short. */
+#define RING_FULL_NAP_NS (200 * 1000)
+
 static int wait_ring(struct prod *p, uint64_t need, int slot, uint64_t sneed,
                      const struct timespec *deadline)
 {
     cmp_ring_t *r = p->r;
     uint64_t h0 = cmp__load64_relaxed(&r->head);
-    /* a thread that competes for its CPU (spin.h, case 2) would only keep
-     * the draining consumer from it: spill at once */
-    if (cmp__spin_held())
-        return TO_SPILL;
-    struct timespec limit;
+    struct timespec limit, idle;
     cmp__deadline_in_ns(&limit, RING_FULL_WAIT_NS);
+    cmp__deadline_in_ns(&idle, RING_FULL_IDLE_NS);
+    struct cmp__spin spin;
+    int spinning =
+        !cmp__spin_held() && cmp__spin_begin(&spin, &r->space_spin_ns, &r->cons_cpu, &limit);
     for (unsigned i = 1;; i++) {
-        cmp__cpu_relax();
         int w = place(p, need, slot, sneed);
-        if (w != RING_FULL)
+        if (w != RING_FULL) {
+            if (spinning)
+                cmp__spin_end(&spin, &r->space_spin_ns, 1);
             return w ? w : wait_space(p, need, slot, sneed, deadline);
-        if ((i & 255) == 0) {
-            uint64_t h = cmp__load64_relaxed(&r->head);
-            if ((h == h0 && !cmp_lock_is_locked(&r->clock)) || cmp__deadline_passed(&limit))
-                return TO_SPILL;
-            h0 = h;
         }
+        if (spinning) {
+            if (cmp__spin_more(&spin)) {
+                if ((i & 255) != 0)
+                    continue;
+            } else {
+                cmp__spin_end(&spin, &r->space_spin_ns, 0);
+                spinning = 0;
+            }
+        } else {
+            uint32_t seq = cmp__load_acquire(&r->space_seq);
+            cmp__store_relaxed(&r->space_waiters, sleeper_tag(seq));
+            cmp__fence_seq_cst(); /* pairs with the fence in notify_space */
+            if (place(p, need, slot, sneed) == RING_FULL && !cmp__deadline_passed(&limit)) {
+                struct timespec nap;
+                cmp__deadline_in_ns(&nap, RING_FULL_NAP_NS);
+                cmp__futex_wait(&r->space_seq, seq, cmp__deadline_min(&limit, &nap));
+            }
+            cmp__store_relaxed(&r->space_waiters, 0);
+        }
+        uint64_t h = cmp__load64_relaxed(&r->head);
+        if (h != h0 || cmp_lock_is_locked(&r->clock))
+            cmp__deadline_in_ns(&idle, RING_FULL_IDLE_NS);
+        else if (cmp__deadline_passed(&idle))
+            return TO_SPILL;
+        if (cmp__deadline_passed(&limit))
+            return TO_SPILL;
+        h0 = h;
     }
 }
 

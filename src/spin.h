@@ -113,12 +113,14 @@ struct cmp__spin {
 static inline int cmp__spin_begin(struct cmp__spin *s, const uint32_t *hint,
                                   const uint32_t *peer_cpu, const struct timespec *deadline)
 {
-    if (!cmp__spin_enabled() || cmp__spin_held())
+    if (!cmp__spin_enabled())
         return 0;
     if (peer_cpu) {
         uint32_t peer = cmp__load_relaxed(peer_cpu);
         if (peer != 0 && peer == cmp__spin_cpu())
             return 0;
+    } else if (cmp__spin_held()) {
+        return 0;
     }
     uint32_t budget = CMP__SPIN_FIXED_NS;
     if (hint) {
