@@ -412,6 +412,57 @@ def queue_numpy_64mib(mp, n):
 SCALE = {"us": 1e6, "ms": 1e3}
 
 
+IDLE_SECONDS = 1.0
+
+
+def _idle_waiter(what, mp, report):
+    """Blocks in one wait on an object nobody signals, for IDLE_SECONDS,
+    in this process's main thread and in a second thread at once; reports
+    the process's CPU seconds and voluntary context switches meanwhile."""
+    import resource
+    import threading
+    q, e, s = mp.Queue(), mp.Event(), mp.Semaphore(0)
+    a, b = mp.Pipe()
+    waits = {"Queue.get": lambda: q.get(timeout=IDLE_SECONDS),
+             "Event.wait": lambda: e.wait(IDLE_SECONDS),
+             "Semaphore.acquire": lambda: s.acquire(timeout=IDLE_SECONDS),
+             "Connection.poll": lambda: a.poll(IDLE_SECONDS)}
+    wait = waits[what]
+
+    def run():
+        try:
+            wait()
+        except Exception:  # queue.Empty
+            pass
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    thread = threading.Thread(target=run)
+    thread.start()
+    run()
+    thread.join()
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    report.send((cpu, after.ru_nvcsw - before.ru_nvcsw))
+
+
+def idle_waiters(impls):
+    """What a waiter that waits long costs: two waiters (main thread and a
+    second thread) blocked for IDLE_SECONDS, per implementation."""
+    import multiprocessing
+    fork = multiprocessing.get_context("fork")
+    print(f"\nIdle waiters: two (main thread + one thread) blocked {IDLE_SECONDS:.0f} s, "
+          "CPU used (% of one core) and wake-ups")
+    for what in ("Queue.get", "Event.wait", "Semaphore.acquire", "Connection.poll"):
+        cells = []
+        for label, mp in impls:
+            mine, theirs = fork.Pipe()
+            p = fork.Process(target=_idle_waiter, args=(what, mp, theirs))
+            p.start()
+            cpu, wakeups = mine.recv()
+            p.join(60)
+            cells.append(f"{label} {cpu / (2 * IDLE_SECONDS) * 100:5.2f} % {wakeups:4d}")
+        print(f"  {what:<20} " + "   ".join(cells))
+
+
 def calibrate(fn, mp, n, min_seconds):
     """The n for which one call of fn lasts at least min_seconds. Under
     load a short run can fit in a single lucky time slice (both parties on
@@ -487,6 +538,8 @@ def main():
             goal = f"<= {idle_target}/{busy_target}"
         print(f"{name:<38} " + "| ".join(cells) + f"| {goal}")
         sys.stdout.flush()
+    if not args.only:
+        idle_waiters(impls)
     print(f"\n(ratio = cmultiprocessing / stdlib, median of {args.repeats}; {cores} cores; "
           f"fork start method; load = CPU hogs running; ! = target missed ({missed}); "
           f"busy target where load >= cores)")

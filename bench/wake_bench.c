@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -54,7 +55,12 @@ struct shared {
     uint32_t turn; /* the Condition ping-pong's state, under ch[0].lock */
 };
 
-enum mode { FUTEX, SPIN, SEM, EVENT, COND };
+enum mode { FUTEX, SPIN, SOCKET, SEM, EVENT, COND };
+
+/* SOCKET: a 16-byte message each way over a socketpair, blocking reads:
+ * the floor under a Pipe round trip that sleeps. */
+static int sock[2];
+static char msg[16];
 
 static void futex_post(struct channel *c)
 {
@@ -96,8 +102,12 @@ static void post(struct shared *s, enum mode m, int dir)
     case EVENT:
         cmp_event_set(&c->event);
         break;
+    case SOCKET:
+        if (write(sock[dir == 0 ? 0 : 1], msg, sizeof msg) != sizeof msg)
+            _exit(3);
+        break;
     case COND:
-        break; /* see exchange() */
+        break; /* see cond_turn() */
     }
 }
 
@@ -118,6 +128,12 @@ static void wait_for(struct shared *s, enum mode m, int dir, uint32_t i)
         cmp_event_wait(&c->event, NULL);
         cmp_event_clear(&c->event);
         break;
+    case SOCKET: {
+        char buf[sizeof msg];
+        if (read(sock[dir == 0 ? 1 : 0], buf, sizeof buf) != sizeof buf)
+            _exit(3);
+        break;
+    }
     case COND:
         break;
     }
@@ -173,6 +189,10 @@ static struct result pingpong(enum mode m)
         cmp_lock_init(&s->ch[d].lock);
         cmp_cond_init(&s->ch[d].cond);
     }
+    if (m == SOCKET && socketpair(AF_UNIX, SOCK_STREAM, 0, sock) < 0) {
+        perror("socketpair");
+        exit(1);
+    }
     struct rusage before, after, kid;
     getrusage(RUSAGE_SELF, &before);
     pid_t pid = fork();
@@ -214,6 +234,10 @@ static struct result pingpong(enum mode m)
     double sw =
         (double)(after.ru_nvcsw + after.ru_nivcsw - before.ru_nvcsw - before.ru_nivcsw) + kid_sw;
     munmap(s, sizeof *s);
+    if (m == SOCKET) {
+        close(sock[0]);
+        close(sock[1]);
+    }
     return (struct result){t / (double)n * 1e6, cpu / (double)n * 1e6, sw / (double)n};
 }
 
@@ -224,11 +248,9 @@ int main(int argc, char **argv)
         enum mode m;
         const char *name;
     } rows[] = {
-        {FUTEX, "bare futex, sleep at once (floor)"},
-        {SPIN, "bare busy wait, never sleep"},
-        {SEM, "cmp_sem ping-pong"},
-        {EVENT, "cmp_event ping-pong (wait, clear)"},
-        {COND, "cmp_cond notify/wait ping-pong"},
+        {FUTEX, "bare futex, sleep at once (floor)"}, {SPIN, "bare busy wait, never sleep"},
+        {SOCKET, "bare socketpair, blocking reads"},  {SEM, "cmp_sem ping-pong"},
+        {EVENT, "cmp_event ping-pong (wait, clear)"}, {COND, "cmp_cond notify/wait ping-pong"},
     };
     printf("round trip between two processes, %d CPU hog%s running\n", load, load == 1 ? "" : "s");
     printf("%-36s %10s %12s %14s\n", "", "wall", "CPU (both)", "ctx switches");

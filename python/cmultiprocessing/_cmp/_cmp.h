@@ -203,6 +203,8 @@ int cmp_py_wait(cmp_py_wait_fn wait, void *obj, const struct timespec *deadline,
  * 50 ms away, so that signal handlers run promptly even when a signal lands
  * between two futex waits. Returns deadline itself when it comes first. */
 const struct timespec *cmp_py_slice(const struct timespec *deadline, struct timespec *storage);
+/* Records the main thread (module init): cmp_py_slice slices only there. */
+int cmp_py_main_thread_init(void);
 
 /* The Lock and RLock objects, visible to condition.c and sharedctypes.c,
  * which act on the lock directly instead of through method calls. */

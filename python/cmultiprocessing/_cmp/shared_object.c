@@ -6,6 +6,7 @@
 #include "_cmp.h"
 
 #include <errno.h>
+#include <pthread.h>
 
 /* --- objects on a block of the shared heap --- */
 
@@ -64,11 +65,44 @@ PyObject *cmp_py_refuse_pickle(PyObject *op, const char *what)
 
 /* --- blocking waits --- */
 
+/* The thread that runs Python's signal handlers: the main thread as the
+ * threading module knows it, and in a fork child the thread that forked
+ * (CPython makes it the child's main thread). Only it needs sliced waits. */
+static unsigned long main_thread_ident;
+
+static void main_thread_after_fork(void)
+{
+    main_thread_ident = PyThread_get_thread_ident();
+}
+
+int cmp_py_main_thread_init(void)
+{
+    PyObject *threading = PyImport_ImportModule("threading");
+    PyObject *main = threading ? PyObject_CallMethod(threading, "main_thread", NULL) : NULL;
+    PyObject *ident = main ? PyObject_GetAttrString(main, "ident") : NULL;
+    Py_XDECREF(threading);
+    Py_XDECREF(main);
+    if (!ident)
+        return -1;
+    main_thread_ident = PyLong_AsUnsignedLong(ident);
+    Py_DECREF(ident);
+    if (PyErr_Occurred())
+        return -1;
+    static int registered;
+    if (!registered && pthread_atfork(NULL, NULL, main_thread_after_fork) == 0)
+        registered = 1;
+    return 0;
+}
+
 const struct timespec *cmp_py_slice(const struct timespec *deadline, struct timespec *storage)
 {
     /* A signal that lands between two sleeps of a lock's periodic
      * dead-holder check runs the C handler without interrupting a futex
-     * wait; sleeping in slices bounds how late its Python handler runs. */
+     * wait; sleeping in slices bounds how late its Python handler runs.
+     * Other threads never run the handlers: they sleep in one piece, and
+     * an idle waiter among them costs no wake-ups. */
+    if (PyThread_get_thread_ident() != main_thread_ident)
+        return deadline;
     cmp_deadline_after(0.05, storage);
     if (deadline && (deadline->tv_sec < storage->tv_sec || (deadline->tv_sec == storage->tv_sec &&
                                                             deadline->tv_nsec <= storage->tv_nsec)))
