@@ -228,10 +228,12 @@ void cmp_shared_release_all(void);
  * runs on another CPU:
  *  - not when that party last ran on the caller's CPU (objects record the
  *    CPU of whoever last released, set, published or consumed);
- *  - not while the calling thread has lately been kept waiting for its own
- *    CPU (its run-queue wait in /proc/thread-self/schedstat, sampled at most
- *    once a millisecond): a spinner that a CPU hog preempts is not a sleeper,
- *    so the wake-up that comes meanwhile would not preempt the hog for it;
+ *  - where that party's CPU is unknown (sockets, locks, conditions), and
+ *    for a full ring, not while the calling thread has lately been kept
+ *    waiting for its own CPU (its run-queue wait in
+ *    /proc/thread-self/schedstat, sampled at most once a millisecond): a
+ *    spinner that a CPU hog preempts is not a sleeper, so the wake-up that
+ *    comes meanwhile would not preempt the hog for it;
  *  - for as long as spins succeed: each object keeps an adaptive budget
  *    (4 to 32 us), off after failures at the minimum, with one probing spin
  *    every 16 waits;

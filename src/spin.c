@@ -22,8 +22,7 @@ int cmp__spin_enabled_slow(void)
 
 /* Case 2 of spin.h: does this thread share its CPU with other runnable
  * tasks? The kernel counts, per thread, the time it spent runnable but
- * waiting for a CPU and the number of times it got one
- * (/proc/thread-self/schedstat, field 2). Sampled at a wait at most every
+ * waiting for a CPU (/proc/thread-self/schedstat, field 2). Sampled at a wait at most every
  * SAMPLE_NS: when the waiting grew by more than BUSY_SHARE of the time
  * that passed, the thread does not spin for HOLD_NS. Known limit: the
  * kernel counts a wake-up's latency as waiting too (tens of microseconds
@@ -31,15 +30,13 @@ int cmp__spin_enabled_slow(void)
  * wakes more than a few thousand times a second on an idle machine also
  * holds off, and stays in plain futex sleeps (as fast as before this
  * policy, never slower).
- * The descriptor is the thread's own (reopened in a new thread or
- * process); one that stops reading like schedstat was closed or reused by
- * the program and is forgotten, not closed. */
+ * The file is opened for each sample (three system calls a millisecond at
+ * most): a descriptor kept per thread would leak with every thread that
+ * ends, and one kept per process would name the wrong thread. */
 #define SAMPLE_NS (1000L * 1000)
 #define HOLD_NS (4L * 1000 * 1000)
 #define BUSY_SHARE 20 /* percent */
 
-static __thread int stat_fd = -1;
-static __thread uint32_t stat_tid;
 static __thread int64_t next_sample_ns, held_until_ns, last_wall_ns, last_wait_ns;
 
 static int64_t coarse_now_ns(void)
@@ -52,28 +49,23 @@ static int64_t coarse_now_ns(void)
 /* Nanoseconds this thread has waited on a run queue, or -1. */
 static int64_t runqueue_wait_ns(void)
 {
-    uint32_t tid = cmp__self_tid();
-    if (stat_fd < 0 || stat_tid != tid) {
-        stat_fd = open("/proc/thread-self/schedstat", O_RDONLY | O_CLOEXEC);
-        stat_tid = tid;
-        if (stat_fd < 0)
-            return -1;
-    }
+    int fd = open("/proc/thread-self/schedstat", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
     char buf[96];
-    ssize_t k = pread(stat_fd, buf, sizeof buf - 1, 0);
-    if (k > 0) {
-        buf[k] = '\0';
-        char *end;
-        strtoll(buf, &end, 10); /* time on a CPU */
-        if (end != buf && *end == ' ') {
-            char *p = end + 1;
-            long long wait = strtoll(p, &end, 10);
-            if (end != p && *end == ' ')
-                return wait;
-        }
-    }
-    stat_fd = -1;
-    return -1;
+    ssize_t k = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (k <= 0)
+        return -1;
+    buf[k] = '\0';
+    /* "<ns on a CPU> <ns waiting on a run queue> <times run>" */
+    char *end;
+    strtoll(buf, &end, 10);
+    if (end == buf || *end != ' ')
+        return -1;
+    char *p = end + 1;
+    long long wait = strtoll(p, &end, 10);
+    return end != p && *end == ' ' ? wait : -1;
 }
 
 int cmp__spin_held(void)

@@ -19,21 +19,36 @@
  *  2. Our CPU is shared with another runnable process (a CPU hog, another
  *     worker): the spinner is preempted, and a preempted spinner is not a
  *     sleeper, so the wake-up that comes meanwhile does not preempt the hog
- *     for it — it waits out the hog's time slice, milliseconds. A spin that
- *     sees the clock jump between two polls (it was descheduled) stops at
- *     once and counts as failed.
+ *     for it — it waits out the hog's time slice, milliseconds. Where the
+ *     peer's CPU is unknown (a socket, a lock's holder, a condition used
+ *     both ways) a thread that has lately waited for its own CPU does not
+ *     spin (cmp__spin_held: its run-queue wait, from the kernel); where it
+ *     is known, case 1 already tells, and a stream keeps its spins (a
+ *     consumer of a busy producer finds the next message within one). A
+ *     spin that sees the clock jump between two checks (it was
+ *     descheduled) stops at once and counts as failed.
  *  3. The other party needs longer than a spin (it computes, or sleeps
  *     itself): the spin is wasted CPU. Each object keeps a spin budget (a
  *     hint in shared memory, written only when it changes): a spin that
  *     succeeded doubles it, one that ran out or was preempted halves it,
- *     between SPIN_MIN_NS and SPIN_MAX_NS. The minimum stays above a
- *     futex wake-to-run time, so that a ping-pong that fell back to sleeping
- *     finds its way back to spinning once both parties own a CPU again.
+ *     between SPIN_MIN_NS and SPIN_MAX_NS, and below the minimum the hint
+ *     says "off": waits sleep at once, with one probing spin in
+ *     CMP__SPIN_PROBE_EVERY so that spinning comes back when it pays.
  *
- * Not used: sched_yield() (on a busy CPU it hands the CPU to a hog for a
- * whole slice, and the yielder then waits like a preempted spinner), and a
- * system-wide "is a CPU idle" test (/proc/loadavg's running count: 400 ns a
- * read, and it cannot tell whether the CPU that is busy is ours).
+ * CMP_SPIN=0 in the environment turns spinning off (spin.c).
+ *
+ * Measured and not used (figures in the closing note of the under-load
+ * issue, bench/wake_bench.c reproduces the floors):
+ *  - sched_yield(): on a busy CPU it hands the CPU to a hog for a whole
+ *    slice, and the yielder then waits like a preempted spinner;
+ *  - /proc/loadavg's running count as "is a CPU idle": 400 ns a read, it
+ *    cannot tell whether the busy CPU is ours, and under EEVDF's delayed
+ *    dequeue it counts sleeping tasks (11 seen with 3 runnable);
+ *  - holding off after a preempted spin, with backoff: too late (the
+ *    preemption already cost a slice) and Pipe under load kept its 13 us;
+ *  - the run-queue test for every wait: it costs a stream's consumer its
+ *    spins and the producer a wake-up per message (Queue 1->1 0.05 -> 0.14
+ *    of the stdlib at load 1).
  *
  * Bounded in time, not iterations: PAUSE lasts 10 to 140 cycles depending
  * on the CPU.
