@@ -117,8 +117,13 @@ static int fd_send(cmp_conn_t *c, const void *buf, size_t len, uint64_t *progres
     return err;
 }
 
-/* Reads up to n bytes: > 0, 0 at EOF, or a negative errno. With a deadline
- * a socket is read with MSG_DONTWAIT first (no poll when data is there). */
+/* Reads up to n bytes: > 0, 0 at EOF, or a negative errno. A socket is read
+ * with MSG_DONTWAIT first (no poll when data is there), and waited for in
+ * poll(), never in a blocking recv(): a reader asleep in recv() on a Unix
+ * socket shares the socket's wait queue with its writers, so each time the
+ * peer consumes what this side sent (unix_write_space) the reader is woken
+ * for nothing, a context switch per message in a request/reply exchange;
+ * poll() waiters are woken only for the events they asked for. */
 static ssize_t fd_read(cmp_conn_t *c, void *p, size_t n, const struct timespec *deadline)
 {
     int sock = (c->flags & CMP__CONN_SOCKET) != 0;
@@ -131,7 +136,7 @@ static ssize_t fd_read(cmp_conn_t *c, void *p, size_t n, const struct timespec *
         }
         if (n > SSIZE_MAX)
             n = SSIZE_MAX;
-        k = sock ? recv(c->fd, p, n, deadline ? MSG_DONTWAIT : 0) : read(c->fd, p, n);
+        k = sock ? recv(c->fd, p, n, MSG_DONTWAIT) : read(c->fd, p, n);
         if (k >= 0)
             return k;
         int err = -errno;
