@@ -90,10 +90,11 @@ int cmp_lock_acquire(cmp_lock_t *lock, const struct timespec *deadline)
         return 0;
 
     /* Spin (spin.h) while the holder runs and nobody sleeps: with sleepers
-     * queued the release goes to them first. */
+     * queued the release goes to them first. No budget hint (the word is
+     * the whole lock): a fixed, short budget. */
     struct cmp__spin spin;
     if (HOLDER(v) != 0 && !(v & WAITERS) && !is_poll(deadline) &&
-        cmp__spin_begin_lock(&spin, deadline)) {
+        cmp__spin_begin(&spin, NULL, NULL, deadline)) {
         while (cmp__spin_more(&spin)) {
             v = cmp__load64_relaxed(&lock->state);
             if (v == 0 && cmp__cas64_acquire(&lock->state, &v, me))

@@ -121,24 +121,6 @@ struct cmp__spin {
     long preempted_ns; /* a gap between clock checks that means preempted */
 };
 
-/* Sets the clock of a spin of budget ns (cut at the caller's deadline). */
-static inline void cmp__spin_start(struct cmp__spin *s, uint32_t budget,
-                                   const struct timespec *deadline)
-{
-    s->budget = budget;
-    clock_gettime(CLOCK_MONOTONIC, &s->last);
-    s->end = s->last;
-    s->end.tv_nsec += (long)budget;
-    if (s->end.tv_nsec >= 1000000000L) {
-        s->end.tv_sec++;
-        s->end.tv_nsec -= 1000000000L;
-    }
-    s->stop = cmp__deadline_min(deadline, &s->end);
-    s->polls = 0;
-    s->state = CMP__SPIN_RUNNING;
-    s->preempted_ns = CMP__SPIN_PREEMPTED_NS;
-}
-
 /* Starts a spin before a sleep. hint: the object's budget word (NULL: a
  * fixed budget); peer_cpu: where the party that will wake us published its
  * CPU (NULL: unknown). Returns 0 when spinning cannot pay now (then don't
@@ -168,7 +150,18 @@ static inline int cmp__spin_begin(struct cmp__spin *s, const uint32_t *hint,
             budget = CMP__SPIN_MIN_NS; /* zeroed memory, or a torn guess */
         }
     }
-    cmp__spin_start(s, budget, deadline);
+    s->budget = budget;
+    clock_gettime(CLOCK_MONOTONIC, &s->last);
+    s->end = s->last;
+    s->end.tv_nsec += (long)budget;
+    if (s->end.tv_nsec >= 1000000000L) {
+        s->end.tv_sec++;
+        s->end.tv_nsec -= 1000000000L;
+    }
+    s->stop = cmp__deadline_min(deadline, &s->end);
+    s->polls = 0;
+    s->state = CMP__SPIN_RUNNING;
+    s->preempted_ns = CMP__SPIN_PREEMPTED_NS;
     return 1;
 }
 
@@ -190,20 +183,6 @@ static inline int cmp__spin_check(struct cmp__spin *s)
         s->state = CMP__SPIN_TIMED_OUT;
         return 0;
     }
-    return 1;
-}
-
-/* A lock's spin: no budget hint (the lock is one word) and no peer CPU.
- * The holder of a lock usually releases it within a microsecond, and a
- * waiter that sleeps costs the holder a wake-up system call at release, so
- * a thread that competes for its CPU (case 2) still spins, briefly. */
-#define CMP__SPIN_BRIEF_NS 2000u
-
-static inline int cmp__spin_begin_lock(struct cmp__spin *s, const struct timespec *deadline)
-{
-    if (!cmp__spin_enabled())
-        return 0;
-    cmp__spin_start(s, cmp__spin_held() ? CMP__SPIN_BRIEF_NS : CMP__SPIN_FIXED_NS, deadline);
     return 1;
 }
 
