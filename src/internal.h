@@ -9,8 +9,9 @@
 #include <stdint.h>
 #include <time.h>
 
-/* How many times a waiter re-checks a word before it sleeps. Short: on two
- * cores a long spin only steals time from the holder. */
+/* How many times a lock's waiter re-checks the word before it sleeps
+ * (where spin.h lets it spin at all). Short: on two cores a long spin only
+ * steals time from the holder. */
 #define CMP__SPIN_LIMIT 100
 
 /* Waiters on an owned lock wake this often to check the holder (cmp.h). */

@@ -1,6 +1,8 @@
 /*
  * The wake-up policy: how every libcmp wait spins before it sleeps (ring,
- * connection, lock, semaphore, event, condition, barrier). The public
+ * connection, lock, semaphore, event, condition; barrier and queue join
+ * sleep at once). A lock spins a fixed count of rounds, gated by
+ * cmp__spin_enabled and cmp__spin_held (lock.c). The public
  * summary is in cmp.h ("Waiting"); the measurements behind it are in
  * bench/wake_bench.c.
  *
@@ -63,8 +65,7 @@
 
 #define CMP__SPIN_MIN_NS 4000u
 #define CMP__SPIN_MAX_NS 32000u
-/* A spin without a budget hint of its own (a short one: a lock's holder
- * is usually about to release it). */
+/* A spin without a budget hint of its own. */
 #define CMP__SPIN_FIXED_NS 8000u
 /* A budget hint that says "don't spin": a spin at the minimum failed. One
  * wait in CMP__SPIN_PROBE_EVERY then spins with half the maximum (long
