@@ -116,6 +116,7 @@ struct cmp__spin {
     struct timespec end;
     struct timespec last;        /* time of the last poll */
     const struct timespec *stop; /* earlier of end and the caller's deadline */
+    const struct timespec *deadline; /* the caller's */
     uint32_t budget;
     unsigned polls;
     int state;
@@ -151,15 +152,12 @@ static inline int cmp__spin_begin(struct cmp__spin *s, const uint32_t *hint,
             budget = CMP__SPIN_MIN_NS; /* zeroed memory, or a torn guess */
         }
     }
+    /* The clock starts at the first check (cmp__spin_check), not here: a
+     * hand-off between two spinning processes completes within those first
+     * rounds, and a clock read on each side costs it a tenth. */
     s->budget = budget;
-    clock_gettime(CLOCK_MONOTONIC, &s->last);
-    s->end = s->last;
-    s->end.tv_nsec += (long)budget;
-    if (s->end.tv_nsec >= 1000000000L) {
-        s->end.tv_sec++;
-        s->end.tv_nsec -= 1000000000L;
-    }
-    s->stop = cmp__deadline_min(deadline, &s->end);
+    s->deadline = deadline;
+    s->stop = NULL;
     s->polls = 0;
     s->state = CMP__SPIN_RUNNING;
     s->preempted_ns = CMP__SPIN_PREEMPTED_NS;
@@ -173,6 +171,15 @@ static inline int cmp__spin_check(struct cmp__spin *s)
 {
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
+    if (!s->stop) {
+        s->last = s->end = now;
+        s->end.tv_nsec += (long)s->budget;
+        if (s->end.tv_nsec >= 1000000000L) {
+            s->end.tv_sec++;
+            s->end.tv_nsec -= 1000000000L;
+        }
+        s->stop = cmp__deadline_min(s->deadline, &s->end);
+    }
     long gap = (now.tv_sec - s->last.tv_sec) * 1000000000L + (now.tv_nsec - s->last.tv_nsec);
     s->last = now;
     if (gap > s->preempted_ns) {
@@ -214,7 +221,7 @@ static inline void cmp__spin_end(struct cmp__spin *s, uint32_t *hint, int succee
 {
     if (!hint)
         return;
-    if (!succeeded && s->state == CMP__SPIN_TIMED_OUT && s->stop != &s->end)
+    if (!succeeded && s->state == CMP__SPIN_TIMED_OUT && s->stop && s->stop != &s->end)
         return;
     uint32_t next = succeeded ? s->budget * 2 : s->budget / 2;
     if (next < CMP__SPIN_MIN_NS)
