@@ -148,6 +148,9 @@ _Static_assert(offsetof(cmp_queue_t, ring) == 64, "cmp_queue_t layout");
  * futex wake-up round trip. */
 #define RING_SPIN 2000
 
+/* Bare rounds of a wait for data before the policy's spin (wait_data). */
+#define RING_QUICK_SPINS 32
+
 #define ROUND8(n) (((n) + 7) & ~(uint64_t)7)
 
 /* Spill: the file is a circle of SPILL_SPAN bytes of offsets; records are
@@ -1102,6 +1105,16 @@ static int wait_data(const struct cons *c, int in_stream, const struct timespec 
             return -EPIPE;
         if (is_nowait(deadline))
             return -EAGAIN;
+    }
+    /* A few bare rounds first, where spinning may pay at all: most
+     * hand-offs between two spinning processes complete within them, and
+     * the policy's bookkeeping would cost them a sixth. */
+    if (cmp__spin_may_pay(&r->prod_cpu)) {
+        for (int i = 0; i < RING_QUICK_SPINS; i++) {
+            cmp__cpu_relax();
+            if (ready(c, in_stream))
+                return 0;
+        }
     }
     struct cmp__spin spin;
     if (cmp__spin_begin(&spin, &r->data_spin_ns, &r->prod_cpu, in_stream ? NULL : deadline)) {

@@ -114,14 +114,24 @@ enum { CMP__SPIN_RUNNING, CMP__SPIN_DONE, CMP__SPIN_TIMED_OUT, CMP__SPIN_PREEMPT
 
 struct cmp__spin {
     struct timespec end;
-    struct timespec last;        /* time of the last poll */
-    const struct timespec *stop; /* earlier of end and the caller's deadline */
+    struct timespec last;            /* time of the last poll */
+    const struct timespec *stop;     /* earlier of end and the caller's deadline */
     const struct timespec *deadline; /* the caller's */
     uint32_t budget;
     unsigned polls;
     int state;
     long preempted_ns; /* a gap between clock checks that means preempted */
 };
+
+/* The cheap part of cmp__spin_begin: 0 when spinning cannot pay now for
+ * a party last seen on peer_cpu (or when spinning is off). */
+static inline int cmp__spin_may_pay(const uint32_t *peer_cpu)
+{
+    if (!cmp__spin_enabled())
+        return 0;
+    uint32_t peer = cmp__load_relaxed(peer_cpu);
+    return !(peer != 0 && peer == cmp__spin_cpu());
+}
 
 /* Starts a spin before a sleep. hint: the object's budget word (NULL: a
  * fixed budget); peer_cpu: where the party that will wake us published its
