@@ -236,7 +236,8 @@ void cmp_shared_release_all(void);
  *    comes meanwhile would not preempt the hog for it;
  *  - for as long as spins succeed: each object keeps an adaptive budget
  *    (4 to 32 us), off after failures at the minimum, with one probing spin
- *    every 16 waits (a lock, one word, spins a fixed 100 rounds instead);
+ *    every 16 waits (a lock, one word, spins a fixed 100 rounds instead,
+ *    and a ring's wait for data starts with 32 bare rounds);
  *  - a spin that sees it was descheduled stops at once.
  * A waiter that waits long sleeps: it costs no CPU until woken. With
  * CMP_SPIN=0 in the environment every wait sleeps at once. */
