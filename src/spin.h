@@ -65,8 +65,6 @@
 
 #define CMP__SPIN_MIN_NS 4000u
 #define CMP__SPIN_MAX_NS 32000u
-/* A spin without a budget hint of its own. */
-#define CMP__SPIN_FIXED_NS 8000u
 /* A budget hint that says "don't spin": a spin at the minimum failed. One
  * wait in CMP__SPIN_PROBE_EVERY then spins with half the maximum (long
  * enough for a slow answer: a Python peer's takes microseconds), so that
@@ -133,34 +131,24 @@ static inline int cmp__spin_may_pay(const uint32_t *peer_cpu)
     return !(peer != 0 && peer == cmp__spin_cpu());
 }
 
-/* Starts a spin before a sleep. hint: the object's budget word (NULL: a
- * fixed budget); peer_cpu: where the party that will wake us published its
+/* Starts a spin before a sleep. hint: the object's budget word;
+ * peer_cpu: where the party that will wake us published its
  * CPU (NULL: unknown). Returns 0 when spinning cannot pay now (then don't
  * spin, and don't call cmp__spin_end). */
 static inline int cmp__spin_begin(struct cmp__spin *s, const uint32_t *hint,
                                   const uint32_t *peer_cpu, const struct timespec *deadline)
 {
-    if (!cmp__spin_enabled())
+    if (peer_cpu ? !cmp__spin_may_pay(peer_cpu) : !cmp__spin_enabled() || cmp__spin_held())
         return 0;
-    if (peer_cpu) {
-        uint32_t peer = cmp__load_relaxed(peer_cpu);
-        if (peer != 0 && peer == cmp__spin_cpu())
+    uint32_t budget = cmp__load_relaxed(hint);
+    if (budget == CMP__SPIN_OFF) {
+        /* spins kept failing: sleep at once, but probe now and then */
+        static __thread unsigned skipped;
+        if (++skipped % CMP__SPIN_PROBE_EVERY != 0)
             return 0;
-    } else if (cmp__spin_held()) {
-        return 0;
-    }
-    uint32_t budget = CMP__SPIN_FIXED_NS;
-    if (hint) {
-        budget = cmp__load_relaxed(hint);
-        if (budget == CMP__SPIN_OFF) {
-            /* spins kept failing: sleep at once, but probe now and then */
-            static __thread unsigned skipped;
-            if (++skipped % CMP__SPIN_PROBE_EVERY != 0)
-                return 0;
-            budget = CMP__SPIN_MAX_NS / 2;
-        } else if (budget < CMP__SPIN_MIN_NS || budget > CMP__SPIN_MAX_NS) {
-            budget = CMP__SPIN_MIN_NS; /* zeroed memory, or a torn guess */
-        }
+        budget = CMP__SPIN_MAX_NS / 2;
+    } else if (budget < CMP__SPIN_MIN_NS || budget > CMP__SPIN_MAX_NS) {
+        budget = CMP__SPIN_MIN_NS; /* zeroed memory, or a torn guess */
     }
     /* The clock starts at the first check (cmp__spin_check), not here: a
      * hand-off between two spinning processes completes within those first
@@ -229,8 +217,6 @@ static inline int cmp__spin_until_change(struct cmp__spin *s, const uint32_t *wo
  * the budget. */
 static inline void cmp__spin_end(struct cmp__spin *s, uint32_t *hint, int succeeded)
 {
-    if (!hint)
-        return;
     if (!succeeded && s->state == CMP__SPIN_TIMED_OUT && s->stop && s->stop != &s->end)
         return;
     uint32_t next = succeeded ? s->budget * 2 : s->budget / 2;
