@@ -69,7 +69,7 @@ $(BUILD)/examples/%: examples/c/%.c $(BUILD)/libcmp.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -o $@ $< $(BUILD)/libcmp.a $(LDLIBS)
 
-$(BUILD)/test_c: $(CTEST_SRC) $(wildcard tests/c/*.h) $(BUILD)/libcmp.a
+$(BUILD)/test_c: $(CTEST_SRC) $(wildcard tests/c/*.h) bench/hogs.h $(BUILD)/libcmp.a
 	$(CC) $(CFLAGS_ALL) -Itests/c -o $@ $(CTEST_SRC) $(BUILD)/libcmp.a -lcriterion $(LDLIBS)
 
 $(BUILD)/bench/%: bench/%.c bench/hogs.h $(BUILD)/libcmp.a
@@ -120,7 +120,7 @@ valgrind:
 	@$(MAKE) --no-print-directory BUILD=$(VG_BUILD) OPT="-O1 -g" $(VG_BUILD)/test_c_vg
 	@CMP_TEST_TIMEOUT_SCALE=$(VG_TIMEOUT_SCALE) PYTHON=$(PYTHON) ./scripts/valgrind.sh $(VG_BUILD)/test_c_vg
 
-$(BUILD)/test_c_vg: $(CTEST_SRC) tests/c/valgrind_timeouts.c $(wildcard tests/c/*.h) $(BUILD)/libcmp.a
+$(BUILD)/test_c_vg: $(CTEST_SRC) tests/c/valgrind_timeouts.c $(wildcard tests/c/*.h) bench/hogs.h $(BUILD)/libcmp.a
 	$(CC) $(CFLAGS_ALL) -Itests/c -o $@ $(CTEST_SRC) tests/c/valgrind_timeouts.c $(BUILD)/libcmp.a \
 		-lcriterion $(LDLIBS)
 

@@ -4,44 +4,32 @@
  * deadline, so a lost wake-up fails the test instead of hanging it. */
 #include "helpers.h"
 
+#include "../../bench/hogs.h"
+
 #include <errno.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #define ROUNDS 2000
 #define BOUND 30.0 /* seconds for a whole exchange */
 
-static pid_t hog_pids[64];
-static int nhogs;
+static struct hogs hogs;
 
-static void hogs_start(void)
+static void load_start(void)
 {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
-    nhogs = n < 1 ? 1 : n > 64 ? 64 : (int)n;
-    for (int i = 0; i < nhogs; i++) {
-        hog_pids[i] = fork();
-        cr_assert(hog_pids[i] >= 0);
-        if (hog_pids[i] == 0) {
-            prctl(PR_SET_PDEATHSIG, SIGKILL);
-            for (volatile unsigned long x = 0;; x++) {
-            }
-        }
-    }
+    hogs_start(&hogs, n < 1 ? 1 : (int)n);
 }
 
-static void hogs_stop(void)
+static void load_stop(void)
 {
-    for (int i = 0; i < nhogs; i++)
-        kill(hog_pids[i], SIGKILL);
-    for (int i = 0; i < nhogs; i++)
-        waitpid(hog_pids[i], NULL, 0);
+    hogs_stop(&hogs);
 }
 
-TestSuite(under_load, .init = hogs_start, .fini = hogs_stop);
+TestSuite(under_load, .init = load_start, .fini = load_stop);
 
 struct pair {
     cmp_sem_t sem[2];
@@ -53,7 +41,13 @@ struct pair {
     cmp_barrier_t barrier;
 };
 
-static struct pair *pair_new(void)
+/* One side of an exchange (child: 1 in the forked child, 0 in the test's
+ * process): 0 once its rounds are done, -1 when a wait timed out. */
+typedef int (*side_fn)(struct pair *p, int child);
+
+/* Runs side in a fresh pair of processes over fresh objects; returns the
+ * pair for checks after the exchange. */
+static struct pair *exchange(side_fn side)
 {
     struct pair *p = test_shared_map(sizeof *p);
     for (int i = 0; i < 2; i++) {
@@ -63,81 +57,66 @@ static struct pair *pair_new(void)
     cmp_lock_init(&p->lock);
     cmp_cond_init(&p->cond);
     cmp_barrier_init(&p->barrier, 2);
+    p->turn = 1; /* the child's */
+    pid_t pid = fork();
+    cr_assert(pid >= 0);
+    if (pid == 0)
+        _exit(side(p, 1) == 0 ? 0 : 2);
+    cr_assert_eq(side(p, 0), 0);
+    cr_assert_eq(test_join(pid, BOUND), 0);
     return p;
 }
 
-/* Forks child(p), runs parent(p), and checks the child's exit. */
-static void exchange(struct pair *p, void (*child)(struct pair *), void (*parent)(struct pair *))
-{
-    pid_t pid = fork();
-    cr_assert(pid >= 0);
-    if (pid == 0) {
-        child(p);
-        _exit(0);
-    }
-    parent(p);
-    cr_assert_eq(test_join(pid, BOUND), 0);
-}
-
-static void sem_child(struct pair *p)
+/* The parent posts on [0] and waits on [1]; the child the other way. */
+static int sem_side(struct pair *p, int child)
 {
     struct timespec d = test_deadline(BOUND);
     for (int i = 0; i < ROUNDS; i++) {
-        if (cmp_sem_acquire(&p->sem[0], &d) != 0)
-            _exit(2);
-        cmp_sem_release(&p->sem[1]);
+        if (!child)
+            cmp_sem_release(&p->sem[0]);
+        if (cmp_sem_acquire(&p->sem[!child], &d) != 0)
+            return -1;
+        if (child)
+            cmp_sem_release(&p->sem[1]);
     }
-}
-
-static void sem_parent(struct pair *p)
-{
-    struct timespec d = test_deadline(BOUND);
-    for (int i = 0; i < ROUNDS; i++) {
-        cmp_sem_release(&p->sem[0]);
-        cr_assert_eq(cmp_sem_acquire(&p->sem[1], &d), 0, "round %d", i);
-    }
+    return 0;
 }
 
 Test(under_load, semaphore_ping_pong, .timeout = 60)
 {
-    exchange(pair_new(), sem_child, sem_parent);
+    exchange(sem_side);
 }
 
 Test(under_load, semaphore_ping_pong_without_spinning, .timeout = 60)
 {
     setenv("CMP_SPIN", "0", 1); /* read at this process's first wait */
-    exchange(pair_new(), sem_child, sem_parent);
+    exchange(sem_side);
 }
 
-static void event_child(struct pair *p)
+static int event_side(struct pair *p, int child)
 {
     struct timespec d = test_deadline(BOUND);
     for (int i = 0; i < ROUNDS; i++) {
-        if (cmp_event_wait(&p->event[0], &d) != 0)
-            _exit(2);
-        cmp_event_clear(&p->event[0]);
-        cmp_event_set(&p->event[1]);
+        if (!child)
+            cmp_event_set(&p->event[0]);
+        if (cmp_event_wait(&p->event[!child], &d) != 0)
+            return -1;
+        cmp_event_clear(&p->event[!child]);
+        if (child)
+            cmp_event_set(&p->event[1]);
     }
-}
-
-static void event_parent(struct pair *p)
-{
-    struct timespec d = test_deadline(BOUND);
-    for (int i = 0; i < ROUNDS; i++) {
-        cmp_event_set(&p->event[0]);
-        cr_assert_eq(cmp_event_wait(&p->event[1], &d), 0, "round %d", i);
-        cmp_event_clear(&p->event[1]);
-    }
+    return 0;
 }
 
 Test(under_load, event_ping_pong, .timeout = 60)
 {
-    exchange(pair_new(), event_child, event_parent);
+    exchange(event_side);
 }
 
 /* turn: 1 = the child's, 2 = the parent's */
-static int cond_take_turns(struct pair *p, uint32_t mine, uint32_t other)
+static int cond_side(struct pair *p, int child)
 {
+    uint32_t mine = child ? 1 : 2, other = child ? 2 : 1;
     struct timespec d = test_deadline(BOUND);
     if (cmp_lock_acquire(&p->lock, &d) != 0)
         return -1;
@@ -152,25 +131,14 @@ static int cond_take_turns(struct pair *p, uint32_t mine, uint32_t other)
     return 0;
 }
 
-static void cond_child(struct pair *p)
-{
-    if (cond_take_turns(p, 1, 2) != 0)
-        _exit(2);
-}
-
-static void cond_parent(struct pair *p)
-{
-    p->turn = 1;
-    cr_assert_eq(cond_take_turns(p, 2, 1), 0);
-}
-
 Test(under_load, condition_ping_pong, .timeout = 60)
 {
-    exchange(pair_new(), cond_child, cond_parent);
+    exchange(cond_side);
 }
 
-static int lock_rounds(struct pair *p)
+static int lock_side(struct pair *p, int child)
 {
+    (void)child;
     struct timespec d = test_deadline(BOUND);
     for (int i = 0; i < ROUNDS * 10; i++) {
         if (cmp_lock_acquire(&p->lock, &d) != 0)
@@ -181,26 +149,15 @@ static int lock_rounds(struct pair *p)
     return 0;
 }
 
-static void lock_child(struct pair *p)
-{
-    if (lock_rounds(p) != 0)
-        _exit(2);
-}
-
-static void lock_parent(struct pair *p)
-{
-    cr_assert_eq(lock_rounds(p), 0);
-}
-
 Test(under_load, lock_contended, .timeout = 60)
 {
-    struct pair *p = pair_new();
-    exchange(p, lock_child, lock_parent);
+    struct pair *p = exchange(lock_side);
     cr_assert_eq(p->counter, 2u * ROUNDS * 10);
 }
 
-static int barrier_rounds(struct pair *p)
+static int barrier_side(struct pair *p, int child)
 {
+    (void)child;
     struct timespec d = test_deadline(BOUND);
     for (int i = 0; i < ROUNDS / 4; i++)
         if (cmp_barrier_wait(&p->barrier, &d, NULL, NULL) < 0)
@@ -208,20 +165,9 @@ static int barrier_rounds(struct pair *p)
     return 0;
 }
 
-static void barrier_child(struct pair *p)
-{
-    if (barrier_rounds(p) != 0)
-        _exit(2);
-}
-
-static void barrier_parent(struct pair *p)
-{
-    cr_assert_eq(barrier_rounds(p), 0);
-}
-
 Test(under_load, barrier_rounds, .timeout = 60)
 {
-    exchange(pair_new(), barrier_child, barrier_parent);
+    exchange(barrier_side);
 }
 
 /* The ring both ways: requests one way, replies the other. */
