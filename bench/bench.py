@@ -15,6 +15,7 @@ load in turn and prints the loads side by side. On a machine with N cores
 a load of N leaves no CPU idle: every wake-up must preempt a hog.
 """
 import argparse
+import functools
 import importlib
 import os
 import signal
@@ -200,29 +201,39 @@ def event_ping_pong(mp, n):
     return elapsed / n
 
 
+MESSAGE = ("task", 42, 3.5)
+
+
 def _pipe_echo(c, n):
     for _ in range(n):
         c.send(c.recv())
+
+
+def _round_trips(mp, n, echo, args, send, receive):
+    """Starts echo(*args) in a child, then times n - 1 exchanges of send()
+    and receive() with it; the first exchange, which waits for the child to
+    start, is off the clock. Seconds per round trip."""
+    child = mp.Process(target=echo, args=args)
+    child.start()
+    send()
+    receive()
+    t = time.perf_counter()
+    for _ in range(n - 1):
+        send()
+        receive()
+    elapsed = time.perf_counter() - t
+    child.join(60)
+    return elapsed / (n - 1)
 
 
 @scenario("Pipe round trip, small objects", "us", 0.3, 0.5)
 def pipe_round_trip(mp, n):
     n = max(500, n // 40)
     a, b = mp.Pipe()
-    child = mp.Process(target=_pipe_echo, args=(b, n))
-    child.start()
-    msg = ("task", 42, 3.5)
-    a.send(msg)  # first exchange off the clock (child start-up)
-    a.recv()
-    t = time.perf_counter()
-    for _ in range(n - 1):
-        a.send(msg)
-        a.recv()
-    elapsed = time.perf_counter() - t
-    child.join(60)
+    seconds = _round_trips(mp, n, _pipe_echo, (b, n), functools.partial(a.send, MESSAGE), a.recv)
     a.close()
     b.close()
-    return elapsed / (n - 1)
+    return seconds
 
 
 def _queue_echo(requests, replies, n):
@@ -234,18 +245,8 @@ def _queue_echo(requests, replies, n):
 def queue_request_reply(mp, n):
     n = max(500, n // 40)
     requests, replies = mp.Queue(), mp.Queue()
-    child = mp.Process(target=_queue_echo, args=(requests, replies, n))
-    child.start()
-    msg = ("task", 42, 3.5)
-    requests.put(msg)  # first exchange off the clock (child start-up)
-    replies.get()
-    t = time.perf_counter()
-    for _ in range(n - 1):
-        requests.put(msg)
-        replies.get()
-    elapsed = time.perf_counter() - t
-    child.join(60)
-    return elapsed / (n - 1)
+    return _round_trips(mp, n, _queue_echo, (requests, replies, n),
+                        functools.partial(requests.put, MESSAGE), replies.get)
 
 
 def _condition_echo(cond, turn, n):
@@ -287,17 +288,7 @@ def _semaphore_echo(ping, pong, n):
 def semaphore_ping_pong(mp, n):
     n = max(500, n // 100)
     ping, pong = mp.Semaphore(0), mp.Semaphore(0)
-    child = mp.Process(target=_semaphore_echo, args=(ping, pong, n))
-    child.start()
-    ping.release()  # first exchange off the clock (child start-up)
-    pong.acquire()
-    t = time.perf_counter()
-    for _ in range(n - 1):
-        ping.release()
-        pong.acquire()
-    elapsed = time.perf_counter() - t
-    child.join(60)
-    return elapsed / (n - 1)
+    return _round_trips(mp, n, _semaphore_echo, (ping, pong, n), ping.release, pong.acquire)
 
 
 def _drain(c, n):
