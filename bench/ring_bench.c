@@ -1,16 +1,22 @@
 /* Raw throughput and latency of the libcmp message ring, between
  * processes: `make bench-c` (build/bench/ring_bench). The Python-level,
  * side-by-side-with-the-stdlib benchmarks live in bench/bench.py. */
+#include <limits.h>
+#include <linux/futex.h>
+#include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "cmp.h"
+#include "hogs.h"
 
 static double now(void)
 {
@@ -84,7 +90,9 @@ static double run(size_t capacity, int nprod, size_t len, long n, int batch, int
     long total = n * nprod;
     for (long got = 0; got < total;) {
         long k = batch ? cmp_ring_get_many(r, sink_alloc, &s, 64, NULL)
-                       : (cmp_ring_get(r, sink_alloc, &s, NULL) == 0 ? 1 : -1);
+                       : cmp_ring_get(r, sink_alloc, &s, NULL);
+        if (!batch && k == 0)
+            k = 1;
         if (k < 0) {
             fprintf(stderr, "get failed: %ld\n", k);
             exit(1);
@@ -98,6 +106,77 @@ static double run(size_t capacity, int nprod, size_t len, long n, int batch, int
     if (fd >= 0)
         close(fd);
     free(s.buf);
+    return t;
+}
+
+/* The floor under a 1 MiB message: no ring protocol, only the two copies
+ * every transport between processes needs (the producer's in, the
+ * consumer's out) through FLOOR_SLOTS shared slots, and a hand-off per
+ * slot that either sleeps on a futex at once or busy-waits. */
+#define FLOOR_SLOTS 4
+
+struct floor_counter {
+    _Atomic uint32_t n;
+    _Atomic uint32_t sleeping;
+    char pad[56];
+};
+
+struct floor {
+    struct floor_counter filled, freed;
+    uint8_t slot[FLOOR_SLOTS][1u << 20];
+};
+
+static void floor_bump(struct floor_counter *c)
+{
+    atomic_fetch_add(&c->n, 1);
+    if (atomic_load(&c->sleeping))
+        syscall(SYS_futex, &c->n, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}
+
+/* Waits until c->n reaches until (a wrapping distance). */
+static void floor_wait(struct floor_counter *c, uint32_t until, int spin)
+{
+    uint32_t v;
+    while ((int32_t)((v = atomic_load(&c->n)) - until) < 0) {
+        if (spin) {
+            __builtin_ia32_pause();
+            continue;
+        }
+        atomic_store(&c->sleeping, 1);
+        if (atomic_load(&c->n) == v)
+            syscall(SYS_futex, &c->n, FUTEX_WAIT, v, NULL, NULL, 0);
+        atomic_store(&c->sleeping, 0);
+    }
+}
+
+static double copy_floor(long n, int spin)
+{
+    const size_t len = 1u << 20;
+    struct floor *f = shared(sizeof *f);
+    memset(f, 0, sizeof *f);
+    double t0 = now();
+    pid_t pid = fork();
+    if (pid == 0) {
+        uint8_t *src = malloc(len);
+        memset(src, 1, len);
+        for (uint32_t i = 0; i < (uint32_t)n; i++) {
+            if (i >= FLOOR_SLOTS)
+                floor_wait(&f->freed, i - FLOOR_SLOTS + 1, spin);
+            memcpy(f->slot[i % FLOOR_SLOTS], src, len);
+            floor_bump(&f->filled);
+        }
+        _exit(0);
+    }
+    uint8_t *dst = malloc(len);
+    for (uint32_t i = 0; i < (uint32_t)n; i++) {
+        floor_wait(&f->filled, i + 1, spin);
+        memcpy(dst, f->slot[i % FLOOR_SLOTS], len);
+        floor_bump(&f->freed);
+    }
+    double t = now() - t0;
+    waitpid(pid, NULL, 0);
+    free(dst);
+    munmap(f, sizeof *f);
     return t;
 }
 
@@ -168,11 +247,16 @@ static double pingpong(long n)
     return t / (double)n;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    int load = hogs_parse_load(argc, argv);
     const size_t cap = 4u << 20;
     double t;
     long n = 1000000;
+
+    printf("message ring between processes, %d CPU hog%s running\n", load, load == 1 ? "" : "s");
+    struct hogs h;
+    hogs_start(&h, load);
 
     t = run(cap, 1, 64, n, 0, 0);
     printf("1->1   64 B         %8.0f ns/msg  %6.2f M msg/s\n", t / n * 1e9, n / t / 1e6);
@@ -183,6 +267,12 @@ int main(void)
     long m = 2000;
     t = run(cap, 1, 1u << 20, m, 0, 0);
     printf("1->1   1 MiB        %8.1f us/msg  %6.2f GB/s\n", t / m * 1e6,
+           (double)m * (1u << 20) / t / 1e9);
+    t = copy_floor(m, 0);
+    printf("1->1   1 MiB floor  %8.1f us/msg  %6.2f GB/s (bare copies, futex sleep at once)\n",
+           t / m * 1e6, (double)m * (1u << 20) / t / 1e9);
+    t = copy_floor(m, 1);
+    printf("1->1   1 MiB floor  %8.1f us/msg  %6.2f GB/s (bare copies, busy wait)\n", t / m * 1e6,
            (double)m * (1u << 20) / t / 1e9);
     long b = 20;
     t = run(cap, 1, 64u << 20, b, 0, 0);
@@ -203,5 +293,6 @@ int main(void)
            tg / n * 1e9);
     t = pingpong(200000);
     printf("ping-pong round trip %7.2f us\n", t * 1e6);
+    hogs_stop(&h);
     return 0;
 }
