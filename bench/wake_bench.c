@@ -144,7 +144,7 @@ static void wait_for(struct shared *s, enum mode m, int dir, uint32_t i)
 static void cond_turn(struct shared *s, uint32_t mine, uint32_t other)
 {
     s->turn = other;
-    cmp_cond_notify(&s->ch[0].cond, 1);
+    cmp_cond_notify_lock(&s->ch[0].cond, &s->ch[0].lock, 1);
     while (s->turn != mine && !atomic_load(&s->stop))
         cmp_cond_wait_lock(&s->ch[0].cond, &s->ch[0].lock, NULL);
 }

@@ -89,6 +89,8 @@ typedef struct cmp_cond {
     uint32_t nwaiters; /* processes/threads inside wait */
     uint32_t nsignals; /* wake-ups granted but not yet consumed */
     uint32_t spin_ns;  /* adaptive spin budget (a hint) */
+    uint32_t sleepers; /* waiters inside the futex wait on seq */
+    uint32_t morphs;   /* nonzero once a notify moved waiters to a lock */
 } cmp_cond_t;
 
 /* Reusable barrier (the semantics of Python's threading.Barrier). */
@@ -239,8 +241,11 @@ void cmp_shared_release_all(void);
  *    every 16 waits (a lock, one word, spins a fixed 100 rounds instead,
  *    and a ring's wait for data starts with 32 bare rounds);
  *  - a spin that sees it was descheduled stops at once.
- * A waiter that waits long sleeps: it costs no CPU until woken. With
- * CMP_SPIN=0 in the environment every wait sleeps at once. */
+ * A waiter that waits long sleeps: it costs no CPU until woken (a
+ * condition's sleeper wakes every CMP_OWNER_CHECK_NS to recheck, as a
+ * lock's does). A wake-up never goes to a waiter that would only find a
+ * lock held: cmp_cond_notify_lock moves condition waiters to the lock.
+ * With CMP_SPIN=0 in the environment every wait sleeps at once. */
 
 #define CMP__LOCK_WAITERS 0x80000000u
 #define CMP_SEM_VALUE_MAX 0x7fffffffu
@@ -310,17 +315,27 @@ int cmp_event_wait(cmp_event_t *event, const struct timespec *deadline);
  * wait: 0 when notified, -ETIMEDOUT, -EINTR (lock held again in all three
  * cases); CMP_OWNER_DIED when notified or timed out and re-acquiring took
  * over from a dead holder. -EPERM if the caller does not hold the lock.
- * notify wakes up to n waiters and returns how many it woke. */
+ * notify grants up to n waiters their wake-up and returns how many.
+ * notify_lock/notify_rlock do the same for a caller that holds the lock
+ * the waiters re-acquire (as a notifier usually does; -EPERM otherwise):
+ * the granted sleepers are moved to that lock's queue instead of being
+ * woken ("wait morphing"), so each runs once the lock is free rather than
+ * waking only to find it still held and sleeping again on the lock. */
 void cmp_cond_init(cmp_cond_t *cond);
 int cmp_cond_wait_lock(cmp_cond_t *cond, cmp_lock_t *lock, const struct timespec *deadline);
 int cmp_cond_wait_rlock(cmp_cond_t *cond, cmp_rlock_t *rlock, const struct timespec *deadline);
 int cmp_cond_notify(cmp_cond_t *cond, uint32_t n);
 int cmp_cond_notify_all(cmp_cond_t *cond);
+int cmp_cond_notify_lock(cmp_cond_t *cond, cmp_lock_t *lock, uint32_t n);
+int cmp_cond_notify_rlock(cmp_cond_t *cond, cmp_rlock_t *rlock, uint32_t n);
 /* Split form for callers that release and re-acquire their own lock
  * (a binding with its own lock objects): register as a waiter while still
- * holding the lock, release it, then sleep. */
+ * holding the lock, release it, then sleep; once the lock is held again,
+ * call cmp_cond_relocked (a sleeper moved to the lock by notify_lock may
+ * have left others queued there, whom the next release must wake). */
 int cmp_cond_prepare_wait(cmp_cond_t *cond, uint32_t *ticket);
 int cmp_cond_sleep(cmp_cond_t *cond, uint32_t ticket, const struct timespec *deadline);
+void cmp_cond_relocked(cmp_cond_t *cond, cmp_lock_t *lock);
 /* prepare_wait: always 0. sleep: 0 when notified, -ETIMEDOUT (no longer a
  * waiter), -EINTR (STILL a waiter: call cmp_cond_sleep again with the same
  * ticket and deadline, or withdraw with cmp_cond_cancel_wait).

@@ -19,6 +19,32 @@
  * woken by the kernel but finds the grants already consumed (by an eligible
  * waiter that was still running) sleeps again.
  *
+ * Wait morphing. A notifier usually holds the lock its waiters re-acquire,
+ * so a waiter it wakes would run only to find that lock held and sleep
+ * again on it: two sleeps and two wake-ups per hand-off. notify_lock
+ * instead moves the granted sleepers from seq to the lock's futex word
+ * (FUTEX_CMP_REQUEUE, only if seq is still the value it published) and sets
+ * the lock's WAITERS bit, so the notifier's release wakes one of them, and
+ * that one wakes the next when it releases. The lock's protocol needs
+ * whoever a release woke to set WAITERS again while others may sleep on the
+ * word; a moved waiter cannot tell it was moved, so once a condition has
+ * morphed (`morphs`) every waiter marks the lock after re-acquiring it
+ * (cmp_cond_relocked): at worst one wake-up call too many at a release.
+ * A moved waiter is no longer on seq, so neither a later notify nor its own
+ * ticket logic reaches it until that lock is released: if the lock's
+ * holder died, or a waiter re-acquired the lock without marking it (a
+ * split-form caller that skips cmp_cond_relocked), a moved sleeper would
+ * wait for a release that never comes. So every sleep is capped at
+ * CMP__OWNER_CHECK_NS and rechecks its grant, like a lock's sleepers check
+ * their holder (whether a condition will morph is not known when its
+ * waiters go to sleep; ten wake-ups a second cost an idle waiter ~0.01 %
+ * of a core).
+ *
+ * `sleepers` counts the waiters inside the futex wait, so that a notify
+ * whose waiters are all still spinning makes no system call (Dekker pair
+ * with seq: the sleeper counts itself, fences, and the kernel rechecks seq;
+ * the notifier publishes seq, fences, and reads the count).
+ *
  * Limitation: a waiter process killed while registered stays counted in
  * nwaiters, so a later notify_all() may grant a wake-up nobody consumes;
  * such a leftover grant can later let one extra eligible waiter return.
@@ -51,6 +77,8 @@ void cmp_cond_init(cmp_cond_t *cond)
     cond->nwaiters = 0;
     cond->nsignals = 0;
     cond->spin_ns = CMP__SPIN_MAX_NS;
+    cond->sleepers = 0;
+    cond->morphs = 0;
 }
 
 uint32_t cmp_cond_n_waiting(const cmp_cond_t *cond)
@@ -108,7 +136,15 @@ int cmp_cond_sleep(cmp_cond_t *cond, uint32_t ticket, const struct timespec *dea
             if (moved)
                 continue;
         }
-        int rc = cmp__futex_wait(&cond->seq, seq, deadline);
+        struct timespec check;
+        cmp__deadline_in_ns(&check, CMP__OWNER_CHECK_NS);
+        const struct timespec *until = cmp__deadline_min(deadline, &check);
+        cmp__fetch_add(&cond->sleepers, 1);
+        cmp__fence_seq_cst();
+        int rc = cmp__futex_wait(&cond->seq, seq, until);
+        cmp__fetch_sub(&cond->sleepers, 1);
+        if (rc == -ETIMEDOUT && until != deadline && !cmp__deadline_passed(deadline))
+            continue; /* the morphing cap, not the caller's deadline */
         if (rc == -ETIMEDOUT)
             return cmp_cond_cancel_wait(cond, ticket) ? 0 : -ETIMEDOUT;
         if (rc == -EINTR)
@@ -117,28 +153,71 @@ int cmp_cond_sleep(cmp_cond_t *cond, uint32_t ticket, const struct timespec *dea
     }
 }
 
-int cmp_cond_notify(cmp_cond_t *cond, uint32_t n)
+/* Grants up to n wake-ups; lock (may be NULL) is one the caller holds,
+ * to move the sleepers to. */
+static int notify(cmp_cond_t *cond, uint32_t n, cmp_lock_t *lock)
 {
     if (n == 0)
         return 0;
     guard_lock(cond);
     uint32_t pending = cond->nwaiters - cond->nsignals;
     uint32_t k = n < pending ? n : pending;
+    uint32_t seq = cmp__load_relaxed(&cond->seq);
     if (k) {
         cond->nsignals += k;
         /* release: a waiter that sees the new seq (in its futex wait or
          * under the guard) must also see the grants */
-        cmp__store_release(&cond->seq, cmp__load_relaxed(&cond->seq) + 1);
+        cmp__store_release(&cond->seq, ++seq);
     }
     guard_unlock(cond);
-    if (k)
-        cmp__futex_wake(&cond->seq, k > INT_MAX ? INT_MAX : (int)k);
-    return k > INT_MAX ? INT_MAX : (int)k;
+    int granted = k > INT_MAX ? INT_MAX : (int)k;
+    if (!k)
+        return 0;
+    cmp__fence_seq_cst();
+    if (cmp__load_relaxed(&cond->sleepers) == 0)
+        return granted; /* every waiter is still spinning or on its way */
+    if (lock) {
+        /* published before any sleeper can be moved, so the one that wakes
+         * on the lock marks it for the others */
+        if (!cmp__load_relaxed(&cond->morphs))
+            cmp__store_release(&cond->morphs, 1);
+        cmp__lock_mark_waiters(lock);
+        if (cmp__futex_requeue(&cond->seq, seq, cmp__lock_futex_word(lock), granted) >= 0)
+            return granted;
+        /* -EAGAIN: another notify moved seq on; the plain wake is right */
+    }
+    cmp__futex_wake(&cond->seq, granted);
+    return granted;
+}
+
+int cmp_cond_notify(cmp_cond_t *cond, uint32_t n)
+{
+    return notify(cond, n, NULL);
 }
 
 int cmp_cond_notify_all(cmp_cond_t *cond)
 {
-    return cmp_cond_notify(cond, UINT32_MAX);
+    return notify(cond, UINT32_MAX, NULL);
+}
+
+int cmp_cond_notify_lock(cmp_cond_t *cond, cmp_lock_t *lock, uint32_t n)
+{
+    if (!cmp_lock_is_mine(lock))
+        return -EPERM;
+    return notify(cond, n, lock);
+}
+
+int cmp_cond_notify_rlock(cmp_cond_t *cond, cmp_rlock_t *rlock, uint32_t n)
+{
+    if (!cmp_rlock_is_mine(rlock))
+        return -EPERM;
+    return notify(cond, n, &rlock->lock);
+}
+
+void cmp_cond_relocked(cmp_cond_t *cond, cmp_lock_t *lock)
+{
+    if (cmp__load_acquire(&cond->morphs))
+        cmp__lock_mark_waiters(lock);
 }
 
 /* Re-acquire after the sleep: the caller must get its lock back, so EINTR
@@ -174,7 +253,9 @@ int cmp_cond_wait_lock(cmp_cond_t *cond, cmp_lock_t *lock, const struct timespec
     cmp_cond_prepare_wait(cond, &ticket);
     cmp_lock_release(lock);
     int rc = sleep_once(cond, ticket, deadline);
-    return finish(rc, relock(lock));
+    int relocked = relock(lock);
+    cmp_cond_relocked(cond, lock);
+    return finish(rc, relocked);
 }
 
 int cmp_cond_wait_rlock(cmp_cond_t *cond, cmp_rlock_t *rlock, const struct timespec *deadline)
@@ -188,5 +269,6 @@ int cmp_cond_wait_rlock(cmp_cond_t *cond, cmp_rlock_t *rlock, const struct times
     int relocked;
     while ((relocked = cmp_rlock_acquire_count(rlock, (uint32_t)depth, NULL)) == -EINTR)
         ;
+    cmp_cond_relocked(cond, &rlock->lock);
     return finish(rc, relocked);
 }

@@ -31,3 +31,10 @@ int cmp__futex_wake(uint32_t *word, int n)
     long rc = syscall(SYS_futex, word, FUTEX_WAKE, n, NULL, NULL, 0);
     return rc < 0 ? -errno : (int)rc;
 }
+
+int cmp__futex_requeue(uint32_t *word, uint32_t expected, uint32_t *target, int n)
+{
+    /* the count to move travels in the timeout argument's slot */
+    long rc = syscall(SYS_futex, word, FUTEX_CMP_REQUEUE, 0, (void *)(long)n, target, expected);
+    return rc < 0 ? -errno : (int)rc;
+}

@@ -26,6 +26,17 @@
 int cmp__futex_wait(uint32_t *word, uint32_t expected, const struct timespec *deadline);
 /* Wakes up to n waiters; returns how many woke. */
 int cmp__futex_wake(uint32_t *word, int n);
+/* Moves up to n waiters of word to target without waking them, if *word
+ * still equals expected (FUTEX_CMP_REQUEUE). Returns how many moved,
+ * -EAGAIN when the word changed, or another negative errno. */
+int cmp__futex_requeue(uint32_t *word, uint32_t expected, uint32_t *target, int n);
+
+/* Lock internals for the condition variable's wait morphing (lock.c). */
+/* The word a lock's sleepers wait on. */
+uint32_t *cmp__lock_futex_word(cmp_lock_t *lock);
+/* Marks a lock the caller holds as having sleepers, so that its release
+ * wakes one. */
+void cmp__lock_mark_waiters(cmp_lock_t *lock);
 
 /* Earlier of two deadlines (NULL = infinity). */
 const struct timespec *cmp__deadline_min(const struct timespec *a, const struct timespec *b);

@@ -49,6 +49,17 @@ static inline uint32_t *futex_word(cmp_lock_t *lock)
     return (uint32_t *)(void *)&lock->state + LOW_HALF;
 }
 
+uint32_t *cmp__lock_futex_word(cmp_lock_t *lock)
+{
+    return futex_word(lock);
+}
+
+void cmp__lock_mark_waiters(cmp_lock_t *lock)
+{
+    /* the holder's identity bits are ours and stay; only WAITERS is added */
+    __atomic_fetch_or(&lock->state, WAITERS, __ATOMIC_RELAXED);
+}
+
 void cmp_lock_init(cmp_lock_t *lock)
 {
     lock->state = 0;

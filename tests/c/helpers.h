@@ -5,6 +5,7 @@
 #include <criterion/criterion.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -24,6 +25,21 @@ static inline struct timespec test_deadline(double seconds)
     struct timespec ts;
     cmp_deadline_after(seconds, &ts);
     return ts;
+}
+
+/* fork() for a test's child that must not outlive the test: a child stuck
+ * in a wait would otherwise keep the runner waiting after the test's
+ * timeout fired (Criterion waits for every process holding its pipe). */
+static inline pid_t test_fork(void)
+{
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent) /* the parent died before the prctl */
+            _exit(99);
+    }
+    return pid;
 }
 
 /* Waits for a forked child for at most `seconds`; returns its exit status

@@ -96,4 +96,47 @@ static inline void sync_interrupter_join(struct sync_interrupter *it)
     pthread_join(it->thread, NULL);
 }
 
+/* What a condition test's waiter child uses, all in shared memory. */
+struct sync_cond_objects {
+    cmp_cond_t *cond;
+    cmp_lock_t *lock;
+    cmp_rlock_t *rlock;
+    uint32_t *ready; /* bumped once the child holds the lock */
+    uint32_t *woken; /* bumped when its wait was notified */
+};
+
+/* Child: waits once on the condition with the lock, or with the rlock
+ * held twice. Exit 0 notified, 3 timed out, 4 the lock not held as before
+ * the wait, 5 another error. */
+static inline pid_t sync_spawn_cond_waiter(const struct sync_cond_objects *o, int use_rlock,
+                                           double timeout)
+{
+    pid_t pid = test_fork();
+    cr_assert(pid >= 0);
+    if (pid != 0)
+        return pid;
+    struct timespec d = test_deadline(timeout);
+    int rc;
+    if (use_rlock) {
+        cmp_rlock_acquire(o->rlock, NULL);
+        cmp_rlock_acquire(o->rlock, NULL);
+        __atomic_fetch_add(o->ready, 1, __ATOMIC_ACQ_REL);
+        rc = cmp_cond_wait_rlock(o->cond, o->rlock, &d);
+        if (rc == 0)
+            __atomic_fetch_add(o->woken, 1, __ATOMIC_ACQ_REL);
+        if (cmp_rlock_count(o->rlock) != 2)
+            _exit(4);
+        cmp_rlock_release_all(o->rlock);
+    } else {
+        cmp_lock_acquire(o->lock, NULL);
+        __atomic_fetch_add(o->ready, 1, __ATOMIC_ACQ_REL);
+        rc = cmp_cond_wait_lock(o->cond, o->lock, &d);
+        if (rc == 0)
+            __atomic_fetch_add(o->woken, 1, __ATOMIC_ACQ_REL);
+        if (cmp_lock_release(o->lock) != 0)
+            _exit(4);
+    }
+    _exit(rc == 0 ? 0 : rc == -ETIMEDOUT ? 3 : 5);
+}
+
 #endif

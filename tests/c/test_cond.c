@@ -57,36 +57,10 @@ Test(cond, timeout_reacquires_lock, .timeout = 10)
     cr_assert_eq(cmp_rlock_release_all(&s->rlock), 3);
 }
 
-/* Child: waits once with the lock (or the rlock, nested twice), counts
- * itself in woken when notified. Exit 0 notified, 3 timed out. */
 static pid_t spawn_waiter(struct cond_shared *s, int use_rlock, double timeout)
 {
-    pid_t pid = fork();
-    cr_assert(pid >= 0);
-    if (pid != 0)
-        return pid;
-    struct timespec d = test_deadline(timeout);
-    int rc;
-    if (use_rlock) {
-        cmp_rlock_acquire(&s->rlock, NULL);
-        cmp_rlock_acquire(&s->rlock, NULL);
-        __atomic_fetch_add(&s->ready, 1, __ATOMIC_ACQ_REL);
-        rc = cmp_cond_wait_rlock(&s->cond, &s->rlock, &d);
-        if (rc == 0)
-            __atomic_fetch_add(&s->woken, 1, __ATOMIC_ACQ_REL);
-        if (cmp_rlock_count(&s->rlock) != 2)
-            _exit(4);
-        cmp_rlock_release_all(&s->rlock);
-    } else {
-        cmp_lock_acquire(&s->lock, NULL);
-        __atomic_fetch_add(&s->ready, 1, __ATOMIC_ACQ_REL);
-        rc = cmp_cond_wait_lock(&s->cond, &s->lock, &d);
-        if (rc == 0)
-            __atomic_fetch_add(&s->woken, 1, __ATOMIC_ACQ_REL);
-        if (cmp_lock_release(&s->lock) != 0)
-            _exit(4);
-    }
-    _exit(rc == 0 ? 0 : rc == -ETIMEDOUT ? 3 : 5);
+    struct sync_cond_objects o = {&s->cond, &s->lock, &s->rlock, &s->ready, &s->woken};
+    return sync_spawn_cond_waiter(&o, use_rlock, timeout);
 }
 
 static void wait_registered(struct cond_shared *s, uint32_t n)

@@ -113,8 +113,9 @@ Test(under_load, event_ping_pong, .timeout = 60)
     exchange(event_side);
 }
 
-/* turn: 1 = the child's, 2 = the parent's */
-static int cond_side(struct pair *p, int child)
+/* turn: 1 = the child's, 2 = the parent's. morph: notify as the lock's
+ * holder (cmp_cond_notify_lock), moving the waiter to the lock. */
+static int cond_exchange(struct pair *p, int child, int morph)
 {
     uint32_t mine = child ? 1 : 2, other = child ? 2 : 1;
     struct timespec d = test_deadline(BOUND);
@@ -125,15 +126,33 @@ static int cond_side(struct pair *p, int child)
             if (cmp_cond_wait_lock(&p->cond, &p->lock, &d) == -ETIMEDOUT)
                 return -1;
         p->turn = other;
-        cmp_cond_notify(&p->cond, 1);
+        if (morph)
+            cmp_cond_notify_lock(&p->cond, &p->lock, 1);
+        else
+            cmp_cond_notify(&p->cond, 1);
     }
     cmp_lock_release(&p->lock);
     return 0;
 }
 
+static int cond_side(struct pair *p, int child)
+{
+    return cond_exchange(p, child, 0);
+}
+
+static int cond_morph_side(struct pair *p, int child)
+{
+    return cond_exchange(p, child, 1);
+}
+
 Test(under_load, condition_ping_pong, .timeout = 60)
 {
     exchange(cond_side);
+}
+
+Test(under_load, condition_ping_pong_notify_lock, .timeout = 60)
+{
+    exchange(cond_morph_side);
 }
 
 static int lock_side(struct pair *p, int child)

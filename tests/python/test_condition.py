@@ -245,3 +245,75 @@ def test_dead_holder_while_waiting(cmp):
             assert cond.wait(0.3) is False
         assert "MainProcess, 1" in repr(cond)
     assert join(pid) == -signal.SIGKILL
+
+
+def _herd(mp, lock_factory, rounds=60, n_procs=3, n_threads=2):
+    """Each round the main thread bumps a generation under the lock and
+    notifies all; waiter processes and threads of this process each wait
+    for every generation, while a contender process takes and releases the
+    same lock. A lost hand-off stalls a round past its timeout."""
+    cond = mp.Condition(lock_factory())
+    shared = SharedInts(3)  # [0] generation, [1] hand-offs seen, [2] stop
+
+    def waiter():
+        with cond:
+            for seen in range(1, rounds + 1):
+                if not cond.wait_for(lambda: shared[0] >= seen, timeout=20):
+                    return 3
+                shared[1] = shared[1] + 1
+        return 0
+
+    def contender():
+        while not shared[2]:
+            with cond:
+                pass
+        return 0
+
+    pids = [fork(waiter) for _ in range(n_procs)]
+    pids.append(fork(contender))
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(waiter())) for _ in range(n_threads)]
+    for t in threads:
+        t.start()
+    n = n_procs + n_threads
+    for gen in range(1, rounds + 1):
+        # every waiter saw the last generation: all wait (or are about to)
+        wait_until(lambda: shared[1] >= (gen - 1) * n, timeout=20)
+        with cond:
+            shared[0] = gen
+            cond.notify_all()
+    for t in threads:
+        t.join(30)
+    assert results == [0] * n_threads
+    assert [join(p) for p in pids[:-1]] == [0] * n_procs
+    shared[2] = 1
+    assert join(pids[-1]) == 0
+    assert shared[1] == rounds * n
+
+
+def test_notify_all_herd_rlock(mp):
+    _herd(mp, mp.RLock)
+
+
+def test_notify_all_herd_lock(mp):
+    _herd(mp, mp.Lock)
+
+
+def _notify_and_die(cond):
+    cond.acquire()
+    cond.notify()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.mark.parametrize("kind", ["RLock", "Lock"])
+def test_notified_waiter_survives_a_notifier_that_dies_holding_the_lock(cmp, kind):
+    # ours only (the stdlib never recovers a dead holder): the notify moved
+    # this waiter to the lock, whose holder then died without releasing it
+    cond = cmp.Condition(getattr(cmp, kind)())
+    with cond:
+        pid = fork(_notify_and_die, cond)
+        t0 = time.monotonic()
+        with pytest.warns(cmp.AbandonedLockWarning):
+            assert cond.wait(20) is True
+        assert time.monotonic() - t0 < 5
+    assert join(pid) == -signal.SIGKILL

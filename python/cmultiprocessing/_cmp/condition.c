@@ -35,12 +35,36 @@ static int is_mine(cmp_py_condition *self)
     return cmp_py_Lock_is_mine((cmp_py_lock *)self->lock);
 }
 
-/* Takes the lock back after a wait (depth levels of an RLock). */
-static int reacquire(cmp_py_condition *self, uint32_t depth)
+/* The libcmp lock under the Condition's Lock or RLock. */
+static cmp_lock_t *base_lock(cmp_py_condition *self)
+{
+    if (self->is_rlock)
+        return &((cmp_py_rlock *)self->lock)->rlock->lock;
+    return ((cmp_py_lock *)self->lock)->lock;
+}
+
+/* Notifies as the lock's holder (checked by the caller), so the waiters
+ * granted a wake-up run once it is released (cmp_cond_notify_lock). */
+static void notify_held(cmp_py_condition *self, uint32_t n)
+{
+    if (cmp_cond_notify_lock(self->cond, base_lock(self), n) < 0)
+        cmp_cond_notify(self->cond, n); /* another thread of ours holds it */
+}
+
+static int reacquire_lock(cmp_py_condition *self, uint32_t depth)
 {
     if (self->is_rlock)
         return cmp_py_RLock_acquire_count((cmp_py_rlock *)self->lock, depth, NULL);
     return cmp_py_Lock_acquire_deadline((cmp_py_lock *)self->lock, NULL);
+}
+
+/* Takes the lock back after a wait (depth levels of an RLock). */
+static int reacquire(cmp_py_condition *self, uint32_t depth)
+{
+    int rc = reacquire_lock(self, depth);
+    if (rc > 0)
+        cmp_cond_relocked(self->cond, base_lock(self));
+    return rc;
 }
 
 struct cond_wait_args {
@@ -192,7 +216,7 @@ static PyObject *Condition_notify(PyObject *op, PyObject *const *args, Py_ssize_
     uint32_t n = 1;
     if (n_obj && notify_count(n_obj, &n) < 0)
         return NULL;
-    cmp_cond_notify(self->cond, n);
+    notify_held(self, n);
     Py_RETURN_NONE;
 }
 
@@ -204,7 +228,7 @@ static PyObject *Condition_notify_all(PyObject *op, PyObject *unused)
         PyErr_SetString(PyExc_AssertionError, "lock is not owned");
         return NULL;
     }
-    cmp_cond_notify_all(self->cond);
+    notify_held(self, UINT32_MAX);
     Py_RETURN_NONE;
 }
 
