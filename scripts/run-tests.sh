@@ -18,7 +18,9 @@ if [ "${SANITIZE:-0}" = 1 ]; then
     export ASAN_OPTIONS=detect_leaks=0:abort_on_error=0
     export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 fi
-"$BUILD/test_c" --jobs 2 2>&1 | tee "$log/c.txt"
+# timeout: a test's child stuck for good would keep Criterion (and tee)
+# waiting after the test's own timeout; this kills the whole group.
+timeout --kill-after=10 900 "$BUILD/test_c" --jobs 2 2>&1 | tee "$log/c.txt"
 synth=$(grep -a "Synthesis:" "$log/c.txt" | tail -1)
 if [ -n "$synth" ]; then
     tested=$(sed -n 's/.*Tested: \([0-9]*\).*/\1/p' <<<"$synth")
@@ -34,7 +36,8 @@ preload=""
 if [ "${SANITIZE:-0}" = 1 ]; then
     preload="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libubsan.so)"
 fi
-(cd tests/python && LD_PRELOAD="$preload" "$PYTHON" -m pytest -q -p no:cacheprovider 2>&1) \
+(cd tests/python && LD_PRELOAD="$preload" timeout --kill-after=10 1200 \
+    "$PYTHON" -m pytest -q -p no:cacheprovider 2>&1) \
     | tee "$log/py.txt"
 summary=$(grep -aE "[0-9]+ (passed|failed|error).* in [0-9.]+s" "$log/py.txt" | tail -1)
 num() { grep -oE "[0-9]+ $1" <<<"$summary" | grep -oE "^[0-9]+" || echo 0; }

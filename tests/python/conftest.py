@@ -3,6 +3,7 @@ the standard library's multiprocessing (proving the test asserts real
 behaviour) and once against cmultiprocessing."""
 import importlib
 import os
+import signal
 import sys
 
 import pytest
@@ -35,3 +36,26 @@ def plain_build_env():
     drop = {"LD_PRELOAD", "BUILD", "EXT", "EXTRA_CFLAGS", "OPT", "MAKEFLAGS", "MFLAGS",
             "MAKELEVEL", "MAKEOVERRIDES"}
     return {k: v for k, v in os.environ.items() if k not in drop}
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Kills the child processes a failed test left behind. One stuck for
+    good (a fork that inherited a lock another thread held, say) would
+    otherwise keep the run from ending: multiprocessing's exit handler
+    joins every child it started, without a timeout."""
+    leftover = set()
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/children") as f:
+                leftover.update(int(pid) for pid in f.read().split())
+        except OSError:
+            pass
+    for pid in sorted(leftover):
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+    if leftover:
+        print(f"\nconftest: killed {len(leftover)} child process(es) left behind: "
+              f"{sorted(leftover)}")
