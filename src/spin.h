@@ -32,10 +32,15 @@
  *  3. The other party needs longer than a spin (it computes, or sleeps
  *     itself): the spin is wasted CPU. Each object keeps a spin budget (a
  *     hint in shared memory, written only when it changes): a spin that
- *     succeeded doubles it, one that ran out or was preempted halves it,
- *     between SPIN_MIN_NS and SPIN_MAX_NS, and below the minimum the hint
- *     says "off": waits sleep at once, with one probing spin in
- *     CMP__SPIN_PROBE_EVERY so that spinning comes back when it pays.
+ *     succeeded doubles it, one that ran out or was preempted takes a
+ *     quarter off it, between SPIN_MIN_NS and SPIN_MAX_NS, and below the
+ *     minimum the hint says "off": waits sleep at once, with one probing
+ *     spin in CMP__SPIN_PROBE_EVERY so that spinning comes back when it
+ *     pays. The decay is slow (eight failures in a row from the maximum)
+ *     because failures come in bursts: one party's sleep makes the
+ *     other's next spins fail while it wakes, and halving went "off" in
+ *     such a burst — on an idle machine, 1 % of a Pipe's waits then slept
+ *     (each sleep tens of us on a virtual machine), +12 % per round trip.
  *
  * CMP_SPIN=0 in the environment turns spinning off (spin.c).
  *
@@ -219,7 +224,7 @@ static inline void cmp__spin_end(struct cmp__spin *s, uint32_t *hint, int succee
 {
     if (!succeeded && s->state == CMP__SPIN_TIMED_OUT && s->stop && s->stop != &s->end)
         return;
-    uint32_t next = succeeded ? s->budget * 2 : s->budget / 2;
+    uint32_t next = succeeded ? s->budget * 2 : s->budget - s->budget / 4;
     if (next < CMP__SPIN_MIN_NS)
         next = succeeded ? CMP__SPIN_MIN_NS : CMP__SPIN_OFF;
     if (next > CMP__SPIN_MAX_NS)
