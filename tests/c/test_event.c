@@ -145,8 +145,9 @@ Test(event, signal_interrupts_wait, .timeout = 10)
     cr_assert_eq(test_join(pid, 5), 0);
 }
 
-/* The spin budget (a private hint) halves when a spin runs out, is left
- * alone when the caller's deadline cut the spin short, and has a floor. */
+/* The spin budget (a private hint) loses a quarter when a spin runs out,
+ * is left alone when the caller's deadline cut the spin short, and has a
+ * floor. */
 Test(event, spin_budget_adapts, .timeout = 5)
 {
     cmp_event_t ev;
@@ -155,13 +156,14 @@ Test(event, spin_budget_adapts, .timeout = 5)
     cr_assert(start > 0);
     struct timespec deadline = test_deadline(0.02);
     cr_assert_eq(cmp_event_wait(&ev, &deadline), -ETIMEDOUT);
-    cr_assert_eq(ev.spin_ns, start / 2);
+    const uint32_t after_one = start - start / 4;
+    cr_assert_eq(ev.spin_ns, after_one);
     struct timespec past = test_deadline(0);
     cr_assert_eq(cmp_event_wait(&ev, &past), -ETIMEDOUT);
-    cr_assert_eq(ev.spin_ns, start / 2);
+    cr_assert_eq(ev.spin_ns, after_one);
     for (int i = 0; i < 8; i++) {
         deadline = test_deadline(0.002);
         cr_assert_eq(cmp_event_wait(&ev, &deadline), -ETIMEDOUT);
     }
-    cr_assert(ev.spin_ns > 0 && ev.spin_ns < start / 2, "budget %u", ev.spin_ns);
+    cr_assert(ev.spin_ns > 0 && ev.spin_ns < after_one, "budget %u", ev.spin_ns);
 }
