@@ -928,6 +928,125 @@ int cmp_fdshare_cancel(const cmp_fd_token_t *token);
  * server. */
 void cmp_fdshare_shutdown(void);
 
+/* ------------------------------------------------------------------------
+ * Worker pool
+ *
+ * N forked workers run a C function on byte tasks. Each worker has its own
+ * inbox (a queue in shared memory) to which the pool's process dispatches
+ * tasks, at most depth + 1 at a time, the least loaded worker first; the
+ * rest wait in the pool's process. Results come back through one result
+ * queue. A worker records the id of the task it is about to run in shared
+ * memory before it runs it, so when a worker dies the pool knows exactly
+ * which task it lost: that one comes out of cmp_pool_next() as
+ * CMP_POOL_LOST with the cause (the signal or the exit code), the tasks
+ * still queued at the dead worker go to the others, and a new worker takes
+ * its place. Workers die with the thread that started them (SIGKILL by
+ * PR_SET_PDEATHSIG): the creating thread, and later the thread that calls
+ * cmp_pool_next() (which starts replacements), must outlive the pool.
+ *
+ * Thread safety: submit, outstanding, close and terminate may be called
+ * from any thread of the pool's process; next by one thread at a time.
+ * ------------------------------------------------------------------------ */
+
+typedef struct cmp_pool cmp_pool_t;
+/* The bytes a task or an initializer answers with, built in the worker. */
+typedef struct cmp_pool_result cmp_pool_result_t;
+
+/* Room for len more bytes at the end of the result (valid until the next
+ * call); NULL when out of memory. */
+void *cmp_pool_result_extend(cmp_pool_result_t *r, size_t len);
+
+/* Runs in a worker for each task. Returns 0 when the task succeeded (its
+ * result is the bytes written to out) or nonzero when it failed (the bytes
+ * describe the failure; the task comes out as CMP_POOL_FAILED). */
+typedef int (*cmp_pool_task_fn)(void *arg, const void *task, size_t len, cmp_pool_result_t *out);
+/* Runs once in each worker before its first task. Nonzero: the initializer
+ * failed, out describes why; the pool starts no more workers and every
+ * task comes out as CMP_POOL_BROKEN with those bytes. */
+typedef int (*cmp_pool_init_fn)(void *arg, cmp_pool_result_t *out);
+/* Called in a worker around each wait for its next task (waiting = 1
+ * before, 0 after): a binding releases its interpreter lock there. */
+typedef void (*cmp_pool_wait_fn)(void *arg, int waiting);
+/* Called around each fork of a worker: phase CMP_POOL_FORK_BEFORE and then
+ * _PARENT in the pool's process, _CHILD first thing in the worker. */
+typedef void (*cmp_pool_fork_fn)(void *arg, int phase);
+enum { CMP_POOL_FORK_BEFORE, CMP_POOL_FORK_PARENT, CMP_POOL_FORK_CHILD };
+
+typedef struct cmp_pool_options {
+    unsigned workers;           /* 0: the CPUs this process may run on */
+    cmp_pool_task_fn task;      /* required */
+    cmp_pool_init_fn init;      /* NULL: none */
+    cmp_pool_wait_fn wait_hook; /* NULL: none */
+    cmp_pool_fork_fn fork_hook; /* NULL: none */
+    void *arg;                  /* given to the functions above */
+    uint64_t max_tasks;         /* a worker is replaced after this many; 0: never */
+    unsigned depth;             /* tasks queued at a worker beyond the one it runs;
+                                   0: the default, 2 */
+} cmp_pool_options_t;
+
+/* How a task ended (cmp_pool_outcome_t.status). */
+enum {
+    CMP_POOL_DONE,      /* the task function returned 0; data: its result */
+    CMP_POOL_FAILED,    /* it returned nonzero; data: what it wrote */
+    CMP_POOL_LOST,      /* its worker died running it; cause says how */
+    CMP_POOL_BROKEN,    /* an initializer failed; data: what it wrote */
+    CMP_POOL_CANCELLED, /* the pool was terminated before the task ended */
+};
+
+typedef struct cmp_pool_outcome {
+    uint64_t id; /* as cmp_pool_submit returned it */
+    int status;  /* CMP_POOL_* above */
+    int cause;   /* LOST: the worker's exit code as cmp_process_exitcode
+                    reports it (-signal when killed) */
+    pid_t pid;   /* the worker that ran the task (0 if none did) */
+    void *data;  /* the buffer alloc returned (may be NULL when len is 0); */
+    size_t len;  /* ...its first len bytes are the result */
+} cmp_pool_outcome_t;
+
+/* Starts a pool: forks the workers (each runs opt->init first). Returns 0,
+ * -EINVAL (no task function), or a negative errno (memory, fork). */
+int cmp_pool_create(cmp_pool_t **out, const cmp_pool_options_t *opt);
+
+/* Queues a copy of the task; *id (may be NULL) gets its id, never 0, in
+ * submission order. Never waits for a worker. Returns 0, -EPIPE once the
+ * pool is closed, terminated or broken, -ENOMEM. */
+int cmp_pool_submit(cmp_pool_t *pool, const void *task, size_t len, uint64_t *id);
+
+/* Waits for the next task to end, in any order, and fills *out; the
+ * result's bytes go to a buffer from alloc (see cmp_ring_alloc_fn; it is
+ * asked for up to CMP_POOL_TRAILER bytes more than the result holds).
+ * Death of a worker is noticed within CMP_POOL_CHECK_NS of it. Returns 0,
+ * -ETIMEDOUT, -EINTR, -ENOBUFS (alloc returned NULL: that outcome is
+ * lost), or -ENOENT once the pool is closed or terminated and every task
+ * has come out. */
+int cmp_pool_next(cmp_pool_t *pool, cmp_pool_outcome_t *out, cmp_ring_alloc_fn alloc, void *arg,
+                  const struct timespec *deadline);
+#define CMP_POOL_TRAILER 16u
+#define CMP_POOL_CHECK_NS 50000000L
+
+/* Tasks submitted that have not yet come out of cmp_pool_next(). */
+uint64_t cmp_pool_outstanding(cmp_pool_t *pool);
+/* Workers the pool keeps running. */
+unsigned cmp_pool_size(const cmp_pool_t *pool);
+/* Pids of the running workers, up to max of them; returns how many. */
+unsigned cmp_pool_pids(cmp_pool_t *pool, pid_t *pids, unsigned max);
+
+/* close: no more tasks; the workers exit once every queued task is done.
+ * terminate: the workers are killed (SIGTERM, then SIGKILL after 100 ms
+ * for any that lives on); every task not yet out comes out CANCELLED.
+ * Both return 0. */
+int cmp_pool_close(cmp_pool_t *pool);
+int cmp_pool_terminate(cmp_pool_t *pool);
+
+/* After close or terminate: waits for every worker to exit. Returns 0,
+ * -ETIMEDOUT, -EINTR, or -EINVAL while the pool is running. Tasks that
+ * are still queued need cmp_pool_next() to run (in another thread), since
+ * it replaces workers that die. */
+int cmp_pool_join(cmp_pool_t *pool, const struct timespec *deadline);
+
+/* Kills the workers that remain, reaps them and frees the pool. */
+void cmp_pool_destroy(cmp_pool_t *pool);
+
 #ifdef __cplusplus
 }
 #endif

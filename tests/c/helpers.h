@@ -7,6 +7,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cmp.h"
@@ -40,6 +41,21 @@ static inline pid_t test_fork(void)
             _exit(99);
     }
     return pid;
+}
+
+/* Seconds on CLOCK_MONOTONIC, and a nap of ms milliseconds. */
+static inline double test_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static inline void test_sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0)
+        ;
 }
 
 /* Waits for a forked child for at most `seconds`; returns its exit status

@@ -30,12 +30,18 @@ def test_python_example_on_stdlib():
     assert r.stdout == "Hello from Process-1\n"
 
 
-def test_c_example():
-    exe = os.path.join(ROOT, BUILD, "examples", "process")
+def run_c_example(name):
+    """Runs build/examples/<name> (skips when it is not built)."""
+    exe = os.path.join(ROOT, BUILD, "examples", name)
     if not os.path.exists(exe):
-        exe = os.path.join(ROOT, "build", "examples", "process")
+        exe = os.path.join(ROOT, "build", "examples", name)
     if not os.path.exists(exe):
         pytest.skip("C example not built (make)")
     r = run([exe])
     assert r.returncode == 0, r.stderr
+    return r
+
+
+def test_c_example():
+    r = run_c_example("process")
     assert r.stdout == "Hello from Process-1\n"

@@ -1,0 +1,847 @@
+/*
+ * Worker pool: forked workers that run a C function on byte tasks.
+ *
+ * Shared memory (one anonymous MAP_SHARED block, inherited by every
+ * worker): the result queue, then for each worker slot its `running` word
+ * and its inbox queue. Everything else is the pool process's own.
+ *
+ * Why an inbox per worker rather than one queue all workers take from:
+ * exact accounting when a worker dies. The pool process is the only one
+ * that dispatches to a worker, so it knows the tasks each worker holds, in
+ * order (`fifo`). A worker takes one task at a time and writes its id to
+ * `running` before it calls the task function, and a result travels back
+ * after the function returns. When a worker dies, the pool first consumes
+ * every result the worker sent (the count of results queued when the death
+ * was seen, `results_before`: the queue is FIFO and the dead send no more),
+ * then looks at the oldest task it still holds: if `running` names it, or
+ * it is no longer in the inbox, the worker took it and it is lost
+ * (CMP_POOL_LOST); the tasks still in the inbox never started and go to
+ * other workers. With one shared queue, a worker killed between taking a
+ * task and recording it would lose that task without a trace.
+ *
+ * Message layouts. Inbox: [u64 id][task bytes]; id 0 asks the worker to
+ * exit. Result queue: [result bytes][trailer], the trailer last so that
+ * the bytes land at the start of the caller's buffer with no copy.
+ *
+ * Dispatch: a task goes to the live worker with the fewest tasks held
+ * (below depth + 1, and below what max_tasks lets it take), else to the
+ * pending list, which cmp_pool_next() drains as results free room.
+ *
+ * Outcomes the pool makes itself (LOST, BROKEN, CANCELLED) wait in
+ * `made`, and come out of cmp_pool_next() before any result.
+ */
+#include "atomic.h"
+#include "internal.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#define RESULT_RING ((size_t)1 << 20)
+#define INBOX_RING ((size_t)256 << 10)
+#define DEFAULT_DEPTH 2u
+#define MAX_WORKERS 4096u
+#define ALIGN 64u
+#define KILL_GRACE_NS 100000000L
+
+enum { KIND_RESULT = 1, KIND_INIT_FAILED = 2 };
+
+struct trailer {
+    uint64_t id;
+    uint32_t worker;
+    uint16_t kind;
+    uint16_t failed;
+};
+_Static_assert(sizeof(struct trailer) == CMP_POOL_TRAILER, "trailer size");
+
+struct cmp_pool_result {
+    char *buf;
+    size_t len, cap;
+};
+
+/* Shared, per worker slot. */
+struct slot_shared {
+    uint64_t running; /* the task the worker runs or ran last; written
+                         (release) before the task function is called */
+};
+
+struct worker {
+    cmp_process_t proc;
+    int live;       /* started, not yet seen dead */
+    int stopping;   /* told to exit */
+    uint64_t taken; /* tasks dispatched to this process */
+    uint64_t *fifo; /* ids held, oldest first (ring of depth + 1) */
+    unsigned fifo_head, nfifo;
+    uint64_t results_before; /* dead: results to consume before handling */
+    int dead_pending;        /* dead, not yet handled */
+    struct slot_shared *slot;
+    cmp_queue_t *inbox;
+};
+
+struct item {
+    struct item *next;
+    uint64_t id;
+    int status, cause;
+    pid_t pid;
+    size_t len;
+    char data[];
+};
+
+struct list {
+    struct item *head, *tail;
+    uint64_t n;
+};
+
+enum { RUNNING, CLOSED, TERMINATED, BROKEN };
+
+struct cmp_pool {
+    cmp_pool_options_t opt;
+    unsigned n;
+    char *shared;
+    size_t shared_len;
+    cmp_queue_t *results;
+    struct worker *w;
+    pthread_mutex_t mu; /* everything below, and dispatching */
+    int state;
+    uint64_t last_id;
+    uint64_t outstanding; /* submitted, not yet out of next() */
+    struct list pending;  /* tasks waiting for room at a worker */
+    struct list made;     /* outcomes made by the pool, for next() */
+    char *init_error;     /* what a failed initializer wrote */
+    size_t init_error_len;
+    pid_t owner; /* the pool's process (a forked child must not use it) */
+};
+
+/* ---- small helpers ------------------------------------------------------ */
+
+static void list_push(struct list *l, struct item *it)
+{
+    it->next = NULL;
+    if (l->tail)
+        l->tail->next = it;
+    else
+        l->head = it;
+    l->tail = it;
+    l->n++;
+}
+
+static void list_push_front(struct list *l, struct item *it)
+{
+    it->next = l->head;
+    l->head = it;
+    if (!l->tail)
+        l->tail = it;
+    l->n++;
+}
+
+static struct item *list_pop(struct list *l)
+{
+    struct item *it = l->head;
+    if (it) {
+        l->head = it->next;
+        if (!l->head)
+            l->tail = NULL;
+        l->n--;
+    }
+    return it;
+}
+
+static struct item *item_new(uint64_t id, const void *data, size_t len)
+{
+    struct item *it = malloc(sizeof *it + (len ? len : 1));
+    if (!it)
+        return NULL;
+    it->id = id;
+    it->status = CMP_POOL_DONE;
+    it->cause = 0;
+    it->pid = 0;
+    it->len = len;
+    if (len)
+        memcpy(it->data, data, len);
+    return it;
+}
+
+void *cmp_pool_result_extend(cmp_pool_result_t *r, size_t len)
+{
+    if (len > SIZE_MAX - r->len)
+        return NULL;
+    if (r->len + len > r->cap) {
+        size_t cap = r->cap ? r->cap : 256;
+        while (cap < r->len + len)
+            cap = cap > SIZE_MAX / 2 ? r->len + len : cap * 2;
+        char *b = realloc(r->buf, cap);
+        if (!b)
+            return NULL;
+        r->buf = b;
+        r->cap = cap;
+    }
+    void *p = r->buf + r->len;
+    r->len += len;
+    return p;
+}
+
+static size_t round_up(size_t n)
+{
+    return (n + ALIGN - 1) & ~(size_t)(ALIGN - 1);
+}
+
+static size_t slot_bytes(void)
+{
+    return round_up(sizeof(struct slot_shared)) + round_up(cmp_queue_footprint(INBOX_RING));
+}
+
+static unsigned cpus_allowed(void)
+{
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) {
+        int n = CPU_COUNT(&set);
+        if (n > 0)
+            return (unsigned)n;
+    }
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (unsigned)n : 1;
+}
+
+static unsigned fifo_cap(const cmp_pool_t *p)
+{
+    return p->opt.depth + 1;
+}
+
+static void fifo_push(cmp_pool_t *p, struct worker *w, uint64_t id)
+{
+    w->fifo[(w->fifo_head + w->nfifo) % fifo_cap(p)] = id;
+    w->nfifo++;
+}
+
+static uint64_t fifo_pop(cmp_pool_t *p, struct worker *w)
+{
+    uint64_t id = w->fifo[w->fifo_head];
+    w->fifo_head = (w->fifo_head + 1) % fifo_cap(p);
+    w->nfifo--;
+    return id;
+}
+
+/* ---- the worker --------------------------------------------------------- */
+
+struct inbox_buf {
+    char *buf;
+    size_t cap;
+};
+
+static void *inbox_alloc(void *arg, size_t len)
+{
+    struct inbox_buf *b = arg;
+    if (len > b->cap) {
+        char *n = realloc(b->buf, len);
+        if (!n)
+            return NULL;
+        b->buf = n;
+        b->cap = len;
+    }
+    return b->buf ? (void *)b->buf : (void *)b;
+}
+
+static int send_result(cmp_pool_t *p, unsigned index, uint64_t id, int kind, int failed,
+                       const cmp_pool_result_t *r)
+{
+    struct trailer t = {id, index, (uint16_t)kind, (uint16_t)(failed != 0)};
+    struct iovec iov[2] = {{r->buf, r->len}, {&t, sizeof t}};
+    int rc;
+    while ((rc = cmp_queue_putv(p->results, iov, 2, NULL)) == -EINTR)
+        ;
+    return rc;
+}
+
+struct worker_start {
+    cmp_pool_t *pool;
+    unsigned index;
+};
+
+static int worker_main(void *arg)
+{
+    const struct worker_start *ws = arg;
+    cmp_pool_t *p = ws->pool;
+    unsigned index = ws->index;
+    if (p->opt.fork_hook)
+        p->opt.fork_hook(p->opt.arg, CMP_POOL_FORK_CHILD);
+    /* The other workers' descriptors are not ours to hold. */
+    for (unsigned i = 0; i < p->n; i++)
+        if (i != index && p->w[i].proc.pidfd >= 0)
+            cmp_process_close(&p->w[i].proc);
+    struct worker *w = &p->w[index];
+    cmp_pool_result_t r = {NULL, 0, 0};
+    if (p->opt.init && p->opt.init(p->opt.arg, &r) != 0) {
+        send_result(p, index, 0, KIND_INIT_FAILED, 1, &r);
+        return 1;
+    }
+    struct inbox_buf in = {NULL, 0};
+    for (uint64_t done = 0; p->opt.max_tasks == 0 || done < p->opt.max_tasks; done++) {
+        if (p->opt.wait_hook)
+            p->opt.wait_hook(p->opt.arg, 1);
+        int rc;
+        while ((rc = cmp_queue_get(w->inbox, inbox_alloc, &in, NULL)) == -EINTR ||
+               rc == -ECONNABORTED)
+            ;
+        if (p->opt.wait_hook)
+            p->opt.wait_hook(p->opt.arg, 0);
+        if (rc < 0)
+            return 2;
+        uint64_t id;
+        memcpy(&id, in.buf, sizeof id);
+        if (id == 0)
+            return 0; /* asked to exit */
+        /* release: the pool, seeing this after our death, knows we took
+         * the task (and may have run part of it) */
+        cmp__store64_release(&w->slot->running, id);
+        size_t len;
+        memcpy(&len, in.buf + sizeof id, sizeof len);
+        r.len = 0;
+        int failed = p->opt.task(p->opt.arg, in.buf + 2 * sizeof id, len, &r);
+        if (send_result(p, index, id, KIND_RESULT, failed, &r) < 0)
+            return 3;
+    }
+    return 0;
+}
+
+/* ---- starting and stopping workers (pool process, mutex held) ---------- */
+
+static int spawn(cmp_pool_t *p, unsigned index)
+{
+    struct worker *w = &p->w[index];
+    w->stopping = 0;
+    w->taken = 0;
+    w->nfifo = 0;
+    w->fifo_head = 0;
+    w->dead_pending = 0;
+    cmp__store64_release(&w->slot->running, 0);
+    struct worker_start ws = {p, index};
+    if (p->opt.fork_hook)
+        p->opt.fork_hook(p->opt.arg, CMP_POOL_FORK_BEFORE);
+    int rc = cmp_process_start(&w->proc, worker_main, &ws, CMP_PROCESS_DIE_WITH_PARENT);
+    if (p->opt.fork_hook)
+        p->opt.fork_hook(p->opt.arg, CMP_POOL_FORK_PARENT);
+    if (rc < 0)
+        return rc;
+    w->live = 1;
+    return 0;
+}
+
+static int put_inbox(struct worker *w, uint64_t id, const void *data, size_t len)
+{
+    uint64_t n = len;
+    struct iovec iov[3] = {{&id, sizeof id}, {&n, sizeof n}, {(void *)data, len}};
+    int rc;
+    while ((rc = cmp_queue_putv(w->inbox, iov, 3, NULL)) == -EINTR)
+        ;
+    return rc;
+}
+
+static void stop_worker(struct worker *w)
+{
+    if (w->live && !w->stopping && put_inbox(w, 0, NULL, 0) == 0)
+        w->stopping = 1;
+}
+
+/* The worker for the next task: fewest held, with room; NULL when none. */
+static struct worker *pick(cmp_pool_t *p)
+{
+    struct worker *best = NULL;
+    for (unsigned i = 0; i < p->n; i++) {
+        struct worker *w = &p->w[i];
+        if (!w->live || w->stopping || w->dead_pending || w->nfifo >= fifo_cap(p))
+            continue;
+        if (p->opt.max_tasks && w->taken >= p->opt.max_tasks)
+            continue;
+        if (!best || w->nfifo < best->nfifo)
+            best = w;
+    }
+    return best;
+}
+
+static int dispatch(cmp_pool_t *p, struct worker *w, uint64_t id, const void *data, size_t len)
+{
+    int rc = put_inbox(w, id, data, len);
+    if (rc < 0)
+        return rc;
+    fifo_push(p, w, id);
+    w->taken++;
+    return 0;
+}
+
+/* Moves pending tasks to workers with room; once the pool is closed and
+ * nothing is pending, tells every worker to exit after what it holds. */
+static void pump(cmp_pool_t *p)
+{
+    while (p->pending.head) {
+        struct worker *w = pick(p);
+        if (!w)
+            break;
+        struct item *it = list_pop(&p->pending);
+        if (dispatch(p, w, it->id, it->data, it->len) < 0) {
+            list_push_front(&p->pending, it);
+            break;
+        }
+        free(it);
+    }
+    if (p->state == CLOSED && !p->pending.head)
+        for (unsigned i = 0; i < p->n; i++)
+            if (!p->w[i].dead_pending)
+                stop_worker(&p->w[i]);
+}
+
+static void make_outcome(cmp_pool_t *p, uint64_t id, int status, int cause, pid_t pid,
+                         const void *data, size_t len)
+{
+    struct item *it = item_new(id, data, len);
+    if (!it)
+        abort(); /* a task's outcome must never vanish; a few bytes */
+    it->status = status;
+    it->cause = cause;
+    it->pid = pid;
+    list_push(&p->made, it);
+}
+
+/* Every task still held or pending ends with status (and the init error's
+ * bytes for BROKEN). */
+static void fail_everything(cmp_pool_t *p, int status)
+{
+    const void *data = status == CMP_POOL_BROKEN ? p->init_error : NULL;
+    size_t len = status == CMP_POOL_BROKEN ? p->init_error_len : 0;
+    for (unsigned i = 0; i < p->n; i++) {
+        struct worker *w = &p->w[i];
+        while (w->nfifo)
+            make_outcome(p, fifo_pop(p, w), status, 0, 0, data, len);
+    }
+    struct item *it;
+    while ((it = list_pop(&p->pending))) {
+        make_outcome(p, it->id, status, 0, 0, data, len);
+        free(it);
+    }
+}
+
+static void *drain_alloc(void *arg, size_t len)
+{
+    return inbox_alloc(arg, len);
+}
+
+/* A dead worker whose results have all been consumed: decide what it
+ * lost, requeue what it never started, and replace it. */
+static void handle_death(cmp_pool_t *p, struct worker *w)
+{
+    w->dead_pending = 0;
+    w->live = 0;
+    int code = 0;
+    cmp_process_exitcode(&w->proc, &code);
+    pid_t pid = w->proc.pid;
+    cmp_process_close(&w->proc);
+
+    /* What is still in the inbox never started. */
+    struct list unstarted = {NULL, NULL, 0};
+    struct inbox_buf b = {NULL, 0};
+    for (;;) {
+        int rc = cmp_queue_get(w->inbox, drain_alloc, &b, CMP_NOWAIT);
+        if (rc == -ECONNABORTED || rc == -EINTR)
+            continue;
+        if (rc < 0)
+            break;
+        uint64_t id, len;
+        memcpy(&id, b.buf, sizeof id);
+        memcpy(&len, b.buf + sizeof id, sizeof len);
+        if (id == 0)
+            continue;
+        struct item *it = item_new(id, b.buf + 2 * sizeof id, (size_t)len);
+        if (!it)
+            abort();
+        list_push(&unstarted, it);
+    }
+    free(b.buf);
+
+    /* The held ids, oldest first: those not found in the inbox were taken
+     * (only the oldest can be: one at a time), and are lost. */
+    uint64_t running = cmp__load64_acquire(&w->slot->running);
+    while (w->nfifo) {
+        uint64_t id = fifo_pop(p, w);
+        int found = 0;
+        for (struct item *it = unstarted.head; it; it = it->next)
+            found |= it->id == id;
+        if (!found || id == running)
+            make_outcome(p, id, CMP_POOL_LOST, code, pid, NULL, 0);
+    }
+    /* Unstarted tasks go first, ahead of newer pending ones. */
+    struct item *it;
+    struct list rest = p->pending;
+    p->pending = unstarted;
+    while ((it = list_pop(&rest)))
+        list_push(&p->pending, it);
+
+    if (p->state == BROKEN || p->state == TERMINATED)
+        return;
+    if (p->state == CLOSED && !p->pending.head)
+        return; /* nothing left for a replacement to do */
+    if (spawn(p, (unsigned)(w - p->w)) < 0 && p->state == RUNNING) {
+        /* no replacement possible: keep going with the others; with none
+         * left the pending tasks would wait forever, so fail them */
+        int any = 0;
+        for (unsigned i = 0; i < p->n; i++)
+            any |= p->w[i].live;
+        if (!any)
+            fail_everything(p, CMP_POOL_LOST);
+    }
+}
+
+/* Notices dead workers (without blocking). */
+static void check_workers(cmp_pool_t *p)
+{
+    for (unsigned i = 0; i < p->n; i++) {
+        struct worker *w = &p->w[i];
+        if (!w->live || w->dead_pending)
+            continue;
+        if (cmp_process_poll(&w->proc) == 1) {
+            w->dead_pending = 1;
+            w->results_before = cmp_queue_qsize(p->results);
+        }
+    }
+}
+
+static void handle_ready_deaths(cmp_pool_t *p)
+{
+    for (unsigned i = 0; i < p->n; i++)
+        if (p->w[i].dead_pending && p->w[i].results_before == 0)
+            handle_death(p, &p->w[i]);
+    pump(p);
+}
+
+/* One result consumed: the dead workers' counts move on. */
+static void count_consumed(cmp_pool_t *p)
+{
+    for (unsigned i = 0; i < p->n; i++)
+        if (p->w[i].dead_pending && p->w[i].results_before > 0)
+            p->w[i].results_before--;
+}
+
+/* ---- public ------------------------------------------------------------- */
+
+int cmp_pool_create(cmp_pool_t **out, const cmp_pool_options_t *opt)
+{
+    if (!opt || !opt->task || opt->workers > MAX_WORKERS)
+        return -EINVAL;
+    cmp_pool_t *p = calloc(1, sizeof *p);
+    if (!p)
+        return -ENOMEM;
+    p->opt = *opt;
+    if (p->opt.depth == 0)
+        p->opt.depth = DEFAULT_DEPTH;
+    p->n = opt->workers ? opt->workers : cpus_allowed();
+    p->owner = getpid();
+    int rc = -ENOMEM;
+    p->w = calloc(p->n, sizeof *p->w);
+    if (!p->w)
+        goto fail_free;
+    size_t results_bytes = round_up(cmp_queue_footprint(RESULT_RING));
+    p->shared_len = results_bytes + (size_t)p->n * slot_bytes();
+    p->shared =
+        mmap(NULL, p->shared_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (p->shared == MAP_FAILED) {
+        rc = -errno;
+        p->shared = NULL;
+        goto fail_free;
+    }
+    p->results = (cmp_queue_t *)(void *)p->shared;
+    if ((rc = cmp_queue_init(p->results, RESULT_RING, 0)) < 0)
+        goto fail_unmap;
+    unsigned inited = 0;
+    for (; inited < p->n; inited++) {
+        struct worker *w = &p->w[inited];
+        char *base = p->shared + results_bytes + (size_t)inited * slot_bytes();
+        w->slot = (struct slot_shared *)(void *)base;
+        w->inbox = (cmp_queue_t *)(void *)(base + round_up(sizeof(struct slot_shared)));
+        w->proc.pidfd = -1;
+        w->fifo = calloc(fifo_cap(p), sizeof *w->fifo);
+        if (!w->fifo || (rc = cmp_queue_init(w->inbox, INBOX_RING, 0)) < 0) {
+            free(w->fifo);
+            rc = rc < 0 ? rc : -ENOMEM;
+            goto fail_queues;
+        }
+    }
+    pthread_mutex_init(&p->mu, NULL);
+    for (unsigned i = 0; i < p->n; i++) {
+        if ((rc = spawn(p, i)) < 0) {
+            p->state = TERMINATED;
+            for (unsigned k = 0; k < i; k++) {
+                cmp_process_kill(&p->w[k].proc);
+                cmp_process_join(&p->w[k].proc, NULL);
+                cmp_process_close(&p->w[k].proc);
+            }
+            pthread_mutex_destroy(&p->mu);
+            goto fail_queues;
+        }
+    }
+    *out = p;
+    return 0;
+
+fail_queues:
+    for (unsigned i = 0; i < inited; i++) {
+        cmp_queue_detach(p->w[i].inbox);
+        free(p->w[i].fifo);
+    }
+    cmp_queue_detach(p->results);
+fail_unmap:
+    munmap(p->shared, p->shared_len);
+fail_free:
+    free(p->w);
+    free(p);
+    return rc;
+}
+
+int cmp_pool_submit(cmp_pool_t *p, const void *task, size_t len, uint64_t *id)
+{
+    pthread_mutex_lock(&p->mu);
+    if (p->state != RUNNING) {
+        pthread_mutex_unlock(&p->mu);
+        return -EPIPE;
+    }
+    uint64_t my = ++p->last_id;
+    int rc = 0;
+    struct worker *w = p->pending.head ? NULL : pick(p);
+    if (!w || dispatch(p, w, my, task, len) < 0) {
+        struct item *it = item_new(my, task, len);
+        if (it)
+            list_push(&p->pending, it);
+        else
+            rc = -ENOMEM;
+    }
+    if (rc == 0) {
+        p->outstanding++;
+        if (id)
+            *id = my;
+    } else {
+        p->last_id--;
+    }
+    pthread_mutex_unlock(&p->mu);
+    return rc;
+}
+
+uint64_t cmp_pool_outstanding(cmp_pool_t *p)
+{
+    pthread_mutex_lock(&p->mu);
+    uint64_t n = p->outstanding;
+    pthread_mutex_unlock(&p->mu);
+    return n;
+}
+
+unsigned cmp_pool_size(const cmp_pool_t *p)
+{
+    return p->n;
+}
+
+unsigned cmp_pool_pids(cmp_pool_t *p, pid_t *pids, unsigned max)
+{
+    pthread_mutex_lock(&p->mu);
+    unsigned k = 0;
+    for (unsigned i = 0; i < p->n && k < max; i++)
+        if (p->w[i].live && !p->w[i].dead_pending)
+            pids[k++] = p->w[i].proc.pid;
+    pthread_mutex_unlock(&p->mu);
+    return k;
+}
+
+/* Hands a made outcome to the caller through alloc. */
+static int give_made(struct item *it, cmp_pool_outcome_t *out, cmp_ring_alloc_fn alloc, void *arg)
+{
+    out->id = it->id;
+    out->status = it->status;
+    out->cause = it->cause;
+    out->pid = it->pid;
+    out->len = it->len;
+    out->data = alloc(arg, it->len);
+    int rc = 0;
+    if (!out->data)
+        rc = -ENOBUFS;
+    else if (it->len)
+        memcpy(out->data, it->data, it->len);
+    free(it);
+    return rc;
+}
+
+struct result_sink {
+    cmp_ring_alloc_fn alloc;
+    void *arg;
+    void *buf;
+    size_t len;
+};
+
+static void *result_alloc(void *arg, size_t len)
+{
+    struct result_sink *s = arg;
+    s->len = len;
+    s->buf = len >= CMP_POOL_TRAILER ? s->alloc(s->arg, len) : NULL;
+    return s->buf;
+}
+
+int cmp_pool_next(cmp_pool_t *p, cmp_pool_outcome_t *out, cmp_ring_alloc_fn alloc, void *arg,
+                  const struct timespec *deadline)
+{
+    for (;;) {
+        pthread_mutex_lock(&p->mu);
+        check_workers(p);
+        handle_ready_deaths(p);
+        struct item *made = list_pop(&p->made);
+        if (made) {
+            p->outstanding--;
+            pthread_mutex_unlock(&p->mu);
+            return give_made(made, out, alloc, arg);
+        }
+        int finished = p->state != RUNNING && p->outstanding == 0;
+        pthread_mutex_unlock(&p->mu);
+        if (finished)
+            return -ENOENT;
+
+        struct timespec check;
+        cmp__deadline_in_ns(&check, CMP_POOL_CHECK_NS);
+        const struct timespec *until = cmp__deadline_min(deadline, &check);
+        struct result_sink sink = {alloc, arg, NULL, 0};
+        int rc = cmp_queue_get(p->results, result_alloc, &sink, until);
+        if (rc == -ETIMEDOUT && until != deadline && !cmp__deadline_passed(deadline))
+            continue; /* the check interval, not the caller's deadline */
+        if (rc == -ECONNABORTED)
+            continue;
+        if (rc < 0)
+            return rc; /* -ETIMEDOUT, -EINTR, -ENOBUFS, ... */
+
+        struct trailer t;
+        memcpy(&t, (char *)sink.buf + sink.len - sizeof t, sizeof t);
+        pthread_mutex_lock(&p->mu);
+        count_consumed(p);
+        if (t.worker >= p->n) {
+            pthread_mutex_unlock(&p->mu);
+            continue; /* impossible: never deliver it */
+        }
+        struct worker *w = &p->w[t.worker];
+        if (t.kind == KIND_INIT_FAILED) {
+            if (p->state != BROKEN) {
+                p->init_error_len = sink.len - sizeof t;
+                p->init_error = malloc(p->init_error_len ? p->init_error_len : 1);
+                if (!p->init_error)
+                    p->init_error_len = 0;
+                else
+                    memcpy(p->init_error, sink.buf, p->init_error_len);
+                p->state = BROKEN;
+                fail_everything(p, CMP_POOL_BROKEN);
+                for (unsigned i = 0; i < p->n; i++)
+                    stop_worker(&p->w[i]);
+            }
+            pthread_mutex_unlock(&p->mu);
+            continue; /* the caller's buffer is theirs; the made outcomes follow */
+        }
+        if (!w->nfifo || w->fifo[w->fifo_head] != t.id) {
+            pthread_mutex_unlock(&p->mu);
+            continue; /* impossible: results come in dispatch order */
+        }
+        fifo_pop(p, w);
+        p->outstanding--;
+        out->id = t.id;
+        out->status = t.failed ? CMP_POOL_FAILED : CMP_POOL_DONE;
+        out->cause = 0;
+        out->pid = w->proc.pid;
+        out->data = sink.buf;
+        out->len = sink.len - sizeof t;
+        pump(p);
+        pthread_mutex_unlock(&p->mu);
+        return 0;
+    }
+}
+
+int cmp_pool_close(cmp_pool_t *p)
+{
+    pthread_mutex_lock(&p->mu);
+    if (p->state == RUNNING) {
+        p->state = CLOSED;
+        pump(p);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return 0;
+}
+
+int cmp_pool_terminate(cmp_pool_t *p)
+{
+    pthread_mutex_lock(&p->mu);
+    if (p->state != TERMINATED) {
+        p->state = TERMINATED;
+        fail_everything(p, CMP_POOL_CANCELLED);
+        for (unsigned i = 0; i < p->n; i++)
+            if (p->w[i].live)
+                cmp_process_terminate(&p->w[i].proc);
+        struct timespec grace;
+        cmp__deadline_in_ns(&grace, KILL_GRACE_NS);
+        for (unsigned i = 0; i < p->n; i++) {
+            struct worker *w = &p->w[i];
+            if (w->live && cmp_process_join(&w->proc, &grace) == -ETIMEDOUT) {
+                cmp_process_kill(&w->proc);
+                cmp_process_join(&w->proc, NULL);
+            }
+        }
+    }
+    pthread_mutex_unlock(&p->mu);
+    return 0;
+}
+
+int cmp_pool_join(cmp_pool_t *p, const struct timespec *deadline)
+{
+    /* Polls rather than blocking on one worker's pidfd: cmp_pool_next may
+     * meanwhile reap a worker, close its descriptor and start another. */
+    for (;;) {
+        pthread_mutex_lock(&p->mu);
+        if (p->state == RUNNING) {
+            pthread_mutex_unlock(&p->mu);
+            return -EINVAL;
+        }
+        int running = 0;
+        for (unsigned i = 0; i < p->n; i++)
+            running |= p->w[i].live && cmp_process_poll(&p->w[i].proc) == 0;
+        pthread_mutex_unlock(&p->mu);
+        if (!running)
+            return 0;
+        if (cmp__deadline_passed(deadline))
+            return -ETIMEDOUT;
+        struct timespec nap = {0, 2000000L};
+        if (nanosleep(&nap, NULL) < 0 && errno == EINTR)
+            return -EINTR;
+    }
+}
+
+void cmp_pool_destroy(cmp_pool_t *p)
+{
+    if (!p)
+        return;
+    if (getpid() == p->owner) {
+        for (unsigned i = 0; i < p->n; i++) {
+            struct worker *w = &p->w[i];
+            if (w->live) {
+                cmp_process_kill(&w->proc);
+                cmp_process_join(&w->proc, NULL);
+                cmp_process_close(&w->proc);
+            }
+        }
+    }
+    for (unsigned i = 0; i < p->n; i++) {
+        cmp_queue_detach(p->w[i].inbox);
+        free(p->w[i].fifo);
+    }
+    cmp_queue_detach(p->results);
+    munmap(p->shared, p->shared_len);
+    struct item *it;
+    while ((it = list_pop(&p->pending)))
+        free(it);
+    while ((it = list_pop(&p->made)))
+        free(it);
+    free(p->init_error);
+    pthread_mutex_destroy(&p->mu);
+    free(p->w);
+    free(p);
+}

@@ -1,0 +1,440 @@
+/* cmp_pool_*: results in any order, failed tasks, a worker killed mid-task
+ * (by itself, by _exit, from outside, repeatedly), max_tasks recycling, an
+ * initializer that runs once per worker and one that fails, close/join,
+ * terminate, big tasks and results, workers dying with the pool's process. */
+#include "helpers.h"
+
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+enum op { SQUARE, FAIL, SELF_KILL, EXIT3, SLEEP_MS, PID, SUM_BYTES, INIT_COUNT, ECHO_BIG };
+
+struct task {
+    int32_t op;
+    int32_t pad;
+    int64_t value;
+};
+
+static int initialized; /* per worker: how many times init ran */
+
+static int put_i64(cmp_pool_result_t *out, int64_t v)
+{
+    void *room = cmp_pool_result_extend(out, sizeof v);
+    if (!room)
+        return 1;
+    memcpy(room, &v, sizeof v);
+    return 0;
+}
+
+static int run_task(void *arg, const void *data, size_t len, cmp_pool_result_t *out)
+{
+    (void)arg;
+    struct task t;
+    if (len < sizeof t)
+        return 1;
+    memcpy(&t, data, sizeof t);
+    switch (t.op) {
+    case SQUARE:
+        return put_i64(out, t.value * t.value);
+    case FAIL: {
+        const char msg[] = "it failed";
+        memcpy(cmp_pool_result_extend(out, sizeof msg), msg, sizeof msg);
+        return 1;
+    }
+    case SELF_KILL:
+        raise(SIGKILL);
+        return 1;
+    case EXIT3:
+        _exit(3);
+    case SLEEP_MS: {
+        struct timespec ts = {t.value / 1000, (t.value % 1000) * 1000000L};
+        nanosleep(&ts, NULL);
+        return put_i64(out, t.value);
+    }
+    case PID:
+        return put_i64(out, getpid());
+    case SUM_BYTES: {
+        const unsigned char *p = (const unsigned char *)data + sizeof t;
+        int64_t sum = 0;
+        for (size_t i = 0; i < len - sizeof t; i++)
+            sum += p[i];
+        return put_i64(out, sum);
+    }
+    case INIT_COUNT:
+        return put_i64(out, initialized);
+    case ECHO_BIG: {
+        char *room = cmp_pool_result_extend(out, (size_t)t.value);
+        if (!room)
+            return 1;
+        memset(room, 0x5a, (size_t)t.value);
+        return 0;
+    }
+    }
+    return 1;
+}
+
+static int count_init(void *arg, cmp_pool_result_t *out)
+{
+    (void)arg;
+    (void)out;
+    initialized++;
+    return 0;
+}
+
+static int failing_init(void *arg, cmp_pool_result_t *out)
+{
+    (void)arg;
+    const char msg[] = "bad init";
+    memcpy(cmp_pool_result_extend(out, sizeof msg), msg, sizeof msg);
+    return 1;
+}
+
+static cmp_pool_t *new_pool(unsigned workers, uint64_t max_tasks, cmp_pool_init_fn init)
+{
+    cmp_pool_options_t opt = {
+        .workers = workers, .task = run_task, .init = init, .max_tasks = max_tasks};
+    cmp_pool_t *p = NULL;
+    cr_assert_eq(cmp_pool_create(&p, &opt), 0);
+    return p;
+}
+
+static uint64_t submit(cmp_pool_t *p, int op, int64_t value)
+{
+    struct task t = {op, 0, value};
+    uint64_t id = 0;
+    cr_assert_eq(cmp_pool_submit(p, &t, sizeof t, &id), 0);
+    return id;
+}
+
+/* A heap buffer per outcome (the caller frees out->data). */
+static void *heap_alloc(void *arg, size_t len)
+{
+    (void)arg;
+    return malloc(len ? len : 1);
+}
+
+static cmp_pool_outcome_t next(cmp_pool_t *p, double seconds)
+{
+    cmp_pool_outcome_t o;
+    struct timespec d = test_deadline(seconds);
+    int rc = cmp_pool_next(p, &o, heap_alloc, NULL, &d);
+    cr_assert_eq(rc, 0, "cmp_pool_next: %d", rc);
+    return o;
+}
+
+static int64_t value_of(const cmp_pool_outcome_t *o)
+{
+    int64_t v;
+    cr_assert_geq(o->len, sizeof v);
+    memcpy(&v, o->data, sizeof v);
+    return v;
+}
+
+static void finish(cmp_pool_t *p)
+{
+    cr_assert_eq(cmp_pool_close(p), 0);
+    struct timespec d = test_deadline(10);
+    cr_assert_eq(cmp_pool_join(p, &d), 0);
+    cmp_pool_outcome_t o;
+    cr_assert_eq(cmp_pool_next(p, &o, heap_alloc, NULL, &d), -ENOENT);
+    cmp_pool_destroy(p);
+}
+
+Test(pool, squares_each_once, .timeout = 30)
+{
+    cmp_pool_t *p = new_pool(4, 0, NULL);
+    enum { N = 2000 };
+    uint64_t first = submit(p, SQUARE, 0);
+    for (int64_t i = 1; i < N; i++)
+        submit(p, SQUARE, i);
+    cr_assert_eq(cmp_pool_outstanding(p), N);
+    static char seen[N];
+    memset(seen, 0, sizeof seen);
+    for (int k = 0; k < N; k++) {
+        cmp_pool_outcome_t o = next(p, 10);
+        cr_assert_eq(o.status, CMP_POOL_DONE);
+        int64_t i = (int64_t)(o.id - first);
+        cr_assert(i >= 0 && i < N && !seen[i], "id %llu", (unsigned long long)o.id);
+        seen[i] = 1;
+        cr_assert_eq(value_of(&o), i * i);
+        cr_assert_neq(o.pid, 0);
+        free(o.data);
+    }
+    cr_assert_eq(cmp_pool_outstanding(p), 0);
+    finish(p);
+}
+
+Test(pool, failed_task_carries_its_bytes, .timeout = 30)
+{
+    cmp_pool_t *p = new_pool(2, 0, NULL);
+    uint64_t bad = submit(p, FAIL, 0);
+    uint64_t good = submit(p, SQUARE, 7);
+    for (int k = 0; k < 2; k++) {
+        cmp_pool_outcome_t o = next(p, 10);
+        if (o.id == bad) {
+            cr_assert_eq(o.status, CMP_POOL_FAILED);
+            cr_assert_str_eq(o.data, "it failed");
+        } else {
+            cr_assert_eq(o.id, good);
+            cr_assert_eq(value_of(&o), 49);
+        }
+        free(o.data);
+    }
+    finish(p);
+}
+
+/* Tasks of op `op` at positions every 10th among n squares: those come
+ * out LOST with cause, every other one DONE, and the pool stays usable. */
+static void lost_tasks(int op, int cause)
+{
+    cmp_pool_t *p = new_pool(2, 0, NULL);
+    enum { N = 60 };
+    uint64_t ids[N];
+    for (int i = 0; i < N; i++)
+        ids[i] = submit(p, i % 10 == 5 ? op : SQUARE, i);
+    int lost = 0, done = 0;
+    for (int k = 0; k < N; k++) {
+        cmp_pool_outcome_t o = next(p, 20);
+        int i = (int)(o.id - ids[0]);
+        if (i % 10 == 5) {
+            cr_assert_eq(o.status, CMP_POOL_LOST, "task %d: status %d", i, o.status);
+            cr_assert_eq(o.cause, cause);
+            lost++;
+        } else {
+            cr_assert_eq(o.status, CMP_POOL_DONE, "task %d: status %d", i, o.status);
+            cr_assert_eq(value_of(&o), (int64_t)i * i);
+            done++;
+        }
+        free(o.data);
+    }
+    cr_assert_eq(lost, N / 10);
+    cr_assert_eq(done, N - N / 10);
+    /* still usable, with replacements */
+    submit(p, SQUARE, 12);
+    cmp_pool_outcome_t o = next(p, 10);
+    cr_assert_eq(value_of(&o), 144);
+    free(o.data);
+    finish(p);
+}
+
+Test(pool, worker_killed_by_a_signal_mid_task, .timeout = 60)
+{
+    lost_tasks(SELF_KILL, -SIGKILL);
+}
+
+Test(pool, worker_exits_mid_task, .timeout = 60)
+{
+    lost_tasks(EXIT3, 3);
+}
+
+Test(pool, worker_killed_from_outside, .timeout = 30)
+{
+    cmp_pool_t *p = new_pool(1, 0, NULL);
+    uint64_t slow = submit(p, SLEEP_MS, 20000);
+    uint64_t after = submit(p, SQUARE, 3); /* queued behind it: must survive */
+    pid_t pid;
+    cr_assert_eq(cmp_pool_pids(p, &pid, 1), 1);
+    test_sleep_ms(100);
+    cr_assert_eq(kill(pid, SIGKILL), 0);
+    cmp_pool_outcome_t o = next(p, 10);
+    cr_assert_eq(o.id, slow);
+    cr_assert_eq(o.status, CMP_POOL_LOST);
+    cr_assert_eq(o.cause, -SIGKILL);
+    cr_assert_eq(o.pid, pid);
+    free(o.data);
+    o = next(p, 10);
+    cr_assert_eq(o.id, after);
+    cr_assert_eq(o.status, CMP_POOL_DONE);
+    cr_assert_neq(o.pid, pid);
+    free(o.data);
+    finish(p);
+}
+
+struct killer {
+    cmp_pool_t *pool;
+    int kills;
+    int stop;
+};
+
+static void *killer_main(void *arg)
+{
+    struct killer *k = arg;
+    for (int i = 0; i < 10 && !__atomic_load_n(&k->stop, __ATOMIC_ACQUIRE); i++) {
+        test_sleep_ms(30);
+        pid_t pids[4];
+        unsigned n = cmp_pool_pids(k->pool, pids, 4);
+        if (n && kill(pids[i % n], SIGKILL) == 0)
+            k->kills++;
+    }
+    return NULL;
+}
+
+Test(pool, repeated_kills_during_a_long_run, .timeout = 90)
+{
+    cmp_pool_t *p = new_pool(3, 0, NULL);
+    enum { N = 600 };
+    for (int i = 0; i < N; i++)
+        submit(p, SLEEP_MS, 1);
+    struct killer k = {p, 0, 0};
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, killer_main, &k), 0);
+    int lost = 0, done = 0;
+    for (int i = 0; i < N; i++) {
+        cmp_pool_outcome_t o = next(p, 20);
+        cr_assert(o.status == CMP_POOL_DONE || o.status == CMP_POOL_LOST, "status %d", o.status);
+        if (o.status == CMP_POOL_LOST)
+            lost++;
+        else
+            done++;
+        free(o.data);
+    }
+    __atomic_store_n(&k.stop, 1, __ATOMIC_RELEASE);
+    pthread_join(th, NULL);
+    cr_assert_leq(lost, k.kills, "%d lost for %d kills", lost, k.kills);
+    cr_assert_eq(lost + done, N);
+    finish(p);
+}
+
+Test(pool, max_tasks_recycles_workers, .timeout = 60)
+{
+    cmp_pool_t *p = new_pool(2, 3, count_init);
+    enum { N = 30 };
+    pid_t pids[N];
+    for (int i = 0; i < N; i++)
+        submit(p, i % 2 ? PID : INIT_COUNT, 0);
+    int distinct = 0;
+    for (int k = 0; k < N; k++) {
+        cmp_pool_outcome_t o = next(p, 20);
+        cr_assert_eq(o.status, CMP_POOL_DONE, "status %d", o.status);
+        pids[k] = o.pid;
+        free(o.data);
+        int fresh = 1;
+        for (int j = 0; j < k; j++)
+            fresh &= pids[j] != pids[k];
+        distinct += fresh;
+    }
+    /* each worker runs at most 3 tasks: at least 10 processes ran them */
+    cr_assert_geq(distinct, N / 3);
+    finish(p);
+}
+
+Test(pool, initializer_runs_once_per_worker, .timeout = 30)
+{
+    cmp_pool_t *p = new_pool(3, 0, count_init);
+    for (int i = 0; i < 30; i++)
+        submit(p, INIT_COUNT, 0);
+    for (int k = 0; k < 30; k++) {
+        cmp_pool_outcome_t o = next(p, 10);
+        cr_assert_eq(value_of(&o), 1);
+        free(o.data);
+    }
+    finish(p);
+}
+
+Test(pool, failing_initializer_breaks_the_pool, .timeout = 30)
+{
+    cmp_pool_t *p = new_pool(2, 0, failing_init);
+    enum { N = 5 };
+    for (int i = 0; i < N; i++)
+        submit(p, SQUARE, i);
+    for (int k = 0; k < N; k++) {
+        cmp_pool_outcome_t o = next(p, 10);
+        cr_assert_eq(o.status, CMP_POOL_BROKEN);
+        cr_assert_str_eq(o.data, "bad init");
+        free(o.data);
+    }
+    struct task t = {SQUARE, 0, 1};
+    cr_assert_eq(cmp_pool_submit(p, &t, sizeof t, NULL), -EPIPE);
+    struct timespec d = test_deadline(10);
+    cr_assert_eq(cmp_pool_join(p, &d), 0, "workers respawned or stayed");
+    cmp_pool_destroy(p);
+}
+
+Test(pool, terminate_cancels_what_is_left, .timeout = 30)
+{
+    cmp_pool_t *p = new_pool(2, 0, NULL);
+    enum { N = 6 };
+    for (int i = 0; i < N; i++)
+        submit(p, SLEEP_MS, 20000);
+    test_sleep_ms(50);
+    double t0 = test_now();
+    cr_assert_eq(cmp_pool_terminate(p), 0);
+    for (int k = 0; k < N; k++) {
+        cmp_pool_outcome_t o = next(p, 5);
+        cr_assert_eq(o.status, CMP_POOL_CANCELLED);
+        free(o.data);
+    }
+    struct timespec d = test_deadline(5);
+    cr_assert_eq(cmp_pool_join(p, &d), 0);
+    cr_assert_lt(test_now() - t0, 3.0);
+    struct task t = {SQUARE, 0, 1};
+    cr_assert_eq(cmp_pool_submit(p, &t, sizeof t, NULL), -EPIPE);
+    cmp_pool_destroy(p);
+}
+
+Test(pool, join_while_running_is_einval, .timeout = 10)
+{
+    cmp_pool_t *p = new_pool(1, 0, NULL);
+    cr_assert_eq(cmp_pool_join(p, CMP_NOWAIT), -EINVAL);
+    finish(p);
+}
+
+Test(pool, big_tasks_and_results, .timeout = 60)
+{
+    cmp_pool_t *p = new_pool(2, 0, NULL);
+    size_t len = 8u << 20;
+    char *buf = malloc(sizeof(struct task) + len);
+    struct task t = {SUM_BYTES, 0, 0};
+    memcpy(buf, &t, sizeof t);
+    memset(buf + sizeof t, 1, len);
+    for (int i = 0; i < 4; i++)
+        cr_assert_eq(cmp_pool_submit(p, buf, sizeof t + len, NULL), 0);
+    uint64_t echo = submit(p, ECHO_BIG, 3 << 20);
+    for (int k = 0; k < 5; k++) {
+        cmp_pool_outcome_t o = next(p, 30);
+        cr_assert_eq(o.status, CMP_POOL_DONE);
+        if (o.id == echo) {
+            cr_assert_eq(o.len, (size_t)3 << 20);
+            cr_assert_eq(((unsigned char *)o.data)[o.len - 1], 0x5a);
+        } else {
+            cr_assert_eq(value_of(&o), (int64_t)len);
+        }
+        free(o.data);
+    }
+    free(buf);
+    finish(p);
+}
+
+/* The pool's process is SIGKILLed: its workers go with it. */
+Test(pool, workers_die_with_the_pool_process, .timeout = 30)
+{
+    int fds[2];
+    cr_assert_eq(pipe(fds), 0);
+    pid_t owner = test_fork();
+    cr_assert(owner >= 0);
+    if (owner == 0) {
+        cmp_pool_t *p = new_pool(3, 0, NULL);
+        pid_t pids[3];
+        unsigned n = cmp_pool_pids(p, pids, 3);
+        if (write(fds[1], pids, n * sizeof *pids) != (ssize_t)(n * sizeof *pids))
+            _exit(2);
+        for (;;)
+            pause();
+    }
+    pid_t pids[3];
+    cr_assert_eq(read(fds[0], pids, sizeof pids), (ssize_t)sizeof pids);
+    cr_assert_eq(kill(owner, SIGKILL), 0);
+    cr_assert_eq(test_join(owner, 10), -1); /* killed: not a normal exit */
+    double end = test_now() + 10;
+    for (int i = 0; i < 3; i++) {
+        while (kill(pids[i], 0) == 0) {
+            cr_assert_lt(test_now(), end, "worker %d outlived the pool's process", pids[i]);
+            test_sleep_ms(5);
+        }
+    }
+    close(fds[0]);
+    close(fds[1]);
+}
