@@ -80,6 +80,7 @@ struct worker {
     unsigned fifo_head, nfifo;
     uint64_t results_before; /* dead: results to consume before handling */
     int dead_pending;        /* dead, not yet handled */
+    int respawn;             /* handled, a replacement is due */
     struct slot_shared *slot;
     cmp_queue_t *inbox;
 };
@@ -311,6 +312,11 @@ static int worker_main(void *arg)
 
 /* ---- starting and stopping workers (pool process, mutex held) ---------- */
 
+/* Forks the worker of slot index. Called without the mutex once the pool
+ * is shared between threads (a binding's fork hook may have to wait for
+ * its interpreter lock, which a submitting thread holds while it waits
+ * for the mutex); the slot is not live meanwhile, so nobody else touches
+ * it. */
 static int spawn(cmp_pool_t *p, unsigned index)
 {
     struct worker *w = &p->w[index];
@@ -323,12 +329,16 @@ static int spawn(cmp_pool_t *p, unsigned index)
     struct worker_start ws = {p, index};
     if (p->opt.fork_hook)
         p->opt.fork_hook(p->opt.arg, CMP_POOL_FORK_BEFORE);
-    int rc = cmp_process_start(&w->proc, worker_main, &ws, CMP_PROCESS_DIE_WITH_PARENT);
+    cmp_process_t proc;
+    int rc = cmp_process_start(&proc, worker_main, &ws, CMP_PROCESS_DIE_WITH_PARENT);
     if (p->opt.fork_hook)
         p->opt.fork_hook(p->opt.arg, CMP_POOL_FORK_PARENT);
     if (rc < 0)
         return rc;
+    pthread_mutex_lock(&p->mu);
+    w->proc = proc;
     w->live = 1;
+    pthread_mutex_unlock(&p->mu);
     return 0;
 }
 
@@ -484,14 +494,35 @@ static void handle_death(cmp_pool_t *p, struct worker *w)
         return;
     if (p->state == CLOSED && !p->pending.head)
         return; /* nothing left for a replacement to do */
-    if (spawn(p, (unsigned)(w - p->w)) < 0 && p->state == RUNNING) {
-        /* no replacement possible: keep going with the others; with none
-         * left the pending tasks would wait forever, so fail them */
-        int any = 0;
-        for (unsigned i = 0; i < p->n; i++)
-            any |= p->w[i].live;
-        if (!any)
-            fail_everything(p, CMP_POOL_LOST);
+    w->respawn = 1; /* by respawn(), without the mutex */
+}
+
+/* Starts the replacements handle_death asked for (mutex not held). */
+static void respawn(cmp_pool_t *p)
+{
+    for (unsigned i = 0; i < p->n; i++) {
+        struct worker *w = &p->w[i];
+        pthread_mutex_lock(&p->mu);
+        int want = w->respawn && (p->state == RUNNING || p->state == CLOSED);
+        w->respawn = 0;
+        pthread_mutex_unlock(&p->mu);
+        if (!want)
+            continue;
+        int rc = spawn(p, i);
+        pthread_mutex_lock(&p->mu);
+        if (rc == 0 && p->state == TERMINATED) {
+            cmp_process_kill(&w->proc); /* terminated while it started */
+        } else if (rc < 0) {
+            /* no replacement possible: go on with the others; with none
+             * left the pending tasks would wait forever, so fail them */
+            int any = 0;
+            for (unsigned k = 0; k < p->n; k++)
+                any |= p->w[k].live;
+            if (!any)
+                fail_everything(p, CMP_POOL_LOST);
+        }
+        pump(p);
+        pthread_mutex_unlock(&p->mu);
     }
 }
 
@@ -691,6 +722,9 @@ int cmp_pool_next(cmp_pool_t *p, cmp_pool_outcome_t *out, cmp_ring_alloc_fn allo
         pthread_mutex_lock(&p->mu);
         check_workers(p);
         handle_ready_deaths(p);
+        pthread_mutex_unlock(&p->mu);
+        respawn(p);
+        pthread_mutex_lock(&p->mu);
         struct item *made = list_pop(&p->made);
         if (made) {
             p->outstanding--;
