@@ -958,7 +958,10 @@ void *cmp_pool_result_extend(cmp_pool_result_t *r, size_t len);
 
 /* Runs in a worker for each task. Returns 0 when the task succeeded (its
  * result is the bytes written to out) or nonzero when it failed (the bytes
- * describe the failure; the task comes out as CMP_POOL_FAILED). */
+ * describe the failure; the task comes out as CMP_POOL_FAILED);
+ * CMP_POOL_TASK_FAILED_EXIT: failed, and the worker must not run another
+ * task (it exits once the failure is sent, and is replaced). */
+#define CMP_POOL_TASK_FAILED_EXIT 2
 typedef int (*cmp_pool_task_fn)(void *arg, const void *task, size_t len, cmp_pool_result_t *out);
 /* Runs once in each worker before its first task. Nonzero: the initializer
  * failed, out describes why; the pool starts no more workers and every
@@ -1011,6 +1014,9 @@ int cmp_pool_create(cmp_pool_t **out, const cmp_pool_options_t *opt);
  * submission order. Never waits for a worker. Returns 0, -EPIPE once the
  * pool is closed, terminated or broken, -ENOMEM. */
 int cmp_pool_submit(cmp_pool_t *pool, const void *task, size_t len, uint64_t *id);
+/* The same with the task's bytes in pieces (at most CMP_POOL_IOV_MAX). */
+#define CMP_POOL_IOV_MAX 64
+int cmp_pool_submitv(cmp_pool_t *pool, const struct iovec *iov, int iovcnt, uint64_t *id);
 
 /* Waits for the next task to end, in any order, and fills *out; the
  * result's bytes go to a buffer from alloc (see cmp_ring_alloc_fn; it is

@@ -306,6 +306,8 @@ static int worker_main(void *arg)
         int failed = p->opt.task(p->opt.arg, in.buf + 2 * sizeof id, len, &r);
         if (send_result(p, index, id, KIND_RESULT, failed, &r) < 0)
             return 3;
+        if (failed == CMP_POOL_TASK_FAILED_EXIT)
+            return 0; /* the pool replaces this worker */
     }
     return 0;
 }
@@ -342,14 +344,25 @@ static int spawn(cmp_pool_t *p, unsigned index)
     return 0;
 }
 
-static int put_inbox(struct worker *w, uint64_t id, const void *data, size_t len)
+static int put_inboxv(struct worker *w, uint64_t id, const struct iovec *task, int iovcnt,
+                      size_t len)
 {
     uint64_t n = len;
-    struct iovec iov[3] = {{&id, sizeof id}, {&n, sizeof n}, {(void *)data, len}};
+    struct iovec iov[2 + CMP_POOL_IOV_MAX];
+    iov[0] = (struct iovec){&id, sizeof id};
+    iov[1] = (struct iovec){&n, sizeof n};
+    for (int i = 0; i < iovcnt; i++)
+        iov[2 + i] = task[i];
     int rc;
-    while ((rc = cmp_queue_putv(w->inbox, iov, 3, NULL)) == -EINTR)
+    while ((rc = cmp_queue_putv(w->inbox, iov, 2 + iovcnt, NULL)) == -EINTR)
         ;
     return rc;
+}
+
+static int put_inbox(struct worker *w, uint64_t id, const void *data, size_t len)
+{
+    struct iovec iov = {(void *)data, len};
+    return put_inboxv(w, id, &iov, 1, len);
 }
 
 static void stop_worker(struct worker *w)
@@ -374,14 +387,21 @@ static struct worker *pick(cmp_pool_t *p)
     return best;
 }
 
-static int dispatch(cmp_pool_t *p, struct worker *w, uint64_t id, const void *data, size_t len)
+static int dispatchv(cmp_pool_t *p, struct worker *w, uint64_t id, const struct iovec *iov,
+                     int iovcnt, size_t len)
 {
-    int rc = put_inbox(w, id, data, len);
+    int rc = put_inboxv(w, id, iov, iovcnt, len);
     if (rc < 0)
         return rc;
     fifo_push(p, w, id);
     w->taken++;
     return 0;
+}
+
+static int dispatch(cmp_pool_t *p, struct worker *w, uint64_t id, const void *data, size_t len)
+{
+    struct iovec iov = {(void *)data, len};
+    return dispatchv(p, w, id, &iov, 1, len);
 }
 
 /* Moves pending tasks to workers with room; once the pool is closed and
@@ -632,6 +652,40 @@ fail_free:
 
 int cmp_pool_submit(cmp_pool_t *p, const void *task, size_t len, uint64_t *id)
 {
+    struct iovec iov = {(void *)task, len};
+    return cmp_pool_submitv(p, &iov, 1, id);
+}
+
+/* A pending task's bytes: the pieces, gathered. */
+static struct item *item_gather(uint64_t id, const struct iovec *iov, int iovcnt, size_t len)
+{
+    struct item *it = item_new(id, NULL, 0);
+    if (!it)
+        return NULL;
+    struct item *big = realloc(it, sizeof *it + (len ? len : 1));
+    if (!big) {
+        free(it);
+        return NULL;
+    }
+    big->len = len;
+    size_t off = 0;
+    for (int i = 0; i < iovcnt; i++) {
+        memcpy(big->data + off, iov[i].iov_base, iov[i].iov_len);
+        off += iov[i].iov_len;
+    }
+    return big;
+}
+
+int cmp_pool_submitv(cmp_pool_t *p, const struct iovec *iov, int iovcnt, uint64_t *id)
+{
+    if (iovcnt < 0 || iovcnt > CMP_POOL_IOV_MAX)
+        return -EINVAL;
+    size_t len = 0;
+    for (int i = 0; i < iovcnt; i++) {
+        if (iov[i].iov_len > SIZE_MAX - len)
+            return -EINVAL;
+        len += iov[i].iov_len;
+    }
     pthread_mutex_lock(&p->mu);
     if (p->state != RUNNING) {
         pthread_mutex_unlock(&p->mu);
@@ -640,8 +694,8 @@ int cmp_pool_submit(cmp_pool_t *p, const void *task, size_t len, uint64_t *id)
     uint64_t my = ++p->last_id;
     int rc = 0;
     struct worker *w = p->pending.head ? NULL : pick(p);
-    if (!w || dispatch(p, w, my, task, len) < 0) {
-        struct item *it = item_new(my, task, len);
+    if (!w || dispatchv(p, w, my, iov, iovcnt, len) < 0) {
+        struct item *it = item_gather(my, iov, iovcnt, len);
         if (it)
             list_push(&p->pending, it);
         else
