@@ -955,6 +955,8 @@ typedef struct cmp_pool_result cmp_pool_result_t;
 /* Room for len more bytes at the end of the result (valid until the next
  * call); NULL when out of memory. */
 void *cmp_pool_result_extend(cmp_pool_result_t *r, size_t len);
+/* Drops what was written so far (to write something else instead). */
+void cmp_pool_result_clear(cmp_pool_result_t *r);
 
 /* Runs in a worker for each task. Returns 0 when the task succeeded (its
  * result is the bytes written to out) or nonzero when it failed (the bytes

@@ -187,6 +187,11 @@ void *cmp_pool_result_extend(cmp_pool_result_t *r, size_t len)
     return p;
 }
 
+void cmp_pool_result_clear(cmp_pool_result_t *r)
+{
+    r->len = 0;
+}
+
 static size_t round_up(size_t n)
 {
     return (n + ALIGN - 1) & ~(size_t)(ALIGN - 1);
@@ -513,7 +518,7 @@ static void handle_death(cmp_pool_t *p, struct worker *w)
     if (p->state == BROKEN || p->state == TERMINATED)
         return;
     if (p->state == CLOSED && !p->pending.head)
-        return; /* nothing left for a replacement to do */
+        return;     /* nothing left for a replacement to do */
     w->respawn = 1; /* by respawn(), without the mutex */
 }
 

@@ -13,16 +13,17 @@ what ``from multiprocessing import *`` binds.
 from . import _cmp
 from ._cmp import (  # noqa: F401
     AbandonedLockWarning, Array, AuthenticationError, Barrier, BoundedSemaphore,
-    BufferTooShort, Condition, Event, JoinableQueue, Lock, Pipe, Process, ProcessError,
+    BufferTooShort, Condition, Event, JoinableQueue, Lock, Pipe, Pool, Process, ProcessError,
     Queue, RLock, RawArray, RawValue, Semaphore, SimpleQueue, TimeoutError, Value,
     active_children, allow_connection_pickling, cpu_count, current_process, freeze_support, get_all_start_methods,
     get_context, get_logger, get_start_method, log_to_stderr, parent_process,
     set_executable, set_forkserver_preload, set_start_method)
+from ._cmp import InitializerError, WorkerLostError  # noqa: F401  (beyond the stdlib)
 
 __version__ = "0.1.0"
 __all__ = [
     "AbandonedLockWarning", "Array", "AuthenticationError", "Barrier", "BoundedSemaphore",
-    "BufferTooShort", "Condition", "Event", "JoinableQueue", "Lock", "Pipe", "Process",
+    "BufferTooShort", "Condition", "Event", "JoinableQueue", "Lock", "Pipe", "Pool", "Process",
     "ProcessError", "Queue", "RLock", "RawArray", "RawValue", "Semaphore", "SimpleQueue",
     "TimeoutError", "Value", "active_children", "allow_connection_pickling", "cpu_count", "current_process",
     "freeze_support", "get_all_start_methods", "get_context", "get_logger",

@@ -17,6 +17,9 @@ SUBMODULES = ("connection", "context", "dummy", "managers", "pool", "process",
 
 def alias_multiprocessing():
     import importlib
+    # The stdlib's pool module first, under its own name: cmultiprocessing.pool
+    # re-exports its exception classes (the ones a task's error crosses as).
+    import multiprocessing.pool  # noqa: F401
     import cmultiprocessing
     sys.modules["multiprocessing"] = cmultiprocessing
     for name in SUBMODULES:

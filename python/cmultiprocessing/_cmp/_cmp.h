@@ -352,6 +352,7 @@ int cmp_py_redeem_fd(PyObject *addr, PyObject *key, const char *what);
 /* Per-concept module initialization, called from module.c's exec slot. */
 int cmp_py_fastmethod_init(PyObject *module, cmp_py_state *st);
 int cmp_py_errors_init(PyObject *module, cmp_py_state *st);
+int cmp_py_pool_init(PyObject *module, cmp_py_state *st);
 int cmp_py_lock_init(PyObject *module, cmp_py_state *st);
 int cmp_py_rlock_init(PyObject *module, cmp_py_state *st);
 int cmp_py_semaphore_init(PyObject *module, cmp_py_state *st);

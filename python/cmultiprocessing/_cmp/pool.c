@@ -1,0 +1,1772 @@
+/*
+ * Pool: multiprocessing.pool.Pool on libcmp's worker pool (cmp_pool_*).
+ *
+ * The parts:
+ *  - Pool, the object the user holds, and a _PoolCore that does the work:
+ *    the cmp_pool, the table of jobs in flight and the result thread. The
+ *    thread and the results hold the core, not the Pool, so a running Pool
+ *    that is garbage collected can warn (ResourceWarning, as the stdlib)
+ *    and terminate its workers.
+ *  - Tasks cross as messages of serialize.c: (kind, func, payload), kind
+ *    APPLY (args, kwds), MAP (a chunk of items), STARMAP (a chunk of
+ *    argument tuples). A result is the value (a list for a chunk); a
+ *    failure is the exception, pickled as the stdlib's ExceptionWithTraceback
+ *    so that the parent re-raises it with the remote traceback as its
+ *    __cause__, or a MaybeEncodingError when it cannot be pickled.
+ *  - The worker function runs in the forked worker with the GIL, which it
+ *    releases around each wait for a task (cmp_pool_options_t.wait_hook).
+ *  - One result thread per pool (started with _thread) calls
+ *    cmp_pool_next with the GIL released, decodes each outcome, completes
+ *    its job (running callbacks there, as the stdlib does) and wakes the
+ *    threads waiting in get()/wait() (one condition variable per pool).
+ *  - A task whose worker died (CMP_POOL_LOST) fails with WorkerLostError,
+ *    naming the signal or the exit code; a failed initializer fails every
+ *    task with InitializerError, whose __cause__ is the initializer's
+ *    exception, and the pool starts no more workers.
+ */
+#include "_cmp.h"
+#include "structmember.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/uio.h>
+
+enum { KIND_APPLY, KIND_MAP, KIND_STARMAP };
+enum { POOL_RUN, POOL_CLOSE, POOL_TERMINATE };
+
+typedef struct PoolCore PoolCore;
+
+typedef struct {
+    PyObject_HEAD
+    PoolCore *core;
+    PyObject *callback, *error_callback;
+    PyObject *value; /* the result, or the exception */
+    int ready, success;
+    /* MapResult */
+    Py_ssize_t remaining; /* chunks still out */
+    Py_ssize_t chunksize, length;
+    PyObject *weakreflist;
+} ResultObject;
+
+struct PoolCore {
+    PyObject_HEAD
+    cmp_pool_t *pool;
+    cmp_py_state *st;
+    PyObject *jobs;    /* task id -> (job, chunk index) */
+    PyObject *feeders; /* weakrefs to the imap iterators whose input is left */
+    PyObject *initializer, *initargs;
+    pthread_mutex_t mu; /* with cv: completions, handler_done */
+    pthread_cond_t cv;
+    uint64_t completions;
+    int handler_done;
+    int state;
+    unsigned processes;
+    pid_t owner;
+};
+
+typedef struct {
+    PyObject_HEAD
+    PoolCore *core;
+    PyObject *weakreflist;
+} PoolObject;
+
+static PyTypeObject *Core_type, *Pool_type, *ApplyResult_type, *MapResult_type;
+static PyObject *WorkerLostError, *InitializerError;
+static PyObject *ExceptionWithTraceback, *MaybeEncodingError; /* the stdlib's */
+
+static int load_stdlib_classes(void);
+
+/* ---- waiting for jobs --------------------------------------------------- */
+
+static void core_signal(PoolCore *c)
+{
+    pthread_mutex_lock(&c->mu);
+    c->completions++;
+    pthread_cond_broadcast(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+}
+
+/* Waits (GIL released, signal handlers run in between) until ready(obj),
+ * evaluated with the GIL held after each completion, or the deadline.
+ * Returns 1 ready, 0 timed out, -1 exception. */
+static int core_wait(PoolCore *c, int (*ready)(void *), void *obj,
+                     const struct timespec *deadline)
+{
+    for (;;) {
+        pthread_mutex_lock(&c->mu);
+        uint64_t seen = c->completions;
+        pthread_mutex_unlock(&c->mu);
+        int r = ready(obj);
+        if (r != 0)
+            return r < 0 ? -1 : 1;
+        if (deadline && cmp_deadline_remaining(deadline) <= 0)
+            return 0;
+        struct timespec storage;
+        const struct timespec *until = cmp_py_slice(deadline, &storage);
+        Py_BEGIN_ALLOW_THREADS
+        pthread_mutex_lock(&c->mu);
+        while (c->completions == seen) {
+            if (!until) {
+                pthread_cond_wait(&c->cv, &c->mu);
+                continue;
+            }
+            /* cv runs on CLOCK_MONOTONIC (pthread_condattr_setclock) */
+            if (pthread_cond_timedwait(&c->cv, &c->mu, until) == ETIMEDOUT)
+                break;
+        }
+        pthread_mutex_unlock(&c->mu);
+        Py_END_ALLOW_THREADS
+        if (PyErr_CheckSignals() < 0)
+            return -1;
+    }
+}
+
+static int flag_set(void *flag)
+{
+    return *(const int *)flag;
+}
+
+/* ---- results ------------------------------------------------------------ */
+
+static int parse_timeout(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                         const char *fname, struct timespec *storage,
+                         const struct timespec **deadline)
+{
+    static const char *const names[] = {"timeout"};
+    PyObject *timeout = NULL;
+    if (cmp_py_parse_args(fname, args, nargs, kwnames, names, 1, &timeout) < 0)
+        return -1;
+    return cmp_py_deadline(timeout, storage, deadline);
+}
+
+static PyObject *Result_ready(PyObject *op, PyObject *unused)
+{
+    (void)unused;
+    return PyBool_FromLong(((ResultObject *)op)->ready);
+}
+
+static PyObject *Result_successful(PyObject *op, PyObject *unused)
+{
+    (void)unused;
+    ResultObject *r = (ResultObject *)op;
+    if (!r->ready) {
+        PyErr_Format(PyExc_ValueError, "%R not ready", op);
+        return NULL;
+    }
+    return PyBool_FromLong(r->success);
+}
+
+static PyObject *Result_wait(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
+                             PyObject *kwnames)
+{
+    ResultObject *r = (ResultObject *)op;
+    struct timespec storage;
+    const struct timespec *deadline;
+    if (parse_timeout(args, nargs, kwnames, "wait", &storage, &deadline) < 0)
+        return NULL;
+    if (core_wait(r->core, flag_set, &r->ready, deadline) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Result_get(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
+                            PyObject *kwnames)
+{
+    ResultObject *r = (ResultObject *)op;
+    struct timespec storage;
+    const struct timespec *deadline;
+    if (parse_timeout(args, nargs, kwnames, "get", &storage, &deadline) < 0)
+        return NULL;
+    int rc = core_wait(r->core, flag_set, &r->ready, deadline);
+    if (rc < 0)
+        return NULL;
+    if (rc == 0) {
+        PyErr_SetNone(r->core->st->TimeoutError);
+        return NULL;
+    }
+    if (r->success)
+        return Py_NewRef(r->value);
+    PyErr_SetObject((PyObject *)Py_TYPE(r->value), r->value);
+    return NULL;
+}
+
+/* Runs a user callback in the result thread: its exception is reported,
+ * never allowed to stop the thread. */
+static void run_callback(PyObject *cb, PyObject *arg)
+{
+    if (!cb || cb == Py_None)
+        return;
+    PyObject *res = PyObject_CallOneArg(cb, arg);
+    if (!res)
+        PyErr_WriteUnraisable(cb);
+    Py_XDECREF(res);
+}
+
+/* Completes r (GIL held). value: stolen. */
+static void result_finish(ResultObject *r, int success, PyObject *value)
+{
+    if (r->ready) {
+        Py_XDECREF(value);
+        return;
+    }
+    Py_XSETREF(r->value, value);
+    r->success = success;
+    if (success)
+        run_callback(r->callback, r->value);
+    else
+        run_callback(r->error_callback, r->value);
+    r->ready = 1;
+    core_signal(r->core);
+}
+
+/* A chunk of a MapResult came in (GIL held). value: stolen. */
+static void map_chunk(ResultObject *r, Py_ssize_t index, int success, PyObject *value)
+{
+    if (r->ready) {
+        Py_XDECREF(value);
+        return;
+    }
+    if (!success) {
+        result_finish(r, 0, value); /* the first failure decides */
+        return;
+    }
+    Py_ssize_t start = index * r->chunksize;
+    Py_ssize_t n = PyList_Check(value) ? PyList_GET_SIZE(value) : 0;
+    for (Py_ssize_t i = 0; i < n && start + i < r->length; i++)
+        PyList_SetItem(r->value, start + i, Py_NewRef(PyList_GET_ITEM(value, i)));
+    Py_DECREF(value);
+    if (--r->remaining == 0) {
+        r->success = 1;
+        run_callback(r->callback, r->value);
+        r->ready = 1;
+        core_signal(r->core);
+    }
+}
+
+static int Result_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    ResultObject *r = (ResultObject *)op;
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(r->core);
+    Py_VISIT(r->callback);
+    Py_VISIT(r->error_callback);
+    Py_VISIT(r->value);
+    return 0;
+}
+
+static int Result_clear(PyObject *op)
+{
+    ResultObject *r = (ResultObject *)op;
+    Py_CLEAR(r->core);
+    Py_CLEAR(r->callback);
+    Py_CLEAR(r->error_callback);
+    Py_CLEAR(r->value);
+    return 0;
+}
+
+static void Result_dealloc(PyObject *op)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    if (((ResultObject *)op)->weakreflist)
+        PyObject_ClearWeakRefs(op);
+    Result_clear(op);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+static ResultObject *result_new(PyTypeObject *tp, PoolCore *core, PyObject *callback,
+                                PyObject *error_callback)
+{
+    ResultObject *r = PyObject_GC_New(ResultObject, tp);
+    if (!r)
+        return NULL;
+    r->core = (PoolCore *)Py_NewRef(core);
+    r->callback = callback && callback != Py_None ? Py_NewRef(callback) : NULL;
+    r->error_callback =
+        error_callback && error_callback != Py_None ? Py_NewRef(error_callback) : NULL;
+    r->value = NULL;
+    r->ready = r->success = 0;
+    r->remaining = r->chunksize = r->length = 0;
+    r->weakreflist = NULL;
+    PyObject_GC_Track(r);
+    return r;
+}
+
+static PyMethodDef Result_methods[] = {
+    {"ready", Result_ready, METH_NOARGS, "ready()\n--\n\nWhether the call has completed."},
+    {"successful", Result_successful, METH_NOARGS,
+     "successful()\n--\n\nWhether the call completed without raising; ValueError if it has "
+     "not completed."},
+    {"wait", (PyCFunction)(void (*)(void))Result_wait, METH_FASTCALL | METH_KEYWORDS,
+     "wait($self, /, timeout=None)\n--\n\nWait until the result is available or timeout "
+     "seconds pass."},
+    {"get", (PyCFunction)(void (*)(void))Result_get, METH_FASTCALL | METH_KEYWORDS,
+     "get($self, /, timeout=None)\n--\n\nThe result once it arrives; raises the remote "
+     "exception if the call raised, multiprocessing.TimeoutError after timeout seconds."},
+    {"__class_getitem__", Py_GenericAlias, METH_O | METH_CLASS, "See PEP 585."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef Result_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(ResultObject, weakreflist), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot ApplyResult_slots[] = {
+    {Py_tp_doc, "The result of Pool.apply_async(): ready(), successful(), wait(), get()."},
+    {Py_tp_methods, Result_methods},
+    {Py_tp_members, Result_members},
+    {Py_tp_traverse, Result_traverse},
+    {Py_tp_clear, Result_clear},
+    {Py_tp_dealloc, Result_dealloc},
+    {0, NULL},
+};
+
+static PyType_Spec ApplyResult_spec = {
+    "cmultiprocessing.pool.ApplyResult",
+    sizeof(ResultObject),
+    0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    ApplyResult_slots,
+};
+
+static PyType_Slot MapResult_slots[] = {
+    {Py_tp_doc, "The result of Pool.map_async() and starmap_async(): a list, in input order."},
+    {Py_tp_traverse, Result_traverse},
+    {Py_tp_clear, Result_clear},
+    {Py_tp_dealloc, Result_dealloc},
+    {0, NULL},
+};
+
+static PyType_Spec MapResult_spec = {
+    "cmultiprocessing.pool.MapResult",
+    sizeof(ResultObject),
+    0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    MapResult_slots,
+};
+
+/* ---- imap and imap_unordered --------------------------------------------- */
+
+/* The input is read lazily: at most buffersize chunks are out (submitted
+ * and not yet handed to the caller) at a time, topped up as the caller
+ * consumes results, so a huge or endless input streams in bounded memory.
+ * close() feeds what is left of every live iterator's input, so that
+ * close(); join() runs every task as the stdlib's does; an iterator
+ * dropped before then cancels the rest of its input. */
+typedef struct {
+    PyObject_HEAD
+    PoolCore *core;
+    PyObject *func;
+    PyObject *source; /* the input iterator; NULL once it ended */
+    PyObject *done;   /* ordered: {chunk index: (ok, value)}; else [(ok, value)] */
+    PyObject *current; /* the results of the chunk being handed out */
+    Py_ssize_t pos;
+    Py_ssize_t chunksize, buffersize;
+    Py_ssize_t submitted, consumed;
+    Py_ssize_t total; /* chunks in all; -1 until the input has ended */
+    int unordered;
+    PyObject *weakreflist;
+} IMapObject;
+
+static PyTypeObject *IMapIterator_type, *IMapUnorderedIterator_type;
+
+static int is_imap(PyObject *o)
+{
+    return PyObject_TypeCheck(o, IMapIterator_type);
+}
+
+/* Stores chunk index's outcome (GIL held). value: stolen. */
+static int imap_store(IMapObject *it, Py_ssize_t index, int success, PyObject *value)
+{
+    PyObject *entry = Py_BuildValue("(NN)", PyBool_FromLong(success), value);
+    if (!entry)
+        return -1;
+    int rc;
+    if (it->unordered) {
+        rc = PyList_Append(it->done, entry);
+    } else {
+        PyObject *key = PyLong_FromSsize_t(index);
+        rc = key ? PyDict_SetItem(it->done, key, entry) : -1;
+        Py_XDECREF(key);
+    }
+    Py_DECREF(entry);
+    return rc;
+}
+
+static void imap_chunk(IMapObject *it, Py_ssize_t index, int success, PyObject *value)
+{
+    if (imap_store(it, index, success, value) < 0)
+        PyErr_WriteUnraisable((PyObject *)it);
+    core_signal(it->core);
+}
+
+static int submit(PoolCore *c, int kind, PyObject *func, PyObject *payload, PyObject *job,
+                  Py_ssize_t index);
+
+/* Reads and submits one more chunk. Returns 1 submitted (or the input's
+ * own error stored as the chunk), 0 the input has ended, -1 error. */
+static int imap_feed_one(IMapObject *it)
+{
+    if (!it->source)
+        return 0;
+    PyObject *chunk = PyList_New(0);
+    if (!chunk)
+        return -1;
+    while (PyList_GET_SIZE(chunk) < it->chunksize) {
+        PyObject *item = PyIter_Next(it->source);
+        if (!item)
+            break;
+        int rc = PyList_Append(chunk, item);
+        Py_DECREF(item);
+        if (rc < 0) {
+            Py_DECREF(chunk);
+            return -1;
+        }
+    }
+    if (PyErr_Occurred()) {
+        /* the input raised: that is this position's outcome, as the stdlib */
+        Py_DECREF(chunk);
+        if (PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))
+            return -1;
+        PyObject *type, *exc, *tb;
+        PyErr_Fetch(&type, &exc, &tb);
+        PyErr_NormalizeException(&type, &exc, &tb);
+        if (tb && exc)
+            PyException_SetTraceback(exc, tb);
+        Py_XDECREF(type);
+        Py_XDECREF(tb);
+        Py_CLEAR(it->source);
+        if (imap_store(it, it->submitted, 0, exc) < 0)
+            return -1;
+        it->submitted++;
+        it->total = it->submitted;
+        return 1;
+    }
+    if (PyList_GET_SIZE(chunk) == 0) {
+        Py_DECREF(chunk);
+        Py_CLEAR(it->source);
+        it->total = it->submitted;
+        return 0;
+    }
+    int rc = submit(it->core, KIND_MAP, it->func, chunk, (PyObject *)it, it->submitted);
+    Py_DECREF(chunk);
+    if (rc < 0)
+        return -1;
+    if ((Py_ssize_t)PyList_GET_SIZE(chunk) < it->chunksize) {
+        /* a short chunk: the input ended with it */
+    }
+    it->submitted++;
+    return 1;
+}
+
+static int imap_top_up(IMapObject *it)
+{
+    while (it->source && it->submitted - it->consumed < it->buffersize) {
+        int rc = imap_feed_one(it);
+        if (rc <= 0)
+            return rc;
+    }
+    return 0;
+}
+
+static int imap_has_next(void *obj)
+{
+    IMapObject *it = obj;
+    if (it->total >= 0 && it->consumed >= it->total)
+        return 1;
+    if (it->unordered)
+        return PyList_GET_SIZE(it->done) > 0;
+    PyObject *key = PyLong_FromSsize_t(it->consumed);
+    int rc = key ? PyDict_Contains(it->done, key) : -1;
+    Py_XDECREF(key);
+    return rc;
+}
+
+/* The next outcome, removed from done: new (ok, value) tuple, or NULL
+ * (with no exception when there is none yet). */
+static PyObject *imap_take(IMapObject *it)
+{
+    if (it->unordered) {
+        if (PyList_GET_SIZE(it->done) == 0)
+            return NULL;
+        PyObject *entry = Py_NewRef(PyList_GET_ITEM(it->done, 0));
+        if (PyList_SetSlice(it->done, 0, 1, NULL) < 0) {
+            Py_DECREF(entry);
+            return NULL;
+        }
+        return entry;
+    }
+    PyObject *key = PyLong_FromSsize_t(it->consumed);
+    if (!key)
+        return NULL;
+    PyObject *entry = PyDict_GetItemWithError(it->done, key);
+    if (entry) {
+        Py_INCREF(entry);
+        if (PyDict_DelItem(it->done, key) < 0)
+            Py_CLEAR(entry);
+    }
+    Py_DECREF(key);
+    return entry;
+}
+
+static PyObject *imap_next(IMapObject *it, const struct timespec *deadline)
+{
+    for (;;) {
+        if (it->current && it->pos < PyList_GET_SIZE(it->current))
+            return Py_NewRef(PyList_GET_ITEM(it->current, it->pos++));
+        Py_CLEAR(it->current);
+        if (imap_top_up(it) < 0)
+            return NULL;
+        PyObject *entry = imap_take(it);
+        if (entry) {
+            it->consumed++;
+            int ok = PyTuple_GET_ITEM(entry, 0) == Py_True;
+            PyObject *value = PyTuple_GET_ITEM(entry, 1);
+            if (ok && PyList_Check(value)) {
+                it->current = Py_NewRef(value);
+                it->pos = 0;
+                Py_DECREF(entry);
+                continue;
+            }
+            PyErr_SetObject((PyObject *)Py_TYPE(value), value);
+            Py_DECREF(entry);
+            return NULL;
+        }
+        if (PyErr_Occurred())
+            return NULL;
+        if (it->total >= 0 && it->consumed >= it->total) {
+            PyErr_SetNone(PyExc_StopIteration);
+            return NULL;
+        }
+        int rc = core_wait(it->core, imap_has_next, it, deadline);
+        if (rc < 0)
+            return NULL;
+        if (rc == 0) {
+            PyErr_SetNone(it->core->st->TimeoutError);
+            return NULL;
+        }
+    }
+}
+
+static PyObject *IMap_iternext(PyObject *op)
+{
+    PyObject *r = imap_next((IMapObject *)op, NULL);
+    if (!r && PyErr_ExceptionMatches(PyExc_StopIteration))
+        PyErr_Clear(); /* tp_iternext ends with NULL and no exception */
+    return r;
+}
+
+static PyObject *IMap_next(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
+                           PyObject *kwnames)
+{
+    struct timespec storage;
+    const struct timespec *deadline;
+    if (parse_timeout(args, nargs, kwnames, "next", &storage, &deadline) < 0)
+        return NULL;
+    return imap_next((IMapObject *)op, deadline);
+}
+
+static int IMap_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    IMapObject *it = (IMapObject *)op;
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(it->core);
+    Py_VISIT(it->func);
+    Py_VISIT(it->source);
+    Py_VISIT(it->done);
+    Py_VISIT(it->current);
+    return 0;
+}
+
+static int IMap_clear(PyObject *op)
+{
+    IMapObject *it = (IMapObject *)op;
+    Py_CLEAR(it->core);
+    Py_CLEAR(it->func);
+    Py_CLEAR(it->source);
+    Py_CLEAR(it->done);
+    Py_CLEAR(it->current);
+    return 0;
+}
+
+static void IMap_dealloc(PyObject *op)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    if (((IMapObject *)op)->weakreflist)
+        PyObject_ClearWeakRefs(op);
+    IMap_clear(op);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef IMap_methods[] = {
+    {"next", (PyCFunction)(void (*)(void))IMap_next, METH_FASTCALL | METH_KEYWORDS,
+     "next($self, /, timeout=None)\n--\n\nThe next result; multiprocessing.TimeoutError "
+     "after timeout seconds."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef IMap_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(IMapObject, weakreflist), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot IMapIterator_slots[] = {
+    {Py_tp_doc, "The iterator of Pool.imap(): results in input order."},
+    {Py_tp_iter, PyObject_SelfIter},
+    {Py_tp_iternext, IMap_iternext},
+    {Py_tp_methods, IMap_methods},
+    {Py_tp_members, IMap_members},
+    {Py_tp_traverse, IMap_traverse},
+    {Py_tp_clear, IMap_clear},
+    {Py_tp_dealloc, IMap_dealloc},
+    {0, NULL},
+};
+
+static PyType_Spec IMapIterator_spec = {
+    "cmultiprocessing.pool.IMapIterator",
+    sizeof(IMapObject),
+    0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    IMapIterator_slots,
+};
+
+static PyType_Slot IMapUnorderedIterator_slots[] = {
+    {Py_tp_doc, "The iterator of Pool.imap_unordered(): results as they come."},
+    {Py_tp_traverse, IMap_traverse},
+    {Py_tp_clear, IMap_clear},
+    {Py_tp_dealloc, IMap_dealloc},
+    {0, NULL},
+};
+
+static PyType_Spec IMapUnorderedIterator_spec = {
+    "cmultiprocessing.pool.IMapUnorderedIterator",
+    sizeof(IMapObject),
+    0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    IMapUnorderedIterator_slots,
+};
+
+/* ---- the worker side (runs in the forked worker) ------------------------- */
+
+static PyThreadState *worker_tstate;
+
+static void worker_wait_hook(void *arg, int waiting)
+{
+    (void)arg;
+    if (waiting)
+        worker_tstate = PyEval_SaveThread();
+    else
+        PyEval_RestoreThread(worker_tstate);
+}
+
+/* Appends the encoding of obj to out. 0, or -1 with an exception. */
+static int write_message(cmp_py_state *st, PyObject *obj, cmp_pool_result_t *out)
+{
+    cmp_py_frame f;
+    cmp_py_frame_init(&f);
+    if (cmp_py_encode(st, obj, &f) < 0)
+        return -1;
+    char *room = cmp_pool_result_extend(out, f.size);
+    if (!room) {
+        cmp_py_frame_clear(&f);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (int i = 0; i < f.npieces; i++) {
+        memcpy(room, f.pieces[i].ptr, f.pieces[i].len);
+        room += f.pieces[i].len;
+    }
+    cmp_py_frame_clear(&f);
+    return 0;
+}
+
+/* The exception that is set, as the bytes of a failure: pickled with its
+ * traceback text (the stdlib's ExceptionWithTraceback), else a
+ * MaybeEncodingError saying why it could not be, else a RuntimeError with
+ * its repr. Clears the exception. */
+static void write_exception(cmp_py_state *st, cmp_pool_result_t *out)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb && value)
+        PyException_SetTraceback(value, tb);
+    PyObject *wrapped =
+        value ? PyObject_CallFunctionObjArgs(ExceptionWithTraceback, value, tb ? tb : Py_None, NULL)
+              : NULL;
+    cmp_pool_result_clear(out);
+    if (wrapped && write_message(st, wrapped, out) == 0)
+        goto done;
+    PyErr_Clear();
+    cmp_pool_result_clear(out);
+    PyObject *why = PyUnicode_FromFormat("%R", value ? value : Py_None);
+    PyObject *mee = why ? PyObject_CallFunctionObjArgs(MaybeEncodingError, why, why, NULL) : NULL;
+    if (mee && write_message(st, mee, out) == 0) {
+        Py_XDECREF(mee);
+        Py_XDECREF(why);
+        goto done;
+    }
+    Py_XDECREF(mee);
+    Py_XDECREF(why);
+    PyErr_Clear();
+    cmp_pool_result_clear(out);
+    PyObject *fallback = PyObject_CallFunction(PyExc_RuntimeError, "s", "unreportable error");
+    if (!fallback || write_message(st, fallback, out) < 0)
+        PyErr_Clear();
+    Py_XDECREF(fallback);
+done:
+    Py_XDECREF(wrapped);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+}
+
+static PyObject *run_task(PyObject *task)
+{
+    int kind;
+    PyObject *func, *payload;
+    if (!PyTuple_Check(task) || !PyArg_ParseTuple(task, "iOO", &kind, &func, &payload))
+        return NULL;
+    if (kind == KIND_APPLY) {
+        PyObject *args, *kwds;
+        if (!PyArg_ParseTuple(payload, "OO", &args, &kwds))
+            return NULL;
+        return PyObject_Call(func, args, kwds == Py_None ? NULL : kwds);
+    }
+    Py_ssize_t n = PyList_Size(payload);
+    if (n < 0)
+        return NULL;
+    PyObject *results = PyList_New(n);
+    if (!results)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyList_GET_ITEM(payload, i);
+        PyObject *v = kind == KIND_STARMAP ? PyObject_Call(func, item, NULL)
+                                           : PyObject_CallOneArg(func, item);
+        if (!v) {
+            Py_DECREF(results);
+            return NULL;
+        }
+        PyList_SET_ITEM(results, i, v);
+    }
+    return results;
+}
+
+static int worker_task(void *arg, const void *data, size_t len, cmp_pool_result_t *out)
+{
+    PoolCore *c = arg;
+    cmp_py_state *st = c->st;
+    PyObject *task = cmp_py_decode(st, data, len);
+    PyObject *value = task ? run_task(task) : NULL;
+    Py_XDECREF(task);
+    if (value) {
+        int rc = write_message(st, value, out);
+        if (rc == 0) {
+            Py_DECREF(value);
+            return 0;
+        }
+        /* the result cannot be sent: MaybeEncodingError(exc, value), which
+         * keeps the reprs of both */
+        PyObject *type, *exc, *tb;
+        PyErr_Fetch(&type, &exc, &tb);
+        PyErr_NormalizeException(&type, &exc, &tb);
+        PyObject *mee = PyObject_CallFunctionObjArgs(MaybeEncodingError, exc ? exc : Py_None,
+                                                     value, NULL);
+        Py_XDECREF(type);
+        Py_XDECREF(exc);
+        Py_XDECREF(tb);
+        Py_DECREF(value);
+        if (mee)
+            PyErr_SetObject(MaybeEncodingError, mee);
+        Py_XDECREF(mee);
+        write_exception(st, out);
+        return 1;
+    }
+    /* SystemExit, KeyboardInterrupt...: this worker is replaced */
+    int fatal = !PyErr_ExceptionMatches(PyExc_Exception);
+    write_exception(st, out);
+    return fatal ? CMP_POOL_TASK_FAILED_EXIT : 1;
+}
+
+static int worker_init(void *arg, cmp_pool_result_t *out)
+{
+    PoolCore *c = arg;
+    /* Ctrl-C goes to the whole process group: the parent handles it and
+     * stops the workers, which should not each print a traceback. */
+    PyOS_setsig(SIGINT, SIG_IGN);
+    if (!c->initializer)
+        return 0;
+    PyObject *r = PyObject_Call(c->initializer, c->initargs, NULL);
+    if (r) {
+        Py_DECREF(r);
+        return 0;
+    }
+    write_exception(c->st, out);
+    return 1;
+}
+
+/* Around each fork of a worker, which may happen in the result thread with
+ * the GIL released (a replacement): take it for the fork. */
+static PyGILState_STATE fork_gil;
+
+static void worker_fork_hook(void *arg, int phase)
+{
+    (void)arg;
+    switch (phase) {
+    case CMP_POOL_FORK_BEFORE:
+        fork_gil = PyGILState_Ensure();
+        cmp_py_fork_threading_prepare();
+        PyOS_BeforeFork();
+        break;
+    case CMP_POOL_FORK_PARENT:
+        PyOS_AfterFork_Parent();
+        PyGILState_Release(fork_gil);
+        break;
+    case CMP_POOL_FORK_CHILD:
+        cmp_py_fork_threading_arm();
+        PyOS_AfterFork_Child();
+        cmp_py_fork_threading_disarm();
+        break;
+    }
+}
+
+/* ---- the result thread ---------------------------------------------------- */
+
+struct outcome_buf {
+    char *data;
+    size_t cap;
+};
+
+static void *outcome_alloc(void *arg, size_t len)
+{
+    struct outcome_buf *b = arg;
+    if (len > b->cap) {
+        char *n = PyMem_RawRealloc(b->data, len ? len : 1);
+        if (!n)
+            return NULL;
+        b->data = n;
+        b->cap = len;
+    }
+    return b->data ? (void *)b->data : (void *)b;
+}
+
+/* WorkerLostError for a task whose worker died (or that terminate()
+ * cancelled), saying how. */
+static PyObject *lost_error(const cmp_pool_outcome_t *o)
+{
+    PyObject *msg;
+    if (o->status == CMP_POOL_CANCELLED) {
+        msg = PyUnicode_FromString("the pool was terminated before the task ended");
+    } else if (o->cause < 0) {
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 32)
+        const char *abbrev = sigabbrev_np(-o->cause);
+#else
+        const char *abbrev = NULL;
+#endif
+        msg = PyUnicode_FromFormat(
+            "worker process %d died running the task: killed by signal %d (SIG%s)", (int)o->pid,
+            -o->cause, abbrev ? abbrev : "?");
+    } else {
+        msg = PyUnicode_FromFormat("worker process %d died running the task: exit code %d",
+                                   (int)o->pid, o->cause);
+    }
+    if (!msg)
+        return NULL;
+    PyObject *exc = PyObject_CallOneArg(WorkerLostError, msg);
+    Py_DECREF(msg);
+    return exc;
+}
+
+/* The exception an outcome stands for (new reference), or NULL with an
+ * exception when it cannot even be made. */
+static PyObject *outcome_exception(PoolCore *c, const cmp_pool_outcome_t *o)
+{
+    if (o->status == CMP_POOL_LOST || o->status == CMP_POOL_CANCELLED)
+        return lost_error(o);
+    PyObject *exc = cmp_py_decode(c->st, o->data, o->len);
+    if (!exc) {
+        /* it could not be unpickled here: say what it was */
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyErr_NormalizeException(&type, &value, &tb);
+        exc = PyObject_CallFunction(PyExc_RuntimeError, "sO",
+                                    "a task's exception could not be unpickled in the parent",
+                                    value ? value : Py_None);
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
+    }
+    if (o->status == CMP_POOL_BROKEN && exc) {
+        PyObject *broken = PyObject_CallFunction(InitializerError, "s",
+                                                 "the pool's initializer raised; no task can run");
+        if (broken)
+            PyException_SetCause(broken, exc);
+        else
+            Py_DECREF(exc);
+        return broken;
+    }
+    return exc;
+}
+
+static void deliver(PoolCore *c, const cmp_pool_outcome_t *o)
+{
+    PyObject *key = PyLong_FromUnsignedLongLong(o->id);
+    PyObject *entry = key ? PyDict_GetItemWithError(c->jobs, key) : NULL;
+    if (!entry) {
+        Py_XDECREF(key);
+        PyErr_Clear();
+        return; /* a job nobody waits for any more */
+    }
+    Py_INCREF(entry);
+    PyDict_DelItem(c->jobs, key);
+    Py_DECREF(key);
+    PyObject *job = PyTuple_GET_ITEM(entry, 0);
+    ResultObject *r = (ResultObject *)job;
+    Py_ssize_t index = PyLong_AsSsize_t(PyTuple_GET_ITEM(entry, 1));
+    int success = o->status == CMP_POOL_DONE;
+    PyObject *value = success ? cmp_py_decode(c->st, o->data, o->len) : outcome_exception(c, o);
+    if (!value) {
+        success = 0;
+        PyObject *type, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyErr_NormalizeException(&type, &value, &tb);
+        Py_XDECREF(type);
+        Py_XDECREF(tb);
+    }
+    if (is_imap(job))
+        imap_chunk((IMapObject *)job, index, success, value);
+    else if (index < 0)
+        result_finish(r, success, value);
+    else
+        map_chunk(r, index, success, value);
+    Py_DECREF(entry);
+}
+
+static PyObject *result_thread(PyObject *unused, PyObject *arg)
+{
+    (void)unused;
+    PoolCore *c = (PoolCore *)arg;
+    struct outcome_buf b = {NULL, 0};
+    for (;;) {
+        cmp_pool_outcome_t o;
+        int rc;
+        Py_BEGIN_ALLOW_THREADS
+        rc = cmp_pool_next(c->pool, &o, outcome_alloc, &b, NULL);
+        Py_END_ALLOW_THREADS
+        if (rc == -ENOENT)
+            break;
+        if (rc < 0)
+            continue; /* -EINTR (only the main thread runs handlers) */
+        deliver(c, &o);
+    }
+    PyMem_RawFree(b.data);
+    pthread_mutex_lock(&c->mu);
+    c->handler_done = 1;
+    c->completions++;
+    pthread_cond_broadcast(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef result_thread_def = {"_pool_result_thread", result_thread, METH_O, NULL};
+
+/* ---- the core ------------------------------------------------------------- */
+
+static int Core_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    PoolCore *c = (PoolCore *)op;
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(c->jobs);
+    Py_VISIT(c->feeders);
+    Py_VISIT(c->initializer);
+    Py_VISIT(c->initargs);
+    return 0;
+}
+
+static int Core_clear(PyObject *op)
+{
+    PoolCore *c = (PoolCore *)op;
+    Py_CLEAR(c->jobs);
+    Py_CLEAR(c->feeders);
+    Py_CLEAR(c->initializer);
+    Py_CLEAR(c->initargs);
+    return 0;
+}
+
+static void Core_dealloc(PyObject *op)
+{
+    PoolCore *c = (PoolCore *)op;
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    if (c->pool) {
+        if (getpid() == c->owner) {
+            cmp_pool_terminate(c->pool);
+            Py_BEGIN_ALLOW_THREADS
+            cmp_pool_join(c->pool, NULL);
+            Py_END_ALLOW_THREADS
+        }
+        cmp_pool_destroy(c->pool);
+        pthread_mutex_destroy(&c->mu);
+        pthread_cond_destroy(&c->cv);
+    }
+    Core_clear(op);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+static PyType_Slot Core_slots[] = {
+    {Py_tp_traverse, Core_traverse},
+    {Py_tp_clear, Core_clear},
+    {Py_tp_dealloc, Core_dealloc},
+    {0, NULL},
+};
+
+static PyType_Spec Core_spec = {
+    "cmultiprocessing.pool._PoolCore",       sizeof(PoolCore), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, Core_slots,
+};
+
+/* ---- Pool ------------------------------------------------------------------ */
+
+static PoolCore *running_core(PoolObject *self)
+{
+    PoolCore *c = self->core;
+    if (!c || c->state != POOL_RUN) {
+        PyErr_SetString(PyExc_ValueError, "Pool not running");
+        return NULL;
+    }
+    return c;
+}
+
+/* Submits (kind, func, payload) for job r at chunk index (-1: whole job). */
+static int submit(PoolCore *c, int kind, PyObject *func, PyObject *payload, PyObject *job,
+                  Py_ssize_t index)
+{
+    PyObject *task = Py_BuildValue("(iOO)", kind, func, payload);
+    if (!task)
+        return -1;
+    cmp_py_frame f;
+    cmp_py_frame_init(&f);
+    int rc = cmp_py_encode(c->st, task, &f);
+    Py_DECREF(task);
+    if (rc < 0)
+        return -1;
+    struct iovec iov[CMP_POOL_IOV_MAX];
+    int n = f.npieces;
+    if (n > CMP_POOL_IOV_MAX) {
+        cmp_py_frame_clear(&f);
+        PyErr_SetString(PyExc_ValueError, "task has too many out-of-band buffers");
+        return -1;
+    }
+    for (int i = 0; i < n; i++)
+        iov[i] = (struct iovec){f.pieces[i].ptr, f.pieces[i].len};
+    uint64_t id;
+    /* The GIL stays held from here to the job's registration below: the
+     * result thread, which may get the outcome at once, needs the GIL to
+     * look the job up. */
+    rc = cmp_pool_submitv(c->pool, iov, n, &id);
+    cmp_py_frame_clear(&f);
+    if (rc < 0) {
+        if (rc == -EPIPE)
+            PyErr_SetString(PyExc_ValueError, "Pool not running");
+        else
+            cmp_py_raise(rc);
+        return -1;
+    }
+    PyObject *key = PyLong_FromUnsignedLongLong(id);
+    PyObject *entry = Py_BuildValue("(On)", job, index);
+    int err = !key || !entry || PyDict_SetItem(c->jobs, key, entry) < 0;
+    Py_XDECREF(key);
+    Py_XDECREF(entry);
+    return err ? -1 : 0;
+}
+
+static PyObject *Pool_apply_async(PyObject *op, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"func", "args", "kwds", "callback", "error_callback", NULL};
+    PyObject *func, *fargs = NULL, *fkwds = NULL, *callback = Py_None, *error_callback = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OOOO:apply_async", kwlist, &func, &fargs,
+                                     &fkwds, &callback, &error_callback))
+        return NULL;
+    PoolCore *c = running_core((PoolObject *)op);
+    if (!c)
+        return NULL;
+    PyObject *targs = fargs ? PySequence_Tuple(fargs) : PyTuple_New(0);
+    if (!targs)
+        return NULL;
+    PyObject *tkwds = fkwds ? Py_NewRef(fkwds) : PyDict_New();
+    ResultObject *r = tkwds ? result_new(ApplyResult_type, c, callback, error_callback) : NULL;
+    PyObject *payload = r ? PyTuple_Pack(2, targs, tkwds) : NULL;
+    Py_DECREF(targs);
+    Py_XDECREF(tkwds);
+    if (!payload || submit(c, KIND_APPLY, func, payload, (PyObject *)r, -1) < 0) {
+        Py_XDECREF(payload);
+        Py_XDECREF(r);
+        return NULL;
+    }
+    Py_DECREF(payload);
+    return (PyObject *)r;
+}
+
+static PyObject *Pool_apply(PyObject *op, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"func", "args", "kwds", NULL};
+    PyObject *func, *fargs = NULL, *fkwds = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OO:apply", kwlist, &func, &fargs, &fkwds))
+        return NULL;
+    PyObject *empty = PyTuple_New(0);
+    PyObject *call_args = empty ? PyTuple_Pack(2, func, fargs ? fargs : empty) : NULL;
+    PyObject *call_kwds = call_args && fkwds ? Py_BuildValue("{sO}", "kwds", fkwds) : NULL;
+    Py_XDECREF(empty);
+    if (!call_args || (fkwds && !call_kwds)) {
+        Py_XDECREF(call_args);
+        return NULL;
+    }
+    PyObject *r = Pool_apply_async(op, call_args, call_kwds);
+    Py_DECREF(call_args);
+    Py_XDECREF(call_kwds);
+    if (!r)
+        return NULL;
+    PyObject *v = Result_get(r, NULL, 0, NULL);
+    Py_DECREF(r);
+    return v;
+}
+
+/* The stdlib's default: about four chunks per worker. */
+static Py_ssize_t default_chunksize(Py_ssize_t n, unsigned processes)
+{
+    if (n == 0)
+        return 0;
+    Py_ssize_t per = (Py_ssize_t)processes * 4;
+    Py_ssize_t size = n / per;
+    if (n % per)
+        size++;
+    return size;
+}
+
+static PyObject *map_async(PoolObject *self, int kind, PyObject *func, PyObject *iterable,
+                           PyObject *chunksize_o, PyObject *callback, PyObject *error_callback)
+{
+    PoolCore *c = running_core(self);
+    if (!c)
+        return NULL;
+    PyObject *items = PySequence_List(iterable);
+    if (!items)
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(items);
+    Py_ssize_t chunksize;
+    if (!chunksize_o || chunksize_o == Py_None) {
+        chunksize = default_chunksize(n, c->processes);
+    } else {
+        chunksize = PyLong_AsSsize_t(chunksize_o);
+        if (chunksize == -1 && PyErr_Occurred()) {
+            Py_DECREF(items);
+            return NULL;
+        }
+        if (chunksize < 1) {
+            Py_DECREF(items);
+            PyErr_Format(PyExc_ValueError, "Chunksize must be 1+, not %zd", chunksize);
+            return NULL;
+        }
+    }
+    ResultObject *r = result_new(MapResult_type, c, callback, error_callback);
+    if (!r) {
+        Py_DECREF(items);
+        return NULL;
+    }
+    r->length = n;
+    r->chunksize = chunksize ? chunksize : 1;
+    r->remaining = n ? (n + r->chunksize - 1) / r->chunksize : 0;
+    r->value = PyList_New(n);
+    if (!r->value)
+        goto fail;
+    for (Py_ssize_t i = 0; i < n; i++)
+        PyList_SET_ITEM(r->value, i, Py_NewRef(Py_None));
+    if (n == 0) {
+        r->success = 1; /* ready at once; the stdlib calls no callback then */
+        r->ready = 1;
+    }
+    for (Py_ssize_t k = 0; k * r->chunksize < n; k++) {
+        PyObject *chunk = PyList_GetSlice(items, k * r->chunksize, (k + 1) * r->chunksize);
+        if (!chunk || submit(c, kind, func, chunk, (PyObject *)r, k) < 0) {
+            Py_XDECREF(chunk);
+            goto fail;
+        }
+        Py_DECREF(chunk);
+    }
+    Py_DECREF(items);
+    return (PyObject *)r;
+fail:
+    Py_DECREF(items);
+    Py_DECREF(r);
+    return NULL;
+}
+
+static PyObject *parse_map(PyObject *op, PyObject *args, PyObject *kwds, int kind, int async,
+                           const char *fmt)
+{
+    static char *kwlist_async[] = {"func",     "iterable",       "chunksize",
+                                   "callback", "error_callback", NULL};
+    static char *kwlist[] = {"func", "iterable", "chunksize", NULL};
+    PyObject *func, *iterable, *chunksize = Py_None, *callback = Py_None, *error_callback = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, fmt, async ? kwlist_async : kwlist, &func,
+                                     &iterable, &chunksize, &callback, &error_callback))
+        return NULL;
+    PyObject *r =
+        map_async((PoolObject *)op, kind, func, iterable, chunksize, callback, error_callback);
+    if (!r || async)
+        return r;
+    PyObject *v = Result_get(r, NULL, 0, NULL);
+    Py_DECREF(r);
+    return v;
+}
+
+static PyObject *Pool_map(PyObject *op, PyObject *args, PyObject *kwds)
+{
+    return parse_map(op, args, kwds, KIND_MAP, 0, "OO|O:map");
+}
+
+static PyObject *Pool_map_async(PyObject *op, PyObject *args, PyObject *kwds)
+{
+    return parse_map(op, args, kwds, KIND_MAP, 1, "OO|OOO:map_async");
+}
+
+static PyObject *Pool_starmap(PyObject *op, PyObject *args, PyObject *kwds)
+{
+    return parse_map(op, args, kwds, KIND_STARMAP, 0, "OO|O:starmap");
+}
+
+static PyObject *Pool_starmap_async(PyObject *op, PyObject *args, PyObject *kwds)
+{
+    return parse_map(op, args, kwds, KIND_STARMAP, 1, "OO|OOO:starmap_async");
+}
+
+
+static PyObject *start_imap(PyObject *op, PyObject *args, PyObject *kwds, int unordered)
+{
+    static char *kwlist[] = {"func", "iterable", "chunksize", "buffersize", NULL};
+    PyObject *func, *iterable, *buffersize_o = Py_None;
+    Py_ssize_t chunksize = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds,
+                                     unordered ? "OO|n$O:imap_unordered" : "OO|n$O:imap",
+                                     kwlist, &func, &iterable, &chunksize, &buffersize_o))
+        return NULL;
+    PoolCore *c = running_core((PoolObject *)op);
+    if (!c)
+        return NULL;
+    if (chunksize < 1) {
+        PyErr_Format(PyExc_ValueError, "Chunksize must be 1+, not %zd", chunksize);
+        return NULL;
+    }
+    Py_ssize_t buffersize = (Py_ssize_t)c->processes * 4;
+    if (buffersize_o != Py_None) {
+        buffersize = PyLong_AsSsize_t(buffersize_o);
+        if (buffersize == -1 && PyErr_Occurred())
+            return NULL;
+        if (buffersize < 1) {
+            PyErr_SetString(PyExc_ValueError, "buffersize must be None or > 0");
+            return NULL;
+        }
+    }
+    PyObject *source = PyObject_GetIter(iterable);
+    if (!source)
+        return NULL;
+    IMapObject *it = PyObject_GC_New(
+        IMapObject, unordered ? IMapUnorderedIterator_type : IMapIterator_type);
+    if (!it) {
+        Py_DECREF(source);
+        return NULL;
+    }
+    it->core = (PoolCore *)Py_NewRef(c);
+    it->func = Py_NewRef(func);
+    it->source = source;
+    it->done = unordered ? PyList_New(0) : PyDict_New();
+    it->current = NULL;
+    it->pos = 0;
+    it->chunksize = chunksize;
+    it->buffersize = buffersize;
+    it->submitted = it->consumed = 0;
+    it->total = -1;
+    it->unordered = unordered;
+    it->weakreflist = NULL;
+    PyObject_GC_Track(it);
+    PyObject *ref = it->done ? PyWeakref_NewRef((PyObject *)it, NULL) : NULL;
+    if (!ref || PyList_Append(c->feeders, ref) < 0 || imap_top_up(it) < 0) {
+        Py_XDECREF(ref);
+        Py_DECREF(it);
+        return NULL;
+    }
+    Py_DECREF(ref);
+    return (PyObject *)it;
+}
+
+static PyObject *Pool_imap(PyObject *op, PyObject *args, PyObject *kwds)
+{
+    return start_imap(op, args, kwds, 0);
+}
+
+static PyObject *Pool_imap_unordered(PyObject *op, PyObject *args, PyObject *kwds)
+{
+    return start_imap(op, args, kwds, 1);
+}
+
+/* close(): the rest of every live iterator's input goes to the pool now. */
+static int feed_all(PoolCore *c)
+{
+    Py_ssize_t n = PyList_GET_SIZE(c->feeders);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *it = PyWeakref_GetObject(PyList_GET_ITEM(c->feeders, i));
+        if (it == Py_None)
+            continue;
+        Py_INCREF(it);
+        int rc;
+        while ((rc = imap_feed_one((IMapObject *)it)) > 0)
+            ;
+        Py_DECREF(it);
+        if (rc < 0)
+            return -1;
+    }
+    return PyList_SetSlice(c->feeders, 0, n, NULL);
+}
+
+static PyObject *Pool_close(PyObject *op, PyObject *unused)
+{
+    (void)unused;
+    PoolCore *c = ((PoolObject *)op)->core;
+    if (c && c->state == POOL_RUN) {
+        if (feed_all(c) < 0)
+            return NULL;
+        c->state = POOL_CLOSE;
+        cmp_pool_close(c->pool);
+    }
+    Py_RETURN_NONE;
+}
+
+static void core_terminate(PoolCore *c)
+{
+    if (c->state == POOL_TERMINATE)
+        return;
+    c->state = POOL_TERMINATE;
+    Py_BEGIN_ALLOW_THREADS
+    cmp_pool_terminate(c->pool);
+    Py_END_ALLOW_THREADS
+}
+
+static PyObject *Pool_terminate(PyObject *op, PyObject *unused)
+{
+    (void)unused;
+    PoolCore *c = ((PoolObject *)op)->core;
+    if (c)
+        core_terminate(c);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Pool_join(PyObject *op, PyObject *unused)
+{
+    (void)unused;
+    PoolCore *c = ((PoolObject *)op)->core;
+    if (!c)
+        Py_RETURN_NONE;
+    if (c->state == POOL_RUN) {
+        PyErr_SetString(PyExc_ValueError, "Pool is still running");
+        return NULL;
+    }
+    /* the result thread ends once every task is out: then the workers */
+    if (core_wait(c, flag_set, &c->handler_done, NULL) < 0)
+        return NULL;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = cmp_pool_join(c->pool, NULL);
+    Py_END_ALLOW_THREADS
+    if (rc < 0)
+        return cmp_py_raise(rc);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Pool_enter(PyObject *op, PyObject *unused)
+{
+    (void)unused;
+    if (!running_core((PoolObject *)op))
+        return NULL;
+    return Py_NewRef(op);
+}
+
+static PyObject *Pool_exit(PyObject *op, PyObject *args)
+{
+    (void)args;
+    return Pool_terminate(op, NULL);
+}
+
+static PyObject *Pool_reduce(PyObject *op, PyObject *unused)
+{
+    (void)op;
+    (void)unused;
+    PyErr_SetString(PyExc_NotImplementedError,
+                    "pool objects cannot be passed between processes or pickled");
+    return NULL;
+}
+
+static PyObject *Pool_repr(PyObject *op)
+{
+    PoolCore *c = ((PoolObject *)op)->core;
+    static const char *names[] = {"RUN", "CLOSE", "TERMINATE"};
+    return PyUnicode_FromFormat("<%s state=%s pool_size=%u>", Py_TYPE(op)->tp_name,
+                                c ? names[c->state] : "TERMINATE", c ? c->processes : 0);
+}
+
+static int Pool_init(PyObject *op, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"processes",        "initializer", "initargs",
+                             "maxtasksperchild", "context",     NULL};
+    PoolObject *self = (PoolObject *)op;
+    PyObject *processes = Py_None, *initializer = Py_None, *initargs = NULL, *maxtasks = Py_None,
+             *context = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|OOOOO:Pool", kwlist, &processes, &initializer,
+                                     &initargs, &maxtasks, &context))
+        return -1;
+    if (self->core) {
+        PyErr_SetString(PyExc_RuntimeError, "Pool.__init__ called twice");
+        return -1;
+    }
+    cmp_py_state *st = cmp_py_state_of_type(Py_TYPE(op));
+    if (load_stdlib_classes() < 0)
+        return -1;
+    long n = 0;
+    if (processes != Py_None) {
+        n = PyLong_AsLong(processes);
+        if (n == -1 && PyErr_Occurred())
+            return -1;
+        if (n < 1) {
+            PyErr_SetString(PyExc_ValueError, "Number of processes must be at least 1");
+            return -1;
+        }
+    }
+    if (initializer != Py_None && !PyCallable_Check(initializer)) {
+        PyErr_SetString(PyExc_TypeError, "initializer must be a callable");
+        return -1;
+    }
+    unsigned long long maxt = 0;
+    if (maxtasks != Py_None) {
+        long long v = PyLong_Check(maxtasks) ? PyLong_AsLongLong(maxtasks) : -1;
+        if (v == -1 && PyErr_Occurred())
+            PyErr_Clear();
+        if (!PyLong_Check(maxtasks) || v <= 0) {
+            PyErr_SetString(PyExc_ValueError, "maxtasksperchild must be a positive int or None");
+            return -1;
+        }
+        maxt = (unsigned long long)v;
+    }
+    PoolCore *c = PyObject_GC_New(PoolCore, Core_type);
+    if (!c)
+        return -1;
+    c->pool = NULL;
+    c->st = st;
+    c->jobs = PyDict_New();
+    c->feeders = PyList_New(0);
+    c->initializer = initializer == Py_None ? NULL : Py_NewRef(initializer);
+    c->initargs = initargs ? PySequence_Tuple(initargs) : PyTuple_New(0);
+    c->completions = 0;
+    c->handler_done = 0;
+    c->state = POOL_RUN;
+    c->owner = getpid();
+    PyObject_GC_Track(c);
+    if (!c->jobs || !c->feeders || !c->initargs) {
+        Py_DECREF(c);
+        return -1;
+    }
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&c->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    pthread_mutex_init(&c->mu, NULL);
+
+    cmp_pool_options_t opt = {
+        .workers = (unsigned)n,
+        .task = worker_task,
+        .init = worker_init,
+        .wait_hook = worker_wait_hook,
+        .fork_hook = worker_fork_hook,
+        .arg = c,
+        .max_tasks = maxt,
+    };
+    cmp_pool_t *pool;
+    int rc;
+    /* the GIL stays held: the fork hook's PyGILState_Ensure nests */
+    rc = cmp_pool_create(&pool, &opt);
+    if (rc < 0) {
+        pthread_mutex_destroy(&c->mu);
+        pthread_cond_destroy(&c->cv);
+        Py_DECREF(c);
+        cmp_py_raise(rc);
+        return -1;
+    }
+    c->pool = pool;
+    c->processes = cmp_pool_size(pool);
+    self->core = c;
+
+    PyObject *thread_mod = PyImport_ImportModule("_thread");
+    PyObject *start = thread_mod ? PyObject_GetAttrString(thread_mod, "start_new_thread") : NULL;
+    PyObject *fn = start ? PyCFunction_New(&result_thread_def, NULL) : NULL;
+    PyObject *targs = fn ? PyTuple_Pack(1, (PyObject *)c) : NULL;
+    PyObject *ident = targs ? PyObject_CallFunctionObjArgs(start, fn, targs, NULL) : NULL;
+    Py_XDECREF(thread_mod);
+    Py_XDECREF(start);
+    Py_XDECREF(fn);
+    Py_XDECREF(targs);
+    if (!ident) {
+        core_terminate(c);
+        return -1;
+    }
+    Py_DECREF(ident);
+    return 0;
+}
+
+static PyObject *Pool_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    (void)args;
+    (void)kwds;
+    PoolObject *self = (PoolObject *)type->tp_alloc(type, 0);
+    if (self) {
+        self->core = NULL;
+        self->weakreflist = NULL;
+    }
+    return (PyObject *)self;
+}
+
+static void Pool_finalize(PyObject *op)
+{
+    PoolObject *self = (PoolObject *)op;
+    PoolCore *c = self->core;
+    if (!c || c->state != POOL_RUN || getpid() != c->owner)
+        return;
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    if (PyErr_ResourceWarning(op, 1, "unclosed running multiprocessing pool %R", op) < 0)
+        PyErr_WriteUnraisable(op);
+    core_terminate(c);
+    PyErr_Restore(type, value, tb);
+}
+
+static int Pool_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(((PoolObject *)op)->core);
+    return 0;
+}
+
+static int Pool_clear(PyObject *op)
+{
+    Py_CLEAR(((PoolObject *)op)->core);
+    return 0;
+}
+
+static void Pool_dealloc(PyObject *op)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+    if (PyObject_CallFinalizerFromDealloc(op) < 0)
+        return;
+    PyObject_GC_UnTrack(op);
+    if (((PoolObject *)op)->weakreflist)
+        PyObject_ClearWeakRefs(op);
+    Pool_clear(op);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+static PyObject *Pool_get_processes(PyObject *op, void *closure)
+{
+    (void)closure;
+    PoolCore *c = ((PoolObject *)op)->core;
+    return PyLong_FromUnsignedLong(c ? c->processes : 0);
+}
+
+static PyObject *Pool_get_pids(PyObject *op, void *closure)
+{
+    (void)closure;
+    PoolCore *c = ((PoolObject *)op)->core;
+    if (!c)
+        return PyList_New(0);
+    pid_t pids[256];
+    unsigned n = cmp_pool_pids(c->pool, pids, 256);
+    PyObject *list = PyList_New(n);
+    for (unsigned i = 0; list && i < n; i++)
+        PyList_SET_ITEM(list, i, PyLong_FromLong(pids[i]));
+    return list;
+}
+
+static PyGetSetDef Pool_getset[] = {
+    {"_processes", Pool_get_processes, NULL, "Number of worker processes.", NULL},
+    {"_pids", Pool_get_pids, NULL, "Pids of the running workers (cmultiprocessing).", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+#define KW (METH_VARARGS | METH_KEYWORDS)
+#define FN(f) (PyCFunction)(void (*)(void))(f)
+static PyMethodDef Pool_methods[] = {
+    {"apply", FN(Pool_apply), KW,
+     "apply($self, /, func, args=(), kwds={})\n--\n\nCall func(*args, **kwds) in a worker and "
+     "return its result."},
+    {"apply_async", FN(Pool_apply_async), KW,
+     "apply_async($self, /, func, args=(), kwds={}, callback=None, error_callback=None)\n--\n\n"
+     "Call func(*args, **kwds) in a worker; returns an AsyncResult."},
+    {"map", FN(Pool_map), KW,
+     "map($self, /, func, iterable, chunksize=None)\n--\n\nfunc applied to every item, in "
+     "chunks sent to the workers; the results as a list in input order."},
+    {"map_async", FN(Pool_map_async), KW,
+     "map_async($self, /, func, iterable, chunksize=None, callback=None, "
+     "error_callback=None)\n--\n\nAs map(), returning an AsyncResult."},
+    {"starmap", FN(Pool_starmap), KW,
+     "starmap($self, /, func, iterable, chunksize=None)\n--\n\nAs map(), calling "
+     "func(*item)."},
+    {"starmap_async", FN(Pool_starmap_async), KW,
+     "starmap_async($self, /, func, iterable, chunksize=None, callback=None, "
+     "error_callback=None)\n--\n\nAs starmap(), returning an AsyncResult."},
+    {"imap", FN(Pool_imap), KW,
+     "imap($self, /, func, iterable, chunksize=1, *, buffersize=None)\n--\n\nLike map(), "
+     "but an iterator of the results, in input order. Beyond the stdlib: at most buffersize "
+     "chunks (default 4 per worker) are out at a time, so the input is read as the results "
+     "are consumed; close() feeds the rest."},
+    {"imap_unordered", FN(Pool_imap_unordered), KW,
+     "imap_unordered($self, /, func, iterable, chunksize=1, *, buffersize=None)\n--\n\nAs "
+     "imap(), the results in the order they come."},
+    {"close", Pool_close, METH_NOARGS,
+     "close()\n--\n\nNo more tasks; the workers exit once the queued ones are done."},
+    {"terminate", Pool_terminate, METH_NOARGS,
+     "terminate()\n--\n\nStop the workers at once; unfinished tasks fail."},
+    {"join", Pool_join, METH_NOARGS,
+     "join()\n--\n\nWait for the workers to exit (after close() or terminate())."},
+    {"__enter__", Pool_enter, METH_NOARGS, NULL},
+    {"__exit__", Pool_exit, METH_VARARGS, NULL},
+    {"__reduce__", Pool_reduce, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef Pool_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(PoolObject, weakreflist), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static const char POOL_DOC[] =
+    "Pool(processes=None, initializer=None, initargs=(), maxtasksperchild=None, "
+    "context=None)\n--\n\n"
+    "A pool of worker processes (multiprocessing.pool.Pool) on libcmp's worker pool.\n\n"
+    "Beyond the standard library: a worker that dies mid-task (a signal, os._exit)\n"
+    "fails that task with WorkerLostError naming the cause, its queued tasks go to\n"
+    "other workers and a new worker replaces it; an initializer that raises fails\n"
+    "every task with InitializerError (its __cause__ is the initializer's\n"
+    "exception) instead of respawning workers forever; an exception that cannot be\n"
+    "pickled arrives as MaybeEncodingError or RuntimeError naming it, never a hang.";
+
+static PyType_Slot Pool_slots[] = {
+    {Py_tp_doc, (void *)POOL_DOC}, {Py_tp_new, Pool_new},           {Py_tp_init, Pool_init},
+    {Py_tp_methods, Pool_methods}, {Py_tp_members, Pool_members},   {Py_tp_getset, Pool_getset},
+    {Py_tp_repr, Pool_repr},       {Py_tp_finalize, Pool_finalize}, {Py_tp_traverse, Pool_traverse},
+    {Py_tp_clear, Pool_clear},     {Py_tp_dealloc, Pool_dealloc},   {0, NULL},
+};
+
+static PyType_Spec Pool_spec = {
+    "cmultiprocessing.pool.Pool",
+    sizeof(PoolObject),
+    0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    Pool_slots,
+};
+
+/* ---- module --------------------------------------------------------------- */
+
+static PyObject *pool_factory(PyObject *module, PyObject *args, PyObject *kwds)
+{
+    (void)module;
+    static char *kwlist[] = {"processes", "initializer", "initargs", "maxtasksperchild", NULL};
+    PyObject *processes = Py_None, *initializer = Py_None, *initargs = NULL,
+             *maxtasks = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|OOOO:Pool", kwlist, &processes, &initializer,
+                                     &initargs, &maxtasks))
+        return NULL;
+    PyObject *empty = initargs ? NULL : PyTuple_New(0);
+    PyObject *r = PyObject_CallFunctionObjArgs((PyObject *)Pool_type, processes, initializer,
+                                               initargs ? initargs : empty, maxtasks, NULL);
+    Py_XDECREF(empty);
+    return r;
+}
+
+static PyMethodDef pool_functions[] = {
+    {"Pool", (PyCFunction)(void (*)(void))pool_factory, METH_VARARGS | METH_KEYWORDS,
+     "Pool(processes=None, initializer=None, initargs=(), maxtasksperchild=None)\n--\n\n"
+     "A process pool object (see cmultiprocessing.pool.Pool)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyObject *new_error(PyObject *module, const char *name, PyObject *base, const char *doc)
+{
+    char qualified[128];
+    PyOS_snprintf(qualified, sizeof qualified, "cmultiprocessing.%s", name);
+    PyObject *exc = PyErr_NewExceptionWithDoc(qualified, doc, base, NULL);
+    if (exc && PyModule_AddObjectRef(module, name, exc) < 0)
+        Py_CLEAR(exc);
+    return exc;
+}
+
+/* The stdlib's classes that carry a task's exception (the remote
+ * traceback as __cause__) and a result that could not be pickled: loaded
+ * with the first Pool, not with the module. */
+static int load_stdlib_classes(void)
+{
+    if (ExceptionWithTraceback)
+        return 0;
+    PyObject *stdpool = PyImport_ImportModule("multiprocessing.pool");
+    if (!stdpool)
+        return -1;
+    PyObject *ewt = PyObject_GetAttrString(stdpool, "ExceptionWithTraceback");
+    PyObject *mee = ewt ? PyObject_GetAttrString(stdpool, "MaybeEncodingError") : NULL;
+    Py_DECREF(stdpool);
+    if (!mee) {
+        Py_XDECREF(ewt);
+        return -1;
+    }
+    ExceptionWithTraceback = ewt;
+    MaybeEncodingError = mee;
+    return 0;
+}
+
+int cmp_py_pool_init(PyObject *module, cmp_py_state *st)
+{
+    WorkerLostError = new_error(module, "WorkerLostError", st->ProcessError,
+                                "A pool's worker process died while it ran the task.");
+    InitializerError = new_error(module, "InitializerError", st->ProcessError,
+                                 "A pool's initializer raised (the exception is the "
+                                 "__cause__): the pool runs no task.");
+    if (!WorkerLostError || !InitializerError)
+        return -1;
+    Core_type = (PyTypeObject *)cmp_py_type_from_spec(module, &Core_spec, NULL);
+    if (!Core_type)
+        return -1;
+    ApplyResult_type = cmp_py_add_type(module, &ApplyResult_spec, NULL);
+    if (!ApplyResult_type)
+        return -1;
+    MapResult_type = cmp_py_add_type(module, &MapResult_spec, (PyObject *)ApplyResult_type);
+    if (!MapResult_type)
+        return -1;
+    if (PyModule_AddObjectRef(module, "AsyncResult", (PyObject *)ApplyResult_type) < 0)
+        return -1;
+    IMapIterator_type = cmp_py_add_type(module, &IMapIterator_spec, NULL);
+    if (!IMapIterator_type)
+        return -1;
+    IMapUnorderedIterator_type =
+        cmp_py_add_type(module, &IMapUnorderedIterator_spec, (PyObject *)IMapIterator_type);
+    if (!IMapUnorderedIterator_type)
+        return -1;
+    /* the class as "_Pool" (cmultiprocessing.pool.Pool); "Pool" is the
+     * factory that modules and contexts offer, without context= */
+    Pool_type = (PyTypeObject *)cmp_py_type_from_spec(module, &Pool_spec, NULL);
+    if (!Pool_type || PyModule_AddObjectRef(module, "_Pool", (PyObject *)Pool_type) < 0)
+        return -1;
+    return PyModule_AddFunctions(module, pool_functions);
+}
