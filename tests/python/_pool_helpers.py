@@ -55,17 +55,38 @@ def pcmp():
 
 # -- the gate: tasks that block until the test lets them go -----------------
 
+class FileGate:
+    """Open once its file exists. Not an Event: the pool's workers are
+    killed while they wait on it (terminate, the crash tests), and the
+    stdlib's Event.set() then waits forever for the dead sleeper."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def set(self):
+        with open(self.path, "w"):
+            pass
+
+    def is_set(self):
+        return os.path.exists(self.path)
+
+    def wait(self, timeout):
+        end = time.monotonic() + timeout
+        while not self.is_set() and time.monotonic() < end:
+            time.sleep(0.002)
+        return self.is_set()
+
+
 GATE = None
 
 
 @pytest.fixture
-def gate(request):
-    """An Event of the module under test, visible to the pool's workers as
-    the global GATE (they inherit it by fork: create it before the pool).
-    Opened at teardown so no task stays blocked."""
-    ctx = request.getfixturevalue("pcmp" if "pcmp" in request.fixturenames else "pmp")
+def gate(tmp_path):
+    """A FileGate, visible to the pool's workers as the global GATE (they
+    inherit it by fork: take the fixture before starting the pool). Opened
+    at teardown so no task stays blocked."""
     global GATE
-    GATE = ctx.Event()
+    GATE = FileGate(str(tmp_path / "gate-open"))
     yield GATE
     GATE.set()
     GATE = None
@@ -75,6 +96,12 @@ def wait_gate(x):
     """Blocks until the gate opens (at most 20 s), then returns x."""
     GATE.wait(20)
     return x
+
+
+def note_then_wait(path, x):
+    """Records x in path (the task has started), then wait_gate(x)."""
+    append_line(path, str(x))
+    return wait_gate(x)
 
 
 # -- tasks ------------------------------------------------------------------
@@ -179,15 +206,15 @@ def raise_unpicklable_exception(x):
 
 # -- bounded waits ----------------------------------------------------------
 
-def join_pool(pool, timeout=T):
-    """pool.join(), failing the test if it takes more than timeout seconds
-    (the join runs in a daemon thread, abandoned then). Re-raises what join
+def _bounded(call, timeout, what):
+    """call() in a daemon thread, failing the test if it takes more than
+    timeout seconds (the thread is abandoned then); re-raises what it
     raised."""
     error = []
 
     def run():
         try:
-            pool.join()
+            call()
         except BaseException as e:  # noqa: B902 (handed to the test thread)
             error.append(e)
 
@@ -195,9 +222,14 @@ def join_pool(pool, timeout=T):
     t.start()
     t.join(timeout)
     if t.is_alive():
-        pytest.fail(f"Pool.join() did not return in {timeout} s")
+        pytest.fail(f"{what} did not return in {timeout} s")
     if error:
         raise error[0]
+
+
+def join_pool(pool, timeout=T):
+    """pool.join(), bounded by timeout."""
+    _bounded(pool.join, timeout, "Pool.join()")
 
 
 @contextlib.contextmanager
@@ -208,8 +240,30 @@ def started(factory, *args, **kwds):
     try:
         yield pool
     finally:
-        pool.terminate()
+        _bounded(pool.terminate, T, "Pool.terminate()")
         join_pool(pool)
+
+
+def _in_new_session(fn, args):
+    os.setsid()
+    return fn(*args)
+
+
+@contextlib.contextmanager
+def session_child(fn, *args):
+    """Forks a child that runs fn(*args) in a session (and process group)
+    of its own, its exit status the return value (see _sync_helpers.fork);
+    yields its pid. On the way out SIGKILLs the whole group: the child if
+    still there and the pool workers it left (the stdlib leaves some)."""
+    from _sync_helpers import fork
+    child = fork(_in_new_session, fn, args)
+    try:
+        yield child
+    finally:
+        try:
+            os.killpg(child, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def drain(it, timeout=T, limit=10000):

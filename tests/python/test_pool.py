@@ -503,9 +503,8 @@ def test_context_manager_on_exception(pmp):
 
 
 def _unreferenced_pool_warns(ctx):
-    """In a child in its own session: a running pool dropped without close()
-    warns ResourceWarning when collected. An exit status: 0 if so."""
-    os.setsid()
+    """In a child: a running pool dropped without close() warns
+    ResourceWarning when collected. An exit status: 0 if so."""
     p = ctx.Pool(2)
     assert p.apply_async(h.sq, (2,)).get(T) == 4
     with pytest.warns(ResourceWarning, match="unclosed running multiprocessing pool"):
@@ -519,15 +518,9 @@ def test_resourcewarning_for_running_pool_collected(pmp):
     ('unclosed running multiprocessing pool ...'). Runs in a forked child in
     its own session, killed with its workers afterwards: the stdlib leaves
     the workers of a collected pool running."""
-    from _sync_helpers import fork, join
-    child = fork(_unreferenced_pool_warns, pmp)
-    try:
+    from _sync_helpers import join
+    with h.session_child(_unreferenced_pool_warns, pmp) as child:
         assert join(child, timeout=T) == 0
-    finally:
-        try:
-            os.killpg(child, 9)
-        except ProcessLookupError:
-            pass
 
 
 # -- submodules -------------------------------------------------------------
