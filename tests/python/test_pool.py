@@ -1,0 +1,567 @@
+"""Pool: Python 3.11's API and semantics, run on the stdlib and on
+cmultiprocessing (skipped there until it has a Pool). Two workers, small
+inputs; every wait is bounded and every pool is terminated in a finally."""
+import gc
+import importlib
+import os
+import re
+import threading
+import time
+
+import pytest
+
+import _pool_helpers as h
+from _pool_helpers import gate, pimpl, pmp, ppool  # noqa: F401 (fixtures)
+from _pool_helpers import T, drain, join_pool, started
+
+
+# -- construction -----------------------------------------------------------
+
+def test_pool_keywords_processes_initializer_initargs(pmp, tmp_path):
+    """Pool(processes=, initializer=, initargs=) starts that many workers,
+    each running the initializer once before its tasks."""
+    path = str(tmp_path / "init")
+    with started(pmp.Pool, processes=2, initializer=h.init_record,
+                 initargs=(path, 41)) as p:
+        got = p.map_async(h.report_init, range(8), chunksize=1).get(T)
+        assert {value for _, value, _ in got} == {41}
+        assert {calls for _, _, calls in got} == {1}
+    pids = h.read_lines(path)
+    assert len(pids) == 2 and len(set(pids)) == 2
+    assert {str(pid) for pid, _, _ in got} <= set(pids)
+
+
+def test_pool_class_with_context_argument(pmp, ppool):
+    """<module>.pool.Pool(processes, context=ctx) works like ctx.Pool (the
+    top-level <module>.Pool is the default context's method: no context=)."""
+    with started(ppool.Pool, 2, context=pmp) as p:
+        assert p.map(h.sq, range(5)) == [0, 1, 4, 9, 16]
+    with pytest.raises(TypeError):
+        pmp.Pool(2, context=pmp)
+
+
+def test_module_level_pool(pimpl):
+    """<module>.Pool(2) (the default context) runs tasks."""
+    module = importlib.import_module(pimpl)
+    with started(module.Pool, 2) as p:
+        assert p.apply_async(h.sq, (6,)).get(T) == 36
+
+
+def test_default_processes_is_cpu_count(pmp, tmp_path):
+    """Pool() starts os.cpu_count() workers."""
+    path = str(tmp_path / "init")
+    with started(pmp.Pool, initializer=h.init_record, initargs=(path,)) as p:
+        assert p.apply_async(h.sq, (3,)).get(T) == 9
+        end = time.monotonic() + T
+        while len(h.read_lines(path)) < os.cpu_count() and time.monotonic() < end:
+            time.sleep(0.005)  # workers start in the background
+    assert len(h.read_lines(path)) == os.cpu_count()
+
+
+@pytest.mark.parametrize("n", [0, -1])
+def test_processes_below_one_is_valueerror(pmp, n):
+    """Pool(0) and Pool(-1) raise ValueError('Number of processes must be at
+    least 1')."""
+    with pytest.raises(ValueError, match=r"^Number of processes must be at least 1$"):
+        pmp.Pool(n)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "2"])
+def test_bad_maxtasksperchild_is_valueerror(pmp, bad):
+    """maxtasksperchild that is not a positive int raises ValueError."""
+    with pytest.raises(ValueError, match=r"^maxtasksperchild must be a positive int or None$"):
+        pmp.Pool(2, maxtasksperchild=bad)
+
+
+def test_initializer_not_callable_is_typeerror(pmp):
+    """A non-callable initializer raises TypeError('initializer must be a
+    callable')."""
+    with pytest.raises(TypeError, match=r"^initializer must be a callable$"):
+        pmp.Pool(2, initializer=3)
+
+
+def test_repr_shows_state_and_size(pmp):
+    """repr(pool) is <...Pool state=RUN pool_size=2>, TERMINATE after
+    terminate()."""
+    p = pmp.Pool(2)
+    try:
+        assert re.fullmatch(r"<[\w.]*Pool state=RUN pool_size=2>", repr(p))
+    finally:
+        p.terminate()
+        join_pool(p)
+    assert re.fullmatch(r"<[\w.]*Pool state=TERMINATE pool_size=2>", repr(p))
+
+
+# -- apply ------------------------------------------------------------------
+
+def test_apply_args_and_kwds(pmp):
+    """apply(func, args, kwds) returns func(*args, **kwds)."""
+    with started(pmp.Pool, 2) as p:
+        assert p.apply(h.add, (2,), {"b": 3}) == 5
+        assert p.apply(h.add, (4,)) == 4
+        assert p.apply(os.getpid) != os.getpid()
+
+
+def test_apply_async_callback(pmp):
+    """apply_async's callback gets the result, before get() returns."""
+    got = []
+    with started(pmp.Pool, 2) as p:
+        r = p.apply_async(h.sq, (7,), callback=got.append)
+        assert r.get(T) == 49
+        assert got == [49]
+
+
+def test_apply_async_error_callback(pmp):
+    """error_callback gets the worker's exception, before get() raises it."""
+    got = []
+    with started(pmp.Pool, 2) as p:
+        r = p.apply_async(h.raise_value_error, (1,), callback=got.append,
+                          error_callback=got.append)
+        with pytest.raises(ValueError, match="^bad 1$"):
+            r.get(T)
+        assert len(got) == 1
+        assert type(got[0]) is ValueError and got[0].args == ("bad 1",)
+
+
+# -- map, starmap -----------------------------------------------------------
+
+@pytest.mark.parametrize("chunksize", [None, 1, 3, 100])
+def test_map_chunksize_keeps_order(pmp, chunksize):
+    """map returns results in input order whatever the chunksize."""
+    with started(pmp.Pool, 2) as p:
+        assert p.map(h.sq, range(20), chunksize) == [x * x for x in range(20)]
+
+
+def test_map_over_generator(pmp):
+    """map accepts an iterable without len()."""
+    with started(pmp.Pool, 2) as p:
+        assert p.map(h.sq, (x for x in range(7))) == [x * x for x in range(7)]
+
+
+def test_map_empty(pmp):
+    """map, map_async, imap, imap_unordered and starmap over an empty
+    iterable give empty results; map_async is ready at once and (3.11)
+    never calls its callback."""
+    got = []
+    with started(pmp.Pool, 2) as p:
+        assert p.map(h.sq, []) == []
+        r = p.map_async(h.sq, [], callback=got.append)
+        assert r.ready() is True and r.get(0) == []
+        assert p.apply(h.sq, (1,)) == 1  # a round trip: a late callback would show
+        assert got == []
+        assert drain(p.imap(h.sq, [])) == []
+        assert drain(p.imap_unordered(h.sq, iter([]))) == []
+        assert p.starmap(h.add, []) == []
+
+
+def test_map_async_callback_gets_the_list(pmp):
+    """map_async's callback is called once with the whole result list."""
+    got = []
+    with started(pmp.Pool, 2) as p:
+        r = p.map_async(h.sq, range(6), chunksize=2, callback=got.append)
+        assert r.get(T) == [0, 1, 4, 9, 16, 25]
+        assert got == [[0, 1, 4, 9, 16, 25]]
+
+
+def test_map_async_error_callback(pmp):
+    """A failing item fails map_async: error_callback gets the exception,
+    the callback is not called, get() raises it."""
+    got, errors = [], []
+    with started(pmp.Pool, 2) as p:
+        r = p.map_async(h.fail_on_3, range(6), chunksize=1, callback=got.append,
+                        error_callback=errors.append)
+        with pytest.raises(ValueError, match="^three$"):
+            r.get(T)
+        assert got == []
+        assert len(errors) == 1 and type(errors[0]) is ValueError
+
+
+def test_map_raises_the_worker_exception(pmp):
+    """map re-raises a task's exception; the pool stays usable."""
+    with started(pmp.Pool, 2) as p:
+        with pytest.raises(ValueError, match="^three$"):
+            p.map(h.fail_on_3, range(6))
+        assert p.map(h.sq, range(3)) == [0, 1, 4]
+
+
+def test_starmap(pmp):
+    """starmap unpacks each item as the arguments."""
+    with started(pmp.Pool, 2) as p:
+        assert p.starmap(h.add, [(1, 2), (3, 4), (5, 6)]) == [3, 7, 11]
+        assert p.starmap(pow, [(2, 3), (3, 2)], chunksize=1) == [8, 9]
+
+
+def test_starmap_async_callbacks(pmp):
+    """starmap_async: callback gets the list; error_callback the exception."""
+    got, errors = [], []
+    with started(pmp.Pool, 2) as p:
+        r = p.starmap_async(h.add, [(1, 2), (3, 4)], callback=got.append)
+        assert r.get(T) == [3, 7]
+        assert got == [[3, 7]]
+        r = p.starmap_async(h.add, [(1, "x")], error_callback=errors.append)
+        with pytest.raises(TypeError):
+            r.get(T)
+        assert len(errors) == 1 and type(errors[0]) is TypeError
+
+
+# -- imap, imap_unordered ---------------------------------------------------
+
+@pytest.mark.parametrize("chunksize", [1, 3])
+def test_imap_in_order(pmp, chunksize):
+    """imap yields results in input order (with chunksize > 1 the stdlib
+    returns a plain generator over the chunks, without next(timeout))."""
+    with started(pmp.Pool, 2) as p:
+        assert drain(p.imap(h.sq, range(10), chunksize)) == [x * x for x in range(10)]
+
+
+@pytest.mark.parametrize("chunksize", [1, 3])
+def test_imap_unordered_complete(pmp, chunksize):
+    """imap_unordered yields every result exactly once."""
+    with started(pmp.Pool, 2) as p:
+        got = drain(p.imap_unordered(h.sq, iter(range(10)), chunksize=chunksize))
+        assert sorted(got) == [x * x for x in range(10)]
+
+
+def test_imap_raises_at_the_failing_item(pmp):
+    """imap raises a task's exception at that item, then goes on."""
+    with started(pmp.Pool, 2) as p:
+        it = p.imap(h.fail_on_3, range(6))
+        out = []
+        for _ in range(6):
+            try:
+                out.append(it.next(T))
+            except ValueError as e:
+                out.append(str(e))
+        assert out == [0, 1, 4, "three", 16, 25]
+        with pytest.raises(StopIteration):
+            it.next(T)
+
+
+@pytest.mark.parametrize("method", ["imap", "imap_unordered"])
+def test_iterator_protocol(pmp, method):
+    """The imap iterators are their own iterators, support next() and
+    .next(timeout), and keep raising StopIteration when done."""
+    with started(pmp.Pool, 2) as p:
+        it = getattr(p, method)(h.sq, [5, 5])
+        assert iter(it) is it
+        assert next(it) == 25
+        assert it.next(timeout=T) == 25
+        for _ in range(2):
+            with pytest.raises(StopIteration):
+                next(it)
+        with pytest.raises(StopIteration):
+            it.next(T)
+        assert list(getattr(p, method)(h.sq, [2, 2, 2])) == [4, 4, 4]
+
+
+def test_imap_next_timeout(pmp, gate):
+    """imap's next(timeout) raises TimeoutError while the item is not done,
+    and returns it once it is."""
+    with started(pmp.Pool, 2) as p:
+        it = p.imap(h.wait_gate, [8])
+        t0 = time.monotonic()
+        with pytest.raises(pmp.TimeoutError):
+            it.next(timeout=0.1)
+        assert 0.09 <= time.monotonic() - t0 < 5
+        gate.set()
+        assert it.next(timeout=T) == 8
+
+
+# -- AsyncResult ------------------------------------------------------------
+
+def test_async_result_get_timeout(pmp, gate):
+    """get(timeout) raises the module's TimeoutError (a ProcessError) while
+    the task runs."""
+    with started(pmp.Pool, 2) as p:
+        r = p.apply_async(h.wait_gate, (1,))
+        t0 = time.monotonic()
+        with pytest.raises(pmp.TimeoutError):
+            r.get(timeout=0.1)
+        assert 0.09 <= time.monotonic() - t0 < 5
+        assert issubclass(pmp.TimeoutError, pmp.ProcessError)
+        gate.set()
+        assert r.get(timeout=T) == 1
+
+
+def test_async_result_ready_wait_successful(pmp, gate):
+    """ready() is False and successful() raises ValueError while the task
+    runs; wait(timeout) returns None; afterwards ready() and successful()."""
+    with started(pmp.Pool, 2) as p:
+        r = p.apply_async(h.wait_gate, (2,))
+        assert r.ready() is False
+        with pytest.raises(ValueError, match="not ready"):
+            r.successful()
+        assert r.wait(0.05) is None
+        assert r.ready() is False
+        gate.set()
+        assert r.wait(T) is None
+        assert r.ready() is True
+        assert r.successful() is True
+        assert r.get(0) == 2
+
+
+def test_async_result_unsuccessful(pmp):
+    """A failed task: ready() True, successful() False."""
+    with started(pmp.Pool, 2) as p:
+        r = p.apply_async(h.raise_value_error, (0,))
+        r.wait(T)
+        assert r.ready() is True
+        assert r.successful() is False
+        r = p.map_async(h.fail_on_3, range(5))
+        r.wait(T)
+        assert r.ready() is True and r.successful() is False
+
+
+# -- exceptions -------------------------------------------------------------
+
+def _check_remote(e, ppool):
+    assert type(e) is ValueError and e.args == ("bad 4",)
+    cause = e.__cause__
+    assert isinstance(cause, ppool.RemoteTraceback)
+    text = str(cause)
+    assert "Traceback (most recent call last)" in text
+    assert "raise_value_error" in text
+    assert "ValueError: bad 4" in text
+
+
+@pytest.mark.parametrize("how", ["apply", "get", "map", "imap"])
+def test_worker_exception_with_remote_traceback(pmp, ppool, how):
+    """A worker's exception is re-raised in the parent with its type and
+    args, and __cause__ a RemoteTraceback carrying the worker's traceback."""
+    with started(pmp.Pool, 2) as p:
+        calls = {
+            "apply": lambda: p.apply(h.raise_value_error, (4,)),
+            "get": lambda: p.apply_async(h.raise_value_error, (4,)).get(T),
+            "map": lambda: p.map(h.raise_value_error, [4]),
+            "imap": lambda: p.imap(h.raise_value_error, [4]).next(T),
+        }
+        with pytest.raises(ValueError) as info:
+            calls[how]()
+        _check_remote(info.value, ppool)
+
+
+@pytest.mark.parametrize("how", ["apply", "map"])
+def test_unpicklable_result_is_maybeencodingerror(pmp, ppool, how):
+    """A result that can't be pickled raises MaybeEncodingError 'Error
+    sending result: <repr>. Reason: <repr of the pickling error>'; the pool
+    stays usable."""
+    with started(pmp.Pool, 2) as p:
+        with pytest.raises(ppool.MaybeEncodingError) as info:
+            if how == "apply":
+                p.apply(h.unpicklable_result, (1,))
+            else:
+                p.map(h.unpicklable_result, [1])
+        e = info.value
+        assert str(e) == f"Error sending result: '{e.value}'. Reason: '{e.exc}'"
+        assert "_thread.lock" in e.value
+        assert e.value.startswith("[") == (how == "map")  # map sends a chunk
+        assert "TypeError" in e.exc and "cannot pickle" in e.exc
+        assert p.apply(h.sq, (3,)) == 9
+
+
+# -- worker life ------------------------------------------------------------
+
+def test_maxtasksperchild_recycles_workers(pmp):
+    """maxtasksperchild=2: no worker runs more than 2 tasks, new workers
+    replace the old ones, and every result is right."""
+    with started(pmp.Pool, 2, maxtasksperchild=2) as p:
+        got = p.map_async(h.pid_and_square, range(10), chunksize=1).get(T)
+    assert [sq for _, sq in got] == [x * x for x in range(10)]
+    pids = [pid for pid, _ in got]
+    assert len(set(pids)) >= 5
+    assert max(pids.count(pid) for pid in pids) <= 2
+
+
+def test_maxtasksperchild_one(pmp):
+    """maxtasksperchild=1: each task runs in a fresh worker."""
+    with started(pmp.Pool, 2, maxtasksperchild=1) as p:
+        got = [p.apply_async(h.pid_and_square, (x,)).get(T) for x in range(4)]
+        got += p.map_async(h.pid_and_square, range(4, 8), chunksize=1).get(T)
+    assert [sq for _, sq in got] == [x * x for x in range(8)]
+    assert len({pid for pid, _ in got}) == 8
+
+
+def test_initializer_runs_once_per_worker(pmp, tmp_path):
+    """The initializer runs once in each worker (its global reaches every
+    task), and again in each replacement under maxtasksperchild."""
+    path = str(tmp_path / "init")
+    with started(pmp.Pool, 2, h.init_record, (path, "ready"), 3) as p:
+        got = p.map_async(h.report_init, range(12), chunksize=1).get(T)
+    assert {value for _, value, _ in got} == {"ready"}
+    assert {calls for _, _, calls in got} == {1}
+    pids = h.read_lines(path)
+    assert len(pids) == len(set(pids))
+    assert {str(pid) for pid, _, _ in got} <= set(pids)
+    assert len({pid for pid, _, _ in got}) >= 4
+
+
+# -- close, terminate, join, with -------------------------------------------
+
+def test_close_lets_queued_work_finish(pmp):
+    """After close(), queued tasks still complete and join() returns."""
+    p = pmp.Pool(2)
+    try:
+        results = [p.apply_async(h.sq, (x,)) for x in range(6)]
+        m = p.map_async(h.sq, range(4))
+        p.close()
+        join_pool(p)
+        assert [r.get(0) for r in results] == [x * x for x in range(6)]
+        assert m.get(0) == [0, 1, 4, 9]
+    finally:
+        p.terminate()
+        join_pool(p)
+
+
+def test_join_while_running_is_valueerror(pmp):
+    """join() before close() or terminate() raises ValueError('Pool is still
+    running')."""
+    with started(pmp.Pool, 2) as p:
+        with pytest.raises(ValueError, match="^Pool is still running$"):
+            p.join()
+        assert p.apply(h.sq, (2,)) == 4
+
+
+def test_terminate_stops_running_tasks(pmp, gate, tmp_path):
+    """terminate() returns promptly with a task still blocked, the workers
+    are gone after join()."""
+    path = str(tmp_path / "init")
+    p = pmp.Pool(2, initializer=h.init_record, initargs=(path,))
+    try:
+        assert p.apply_async(h.sq, (1,)).get(T) == 1
+        p.apply_async(h.wait_gate, (1,))
+        t0 = time.monotonic()
+        p.terminate()
+        join_pool(p, timeout=5)
+        assert time.monotonic() - t0 < 5
+    finally:
+        p.terminate()
+        join_pool(p)
+    h.wait_gone(int(pid) for pid in h.read_lines(path))
+
+
+@pytest.mark.parametrize("stop", ["close", "terminate", "with"])
+def test_not_running_is_valueerror(pmp, stop):
+    """Every submitting method of a closed or terminated pool raises
+    ValueError('Pool not running'); close/terminate/join stay allowed."""
+    p = pmp.Pool(2)
+    try:
+        if stop == "with":
+            with p:
+                pass
+        else:
+            getattr(p, stop)()
+        for call in (lambda: p.apply(h.sq, (1,)),
+                     lambda: p.apply_async(h.sq, (1,)),
+                     lambda: p.map(h.sq, [1]),
+                     lambda: p.map_async(h.sq, [1]),
+                     lambda: p.imap(h.sq, [1]),
+                     lambda: p.imap_unordered(h.sq, [1]),
+                     lambda: p.starmap(h.add, [(1, 2)]),
+                     lambda: p.starmap_async(h.add, [(1, 2)])):
+            with pytest.raises(ValueError, match="^Pool not running$"):
+                call()
+        p.close()
+        join_pool(p)
+        p.terminate()
+    finally:
+        p.terminate()
+        join_pool(p)
+
+
+def test_context_manager_terminates_on_exit(pmp, gate, tmp_path):
+    """`with Pool() as p` returns the pool and terminates it on exit (a
+    blocked task does not delay the exit); its workers end."""
+    path = str(tmp_path / "init")
+    p = pmp.Pool(2, initializer=h.init_record, initargs=(path,))
+    try:
+        with p as entered:
+            assert entered is p
+            assert p.apply_async(h.sq, (3,)).get(T) == 9
+            p.apply_async(h.wait_gate, (1,))
+            t0 = time.monotonic()
+        assert time.monotonic() - t0 < 5
+        join_pool(p, timeout=5)
+    finally:
+        p.terminate()
+        join_pool(p)
+    h.wait_gone(int(pid) for pid in h.read_lines(path))
+
+
+def test_context_manager_on_exception(pmp):
+    """An exception in the with block propagates and the pool is
+    terminated."""
+    p = pmp.Pool(2)
+    try:
+        with pytest.raises(KeyError):
+            with p:
+                raise KeyError("inside")
+        with pytest.raises(ValueError, match="^Pool not running$"):
+            p.apply(h.sq, (1,))
+    finally:
+        p.terminate()
+        join_pool(p)
+
+
+def _unreferenced_pool_warns(ctx):
+    """In a child: a running pool dropped without close() warns
+    ResourceWarning when collected. An exit status: 0 if so."""
+    p = ctx.Pool(2)
+    assert p.apply_async(h.sq, (2,)).get(T) == 4
+    with pytest.warns(ResourceWarning, match="unclosed running multiprocessing pool"):
+        del p
+        gc.collect()
+    return 0
+
+
+def test_resourcewarning_for_running_pool_collected(pmp):
+    """A running pool that is garbage collected warns ResourceWarning
+    ('unclosed running multiprocessing pool ...'). Runs in a forked child in
+    its own session, killed with its workers afterwards: the stdlib leaves
+    the workers of a collected pool running."""
+    from _sync_helpers import join
+    with h.session_child(_unreferenced_pool_warns, pmp) as child:
+        assert join(child, timeout=T) == 0
+
+
+# -- submodules -------------------------------------------------------------
+
+def test_pool_submodule_names(pmp, ppool):
+    """<module>.pool has Pool, ThreadPool, AsyncResult (= ApplyResult),
+    MapResult, IMapIterator, IMapUnorderedIterator, and the pool's methods
+    return instances of them."""
+    for name in ("Pool", "ThreadPool", "AsyncResult", "ApplyResult", "MapResult",
+                 "IMapIterator", "IMapUnorderedIterator", "MaybeEncodingError",
+                 "RemoteTraceback"):
+        assert hasattr(ppool, name), name
+    assert ppool.AsyncResult is ppool.ApplyResult
+    assert issubclass(ppool.MapResult, ppool.ApplyResult)
+    assert issubclass(ppool.IMapUnorderedIterator, ppool.IMapIterator)
+    with started(pmp.Pool, 2) as p:
+        assert isinstance(p, ppool.Pool)
+        r = p.apply_async(h.sq, (2,))
+        assert isinstance(r, ppool.ApplyResult) and r.get(T) == 4
+        m = p.map_async(h.sq, [2])
+        assert isinstance(m, ppool.MapResult) and m.get(T) == [4]
+        it = p.imap(h.sq, [2])
+        assert isinstance(it, ppool.IMapIterator)
+        assert not isinstance(it, ppool.IMapUnorderedIterator)
+        assert drain(it) == [4]
+        it = p.imap_unordered(h.sq, [2])
+        assert isinstance(it, ppool.IMapUnorderedIterator) and drain(it) == [4]
+
+
+def test_threadpool(ppool):
+    """<module>.pool.ThreadPool runs tasks in threads of this process."""
+    with started(ppool.ThreadPool, 2) as p:
+        assert p.map(h.sq, range(5)) == [0, 1, 4, 9, 16]
+        assert p.apply(os.getpid) == os.getpid()
+        assert p.apply(threading.get_ident) != threading.get_ident()
+
+
+def test_dummy_pool(pimpl):
+    """<module>.dummy.Pool is the thread-backed pool."""
+    dummy = importlib.import_module(pimpl + ".dummy")
+    with started(dummy.Pool, 2) as p:
+        assert p.map(h.sq, range(4)) == [0, 1, 4, 9]
+        assert p.apply(os.getpid) == os.getpid()
+        assert drain(p.imap(h.sq, [3])) == [9]
