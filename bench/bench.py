@@ -403,6 +403,93 @@ def queue_numpy_64mib(mp, n):
     return _q_run(mp, 1, 4, numpy.ones(8 << 20))
 
 
+# ---- Pool ----------------------------------------------------------------
+# Sizes as issue 9 names them (scaled down by --quick). Each row starts its
+# pool off the clock (except the start row), with one worker per core.
+
+def _pool_sq(x):
+    return x * x
+
+
+def _pool_sum(a):
+    return float(a.sum())
+
+
+def _pool_scale(n, size):
+    return max(size // 10, size * n // 200000)
+
+
+def _with_pool(mp, body):
+    with mp.Pool(os.cpu_count()) as pool:
+        pool.map(_pool_sq, range(os.cpu_count() * 2))  # workers up and warm
+        return body(pool)
+
+
+def _timed(fn):
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+@scenario("Pool.map chunksize=1 (per item)", "us", 0.1)
+def pool_map_chunk1(mp, n):
+    items = range(_pool_scale(n, 20000))
+    return _with_pool(mp, lambda p: _timed(lambda: p.map(_pool_sq, items, chunksize=1))) / len(items)
+
+
+@scenario("Pool.map default chunks (per item)", "us", 0.5)
+def pool_map_default(mp, n):
+    items = range(_pool_scale(n, 300000))
+    return _with_pool(mp, lambda p: _timed(lambda: p.map(_pool_sq, items))) / len(items)
+
+
+@scenario("Pool.apply_async, then get all (per task)", "us", 0.1)
+def pool_apply_async(mp, n):
+    k = _pool_scale(n, 5000)
+
+    def body(p):
+        return _timed(lambda: [r.get(60) for r in [p.apply_async(_pool_sq, (i,)) for i in range(k)]])
+    return _with_pool(mp, body) / k
+
+
+@scenario("Pool.apply (per call)", "us", 0.05)
+def pool_apply(mp, n):
+    k = _pool_scale(n, 2000)
+
+    def body(p):
+        return _timed(lambda: [p.apply(_pool_sq, (i,)) for i in range(k)])
+    return _with_pool(mp, body) / k
+
+
+@scenario("Pool.imap streaming (per item)", "us", 0.2)
+def pool_imap(mp, n):
+    k = _pool_scale(n, 100000)
+
+    def body(p):
+        def consume():
+            for _ in p.imap(_pool_sq, range(k)):
+                pass
+        return _timed(consume)
+    return _with_pool(mp, body) / k
+
+
+@scenario("Pool start + tiny map + close/join", "ms", 0.5)
+def pool_start(mp, n):
+    def cycle():
+        pool = mp.Pool(os.cpu_count())
+        pool.map(_pool_sq, [1, 2])
+        pool.close()
+        pool.join()
+    return _timed(cycle)
+
+
+@scenario("Pool.map 64 numpy arrays of 8 MiB (per array)", "ms", 0.3)
+def pool_numpy(mp, n):
+    import numpy
+    arrays = [numpy.full(1 << 20, float(i)) for i in range(64)]
+    return _with_pool(mp, lambda p: _timed(lambda: p.map(_pool_sum, arrays))) / len(arrays)
+
+
 SCALE = {"us": 1e6, "ms": 1e3}
 
 

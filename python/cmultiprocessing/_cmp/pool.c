@@ -33,7 +33,7 @@
 #include <string.h>
 #include <sys/uio.h>
 
-enum { KIND_APPLY, KIND_MAP, KIND_STARMAP };
+enum { KIND_APPLY, KIND_MAP, KIND_STARMAP, KIND_CLOUD };
 enum { POOL_RUN, POOL_CLOSE, POOL_TERMINATE };
 
 typedef struct PoolCore PoolCore;
@@ -91,8 +91,7 @@ static void core_signal(PoolCore *c)
 /* Waits (GIL released, signal handlers run in between) until ready(obj),
  * evaluated with the GIL held after each completion, or the deadline.
  * Returns 1 ready, 0 timed out, -1 exception. */
-static int core_wait(PoolCore *c, int (*ready)(void *), void *obj,
-                     const struct timespec *deadline)
+static int core_wait(PoolCore *c, int (*ready)(void *), void *obj, const struct timespec *deadline)
 {
     for (;;) {
         pthread_mutex_lock(&c->mu);
@@ -349,6 +348,95 @@ static PyType_Spec MapResult_spec = {
     MapResult_slots,
 };
 
+/* ---- progress= (beyond the stdlib) ------------------------------------------ */
+
+/* progress=True: a tqdm bar when tqdm is installed, else a line on stderr;
+ * a callable: called with (done, total), total None when unknown. */
+typedef struct {
+    PyObject *fn;  /* the callable, or NULL */
+    PyObject *bar; /* the tqdm bar, or NULL */
+    int line;      /* the plain stderr line */
+    Py_ssize_t total, last;
+} progress_t;
+
+static int progress_start(progress_t *pr, PyObject *progress, Py_ssize_t total)
+{
+    pr->fn = pr->bar = NULL;
+    pr->line = 0;
+    pr->total = total;
+    pr->last = 0;
+    if (!progress || progress == Py_None || progress == Py_False)
+        return 0;
+    if (progress != Py_True) {
+        if (!PyCallable_Check(progress)) {
+            PyErr_SetString(PyExc_TypeError, "progress must be True, False, None or a callable");
+            return -1;
+        }
+        pr->fn = Py_NewRef(progress);
+        return 0;
+    }
+    PyObject *tqdm = PyImport_ImportModule("tqdm");
+    if (tqdm) {
+        PyObject *cls = PyObject_GetAttrString(tqdm, "tqdm");
+        PyObject *kw = cls ? PyDict_New() : NULL;
+        PyObject *tot = kw ? (total >= 0 ? PyLong_FromSsize_t(total) : Py_NewRef(Py_None)) : NULL;
+        if (tot && PyDict_SetItemString(kw, "total", tot) == 0) {
+            PyObject *empty = PyTuple_New(0);
+            pr->bar = empty ? PyObject_Call(cls, empty, kw) : NULL;
+            Py_XDECREF(empty);
+        }
+        Py_XDECREF(tot);
+        Py_XDECREF(kw);
+        Py_XDECREF(cls);
+        Py_DECREF(tqdm);
+        if (pr->bar)
+            return 0;
+    }
+    PyErr_Clear();
+    pr->line = 1;
+    return 0;
+}
+
+static int progress_update(progress_t *pr, Py_ssize_t done)
+{
+    if (done == pr->last || (!pr->fn && !pr->bar && !pr->line))
+        return 0;
+    Py_ssize_t step = done - pr->last;
+    pr->last = done;
+    if (pr->fn) {
+        PyObject *r = PyObject_CallFunction(pr->fn, "nN", done,
+                                            pr->total >= 0 ? PyLong_FromSsize_t(pr->total)
+                                                           : Py_NewRef(Py_None));
+        Py_XDECREF(r);
+        return r ? 0 : -1;
+    }
+    if (pr->bar) {
+        PyObject *r = PyObject_CallMethod(pr->bar, "update", "n", step);
+        Py_XDECREF(r);
+        return r ? 0 : -1;
+    }
+    if (pr->total >= 0)
+        PySys_FormatStderr("\r%zd/%zd", done, pr->total);
+    else
+        PySys_FormatStderr("\r%zd", done);
+    return 0;
+}
+
+static void progress_end(progress_t *pr)
+{
+    if (pr->bar) {
+        PyObject *r = PyObject_CallMethod(pr->bar, "close", NULL);
+        if (!r)
+            PyErr_WriteUnraisable(pr->bar);
+        Py_XDECREF(r);
+    } else if (pr->line && pr->last) {
+        PySys_WriteStderr("\n");
+    }
+    Py_CLEAR(pr->bar);
+    Py_CLEAR(pr->fn);
+    pr->line = 0;
+}
+
 /* ---- imap and imap_unordered --------------------------------------------- */
 
 /* The input is read lazily: at most buffersize chunks are out (submitted
@@ -361,14 +449,16 @@ typedef struct {
     PyObject_HEAD
     PoolCore *core;
     PyObject *func;
-    PyObject *source; /* the input iterator; NULL once it ended */
-    PyObject *done;   /* ordered: {chunk index: (ok, value)}; else [(ok, value)] */
+    PyObject *source;  /* the input iterator; NULL once it ended */
+    PyObject *done;    /* ordered: {chunk index: (ok, value)}; else [(ok, value)] */
     PyObject *current; /* the results of the chunk being handed out */
     Py_ssize_t pos;
     Py_ssize_t chunksize, buffersize;
     Py_ssize_t submitted, consumed;
     Py_ssize_t total; /* chunks in all; -1 until the input has ended */
     int unordered;
+    Py_ssize_t yielded;
+    progress_t progress;
     PyObject *weakreflist;
 } IMapObject;
 
@@ -516,8 +606,11 @@ static PyObject *imap_take(IMapObject *it)
 static PyObject *imap_next(IMapObject *it, const struct timespec *deadline)
 {
     for (;;) {
-        if (it->current && it->pos < PyList_GET_SIZE(it->current))
+        if (it->current && it->pos < PyList_GET_SIZE(it->current)) {
+            if (progress_update(&it->progress, ++it->yielded) < 0)
+                return NULL;
             return Py_NewRef(PyList_GET_ITEM(it->current, it->pos++));
+        }
         Py_CLEAR(it->current);
         if (imap_top_up(it) < 0)
             return NULL;
@@ -539,6 +632,7 @@ static PyObject *imap_next(IMapObject *it, const struct timespec *deadline)
         if (PyErr_Occurred())
             return NULL;
         if (it->total >= 0 && it->consumed >= it->total) {
+            progress_end(&it->progress);
             PyErr_SetNone(PyExc_StopIteration);
             return NULL;
         }
@@ -560,8 +654,7 @@ static PyObject *IMap_iternext(PyObject *op)
     return r;
 }
 
-static PyObject *IMap_next(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
-                           PyObject *kwnames)
+static PyObject *IMap_next(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     struct timespec storage;
     const struct timespec *deadline;
@@ -579,6 +672,8 @@ static int IMap_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(it->source);
     Py_VISIT(it->done);
     Py_VISIT(it->current);
+    Py_VISIT(it->progress.fn);
+    Py_VISIT(it->progress.bar);
     return 0;
 }
 
@@ -590,6 +685,8 @@ static int IMap_clear(PyObject *op)
     Py_CLEAR(it->source);
     Py_CLEAR(it->done);
     Py_CLEAR(it->current);
+    Py_CLEAR(it->progress.fn);
+    Py_CLEAR(it->progress.bar);
     return 0;
 }
 
@@ -686,10 +783,32 @@ static int write_message(cmp_py_state *st, PyObject *obj, cmp_pool_result_t *out
     return 0;
 }
 
-/* The exception that is set, as the bytes of a failure: pickled with its
- * traceback text (the stdlib's ExceptionWithTraceback), else a
- * MaybeEncodingError saying why it could not be, else a RuntimeError with
- * its repr. Clears the exception. */
+/* The bytes of obj's message, as a bytes object (new reference). */
+static PyObject *message_bytes(cmp_py_state *st, PyObject *obj)
+{
+    cmp_py_frame f;
+    cmp_py_frame_init(&f);
+    if (cmp_py_encode(st, obj, &f) < 0)
+        return NULL;
+    PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)f.size);
+    if (b) {
+        char *p = PyBytes_AS_STRING(b);
+        for (int i = 0; i < f.npieces; i++) {
+            memcpy(p, f.pieces[i].ptr, f.pieces[i].len);
+            p += f.pieces[i].len;
+        }
+    }
+    cmp_py_frame_clear(&f);
+    return b;
+}
+
+/* The exception that is set, as the bytes of a failure: the envelope
+ * (type name, message, inner), where inner is the exception pickled with
+ * its traceback text (the stdlib's ExceptionWithTraceback: the parent
+ * re-raises it with the remote traceback as __cause__), or when it cannot
+ * be pickled a MaybeEncodingError saying why (as the stdlib). The names
+ * travel apart from the pickle so that the parent can still say what
+ * was raised when it cannot unpickle the exception. Clears the exception. */
 static void write_exception(cmp_py_state *st, cmp_pool_result_t *out)
 {
     PyObject *type, *value, *tb;
@@ -697,30 +816,43 @@ static void write_exception(cmp_py_state *st, cmp_pool_result_t *out)
     PyErr_NormalizeException(&type, &value, &tb);
     if (tb && value)
         PyException_SetTraceback(value, tb);
+    PyObject *name =
+        value ? PyObject_GetAttrString((PyObject *)Py_TYPE(value), "__qualname__") : NULL;
+    PyObject *text = value ? PyObject_Str(value) : NULL;
+    if (!name || !text) {
+        PyErr_Clear();
+        Py_XSETREF(name, PyUnicode_FromString("?"));
+        Py_XSETREF(text, PyUnicode_FromString(""));
+    }
     PyObject *wrapped =
         value ? PyObject_CallFunctionObjArgs(ExceptionWithTraceback, value, tb ? tb : Py_None, NULL)
               : NULL;
-    cmp_pool_result_clear(out);
-    if (wrapped && write_message(st, wrapped, out) == 0)
-        goto done;
-    PyErr_Clear();
-    cmp_pool_result_clear(out);
-    PyObject *why = PyUnicode_FromFormat("%R", value ? value : Py_None);
-    PyObject *mee = why ? PyObject_CallFunctionObjArgs(MaybeEncodingError, why, why, NULL) : NULL;
-    if (mee && write_message(st, mee, out) == 0) {
+    PyObject *inner = wrapped ? message_bytes(st, wrapped) : NULL;
+    if (!inner) {
+        /* it cannot be pickled: MaybeEncodingError(why, exception) */
+        PyObject *et, *ev, *etb;
+        PyErr_Fetch(&et, &ev, &etb);
+        PyErr_NormalizeException(&et, &ev, &etb);
+        PyObject *mee = PyObject_CallFunctionObjArgs(MaybeEncodingError, ev ? ev : Py_None,
+                                                     value ? value : Py_None, NULL);
+        Py_XDECREF(et);
+        Py_XDECREF(ev);
+        Py_XDECREF(etb);
+        inner = mee ? message_bytes(st, mee) : NULL;
         Py_XDECREF(mee);
-        Py_XDECREF(why);
-        goto done;
+        if (!inner) {
+            PyErr_Clear();
+            inner = PyBytes_FromStringAndSize("", 0);
+        }
     }
-    Py_XDECREF(mee);
-    Py_XDECREF(why);
-    PyErr_Clear();
+    PyObject *envelope = name && text && inner ? PyTuple_Pack(3, name, text, inner) : NULL;
     cmp_pool_result_clear(out);
-    PyObject *fallback = PyObject_CallFunction(PyExc_RuntimeError, "s", "unreportable error");
-    if (!fallback || write_message(st, fallback, out) < 0)
+    if (!envelope || write_message(st, envelope, out) < 0)
         PyErr_Clear();
-    Py_XDECREF(fallback);
-done:
+    Py_XDECREF(envelope);
+    Py_XDECREF(inner);
+    Py_XDECREF(name);
+    Py_XDECREF(text);
     Py_XDECREF(wrapped);
     Py_XDECREF(type);
     Py_XDECREF(value);
@@ -733,6 +865,17 @@ static PyObject *run_task(PyObject *task)
     PyObject *func, *payload;
     if (!PyTuple_Check(task) || !PyArg_ParseTuple(task, "iOO", &kind, &func, &payload))
         return NULL;
+    if (kind == KIND_CLOUD) {
+        /* the whole task, pickled by cloudpickle; plain pickle loads it */
+        PyObject *pickle = PyImport_ImportModule("pickle");
+        PyObject *real = pickle ? PyObject_CallMethod(pickle, "loads", "(O)", func) : NULL;
+        Py_XDECREF(pickle);
+        if (!real)
+            return NULL;
+        PyObject *r = run_task(real);
+        Py_DECREF(real);
+        return r;
+    }
     if (kind == KIND_APPLY) {
         PyObject *args, *kwds;
         if (!PyArg_ParseTuple(payload, "OO", &args, &kwds))
@@ -776,8 +919,8 @@ static int worker_task(void *arg, const void *data, size_t len, cmp_pool_result_
         PyObject *type, *exc, *tb;
         PyErr_Fetch(&type, &exc, &tb);
         PyErr_NormalizeException(&type, &exc, &tb);
-        PyObject *mee = PyObject_CallFunctionObjArgs(MaybeEncodingError, exc ? exc : Py_None,
-                                                     value, NULL);
+        PyObject *mee =
+            PyObject_CallFunctionObjArgs(MaybeEncodingError, exc ? exc : Py_None, value, NULL);
         Py_XDECREF(type);
         Py_XDECREF(exc);
         Py_XDECREF(tb);
@@ -889,19 +1032,27 @@ static PyObject *outcome_exception(PoolCore *c, const cmp_pool_outcome_t *o)
 {
     if (o->status == CMP_POOL_LOST || o->status == CMP_POOL_CANCELLED)
         return lost_error(o);
-    PyObject *exc = cmp_py_decode(c->st, o->data, o->len);
+    PyObject *envelope = cmp_py_decode(c->st, o->data, o->len);
+    PyObject *name, *text, *inner;
+    if (!envelope || !PyArg_ParseTuple(envelope, "UUS", &name, &text, &inner)) {
+        Py_XDECREF(envelope);
+        return NULL;
+    }
+    PyObject *exc = cmp_py_decode(c->st, PyBytes_AS_STRING(inner), (size_t)PyBytes_GET_SIZE(inner));
     if (!exc) {
-        /* it could not be unpickled here: say what it was */
+        /* it could not be unpickled here: say what it was, and why */
         PyObject *type, *value, *tb;
         PyErr_Fetch(&type, &value, &tb);
         PyErr_NormalizeException(&type, &value, &tb);
-        exc = PyObject_CallFunction(PyExc_RuntimeError, "sO",
-                                    "a task's exception could not be unpickled in the parent",
-                                    value ? value : Py_None);
+        exc = PyObject_CallFunction(PyExc_RuntimeError, "N",
+                                    PyUnicode_FromFormat("%U: %U (the task's exception could not "
+                                                         "be unpickled in the parent: %R)",
+                                                         name, text, value ? value : Py_None));
         Py_XDECREF(type);
         Py_XDECREF(value);
         Py_XDECREF(tb);
     }
+    Py_DECREF(envelope);
     if (o->status == CMP_POOL_BROKEN && exc) {
         PyObject *broken = PyObject_CallFunction(InitializerError, "s",
                                                  "the pool's initializer raised; no task can run");
@@ -1044,6 +1195,30 @@ static PoolCore *running_core(PoolObject *self)
     return c;
 }
 
+/* A task pickle cannot take (a lambda, a closure, a function defined at
+ * the prompt), as (KIND_CLOUD, cloudpickle.dumps(task), None) when
+ * cloudpickle is installed. *task is replaced on success (0); otherwise
+ * the original pickling error stays set (-1). */
+static int cloud_task(PyObject **task)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyObject *cloudpickle = PyImport_ImportModule("cloudpickle");
+    PyObject *dumped = cloudpickle ? PyObject_CallMethod(cloudpickle, "dumps", "(O)", *task) : NULL;
+    Py_XDECREF(cloudpickle);
+    PyObject *wrapped = dumped ? Py_BuildValue("(iNO)", KIND_CLOUD, dumped, Py_None) : NULL;
+    if (!wrapped) {
+        PyErr_Clear();
+        PyErr_Restore(type, value, tb);
+        return -1;
+    }
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+    Py_SETREF(*task, wrapped);
+    return 0;
+}
+
 /* Submits (kind, func, payload) for job r at chunk index (-1: whole job). */
 static int submit(PoolCore *c, int kind, PyObject *func, PyObject *payload, PyObject *job,
                   Py_ssize_t index)
@@ -1054,6 +1229,8 @@ static int submit(PoolCore *c, int kind, PyObject *func, PyObject *payload, PyOb
     cmp_py_frame f;
     cmp_py_frame_init(&f);
     int rc = cmp_py_encode(c->st, task, &f);
+    if (rc < 0 && cloud_task(&task) == 0)
+        rc = cmp_py_encode(c->st, task, &f);
     Py_DECREF(task);
     if (rc < 0)
         return -1;
@@ -1208,28 +1385,69 @@ fail:
     return NULL;
 }
 
+struct map_watch {
+    ResultObject *r;
+    Py_ssize_t seen; /* chunks still out when last reported */
+};
+
+static int map_moved(void *obj)
+{
+    struct map_watch *w = obj;
+    return w->r->ready || w->r->remaining != w->seen;
+}
+
+/* map()/starmap() with progress=: waits for r reporting each chunk. */
+static PyObject *map_with_progress(ResultObject *r, PyObject *progress)
+{
+    progress_t pr;
+    if (progress_start(&pr, progress, r->length) < 0)
+        return NULL;
+    Py_ssize_t chunks = r->length ? (r->length + r->chunksize - 1) / r->chunksize : 0;
+    struct map_watch w = {r, -1};
+    while (!r->ready) {
+        w.seen = r->remaining;
+        Py_ssize_t done = (chunks - r->remaining) * r->chunksize;
+        if (progress_update(&pr, done < r->length ? done : r->length) < 0 ||
+            core_wait(r->core, map_moved, &w, NULL) < 0) {
+            progress_end(&pr);
+            return NULL;
+        }
+    }
+    if (r->success && progress_update(&pr, r->length) < 0) {
+        progress_end(&pr);
+        return NULL;
+    }
+    progress_end(&pr);
+    return Result_get((PyObject *)r, NULL, 0, NULL);
+}
+
 static PyObject *parse_map(PyObject *op, PyObject *args, PyObject *kwds, int kind, int async,
                            const char *fmt)
 {
     static char *kwlist_async[] = {"func",     "iterable",       "chunksize",
                                    "callback", "error_callback", NULL};
-    static char *kwlist[] = {"func", "iterable", "chunksize", NULL};
-    PyObject *func, *iterable, *chunksize = Py_None, *callback = Py_None, *error_callback = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, fmt, async ? kwlist_async : kwlist, &func,
-                                     &iterable, &chunksize, &callback, &error_callback))
+    static char *kwlist[] = {"func", "iterable", "chunksize", "progress", NULL};
+    PyObject *func, *iterable, *chunksize = Py_None, *callback = Py_None, *error_callback = Py_None,
+                               *progress = Py_None;
+    int ok = async ? PyArg_ParseTupleAndKeywords(args, kwds, fmt, kwlist_async, &func, &iterable,
+                                                 &chunksize, &callback, &error_callback)
+                   : PyArg_ParseTupleAndKeywords(args, kwds, fmt, kwlist, &func, &iterable,
+                                                 &chunksize, &progress);
+    if (!ok)
         return NULL;
     PyObject *r =
         map_async((PoolObject *)op, kind, func, iterable, chunksize, callback, error_callback);
     if (!r || async)
         return r;
-    PyObject *v = Result_get(r, NULL, 0, NULL);
+    PyObject *v = progress != Py_None ? map_with_progress((ResultObject *)r, progress)
+                                      : Result_get(r, NULL, 0, NULL);
     Py_DECREF(r);
     return v;
 }
 
 static PyObject *Pool_map(PyObject *op, PyObject *args, PyObject *kwds)
 {
-    return parse_map(op, args, kwds, KIND_MAP, 0, "OO|O:map");
+    return parse_map(op, args, kwds, KIND_MAP, 0, "OO|O$O:map");
 }
 
 static PyObject *Pool_map_async(PyObject *op, PyObject *args, PyObject *kwds)
@@ -1239,7 +1457,7 @@ static PyObject *Pool_map_async(PyObject *op, PyObject *args, PyObject *kwds)
 
 static PyObject *Pool_starmap(PyObject *op, PyObject *args, PyObject *kwds)
 {
-    return parse_map(op, args, kwds, KIND_STARMAP, 0, "OO|O:starmap");
+    return parse_map(op, args, kwds, KIND_STARMAP, 0, "OO|O$O:starmap");
 }
 
 static PyObject *Pool_starmap_async(PyObject *op, PyObject *args, PyObject *kwds)
@@ -1247,15 +1465,14 @@ static PyObject *Pool_starmap_async(PyObject *op, PyObject *args, PyObject *kwds
     return parse_map(op, args, kwds, KIND_STARMAP, 1, "OO|OOO:starmap_async");
 }
 
-
 static PyObject *start_imap(PyObject *op, PyObject *args, PyObject *kwds, int unordered)
 {
-    static char *kwlist[] = {"func", "iterable", "chunksize", "buffersize", NULL};
-    PyObject *func, *iterable, *buffersize_o = Py_None;
+    static char *kwlist[] = {"func", "iterable", "chunksize", "buffersize", "progress", NULL};
+    PyObject *func, *iterable, *buffersize_o = Py_None, *progress = Py_None;
     Py_ssize_t chunksize = 1;
     if (!PyArg_ParseTupleAndKeywords(args, kwds,
-                                     unordered ? "OO|n$O:imap_unordered" : "OO|n$O:imap",
-                                     kwlist, &func, &iterable, &chunksize, &buffersize_o))
+                                     unordered ? "OO|n$OO:imap_unordered" : "OO|n$OO:imap", kwlist,
+                                     &func, &iterable, &chunksize, &buffersize_o, &progress))
         return NULL;
     PoolCore *c = running_core((PoolObject *)op);
     if (!c)
@@ -1277,8 +1494,8 @@ static PyObject *start_imap(PyObject *op, PyObject *args, PyObject *kwds, int un
     PyObject *source = PyObject_GetIter(iterable);
     if (!source)
         return NULL;
-    IMapObject *it = PyObject_GC_New(
-        IMapObject, unordered ? IMapUnorderedIterator_type : IMapIterator_type);
+    IMapObject *it =
+        PyObject_GC_New(IMapObject, unordered ? IMapUnorderedIterator_type : IMapIterator_type);
     if (!it) {
         Py_DECREF(source);
         return NULL;
@@ -1294,8 +1511,17 @@ static PyObject *start_imap(PyObject *op, PyObject *args, PyObject *kwds, int un
     it->submitted = it->consumed = 0;
     it->total = -1;
     it->unordered = unordered;
+    it->yielded = 0;
     it->weakreflist = NULL;
+    Py_ssize_t known = PyObject_HasAttrString(iterable, "__len__") ? PyObject_Length(iterable) : -1;
+    if (known < 0)
+        PyErr_Clear();
+    int prc = progress_start(&it->progress, progress, known);
     PyObject_GC_Track(it);
+    if (prc < 0) {
+        Py_DECREF(it);
+        return NULL;
+    }
     PyObject *ref = it->done ? PyWeakref_NewRef((PyObject *)it, NULL) : NULL;
     if (!ref || PyList_Append(c->feeders, ref) < 0 || imap_top_up(it) < 0) {
         Py_XDECREF(ref);
@@ -1316,15 +1542,29 @@ static PyObject *Pool_imap_unordered(PyObject *op, PyObject *args, PyObject *kwd
     return start_imap(op, args, kwds, 1);
 }
 
+/* The object a weak reference names, as a new reference, or NULL when it
+ * is gone. */
+static PyObject *strong_ref(PyObject *ref)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    PyObject *obj = NULL;
+    if (PyWeakref_GetRef(ref, &obj) < 0)
+        PyErr_Clear();
+    return obj;
+#else
+    PyObject *obj = PyWeakref_GetObject(ref);
+    return obj == Py_None ? NULL : Py_NewRef(obj);
+#endif
+}
+
 /* close(): the rest of every live iterator's input goes to the pool now. */
 static int feed_all(PoolCore *c)
 {
     Py_ssize_t n = PyList_GET_SIZE(c->feeders);
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *it = PyWeakref_GetObject(PyList_GET_ITEM(c->feeders, i));
-        if (it == Py_None)
-            continue;
-        Py_INCREF(it);
+        PyObject *it = strong_ref(PyList_GET_ITEM(c->feeders, i));
+        if (!it)
+            continue; /* dropped: the rest of its input is cancelled */
         int rc;
         while ((rc = imap_feed_one((IMapObject *)it)) > 0)
             ;
@@ -1617,24 +1857,28 @@ static PyMethodDef Pool_methods[] = {
      "apply_async($self, /, func, args=(), kwds={}, callback=None, error_callback=None)\n--\n\n"
      "Call func(*args, **kwds) in a worker; returns an AsyncResult."},
     {"map", FN(Pool_map), KW,
-     "map($self, /, func, iterable, chunksize=None)\n--\n\nfunc applied to every item, in "
-     "chunks sent to the workers; the results as a list in input order."},
+     "map($self, /, func, iterable, chunksize=None, *, progress=None)\n--\n\nfunc applied "
+     "to every item, in chunks sent to the workers; the results as a list in input order. "
+     "Beyond the stdlib: progress=True shows a tqdm bar (a line on stderr without tqdm); a "
+     "callable gets (done, total)."},
     {"map_async", FN(Pool_map_async), KW,
      "map_async($self, /, func, iterable, chunksize=None, callback=None, "
      "error_callback=None)\n--\n\nAs map(), returning an AsyncResult."},
     {"starmap", FN(Pool_starmap), KW,
-     "starmap($self, /, func, iterable, chunksize=None)\n--\n\nAs map(), calling "
-     "func(*item)."},
+     "starmap($self, /, func, iterable, chunksize=None, *, progress=None)\n--\n\nAs map(), "
+     "calling func(*item)."},
     {"starmap_async", FN(Pool_starmap_async), KW,
      "starmap_async($self, /, func, iterable, chunksize=None, callback=None, "
      "error_callback=None)\n--\n\nAs starmap(), returning an AsyncResult."},
     {"imap", FN(Pool_imap), KW,
-     "imap($self, /, func, iterable, chunksize=1, *, buffersize=None)\n--\n\nLike map(), "
+     "imap($self, /, func, iterable, chunksize=1, *, buffersize=None, progress=None)\n--\n\n"
+     "Like map(), "
      "but an iterator of the results, in input order. Beyond the stdlib: at most buffersize "
      "chunks (default 4 per worker) are out at a time, so the input is read as the results "
      "are consumed; close() feeds the rest."},
     {"imap_unordered", FN(Pool_imap_unordered), KW,
-     "imap_unordered($self, /, func, iterable, chunksize=1, *, buffersize=None)\n--\n\nAs "
+     "imap_unordered($self, /, func, iterable, chunksize=1, *, buffersize=None, "
+     "progress=None)\n--\n\nAs "
      "imap(), the results in the order they come."},
     {"close", Pool_close, METH_NOARGS,
      "close()\n--\n\nNo more tasks; the workers exit once the queued ones are done."},
@@ -1685,8 +1929,7 @@ static PyObject *pool_factory(PyObject *module, PyObject *args, PyObject *kwds)
 {
     (void)module;
     static char *kwlist[] = {"processes", "initializer", "initargs", "maxtasksperchild", NULL};
-    PyObject *processes = Py_None, *initializer = Py_None, *initargs = NULL,
-             *maxtasks = Py_None;
+    PyObject *processes = Py_None, *initializer = Py_None, *initargs = NULL, *maxtasks = Py_None;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "|OOOO:Pool", kwlist, &processes, &initializer,
                                      &initargs, &maxtasks))
         return NULL;
