@@ -116,7 +116,8 @@ struct cmp_pool {
     struct list made;     /* outcomes made by the pool, for next() */
     char *init_error;     /* what a failed initializer wrote */
     size_t init_error_len;
-    pid_t owner; /* the pool's process (a forked child must not use it) */
+    pid_t owner;           /* the pool's process (a forked child must not use it) */
+    int64_t next_check_ns; /* when next() next looks for dead workers */
 };
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -779,7 +780,15 @@ int cmp_pool_next(cmp_pool_t *p, cmp_pool_outcome_t *out, cmp_ring_alloc_fn allo
 {
     for (;;) {
         pthread_mutex_lock(&p->mu);
-        check_workers(p);
+        /* a waitid per worker: at most once per check interval (and after
+         * each wait that timed out), not once per result */
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        int64_t now_ns = (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
+        if (now_ns >= p->next_check_ns) {
+            p->next_check_ns = now_ns + CMP_POOL_CHECK_NS;
+            check_workers(p);
+        }
         handle_ready_deaths(p);
         pthread_mutex_unlock(&p->mu);
         respawn(p);

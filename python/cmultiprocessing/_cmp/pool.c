@@ -56,6 +56,7 @@ struct PoolCore {
     cmp_py_state *st;
     PyObject *jobs;    /* task id -> (job, chunk index) */
     PyObject *feeders; /* weakrefs to the imap iterators whose input is left */
+    PyObject *last_func, *last_func_bytes; /* see function_bytes */
     PyObject *initializer, *initargs;
     pthread_mutex_t mu; /* with cv: completions, handler_done */
     pthread_cond_t cv;
@@ -859,6 +860,36 @@ static void write_exception(cmp_py_state *st, cmp_pool_result_t *out)
     Py_XDECREF(tb);
 }
 
+/* The worker's functions by the bytes they travel as (see submit), so
+ * that a map's thousands of tasks unpickle (and import) the function once
+ * per worker. Bounded: cleared when it grows past FUNCTION_CACHE_MAX. */
+#define FUNCTION_CACHE_MAX 64
+static PyObject *function_cache;
+static cmp_py_state *worker_state;
+
+static PyObject *worker_function(PyObject *func)
+{
+    if (!PyBytes_Check(func))
+        return Py_NewRef(func);
+    if (!function_cache && !(function_cache = PyDict_New()))
+        return NULL;
+    PyObject *fn = PyDict_GetItemWithError(function_cache, func);
+    if (fn)
+        return Py_NewRef(fn);
+    if (PyErr_Occurred())
+        return NULL;
+    fn = cmp_py_decode(worker_state, PyBytes_AS_STRING(func), (size_t)PyBytes_GET_SIZE(func));
+    if (!fn)
+        return NULL;
+    if (PyDict_GET_SIZE(function_cache) >= FUNCTION_CACHE_MAX)
+        PyDict_Clear(function_cache);
+    if (PyDict_SetItem(function_cache, func, fn) < 0)
+        PyErr_Clear();
+    return fn;
+}
+
+static PyObject *call_task(int kind, PyObject *func, PyObject *payload);
+
 static PyObject *run_task(PyObject *task)
 {
     int kind;
@@ -876,6 +907,16 @@ static PyObject *run_task(PyObject *task)
         Py_DECREF(real);
         return r;
     }
+    PyObject *fn = worker_function(func);
+    if (!fn)
+        return NULL;
+    PyObject *r = call_task(kind, fn, payload);
+    Py_DECREF(fn);
+    return r;
+}
+
+static PyObject *call_task(int kind, PyObject *func, PyObject *payload)
+{
     if (kind == KIND_APPLY) {
         PyObject *args, *kwds;
         if (!PyArg_ParseTuple(payload, "OO", &args, &kwds))
@@ -905,6 +946,7 @@ static int worker_task(void *arg, const void *data, size_t len, cmp_pool_result_
 {
     PoolCore *c = arg;
     cmp_py_state *st = c->st;
+    worker_state = st;
     PyObject *task = cmp_py_decode(st, data, len);
     PyObject *value = task ? run_task(task) : NULL;
     Py_XDECREF(task);
@@ -1135,6 +1177,8 @@ static int Core_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(Py_TYPE(op));
     Py_VISIT(c->jobs);
     Py_VISIT(c->feeders);
+    Py_VISIT(c->last_func);
+    Py_VISIT(c->last_func_bytes);
     Py_VISIT(c->initializer);
     Py_VISIT(c->initargs);
     return 0;
@@ -1145,6 +1189,8 @@ static int Core_clear(PyObject *op)
     PoolCore *c = (PoolCore *)op;
     Py_CLEAR(c->jobs);
     Py_CLEAR(c->feeders);
+    Py_CLEAR(c->last_func);
+    Py_CLEAR(c->last_func_bytes);
     Py_CLEAR(c->initializer);
     Py_CLEAR(c->initargs);
     return 0;
@@ -1220,16 +1266,42 @@ static int cloud_task(PyObject **task)
 }
 
 /* Submits (kind, func, payload) for job r at chunk index (-1: whole job). */
+/* The function as the bytes of its message, pickled once for a run of
+ * tasks with the same function (a map's chunks); new reference, or NULL
+ * with no exception when it must travel inside the task (it cannot be
+ * pickled on its own: the cloudpickle path). */
+static PyObject *function_bytes(PoolCore *c, PyObject *func)
+{
+    if (func == c->last_func && c->last_func_bytes)
+        return Py_NewRef(c->last_func_bytes);
+    PyObject *b = message_bytes(c->st, func);
+    if (!b) {
+        PyErr_Clear();
+        return NULL;
+    }
+    Py_XSETREF(c->last_func, Py_NewRef(func));
+    Py_XSETREF(c->last_func_bytes, Py_NewRef(b));
+    return b;
+}
+
 static int submit(PoolCore *c, int kind, PyObject *func, PyObject *payload, PyObject *job,
                   Py_ssize_t index)
 {
-    PyObject *task = Py_BuildValue("(iOO)", kind, func, payload);
+    PyObject *fbytes = function_bytes(c, func);
+    PyObject *task = Py_BuildValue("(iOO)", kind, fbytes ? fbytes : func, payload);
+    Py_XDECREF(fbytes);
     if (!task)
         return -1;
     cmp_py_frame f;
     cmp_py_frame_init(&f);
     int rc = cmp_py_encode(c->st, task, &f);
-    if (rc < 0 && cloud_task(&task) == 0)
+    if (rc < 0 && fbytes) {
+        /* the payload needs the whole task pickled together: as is */
+        PyErr_Clear();
+        Py_SETREF(task, Py_BuildValue("(iOO)", kind, func, payload));
+        rc = task ? cmp_py_encode(c->st, task, &f) : -1;
+    }
+    if (rc < 0 && task && cloud_task(&task) == 0)
         rc = cmp_py_encode(c->st, task, &f);
     Py_DECREF(task);
     if (rc < 0)
@@ -1709,6 +1781,7 @@ static int Pool_init(PyObject *op, PyObject *args, PyObject *kwds)
     c->st = st;
     c->jobs = PyDict_New();
     c->feeders = PyList_New(0);
+    c->last_func = c->last_func_bytes = NULL;
     c->initializer = initializer == Py_None ? NULL : Py_NewRef(initializer);
     c->initargs = initargs ? PySequence_Tuple(initargs) : PyTuple_New(0);
     c->completions = 0;
