@@ -420,9 +420,16 @@ def _pool_scale(n, size):
 
 
 def _with_pool(mp, body):
-    with mp.Pool(os.cpu_count()) as pool:
+    # close() and join(), not the context manager's terminate(): the stdlib's
+    # terminate can kill a worker that holds its task queue's lock, and the
+    # join then hangs on the other workers.
+    pool = mp.Pool(os.cpu_count())
+    try:
         pool.map(_pool_sq, range(os.cpu_count() * 2))  # workers up and warm
         return body(pool)
+    finally:
+        pool.close()
+        pool.join()
 
 
 def _timed(fn):

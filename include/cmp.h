@@ -1023,6 +1023,9 @@ int cmp_pool_submitv(cmp_pool_t *pool, const struct iovec *iov, int iovcnt, uint
 /* Waits for the next task to end, in any order, and fills *out; the
  * result's bytes go to a buffer from alloc (see cmp_ring_alloc_fn; it is
  * asked for up to CMP_POOL_TRAILER bytes more than the result holds).
+ * alloc may also be asked for a buffer that no outcome uses (a record of
+ * the pool's own: one per close, terminate or failed initializer), so
+ * allocate from memory that can be reclaimed (one reused buffer, say).
  * Death of a worker is noticed within CMP_POOL_CHECK_NS of it. Returns 0,
  * -ETIMEDOUT, -EINTR, -ENOBUFS (alloc returned NULL: that outcome is
  * lost), or -ENOENT once the pool is closed or terminated and every task

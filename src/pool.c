@@ -50,7 +50,9 @@
 #define ALIGN 64u
 #define KILL_GRACE_NS 100000000L
 
-enum { KIND_RESULT = 1, KIND_INIT_FAILED = 2 };
+/* KIND_WAKE: from the pool's own process (close, terminate), so that a
+ * cmp_pool_next() already waiting looks at the state again at once. */
+enum { KIND_RESULT = 1, KIND_INIT_FAILED = 2, KIND_WAKE = 3 };
 
 struct trailer {
     uint64_t id;
@@ -820,9 +822,9 @@ int cmp_pool_next(cmp_pool_t *p, cmp_pool_outcome_t *out, cmp_ring_alloc_fn allo
         memcpy(&t, (char *)sink.buf + sink.len - sizeof t, sizeof t);
         pthread_mutex_lock(&p->mu);
         count_consumed(p);
-        if (t.worker >= p->n) {
+        if (t.kind == KIND_WAKE || t.worker >= p->n) {
             pthread_mutex_unlock(&p->mu);
-            continue; /* impossible: never deliver it */
+            continue; /* a wake-up (or impossible: never deliver it) */
         }
         struct worker *w = &p->w[t.worker];
         if (t.kind == KIND_INIT_FAILED) {
@@ -859,6 +861,12 @@ int cmp_pool_next(cmp_pool_t *p, cmp_pool_outcome_t *out, cmp_ring_alloc_fn allo
     }
 }
 
+static void wake_next(cmp_pool_t *p)
+{
+    cmp_pool_result_t none = {NULL, 0, 0};
+    send_result(p, UINT32_MAX, 0, KIND_WAKE, 0, &none);
+}
+
 int cmp_pool_close(cmp_pool_t *p)
 {
     pthread_mutex_lock(&p->mu);
@@ -867,6 +875,7 @@ int cmp_pool_close(cmp_pool_t *p)
         pump(p);
     }
     pthread_mutex_unlock(&p->mu);
+    wake_next(p);
     return 0;
 }
 
@@ -890,6 +899,7 @@ int cmp_pool_terminate(cmp_pool_t *p)
         }
     }
     pthread_mutex_unlock(&p->mu);
+    wake_next(p);
     return 0;
 }
 

@@ -1553,7 +1553,7 @@ static PyObject *start_imap(PyObject *op, PyObject *args, PyObject *kwds, int un
         PyErr_Format(PyExc_ValueError, "Chunksize must be 1+, not %zd", chunksize);
         return NULL;
     }
-    Py_ssize_t buffersize = (Py_ssize_t)c->processes * 4;
+    Py_ssize_t buffersize = (Py_ssize_t)c->processes * 16;
     if (buffersize_o != Py_None) {
         buffersize = PyLong_AsSsize_t(buffersize_o);
         if (buffersize == -1 && PyErr_Occurred())
@@ -1947,7 +1947,7 @@ static PyMethodDef Pool_methods[] = {
      "imap($self, /, func, iterable, chunksize=1, *, buffersize=None, progress=None)\n--\n\n"
      "Like map(), "
      "but an iterator of the results, in input order. Beyond the stdlib: at most buffersize "
-     "chunks (default 4 per worker) are out at a time, so the input is read as the results "
+     "chunks (default 16 per worker) are out at a time, so the input is read as the results "
      "are consumed; close() feeds the rest."},
     {"imap_unordered", FN(Pool_imap_unordered), KW,
      "imap_unordered($self, /, func, iterable, chunksize=1, *, buffersize=None, "
