@@ -921,7 +921,8 @@ int cmp_pool_join(cmp_pool_t *p, const struct timespec *deadline)
             return 0;
         if (cmp__deadline_passed(deadline))
             return -ETIMEDOUT;
-        struct timespec nap = {0, 2000000L};
+        /* a worker's exit takes well under a millisecond once told */
+        struct timespec nap = {0, 200000L};
         if (nanosleep(&nap, NULL) < 0 && errno == EINTR)
             return -EINTR;
     }
