@@ -458,6 +458,7 @@ typedef struct {
     Py_ssize_t submitted, consumed;
     Py_ssize_t total; /* chunks in all; -1 until the input has ended */
     int unordered;
+    int feeding; /* a thread is reading the input (it may release the GIL) */
     Py_ssize_t yielded;
     progress_t progress;
     PyObject *weakreflist;
@@ -488,11 +489,17 @@ static int imap_store(IMapObject *it, Py_ssize_t index, int success, PyObject *v
     return rc;
 }
 
+static int imap_top_up(IMapObject *it);
+
+/* A chunk came in (result thread): stored, the consumer woken, and the
+ * input read on while the pool runs. */
 static void imap_chunk(IMapObject *it, Py_ssize_t index, int success, PyObject *value)
 {
     if (imap_store(it, index, success, value) < 0)
         PyErr_WriteUnraisable((PyObject *)it);
     core_signal(it->core);
+    if (it->core->state == POOL_RUN && imap_top_up(it) < 0)
+        PyErr_WriteUnraisable((PyObject *)it);
 }
 
 static int submit(PoolCore *c, int kind, PyObject *func, PyObject *payload, PyObject *job,
@@ -554,14 +561,25 @@ static int imap_feed_one(IMapObject *it)
     return 1;
 }
 
+/* Reads the input while fewer than buffersize chunks are out. Both the
+ * consumer and the result thread (after each chunk it delivers, so that
+ * the workers do not wait for a consumer that is between two next()
+ * calls) do it; one at a time, since reading may release the GIL and a
+ * generator must not be resumed from two threads. */
 static int imap_top_up(IMapObject *it)
 {
+    if (it->feeding)
+        return 0;
+    it->feeding = 1;
+    int rc = 0;
     while (it->source && it->submitted - it->consumed < it->buffersize) {
-        int rc = imap_feed_one(it);
+        rc = imap_feed_one(it);
         if (rc <= 0)
-            return rc;
+            break;
+        rc = 0;
     }
-    return 0;
+    it->feeding = 0;
+    return rc < 0 ? -1 : 0;
 }
 
 static int imap_has_next(void *obj)
@@ -1583,6 +1601,7 @@ static PyObject *start_imap(PyObject *op, PyObject *args, PyObject *kwds, int un
     it->submitted = it->consumed = 0;
     it->total = -1;
     it->unordered = unordered;
+    it->feeding = 0;
     it->yielded = 0;
     it->weakreflist = NULL;
     Py_ssize_t known = PyObject_HasAttrString(iterable, "__len__") ? PyObject_Length(iterable) : -1;
