@@ -54,8 +54,8 @@ struct PoolCore {
     PyObject_HEAD
     cmp_pool_t *pool;
     cmp_py_state *st;
-    PyObject *jobs;    /* task id -> (job, chunk index) */
-    PyObject *feeders; /* weakrefs to the imap iterators whose input is left */
+    PyObject *jobs;                        /* task id -> (job, chunk index) */
+    PyObject *feeders;                     /* weakrefs to the imap iterators whose input is left */
     PyObject *last_func, *last_func_bytes; /* see function_bytes */
     PyObject *initializer, *initargs;
     pthread_mutex_t mu; /* with cv: completions, handler_done */
@@ -1041,24 +1041,6 @@ static void worker_fork_hook(void *arg, int phase)
 
 /* ---- the result thread ---------------------------------------------------- */
 
-struct outcome_buf {
-    char *data;
-    size_t cap;
-};
-
-static void *outcome_alloc(void *arg, size_t len)
-{
-    struct outcome_buf *b = arg;
-    if (len > b->cap) {
-        char *n = PyMem_RawRealloc(b->data, len ? len : 1);
-        if (!n)
-            return NULL;
-        b->data = n;
-        b->cap = len;
-    }
-    return b->data ? (void *)b->data : (void *)b;
-}
-
 /* WorkerLostError for a task whose worker died (or that terminate()
  * cancelled), saying how. */
 static PyObject *lost_error(const cmp_pool_outcome_t *o)
@@ -1159,24 +1141,41 @@ static void deliver(PoolCore *c, const cmp_pool_outcome_t *o)
     Py_DECREF(entry);
 }
 
+/* Outcomes taken per turn with the GIL: the first waited for, the rest
+ * already there. Each hand-over of the GIL between this thread and one
+ * waiting for it costs a forced switch; a batch pays it once. */
+#define RESULT_BATCH 64
+
+static void *raw_alloc(void *arg, size_t len)
+{
+    (void)arg;
+    return PyMem_RawMalloc(len ? len : 1);
+}
+
 static PyObject *result_thread(PyObject *unused, PyObject *arg)
 {
     (void)unused;
     PoolCore *c = (PoolCore *)arg;
-    struct outcome_buf b = {NULL, 0};
+    cmp_pool_outcome_t batch[RESULT_BATCH];
     for (;;) {
-        cmp_pool_outcome_t o;
-        int rc;
+        int rc, n = 0;
         Py_BEGIN_ALLOW_THREADS
-        rc = cmp_pool_next(c->pool, &o, outcome_alloc, &b, NULL);
+        rc = cmp_pool_next(c->pool, &batch[0], raw_alloc, NULL, NULL);
+        if (rc == 0) {
+            n = 1;
+            while (n < RESULT_BATCH &&
+                   cmp_pool_next(c->pool, &batch[n], raw_alloc, NULL, CMP_NOWAIT) == 0)
+                n++;
+        }
         Py_END_ALLOW_THREADS
+        for (int i = 0; i < n; i++) {
+            deliver(c, &batch[i]);
+            PyMem_RawFree(batch[i].data);
+        }
         if (rc == -ENOENT)
             break;
-        if (rc < 0)
-            continue; /* -EINTR (only the main thread runs handlers) */
-        deliver(c, &o);
+        /* other errors: -EINTR (only the main thread runs handlers) */
     }
-    PyMem_RawFree(b.data);
     pthread_mutex_lock(&c->mu);
     c->handler_done = 1;
     c->completions++;
