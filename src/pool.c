@@ -156,6 +156,7 @@ static struct item *list_pop(struct list *l)
     return it;
 }
 
+/* A list item with room for len bytes, copied from data unless NULL. */
 static struct item *item_new(uint64_t id, const void *data, size_t len)
 {
     struct item *it = malloc(sizeof *it + (len ? len : 1));
@@ -166,7 +167,7 @@ static struct item *item_new(uint64_t id, const void *data, size_t len)
     it->cause = 0;
     it->pid = 0;
     it->len = len;
-    if (len)
+    if (len && data)
         memcpy(it->data, data, len);
     return it;
 }
@@ -463,11 +464,6 @@ static void fail_everything(cmp_pool_t *p, int status)
     }
 }
 
-static void *drain_alloc(void *arg, size_t len)
-{
-    return inbox_alloc(arg, len);
-}
-
 /* A dead worker whose results have all been consumed: decide what it
  * lost, requeue what it never started, and replace it. */
 static void handle_death(cmp_pool_t *p, struct worker *w)
@@ -483,7 +479,7 @@ static void handle_death(cmp_pool_t *p, struct worker *w)
     struct list unstarted = {NULL, NULL, 0};
     struct inbox_buf b = {NULL, 0};
     for (;;) {
-        int rc = cmp_queue_get(w->inbox, drain_alloc, &b, CMP_NOWAIT);
+        int rc = cmp_queue_get(w->inbox, inbox_alloc, &b, CMP_NOWAIT);
         if (rc == -ECONNABORTED || rc == -EINTR)
             continue;
         if (rc < 0)
@@ -667,21 +663,15 @@ int cmp_pool_submit(cmp_pool_t *p, const void *task, size_t len, uint64_t *id)
 /* A pending task's bytes: the pieces, gathered. */
 static struct item *item_gather(uint64_t id, const struct iovec *iov, int iovcnt, size_t len)
 {
-    struct item *it = item_new(id, NULL, 0);
+    struct item *it = item_new(id, NULL, len);
     if (!it)
         return NULL;
-    struct item *big = realloc(it, sizeof *it + (len ? len : 1));
-    if (!big) {
-        free(it);
-        return NULL;
-    }
-    big->len = len;
     size_t off = 0;
     for (int i = 0; i < iovcnt; i++) {
-        memcpy(big->data + off, iov[i].iov_base, iov[i].iov_len);
+        memcpy(it->data + off, iov[i].iov_base, iov[i].iov_len);
         off += iov[i].iov_len;
     }
-    return big;
+    return it;
 }
 
 int cmp_pool_submitv(cmp_pool_t *p, const struct iovec *iov, int iovcnt, uint64_t *id)

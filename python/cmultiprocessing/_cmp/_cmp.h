@@ -311,6 +311,10 @@ void cmp_py_frame_init(cmp_py_frame *f);
 int cmp_py_encode(cmp_py_state *st, PyObject *obj, cmp_py_frame *f);
 /* Releases what the frame holds and leaves it empty and reusable. */
 void cmp_py_frame_clear(cmp_py_frame *f);
+/* Copies the frame's f->size bytes, in order, to dst. */
+void cmp_py_frame_copy(const cmp_py_frame *f, char *dst);
+/* The message of obj as one bytes object, or NULL with an exception. */
+PyObject *cmp_py_encode_bytes(cmp_py_state *st, PyObject *obj);
 
 /* Decoding. A message below CMP_PY_BIG bytes is copied out of the queue
  * into any memory and decoded from there (cmp_py_decode). A larger one is
@@ -352,6 +356,9 @@ int cmp_py_redeem_fd(PyObject *addr, PyObject *key, const char *what);
 /* Per-concept module initialization, called from module.c's exec slot. */
 int cmp_py_fastmethod_init(PyObject *module, cmp_py_state *st);
 int cmp_py_errors_init(PyObject *module, cmp_py_state *st);
+/* A new exception class cmultiprocessing.<name>, added to module; a new
+ * reference, or NULL with an exception. (errors.c) */
+PyObject *cmp_py_add_exception(PyObject *module, const char *name, PyObject *base, const char *doc);
 int cmp_py_pool_init(PyObject *module, cmp_py_state *st);
 int cmp_py_lock_init(PyObject *module, cmp_py_state *st);
 int cmp_py_rlock_init(PyObject *module, cmp_py_state *st);

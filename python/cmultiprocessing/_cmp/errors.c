@@ -2,7 +2,7 @@
  * hierarchy (ProcessError and its subclasses). */
 #include "_cmp.h"
 
-static PyObject *add_exception(PyObject *module, const char *name, PyObject *base, const char *doc)
+PyObject *cmp_py_add_exception(PyObject *module, const char *name, PyObject *base, const char *doc)
 {
     char qualified[128];
     PyOS_snprintf(qualified, sizeof qualified, "cmultiprocessing.%s", name);
@@ -18,21 +18,22 @@ static PyObject *add_exception(PyObject *module, const char *name, PyObject *bas
 
 int cmp_py_errors_init(PyObject *module, cmp_py_state *st)
 {
-    st->ProcessError = add_exception(module, "ProcessError", PyExc_Exception,
-                                     "Base class of cmultiprocessing's errors.");
+    st->ProcessError = cmp_py_add_exception(module, "ProcessError", PyExc_Exception,
+                                            "Base class of cmultiprocessing's errors.");
     if (!st->ProcessError)
         return -1;
-    st->BufferTooShort = add_exception(module, "BufferTooShort", st->ProcessError,
-                                       "The buffer given to recv_bytes_into() is too small.");
-    st->TimeoutError = add_exception(module, "TimeoutError", st->ProcessError,
-                                     "An operation with a timeout ran out of time.");
-    st->AuthenticationError = add_exception(module, "AuthenticationError", st->ProcessError,
-                                            "Connection authentication failed.");
-    st->AbandonedLockWarning =
-        add_exception(module, "AbandonedLockWarning", PyExc_RuntimeWarning,
-                      "A lock was acquired by taking it over from a holder process that died "
-                      "while holding it. The acquire succeeded; the data the lock protects may "
-                      "be half-updated.");
+    st->BufferTooShort =
+        cmp_py_add_exception(module, "BufferTooShort", st->ProcessError,
+                             "The buffer given to recv_bytes_into() is too small.");
+    st->TimeoutError = cmp_py_add_exception(module, "TimeoutError", st->ProcessError,
+                                            "An operation with a timeout ran out of time.");
+    st->AuthenticationError = cmp_py_add_exception(module, "AuthenticationError", st->ProcessError,
+                                                   "Connection authentication failed.");
+    st->AbandonedLockWarning = cmp_py_add_exception(
+        module, "AbandonedLockWarning", PyExc_RuntimeWarning,
+        "A lock was acquired by taking it over from a holder process that died "
+        "while holding it. The acquire succeeded; the data the lock protects may "
+        "be half-updated.");
     if (!st->BufferTooShort || !st->TimeoutError || !st->AuthenticationError ||
         !st->AbandonedLockWarning)
         return -1;

@@ -554,9 +554,6 @@ static int imap_feed_one(IMapObject *it)
     Py_DECREF(chunk);
     if (rc < 0)
         return -1;
-    if ((Py_ssize_t)PyList_GET_SIZE(chunk) < it->chunksize) {
-        /* a short chunk: the input ended with it */
-    }
     it->submitted++;
     return 1;
 }
@@ -789,36 +786,14 @@ static int write_message(cmp_py_state *st, PyObject *obj, cmp_pool_result_t *out
     if (cmp_py_encode(st, obj, &f) < 0)
         return -1;
     char *room = cmp_pool_result_extend(out, f.size);
+    if (room)
+        cmp_py_frame_copy(&f, room);
+    cmp_py_frame_clear(&f);
     if (!room) {
-        cmp_py_frame_clear(&f);
         PyErr_NoMemory();
         return -1;
     }
-    for (int i = 0; i < f.npieces; i++) {
-        memcpy(room, f.pieces[i].ptr, f.pieces[i].len);
-        room += f.pieces[i].len;
-    }
-    cmp_py_frame_clear(&f);
     return 0;
-}
-
-/* The bytes of obj's message, as a bytes object (new reference). */
-static PyObject *message_bytes(cmp_py_state *st, PyObject *obj)
-{
-    cmp_py_frame f;
-    cmp_py_frame_init(&f);
-    if (cmp_py_encode(st, obj, &f) < 0)
-        return NULL;
-    PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)f.size);
-    if (b) {
-        char *p = PyBytes_AS_STRING(b);
-        for (int i = 0; i < f.npieces; i++) {
-            memcpy(p, f.pieces[i].ptr, f.pieces[i].len);
-            p += f.pieces[i].len;
-        }
-    }
-    cmp_py_frame_clear(&f);
-    return b;
 }
 
 /* The exception that is set, as the bytes of a failure: the envelope
@@ -846,7 +821,7 @@ static void write_exception(cmp_py_state *st, cmp_pool_result_t *out)
     PyObject *wrapped =
         value ? PyObject_CallFunctionObjArgs(ExceptionWithTraceback, value, tb ? tb : Py_None, NULL)
               : NULL;
-    PyObject *inner = wrapped ? message_bytes(st, wrapped) : NULL;
+    PyObject *inner = wrapped ? cmp_py_encode_bytes(st, wrapped) : NULL;
     if (!inner) {
         /* it cannot be pickled: MaybeEncodingError(why, exception) */
         PyObject *et, *ev, *etb;
@@ -857,7 +832,7 @@ static void write_exception(cmp_py_state *st, cmp_pool_result_t *out)
         Py_XDECREF(et);
         Py_XDECREF(ev);
         Py_XDECREF(etb);
-        inner = mee ? message_bytes(st, mee) : NULL;
+        inner = mee ? cmp_py_encode_bytes(st, mee) : NULL;
         Py_XDECREF(mee);
         if (!inner) {
             PyErr_Clear();
@@ -916,9 +891,7 @@ static PyObject *run_task(PyObject *task)
         return NULL;
     if (kind == KIND_CLOUD) {
         /* the whole task, pickled by cloudpickle; plain pickle loads it */
-        PyObject *pickle = PyImport_ImportModule("pickle");
-        PyObject *real = pickle ? PyObject_CallMethod(pickle, "loads", "(O)", func) : NULL;
-        Py_XDECREF(pickle);
+        PyObject *real = PyObject_CallOneArg(worker_state->pickle_loads, func);
         if (!real)
             return NULL;
         PyObject *r = run_task(real);
@@ -964,7 +937,6 @@ static int worker_task(void *arg, const void *data, size_t len, cmp_pool_result_
 {
     PoolCore *c = arg;
     cmp_py_state *st = c->st;
-    worker_state = st;
     PyObject *task = cmp_py_decode(st, data, len);
     PyObject *value = task ? run_task(task) : NULL;
     Py_XDECREF(task);
@@ -1000,6 +972,7 @@ static int worker_task(void *arg, const void *data, size_t len, cmp_pool_result_
 static int worker_init(void *arg, cmp_pool_result_t *out)
 {
     PoolCore *c = arg;
+    worker_state = c->st;
     /* Ctrl-C goes to the whole process group: the parent handles it and
      * stops the workers, which should not each print a traceback. */
     PyOS_setsig(SIGINT, SIG_IGN);
@@ -1291,7 +1264,7 @@ static PyObject *function_bytes(PoolCore *c, PyObject *func)
 {
     if (func == c->last_func && c->last_func_bytes)
         return Py_NewRef(c->last_func_bytes);
-    PyObject *b = message_bytes(c->st, func);
+    PyObject *b = cmp_py_encode_bytes(c->st, func);
     if (!b) {
         PyErr_Clear();
         return NULL;
@@ -1353,14 +1326,11 @@ static int submit(PoolCore *c, int kind, PyObject *func, PyObject *payload, PyOb
     return err ? -1 : 0;
 }
 
-static PyObject *Pool_apply_async(PyObject *op, PyObject *args, PyObject *kwds)
+/* Submits func(*fargs, **fkwds) (either may be NULL); a new ApplyResult. */
+static PyObject *apply_job(PoolObject *self, PyObject *func, PyObject *fargs, PyObject *fkwds,
+                           PyObject *callback, PyObject *error_callback)
 {
-    static char *kwlist[] = {"func", "args", "kwds", "callback", "error_callback", NULL};
-    PyObject *func, *fargs = NULL, *fkwds = NULL, *callback = Py_None, *error_callback = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OOOO:apply_async", kwlist, &func, &fargs,
-                                     &fkwds, &callback, &error_callback))
-        return NULL;
-    PoolCore *c = running_core((PoolObject *)op);
+    PoolCore *c = running_core(self);
     if (!c)
         return NULL;
     PyObject *targs = fargs ? PySequence_Tuple(fargs) : PyTuple_New(0);
@@ -1380,23 +1350,23 @@ static PyObject *Pool_apply_async(PyObject *op, PyObject *args, PyObject *kwds)
     return (PyObject *)r;
 }
 
+static PyObject *Pool_apply_async(PyObject *op, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"func", "args", "kwds", "callback", "error_callback", NULL};
+    PyObject *func, *fargs = NULL, *fkwds = NULL, *callback = Py_None, *error_callback = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OOOO:apply_async", kwlist, &func, &fargs,
+                                     &fkwds, &callback, &error_callback))
+        return NULL;
+    return apply_job((PoolObject *)op, func, fargs, fkwds, callback, error_callback);
+}
+
 static PyObject *Pool_apply(PyObject *op, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"func", "args", "kwds", NULL};
     PyObject *func, *fargs = NULL, *fkwds = NULL;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OO:apply", kwlist, &func, &fargs, &fkwds))
         return NULL;
-    PyObject *empty = PyTuple_New(0);
-    PyObject *call_args = empty ? PyTuple_Pack(2, func, fargs ? fargs : empty) : NULL;
-    PyObject *call_kwds = call_args && fkwds ? Py_BuildValue("{sO}", "kwds", fkwds) : NULL;
-    Py_XDECREF(empty);
-    if (!call_args || (fkwds && !call_kwds)) {
-        Py_XDECREF(call_args);
-        return NULL;
-    }
-    PyObject *r = Pool_apply_async(op, call_args, call_kwds);
-    Py_DECREF(call_args);
-    Py_XDECREF(call_kwds);
+    PyObject *r = apply_job((PoolObject *)op, func, fargs, fkwds, NULL, NULL);
     if (!r)
         return NULL;
     PyObject *v = Result_get(r, NULL, 0, NULL);
@@ -2038,16 +2008,6 @@ static PyMethodDef pool_functions[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static PyObject *new_error(PyObject *module, const char *name, PyObject *base, const char *doc)
-{
-    char qualified[128];
-    PyOS_snprintf(qualified, sizeof qualified, "cmultiprocessing.%s", name);
-    PyObject *exc = PyErr_NewExceptionWithDoc(qualified, doc, base, NULL);
-    if (exc && PyModule_AddObjectRef(module, name, exc) < 0)
-        Py_CLEAR(exc);
-    return exc;
-}
-
 /* The stdlib's classes that carry a task's exception (the remote
  * traceback as __cause__) and a result that could not be pickled: loaded
  * with the first Pool, not with the module. */
@@ -2072,11 +2032,11 @@ static int load_stdlib_classes(void)
 
 int cmp_py_pool_init(PyObject *module, cmp_py_state *st)
 {
-    WorkerLostError = new_error(module, "WorkerLostError", st->ProcessError,
-                                "A pool's worker process died while it ran the task.");
-    InitializerError = new_error(module, "InitializerError", st->ProcessError,
-                                 "A pool's initializer raised (the exception is the "
-                                 "__cause__): the pool runs no task.");
+    WorkerLostError = cmp_py_add_exception(module, "WorkerLostError", st->ProcessError,
+                                           "A pool's worker process died while it ran the task.");
+    InitializerError = cmp_py_add_exception(module, "InitializerError", st->ProcessError,
+                                            "A pool's initializer raised (the exception is the "
+                                            "__cause__): the pool runs no task.");
     if (!WorkerLostError || !InitializerError)
         return -1;
     Core_type = (PyTypeObject *)cmp_py_type_from_spec(module, &Core_spec, NULL);

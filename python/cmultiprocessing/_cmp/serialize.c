@@ -787,23 +787,30 @@ PyObject *cmp_py_decode_owned(cmp_py_state *st, PyObject *owner, size_t len)
 
 /* ---- Python-level helpers (for tests) ---------------------------------- */
 
-static PyObject *py_dumps(PyObject *module, PyObject *obj)
+void cmp_py_frame_copy(const cmp_py_frame *f, char *dst)
 {
-    cmp_py_state *st = cmp_py_state_of_module(module);
+    for (int i = 0; i < f->npieces; i++) {
+        memcpy(dst, f->pieces[i].ptr, f->pieces[i].len);
+        dst += f->pieces[i].len;
+    }
+}
+
+PyObject *cmp_py_encode_bytes(cmp_py_state *st, PyObject *obj)
+{
     cmp_py_frame f;
     cmp_py_frame_init(&f);
     if (cmp_py_encode(st, obj, &f) < 0)
         return NULL;
     PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)f.size);
-    if (out) {
-        char *p = PyBytes_AS_STRING(out);
-        for (int i = 0; i < f.npieces; i++) {
-            memcpy(p, f.pieces[i].ptr, f.pieces[i].len);
-            p += f.pieces[i].len;
-        }
-    }
+    if (out)
+        cmp_py_frame_copy(&f, PyBytes_AS_STRING(out));
     cmp_py_frame_clear(&f);
     return out;
+}
+
+static PyObject *py_dumps(PyObject *module, PyObject *obj)
+{
+    return cmp_py_encode_bytes(cmp_py_state_of_module(module), obj);
 }
 
 /* Decodes as a queue does: small messages from memory, large ones in an
