@@ -43,21 +43,6 @@ static inline pid_t test_fork(void)
     return pid;
 }
 
-/* Seconds on CLOCK_MONOTONIC, and a nap of ms milliseconds. */
-static inline double test_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static inline void test_sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0)
-        ;
-}
-
 /* Waits for a forked child for at most `seconds`; returns its exit status
  * or -1 (after killing it) if it did not finish, or did not exit normally. */
 static inline int test_join(pid_t pid, double seconds)

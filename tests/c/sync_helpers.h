@@ -96,6 +96,16 @@ static inline void sync_interrupter_join(struct sync_interrupter *it)
     pthread_join(it->thread, NULL);
 }
 
+/* Polls until n waiters are registered on cond; fails after seconds. */
+static inline void sync_wait_registered(const cmp_cond_t *cond, uint32_t n, double seconds)
+{
+    double end = sync_now() + seconds;
+    while (cmp_cond_n_waiting(cond) < n) {
+        cr_assert(sync_now() < end, "waiters did not register");
+        sync_sleep(0.001);
+    }
+}
+
 /* What a condition test's waiter child uses, all in shared memory. */
 struct sync_cond_objects {
     cmp_cond_t *cond;

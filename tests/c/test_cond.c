@@ -63,15 +63,6 @@ static pid_t spawn_waiter(struct cond_shared *s, int use_rlock, double timeout)
     return sync_spawn_cond_waiter(&o, use_rlock, timeout);
 }
 
-static void wait_registered(struct cond_shared *s, uint32_t n)
-{
-    double end = sync_now() + 5;
-    while (cmp_cond_n_waiting(&s->cond) < n) {
-        cr_assert(sync_now() < end, "waiters did not register");
-        sync_sleep(0.001);
-    }
-}
-
 static void notify_counts(int use_rlock)
 {
     struct cond_shared *s = new_shared();
@@ -79,7 +70,7 @@ static void notify_counts(int use_rlock)
     pid_t pids[N];
     for (int i = 0; i < N; i++)
         pids[i] = spawn_waiter(s, use_rlock, 10);
-    wait_registered(s, N);
+    sync_wait_registered(&s->cond, N, 5);
 
     cr_assert_eq(cmp_lock_acquire(&s->lock, NULL), 0);
     cr_assert_eq(cmp_rlock_acquire(&s->rlock, NULL), 0);
@@ -118,7 +109,7 @@ Test(cond, later_waiter_does_not_steal_a_notify, .timeout = 10)
 {
     struct cond_shared *s = new_shared();
     pid_t pid = spawn_waiter(s, 0, 5);
-    wait_registered(s, 1);
+    sync_wait_registered(&s->cond, 1, 5);
     cr_assert_eq(cmp_lock_acquire(&s->lock, NULL), 0);
     cr_assert_eq(cmp_cond_notify(&s->cond, 1), 1);
     /* we register after the notify: the wake-up is the child's */

@@ -26,15 +26,6 @@ static struct morph_shared *new_shared(void)
     return s;
 }
 
-static void wait_registered(struct morph_shared *s, uint32_t n)
-{
-    double end = sync_now() + 10;
-    while (cmp_cond_n_waiting(&s->cond) < n) {
-        cr_assert(sync_now() < end, "waiters did not register");
-        sync_sleep(0.001);
-    }
-}
-
 /* Gives registered waiters time to get from their spin into the futex
  * sleep, where a notify moves them. */
 static void let_them_sleep(void)
@@ -90,7 +81,7 @@ static void counts_and_waits_for_release(int use_rlock)
     pid_t pids[N];
     for (int i = 0; i < N; i++)
         pids[i] = spawn_waiter(s, use_rlock, 20);
-    wait_registered(s, N);
+    sync_wait_registered(&s->cond, N, 10);
     let_them_sleep();
 
     hold(s, use_rlock);
@@ -210,7 +201,7 @@ Test(cond_morph, moved_waiter_survives_a_dead_notifier, .timeout = 20)
         int rc = cmp_cond_wait_lock(&s->cond, &s->lock, NULL);
         _exit(rc == CMP_OWNER_DIED ? 0 : 10 + (rc < 0 ? -rc : rc));
     }
-    wait_registered(s, 1);
+    sync_wait_registered(&s->cond, 1, 10);
     let_them_sleep();
     pid_t notifier = test_fork();
     cr_assert(notifier >= 0);
@@ -255,7 +246,7 @@ Test(cond_morph, split_form_without_relocked_still_wakes_all, .timeout = 30)
             _exit(rc == 0 ? 0 : 3);
         }
     }
-    wait_registered(s, N);
+    sync_wait_registered(&s->cond, N, 10);
     let_them_sleep();
     cr_assert_eq(cmp_lock_acquire(&s->lock, NULL), 0);
     cr_assert_eq(cmp_cond_notify_lock(&s->cond, &s->lock, UINT32_MAX), N);

@@ -2,7 +2,7 @@
  * (by itself, by _exit, from outside, repeatedly), max_tasks recycling, an
  * initializer that runs once per worker and one that fails, close/join,
  * terminate, big tasks and results, workers dying with the pool's process. */
-#include "helpers.h"
+#include "sync_helpers.h"
 
 #include <pthread.h>
 #include <stdint.h>
@@ -237,7 +237,7 @@ Test(pool, worker_killed_from_outside, .timeout = 30)
     uint64_t after = submit(p, SQUARE, 3); /* queued behind it: must survive */
     pid_t pid;
     cr_assert_eq(cmp_pool_pids(p, &pid, 1), 1);
-    test_sleep_ms(100);
+    sync_sleep(0.1);
     cr_assert_eq(kill(pid, SIGKILL), 0);
     cmp_pool_outcome_t o = next(p, 10);
     cr_assert_eq(o.id, slow);
@@ -263,7 +263,7 @@ static void *killer_main(void *arg)
 {
     struct killer *k = arg;
     for (int i = 0; i < 10 && !__atomic_load_n(&k->stop, __ATOMIC_ACQUIRE); i++) {
-        test_sleep_ms(30);
+        sync_sleep(0.03);
         pid_t pids[4];
         unsigned n = cmp_pool_pids(k->pool, pids, 4);
         if (n && kill(pids[i % n], SIGKILL) == 0)
@@ -359,8 +359,8 @@ Test(pool, terminate_cancels_what_is_left, .timeout = 30)
     enum { N = 6 };
     for (int i = 0; i < N; i++)
         submit(p, SLEEP_MS, 20000);
-    test_sleep_ms(50);
-    double t0 = test_now();
+    sync_sleep(0.05);
+    double t0 = sync_now();
     cr_assert_eq(cmp_pool_terminate(p), 0);
     for (int k = 0; k < N; k++) {
         cmp_pool_outcome_t o = next(p, 5);
@@ -369,7 +369,7 @@ Test(pool, terminate_cancels_what_is_left, .timeout = 30)
     }
     struct timespec d = test_deadline(5);
     cr_assert_eq(cmp_pool_join(p, &d), 0);
-    cr_assert_lt(test_now() - t0, 3.0);
+    cr_assert_lt(sync_now() - t0, 3.0);
     struct task t = {SQUARE, 0, 1};
     cr_assert_eq(cmp_pool_submit(p, &t, sizeof t, NULL), -EPIPE);
     cmp_pool_destroy(p);
@@ -428,11 +428,11 @@ Test(pool, workers_die_with_the_pool_process, .timeout = 30)
     cr_assert_eq(read(fds[0], pids, sizeof pids), (ssize_t)sizeof pids);
     cr_assert_eq(kill(owner, SIGKILL), 0);
     cr_assert_eq(test_join(owner, 10), -1); /* killed: not a normal exit */
-    double end = test_now() + 10;
+    double end = sync_now() + 10;
     for (int i = 0; i < 3; i++) {
         while (kill(pids[i], 0) == 0) {
-            cr_assert_lt(test_now(), end, "worker %d outlived the pool's process", pids[i]);
-            test_sleep_ms(5);
+            cr_assert_lt(sync_now(), end, "worker %d outlived the pool's process", pids[i]);
+            sync_sleep(0.005);
         }
     }
     close(fds[0]);
