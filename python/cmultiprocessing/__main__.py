@@ -17,16 +17,18 @@ SUBMODULES = ("connection", "context", "dummy", "managers", "pool", "process",
 
 def alias_multiprocessing():
     import importlib
-    # The stdlib's pool module first, under its own name: cmultiprocessing.pool
-    # re-exports its exception classes (the ones a task's error crosses as).
-    import multiprocessing.pool  # noqa: F401
     import cmultiprocessing
-    sys.modules["multiprocessing"] = cmultiprocessing
+    # Ours are all imported before any alias is in place: those that
+    # re-export or build on a stdlib module (pool, dummy) must get the
+    # stdlib's under its own name, not one of ours.
+    ours = {}
     for name in SUBMODULES:
         try:
-            module = importlib.import_module("cmultiprocessing." + name)
+            ours[name] = importlib.import_module("cmultiprocessing." + name)
         except ImportError:
             continue  # not implemented yet: the stdlib's is not mixed in
+    sys.modules["multiprocessing"] = cmultiprocessing
+    for name, module in ours.items():
         sys.modules["multiprocessing." + name] = module
 
 

@@ -7,8 +7,11 @@ exception classes that carry a task's error across processes
 that except clauses and isinstance checks written against either module
 work with both.
 """
+import multiprocessing.context as _std_context
+import multiprocessing.pool as _std_pool
+import multiprocessing.queues as _std_queues
 from multiprocessing.pool import (  # noqa: F401
-    ExceptionWithTraceback, MaybeEncodingError, RemoteTraceback, ThreadPool)
+    ExceptionWithTraceback, MaybeEncodingError, RemoteTraceback)
 
 from ._cmp import (  # noqa: F401
     ApplyResult, AsyncResult, IMapIterator, IMapUnorderedIterator, InitializerError,
@@ -16,3 +19,21 @@ from ._cmp import (  # noqa: F401
 from ._cmp import _Pool as Pool
 
 __all__ = ["Pool", "ThreadPool"]
+
+
+class _ThreadPoolContext(_std_context.ForkContext):
+    """The context the stdlib's ThreadPool runs with. Its result handler
+    waits on the pipe of the stdlib's own SimpleQueue; under `python3 -m
+    cmultiprocessing` the stdlib context's lazy imports would hand it ours,
+    which has no pipe."""
+
+    def SimpleQueue(self):
+        return _std_queues.SimpleQueue(ctx=self)
+
+
+class ThreadPool(_std_pool.ThreadPool):
+    """multiprocessing.pool.ThreadPool: the stdlib's, with its own queues."""
+
+    def __init__(self, processes=None, initializer=None, initargs=()):
+        _std_pool.Pool.__init__(self, processes, initializer, initargs,
+                                context=_ThreadPoolContext())

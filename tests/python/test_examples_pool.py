@@ -27,3 +27,22 @@ def test_python_example_on_cmultiprocessing(cmp):
 
 def test_c_example():
     assert run_c_example("pool").stdout == EXPECTED
+
+
+def test_dummy_and_pool_submodules_under_the_runner(tmp_path):
+    """Under python3 -m cmultiprocessing, multiprocessing.dummy.Pool and
+    multiprocessing.pool.ThreadPool import and run (the issue's names)."""
+    script = tmp_path / "dummy_pool.py"
+    script.write_text(
+        "from multiprocessing.dummy import Pool\n"
+        "from multiprocessing.pool import ThreadPool, Pool as P\n"
+        "import multiprocessing\n"
+        "if __name__ == '__main__':\n"
+        "    with Pool(2) as p:\n"
+        "        print(p.map(len, ['a', 'bb']))\n"
+        "    with ThreadPool(2) as t:\n"
+        "        print(t.map(abs, [-1]))\n"
+        "    print(multiprocessing.__name__, P.__module__)\n")
+    r = run([sys.executable, "-m", "cmultiprocessing", str(script)])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "[1, 2]\n[1]\ncmultiprocessing cmultiprocessing.pool\n"
