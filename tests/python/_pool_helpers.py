@@ -114,6 +114,10 @@ def add(a, b=0):
     return a + b
 
 
+def type_and_square(x):
+    return type(x).__name__, x * x
+
+
 def pid_and_square(x):
     return os.getpid(), x * x
 

@@ -132,6 +132,24 @@ def test_map_chunksize_keeps_order(pmp, chunksize):
         assert p.map(h.sq, range(20), chunksize) == [x * x for x in range(20)]
 
 
+@pytest.mark.parametrize("rng", [range(1000), range(-500, 1500, 7), range(900, 0, -3)])
+@pytest.mark.parametrize("chunksize", [None, 16, 250])
+def test_map_over_range(pmp, rng, chunksize):
+    """map over a range (long chunks of it) calls the function on the same
+    ints, in order, whatever the step."""
+    with started(pmp.Pool, 2) as p:
+        got = p.map(h.type_and_square, rng, chunksize)
+    assert got == [("int", x * x) for x in rng]
+
+
+def test_map_over_range_fails_at_the_item(pmp):
+    """An exception at one item of a long range chunk fails the map."""
+    with started(pmp.Pool, 2) as p:
+        with pytest.raises(ValueError, match="three"):
+            p.map(h.fail_on_3, range(100), 50)
+        assert p.map(h.sq, range(40), 20)[-1] == 39 * 39
+
+
 def test_map_over_generator(pmp):
     """map accepts an iterable without len()."""
     with started(pmp.Pool, 2) as p:

@@ -914,22 +914,22 @@ static PyObject *call_task(int kind, PyObject *func, PyObject *payload)
             return NULL;
         return PyObject_Call(func, args, kwds == Py_None ? NULL : kwds);
     }
-    Py_ssize_t n = PyList_Size(payload);
-    if (n < 0)
+    /* a list, or a range (see RANGE_CHUNK_MIN) */
+    PyObject *items = PySequence_Fast(payload, "a map task's chunk must be a sequence");
+    if (!items)
         return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(items);
     PyObject *results = PyList_New(n);
-    if (!results)
-        return NULL;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *item = PyList_GET_ITEM(payload, i);
+    for (Py_ssize_t i = 0; results && i < n; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(items, i);
         PyObject *v = kind == KIND_STARMAP ? PyObject_Call(func, item, NULL)
                                            : PyObject_CallOneArg(func, item);
-        if (!v) {
-            Py_DECREF(results);
-            return NULL;
-        }
-        PyList_SET_ITEM(results, i, v);
+        if (!v)
+            Py_CLEAR(results);
+        else
+            PyList_SET_ITEM(results, i, v);
     }
+    Py_DECREF(items);
     return results;
 }
 
@@ -1386,16 +1386,26 @@ static Py_ssize_t default_chunksize(Py_ssize_t n, unsigned processes)
     return size;
 }
 
+/* Chunks at least this long of a map over a range travel as ranges: a
+ * chunk is a few bytes to send instead of one int per item, and the
+ * worker calls the function on the same ints. */
+#define RANGE_CHUNK_MIN 16
+
 static PyObject *map_async(PoolObject *self, int kind, PyObject *func, PyObject *iterable,
                            PyObject *chunksize_o, PyObject *callback, PyObject *error_callback)
 {
     PoolCore *c = running_core(self);
     if (!c)
         return NULL;
-    PyObject *items = PySequence_List(iterable);
+    PyObject *items = kind == KIND_MAP && PyRange_Check(iterable) ? Py_NewRef(iterable)
+                                                                  : PySequence_List(iterable);
     if (!items)
         return NULL;
-    Py_ssize_t n = PyList_GET_SIZE(items);
+    Py_ssize_t n = PySequence_Length(items);
+    if (n < 0) {
+        Py_DECREF(items); /* a range longer than sys.maxsize */
+        return NULL;
+    }
     Py_ssize_t chunksize;
     if (!chunksize_o || chunksize_o == Py_None) {
         chunksize = default_chunksize(n, c->processes);
@@ -1411,9 +1421,11 @@ static PyObject *map_async(PoolObject *self, int kind, PyObject *func, PyObject 
             return NULL;
         }
     }
-    ResultObject *r = result_new(MapResult_type, c, callback, error_callback);
+    if (PyRange_Check(items) && chunksize < RANGE_CHUNK_MIN)
+        Py_SETREF(items, PySequence_List(items));
+    ResultObject *r = items ? result_new(MapResult_type, c, callback, error_callback) : NULL;
     if (!r) {
-        Py_DECREF(items);
+        Py_XDECREF(items);
         return NULL;
     }
     r->length = n;
@@ -1429,7 +1441,7 @@ static PyObject *map_async(PoolObject *self, int kind, PyObject *func, PyObject 
         r->ready = 1;
     }
     for (Py_ssize_t k = 0; k * r->chunksize < n; k++) {
-        PyObject *chunk = PyList_GetSlice(items, k * r->chunksize, (k + 1) * r->chunksize);
+        PyObject *chunk = PySequence_GetSlice(items, k * r->chunksize, (k + 1) * r->chunksize);
         if (!chunk || submit(c, kind, func, chunk, (PyObject *)r, k) < 0) {
             Py_XDECREF(chunk);
             goto fail;
