@@ -15,10 +15,17 @@
  *    __cause__, or a MaybeEncodingError when it cannot be pickled.
  *  - The worker function runs in the forked worker with the GIL, which it
  *    releases around each wait for a task (cmp_pool_options_t.wait_hook).
- *  - One result thread per pool (started with _thread) calls
- *    cmp_pool_next with the GIL released, decodes each outcome, completes
- *    its job (running callbacks there, as the stdlib does) and wakes the
+ *  - Outcomes are read (cmp_pool_next, GIL released) by one thread at a
+ *    time, the reader, which decodes each, completes its job and wakes the
  *    threads waiting in get()/wait() (one condition variable per pool).
+ *    A thread blocked in apply(), map() or starmap() is the reader itself
+ *    while it waits: its result then takes one hand-off (worker to it), not
+ *    two (worker to a result thread to it), and a map's outcomes need no
+ *    switch of the GIL between threads. The pool's result thread reads
+ *    whenever no such call waits and some task is not awaited by one
+ *    (apply_async, map_async, imap, after close), and it alone runs the
+ *    callbacks, as the stdlib's does: an outcome with callbacks that
+ *    another reader takes is handed to it (`deferred`).
  *  - A task whose worker died (CMP_POOL_LOST) fails with WorkerLostError,
  *    naming the signal or the exit code; a failed initializer fails every
  *    task with InitializerError, whose __cause__ is the initializer's
@@ -35,6 +42,7 @@
 
 enum { KIND_APPLY, KIND_MAP, KIND_STARMAP, KIND_CLOUD };
 enum { POOL_RUN, POOL_CLOSE, POOL_TERMINATE };
+enum { READER_NONE, READER_RESULT_THREAD, READER_WAITER };
 
 typedef struct PoolCore PoolCore;
 
@@ -44,6 +52,10 @@ typedef struct {
     PyObject *callback, *error_callback;
     PyObject *value; /* the result, or the exception */
     int ready, success;
+    /* apply(), map(), starmap(): the caller waits for this job, and reads
+     * the pool's outcomes while it does (see core_wait) */
+    int sync;
+    Py_ssize_t sync_left; /* its tasks counted in PoolCore.sync_tasks */
     /* MapResult */
     Py_ssize_t remaining; /* chunks still out */
     Py_ssize_t chunksize, length;
@@ -58,11 +70,19 @@ struct PoolCore {
     PyObject *feeders;                     /* weakrefs to the imap iterators whose input is left */
     PyObject *last_func, *last_func_bytes; /* see function_bytes */
     PyObject *initializer, *initargs;
-    pthread_mutex_t mu; /* with cv: completions, handler_done */
+    pthread_mutex_t mu; /* with cv: completions, handler_done; and below */
     pthread_cond_t cv;
     uint64_t completions;
     int handler_done;
-    int state;
+    int state; /* POOL_*: written with the GIL and mu held */
+    /* The reader role (mu; rt_cv wakes the result thread): */
+    int reader;                   /* READER_* */
+    int sync_waiters;             /* threads in core_wait for a sync job */
+    Py_ssize_t ntasks;            /* submitted, not yet out of cmp_pool_next */
+    Py_ssize_t sync_tasks;        /* of those, the ones a sync waiter awaits */
+    cmp_pool_outcome_t *deferred; /* taken by another reader, for the result thread */
+    size_t ndeferred, cap_deferred;
+    pthread_cond_t rt_cv;
     unsigned processes;
     pid_t owner;
 };
@@ -79,7 +99,7 @@ static PyObject *ExceptionWithTraceback, *MaybeEncodingError; /* the stdlib's */
 
 static int load_stdlib_classes(void);
 
-/* ---- waiting for jobs --------------------------------------------------- */
+/* ---- waiting for jobs, and the reader role ---------------------------------- */
 
 static void core_signal(PoolCore *c)
 {
@@ -89,10 +109,52 @@ static void core_signal(PoolCore *c)
     pthread_mutex_unlock(&c->mu);
 }
 
+/* mu held: whether the result thread has outcomes to deliver, or to read
+ * because no sync waiter will. */
+static int result_thread_needed(const PoolCore *c)
+{
+    if (c->ndeferred)
+        return 1;
+    return c->reader == READER_NONE && c->sync_waiters == 0 &&
+           (c->ntasks > c->sync_tasks || c->state != POOL_RUN);
+}
+
+/* mu held: after the role was given up or what result_thread_needed reads
+ * changed. */
+static void role_changed(PoolCore *c)
+{
+    if (result_thread_needed(c))
+        pthread_cond_signal(&c->rt_cv);
+    if (c->sync_waiters && c->reader == READER_NONE)
+        pthread_cond_broadcast(&c->cv);
+}
+
+/* mu held: takes the role if it is free. */
+static int take_role(PoolCore *c, int who)
+{
+    if (c->reader != READER_NONE)
+        return 0;
+    c->reader = who;
+    return 1;
+}
+
+static void give_up_role(PoolCore *c)
+{
+    pthread_mutex_lock(&c->mu);
+    c->reader = READER_NONE;
+    role_changed(c);
+    pthread_mutex_unlock(&c->mu);
+}
+
+static int read_turn(PoolCore *c, const struct timespec *until, int in_result_thread);
+
 /* Waits (GIL released, signal handlers run in between) until ready(obj),
  * evaluated with the GIL held after each completion, or the deadline.
- * Returns 1 ready, 0 timed out, -1 exception. */
-static int core_wait(PoolCore *c, int (*ready)(void *), void *obj, const struct timespec *deadline)
+ * sync: the job of an apply()/map()/starmap() that waits: this thread
+ * then reads the outcomes itself whenever the role is free. Returns 1
+ * ready, 0 timed out, -1 exception. */
+static int core_wait_loop(PoolCore *c, int (*ready)(void *), void *obj,
+                          const struct timespec *deadline, ResultObject *sync)
 {
     for (;;) {
         pthread_mutex_lock(&c->mu);
@@ -105,22 +167,60 @@ static int core_wait(PoolCore *c, int (*ready)(void *), void *obj, const struct 
             return 0;
         struct timespec storage;
         const struct timespec *until = cmp_py_slice(deadline, &storage);
-        Py_BEGIN_ALLOW_THREADS
-        pthread_mutex_lock(&c->mu);
-        while (c->completions == seen) {
-            if (!until) {
-                pthread_cond_wait(&c->cv, &c->mu);
-                continue;
-            }
-            /* cv runs on CLOCK_MONOTONIC (pthread_condattr_setclock) */
-            if (pthread_cond_timedwait(&c->cv, &c->mu, until) == ETIMEDOUT)
-                break;
+        int turn = 0;
+        if (sync) {
+            pthread_mutex_lock(&c->mu);
+            turn = take_role(c, READER_WAITER);
+            pthread_mutex_unlock(&c->mu);
         }
-        pthread_mutex_unlock(&c->mu);
-        Py_END_ALLOW_THREADS
+        if (turn) {
+            read_turn(c, until, 0);
+            give_up_role(c);
+        } else {
+            Py_BEGIN_ALLOW_THREADS
+            pthread_mutex_lock(&c->mu);
+            while (c->completions == seen && !(sync && c->reader == READER_NONE)) {
+                if (!until) {
+                    pthread_cond_wait(&c->cv, &c->mu);
+                    continue;
+                }
+                /* cv runs on CLOCK_MONOTONIC (pthread_condattr_setclock) */
+                if (pthread_cond_timedwait(&c->cv, &c->mu, until) == ETIMEDOUT)
+                    break;
+            }
+            pthread_mutex_unlock(&c->mu);
+            Py_END_ALLOW_THREADS
+        }
         if (PyErr_CheckSignals() < 0)
             return -1;
     }
+}
+
+static int core_wait(PoolCore *c, int (*ready)(void *), void *obj, const struct timespec *deadline,
+                     ResultObject *sync)
+{
+    if (sync && !sync->sync)
+        sync = NULL;
+    if (sync) {
+        pthread_mutex_lock(&c->mu);
+        c->sync_waiters++;
+        pthread_mutex_unlock(&c->mu);
+    }
+    int rc = core_wait_loop(c, ready, obj, deadline, sync);
+    if (sync) {
+        pthread_mutex_lock(&c->mu);
+        c->sync_waiters--;
+        if (rc <= 0 || sync->ready) {
+            /* nobody waits for the rest of its tasks (interrupted, or
+             * failed early): the result thread reads them */
+            c->sync_tasks -= sync->sync_left;
+            sync->sync_left = 0;
+            sync->sync = 0;
+        }
+        role_changed(c);
+        pthread_mutex_unlock(&c->mu);
+    }
+    return rc;
 }
 
 static int flag_set(void *flag)
@@ -166,7 +266,7 @@ static PyObject *Result_wait(PyObject *op, PyObject *const *args, Py_ssize_t nar
     const struct timespec *deadline;
     if (parse_timeout(args, nargs, kwnames, "wait", &storage, &deadline) < 0)
         return NULL;
-    if (core_wait(r->core, flag_set, &r->ready, deadline) < 0)
+    if (core_wait(r->core, flag_set, &r->ready, deadline, r) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -179,7 +279,7 @@ static PyObject *Result_get(PyObject *op, PyObject *const *args, Py_ssize_t narg
     const struct timespec *deadline;
     if (parse_timeout(args, nargs, kwnames, "get", &storage, &deadline) < 0)
         return NULL;
-    int rc = core_wait(r->core, flag_set, &r->ready, deadline);
+    int rc = core_wait(r->core, flag_set, &r->ready, deadline, r);
     if (rc < 0)
         return NULL;
     if (rc == 0) {
@@ -289,6 +389,8 @@ static ResultObject *result_new(PyTypeObject *tp, PoolCore *core, PyObject *call
         error_callback && error_callback != Py_None ? Py_NewRef(error_callback) : NULL;
     r->value = NULL;
     r->ready = r->success = 0;
+    r->sync = 0;
+    r->sync_left = 0;
     r->remaining = r->chunksize = r->length = 0;
     r->weakreflist = NULL;
     PyObject_GC_Track(r);
@@ -652,7 +754,7 @@ static PyObject *imap_next(IMapObject *it, const struct timespec *deadline)
             PyErr_SetNone(PyExc_StopIteration);
             return NULL;
         }
-        int rc = core_wait(it->core, imap_has_next, it, deadline);
+        int rc = core_wait(it->core, imap_has_next, it, deadline, NULL);
         if (rc < 0)
             return NULL;
         if (rc == 0) {
@@ -1080,20 +1182,49 @@ static PyObject *outcome_exception(PoolCore *c, const cmp_pool_outcome_t *o)
     return exc;
 }
 
-static void deliver(PoolCore *c, const cmp_pool_outcome_t *o)
+enum { DELIVERED, DELIVERED_SYNC, DEFERRED };
+
+/* Completes the job of outcome o (GIL held). Outside the result thread, an
+ * outcome whose job has callbacks is not delivered but handed to it (the
+ * outcome's data with it). Returns DELIVERED, DELIVERED_SYNC (it was a
+ * task a sync waiter awaited) or DEFERRED. */
+static int deliver(PoolCore *c, const cmp_pool_outcome_t *o, int in_result_thread)
 {
     PyObject *key = PyLong_FromUnsignedLongLong(o->id);
     PyObject *entry = key ? PyDict_GetItemWithError(c->jobs, key) : NULL;
     if (!entry) {
         Py_XDECREF(key);
         PyErr_Clear();
-        return; /* a job nobody waits for any more */
+        return DELIVERED; /* a job nobody waits for any more */
+    }
+    PyObject *job = PyTuple_GET_ITEM(entry, 0);
+    ResultObject *r = is_imap(job) ? NULL : (ResultObject *)job;
+    if (r && !in_result_thread && (r->callback || r->error_callback)) {
+        Py_DECREF(key);
+        pthread_mutex_lock(&c->mu);
+        if (c->ndeferred == c->cap_deferred) {
+            size_t cap = c->cap_deferred ? 2 * c->cap_deferred : 16;
+            cmp_pool_outcome_t *grown = realloc(c->deferred, cap * sizeof *grown);
+            if (!grown) {
+                pthread_mutex_unlock(&c->mu);
+                return deliver(c, o, 1); /* out of memory: here, then */
+            }
+            c->deferred = grown;
+            c->cap_deferred = cap;
+        }
+        c->deferred[c->ndeferred++] = *o;
+        pthread_cond_signal(&c->rt_cv);
+        pthread_mutex_unlock(&c->mu);
+        return DEFERRED;
     }
     Py_INCREF(entry);
     PyDict_DelItem(c->jobs, key);
     Py_DECREF(key);
-    PyObject *job = PyTuple_GET_ITEM(entry, 0);
-    ResultObject *r = (ResultObject *)job;
+    int how = DELIVERED;
+    if (r && r->sync_left > 0) {
+        r->sync_left--;
+        how = DELIVERED_SYNC;
+    }
     Py_ssize_t index = PyLong_AsSsize_t(PyTuple_GET_ITEM(entry, 1));
     int success = o->status == CMP_POOL_DONE;
     PyObject *value = success ? cmp_py_decode(c->st, o->data, o->len) : outcome_exception(c, o);
@@ -1105,13 +1236,14 @@ static void deliver(PoolCore *c, const cmp_pool_outcome_t *o)
         Py_XDECREF(type);
         Py_XDECREF(tb);
     }
-    if (is_imap(job))
+    if (!r)
         imap_chunk((IMapObject *)job, index, success, value);
     else if (index < 0)
         result_finish(r, success, value);
     else
         map_chunk(r, index, success, value);
     Py_DECREF(entry);
+    return how;
 }
 
 /* Outcomes taken per turn with the GIL: the first waited for, the rest
@@ -1125,26 +1257,111 @@ static void *raw_alloc(void *arg, size_t len)
     return PyMem_RawMalloc(len ? len : 1);
 }
 
+/* Delivers n outcomes that came out of cmp_pool_next (GIL held). */
+static void deliver_batch(PoolCore *c, cmp_pool_outcome_t *batch, int n, int in_result_thread)
+{
+    Py_ssize_t nsync = 0;
+    for (int i = 0; i < n; i++) {
+        int how = deliver(c, &batch[i], in_result_thread);
+        if (how != DEFERRED)
+            PyMem_RawFree(batch[i].data);
+        nsync += how == DELIVERED_SYNC;
+    }
+    pthread_mutex_lock(&c->mu);
+    c->ntasks -= n;
+    c->sync_tasks -= nsync;
+    pthread_mutex_unlock(&c->mu);
+}
+
+/* One turn of the reader (the role held, GIL held): waits, GIL released,
+ * until an outcome comes or until `until` (NULL: no limit), then delivers
+ * it with those already there. Returns what cmp_pool_next returned. */
+static int read_turn(PoolCore *c, const struct timespec *until, int in_result_thread)
+{
+    cmp_pool_outcome_t batch[RESULT_BATCH];
+    int rc, n = 0;
+    Py_BEGIN_ALLOW_THREADS
+    rc = cmp_pool_next(c->pool, &batch[0], raw_alloc, NULL, until);
+    if (rc == 0) {
+        n = 1;
+        while (n < RESULT_BATCH &&
+               cmp_pool_next(c->pool, &batch[n], raw_alloc, NULL, CMP_NOWAIT) == 0)
+            n++;
+    }
+    Py_END_ALLOW_THREADS
+    deliver_batch(c, batch, n, in_result_thread);
+    return rc;
+}
+
+/* The outcomes already there, delivered without letting go of the GIL:
+ * while a map's caller submits its chunks, so that the workers are fed
+ * as they finish (sync maps have no result thread reading for them). */
+static void read_ready(PoolCore *c)
+{
+    pthread_mutex_lock(&c->mu);
+    int turn = take_role(c, READER_WAITER);
+    pthread_mutex_unlock(&c->mu);
+    if (!turn)
+        return;
+    cmp_pool_outcome_t batch[RESULT_BATCH];
+    int n;
+    do {
+        n = 0;
+        while (n < RESULT_BATCH &&
+               cmp_pool_next(c->pool, &batch[n], raw_alloc, NULL, CMP_NOWAIT) == 0)
+            n++;
+        deliver_batch(c, batch, n, 0);
+    } while (n == RESULT_BATCH);
+    give_up_role(c);
+}
+
+/* The result thread: delivers what other readers handed it, and reads
+ * while result_thread_needed. Ends once the pool is closed or terminated
+ * and every task is out. An idle pool is looked at every IDLE_CHECK_NS
+ * (cmp_pool_next notices dead workers and starts their replacements), so
+ * that it keeps its workers as the stdlib's does (it polls every 0.1 s). */
+#define IDLE_CHECK_NS 100000000L
+
 static PyObject *result_thread(PyObject *unused, PyObject *arg)
 {
     (void)unused;
     PoolCore *c = (PoolCore *)arg;
-    cmp_pool_outcome_t batch[RESULT_BATCH];
     for (;;) {
-        int rc, n = 0;
+        cmp_pool_outcome_t *deferred = NULL;
+        size_t ndeferred = 0;
+        int reading = 0, idle_check = 0;
         Py_BEGIN_ALLOW_THREADS
-        rc = cmp_pool_next(c->pool, &batch[0], raw_alloc, NULL, NULL);
-        if (rc == 0) {
-            n = 1;
-            while (n < RESULT_BATCH &&
-                   cmp_pool_next(c->pool, &batch[n], raw_alloc, NULL, CMP_NOWAIT) == 0)
-                n++;
+        pthread_mutex_lock(&c->mu);
+        while (!result_thread_needed(c)) {
+            struct timespec until;
+            cmp_deadline_after(IDLE_CHECK_NS / 1e9, &until);
+            if (pthread_cond_timedwait(&c->rt_cv, &c->mu, &until) == ETIMEDOUT &&
+                c->reader == READER_NONE && c->sync_waiters == 0) {
+                idle_check = 1;
+                break;
+            }
         }
+        if (idle_check) {
+            reading = take_role(c, READER_RESULT_THREAD);
+        } else if (c->ndeferred) {
+            deferred = c->deferred;
+            ndeferred = c->ndeferred;
+            c->deferred = NULL;
+            c->ndeferred = c->cap_deferred = 0;
+        } else {
+            reading = take_role(c, READER_RESULT_THREAD);
+        }
+        pthread_mutex_unlock(&c->mu);
         Py_END_ALLOW_THREADS
-        for (int i = 0; i < n; i++) {
-            deliver(c, &batch[i]);
-            PyMem_RawFree(batch[i].data);
+        for (size_t i = 0; i < ndeferred; i++) {
+            deliver(c, &deferred[i], 1);
+            PyMem_RawFree(deferred[i].data);
         }
+        free(deferred);
+        if (!reading)
+            continue;
+        int rc = read_turn(c, idle_check ? CMP_NOWAIT : NULL, 1);
+        give_up_role(c);
         if (rc == -ENOENT)
             break;
         /* other errors: -EINTR (only the main thread runs handlers) */
@@ -1201,6 +1418,10 @@ static void Core_dealloc(PyObject *op)
         cmp_pool_destroy(c->pool);
         pthread_mutex_destroy(&c->mu);
         pthread_cond_destroy(&c->cv);
+        pthread_cond_destroy(&c->rt_cv);
+        for (size_t i = 0; i < c->ndeferred; i++)
+            PyMem_RawFree(c->deferred[i].data);
+        free(c->deferred);
     }
     Core_clear(op);
     tp->tp_free(op);
@@ -1318,6 +1539,15 @@ static int submit(PoolCore *c, int kind, PyObject *func, PyObject *payload, PyOb
             cmp_py_raise(rc);
         return -1;
     }
+    ResultObject *r = is_imap(job) ? NULL : (ResultObject *)job;
+    pthread_mutex_lock(&c->mu);
+    c->ntasks++;
+    if (r && r->sync) {
+        r->sync_left++;
+        c->sync_tasks++;
+    }
+    role_changed(c); /* an async task: the result thread reads, if nobody does */
+    pthread_mutex_unlock(&c->mu);
     PyObject *key = PyLong_FromUnsignedLongLong(id);
     PyObject *entry = Py_BuildValue("(On)", job, index);
     int err = !key || !entry || PyDict_SetItem(c->jobs, key, entry) < 0;
@@ -1328,7 +1558,7 @@ static int submit(PoolCore *c, int kind, PyObject *func, PyObject *payload, PyOb
 
 /* Submits func(*fargs, **fkwds) (either may be NULL); a new ApplyResult. */
 static PyObject *apply_job(PoolObject *self, PyObject *func, PyObject *fargs, PyObject *fkwds,
-                           PyObject *callback, PyObject *error_callback)
+                           PyObject *callback, PyObject *error_callback, int sync)
 {
     PoolCore *c = running_core(self);
     if (!c)
@@ -1338,6 +1568,8 @@ static PyObject *apply_job(PoolObject *self, PyObject *func, PyObject *fargs, Py
         return NULL;
     PyObject *tkwds = fkwds ? Py_NewRef(fkwds) : PyDict_New();
     ResultObject *r = tkwds ? result_new(ApplyResult_type, c, callback, error_callback) : NULL;
+    if (r)
+        r->sync = sync;
     PyObject *payload = r ? PyTuple_Pack(2, targs, tkwds) : NULL;
     Py_DECREF(targs);
     Py_XDECREF(tkwds);
@@ -1357,7 +1589,7 @@ static PyObject *Pool_apply_async(PyObject *op, PyObject *args, PyObject *kwds)
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OOOO:apply_async", kwlist, &func, &fargs,
                                      &fkwds, &callback, &error_callback))
         return NULL;
-    return apply_job((PoolObject *)op, func, fargs, fkwds, callback, error_callback);
+    return apply_job((PoolObject *)op, func, fargs, fkwds, callback, error_callback, 0);
 }
 
 static PyObject *Pool_apply(PyObject *op, PyObject *args, PyObject *kwds)
@@ -1366,7 +1598,7 @@ static PyObject *Pool_apply(PyObject *op, PyObject *args, PyObject *kwds)
     PyObject *func, *fargs = NULL, *fkwds = NULL;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OO:apply", kwlist, &func, &fargs, &fkwds))
         return NULL;
-    PyObject *r = apply_job((PoolObject *)op, func, fargs, fkwds, NULL, NULL);
+    PyObject *r = apply_job((PoolObject *)op, func, fargs, fkwds, NULL, NULL, 1);
     if (!r)
         return NULL;
     PyObject *v = Result_get(r, NULL, 0, NULL);
@@ -1392,7 +1624,8 @@ static Py_ssize_t default_chunksize(Py_ssize_t n, unsigned processes)
 #define RANGE_CHUNK_MIN 16
 
 static PyObject *map_async(PoolObject *self, int kind, PyObject *func, PyObject *iterable,
-                           PyObject *chunksize_o, PyObject *callback, PyObject *error_callback)
+                           PyObject *chunksize_o, PyObject *callback, PyObject *error_callback,
+                           int sync)
 {
     PoolCore *c = running_core(self);
     if (!c)
@@ -1428,6 +1661,7 @@ static PyObject *map_async(PoolObject *self, int kind, PyObject *func, PyObject 
         Py_XDECREF(items);
         return NULL;
     }
+    r->sync = sync;
     r->length = n;
     r->chunksize = chunksize ? chunksize : 1;
     r->remaining = n ? (n + r->chunksize - 1) / r->chunksize : 0;
@@ -1447,6 +1681,8 @@ static PyObject *map_async(PoolObject *self, int kind, PyObject *func, PyObject 
             goto fail;
         }
         Py_DECREF(chunk);
+        if (sync)
+            read_ready(c);
     }
     Py_DECREF(items);
     return (PyObject *)r;
@@ -1479,7 +1715,7 @@ static PyObject *map_with_progress(ResultObject *r, PyObject *progress)
         w.seen = r->remaining;
         Py_ssize_t done = (chunks - r->remaining) * r->chunksize;
         if (progress_update(&pr, done < r->length ? done : r->length) < 0 ||
-            core_wait(r->core, map_moved, &w, NULL) < 0) {
+            core_wait(r->core, map_moved, &w, NULL, r) < 0) {
             progress_end(&pr);
             return NULL;
         }
@@ -1506,8 +1742,8 @@ static PyObject *parse_map(PyObject *op, PyObject *args, PyObject *kwds, int kin
                                                  &chunksize, &progress);
     if (!ok)
         return NULL;
-    PyObject *r =
-        map_async((PoolObject *)op, kind, func, iterable, chunksize, callback, error_callback);
+    PyObject *r = map_async((PoolObject *)op, kind, func, iterable, chunksize, callback,
+                            error_callback, !async);
     if (!r || async)
         return r;
     PyObject *v = progress != Py_None ? map_with_progress((ResultObject *)r, progress)
@@ -1647,6 +1883,16 @@ static int feed_all(PoolCore *c)
     return PyList_SetSlice(c->feeders, 0, n, NULL);
 }
 
+/* GIL held; once the pool is not running, the result thread reads to the
+ * end. */
+static void set_state(PoolCore *c, int state)
+{
+    pthread_mutex_lock(&c->mu);
+    c->state = state;
+    role_changed(c);
+    pthread_mutex_unlock(&c->mu);
+}
+
 static PyObject *Pool_close(PyObject *op, PyObject *unused)
 {
     (void)unused;
@@ -1654,7 +1900,7 @@ static PyObject *Pool_close(PyObject *op, PyObject *unused)
     if (c && c->state == POOL_RUN) {
         if (feed_all(c) < 0)
             return NULL;
-        c->state = POOL_CLOSE;
+        set_state(c, POOL_CLOSE);
         cmp_pool_close(c->pool);
     }
     Py_RETURN_NONE;
@@ -1664,7 +1910,7 @@ static void core_terminate(PoolCore *c)
 {
     if (c->state == POOL_TERMINATE)
         return;
-    c->state = POOL_TERMINATE;
+    set_state(c, POOL_TERMINATE);
     Py_BEGIN_ALLOW_THREADS
     cmp_pool_terminate(c->pool);
     Py_END_ALLOW_THREADS
@@ -1690,7 +1936,7 @@ static PyObject *Pool_join(PyObject *op, PyObject *unused)
         return NULL;
     }
     /* the result thread ends once every task is out: then the workers */
-    if (core_wait(c, flag_set, &c->handler_done, NULL) < 0)
+    if (core_wait(c, flag_set, &c->handler_done, NULL, NULL) < 0)
         return NULL;
     int rc;
     Py_BEGIN_ALLOW_THREADS
@@ -1787,6 +2033,11 @@ static int Pool_init(PyObject *op, PyObject *args, PyObject *kwds)
     c->completions = 0;
     c->handler_done = 0;
     c->state = POOL_RUN;
+    c->reader = READER_NONE;
+    c->sync_waiters = 0;
+    c->ntasks = c->sync_tasks = 0;
+    c->deferred = NULL;
+    c->ndeferred = c->cap_deferred = 0;
     c->owner = getpid();
     PyObject_GC_Track(c);
     if (!c->jobs || !c->feeders || !c->initargs) {
@@ -1797,6 +2048,7 @@ static int Pool_init(PyObject *op, PyObject *args, PyObject *kwds)
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&c->cv, &ca);
+    pthread_cond_init(&c->rt_cv, &ca);
     pthread_condattr_destroy(&ca);
     pthread_mutex_init(&c->mu, NULL);
 
@@ -1816,6 +2068,7 @@ static int Pool_init(PyObject *op, PyObject *args, PyObject *kwds)
     if (rc < 0) {
         pthread_mutex_destroy(&c->mu);
         pthread_cond_destroy(&c->cv);
+        pthread_cond_destroy(&c->rt_cv);
         Py_DECREF(c);
         cmp_py_raise(rc);
         return -1;
