@@ -111,6 +111,63 @@ def test_apply_async_callback(pmp):
         assert got == [49]
 
 
+def test_apply_from_many_threads(pmp):
+    """apply() and map() called from several threads at once each get
+    their own results."""
+    errors, got = [], {}
+
+    def run(k):
+        try:
+            got[k] = ([p.apply(h.add, (k, i)) for i in range(50)],
+                      p.map(h.add, [k] * 20, 3))
+        except BaseException as e:  # noqa: B902 (reported below)
+            errors.append(e)
+
+    with started(pmp.Pool, 2) as p:
+        threads = [threading.Thread(target=run, args=(k,)) for k in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(T)
+        assert not any(t.is_alive() for t in threads), "a caller hung"
+    assert not errors, errors
+    assert got == {k: ([k + i for i in range(50)], [k] * 20) for k in range(6)}
+
+
+def test_callbacks_run_in_the_pool_thread_while_map_waits(pmp):
+    """Callbacks run in a thread of the pool, not in a thread that waits
+    in map() meanwhile, and each runs once."""
+    seen = []
+    with started(pmp.Pool, 2) as p:
+        pending = [p.apply_async(h.sq, (i,), callback=lambda v: seen.append(
+            (threading.get_ident(), v))) for i in range(40)]
+        assert p.map(h.sq, range(200), 1) == [x * x for x in range(200)]
+        assert [r.get(T) for r in pending] == [i * i for i in range(40)]
+    assert sorted(v for _, v in seen) == [i * i for i in range(40)]
+    assert threading.get_ident() not in {ident for ident, _ in seen}
+
+
+def test_pool_usable_after_map_interrupted(pmp):
+    """An exception raised in the caller (a signal handler) while map()
+    waits leaves the pool running: the next map gets its own results."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        with started(pmp.Pool, 2) as p:
+            signal.setitimer(signal.ITIMER_REAL, 0.2)
+            with pytest.raises(KeyboardInterrupt):
+                p.map(time.sleep, [0.05] * 40, 1)
+            assert p.map(h.sq, range(30), 2) == [x * x for x in range(30)]
+            assert p.apply(h.add, (1, 2)) == 3
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
 def test_apply_async_error_callback(pmp):
     """error_callback gets the worker's exception, before get() raises it."""
     got = []
