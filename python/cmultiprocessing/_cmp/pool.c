@@ -17,15 +17,18 @@
  *    releases around each wait for a task (cmp_pool_options_t.wait_hook).
  *  - Outcomes are read (cmp_pool_next, GIL released) by one thread at a
  *    time, the reader, which decodes each, completes its job and wakes the
- *    threads waiting in get()/wait() (one condition variable per pool).
- *    A thread blocked in apply(), map() or starmap() is the reader itself
- *    while it waits: its result then takes one hand-off (worker to it), not
- *    two (worker to a result thread to it), and a map's outcomes need no
- *    switch of the GIL between threads. The pool's result thread reads
- *    whenever no such call waits and some task is not awaited by one
- *    (apply_async, map_async, imap, after close), and it alone runs the
- *    callbacks, as the stdlib's does: an outcome with callbacks that
- *    another reader takes is handed to it (`deferred`).
+ *    threads waiting in get()/wait()/next() (one condition variable per
+ *    pool). A thread that waits for a result is the reader itself whenever
+ *    the role is free: its result then takes one hand-off (worker to it),
+ *    not two (worker to a result thread to it), with no switch of the GIL
+ *    between threads. apply(), map() and starmap() leave their tasks to
+ *    their caller (sync tasks; a long map only once it is submitted, so
+ *    that the result thread feeds the workers meanwhile). The pool's result
+ *    thread reads when a task is out that no caller waits for (apply_async,
+ *    map_async, imap, after close), and no waiting thread read in the last
+ *    READER_GRACE_NS; it alone runs the callbacks, as the stdlib's result
+ *    handler does: an outcome with callbacks that another reader takes is
+ *    handed to it (`deferred`).
  *  - A task whose worker died (CMP_POOL_LOST) fails with WorkerLostError,
  *    naming the signal or the exit code; a failed initializer fails every
  *    task with InitializerError, whose __cause__ is the initializer's
@@ -43,6 +46,7 @@
 enum { KIND_APPLY, KIND_MAP, KIND_STARMAP, KIND_CLOUD };
 enum { POOL_RUN, POOL_CLOSE, POOL_TERMINATE };
 enum { READER_NONE, READER_RESULT_THREAD, READER_WAITER };
+enum { RT_BUSY, RT_IDLE, RT_GRACE };
 
 typedef struct PoolCore PoolCore;
 
@@ -77,7 +81,9 @@ struct PoolCore {
     int state; /* POOL_*: written with the GIL and mu held */
     /* The reader role (mu; rt_cv wakes the result thread): */
     int reader;                   /* READER_* */
-    int sync_waiters;             /* threads in core_wait for a sync job */
+    int reading_waiters;          /* threads in core_wait that read */
+    int rt_wait;                  /* RT_*: how the result thread waits */
+    int64_t waiter_left_ns;       /* when a reading waiter last left */
     Py_ssize_t ntasks;            /* submitted, not yet out of cmp_pool_next */
     Py_ssize_t sync_tasks;        /* of those, the ones a sync waiter awaits */
     cmp_pool_outcome_t *deferred; /* taken by another reader, for the result thread */
@@ -109,23 +115,23 @@ static void core_signal(PoolCore *c)
     pthread_mutex_unlock(&c->mu);
 }
 
-/* mu held: whether the result thread has outcomes to deliver, or to read
- * because no sync waiter will. */
-static int result_thread_needed(const PoolCore *c)
+/* mu held: whether the result thread should read: a task is out that no
+ * sync waiter awaits (or the pool is winding down), and no thread that
+ * waits for a result holds the role or is about to take it. */
+static int reading_wanted(const PoolCore *c)
 {
-    if (c->ndeferred)
-        return 1;
-    return c->reader == READER_NONE && c->sync_waiters == 0 &&
+    return c->reader == READER_NONE && c->reading_waiters == 0 &&
            (c->ntasks > c->sync_tasks || c->state != POOL_RUN);
 }
 
-/* mu held: after the role was given up or what result_thread_needed reads
- * changed. */
+/* mu held: after the role was given up or what reading_wanted reads
+ * changed. A result thread waiting out a grace period looks again when it
+ * ends, so it is not woken for that. */
 static void role_changed(PoolCore *c)
 {
-    if (result_thread_needed(c))
+    if (c->ndeferred || (reading_wanted(c) && c->rt_wait == RT_IDLE))
         pthread_cond_signal(&c->rt_cv);
-    if (c->sync_waiters && c->reader == READER_NONE)
+    if (c->reading_waiters && c->reader == READER_NONE)
         pthread_cond_broadcast(&c->cv);
 }
 
@@ -148,13 +154,20 @@ static void give_up_role(PoolCore *c)
 
 static int read_turn(PoolCore *c, const struct timespec *until, int in_result_thread);
 
+static int64_t now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
 /* Waits (GIL released, signal handlers run in between) until ready(obj),
  * evaluated with the GIL held after each completion, or the deadline.
- * sync: the job of an apply()/map()/starmap() that waits: this thread
- * then reads the outcomes itself whenever the role is free. Returns 1
- * ready, 0 timed out, -1 exception. */
+ * reads: this thread reads the outcomes itself whenever the role is free
+ * (one hand-off from the worker instead of two). Returns 1 ready, 0 timed
+ * out, -1 exception. */
 static int core_wait_loop(PoolCore *c, int (*ready)(void *), void *obj,
-                          const struct timespec *deadline, ResultObject *sync)
+                          const struct timespec *deadline, int reads)
 {
     for (;;) {
         pthread_mutex_lock(&c->mu);
@@ -168,7 +181,7 @@ static int core_wait_loop(PoolCore *c, int (*ready)(void *), void *obj,
         struct timespec storage;
         const struct timespec *until = cmp_py_slice(deadline, &storage);
         int turn = 0;
-        if (sync) {
+        if (reads) {
             pthread_mutex_lock(&c->mu);
             turn = take_role(c, READER_WAITER);
             pthread_mutex_unlock(&c->mu);
@@ -179,7 +192,7 @@ static int core_wait_loop(PoolCore *c, int (*ready)(void *), void *obj,
         } else {
             Py_BEGIN_ALLOW_THREADS
             pthread_mutex_lock(&c->mu);
-            while (c->completions == seen && !(sync && c->reader == READER_NONE)) {
+            while (c->completions == seen && !(reads && c->reader == READER_NONE)) {
                 if (!until) {
                     pthread_cond_wait(&c->cv, &c->mu);
                     continue;
@@ -196,21 +209,25 @@ static int core_wait_loop(PoolCore *c, int (*ready)(void *), void *obj,
     }
 }
 
+/* core_wait_loop for a thread that waits for a result (reads; with
+ * sync, the apply()/map()/starmap() job it waits for, whose tasks the
+ * result thread leaves to it), or not (reads 0: join). */
 static int core_wait(PoolCore *c, int (*ready)(void *), void *obj, const struct timespec *deadline,
-                     ResultObject *sync)
+                     int reads, ResultObject *sync)
 {
     if (sync && !sync->sync)
         sync = NULL;
-    if (sync) {
+    if (reads) {
         pthread_mutex_lock(&c->mu);
-        c->sync_waiters++;
+        c->reading_waiters++;
         pthread_mutex_unlock(&c->mu);
     }
-    int rc = core_wait_loop(c, ready, obj, deadline, sync);
-    if (sync) {
+    int rc = core_wait_loop(c, ready, obj, deadline, reads);
+    if (reads) {
         pthread_mutex_lock(&c->mu);
-        c->sync_waiters--;
-        if (rc <= 0 || sync->ready) {
+        c->reading_waiters--;
+        c->waiter_left_ns = now_ns();
+        if (sync && (rc <= 0 || sync->ready)) {
             /* nobody waits for the rest of its tasks (interrupted, or
              * failed early): the result thread reads them */
             c->sync_tasks -= sync->sync_left;
@@ -266,7 +283,7 @@ static PyObject *Result_wait(PyObject *op, PyObject *const *args, Py_ssize_t nar
     const struct timespec *deadline;
     if (parse_timeout(args, nargs, kwnames, "wait", &storage, &deadline) < 0)
         return NULL;
-    if (core_wait(r->core, flag_set, &r->ready, deadline, r) < 0)
+    if (core_wait(r->core, flag_set, &r->ready, deadline, 1, r) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -279,7 +296,7 @@ static PyObject *Result_get(PyObject *op, PyObject *const *args, Py_ssize_t narg
     const struct timespec *deadline;
     if (parse_timeout(args, nargs, kwnames, "get", &storage, &deadline) < 0)
         return NULL;
-    int rc = core_wait(r->core, flag_set, &r->ready, deadline, r);
+    int rc = core_wait(r->core, flag_set, &r->ready, deadline, 1, r);
     if (rc < 0)
         return NULL;
     if (rc == 0) {
@@ -754,7 +771,7 @@ static PyObject *imap_next(IMapObject *it, const struct timespec *deadline)
             PyErr_SetNone(PyExc_StopIteration);
             return NULL;
         }
-        int rc = core_wait(it->core, imap_has_next, it, deadline, NULL);
+        int rc = core_wait(it->core, imap_has_next, it, deadline, 1, NULL);
         if (rc < 0)
             return NULL;
         if (rc == 0) {
@@ -1293,34 +1310,16 @@ static int read_turn(PoolCore *c, const struct timespec *until, int in_result_th
     return rc;
 }
 
-/* The outcomes already there, delivered without letting go of the GIL:
- * while a map's caller submits its chunks, so that the workers are fed
- * as they finish (sync maps have no result thread reading for them). */
-static void read_ready(PoolCore *c)
-{
-    pthread_mutex_lock(&c->mu);
-    int turn = take_role(c, READER_WAITER);
-    pthread_mutex_unlock(&c->mu);
-    if (!turn)
-        return;
-    cmp_pool_outcome_t batch[RESULT_BATCH];
-    int n;
-    do {
-        n = 0;
-        while (n < RESULT_BATCH &&
-               cmp_pool_next(c->pool, &batch[n], raw_alloc, NULL, CMP_NOWAIT) == 0)
-            n++;
-        deliver_batch(c, batch, n, 0);
-    } while (n == RESULT_BATCH);
-    give_up_role(c);
-}
-
 /* The result thread: delivers what other readers handed it, and reads
- * while result_thread_needed. Ends once the pool is closed or terminated
+ * while reading_wanted. Ends once the pool is closed or terminated
  * and every task is out. An idle pool is looked at every IDLE_CHECK_NS
  * (cmp_pool_next notices dead workers and starts their replacements), so
  * that it keeps its workers as the stdlib's does (it polls every 0.1 s). */
 #define IDLE_CHECK_NS 100000000L
+/* A thread that waited for a result and read is left the reading for this
+ * long after it returns: a consumer of imap(), or a loop of
+ * apply_async(...).get(), is back for the next within it. */
+#define READER_GRACE_NS 1000000L
 
 static PyObject *result_thread(PyObject *unused, PyObject *arg)
 {
@@ -1332,24 +1331,37 @@ static PyObject *result_thread(PyObject *unused, PyObject *arg)
         int reading = 0, idle_check = 0;
         Py_BEGIN_ALLOW_THREADS
         pthread_mutex_lock(&c->mu);
-        while (!result_thread_needed(c)) {
-            struct timespec until;
-            cmp_deadline_after(IDLE_CHECK_NS / 1e9, &until);
-            if (pthread_cond_timedwait(&c->rt_cv, &c->mu, &until) == ETIMEDOUT &&
-                c->reader == READER_NONE && c->sync_waiters == 0) {
+        for (;;) {
+            if (c->ndeferred) {
+                deferred = c->deferred;
+                ndeferred = c->ndeferred;
+                c->deferred = NULL;
+                c->ndeferred = c->cap_deferred = 0;
+                break;
+            }
+            int64_t wake = now_ns() + IDLE_CHECK_NS;
+            c->rt_wait = RT_IDLE;
+            if (reading_wanted(c)) {
+                /* a waiter that just read will likely be back: leave the
+                 * reading to it, unless it stays away */
+                int64_t end = c->waiter_left_ns + READER_GRACE_NS;
+                if (c->state != POOL_RUN || now_ns() >= end) {
+                    reading = take_role(c, READER_RESULT_THREAD);
+                    break;
+                }
+                wake = end;
+                c->rt_wait = RT_GRACE;
+            }
+            struct timespec until = {(time_t)(wake / 1000000000), (long)(wake % 1000000000)};
+            int rc = pthread_cond_timedwait(&c->rt_cv, &c->mu, &until);
+            int was_idle = c->rt_wait == RT_IDLE;
+            c->rt_wait = RT_BUSY;
+            if (rc == ETIMEDOUT && was_idle && c->reader == READER_NONE &&
+                c->reading_waiters == 0) {
+                reading = take_role(c, READER_RESULT_THREAD);
                 idle_check = 1;
                 break;
             }
-        }
-        if (idle_check) {
-            reading = take_role(c, READER_RESULT_THREAD);
-        } else if (c->ndeferred) {
-            deferred = c->deferred;
-            ndeferred = c->ndeferred;
-            c->deferred = NULL;
-            c->ndeferred = c->cap_deferred = 0;
-        } else {
-            reading = take_role(c, READER_RESULT_THREAD);
         }
         pthread_mutex_unlock(&c->mu);
         Py_END_ALLOW_THREADS
@@ -1618,6 +1630,22 @@ static Py_ssize_t default_chunksize(Py_ssize_t n, unsigned processes)
     return size;
 }
 
+/* The chunks a worker takes at once (libcmp's default depth + 1). */
+#define HANDOVER_CHUNKS_PER_WORKER 3
+
+/* Job r, whose tasks are all submitted, is now awaited by its caller: the
+ * tasks still out become sync tasks. */
+static void become_sync(PoolCore *c, ResultObject *r)
+{
+    pthread_mutex_lock(&c->mu);
+    if (!r->ready) {
+        r->sync = 1;
+        r->sync_left = r->remaining;
+        c->sync_tasks += r->sync_left;
+    }
+    pthread_mutex_unlock(&c->mu);
+}
+
 /* Chunks at least this long of a map over a range travel as ranges: a
  * chunk is a few bytes to send instead of one int per item, and the
  * worker calls the function on the same ints. */
@@ -1661,10 +1689,14 @@ static PyObject *map_async(PoolObject *self, int kind, PyObject *func, PyObject 
         Py_XDECREF(items);
         return NULL;
     }
-    r->sync = sync;
     r->length = n;
     r->chunksize = chunksize ? chunksize : 1;
     r->remaining = n ? (n + r->chunksize - 1) / r->chunksize : 0;
+    /* More chunks than the workers take at once: the result thread reads
+     * while the caller submits the rest, so that the workers are fed as
+     * they finish, and the caller reads once it waits. */
+    int handover = sync && r->remaining > (Py_ssize_t)(HANDOVER_CHUNKS_PER_WORKER * c->processes);
+    r->sync = sync && !handover;
     r->value = PyList_New(n);
     if (!r->value)
         goto fail;
@@ -1681,9 +1713,9 @@ static PyObject *map_async(PoolObject *self, int kind, PyObject *func, PyObject 
             goto fail;
         }
         Py_DECREF(chunk);
-        if (sync)
-            read_ready(c);
     }
+    if (handover)
+        become_sync(c, r);
     Py_DECREF(items);
     return (PyObject *)r;
 fail:
@@ -1715,7 +1747,7 @@ static PyObject *map_with_progress(ResultObject *r, PyObject *progress)
         w.seen = r->remaining;
         Py_ssize_t done = (chunks - r->remaining) * r->chunksize;
         if (progress_update(&pr, done < r->length ? done : r->length) < 0 ||
-            core_wait(r->core, map_moved, &w, NULL, r) < 0) {
+            core_wait(r->core, map_moved, &w, NULL, 1, r) < 0) {
             progress_end(&pr);
             return NULL;
         }
@@ -1936,7 +1968,7 @@ static PyObject *Pool_join(PyObject *op, PyObject *unused)
         return NULL;
     }
     /* the result thread ends once every task is out: then the workers */
-    if (core_wait(c, flag_set, &c->handler_done, NULL, NULL) < 0)
+    if (core_wait(c, flag_set, &c->handler_done, NULL, 0, NULL) < 0)
         return NULL;
     int rc;
     Py_BEGIN_ALLOW_THREADS
@@ -2034,7 +2066,9 @@ static int Pool_init(PyObject *op, PyObject *args, PyObject *kwds)
     c->handler_done = 0;
     c->state = POOL_RUN;
     c->reader = READER_NONE;
-    c->sync_waiters = 0;
+    c->reading_waiters = 0;
+    c->rt_wait = RT_BUSY;
+    c->waiter_left_ns = 0;
     c->ntasks = c->sync_tasks = 0;
     c->deferred = NULL;
     c->ndeferred = c->cap_deferred = 0;
