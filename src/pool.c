@@ -120,6 +120,8 @@ struct cmp_pool {
     size_t init_error_len;
     pid_t owner;           /* the pool's process (a forked child must not use it) */
     int64_t next_check_ns; /* when next() next looks for dead workers */
+    unsigned dying;        /* workers seen dead, not yet handled (dead_pending) */
+    unsigned respawns_due; /* workers handled, not yet replaced (respawn) */
 };
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -469,6 +471,7 @@ static void fail_everything(cmp_pool_t *p, int status)
 static void handle_death(cmp_pool_t *p, struct worker *w)
 {
     w->dead_pending = 0;
+    p->dying--;
     w->live = 0;
     int code = 0;
     cmp_process_exitcode(&w->proc, &code);
@@ -519,6 +522,7 @@ static void handle_death(cmp_pool_t *p, struct worker *w)
     if (p->state == CLOSED && !p->pending.head)
         return;     /* nothing left for a replacement to do */
     w->respawn = 1; /* by respawn(), without the mutex */
+    p->respawns_due++;
 }
 
 /* Starts the replacements handle_death asked for (mutex not held). */
@@ -528,6 +532,8 @@ static void respawn(cmp_pool_t *p)
         struct worker *w = &p->w[i];
         pthread_mutex_lock(&p->mu);
         int want = w->respawn && (p->state == RUNNING || p->state == CLOSED);
+        if (w->respawn)
+            p->respawns_due--;
         w->respawn = 0;
         pthread_mutex_unlock(&p->mu);
         if (!want)
@@ -559,6 +565,7 @@ static void check_workers(cmp_pool_t *p)
             continue;
         if (cmp_process_poll(&w->proc) == 1) {
             w->dead_pending = 1;
+            p->dying++;
             w->results_before = cmp_queue_qsize(p->results);
         }
     }
@@ -767,6 +774,15 @@ static void *result_alloc(void *arg, size_t len)
     return s->buf;
 }
 
+/* Coarse (a few ms, no system call): only paces the checks for dead
+ * workers. */
+static int64_t coarse_now_ns(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &now);
+    return (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
+}
+
 int cmp_pool_next(cmp_pool_t *p, cmp_pool_outcome_t *out, cmp_ring_alloc_fn alloc, void *arg,
                   const struct timespec *deadline)
 {
@@ -774,17 +790,18 @@ int cmp_pool_next(cmp_pool_t *p, cmp_pool_outcome_t *out, cmp_ring_alloc_fn allo
         pthread_mutex_lock(&p->mu);
         /* a waitid per worker: at most once per check interval (and after
          * each wait that timed out), not once per result */
-        struct timespec now;
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        int64_t now_ns = (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
+        int64_t now_ns = coarse_now_ns();
         if (now_ns >= p->next_check_ns) {
             p->next_check_ns = now_ns + CMP_POOL_CHECK_NS;
             check_workers(p);
         }
-        handle_ready_deaths(p);
-        pthread_mutex_unlock(&p->mu);
-        respawn(p);
-        pthread_mutex_lock(&p->mu);
+        if (p->dying)
+            handle_ready_deaths(p);
+        if (p->respawns_due) {
+            pthread_mutex_unlock(&p->mu);
+            respawn(p);
+            pthread_mutex_lock(&p->mu);
+        }
         struct item *made = list_pop(&p->made);
         if (made) {
             p->outstanding--;
@@ -797,8 +814,11 @@ int cmp_pool_next(cmp_pool_t *p, cmp_pool_outcome_t *out, cmp_ring_alloc_fn allo
             return -ENOENT;
 
         struct timespec check;
-        cmp__deadline_in_ns(&check, CMP_POOL_CHECK_NS);
-        const struct timespec *until = cmp__deadline_min(deadline, &check);
+        const struct timespec *until = deadline;
+        if (deadline != CMP_NOWAIT) {
+            cmp__deadline_in_ns(&check, CMP_POOL_CHECK_NS);
+            until = cmp__deadline_min(deadline, &check);
+        }
         struct result_sink sink = {alloc, arg, NULL, 0};
         int rc = cmp_queue_get(p->results, result_alloc, &sink, until);
         if (rc == -ETIMEDOUT && until != deadline && !cmp__deadline_passed(deadline))
@@ -811,7 +831,8 @@ int cmp_pool_next(cmp_pool_t *p, cmp_pool_outcome_t *out, cmp_ring_alloc_fn allo
         struct trailer t;
         memcpy(&t, (char *)sink.buf + sink.len - sizeof t, sizeof t);
         pthread_mutex_lock(&p->mu);
-        count_consumed(p);
+        if (p->dying)
+            count_consumed(p);
         if (t.kind == KIND_WAKE || t.worker >= p->n) {
             pthread_mutex_unlock(&p->mu);
             continue; /* a wake-up (or impossible: never deliver it) */

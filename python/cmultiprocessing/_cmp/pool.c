@@ -70,7 +70,7 @@ struct PoolCore {
     PyObject_HEAD
     cmp_pool_t *pool;
     cmp_py_state *st;
-    PyObject *jobs;                        /* task id -> (job, chunk index) */
+    cmp_py_jobs jobs;                      /* task id -> (job, chunk index) */
     PyObject *feeders;                     /* weakrefs to the imap iterators whose input is left */
     PyObject *last_func, *last_func_bytes; /* see function_bytes */
     PyObject *initializer, *initargs;
@@ -1207,17 +1207,11 @@ enum { DELIVERED, DELIVERED_SYNC, DEFERRED };
  * task a sync waiter awaited) or DEFERRED. */
 static int deliver(PoolCore *c, const cmp_pool_outcome_t *o, int in_result_thread)
 {
-    PyObject *key = PyLong_FromUnsignedLongLong(o->id);
-    PyObject *entry = key ? PyDict_GetItemWithError(c->jobs, key) : NULL;
-    if (!entry) {
-        Py_XDECREF(key);
-        PyErr_Clear();
+    PyObject *job = cmp_py_jobs_peek(&c->jobs, o->id);
+    if (!job)
         return DELIVERED; /* a job nobody waits for any more */
-    }
-    PyObject *job = PyTuple_GET_ITEM(entry, 0);
     ResultObject *r = is_imap(job) ? NULL : (ResultObject *)job;
     if (r && !in_result_thread && (r->callback || r->error_callback)) {
-        Py_DECREF(key);
         pthread_mutex_lock(&c->mu);
         if (c->ndeferred == c->cap_deferred) {
             size_t cap = c->cap_deferred ? 2 * c->cap_deferred : 16;
@@ -1234,15 +1228,14 @@ static int deliver(PoolCore *c, const cmp_pool_outcome_t *o, int in_result_threa
         pthread_mutex_unlock(&c->mu);
         return DEFERRED;
     }
-    Py_INCREF(entry);
-    PyDict_DelItem(c->jobs, key);
-    Py_DECREF(key);
+    cmp_py_job_ref ref;
+    cmp_py_jobs_take(&c->jobs, o->id, &ref); /* ref.job is job: ours now */
     int how = DELIVERED;
     if (r && r->sync_left > 0) {
         r->sync_left--;
         how = DELIVERED_SYNC;
     }
-    Py_ssize_t index = PyLong_AsSsize_t(PyTuple_GET_ITEM(entry, 1));
+    Py_ssize_t index = ref.index;
     int success = o->status == CMP_POOL_DONE;
     PyObject *value = success ? cmp_py_decode(c->st, o->data, o->len) : outcome_exception(c, o);
     if (!value) {
@@ -1259,7 +1252,7 @@ static int deliver(PoolCore *c, const cmp_pool_outcome_t *o, int in_result_threa
         result_finish(r, success, value);
     else
         map_chunk(r, index, success, value);
-    Py_DECREF(entry);
+    Py_DECREF(job);
     return how;
 }
 
@@ -1394,7 +1387,9 @@ static int Core_traverse(PyObject *op, visitproc visit, void *arg)
 {
     PoolCore *c = (PoolCore *)op;
     Py_VISIT(Py_TYPE(op));
-    Py_VISIT(c->jobs);
+    int rc = cmp_py_jobs_traverse(&c->jobs, visit, arg);
+    if (rc)
+        return rc;
     Py_VISIT(c->feeders);
     Py_VISIT(c->last_func);
     Py_VISIT(c->last_func_bytes);
@@ -1406,7 +1401,7 @@ static int Core_traverse(PyObject *op, visitproc visit, void *arg)
 static int Core_clear(PyObject *op)
 {
     PoolCore *c = (PoolCore *)op;
-    Py_CLEAR(c->jobs);
+    cmp_py_jobs_clear(&c->jobs);
     Py_CLEAR(c->feeders);
     Py_CLEAR(c->last_func);
     Py_CLEAR(c->last_func_bytes);
@@ -1560,12 +1555,7 @@ static int submit(PoolCore *c, int kind, PyObject *func, PyObject *payload, PyOb
     }
     role_changed(c); /* an async task: the result thread reads, if nobody does */
     pthread_mutex_unlock(&c->mu);
-    PyObject *key = PyLong_FromUnsignedLongLong(id);
-    PyObject *entry = Py_BuildValue("(On)", job, index);
-    int err = !key || !entry || PyDict_SetItem(c->jobs, key, entry) < 0;
-    Py_XDECREF(key);
-    Py_XDECREF(entry);
-    return err ? -1 : 0;
+    return cmp_py_jobs_add(&c->jobs, id, job, index);
 }
 
 /* Submits func(*fargs, **fkwds) (either may be NULL); a new ApplyResult. */
@@ -2057,7 +2047,7 @@ static int Pool_init(PyObject *op, PyObject *args, PyObject *kwds)
         return -1;
     c->pool = NULL;
     c->st = st;
-    c->jobs = PyDict_New();
+    int jobs_ok = cmp_py_jobs_init(&c->jobs) == 0;
     c->feeders = PyList_New(0);
     c->last_func = c->last_func_bytes = NULL;
     c->initializer = initializer == Py_None ? NULL : Py_NewRef(initializer);
@@ -2074,7 +2064,7 @@ static int Pool_init(PyObject *op, PyObject *args, PyObject *kwds)
     c->ndeferred = c->cap_deferred = 0;
     c->owner = getpid();
     PyObject_GC_Track(c);
-    if (!c->jobs || !c->feeders || !c->initargs) {
+    if (!jobs_ok || !c->feeders || !c->initargs) {
         Py_DECREF(c);
         return -1;
     }
