@@ -114,6 +114,11 @@ def add(a, b=0):
     return a + b
 
 
+def sleep_then_square(x, seconds):
+    time.sleep(seconds)
+    return x * x
+
+
 def type_and_square(x):
     return type(x).__name__, x * x
 

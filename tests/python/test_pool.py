@@ -134,6 +134,16 @@ def test_apply_from_many_threads(pmp):
     assert got == {k: ([k + i for i in range(50)], [k] * 20) for k in range(6)}
 
 
+def test_many_tasks_finishing_out_of_order(pmp):
+    """Thousands of tasks in flight that finish out of submission order
+    each deliver their own result (the table of tasks in flight)."""
+    with started(pmp.Pool, 3) as p:
+        pending = [p.apply_async(h.sleep_then_square, (i, (i * 7919) % 5 * 0.0002))
+                   for i in range(3000)]
+        got = [r.get(T) for r in reversed(pending)]
+    assert got == [i * i for i in reversed(range(3000))]
+
+
 def test_callbacks_run_in_the_pool_thread_while_map_waits(pmp):
     """Callbacks run in a thread of the pool, not in a thread that waits
     in map() meanwhile, and each runs once."""
