@@ -144,6 +144,18 @@ def test_many_tasks_finishing_out_of_order(pmp):
     assert got == [i * i for i in reversed(range(3000))]
 
 
+def test_straggler_while_many_tasks_come_and_go(pmp):
+    """A long task stays in flight while thousands of others are submitted
+    and finish around it; every result is right, the straggler's too."""
+    with started(pmp.Pool, 2) as p:
+        slow = p.apply_async(h.sleep_then_square, (-1, 0.3))
+        for k in range(12):
+            pending = [p.apply_async(h.add, (k, i)) for i in range(400)]
+            assert p.map(h.sq, range(k, k + 37), 1) == [x * x for x in range(k, k + 37)]
+            assert [r.get(T) for r in pending[::-1]] == [k + i for i in range(400)][::-1]
+        assert slow.get(T) == 1
+
+
 def test_callbacks_run_in_the_pool_thread_while_map_waits(pmp):
     """Callbacks run in a thread of the pool, not in a thread that waits
     in map() meanwhile, and each runs once."""

@@ -366,8 +366,7 @@ typedef struct {
 } cmp_py_job_ref;
 typedef struct {
     cmp_py_job_ref *slots;
-    size_t cap;
-    unsigned bits; /* cap == 1 << bits */
+    size_t cap; /* a power of two */
     size_t len;
 } cmp_py_jobs;
 int cmp_py_jobs_init(cmp_py_jobs *t);

@@ -1,12 +1,20 @@
 /*
  * The pool's table of tasks in flight: task id -> (job, chunk index).
  *
- * An open-addressing hash table keyed by the 64-bit task id, with linear
- * probing and backward-shift deletion (no tombstones, so a long run of
- * inserts and deletes never degrades it). It replaces a dict of
- * int -> tuple, which cost eight allocations per task: the parent's share
- * of a chunksize=1 map is mostly such bookkeeping. Ids are never 0 (libcmp
- * numbers tasks from 1), so 0 marks a free slot.
+ * It replaces a dict of int -> tuple, which cost eight allocations per
+ * task: the parent's share of a chunksize=1 map is mostly bookkeeping.
+ *
+ * A Robin Hood hash table (linear probing; an entry never sits further
+ * from its home slot than the one it displaced; backward-shift deletion)
+ * whose hash is the id itself, modulo the capacity. Ids are consecutive
+ * (libcmp numbers tasks from 1, and the binding adds each as it submits)
+ * and most tasks end soon after the ones before them, so the ids in flight
+ * span less than the capacity: each then sits in its own home slot, the
+ * slots of a map's tasks are adjacent (a lookup touches the cache line the
+ * previous one did), and insert, lookup and delete stop at once. A
+ * straggler whose id aliases a newer one costs a probe, never a hang,
+ * and the table is at most half full, so memory stays proportional to the
+ * tasks in flight. Id 0 marks a free slot.
  *
  * The GIL protects it; the table holds a strong reference to each job.
  */
@@ -16,38 +24,56 @@
 
 #define JOBS_MIN_CAP 64u
 
-static size_t slot_of(const cmp_py_jobs *t, uint64_t id)
+static size_t mask_of(const cmp_py_jobs *t)
 {
-    /* Fibonacci hashing: consecutive ids spread over the table */
-    return (size_t)((id * UINT64_C(0x9E3779B97F4A7C15)) >> (64 - t->bits));
+    return t->cap - 1;
+}
+
+/* How far the entry in slot k sits from its home slot. */
+static size_t distance(const cmp_py_jobs *t, size_t k)
+{
+    return (k - (size_t)t->slots[k].id) & mask_of(t);
 }
 
 int cmp_py_jobs_init(cmp_py_jobs *t)
 {
     t->cap = JOBS_MIN_CAP;
-    t->bits = 6;
     t->len = 0;
     t->slots = calloc(t->cap, sizeof *t->slots);
     return t->slots ? 0 : -1;
+}
+
+static void place(cmp_py_jobs *t, cmp_py_job_ref e)
+{
+    size_t mask = mask_of(t);
+    size_t k = (size_t)e.id & mask;
+    for (size_t d = 0;; d++, k = (k + 1) & mask) {
+        if (!t->slots[k].id) {
+            t->slots[k] = e;
+            t->len++;
+            return;
+        }
+        size_t dk = distance(t, k);
+        if (dk < d) { /* the entry nearer its home moves on */
+            cmp_py_job_ref carried = t->slots[k];
+            t->slots[k] = e;
+            e = carried;
+            d = dk;
+        }
+    }
 }
 
 static int grow(cmp_py_jobs *t)
 {
     if (!t->slots) /* cleared */
         return cmp_py_jobs_init(t);
-    cmp_py_jobs bigger = {NULL, t->cap * 2, t->bits + 1, 0};
+    cmp_py_jobs bigger = {NULL, t->cap * 2, 0};
     bigger.slots = calloc(bigger.cap, sizeof *bigger.slots);
     if (!bigger.slots)
         return -1;
-    for (size_t i = 0; i < t->cap; i++) {
-        if (!t->slots[i].id)
-            continue;
-        size_t k = slot_of(&bigger, t->slots[i].id);
-        while (bigger.slots[k].id)
-            k = (k + 1) & (bigger.cap - 1);
-        bigger.slots[k] = t->slots[i];
-        bigger.len++;
-    }
+    for (size_t i = 0; i < t->cap; i++)
+        if (t->slots[i].id)
+            place(&bigger, t->slots[i]);
     free(t->slots);
     *t = bigger;
     return 0;
@@ -59,52 +85,48 @@ int cmp_py_jobs_add(cmp_py_jobs *t, uint64_t id, PyObject *job, Py_ssize_t index
         PyErr_NoMemory();
         return -1;
     }
-    size_t k = slot_of(t, id);
-    while (t->slots[k].id)
-        k = (k + 1) & (t->cap - 1);
-    t->slots[k] = (cmp_py_job_ref){id, Py_NewRef(job), index};
-    t->len++;
+    place(t, (cmp_py_job_ref){id, Py_NewRef(job), index});
     return 0;
+}
+
+/* The slot holding id, or SIZE_MAX. */
+static size_t find(const cmp_py_jobs *t, uint64_t id)
+{
+    if (!t->slots)
+        return SIZE_MAX;
+    size_t mask = mask_of(t);
+    size_t k = (size_t)id & mask;
+    for (size_t d = 0;; d++, k = (k + 1) & mask) {
+        if (t->slots[k].id == id)
+            return k;
+        if (!t->slots[k].id || distance(t, k) < d)
+            return SIZE_MAX; /* id would have displaced this entry */
+    }
 }
 
 int cmp_py_jobs_take(cmp_py_jobs *t, uint64_t id, cmp_py_job_ref *out)
 {
-    if (!t->slots)
+    size_t k = find(t, id);
+    if (k == SIZE_MAX)
         return 0;
-    size_t mask = t->cap - 1;
-    size_t k = slot_of(t, id);
-    while (t->slots[k].id != id) {
-        if (!t->slots[k].id)
-            return 0;
-        k = (k + 1) & mask;
-    }
     *out = t->slots[k];
-    /* Backward shift: move up each later entry of the run that may sit
-     * in the hole (its home slot is not between the hole and it). */
-    size_t hole = k;
-    for (size_t j = (k + 1) & mask; t->slots[j].id; j = (j + 1) & mask) {
-        size_t home = slot_of(t, t->slots[j].id);
-        if (((j - home) & mask) >= ((j - hole) & mask)) {
-            t->slots[hole] = t->slots[j];
-            hole = j;
-        }
+    size_t mask = mask_of(t);
+    /* backward shift: the entries after it that are not home move back */
+    size_t next = (k + 1) & mask;
+    while (t->slots[next].id && distance(t, next) > 0) {
+        t->slots[k] = t->slots[next];
+        k = next;
+        next = (next + 1) & mask;
     }
-    t->slots[hole] = (cmp_py_job_ref){0, NULL, 0};
+    t->slots[k] = (cmp_py_job_ref){0, NULL, 0};
     t->len--;
     return 1;
 }
 
 PyObject *cmp_py_jobs_peek(const cmp_py_jobs *t, uint64_t id)
 {
-    if (!t->slots)
-        return NULL;
-    size_t k = slot_of(t, id);
-    while (t->slots[k].id) {
-        if (t->slots[k].id == id)
-            return t->slots[k].job;
-        k = (k + 1) & (t->cap - 1);
-    }
-    return NULL;
+    size_t k = find(t, id);
+    return k == SIZE_MAX ? NULL : t->slots[k].job;
 }
 
 int cmp_py_jobs_traverse(const cmp_py_jobs *t, visitproc visit, void *arg)
