@@ -114,6 +114,19 @@ def add(a, b=0):
     return a + b
 
 
+class Point:
+    def __init__(self, x):
+        self.x = x
+
+    def __eq__(self, other):
+        return type(other) is Point and other.x == self.x
+
+
+def make_value(i):
+    """A plain value or an instance that must be pickled, by i."""
+    return [i, str(i), (i, None), Point(i), 1.5 * i, {i: [i]}][i % 6]
+
+
 def sleep_then_square(x, seconds):
     time.sleep(seconds)
     return x * x

@@ -229,6 +229,16 @@ def test_map_over_range_fails_at_the_item(pmp):
         assert p.map(h.sq, range(40), 20)[-1] == 39 * 39
 
 
+@pytest.mark.parametrize("chunksize", [1, 4, None])
+def test_map_results_of_any_type(pmp, chunksize):
+    """map's results keep their types and order, whether they are plain
+    values or instances that travel pickled."""
+    with started(pmp.Pool, 2) as p:
+        got = p.map(h.make_value, range(24), chunksize)
+    assert got == [h.make_value(i) for i in range(24)]
+    assert [type(v) for v in got] == [type(h.make_value(i)) for i in range(24)]
+
+
 def test_map_over_generator(pmp):
     """map accepts an iterable without len()."""
     with started(pmp.Pool, 2) as p:

@@ -325,6 +325,12 @@ PyObject *cmp_py_encode_bytes(cmp_py_state *st, PyObject *obj);
 #define CMP_PY_BIG ((size_t)64 << 10)
 /* The whole message in data: the object, or NULL with an exception. */
 PyObject *cmp_py_decode(cmp_py_state *st, const char *data, size_t len);
+/* A message holding a list, decoded straight into dst[start:start + n]
+ * (the slots' old values released), n being its length. Returns n; -1
+ * with an exception (corrupt, or longer than dst has room for); -2, with
+ * none, when the message is not in the compact encoding (decode it with
+ * cmp_py_decode then). */
+Py_ssize_t cmp_py_decode_list_into(const char *data, size_t len, PyObject *dst, Py_ssize_t start);
 /* New object to receive a message of len >= CMP_PY_BIG bytes at *data. */
 PyObject *cmp_py_msg_new(size_t len, char **data);
 /* The object of the message in owner (from cmp_py_msg_new; stolen). */

@@ -338,6 +338,17 @@ static void result_finish(ResultObject *r, int success, PyObject *value)
     core_signal(r->core);
 }
 
+/* A chunk of a MapResult came in, its values already in place. */
+static void map_chunk_stored(ResultObject *r)
+{
+    if (--r->remaining == 0) {
+        r->success = 1;
+        run_callback(r->callback, r->value);
+        r->ready = 1;
+        core_signal(r->core);
+    }
+}
+
 /* A chunk of a MapResult came in (GIL held). value: stolen. */
 static void map_chunk(ResultObject *r, Py_ssize_t index, int success, PyObject *value)
 {
@@ -354,12 +365,7 @@ static void map_chunk(ResultObject *r, Py_ssize_t index, int success, PyObject *
     for (Py_ssize_t i = 0; i < n && start + i < r->length; i++)
         PyList_SetItem(r->value, start + i, Py_NewRef(PyList_GET_ITEM(value, i)));
     Py_DECREF(value);
-    if (--r->remaining == 0) {
-        r->success = 1;
-        run_callback(r->callback, r->value);
-        r->ready = 1;
-        core_signal(r->core);
-    }
+    map_chunk_stored(r);
 }
 
 static int Result_traverse(PyObject *op, visitproc visit, void *arg)
@@ -1033,22 +1039,26 @@ static PyObject *call_task(int kind, PyObject *func, PyObject *payload)
             return NULL;
         return PyObject_Call(func, args, kwds == Py_None ? NULL : kwds);
     }
-    /* a list, or a range (see RANGE_CHUNK_MIN) */
-    PyObject *items = PySequence_Fast(payload, "a map task's chunk must be a sequence");
-    if (!items)
-        return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(items);
-    PyObject *results = PyList_New(n);
+    /* a list, or a range (see RANGE_CHUNK_MIN), iterated as it goes */
+    int is_list = PyList_Check(payload);
+    Py_ssize_t n = is_list ? PyList_GET_SIZE(payload) : PyObject_Length(payload);
+    PyObject *iter = n < 0 || is_list ? NULL : PyObject_GetIter(payload);
+    PyObject *results = n >= 0 && (is_list || iter) ? PyList_New(n) : NULL;
     for (Py_ssize_t i = 0; results && i < n; i++) {
-        PyObject *item = PySequence_Fast_GET_ITEM(items, i);
-        PyObject *v = kind == KIND_STARMAP ? PyObject_Call(func, item, NULL)
-                                           : PyObject_CallOneArg(func, item);
-        if (!v)
+        PyObject *item = is_list ? Py_NewRef(PyList_GET_ITEM(payload, i)) : PyIter_Next(iter);
+        PyObject *v = !item                  ? NULL
+                      : kind == KIND_STARMAP ? PyObject_Call(func, item, NULL)
+                                             : PyObject_CallOneArg(func, item);
+        Py_XDECREF(item);
+        if (!v) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_RuntimeError, "a map task's chunk ended early");
             Py_CLEAR(results);
-        else
+        } else {
             PyList_SET_ITEM(results, i, v);
+        }
     }
-    Py_DECREF(items);
+    Py_XDECREF(iter);
     return results;
 }
 
@@ -1237,7 +1247,19 @@ static int deliver(PoolCore *c, const cmp_pool_outcome_t *o, int in_result_threa
     }
     Py_ssize_t index = ref.index;
     int success = o->status == CMP_POOL_DONE;
-    PyObject *value = success ? cmp_py_decode(c->st, o->data, o->len) : outcome_exception(c, o);
+    Py_ssize_t stored = -2;
+    if (r && index >= 0 && success && !r->ready) {
+        /* a map's chunk: its values go straight into the result list */
+        stored = cmp_py_decode_list_into(o->data, o->len, r->value, index * r->chunksize);
+        if (stored >= 0) {
+            map_chunk_stored(r);
+            Py_DECREF(job);
+            return how;
+        }
+    }
+    PyObject *value = stored == -1 ? NULL /* its exception is the outcome */
+                      : success    ? cmp_py_decode(c->st, o->data, o->len)
+                                   : outcome_exception(c, o);
     if (!value) {
         success = 0;
         PyObject *type, *tb;

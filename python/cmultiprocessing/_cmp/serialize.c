@@ -725,6 +725,32 @@ PyObject *cmp_py_decode(cmp_py_state *st, const char *data, size_t len)
     return v;
 }
 
+Py_ssize_t cmp_py_decode_list_into(const char *data, size_t len, PyObject *dst, Py_ssize_t start)
+{
+    if (len < 5 || (unsigned char)data[0] != T_LIST || (len >= CMP_PY_BIG && len % 2))
+        return -2; /* pickled, or large bytes: not a fast list */
+    uint32_t n;
+    memcpy(&n, data + 1, 4);
+    if (start < 0 || (Py_ssize_t)n > PyList_GET_SIZE(dst) - start) {
+        corrupt();
+        return -1;
+    }
+    rd r = {data + 5, data + len};
+    for (uint32_t i = 0; i < n; i++) {
+        PyObject *item = fast_decode(&r, 1);
+        if (!item)
+            return -1;
+        PyObject *old = PyList_GET_ITEM(dst, start + (Py_ssize_t)i);
+        PyList_SET_ITEM(dst, start + (Py_ssize_t)i, item);
+        Py_XDECREF(old);
+    }
+    if (r.p != r.end && !(len >= CMP_PY_BIG && r.p + 1 == r.end)) {
+        corrupt();
+        return -1;
+    }
+    return (Py_ssize_t)n;
+}
+
 PyObject *cmp_py_msg_new(size_t len, char **data)
 {
     PyObject *o;
