@@ -31,8 +31,12 @@ class _ThreadPoolContext(_std_context.ForkContext):
         return _std_queues.SimpleQueue(ctx=self)
 
 
-class ThreadPool(_std_pool.ThreadPool):
-    """multiprocessing.pool.ThreadPool: the stdlib's, with its own queues."""
+class ThreadPool(_std_pool.ThreadPool, Pool):
+    """multiprocessing.pool.ThreadPool: the stdlib's, with its own queues.
+    Like the stdlib's, an instance of Pool (whose methods it does not use:
+    the stdlib's come first)."""
+
+    _processes = None  # the stdlib's __init__ sets it on the instance
 
     def __init__(self, processes=None, initializer=None, initargs=()):
         _std_pool.Pool.__init__(self, processes, initializer, initargs,

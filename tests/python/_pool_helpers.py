@@ -114,6 +114,13 @@ def add(a, b=0):
     return a + b
 
 
+def describe_process(module, x):
+    """What module's current_process() and parent_process() say."""
+    mp = importlib.import_module(module)
+    me, parent = mp.current_process(), mp.parent_process()
+    return me.name, me.daemon, me._identity, me.pid, parent.pid if parent else None
+
+
 class Point:
     def __init__(self, x):
         self.x = x

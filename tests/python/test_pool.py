@@ -1,6 +1,7 @@
 """Pool: Python 3.11's API and semantics, run on the stdlib and on
 cmultiprocessing (skipped there until it has a Pool). Two workers, small
 inputs; every wait is bounded and every pool is terminated in a finally."""
+import functools
 import gc
 import importlib
 import os
@@ -29,6 +30,19 @@ def test_pool_keywords_processes_initializer_initargs(pmp, tmp_path):
     pids = h.read_lines(path)
     assert len(pids) == 2 and len(set(pids)) == 2
     assert {str(pid) for pid, _, _ in got} <= set(pids)
+
+
+def test_worker_current_process(pmp):
+    """In a worker, current_process() is a daemonic ForkPoolWorker-N whose
+    identity is (N,), and parent_process() is the pool's creator."""
+    with started(pmp.Pool, 2) as p:
+        module = type(pmp).__module__.split(".")[0]
+        got = set(p.map(functools.partial(h.describe_process, module), range(40), 1))
+    for name, daemon, identity, pid, parent_pid in got:
+        assert re.fullmatch(r"ForkPoolWorker-\d+", name), name
+        assert daemon is True
+        assert identity == (int(name.rsplit("-", 1)[1]),)
+        assert pid != os.getpid() and parent_pid == os.getpid()
 
 
 def test_pool_class_with_context_argument(pmp, ppool):
@@ -663,6 +677,8 @@ def test_threadpool(ppool):
         assert p.map(h.sq, range(5)) == [0, 1, 4, 9, 16]
         assert p.apply(os.getpid) == os.getpid()
         assert p.apply(threading.get_ident) != threading.get_ident()
+        assert isinstance(p, ppool.Pool)
+        assert p._processes == 2
 
 
 def test_dummy_pool(pimpl):

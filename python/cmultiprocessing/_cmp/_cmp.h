@@ -396,6 +396,12 @@ int cmp_py_event_init(PyObject *module, cmp_py_state *st);
 int cmp_py_condition_init(PyObject *module, cmp_py_state *st);
 int cmp_py_barrier_init(PyObject *module, cmp_py_state *st);
 int cmp_py_process_init(PyObject *module, cmp_py_state *st);
+/* Around the fork of a pool worker (GIL held; process.c): the worker's
+ * current_process(), ForkPoolWorker-N, is made before the fork, made
+ * current in the child, dropped in the parent. */
+void cmp_py_process_pool_worker_prepare(void);
+void cmp_py_process_pool_worker_parent(void);
+void cmp_py_process_pool_worker_child(void);
 int cmp_py_context_init(PyObject *module, cmp_py_state *st);
 /* Fixes the default context's start method, as the stdlib does once the
  * default context is used (here: a default Process starts), so that a

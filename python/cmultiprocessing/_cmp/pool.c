@@ -1126,17 +1126,20 @@ static void worker_fork_hook(void *arg, int phase)
     switch (phase) {
     case CMP_POOL_FORK_BEFORE:
         fork_gil = PyGILState_Ensure();
+        cmp_py_process_pool_worker_prepare();
         cmp_py_fork_threading_prepare();
         PyOS_BeforeFork();
         break;
     case CMP_POOL_FORK_PARENT:
         PyOS_AfterFork_Parent();
+        cmp_py_process_pool_worker_parent();
         PyGILState_Release(fork_gil);
         break;
     case CMP_POOL_FORK_CHILD:
         cmp_py_fork_threading_arm();
         PyOS_AfterFork_Child();
         cmp_py_fork_threading_disarm();
+        cmp_py_process_pool_worker_child();
         break;
     }
 }

@@ -506,6 +506,52 @@ static void join_threads(void)
     PyErr_Clear();
 }
 
+/* ---- pool workers (pool.c) --------------------------------------------- */
+
+/* The stdlib's Pool starts each worker as a daemonic Process of the fork
+ * context renamed ForkPoolWorker-N (N counts every child of this process,
+ * as for any Process); current_process() in the worker is that object.
+ * Ours: made in the parent just before a worker's fork (GIL held), made
+ * current in the child, dropped in the parent. */
+static PyObject *g_pool_worker;
+
+void cmp_py_process_pool_worker_prepare(void)
+{
+    PyObject *kw = Py_BuildValue("{s:O}", "daemon", Py_True);
+    PyObject *none = PyTuple_New(0);
+    PyObject *w = kw && none ? PyObject_Call((PyObject *)g_fork_process_type, none, kw) : NULL;
+    Py_XDECREF(kw);
+    Py_XDECREF(none);
+    PyObject *ids = w ? identity_string(((ProcObject *)w)->identity) : NULL;
+    PyObject *name = ids ? PyUnicode_FromFormat("ForkPoolWorker-%U", ids) : NULL;
+    Py_XDECREF(ids);
+    if (!name) {
+        Py_XDECREF(w);
+        PyErr_Clear(); /* the worker then just keeps the parent's */
+        return;
+    }
+    Py_SETREF(((ProcObject *)w)->name, name);
+    Py_XSETREF(g_pool_worker, w);
+}
+
+void cmp_py_process_pool_worker_parent(void)
+{
+    Py_CLEAR(g_pool_worker);
+}
+
+void cmp_py_process_pool_worker_child(void)
+{
+    if (!g_pool_worker)
+        return;
+    ProcObject *w = (ProcObject *)g_pool_worker;
+    g_pool_worker = NULL;
+    w->started = 1;
+    g_counter = 1;
+    g_current = (PyObject *)w; /* the parent's current object stays as it is */
+    g_parent_pending = 1;
+    close_stdin();
+}
+
 static int exit_children(void);
 static PyObject *proc_run(ProcObject *self, PyObject *unused);
 
