@@ -16,6 +16,25 @@ def test_exception_hierarchy(name):
         raise module.TimeoutError("late")
 
 
+@pytest.mark.parametrize("name", ["ProcessError", "BufferTooShort", "TimeoutError",
+                                  "AuthenticationError"])
+def test_exceptions_are_the_stdlibs_own(cmp, name):
+    """An except clause written against either module catches both."""
+    import multiprocessing
+    assert getattr(cmp, name) is getattr(multiprocessing, name)
+
+
+def test_pool_timeout_caught_as_the_stdlibs(cmp):
+    import multiprocessing
+    import time
+    with cmp.Pool(1) as p:
+        r = p.apply_async(time.sleep, (5,))
+        with pytest.raises(multiprocessing.TimeoutError):
+            r.get(0.05)
+        pool = importlib.import_module(cmp.__name__ + ".pool")
+        assert issubclass(pool.WorkerLostError, multiprocessing.ProcessError)
+
+
 def test_abandoned_lock_warning_is_a_runtime_warning(cmp):
     assert issubclass(cmp.AbandonedLockWarning, RuntimeWarning)
     assert cmp.AbandonedLockWarning.__doc__

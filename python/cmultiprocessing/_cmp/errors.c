@@ -1,5 +1,6 @@
-/* The exceptions and warnings of the package, in multiprocessing's
- * hierarchy (ProcessError and its subclasses). */
+/* The exceptions and warnings of the package: multiprocessing's own
+ * ProcessError and its subclasses, and ours (AbandonedLockWarning, and
+ * the pool's errors, which derive from ProcessError). */
 #include "_cmp.h"
 
 PyObject *cmp_py_add_exception(PyObject *module, const char *name, PyObject *base, const char *doc)
@@ -16,26 +17,36 @@ PyObject *cmp_py_add_exception(PyObject *module, const char *name, PyObject *bas
     return exc;
 }
 
+/* name from the stdlib's multiprocessing, into st and module. */
+static PyObject *stdlib_exception(PyObject *module, PyObject *stdlib, const char *name)
+{
+    PyObject *exc = PyObject_GetAttrString(stdlib, name);
+    if (exc && PyModule_AddObjectRef(module, name, exc) < 0)
+        Py_CLEAR(exc);
+    return exc;
+}
+
 int cmp_py_errors_init(PyObject *module, cmp_py_state *st)
 {
-    st->ProcessError = cmp_py_add_exception(module, "ProcessError", PyExc_Exception,
-                                            "Base class of cmultiprocessing's errors.");
-    if (!st->ProcessError)
+    /* The stdlib's own classes, so that an except clause written against
+     * either module catches both (the package is imported before
+     * `python3 -m cmultiprocessing` makes `multiprocessing` name ours). */
+    PyObject *stdlib = PyImport_ImportModule("multiprocessing.context");
+    if (!stdlib)
         return -1;
-    st->BufferTooShort =
-        cmp_py_add_exception(module, "BufferTooShort", st->ProcessError,
-                             "The buffer given to recv_bytes_into() is too small.");
-    st->TimeoutError = cmp_py_add_exception(module, "TimeoutError", st->ProcessError,
-                                            "An operation with a timeout ran out of time.");
-    st->AuthenticationError = cmp_py_add_exception(module, "AuthenticationError", st->ProcessError,
-                                                   "Connection authentication failed.");
+    st->ProcessError = stdlib_exception(module, stdlib, "ProcessError");
+    st->BufferTooShort = stdlib_exception(module, stdlib, "BufferTooShort");
+    st->TimeoutError = stdlib_exception(module, stdlib, "TimeoutError");
+    st->AuthenticationError = stdlib_exception(module, stdlib, "AuthenticationError");
+    Py_DECREF(stdlib);
+    if (!st->ProcessError || !st->BufferTooShort || !st->TimeoutError || !st->AuthenticationError)
+        return -1;
     st->AbandonedLockWarning = cmp_py_add_exception(
         module, "AbandonedLockWarning", PyExc_RuntimeWarning,
         "A lock was acquired by taking it over from a holder process that died "
         "while holding it. The acquire succeeded; the data the lock protects may "
         "be half-updated.");
-    if (!st->BufferTooShort || !st->TimeoutError || !st->AuthenticationError ||
-        !st->AbandonedLockWarning)
+    if (!st->AbandonedLockWarning)
         return -1;
 
     PyObject *threading = PyImport_ImportModule("threading");
