@@ -45,6 +45,16 @@ def test_worker_current_process(pmp):
         assert pid != os.getpid() and parent_pid == os.getpid()
 
 
+def test_worker_pids_from_private_pool_list(pmp):
+    """[w.pid for w in pool._pool], a common idiom, gives the workers'
+    pids."""
+    with started(pmp.Pool, 3) as p:
+        pids = [w.pid for w in p._pool]
+        assert len(pids) == 3 and os.getpid() not in pids
+        seen = {pid for pid, _ in p.map(h.pid_and_square, range(60), 1)}
+        assert seen <= set(pids)
+
+
 def test_pool_class_with_context_argument(pmp, ppool):
     """<module>.pool.Pool(processes, context=ctx) works like ctx.Pool (the
     top-level <module>.Pool is the default context's method: no context=)."""

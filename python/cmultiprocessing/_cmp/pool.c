@@ -2208,17 +2208,57 @@ static PyObject *Pool_get_pids(PyObject *op, void *closure)
     PoolCore *c = ((PoolObject *)op)->core;
     if (!c)
         return PyList_New(0);
-    pid_t pids[256];
-    unsigned n = cmp_pool_pids(c->pool, pids, 256);
+    unsigned size = cmp_pool_size(c->pool);
+    pid_t *pids = PyMem_Malloc((size ? size : 1) * sizeof *pids);
+    if (!pids)
+        return PyErr_NoMemory();
+    unsigned n = cmp_pool_pids(c->pool, pids, size);
     PyObject *list = PyList_New(n);
-    for (unsigned i = 0; list && i < n; i++)
-        PyList_SET_ITEM(list, i, PyLong_FromLong(pids[i]));
+    for (unsigned i = 0; list && i < n; i++) {
+        PyObject *pid = PyLong_FromLong(pids[i]);
+        if (!pid)
+            Py_CLEAR(list);
+        else
+            PyList_SET_ITEM(list, i, pid);
+    }
+    PyMem_Free(pids);
     return list;
+}
+
+/* The stdlib's Pool._pool lists its worker Process objects, and programs
+ * read their pids from it ([w.pid for w in pool._pool]); here, one object
+ * with a pid per running worker. */
+static PyObject *Pool_get_pool(PyObject *op, void *closure)
+{
+    PyObject *pids = Pool_get_pids(op, closure);
+    PyObject *types = pids ? PyImport_ImportModule("types") : NULL;
+    PyObject *ns = types ? PyObject_GetAttrString(types, "SimpleNamespace") : NULL;
+    Py_XDECREF(types);
+    PyObject *none = ns ? PyTuple_New(0) : NULL;
+    Py_ssize_t n = none ? PyList_GET_SIZE(pids) : 0;
+    for (Py_ssize_t i = 0; ns && i < n; i++) {
+        PyObject *kw = Py_BuildValue("{sO}", "pid", PyList_GET_ITEM(pids, i));
+        PyObject *w = kw ? PyObject_Call(ns, none, kw) : NULL;
+        Py_XDECREF(kw);
+        if (!w)
+            Py_CLEAR(ns);
+        else
+            PyList_SetItem(pids, i, w);
+    }
+    Py_XDECREF(none);
+    if (!ns || !none) {
+        Py_XDECREF(ns);
+        Py_XDECREF(pids);
+        return NULL;
+    }
+    Py_DECREF(ns);
+    return pids;
 }
 
 static PyGetSetDef Pool_getset[] = {
     {"_processes", Pool_get_processes, NULL, "Number of worker processes.", NULL},
     {"_pids", Pool_get_pids, NULL, "Pids of the running workers (cmultiprocessing).", NULL},
+    {"_pool", Pool_get_pool, NULL, "The running workers, as objects with a pid.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
