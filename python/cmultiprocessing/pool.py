@@ -36,7 +36,10 @@ class ThreadPool(_std_pool.ThreadPool, Pool):
     Like the stdlib's, an instance of Pool (whose methods it does not use:
     the stdlib's come first)."""
 
-    _processes = None  # the stdlib's __init__ sets it on the instance
+    # the stdlib's __init__ sets these on the instance; Pool's read-only
+    # attributes of the same names must not shadow them
+    _processes = None
+    _pool = None
 
     def __init__(self, processes=None, initializer=None, initargs=()):
         _std_pool.Pool.__init__(self, processes, initializer, initargs,

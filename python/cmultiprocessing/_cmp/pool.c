@@ -169,6 +169,9 @@ static int64_t now_ns(void)
 static int core_wait_loop(PoolCore *c, int (*ready)(void *), void *obj,
                           const struct timespec *deadline, int reads)
 {
+    int first = ready(obj); /* most often already: no lock to take */
+    if (first != 0)
+        return first < 0 ? -1 : 1;
     for (;;) {
         pthread_mutex_lock(&c->mu);
         uint64_t seen = c->completions;
@@ -1593,7 +1596,9 @@ static PyObject *apply_job(PoolObject *self, PyObject *func, PyObject *fargs, Py
     PyObject *targs = fargs ? PySequence_Tuple(fargs) : PyTuple_New(0);
     if (!targs)
         return NULL;
-    PyObject *tkwds = fkwds ? Py_NewRef(fkwds) : PyDict_New();
+    /* no keywords travel as None: no dict to make, encode and decode */
+    int no_kwds = !fkwds || (PyDict_CheckExact(fkwds) && PyDict_GET_SIZE(fkwds) == 0);
+    PyObject *tkwds = Py_NewRef(no_kwds ? Py_None : fkwds);
     ResultObject *r = tkwds ? result_new(ApplyResult_type, c, callback, error_callback) : NULL;
     if (r)
         r->sync = sync;
