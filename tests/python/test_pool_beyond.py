@@ -203,6 +203,33 @@ def test_imap_reads_a_bounded_prefix(pcmp, method):
         assert it.next(T) >= 0  # still streaming
 
 
+def test_imap_input_that_calls_the_pool(pcmp):
+    """An imap input generator that itself calls pool.apply() (the stdlib's
+    task handler waits for itself there): it runs, since the thread that
+    reads the results and feeds the input reads on while it waits."""
+    with started(pcmp.Pool, 2) as p:
+        def source():
+            for x in range(20):
+                yield p.apply(h.add, (x, 100))
+
+        got = []
+        h._bounded(lambda: got.extend(p.imap(h.sq, source(), 1)), T, "imap")
+        assert got == [(x + 100) ** 2 for x in range(20)]
+
+
+def test_callback_that_calls_the_pool(pcmp):
+    """A callback that calls pool.apply() (in the stdlib the result handler
+    then waits for itself forever) gets its result."""
+    with started(pcmp.Pool, 2) as p:
+        inner = []
+        r = p.apply_async(h.sq, (3,), callback=lambda v: inner.append(p.apply(h.add, (v, 1))))
+        assert r.get(T) == 9
+        end = time.monotonic() + T
+        while not inner and time.monotonic() < end:
+            time.sleep(0.005)
+        assert inner == [10]
+
+
 def test_imap_buffersize(pcmp):
     """imap(buffersize=4): at most 4 tasks beyond what was consumed (one
     more item may be taken, waiting for a slot)."""

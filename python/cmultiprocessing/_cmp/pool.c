@@ -81,6 +81,7 @@ struct PoolCore {
     int state; /* POOL_*: written with the GIL and mu held */
     /* The reader role (mu; rt_cv wakes the result thread): */
     int reader;                   /* READER_* */
+    unsigned long reader_tid;     /* the thread that holds the role */
     int reading_waiters;          /* threads in core_wait that read */
     int rt_wait;                  /* RT_*: how the result thread waits */
     int64_t waiter_left_ns;       /* when a reading waiter last left */
@@ -135,12 +136,17 @@ static void role_changed(PoolCore *c)
         pthread_cond_broadcast(&c->cv);
 }
 
-/* mu held: takes the role if it is free. */
+/* mu held: takes the role if it is free (1), or finds that this thread
+ * holds it already (2: a wait inside a delivery, e.g. an imap input or a
+ * callback that calls pool.apply(); it reads on, or it would wait for
+ * itself). 0: another thread reads. */
 static int take_role(PoolCore *c, int who)
 {
+    unsigned long me = PyThread_get_thread_ident();
     if (c->reader != READER_NONE)
-        return 0;
+        return c->reader_tid == me ? 2 : 0;
     c->reader = who;
+    c->reader_tid = me;
     return 1;
 }
 
@@ -191,7 +197,8 @@ static int core_wait_loop(PoolCore *c, int (*ready)(void *), void *obj,
         }
         if (turn) {
             read_turn(c, until, 0);
-            give_up_role(c);
+            if (turn == 1)
+                give_up_role(c);
         } else {
             Py_BEGIN_ALLOW_THREADS
             pthread_mutex_lock(&c->mu);
@@ -1367,7 +1374,7 @@ static PyObject *result_thread(PyObject *unused, PyObject *arg)
                  * reading to it, unless it stays away */
                 int64_t end = c->waiter_left_ns + READER_GRACE_NS;
                 if (c->state != POOL_RUN || now_ns() >= end) {
-                    reading = take_role(c, READER_RESULT_THREAD);
+                    reading = take_role(c, READER_RESULT_THREAD) == 1;
                     break;
                 }
                 wake = end;
@@ -1379,7 +1386,7 @@ static PyObject *result_thread(PyObject *unused, PyObject *arg)
             c->rt_wait = RT_BUSY;
             if (rc == ETIMEDOUT && was_idle && c->reader == READER_NONE &&
                 c->reading_waiters == 0) {
-                reading = take_role(c, READER_RESULT_THREAD);
+                reading = take_role(c, READER_RESULT_THREAD) == 1;
                 idle_check = 1;
                 break;
             }
@@ -2086,6 +2093,7 @@ static int Pool_init(PyObject *op, PyObject *args, PyObject *kwds)
     c->handler_done = 0;
     c->state = POOL_RUN;
     c->reader = READER_NONE;
+    c->reader_tid = 0;
     c->reading_waiters = 0;
     c->rt_wait = RT_BUSY;
     c->waiter_left_ns = 0;
