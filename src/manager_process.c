@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -70,6 +71,9 @@ int cmp_manager_start(cmp_manager_process_t *p, const cmp_manager_options_t *opt
         close(ready[1]);
         return err;
     }
+    /* The server leaves through exit paths that flush stdio: what this
+     * process has buffered must not come out a second time from there. */
+    fflush(NULL);
     struct start_args a = {opt, ready[1], ctl[1], ctl[0]};
     int rc = cmp_process_start(&p->proc, server_main, &a,
                                (flags & CMP_MANAGER_STANDALONE) ? 0 : CMP_PROCESS_DIE_WITH_PARENT);
