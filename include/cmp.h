@@ -1094,11 +1094,19 @@ void cmp_pool_destroy(cmp_pool_t *pool);
  * was in it), and the others go on. on_client (if set) is called in the
  * client's thread when it starts and when it ends.
  *
- * Errors a client sees: -ECONNRESET when the server died or exited (a
- * mailbox client notices within CMP_OWNER_CHECK_NS: it checks the
- * server's pidfd before it sleeps and then that often), -ESHUTDOWN when
- * the server closed this client's mailbox (it is stopping), -ETIMEDOUT,
- * -EINTR (both resumable, see cmp_manager_call).
+ * Server death. The server also runs a watch thread that only waits, with
+ * every mailbox's liveness word on its robust futex list: when the server
+ * dies, however, the kernel marks those words and wakes the clients that
+ * sleep on them, so a call blocked in a dead server returns at once, and a
+ * blocked call costs no periodic wake-ups while the server lives. (Where
+ * set_robust_list fails, a client checks the server's pidfd before it
+ * sleeps and every CMP_OWNER_CHECK_NS.) A socket client sees EOF.
+ *
+ * Errors a client sees: -ECONNRESET when the server died or exited (and
+ * on every later call of that client), -ESHUTDOWN when the server closed
+ * this client's mailbox (it is stopping, or the handler ended the
+ * session; a socket client sees -ECONNRESET then), -ETIMEDOUT, -EINTR
+ * (both resumable, see cmp_manager_call).
  * ------------------------------------------------------------------------ */
 
 typedef struct cmp_manager cmp_manager_t;

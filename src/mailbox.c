@@ -15,10 +15,11 @@
 
 #define CLOSED 1u
 
-void cmp__mbox_init(struct cmp__mbox *m, size_t size)
+void cmp__mbox_init(struct cmp__mbox *m, size_t size, uint32_t watch)
 {
     size_t data = size - sizeof *m;
     m->data_size = (uint32_t)(data > UINT32_MAX ? UINT32_MAX & ~63u : data);
+    m->alive = watch & FUTEX_TID_MASK;
     /* release: an attacher that sees the magic sees the size too */
     cmp__store_release(&m->magic, CMP__MBOX_MAGIC);
 }
@@ -49,6 +50,16 @@ static void post(struct cmp__mbox_end *e)
     cmp__fence_seq_cst(); /* pairs with the waiter's fence: seq before waiters */
     if (cmp__load_relaxed(&s->waiters))
         cmp__futex_wake(&s->seq, 1);
+    if (e->me == CMP__MBOX_SERVER) {
+        /* a client asleep on the liveness word */
+        uint32_t a = cmp__load_relaxed(&e->m->alive);
+        while ((a & FUTEX_WAITERS) && !(a & FUTEX_OWNER_DIED)) {
+            if (cmp__cas_acq_rel(&e->m->alive, &a, a & ~FUTEX_WAITERS)) {
+                cmp__futex_wake(&e->m->alive, 1);
+                break;
+            }
+        }
+    }
 }
 
 void cmp__mbox_close(struct cmp__mbox *m)
@@ -57,6 +68,9 @@ void cmp__mbox_close(struct cmp__mbox *m)
         __atomic_fetch_or(&m->side[i].seq, CLOSED, __ATOMIC_ACQ_REL);
         cmp__futex_wake(&m->side[i].seq, INT_MAX);
     }
+    /* after the seq bits: a client woken here finds the mailbox closed */
+    __atomic_fetch_or(&m->alive, CMP__MBOX_ALIVE_CLOSED, __ATOMIC_ACQ_REL);
+    cmp__futex_wake(&m->alive, INT_MAX);
 }
 
 int cmp__mbox_is_closed(const struct cmp__mbox *m)
@@ -76,8 +90,35 @@ static int seen_change(struct cmp__mbox_end *e, uint32_t v)
     return (v & CLOSED) ? -ESHUTDOWN : 0;
 }
 
+/* A client's sleep until the server's next hand-off, on the liveness
+ * word, which the kernel marks when the server dies: 0, -ESHUTDOWN,
+ * -ECONNRESET (the server died), -ETIMEDOUT, -EINTR (only when intr). */
+static int sleep_on_alive(struct cmp__mbox_end *e, int intr, const struct timespec *deadline)
+{
+    struct cmp__mbox_side *p = &e->m->side[CMP__MBOX_SERVER];
+    uint32_t *alive = &e->m->alive;
+    for (;;) {
+        uint32_t a = cmp__load_acquire(alive);
+        if (!(a & (FUTEX_WAITERS | FUTEX_OWNER_DIED)) &&
+            !cmp__cas_acq_rel(alive, &a, a | FUTEX_WAITERS))
+            continue;
+        a |= FUTEX_WAITERS;
+        cmp__fence_seq_cst(); /* pairs with post(): the bit before seq */
+        int rc = seen_change(e, cmp__load_acquire(&p->seq));
+        if (rc)
+            return rc < 0 ? rc : 0;
+        if (a & FUTEX_OWNER_DIED)
+            return -ECONNRESET; /* after the last hand-off: nothing more comes */
+        rc = cmp__futex_wait(alive, a, deadline);
+        if ((rc == -EINTR && intr) || (rc == -ETIMEDOUT && cmp__deadline_passed(deadline))) {
+            int got = seen_change(e, cmp__load_acquire(&p->seq));
+            return got ? (got < 0 ? got : 0) : rc;
+        }
+    }
+}
+
 /* Waits for the peer's next hand-off. 0, -ESHUTDOWN, -ETIMEDOUT, -EINTR
- * (only when intr), or the check's error. */
+ * (only when intr), -ECONNRESET, or the check's error. */
 static int wait_peer(struct cmp__mbox_end *e, int intr, const struct timespec *deadline)
 {
     struct cmp__mbox_side *p = &e->m->side[!e->me];
@@ -92,6 +133,8 @@ static int wait_peer(struct cmp__mbox_end *e, int intr, const struct timespec *d
         if (rc)
             return rc < 0 ? rc : 0;
     }
+    if (e->me == CMP__MBOX_CLIENT && (cmp__load_relaxed(&e->m->alive) & ~FUTEX_WAITERS) != 0)
+        return sleep_on_alive(e, intr, deadline);
     for (;;) {
         cmp__store_relaxed(&p->waiters, 1);
         cmp__fence_seq_cst(); /* pairs with post(): waiters before seq */

@@ -12,9 +12,19 @@
  * chunks, the server's acks, reply chunks, the client's acks.
  *
  * The waits follow the policy of spin.h: spin while the peer runs on
- * another CPU and spins pay, then sleep on the futex. A waiter that must
- * also notice its peer's death gives a check callback, run before each
- * sleep and every CMP__OWNER_CHECK_NS while asleep.
+ * another CPU and spins pay, then sleep on the futex.
+ *
+ * The server's death must wake a sleeping client at once, and no process
+ * outlives it to do so: the kernel does. The word `alive` holds the id of
+ * a thread of the server that does nothing but wait (its "watch" thread)
+ * and is on that thread's robust futex list (set_robust_list), through the
+ * `robust` entry of the mailbox. When the thread dies, with its process,
+ * the kernel sets FUTEX_OWNER_DIED in the word and, if FUTEX_WAITERS is
+ * set, wakes the one sleeper: so a client sleeps on `alive`, not on the
+ * server's seq, after setting FUTEX_WAITERS, and the server's hand-off
+ * clears the bit and wakes it. Where the server has no watch (alive 0) a
+ * client sleeps on the seq and runs its check callback before each sleep
+ * and every CMP__OWNER_CHECK_NS (the server's pidfd).
  *
  * The memory is shared with a process of the same user that may be buggy:
  * a receiver reads each header field once and checks it, so that garbage
@@ -24,6 +34,8 @@
 #define CMP_MAILBOX_H
 
 #include "internal.h"
+
+#include <linux/futex.h>
 
 #include <stddef.h>
 #include <stdint.h>
@@ -53,8 +65,27 @@ struct cmp__mbox {
     uint64_t chunk_off; /* offset of this chunk in it */
     uint64_t chunk_len;
     uint32_t pad1[10];
+    /* the server's liveness (see above): written by the server at init,
+     * FUTEX_WAITERS by a sleeping client, FUTEX_OWNER_DIED by the kernel,
+     * CMP__MBOX_ALIVE_CLOSED by a close */
+    uint32_t alive;
+    uint32_t pad2;
+    /* The entry of the watch thread's robust list: a pointer of the
+     * server's address space, the one exception to "no pointers in shared
+     * memory", because the kernel finds the word at a fixed offset from the
+     * entry. Only the server and the kernel read it. */
+    struct robust_list robust;
+    uint32_t pad3[12];
     unsigned char data[];
 };
+
+/* A bit of `alive` above any thread id (ids stay below 2^22): the mailbox
+ * is closed, so the kernel, which compares the whole id field, leaves the
+ * word alone from then on. */
+#define CMP__MBOX_ALIVE_CLOSED 0x20000000u
+/* futex_offset of the watch thread's robust list head. */
+#define CMP__MBOX_ROBUST_OFFSET                                                                    \
+    ((long)offsetof(struct cmp__mbox, alive) - (long)offsetof(struct cmp__mbox, robust))
 
 /* Bytes of the memfd for a mailbox with the default data area. */
 #define CMP__MBOX_SIZE (sizeof(struct cmp__mbox) + CMP__MBOX_DATA)
@@ -85,8 +116,10 @@ struct cmp__mbox_buf {
  * buf as its arg). NULL when out of memory. */
 void *cmp__mbox_buf_room(void *buf, size_t len);
 
-/* Formats a mailbox in size bytes of fresh zeroed shared memory. */
-void cmp__mbox_init(struct cmp__mbox *m, size_t size);
+/* Formats a mailbox in size bytes of fresh zeroed shared memory. watch:
+ * the thread id of the server's watch thread, 0 for none (link
+ * &m->robust into its list before a client waits). */
+void cmp__mbox_init(struct cmp__mbox *m, size_t size, uint32_t watch);
 /* Attaches one side to a mapped mailbox of size bytes. Returns 0, or
  * -EPROTO when the memory does not hold a mailbox. */
 int cmp__mbox_end_init(struct cmp__mbox_end *e, struct cmp__mbox *m, size_t size, int side);

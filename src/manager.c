@@ -11,6 +11,7 @@
  * for as long as it likes (a managed lock's acquire), and only its own
  * client waits.
  */
+#include "atomic.h"
 #include "conn_internal.h"
 #include "mailbox.h"
 #include "manager_internal.h"
@@ -70,6 +71,14 @@ struct client {
 };
 
 struct cmp_manager {
+    /* The watch thread's robust list (mailbox.h): the kernel walks it when
+     * the thread dies, with the server, and marks each mailbox's liveness
+     * word. Entries are linked and unlinked under mu. */
+    struct robust_list_head robust;
+    pthread_t watch;
+    uint32_t watch_tid;  /* 0: no watch (mailbox clients then poll) */
+    uint32_t watch_stop; /* futex word: the watch thread returns */
+    pthread_cond_t watch_cv;
     cmp_manager_options_t opt;
     unsigned char *key;
     cmp_listener_t listener;
@@ -124,6 +133,11 @@ int cmp_manager_create(cmp_manager_t **out, const cmp_manager_options_t *opt)
         rc = -rc;
         goto fail;
     }
+    if ((rc = pthread_cond_init(&m->watch_cv, NULL)) != 0) {
+        rc = -rc;
+        pthread_mutex_destroy(&m->mu);
+        goto fail;
+    }
     m->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (m->wake_fd < 0) {
         rc = -errno;
@@ -152,6 +166,7 @@ int cmp_manager_create(cmp_manager_t **out, const cmp_manager_options_t *opt)
 fail_wake:
     close(m->wake_fd);
 fail_mu:
+    pthread_cond_destroy(&m->watch_cv);
     pthread_mutex_destroy(&m->mu);
 fail:
     free(m->key);
@@ -180,9 +195,90 @@ void cmp_manager_destroy(cmp_manager_t *m)
     close(m->wake_fd);
     if (m->ctl_fd >= 0)
         close(m->ctl_fd);
+    pthread_cond_destroy(&m->watch_cv);
     pthread_mutex_destroy(&m->mu);
     free(m->key);
     free(m);
+}
+
+/* ---- the watch thread -------------------------------------------------- */
+
+/* Waits, with the mailboxes' liveness words on its robust list, until the
+ * server stops: its death is the server's, which the kernel then tells
+ * every sleeping client. Its own thread, so that the list of no thread
+ * that runs other code (glibc's robust mutexes) is replaced. */
+static void *watch_main(void *arg)
+{
+    cmp_manager_t *m = arg;
+    m->robust.list.next = &m->robust.list;
+    m->robust.futex_offset = CMP__MBOX_ROBUST_OFFSET;
+    m->robust.list_op_pending = NULL;
+    uint32_t tid = 0;
+    if (syscall(SYS_set_robust_list, &m->robust, sizeof m->robust) == 0)
+        tid = cmp__self_tid();
+    pthread_mutex_lock(&m->mu);
+    m->watch_tid = tid ? tid : UINT32_MAX; /* UINT32_MAX: started, no watch */
+    pthread_cond_signal(&m->watch_cv);
+    pthread_mutex_unlock(&m->mu);
+    if (!tid)
+        return NULL;
+    while (cmp__load_acquire(&m->watch_stop) == 0)
+        cmp__futex_wait(&m->watch_stop, 0, NULL);
+    /* A normal exit must not mark anything: the mailboxes were closed. */
+    pthread_mutex_lock(&m->mu);
+    m->robust.list.next = &m->robust.list;
+    pthread_mutex_unlock(&m->mu);
+    return NULL;
+}
+
+static int watch_start(cmp_manager_t *m)
+{
+    m->watch_tid = 0;
+    m->watch_stop = 0;
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int rc = pthread_create(&m->watch, NULL, watch_main, m);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0)
+        return -rc;
+    pthread_mutex_lock(&m->mu);
+    while (m->watch_tid == 0)
+        pthread_cond_wait(&m->watch_cv, &m->mu);
+    if (m->watch_tid == UINT32_MAX)
+        m->watch_tid = 0;
+    pthread_mutex_unlock(&m->mu);
+    return 0;
+}
+
+static void watch_stop(cmp_manager_t *m)
+{
+    cmp__store_release(&m->watch_stop, 1);
+    cmp__futex_wake(&m->watch_stop, 1);
+    pthread_join(m->watch, NULL);
+    m->watch_tid = 0;
+}
+
+/* Under mu. */
+static void watch_link(cmp_manager_t *m, struct cmp__mbox *mb)
+{
+    if (!m->watch_tid)
+        return;
+    mb->robust.next = m->robust.list.next;
+    /* one store publishes it: a death at any point finds a whole list */
+    __atomic_store_n(&m->robust.list.next, &mb->robust, __ATOMIC_RELEASE);
+}
+
+/* Under mu; before the mailbox is unmapped (the kernel would stop at an
+ * entry it cannot read). */
+static void watch_unlink(cmp_manager_t *m, struct cmp__mbox *mb)
+{
+    for (struct robust_list *p = &m->robust.list; p->next != &m->robust.list; p = p->next) {
+        if (p->next == &mb->robust) {
+            __atomic_store_n(&p->next, mb->robust.next, __ATOMIC_RELEASE);
+            return;
+        }
+    }
 }
 
 /* ---- a client's thread ------------------------------------------------ */
@@ -234,13 +330,14 @@ static int setup_mailbox(struct client *c, struct cmp__mbox_end *end)
         return rc;
     }
     struct cmp__mbox *mb = c->shm.addr;
-    cmp__mbox_init(mb, c->shm.size);
+    cmp__mbox_init(mb, c->shm.size, m->watch_tid);
     if ((rc = cmp__mbox_end_init(end, mb, c->shm.size, CMP__MBOX_SERVER)) < 0)
         return rc;
     /* The client's process, to notice its death even when a child it
      * forked still holds the connection. */
     int pidfd = (int)syscall(SYS_pidfd_open, cred.pid, 0);
     pthread_mutex_lock(&m->mu);
+    watch_link(m, mb);
     c->pidfd = pidfd;
     c->has_mbox = 1;
     c->watched = 1;
@@ -351,8 +448,12 @@ static void free_client(struct client *c)
     cmp_conn_close(&c->conn);
     if (c->pidfd >= 0)
         close(c->pidfd);
-    if (c->has_mbox)
+    if (c->has_mbox) {
+        pthread_mutex_lock(&c->m->mu);
+        watch_unlink(c->m, c->shm.addr);
+        pthread_mutex_unlock(&c->m->mu);
         cmp_shm_detach(&c->shm);
+    }
     free(c);
 }
 
@@ -417,11 +518,13 @@ static void reap_clients(cmp_manager_t *m)
 
 int cmp_manager_serve(cmp_manager_t *m)
 {
+    int rc = watch_start(m);
+    if (rc < 0)
+        return rc;
     m->serving = 1;
     struct pollfd *pfd = NULL;
     struct client **who = NULL;
     size_t room = 0;
-    int rc = 0;
     while (!cmp_manager_stopping(m)) {
         reap_clients(m);
         pthread_mutex_lock(&m->mu);
@@ -509,6 +612,7 @@ int cmp_manager_serve(cmp_manager_t *m)
         all = c->next;
         free_client(c);
     }
+    watch_stop(m);
     m->serving = 0;
     return rc;
 }
