@@ -1122,8 +1122,9 @@ void cmp_manager_reply_clear(cmp_manager_reply_t *r);
 
 /* What a handler returns (bits): 0 sends the reply; with
  * CMP_MANAGER_DISCONNECT the client's connection is closed after the reply
- * is sent; with CMP_MANAGER_STOP the server then stops (as
- * cmp_manager_stop). */
+ * is sent (a negative return does the same); with CMP_MANAGER_STOP the
+ * server then stops (as cmp_manager_stop; this client's session ends
+ * too). */
 #define CMP_MANAGER_DISCONNECT 0x1
 #define CMP_MANAGER_STOP 0x2
 /* Called for each request of client (an id, never 0, unique in this
@@ -1198,7 +1199,10 @@ int cmp_manager_start(cmp_manager_process_t *p, const cmp_manager_options_t *opt
 
 /* Asks the server process to stop, waits for it until deadline, then
  * kills it (SIGKILL) if it lives on, and reaps it. Returns 0 (it exited by
- * itself), -ETIMEDOUT (it was killed), or -ECHILD. */
+ * itself), -ETIMEDOUT (it was killed), -EINTR (still running: call again),
+ * or -ECHILD. The server stops as cmp_manager_serve does: its clients'
+ * mailboxes close at once (-ESHUTDOWN), and it exits once its handlers
+ * have returned. */
 int cmp_manager_shutdown(cmp_manager_process_t *p, const struct timespec *deadline);
 
 /* Waits for the server process to exit (stopped by a client's request)

@@ -77,6 +77,7 @@ struct cmp_manager {
     struct robust_list_head robust;
     pthread_t watch;
     uint32_t watch_tid;  /* 0: no watch (mailbox clients then poll) */
+    unsigned watched;    /* mailboxes on the list (under mu) */
     uint32_t watch_stop; /* futex word: the watch thread returns */
     pthread_cond_t watch_cv;
     cmp_manager_options_t opt;
@@ -259,11 +260,19 @@ static void watch_stop(cmp_manager_t *m)
     m->watch_tid = 0;
 }
 
-/* Under mu. */
-static void watch_link(cmp_manager_t *m, struct cmp__mbox *mb)
+/* The kernel walks at most ROBUST_LIST_LIMIT (2048) entries of a list:
+ * mailboxes beyond these go without (their clients poll the pidfd). */
+#define WATCH_MAX 2000u
+
+/* Formats mb with the watch's id and puts it on the list, or without one
+ * when the list is full. Under mu, before any client waits on mb. */
+static void watch_link(cmp_manager_t *m, struct cmp__mbox *mb, size_t size)
 {
-    if (!m->watch_tid)
+    int on = m->watch_tid && m->watched < WATCH_MAX;
+    cmp__mbox_init(mb, size, on ? m->watch_tid : 0);
+    if (!on)
         return;
+    m->watched++;
     mb->robust.next = m->robust.list.next;
     /* one store publishes it: a death at any point finds a whole list */
     __atomic_store_n(&m->robust.list.next, &mb->robust, __ATOMIC_RELEASE);
@@ -276,6 +285,7 @@ static void watch_unlink(cmp_manager_t *m, struct cmp__mbox *mb)
     for (struct robust_list *p = &m->robust.list; p->next != &m->robust.list; p = p->next) {
         if (p->next == &mb->robust) {
             __atomic_store_n(&p->next, mb->robust.next, __ATOMIC_RELEASE);
+            m->watched--;
             return;
         }
     }
@@ -330,14 +340,13 @@ static int setup_mailbox(struct client *c, struct cmp__mbox_end *end)
         return rc;
     }
     struct cmp__mbox *mb = c->shm.addr;
-    cmp__mbox_init(mb, c->shm.size, m->watch_tid);
-    if ((rc = cmp__mbox_end_init(end, mb, c->shm.size, CMP__MBOX_SERVER)) < 0)
-        return rc;
     /* The client's process, to notice its death even when a child it
      * forked still holds the connection. */
     int pidfd = (int)syscall(SYS_pidfd_open, cred.pid, 0);
     pthread_mutex_lock(&m->mu);
-    watch_link(m, mb);
+    watch_link(m, mb, c->shm.size);
+    if ((rc = cmp__mbox_end_init(end, mb, c->shm.size, CMP__MBOX_SERVER)) < 0)
+        abort(); /* we formatted it just now */
     c->pidfd = pidfd;
     c->has_mbox = 1;
     c->watched = 1;
@@ -353,7 +362,8 @@ static int handle(struct client *c, const void *req, size_t len, cmp_manager_rep
 {
     cmp_manager_t *m = c->m;
     reply->len = 0;
-    return m->opt.handler(m->opt.arg, c->id, req, len, reply);
+    int st = m->opt.handler(m->opt.arg, c->id, req, len, reply);
+    return st < 0 ? CMP_MANAGER_DISCONNECT : st;
 }
 
 /* After the reply went out (a stop before it would close the mailbox

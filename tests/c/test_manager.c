@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -377,6 +378,71 @@ Test(manager, connect_by_address_unix_and_tcp_with_authkey, .timeout = 30)
     rc = cmp_manager_connect(&t, (struct sockaddr *)&p.addr, p.addrlen, "wrong", 5, 0, &dl);
     cr_assert_eq(rc, -EACCES, "wrong key: %s", cmp_strerror(rc));
     finish(&p);
+}
+
+/* As user nobody, connects to addr with flags (and key, if any): the
+ * call's result, or the connect's error. */
+static int call_as_nobody(const struct sockaddr_storage *addr, socklen_t len, const char *key,
+                          unsigned flags)
+{
+    pid_t pid = test_fork();
+    if (pid == 0) {
+        if (setgid(65534) != 0 || setuid(65534) != 0)
+            _exit(100);
+        struct timespec dl = test_deadline(5);
+        cmp_manager_client_t *c;
+        int rc = cmp_manager_connect(&c, (const struct sockaddr *)addr, len, key,
+                                     key ? strlen(key) : 0, flags, &dl);
+        if (rc == 0)
+            rc = call_op(c, OP_ADD, 0, NULL, 5);
+        _exit(rc == 0 ? 0 : rc == -EACCES ? 1 : rc == -ECONNRESET ? 2 : 3);
+    }
+    return test_join(pid, 10);
+}
+
+Test(manager, another_user_needs_the_key_and_never_gets_a_mailbox, .timeout = 30)
+{
+    if (geteuid() != 0)
+        cr_skip_test("needs root to become another user");
+    char dir[] = "/tmp/cmp-manager-test-XXXXXX";
+    cr_assert(mkdtemp(dir));
+    chmod(dir, 0777); /* a socket path anyone may reach: the server checks */
+    char path[64];
+    snprintf(path, sizeof path, "%s/sock", dir);
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    cr_assert_eq(cmp_sockaddr_unix(&ss, &sl, path, strlen(path)), 0);
+    for (int keyed = 0; keyed < 2; keyed++) {
+        cmp_manager_options_t opt = options;
+        opt.addr = (struct sockaddr *)&ss;
+        opt.addrlen = sl;
+        if (keyed) {
+            opt.authkey = "k";
+            opt.authkey_len = 1;
+        }
+        cmp_manager_process_t p;
+        cr_assert_eq(cmp_manager_start(&p, &opt, 0), 0);
+        chmod(path, 0777);
+        if (!keyed) {
+            /* no key, another uid: the connection is dropped */
+            cr_assert_eq(call_as_nobody(&p.addr, p.addrlen, NULL, CMP_MANAGER_SOCKET), 2);
+            cr_assert_eq(call_as_nobody(&p.addr, p.addrlen, NULL, 0), 2);
+        } else {
+            /* with the key, on the socket; a mailbox is refused */
+            cr_assert_eq(call_as_nobody(&p.addr, p.addrlen, "k", CMP_MANAGER_SOCKET), 0);
+            cr_assert_eq(call_as_nobody(&p.addr, p.addrlen, "k", 0), 1);
+        }
+        struct timespec dl = test_deadline(5);
+        cmp_manager_client_t *c;
+        cr_assert_eq(cmp_manager_connect(&c, (struct sockaddr *)&p.addr, p.addrlen, opt.authkey,
+                                         opt.authkey_len, 0, &dl),
+                     0);
+        cr_assert(cmp_manager_client_is_mailbox(c));
+        cr_assert_eq(must(c, OP_ADD, 0), 0);
+        cmp_manager_disconnect(c);
+        finish(&p);
+    }
+    rmdir(dir);
 }
 
 Test(manager, killed_client_leaves_the_others_served, .timeout = 30)
