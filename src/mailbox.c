@@ -178,7 +178,8 @@ int cmp__mbox_sendv(struct cmp__mbox_end *e, const struct iovec *iov, int iovcnt
             size_t take = iov[i].iov_len - in;
             if (take > e->data_size - n)
                 take = e->data_size - n;
-            memcpy(m->data + n, (const char *)iov[i].iov_base + in, take);
+            if (take) /* an empty piece may have no buffer at all */
+                memcpy(m->data + n, (const char *)iov[i].iov_base + in, take);
             n += take;
             in += take;
             if (in == iov[i].iov_len) {

@@ -273,7 +273,8 @@ int cmp_manager_callv(cmp_manager_client_t *c, const struct iovec *iov, int iovc
                 return -ENOMEM;
             size_t at = 0;
             for (int i = 0; i < iovcnt; i++) {
-                memcpy(joined + at, iov[i].iov_base, iov[i].iov_len);
+                if (iov[i].iov_len)
+                    memcpy(joined + at, iov[i].iov_base, iov[i].iov_len);
                 at += iov[i].iov_len;
             }
             data = joined;
