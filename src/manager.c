@@ -315,6 +315,7 @@ static int send_hello_reply(int fd, int status, int memfd, size_t size)
     memset(&r, 0, sizeof r);
     memcpy(r.magic, CMP__MANAGER_HELLO_REPLY, sizeof r.magic);
     r.status = status;
+    r.pid = (int32_t)cmp_self_pid();
     r.size = size;
     unsigned char hdr[4] = {0, 0, 0, (unsigned char)sizeof r};
     struct iovec iov[2] = {{hdr, sizeof hdr}, {&r, sizeof r}};
@@ -471,8 +472,15 @@ static void accept_clients(cmp_manager_t *m)
 {
     for (;;) {
         int fd = accept4(m->listener.fd, NULL, NULL, SOCK_CLOEXEC);
-        if (fd < 0)
-            return; /* EAGAIN: no more now; other errors: the next poll tells */
+        if (fd < 0) {
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                /* the connection stays queued and the listener readable:
+                 * back off instead of spinning on it */
+                struct timespec nap = {0, 10 * 1000 * 1000};
+                nanosleep(&nap, NULL);
+            }
+            return; /* EAGAIN: no more now */
+        }
         struct client *c = calloc(1, sizeof *c);
         if (!c) {
             close(fd);

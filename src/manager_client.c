@@ -52,20 +52,19 @@ static int server_alive(void *arg)
     return cmp_pid_alive(c->server_pid) ? 0 : -ECONNRESET;
 }
 
-/* Reads the framed hello reply and the memfd attached to it. */
-static int recv_hello_reply(int fd, struct cmp__manager_hello_reply *r, int *memfd,
-                            const struct timespec *deadline)
+/* Reads exactly len bytes of the hello reply, keeping the fd that comes
+ * with them. */
+static int recv_exact(int fd, unsigned char *p, size_t len, int *memfd,
+                      const struct timespec *deadline)
 {
-    unsigned char msg[4 + sizeof *r];
     size_t got = 0;
-    *memfd = -1;
-    while (got < sizeof msg) {
+    while (got < len) {
         int rc = cmp__fd_wait(fd, POLLIN, deadline);
         if (rc == -EINTR)
             continue; /* the hello is spent: finish, bounded by the deadline */
         if (rc < 0)
             return rc;
-        struct iovec iov = {msg + got, sizeof msg - got};
+        struct iovec iov = {p + got, len - got};
         long n = cmp__recv_fd(fd, &iov, MSG_DONTWAIT, memfd);
         if (n == -EINTR || n == -EAGAIN)
             continue;
@@ -75,9 +74,26 @@ static int recv_hello_reply(int fd, struct cmp__manager_hello_reply *r, int *mem
             return -ECONNRESET;
         got += (size_t)n;
     }
-    memcpy(r, msg + 4, sizeof *r);
-    if (memcmp(msg, "\0\0\0", 3) != 0 || msg[3] != sizeof *r ||
-        memcmp(r->magic, CMP__MANAGER_HELLO_REPLY, sizeof r->magic) != 0)
+    return 0;
+}
+
+/* Reads the framed hello reply and the memfd attached to it. The header
+ * first: a peer that is not one of our servers (the stdlib's answers a
+ * message it cannot unpickle with one of its own) is told apart by its
+ * length without waiting for bytes that never come. */
+static int recv_hello_reply(int fd, struct cmp__manager_hello_reply *r, int *memfd,
+                            const struct timespec *deadline)
+{
+    unsigned char hdr[4];
+    *memfd = -1;
+    int rc = recv_exact(fd, hdr, sizeof hdr, memfd, deadline);
+    if (rc < 0)
+        return rc;
+    if (memcmp(hdr, "\0\0\0", 3) != 0 || hdr[3] != sizeof *r)
+        return -EPROTO;
+    if ((rc = recv_exact(fd, (unsigned char *)r, sizeof *r, memfd, deadline)) < 0)
+        return rc;
+    if (memcmp(r->magic, CMP__MANAGER_HELLO_REPLY, sizeof r->magic) != 0)
         return -EPROTO;
     return 0;
 }
@@ -100,12 +116,6 @@ static int take_mailbox(cmp_manager_client_t *c, const struct timespec *deadline
         rc = -EPROTO;
         goto fail;
     }
-    struct ucred cred;
-    socklen_t clen = sizeof cred;
-    if (getsockopt(c->conn.fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen) < 0) {
-        rc = -errno;
-        goto fail;
-    }
     if ((rc = cmp_shm_attach(&c->shm, memfd, (size_t)r.size)) < 0)
         goto fail;
     memfd = -1;
@@ -113,8 +123,10 @@ static int take_mailbox(cmp_manager_client_t *c, const struct timespec *deadline
         cmp_shm_detach(&c->shm);
         return rc;
     }
-    c->server_pid = cred.pid;
-    c->server_pidfd = (int)syscall(SYS_pidfd_open, cred.pid, 0);
+    /* the serving process, which may not be the one that listened (the
+     * socket's credentials name that one) */
+    c->server_pid = (pid_t)r.pid;
+    c->server_pidfd = (int)syscall(SYS_pidfd_open, c->server_pid, 0);
     c->end.check = server_alive;
     c->end.check_arg = c;
     c->mailbox = 1;

@@ -18,8 +18,8 @@
 struct cmp__manager_hello_reply {
     char magic[8];
     int32_t status; /* 0, or a positive errno: no mailbox */
-    uint32_t pad;
-    uint64_t size; /* bytes of the memfd */
+    int32_t pid;    /* the server's process */
+    uint64_t size;  /* bytes of the memfd */
 };
 
 /* The socket from which a started server reads its starter's stop byte;
