@@ -1096,7 +1096,7 @@ void cmp_pool_destroy(cmp_pool_t *pool);
  *
  * Server death. The server also runs a watch thread that only waits, with
  * every mailbox's liveness word on its robust futex list: when the server
- * dies, however, the kernel marks those words and wakes the clients that
+ * dies, of whatever cause, the kernel marks those words and wakes the clients that
  * sleep on them, so a call blocked in a dead server returns at once, and a
  * blocked call costs no periodic wake-ups while the server lives. (Where
  * set_robust_list fails, a client checks the server's pidfd before it
@@ -1174,6 +1174,11 @@ void cmp_manager_stop(cmp_manager_t *m);
 
 /* 1 once the server is stopping (for a handler that blocks: give up). */
 int cmp_manager_stopping(const cmp_manager_t *m);
+
+/* The server whose handler the calling thread runs (also in on_client),
+ * NULL in any other thread: how a handler of a started server, which has
+ * no handle, asks cmp_manager_stopping. */
+cmp_manager_t *cmp_manager_current(void);
 
 /* Frees a server that is not serving (its socket path is unlinked). */
 void cmp_manager_destroy(cmp_manager_t *m);

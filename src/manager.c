@@ -111,6 +111,14 @@ int cmp_manager_stopping(const cmp_manager_t *m)
     return __atomic_load_n(&m->stopping, __ATOMIC_ACQUIRE);
 }
 
+/* Set in each client thread for its whole life. */
+static _Thread_local cmp_manager_t *current;
+
+cmp_manager_t *cmp_manager_current(void)
+{
+    return current;
+}
+
 int cmp_manager_create(cmp_manager_t **out, const cmp_manager_options_t *opt)
 {
     if (!opt || !opt->handler)
@@ -411,6 +419,7 @@ static void *client_main(void *arg)
 {
     struct client *c = arg;
     cmp_manager_t *m = c->m;
+    current = m;
     struct cmp__mbox_buf buf = {0};
     cmp_manager_reply_t reply = {0};
     int started = 0;

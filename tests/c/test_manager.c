@@ -25,6 +25,7 @@ enum {
     OP_ECHO = 'e',    /* reply: the bytes after the op */
     OP_ADD = 'a',     /* adds the argument to the counter; reply: the new total */
     OP_BLOCK = 'b',   /* waits (10 s at most, or until stopping) for OP_RELEASE */
+    OP_STUCK = 'B',   /* the same, deaf to stopping */
     OP_RELEASE = 'r', /* wakes every OP_BLOCK */
     OP_SLEEP = 's',   /* sleeps the argument in ms */
     OP_ID = 'i',      /* reply: the client id the handler sees */
@@ -74,13 +75,16 @@ static int handler(void *arg, uint64_t client, const void *req, size_t len,
         v = total;
         pthread_mutex_unlock(&mu);
         return reply_i64(reply, v);
-    case OP_BLOCK: {
+    case OP_BLOCK:
+    case OP_STUCK: {
+        cmp_manager_t *self = p[0] == OP_BLOCK ? cmp_manager_current() : NULL;
+        cr_assert(self || p[0] == OP_STUCK);
         struct timespec until;
         clock_gettime(CLOCK_REALTIME, &until);
         until.tv_sec += 10;
         pthread_mutex_lock(&mu);
         unsigned start = released;
-        while (released == start && (!inproc || !cmp_manager_stopping(inproc))) {
+        while (released == start && (!self || !cmp_manager_stopping(self))) {
             struct timespec tick;
             clock_gettime(CLOCK_REALTIME, &tick);
             if (tick.tv_sec > until.tv_sec)
@@ -764,7 +768,11 @@ Test(manager, deadlines_resume_abandon_and_eintr, .timeout = 30)
     finish(&p);
 }
 
-Test(manager, shutdown_while_clients_wait, .timeout = 30)
+/* Clients blocked in handlers, one of them on the socket, while the
+ * starter shuts the server down: handlers that heed cmp_manager_stopping
+ * let it exit; stuck ones get it killed at the deadline. Either way every
+ * waiting client returns at once. */
+static void shutdown_while_clients_wait(int stuck)
 {
     cmp_manager_process_t p;
     start(&p);
@@ -775,26 +783,39 @@ Test(manager, shutdown_while_clients_wait, .timeout = 30)
         if (pids[k] == 0) {
             cmp_manager_client_t *c =
                 connect_to(&p.addr, p.addrlen, k == 2 ? CMP_MANAGER_SOCKET : 0);
-            int rc = call_op(c, OP_BLOCK, 0, NULL, 20);
+            int rc = call_op(c, stuck ? OP_STUCK : OP_BLOCK, 0, NULL, 20);
             /* the mailbox says the server closed it; a socket cannot tell */
-            _exit(rc == -ESHUTDOWN || rc == -ECONNRESET ? 0 : 1);
+            _exit(rc == (k == 2 ? -ECONNRESET : -ESHUTDOWN) ? 0 : 1);
         }
     }
     cmp_manager_client_t *c = client_of(&p);
     expect_live(c, N + 1);
     usleep(50000);
-    /* the handlers do not return: the server is killed at the deadline */
     struct timespec t0, dl = test_deadline(0.3);
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    cr_assert_eq(cmp_manager_shutdown(&p, &dl), -ETIMEDOUT);
+    cr_assert_eq(cmp_manager_shutdown(&p, &dl), stuck ? -ETIMEDOUT : 0);
     double took = seconds_since(&t0);
-    cr_assert_lt(took, 1.0, "shutdown took %.3f s", took);
+    cr_assert_lt(took, stuck ? 1.0 : 0.2, "shutdown took %.3f s", took);
     for (int k = 0; k < N; k++)
         cr_assert_eq(test_join(pids[k], 5), 0, "waiting client %d", k);
-    int rc = call_op(c, OP_ADD, 0, NULL, 5);
-    cr_assert(rc == -ESHUTDOWN || rc == -ECONNRESET, "%s", cmp_strerror(rc));
+    cr_assert_eq(call_op(c, OP_ADD, 0, NULL, 5), -ESHUTDOWN);
+    if (!stuck) { /* it exited by itself */
+        int code = -1;
+        cr_assert_eq(cmp_process_exitcode(&p.proc, &code), 0);
+        cr_assert_eq(code, 0);
+    }
     cmp_manager_disconnect(c);
     cmp_manager_close(&p);
+}
+
+Test(manager, shutdown_while_clients_wait, .timeout = 30)
+{
+    shutdown_while_clients_wait(0);
+}
+
+Test(manager, shutdown_kills_a_server_whose_handlers_are_stuck, .timeout = 30)
+{
+    shutdown_while_clients_wait(1);
 }
 
 Test(manager, stop_requested_by_a_client, .timeout = 30)
