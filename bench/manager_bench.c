@@ -83,6 +83,36 @@ static void start(cmp_manager_process_t *p, const struct sockaddr *addr, socklen
     }
 }
 
+/* Seconds per start + shutdown of a server process, and per connect +
+ * one call + disconnect of a mailbox client. */
+static void lifecycle(double *start_stop, double *connect)
+{
+    enum { STARTS = 20, CONNECTS = 200 };
+    double t0 = now();
+    cmp_manager_process_t p;
+    struct timespec dl;
+    for (int i = 0; i < STARTS; i++) {
+        start(&p, NULL, 0);
+        cmp_deadline_after(5, &dl);
+        cmp_manager_shutdown(&p, &dl);
+        cmp_manager_close(&p);
+    }
+    *start_stop = (now() - t0) / STARTS;
+    start(&p, NULL, 0);
+    t0 = now();
+    for (int i = 0; i < CONNECTS; i++) {
+        cmp_manager_client_t *c = client(&p, 0);
+        const void *reply;
+        size_t len;
+        cmp_manager_call(c, "x", 1, &reply, &len, NULL);
+        cmp_manager_disconnect(c);
+    }
+    *connect = (now() - t0) / CONNECTS;
+    cmp_deadline_after(5, &dl);
+    cmp_manager_shutdown(&p, &dl);
+    cmp_manager_close(&p);
+}
+
 int main(int argc, char **argv)
 {
     int load = hogs_parse_load(argc, argv);
@@ -116,6 +146,11 @@ int main(int argc, char **argv)
     cmp_deadline_after(5, &dl);
     cmp_manager_shutdown(&p, &dl);
     cmp_manager_close(&p);
+
+    double startstop, cc;
+    lifecycle(&startstop, &cc);
+    printf("server start + shutdown %8.2f ms\n", startstop * 1e3);
+    printf("connect + call + close  %8.1f us (mailbox)\n", cc * 1e6);
 
     hogs_stop(&h);
     return 0;
