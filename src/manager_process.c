@@ -60,6 +60,17 @@ int cmp_manager_start(cmp_manager_process_t *p, const cmp_manager_options_t *opt
 {
     if (!opt || !opt->handler || (flags & ~CMP_MANAGER_STANDALONE))
         return -EINVAL;
+    /* The default address is chosen here: the private directory is then
+     * this process's, removed when it exits, even if the server is killed
+     * and leaves its socket behind. */
+    cmp_manager_options_t o = *opt;
+    struct sockaddr_storage def;
+    int rc;
+    if (!o.addr) {
+        if ((rc = cmp_listener_default_addr(&def, &o.addrlen)) < 0)
+            return rc;
+        o.addr = (const struct sockaddr *)&def;
+    }
     int ready[2], ctl[2];
     if (pipe2(ready, O_CLOEXEC) < 0)
         return -errno;
@@ -74,8 +85,8 @@ int cmp_manager_start(cmp_manager_process_t *p, const cmp_manager_options_t *opt
     /* The server leaves through exit paths that flush stdio: what this
      * process has buffered must not come out a second time from there. */
     fflush(NULL);
-    struct start_args a = {opt, ready[1], ctl[1], ctl[0]};
-    int rc = cmp_process_start(&p->proc, server_main, &a,
+    struct start_args a = {&o, ready[1], ctl[1], ctl[0]};
+    rc = cmp_process_start(&p->proc, server_main, &a,
                                (flags & CMP_MANAGER_STANDALONE) ? 0 : CMP_PROCESS_DIE_WITH_PARENT);
     close(ready[1]);
     close(ctl[1]);
