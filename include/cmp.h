@@ -1221,9 +1221,11 @@ void cmp_manager_close(cmp_manager_process_t *p);
 #define CMP_MANAGER_SOCKET 0x1u
 
 /* Connects to a server. Returns 0, -EINVAL (unknown flags), -EACCES (the
- * handshake failed), -EPROTO (not a manager), or an error of
- * cmp_client_connect (-ECONNREFUSED, -ENOENT, -ETIMEDOUT, -EINTR, ...).
- * authkey may be NULL. */
+ * handshake failed, or a mailbox refused to another user), -EPROTO (not a
+ * manager: asked for a mailbox, the peer answered something else),
+ * -ECONNRESET (the server dropped the connection: another user without
+ * the authkey), or an error of cmp_client_connect (-ECONNREFUSED,
+ * -ENOENT, -ETIMEDOUT, -EINTR, ...). authkey may be NULL. */
 int cmp_manager_connect(cmp_manager_client_t **out, const struct sockaddr *addr, socklen_t addrlen,
                         const void *authkey, size_t authkey_len, unsigned flags,
                         const struct timespec *deadline);

@@ -173,6 +173,10 @@ static int open_transport(cmp_manager_client_t *c, const struct timespec *deadli
     return 0;
 fail:
     cmp_conn_close(&c->conn);
+    /* the server dropped the connection midway (another user's, a full
+     * server): one error, whichever side noticed first */
+    if (rc == CMP_CONN_EOF || rc == -EPIPE)
+        rc = -ECONNRESET;
     return rc;
 }
 
