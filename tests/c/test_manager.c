@@ -9,6 +9,7 @@
 #include "helpers.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -657,6 +658,51 @@ Test(manager, a_blocked_call_costs_no_wakeups, .timeout = 30)
      * second */
     cr_assert_leq(woke, 5, "%ld wake-ups in a 1 s call", woke);
     cmp_manager_disconnect(c);
+    finish(&p);
+}
+
+/* Times any thread of process pid has been put on a CPU, summed. */
+static long runs_of_process(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+    DIR *d = opendir(path);
+    cr_assert(d);
+    long total = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.')
+            continue;
+        char f[sizeof path + sizeof e->d_name + 16];
+        snprintf(f, sizeof f, "%s/%s/schedstat", path, e->d_name);
+        FILE *fp = fopen(f, "r");
+        unsigned long long run, wait, count;
+        if (fp && fscanf(fp, "%llu %llu %llu", &run, &wait, &count) == 3)
+            total += (long)count;
+        if (fp)
+            fclose(fp);
+    }
+    closedir(d);
+    return total;
+}
+
+Test(manager, an_idle_server_sleeps, .timeout = 30)
+{
+    cmp_manager_process_t p;
+    start(&p);
+    cmp_manager_client_t *c[3];
+    for (int i = 0; i < 3; i++) {
+        c[i] = connect_to(&p.addr, p.addrlen, i == 2 ? CMP_MANAGER_SOCKET : 0);
+        must(c[i], OP_ADD, 1);
+    }
+    usleep(100000); /* spins and the clients' first hand-offs are over */
+    long before = runs_of_process(p.proc.pid);
+    usleep(1000000);
+    long ran = runs_of_process(p.proc.pid) - before;
+    /* serving, watch and three client threads: asleep, no polling */
+    cr_assert_leq(ran, 3, "the idle server's threads ran %ld times in 1 s", ran);
+    for (int i = 0; i < 3; i++)
+        cmp_manager_disconnect(c[i]);
     finish(&p);
 }
 
