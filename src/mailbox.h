@@ -127,8 +127,8 @@ int cmp__mbox_end_init(struct cmp__mbox_end *e, struct cmp__mbox *m, size_t size
 /* Sends one message (the concatenation of iovcnt buffers): it must be this
  * side's turn. Chunks after the first wait for the peer's acknowledgement,
  * until deadline; signals do not interrupt them. Returns 0, -ESHUTDOWN
- * (closed), -ETIMEDOUT (the message is cut: close the mailbox), or the
- * check's error. */
+ * (closed), -ETIMEDOUT (the message is cut: close the mailbox),
+ * -ECONNRESET (a client's: the server died), or the check's error. */
 int cmp__mbox_sendv(struct cmp__mbox_end *e, const struct iovec *iov, int iovcnt,
                     const struct timespec *deadline);
 
@@ -138,8 +138,8 @@ int cmp__mbox_sendv(struct cmp__mbox_end *e, const struct iovec *iov, int iovcnt
  * later chunks are waited for through signals, until deadline. Returns 0,
  * -ESHUTDOWN, -ETIMEDOUT (before the first chunk: nothing consumed),
  * -ECONNABORTED (the deadline passed midway: the message is cut, close the
- * mailbox), -EINTR, -ENOMEM, -EPROTO (a corrupt header), or the check's
- * error. */
+ * mailbox), -EINTR, -ENOMEM, -EPROTO (a corrupt header), -ECONNRESET (a
+ * client's: the server died), or the check's error. */
 int cmp__mbox_recv(struct cmp__mbox_end *e, struct cmp__mbox_buf *buf, size_t *len, int intr,
                    const struct timespec *deadline);
 

@@ -7,9 +7,11 @@
  * clients wait; stop requested by a client; a server in the caller's
  * process. */
 #include "helpers.h"
+#include "mailbox.h"
 
 #include <arpa/inet.h>
 #include <dirent.h>
+#include <linux/futex.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -17,6 +19,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/time.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -585,6 +588,54 @@ Test(manager, killed_client_leaves_the_others_served, .timeout = 30)
         cr_assert_eq(must(c, OP_ADD, 1), 2 * transport + 2);
         expect_live(c, 1);
     }
+    cmp_manager_disconnect(c);
+    finish(&p);
+}
+
+/* The mailbox this process maps (found by its memfd's name). */
+static struct cmp__mbox *my_mailbox(void)
+{
+    FILE *f = fopen("/proc/self/maps", "r");
+    cr_assert(f);
+    char line[512];
+    void *at = NULL;
+    while (!at && fgets(line, sizeof line, f)) {
+        unsigned long lo;
+        if (strstr(line, "memfd:cmp-manager-mailbox") && sscanf(line, "%lx-", &lo) == 1)
+            at = (void *)lo;
+    }
+    fclose(f);
+    return at;
+}
+
+Test(manager, a_client_that_corrupts_its_mailbox_is_dropped_alone, .timeout = 30)
+{
+    cmp_manager_process_t p;
+    start(&p);
+    cmp_manager_client_t *c = client_of(&p);
+    pid_t pid = test_fork();
+    if (pid == 0) {
+        cmp_manager_client_t *k = client_of(&p);
+        if (must(k, OP_ADD, 1) != 1)
+            _exit(1);
+        struct cmp__mbox *mb = my_mailbox();
+        if (!mb)
+            _exit(2);
+        /* a request whose chunk claims more bytes than the data area */
+        mb->msg_len = 10;
+        mb->chunk_off = 0;
+        mb->chunk_len = (uint64_t)1 << 40;
+        __atomic_fetch_add(&mb->side[CMP__MBOX_CLIENT].seq, 2u, __ATOMIC_RELEASE);
+        syscall(SYS_futex, &mb->side[CMP__MBOX_CLIENT].seq, FUTEX_WAKE, 1, NULL, NULL, 0);
+        /* the server refuses it and closes the mailbox */
+        struct timespec dl = test_deadline(5);
+        while (!cmp__mbox_is_closed(mb) && cmp_deadline_remaining(&dl) > 0)
+            usleep(1000);
+        _exit(cmp__mbox_is_closed(mb) ? 0 : 3);
+    }
+    cr_assert_eq(test_join(pid, 10), 0);
+    expect_live(c, 1);
+    cr_assert_eq(must(c, OP_ADD, 1), 2);
     cmp_manager_disconnect(c);
     finish(&p);
 }
