@@ -76,13 +76,15 @@ $(BUILD)/bench/%: bench/%.c bench/hogs.h $(BUILD)/libcmp.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -o $@ $< $(BUILD)/libcmp.a $(LDLIBS)
 
-# Raw C-level numbers (no stdlib comparison): the ring, and wake-up costs
-# next to the kernel's floor, at each load in BENCH_LOADS (CPU hogs).
+# Raw C-level numbers (no stdlib comparison): the ring, wake-up costs next
+# to the kernel's floor, and manager round trips, at each load in
+# BENCH_LOADS (CPU hogs).
 BENCH_LOADS ?= 0 1 2
-bench-c: $(BUILD)/bench/ring_bench $(BUILD)/bench/wake_bench
+bench-c: $(BUILD)/bench/ring_bench $(BUILD)/bench/wake_bench $(BUILD)/bench/manager_bench
 	@for load in $(BENCH_LOADS); do \
 		echo "== load $$load"; \
-		$(BUILD)/bench/ring_bench --load $$load && $(BUILD)/bench/wake_bench --load $$load || exit 1; \
+		$(BUILD)/bench/ring_bench --load $$load && $(BUILD)/bench/wake_bench --load $$load \
+			&& $(BUILD)/bench/manager_bench --load $$load || exit 1; \
 	done
 
 deps:

@@ -1058,6 +1058,207 @@ int cmp_pool_join(cmp_pool_t *pool, const struct timespec *deadline);
 /* Kills the workers that remain, reaps them and frees the pool. */
 void cmp_pool_destroy(cmp_pool_t *pool);
 
+/* ------------------------------------------------------------------------
+ * Manager server
+ *
+ * A server that holds state for many client processes and answers their
+ * requests with a C handler: the loop under Python's managers. A request
+ * and its reply are bytes of any size (0 up; a 64 MiB one works).
+ *
+ * Transports. The server listens on a socket: by default an AF_UNIX path
+ * in the private directory (cmp_tempdir: mode 0700, only our uid reaches
+ * it), or any AF_UNIX or AF_INET address given. A client on the same
+ * machine that connects to an AF_UNIX address asks for a mailbox: the
+ * server makes a memfd (the request/response channel of that client
+ * alone) and passes it back over the socket (SCM_RIGHTS); from then on
+ * requests and replies go through shared memory, with the waiting policy
+ * of every libcmp wait (see "Waiting"), and the socket only tells the
+ * server when the client goes. Any other client (AF_INET, or
+ * CMP_MANAGER_SOCKET) sends requests as messages on the connection with
+ * the framing of cmp_conn_* (multiprocessing.connection's), one reply
+ * message per request message, so a peer that speaks that framing (the
+ * stdlib's Client) can talk to the handler directly. With an authkey the
+ * server runs the stdlib's handshake on each connection first (deliver
+ * then answer, as a Listener with an authkey does; a client answers then
+ * delivers). AF_UNIX peers of another uid are refused unless an authkey
+ * is set, and are never given a mailbox.
+ *
+ * Threads. The server runs one thread per client connection: it reads
+ * that client's requests and calls the handler for each, so the handler is
+ * called concurrently from many threads (one per client), but never twice
+ * at once for one client, and a handler that blocks for a long time (a
+ * managed lock's acquire) delays only its own client. The thread that
+ * calls cmp_manager_serve accepts connections and watches the clients: a
+ * client process that dies (its pidfd) or closes its socket has its
+ * mailbox closed and its thread ended (after the handler returns, if it
+ * was in it), and the others go on. on_client (if set) is called in the
+ * client's thread when it starts and when it ends.
+ *
+ * Server death. The server also runs a watch thread that only waits, with
+ * every mailbox's liveness word on its robust futex list: when the server
+ * dies, of whatever cause, the kernel marks those words and wakes the clients that
+ * sleep on them, so a call blocked in a dead server returns at once, and a
+ * blocked call costs no periodic wake-ups while the server lives. (Where
+ * set_robust_list fails, a client checks the server's pidfd before it
+ * sleeps and every CMP_OWNER_CHECK_NS.) A socket client sees EOF.
+ *
+ * Errors a client sees: -ECONNRESET when the server died or exited (and
+ * on every later call of that client), -ESHUTDOWN when the server closed
+ * this client's mailbox (it is stopping, or the handler ended the
+ * session; a socket client sees -ECONNRESET then), -ETIMEDOUT, -EINTR
+ * (both resumable, see cmp_manager_call).
+ * ------------------------------------------------------------------------ */
+
+typedef struct cmp_manager cmp_manager_t;
+typedef struct cmp_manager_client cmp_manager_client_t;
+/* The reply a handler builds (see cmp_manager_reply_extend). */
+typedef struct cmp_manager_reply cmp_manager_reply_t;
+
+/* Room for len more bytes at the end of the reply (valid until the next
+ * call); NULL when out of memory. */
+void *cmp_manager_reply_extend(cmp_manager_reply_t *r, size_t len);
+/* Drops what was written so far. */
+void cmp_manager_reply_clear(cmp_manager_reply_t *r);
+
+/* What a handler returns (bits): 0 sends the reply; with
+ * CMP_MANAGER_DISCONNECT the client's connection is closed after the reply
+ * is sent (a negative return does the same); with CMP_MANAGER_STOP the
+ * server then stops (as cmp_manager_stop; this client's session ends
+ * too). */
+#define CMP_MANAGER_DISCONNECT 0x1
+#define CMP_MANAGER_STOP 0x2
+/* Called for each request of client (an id, never 0, unique in this
+ * server) with its bytes; writes the reply to reply. req is valid until it
+ * returns. */
+typedef int (*cmp_manager_handler_fn)(void *arg, uint64_t client, const void *req, size_t len,
+                                      cmp_manager_reply_t *reply);
+/* Called in a client's thread once the client is connected (and
+ * authenticated), before its first request (event CMP_MANAGER_CLIENT_START),
+ * and after its last (CMP_MANAGER_CLIENT_END). */
+typedef void (*cmp_manager_client_fn)(void *arg, uint64_t client, int event);
+enum { CMP_MANAGER_CLIENT_START, CMP_MANAGER_CLIENT_END };
+/* Run in a started server's process before it listens (cmp_manager_start);
+ * nonzero fails the start. */
+typedef int (*cmp_manager_init_fn)(void *arg);
+
+typedef struct cmp_manager_options {
+    cmp_manager_handler_fn handler;  /* required */
+    cmp_manager_client_fn on_client; /* NULL: none */
+    cmp_manager_init_fn init;        /* NULL: none (cmp_manager_start only) */
+    void *arg;                       /* given to the functions above */
+    const struct sockaddr *addr;     /* NULL: a fresh path in cmp_tempdir */
+    socklen_t addrlen;
+    const void *authkey; /* NULL: no handshake */
+    size_t authkey_len;
+    int backlog; /* 0: 64 */
+} cmp_manager_options_t;
+
+/* Makes a server in this process and binds its socket (the caller then
+ * runs cmp_manager_serve). Returns 0, -EINVAL (no handler), or an error of
+ * cmp_listener_open (-EADDRINUSE, ...). */
+int cmp_manager_create(cmp_manager_t **out, const cmp_manager_options_t *opt);
+
+/* The address it listens on (for an AF_INET port 0, the port chosen).
+ * Returns the length, written to *addr. */
+socklen_t cmp_manager_address(const cmp_manager_t *m, struct sockaddr_storage *addr);
+
+/* Serves until stopped (like the stdlib's serve_forever), in the calling
+ * thread; then closes every client and waits for the client threads to
+ * end, each after its handler returns. Returns 0, or a negative errno if
+ * the loop could not run. Signals do not interrupt it. */
+int cmp_manager_serve(cmp_manager_t *m);
+
+/* Asks the server to stop: cmp_manager_serve returns soon after. Any
+ * thread, also a handler; async-signal-safe. */
+void cmp_manager_stop(cmp_manager_t *m);
+
+/* 1 once the server is stopping (for a handler that blocks: give up). */
+int cmp_manager_stopping(const cmp_manager_t *m);
+
+/* The server whose handler the calling thread runs (also in on_client),
+ * NULL in any other thread: how a handler of a started server, which has
+ * no handle, asks cmp_manager_stopping. */
+cmp_manager_t *cmp_manager_current(void);
+
+/* Frees a server that is not serving (its socket path is unlinked). */
+void cmp_manager_destroy(cmp_manager_t *m);
+
+/* A server in a process of its own (process-local handle). */
+typedef struct cmp_manager_process {
+    cmp_process_t proc;
+    int ctl; /* write end of the server's stop pipe, -1 once closed */
+    socklen_t addrlen;
+    struct sockaddr_storage addr; /* where it listens */
+} cmp_manager_process_t;
+
+/* The server outlives the thread that started it (no PR_SET_PDEATHSIG). */
+#define CMP_MANAGER_STANDALONE 0x1u
+
+/* Forks a server process that runs opt->init, cmp_manager_create and
+ * cmp_manager_serve, and returns once it listens, with its address in
+ * p->addr. Unless CMP_MANAGER_STANDALONE, it is killed when the calling
+ * thread exits (PR_SET_PDEATHSIG, as cmp_process_start). Returns 0,
+ * -EINVAL (no handler, unknown flags), -ECANCELED (init failed), or the
+ * error of the server's create, or of fork. */
+int cmp_manager_start(cmp_manager_process_t *p, const cmp_manager_options_t *opt, unsigned flags);
+
+/* Asks the server process to stop, waits for it until deadline, then
+ * kills it (SIGKILL) if it lives on, and reaps it. Returns 0 (it exited by
+ * itself), -ETIMEDOUT (it was killed), -EINTR (still running: call again),
+ * or -ECHILD. The server stops as cmp_manager_serve does: its clients'
+ * mailboxes close at once (-ESHUTDOWN), and it exits once its handlers
+ * have returned. */
+int cmp_manager_shutdown(cmp_manager_process_t *p, const struct timespec *deadline);
+
+/* Waits for the server process to exit (stopped by a client's request)
+ * and reaps it. Returns 0, -ETIMEDOUT, -EINTR. */
+int cmp_manager_join(cmp_manager_process_t *p, const struct timespec *deadline);
+
+/* Releases the handle's fds (a server still running goes on). */
+void cmp_manager_close(cmp_manager_process_t *p);
+
+/* connect flags: requests go on the socket even on AF_UNIX (no mailbox). */
+#define CMP_MANAGER_SOCKET 0x1u
+
+/* Connects to a server. Returns 0, -EINVAL (unknown flags), -EACCES (the
+ * handshake failed, or a mailbox refused to another user), -EPROTO (not a
+ * manager: asked for a mailbox, the peer answered something else),
+ * -ECONNRESET (the server dropped the connection: another user without
+ * the authkey), or an error of cmp_client_connect (-ECONNREFUSED,
+ * -ENOENT, -ETIMEDOUT, -EINTR, ...). authkey may be NULL. */
+int cmp_manager_connect(cmp_manager_client_t **out, const struct sockaddr *addr, socklen_t addrlen,
+                        const void *authkey, size_t authkey_len, unsigned flags,
+                        const struct timespec *deadline);
+
+/* Sends a request and waits for its reply, which is left in a buffer of
+ * the client's (*reply, *reply_len: valid until the next call on it).
+ * Returns 0; -EINTR or -ETIMEDOUT while waiting for the reply, with the
+ * call still pending: cmp_manager_call_resume waits for the same reply,
+ * and any other cmp_manager_call abandons it (the client then takes a
+ * new connection, so that the old reply is never taken for a new one);
+ * -ECONNRESET, -ESHUTDOWN (see above: the client is unusable); -ETIMEDOUT
+ * also when a large message was cut (no call pending then); -ENOMEM.
+ * A client is used by one thread at a time (a thread blocked in a call
+ * holds it: give each thread its own). In a process forked from the one
+ * that connected, the first call connects again: the child gets its own
+ * channel and the parent's goes on untouched. */
+int cmp_manager_call(cmp_manager_client_t *c, const void *req, size_t len, const void **reply,
+                     size_t *reply_len, const struct timespec *deadline);
+/* The request's bytes in pieces. */
+int cmp_manager_callv(cmp_manager_client_t *c, const struct iovec *iov, int iovcnt,
+                      const void **reply, size_t *reply_len, const struct timespec *deadline);
+/* Waits again for the reply of a call that returned -EINTR or -ETIMEDOUT.
+ * Returns as cmp_manager_call, or -EINVAL when no call is pending. */
+int cmp_manager_call_resume(cmp_manager_client_t *c, const void **reply, size_t *reply_len,
+                            const struct timespec *deadline);
+
+/* 1 when the client talks through a shared-memory mailbox, 0 on a socket. */
+int cmp_manager_client_is_mailbox(const cmp_manager_client_t *c);
+
+/* Closes the connection (the server ends this client's thread) and frees
+ * the client. In a forked child it only releases the child's copies. */
+void cmp_manager_disconnect(cmp_manager_client_t *c);
+
 #ifdef __cplusplus
 }
 #endif

@@ -118,14 +118,13 @@ static int same_user(int sock)
     return cred.uid == geteuid() ? 0 : -EACCES;
 }
 
-static void reply(int sock, int32_t status, int fd)
+long cmp__send_fd(int sock, struct iovec *iov, int iovcnt, int fd)
 {
-    struct iovec iov = {&status, sizeof status};
     union {
         struct cmsghdr align;
         char buf[CMSG_SPACE(sizeof(int))];
     } ctl;
-    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+    struct msghdr msg = {.msg_iov = iov, .msg_iovlen = (size_t)iovcnt};
     if (fd >= 0) {
         memset(&ctl, 0, sizeof ctl);
         msg.msg_control = ctl.buf;
@@ -136,8 +135,43 @@ static void reply(int sock, int32_t status, int fd)
         c->cmsg_len = CMSG_LEN(sizeof(int));
         memcpy(CMSG_DATA(c), &fd, sizeof fd);
     }
-    while (sendmsg(sock, &msg, MSG_NOSIGNAL) < 0 && errno == EINTR)
+    ssize_t n;
+    while ((n = sendmsg(sock, &msg, MSG_NOSIGNAL)) < 0 && errno == EINTR)
         ;
+    return n < 0 ? -errno : (long)n;
+}
+
+long cmp__recv_fd(int sock, struct iovec *iov, int flags, int *fd)
+{
+    union {
+        struct cmsghdr align;
+        char buf[CMSG_SPACE(sizeof(int))];
+    } ctl;
+    struct msghdr msg = {
+        .msg_iov = iov, .msg_iovlen = 1, .msg_control = ctl.buf, .msg_controllen = sizeof ctl};
+    ssize_t n = recvmsg(sock, &msg, flags | MSG_CMSG_CLOEXEC);
+    if (n < 0)
+        return -errno;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+            continue;
+        size_t nfds = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t i = 0; i < nfds; i++) {
+            int f;
+            memcpy(&f, CMSG_DATA(c) + i * sizeof(int), sizeof f);
+            if (*fd < 0)
+                *fd = f;
+            else
+                close(f); /* never more than one from a peer of ours */
+        }
+    }
+    return (msg.msg_flags & MSG_CTRUNC) ? -EPROTO : (long)n;
+}
+
+static void reply(int sock, int32_t status, int fd)
+{
+    struct iovec iov = {&status, sizeof status};
+    cmp__send_fd(sock, &iov, 1, fd);
 }
 
 static void serve_one(int sock)
@@ -390,38 +424,15 @@ int cmp_fdshare_redeem(const cmp_fd_token_t *token, const struct timespec *deadl
         if (rc < 0)
             goto out_fd;
         struct iovec iov = {(char *)&status + got, sizeof status - got};
-        union {
-            struct cmsghdr align;
-            char buf[CMSG_SPACE(sizeof(int))];
-        } ctl;
-        struct msghdr msg = {
-            .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf, .msg_controllen = sizeof ctl};
-        ssize_t n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+        long n = cmp__recv_fd(sock, &iov, 0, &fd);
         if (n < 0) {
-            rc = -errno;
+            rc = (int)n;
             if (rc == -EINTR || rc == -EAGAIN)
                 continue;
             goto out_fd;
         }
         if (n == 0) {
             rc = -ECONNRESET; /* the sharer went away mid-way */
-            goto out_fd;
-        }
-        for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-            if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
-                continue;
-            size_t nfds = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-            for (size_t i = 0; i < nfds; i++) {
-                int f;
-                memcpy(&f, CMSG_DATA(c) + i * sizeof(int), sizeof f);
-                if (fd < 0)
-                    fd = f;
-                else
-                    close(f); /* never more than one from a sharer */
-            }
-        }
-        if (msg.msg_flags & MSG_CTRUNC) {
-            rc = -EPROTO;
             goto out_fd;
         }
         got += (size_t)n;

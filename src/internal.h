@@ -66,6 +66,23 @@ static inline uint64_t cmp__self_id(void)
  * not given to a newer process (the start time tells, to the clock tick). */
 int cmp__id_alive(uint64_t id);
 
+/* A malloc'ed buffer buf (of capacity *cap; NULL and 0 at first) that
+ * holds at least len bytes, its contents kept: buf itself while it has
+ * room, else a larger one (doubling from 256 bytes) and *cap updated.
+ * NULL when out of memory (buf is unchanged). */
+void *cmp__grow(void *buf, size_t *cap, size_t len);
+
+struct iovec;
+/* sendmsg on a socket with fd attached (SCM_RIGHTS; fd < 0: none),
+ * MSG_NOSIGNAL, retried on EINTR. Returns the bytes sent or a negative
+ * errno (fdshare.c). */
+long cmp__send_fd(int sock, struct iovec *iov, int iovcnt, int fd);
+/* One recvmsg (flags | MSG_CMSG_CLOEXEC) into iov: the first fd that
+ * arrives goes to *fd when it is -1, any other is closed. Returns the
+ * bytes read (0 at EOF), or a negative errno; -EPROTO when control data
+ * was cut. */
+long cmp__recv_fd(int sock, struct iovec *iov, int flags, int *fd);
+
 /* Fills out with len random bytes (getrandom). 0 or a negative errno. */
 int cmp__random_bytes(void *out, size_t len);
 

@@ -178,19 +178,12 @@ void *cmp_pool_result_extend(cmp_pool_result_t *r, size_t len)
 {
     if (len > SIZE_MAX - r->len)
         return NULL;
-    if (r->len + len > r->cap) {
-        size_t cap = r->cap ? r->cap : 256;
-        while (cap < r->len + len)
-            cap = cap > SIZE_MAX / 2 ? r->len + len : cap * 2;
-        char *b = realloc(r->buf, cap);
-        if (!b)
-            return NULL;
-        r->buf = b;
-        r->cap = cap;
-    }
-    void *p = r->buf + r->len;
+    char *b = cmp__grow(r->buf, &r->cap, r->len + len);
+    if (!b)
+        return NULL;
+    r->buf = b;
     r->len += len;
-    return p;
+    return r->buf + r->len - len;
 }
 
 void cmp_pool_result_clear(cmp_pool_result_t *r)
