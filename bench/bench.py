@@ -482,12 +482,17 @@ def pool_imap(mp, n):
 
 @scenario("Pool start + tiny map + close/join", "ms", 0.5)
 def pool_start(mp, n):
-    def cycle():
-        pool = mp.Pool(os.cpu_count())
-        pool.map(_pool_sq, [1, 2])
-        pool.close()
-        pool.join()
-    return _timed(cycle)
+    # many cycles per measurement (calibrate scales n): one cycle alone
+    # lasts a few ms, and a median of three of them was mostly noise
+    cycles = max(1, n // 20000)
+
+    def cycles_run():
+        for _ in range(cycles):
+            pool = mp.Pool(os.cpu_count())
+            pool.map(_pool_sq, [1, 2])
+            pool.close()
+            pool.join()
+    return _timed(cycles_run) / cycles
 
 
 @scenario("Pool.map 64 numpy arrays of 8 MiB (per array)", "ms", 0.3)
