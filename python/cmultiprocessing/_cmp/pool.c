@@ -1537,11 +1537,21 @@ static PyObject *function_bytes(PoolCore *c, PyObject *func)
     return b;
 }
 
+/* (kind, func, payload), the message a worker runs (no format string to
+ * parse per task: kind is a cached small int). */
+static PyObject *task_tuple(int kind, PyObject *func, PyObject *payload)
+{
+    PyObject *k = PyLong_FromLong(kind);
+    PyObject *t = k ? PyTuple_Pack(3, k, func, payload) : NULL;
+    Py_XDECREF(k);
+    return t;
+}
+
 static int submit(PoolCore *c, int kind, PyObject *func, PyObject *payload, PyObject *job,
                   Py_ssize_t index)
 {
     PyObject *fbytes = function_bytes(c, func);
-    PyObject *task = Py_BuildValue("(iOO)", kind, fbytes ? fbytes : func, payload);
+    PyObject *task = task_tuple(kind, fbytes ? fbytes : func, payload);
     Py_XDECREF(fbytes);
     if (!task)
         return -1;
@@ -1551,7 +1561,7 @@ static int submit(PoolCore *c, int kind, PyObject *func, PyObject *payload, PyOb
     if (rc < 0 && fbytes) {
         /* the payload needs the whole task pickled together: as is */
         PyErr_Clear();
-        Py_SETREF(task, Py_BuildValue("(iOO)", kind, func, payload));
+        Py_SETREF(task, task_tuple(kind, func, payload));
         rc = task ? cmp_py_encode(c->st, task, &f) : -1;
     }
     if (rc < 0 && task && cloud_task(&task) == 0)
@@ -1621,23 +1631,36 @@ static PyObject *apply_job(PoolObject *self, PyObject *func, PyObject *fargs, Py
     return (PyObject *)r;
 }
 
-static PyObject *Pool_apply_async(PyObject *op, PyObject *args, PyObject *kwds)
+/* apply()/apply_async() arguments (fast call): func is required. */
+static int parse_apply(const char *fname, PyObject *const *args, Py_ssize_t nargs,
+                       PyObject *kwnames, int nparams, PyObject **out)
 {
-    static char *kwlist[] = {"func", "args", "kwds", "callback", "error_callback", NULL};
-    PyObject *func, *fargs = NULL, *fkwds = NULL, *callback = Py_None, *error_callback = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OOOO:apply_async", kwlist, &func, &fargs,
-                                     &fkwds, &callback, &error_callback))
-        return NULL;
-    return apply_job((PoolObject *)op, func, fargs, fkwds, callback, error_callback, 0);
+    static const char *const names[] = {"func", "args", "kwds", "callback", "error_callback"};
+    if (cmp_py_parse_args(fname, args, nargs, kwnames, names, nparams, out) < 0)
+        return -1;
+    if (!out[0]) {
+        PyErr_Format(PyExc_TypeError, "%s() missing required argument 'func' (pos 1)", fname);
+        return -1;
+    }
+    return 0;
 }
 
-static PyObject *Pool_apply(PyObject *op, PyObject *args, PyObject *kwds)
+static PyObject *Pool_apply_async(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
+                                  PyObject *kwnames)
 {
-    static char *kwlist[] = {"func", "args", "kwds", NULL};
-    PyObject *func, *fargs = NULL, *fkwds = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OO:apply", kwlist, &func, &fargs, &fkwds))
+    PyObject *a[5] = {NULL, NULL, NULL, NULL, NULL};
+    if (parse_apply("apply_async", args, nargs, kwnames, 5, a) < 0)
         return NULL;
-    PyObject *r = apply_job((PoolObject *)op, func, fargs, fkwds, NULL, NULL, 1);
+    return apply_job((PoolObject *)op, a[0], a[1], a[2], a[3], a[4], 0);
+}
+
+static PyObject *Pool_apply(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
+                            PyObject *kwnames)
+{
+    PyObject *a[3] = {NULL, NULL, NULL};
+    if (parse_apply("apply", args, nargs, kwnames, 3, a) < 0)
+        return NULL;
+    PyObject *r = apply_job((PoolObject *)op, a[0], a[1], a[2], NULL, NULL, 1);
     if (!r)
         return NULL;
     PyObject *v = Result_get(r, NULL, 0, NULL);
@@ -2278,10 +2301,10 @@ static PyGetSetDef Pool_getset[] = {
 #define KW (METH_VARARGS | METH_KEYWORDS)
 #define FN(f) (PyCFunction)(void (*)(void))(f)
 static PyMethodDef Pool_methods[] = {
-    {"apply", FN(Pool_apply), KW,
+    {"apply", FN(Pool_apply), METH_FASTCALL | METH_KEYWORDS,
      "apply($self, /, func, args=(), kwds={})\n--\n\nCall func(*args, **kwds) in a worker and "
      "return its result."},
-    {"apply_async", FN(Pool_apply_async), KW,
+    {"apply_async", FN(Pool_apply_async), METH_FASTCALL | METH_KEYWORDS,
      "apply_async($self, /, func, args=(), kwds={}, callback=None, error_callback=None)\n--\n\n"
      "Call func(*args, **kwds) in a worker; returns an AsyncResult."},
     {"map", FN(Pool_map), KW,
