@@ -54,6 +54,9 @@ int cmp_process_start(cmp_process_t *proc, cmp_process_fn fn, void *arg, unsigne
     if (flags & ~KNOWN_FLAGS)
         return -EINVAL;
     pid_t parent = (flags & CMP_PROCESS_DIE_WITH_PARENT) ? getpid() : 0;
+    /* The child flushes stdio when it ends; output still buffered here
+     * would then be written twice, once by each process. */
+    fflush(NULL);
     pid_t pid = fork();
     if (pid < 0)
         return -errno;

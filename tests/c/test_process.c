@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -58,6 +59,39 @@ Test(process, exit_codes, .timeout = 10)
         cmp_process_close(&p);
         cr_assert_eq(p.pidfd, -1);
     }
+}
+
+static int print_child(void *arg)
+{
+    (void)arg;
+    fputs("child\n", stdout);
+    return 0;
+}
+
+/* Output the parent had buffered when it started a child is written once,
+ * not once more by the child when it flushes at exit. */
+Test(process, buffered_output_not_written_twice, .timeout = 10)
+{
+    char path[] = "/tmp/cmp_test_stdout_XXXXXX";
+    int fd = mkstemp(path);
+    cr_assert_geq(fd, 0);
+    fflush(stdout);
+    int saved = dup(STDOUT_FILENO);
+    cr_assert_geq(dup2(fd, STDOUT_FILENO), 0);
+    fputs("parent-before ", stdout); /* buffered: stdout is a file now */
+    cmp_process_t proc;
+    cr_assert_eq(cmp_process_start(&proc, print_child, NULL, 0), 0);
+    cr_assert_eq(cmp_process_join(&proc, NULL), 0);
+    cmp_process_close(&proc);
+    fflush(stdout);
+    dup2(saved, STDOUT_FILENO);
+    close(saved);
+    char buf[128] = {0};
+    ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
+    close(fd);
+    unlink(path);
+    cr_assert_gt(n, 0);
+    cr_assert_str_eq(buf, "parent-before child\n");
 }
 
 Test(process, bad_flags, .timeout = 5)
