@@ -944,7 +944,7 @@ void cmp_fdshare_shutdown(void);
  * PR_SET_PDEATHSIG): the creating thread, and later the thread that calls
  * cmp_pool_next() (which starts replacements), must outlive the pool.
  *
- * Thread safety: submit, outstanding, close and terminate may be called
+ * Thread safety: submit, outstanding, cancel, close and terminate may be called
  * from any thread of the pool's process; next by one thread at a time.
  * ------------------------------------------------------------------------ */
 
@@ -995,7 +995,7 @@ enum {
     CMP_POOL_FAILED,    /* it returned nonzero; data: what it wrote */
     CMP_POOL_LOST,      /* its worker died running it; cause says how */
     CMP_POOL_BROKEN,    /* an initializer failed; data: what it wrote */
-    CMP_POOL_CANCELLED, /* the pool was terminated before the task ended */
+    CMP_POOL_CANCELLED, /* terminated (or cmp_pool_cancel) before the task ended */
 };
 
 typedef struct cmp_pool_outcome {
@@ -1041,6 +1041,12 @@ uint64_t cmp_pool_outstanding(cmp_pool_t *pool);
 unsigned cmp_pool_size(const cmp_pool_t *pool);
 /* Pids of the running workers, up to max of them; returns how many. */
 unsigned cmp_pool_pids(cmp_pool_t *pool, pid_t *pids, unsigned max);
+
+/* Cancels those of the n tasks ids that no worker has taken yet (still
+ * waiting in the pool's process): each comes out of cmp_pool_next() as
+ * CMP_POOL_CANCELLED. Tasks a worker holds run to the end. Returns how
+ * many were cancelled, or -ENOMEM. */
+long cmp_pool_cancel(cmp_pool_t *pool, const uint64_t *ids, size_t n);
 
 /* close: no more tasks; the workers exit once every queued task is done.
  * terminate: the workers are killed (SIGTERM, then SIGKILL after 100 ms

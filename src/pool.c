@@ -865,6 +865,44 @@ int cmp_pool_next(cmp_pool_t *p, cmp_pool_outcome_t *out, cmp_ring_alloc_fn allo
     }
 }
 
+static void wake_next(cmp_pool_t *p);
+
+static int compare_ids(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+long cmp_pool_cancel(cmp_pool_t *p, const uint64_t *ids, size_t n)
+{
+    if (n == 0)
+        return 0;
+    uint64_t *sorted = malloc(n * sizeof *sorted);
+    if (!sorted)
+        return -ENOMEM;
+    memcpy(sorted, ids, n * sizeof *sorted);
+    qsort(sorted, n, sizeof *sorted, compare_ids);
+    long cancelled = 0;
+    pthread_mutex_lock(&p->mu);
+    struct list kept = {NULL, NULL, 0};
+    struct item *it;
+    while ((it = list_pop(&p->pending))) {
+        if (!bsearch(&it->id, sorted, n, sizeof *sorted, compare_ids)) {
+            list_push(&kept, it);
+            continue;
+        }
+        make_outcome(p, it->id, CMP_POOL_CANCELLED, 0, 0, NULL, 0);
+        free(it);
+        cancelled++;
+    }
+    p->pending = kept;
+    pthread_mutex_unlock(&p->mu);
+    free(sorted);
+    if (cancelled)
+        wake_next(p); /* a next() already waiting hands them out */
+    return cancelled;
+}
+
 static void wake_next(cmp_pool_t *p)
 {
     cmp_pool_result_t none = {NULL, 0, 0};

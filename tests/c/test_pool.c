@@ -375,6 +375,38 @@ Test(pool, terminate_cancels_what_is_left, .timeout = 30)
     cmp_pool_destroy(p);
 }
 
+/* cmp_pool_cancel: the tasks still waiting in the pool's process come out
+ * CANCELLED; those a worker holds, and the tasks not named, complete. */
+Test(pool, cancel_what_no_worker_took, .timeout = 30)
+{
+    cmp_pool_t *p = new_pool(1, 0, NULL);
+    /* one worker takes depth + 1 = 3 tasks; the other 7 wait in the pool */
+    uint64_t ids[10];
+    for (int i = 0; i < 10; i++)
+        ids[i] = submit(p, SLEEP_MS, 30);
+    uint64_t other = submit(p, SQUARE, 7);
+    cr_assert_eq(cmp_pool_cancel(p, ids, 10), 7);
+    cr_assert_eq(cmp_pool_cancel(p, ids, 10), 0); /* nothing left to cancel */
+    int done = 0, cancelled = 0, squared = 0;
+    for (int k = 0; k < 11; k++) {
+        cmp_pool_outcome_t o = next(p, 10);
+        if (o.id == other) {
+            cr_assert_eq(o.status, CMP_POOL_DONE);
+            squared = value_of(&o) == 49;
+        } else if (o.status == CMP_POOL_CANCELLED) {
+            cancelled++;
+        } else {
+            cr_assert_eq(o.status, CMP_POOL_DONE);
+            done++;
+        }
+        free(o.data);
+    }
+    cr_assert_eq(done, 3);
+    cr_assert_eq(cancelled, 7);
+    cr_assert(squared);
+    finish(p);
+}
+
 Test(pool, join_while_running_is_einval, .timeout = 10)
 {
     cmp_pool_t *p = new_pool(1, 0, NULL);

@@ -161,6 +161,13 @@ def unpicklable_result(x):
     return threading.Lock()
 
 
+def note_then_sleep(path, seconds, x):
+    """Records x in path, then sleeps."""
+    append_line(path, str(x))
+    time.sleep(seconds)
+    return x
+
+
 def append_line(path, text):
     """One write(2) with O_APPEND: concurrent writers never interleave."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -254,6 +261,22 @@ def _bounded(call, timeout, what):
         pytest.fail(f"{what} did not return in {timeout} s")
     if error:
         raise error[0]
+
+
+@contextlib.contextmanager
+def interrupt_after(seconds):
+    """KeyboardInterrupt raised in the main thread after seconds (SIGALRM),
+    as Ctrl-C would; the handler and the timer are restored on exit."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
 
 
 def join_pool(pool, timeout=T):

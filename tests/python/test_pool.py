@@ -196,22 +196,11 @@ def test_callbacks_run_in_the_pool_thread_while_map_waits(pmp):
 def test_pool_usable_after_map_interrupted(pmp):
     """An exception raised in the caller (a signal handler) while map()
     waits leaves the pool running: the next map gets its own results."""
-    import signal
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGALRM, interrupt)
-    try:
-        with started(pmp.Pool, 2) as p:
-            signal.setitimer(signal.ITIMER_REAL, 0.2)
-            with pytest.raises(KeyboardInterrupt):
-                p.map(time.sleep, [0.05] * 40, 1)
-            assert p.map(h.sq, range(30), 2) == [x * x for x in range(30)]
-            assert p.apply(h.add, (1, 2)) == 3
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
+    with started(pmp.Pool, 2) as p:
+        with h.interrupt_after(0.2), pytest.raises(KeyboardInterrupt):
+            p.map(time.sleep, [0.05] * 40, 1)
+        assert p.map(h.sq, range(30), 2) == [x * x for x in range(30)]
+        assert p.apply(h.add, (1, 2)) == 3
 
 
 def test_apply_async_error_callback(pmp):

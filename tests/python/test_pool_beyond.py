@@ -319,6 +319,21 @@ def test_ctrl_c_during_map(pcmp, gate, tmp_path, capfd):
     assert "Traceback" not in capfd.readouterr().err
 
 
+def test_interrupted_map_drops_its_queued_tasks(pcmp, tmp_path):
+    """An exception raised in the caller while map() waits (Ctrl-C) drops
+    the map's tasks that no worker has taken: nobody can get their results.
+    The pool goes on at once with the next call."""
+    path = str(tmp_path / "ran")
+    with started(pcmp.Pool, 2) as p:
+        with h.interrupt_after(0.15), pytest.raises(KeyboardInterrupt):
+            p.map(functools.partial(h.note_then_sleep, path, 0.05), range(200), 1)
+        t0 = time.monotonic()
+        assert p.apply(h.add, (1, 2)) == 3
+        assert time.monotonic() - t0 < 1.0  # not behind 200 x 50 ms / 2
+        ran = len(h.read_lines(path))
+        assert ran < 40, ran
+
+
 def _pool_busy_then_wait(ctx, path, started_path):
     """In a child: a pool whose two workers are busy in blocked tasks;
     sleeps until the test SIGKILLs it."""

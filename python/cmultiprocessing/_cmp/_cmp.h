@@ -379,6 +379,9 @@ int cmp_py_jobs_init(cmp_py_jobs *t);
 int cmp_py_jobs_add(cmp_py_jobs *t, uint64_t id, PyObject *job, Py_ssize_t index);
 int cmp_py_jobs_take(cmp_py_jobs *t, uint64_t id, cmp_py_job_ref *out);
 PyObject *cmp_py_jobs_peek(const cmp_py_jobs *t, uint64_t id);
+/* The ids of job's tasks in flight (PyMem_Free them), *n of them; NULL
+ * when out of memory. */
+uint64_t *cmp_py_jobs_ids_of(const cmp_py_jobs *t, PyObject *job, size_t *n);
 int cmp_py_jobs_traverse(const cmp_py_jobs *t, visitproc visit, void *arg);
 void cmp_py_jobs_clear(cmp_py_jobs *t);
 

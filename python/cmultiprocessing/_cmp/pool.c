@@ -219,6 +219,17 @@ static int core_wait_loop(PoolCore *c, int (*ready)(void *), void *obj,
     }
 }
 
+/* An apply()/map()/starmap() interrupted (Ctrl-C): nobody can get its
+ * results any more, so its tasks that no worker has taken are dropped. */
+static void cancel_queued(PoolCore *c, ResultObject *job)
+{
+    size_t n;
+    uint64_t *ids = cmp_py_jobs_ids_of(&c->jobs, (PyObject *)job, &n);
+    if (ids && n)
+        cmp_pool_cancel(c->pool, ids, n);
+    PyMem_Free(ids);
+}
+
 /* core_wait_loop for a thread that waits for a result (reads; with
  * sync, the apply()/map()/starmap() job it waits for, whose tasks the
  * result thread leaves to it), or not (reads 0: join). */
@@ -233,6 +244,8 @@ static int core_wait(PoolCore *c, int (*ready)(void *), void *obj, const struct 
         pthread_mutex_unlock(&c->mu);
     }
     int rc = core_wait_loop(c, ready, obj, deadline, reads);
+    if (sync && rc < 0 && !sync->ready)
+        cancel_queued(c, sync);
     if (reads) {
         pthread_mutex_lock(&c->mu);
         c->reading_waiters--;

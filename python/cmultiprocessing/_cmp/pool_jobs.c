@@ -129,6 +129,18 @@ PyObject *cmp_py_jobs_peek(const cmp_py_jobs *t, uint64_t id)
     return k == SIZE_MAX ? NULL : t->slots[k].job;
 }
 
+uint64_t *cmp_py_jobs_ids_of(const cmp_py_jobs *t, PyObject *job, size_t *n)
+{
+    *n = 0;
+    uint64_t *ids = PyMem_Malloc((t->len ? t->len : 1) * sizeof *ids);
+    if (!ids)
+        return NULL;
+    for (size_t i = 0; t->slots && i < t->cap; i++)
+        if (t->slots[i].id && t->slots[i].job == job)
+            ids[(*n)++] = t->slots[i].id;
+    return ids;
+}
+
 int cmp_py_jobs_traverse(const cmp_py_jobs *t, visitproc visit, void *arg)
 {
     for (size_t i = 0; t->slots && i < t->cap; i++)
