@@ -49,6 +49,7 @@
 #define MAX_WORKERS 4096u
 #define ALIGN 64u
 #define KILL_GRACE_NS 100000000L
+#define RETIRE_CHECK_NS 500000L
 
 /* KIND_WAKE: from the pool's own process (close, terminate), so that a
  * cmp_pool_next() already waiting looks at the state again at once. */
@@ -83,6 +84,7 @@ struct worker {
     uint64_t results_before; /* dead: results to consume before handling */
     int dead_pending;        /* dead, not yet handled */
     int respawn;             /* handled, a replacement is due */
+    int retiring;            /* sent its last result (max_tasks): exiting */
     struct slot_shared *slot;
     cmp_queue_t *inbox;
 };
@@ -122,6 +124,7 @@ struct cmp_pool {
     int64_t next_check_ns; /* when next() next looks for dead workers */
     unsigned dying;        /* workers seen dead, not yet handled (dead_pending) */
     unsigned respawns_due; /* workers handled, not yet replaced (respawn) */
+    unsigned retiring;     /* workers exiting after max_tasks, not yet seen dead */
 };
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -328,6 +331,7 @@ static int spawn(cmp_pool_t *p, unsigned index)
     struct worker *w = &p->w[index];
     w->stopping = 0;
     w->taken = 0;
+    w->retiring = 0;
     w->nfifo = 0;
     w->fifo_head = 0;
     w->dead_pending = 0;
@@ -559,6 +563,10 @@ static void check_workers(cmp_pool_t *p)
         if (cmp_process_poll(&w->proc) == 1) {
             w->dead_pending = 1;
             p->dying++;
+            if (w->retiring) {
+                w->retiring = 0;
+                p->retiring--;
+            }
             w->results_before = cmp_queue_qsize(p->results);
         }
     }
@@ -784,7 +792,7 @@ int cmp_pool_next(cmp_pool_t *p, cmp_pool_outcome_t *out, cmp_ring_alloc_fn allo
         /* a waitid per worker: at most once per check interval (and after
          * each wait that timed out), not once per result */
         int64_t now_ns = coarse_now_ns();
-        if (now_ns >= p->next_check_ns) {
+        if (now_ns >= p->next_check_ns || p->retiring) {
             p->next_check_ns = now_ns + CMP_POOL_CHECK_NS;
             check_workers(p);
         }
@@ -802,6 +810,7 @@ int cmp_pool_next(cmp_pool_t *p, cmp_pool_outcome_t *out, cmp_ring_alloc_fn allo
             return give_made(made, out, alloc, arg);
         }
         int finished = p->state != RUNNING && p->outstanding == 0;
+        unsigned retiring = p->retiring;
         pthread_mutex_unlock(&p->mu);
         if (finished)
             return -ENOENT;
@@ -809,7 +818,9 @@ int cmp_pool_next(cmp_pool_t *p, cmp_pool_outcome_t *out, cmp_ring_alloc_fn allo
         struct timespec check;
         const struct timespec *until = deadline;
         if (deadline != CMP_NOWAIT) {
-            cmp__deadline_in_ns(&check, CMP_POOL_CHECK_NS);
+            /* a retiring worker exits within a millisecond: look again soon,
+             * so that its replacement starts at once */
+            cmp__deadline_in_ns(&check, retiring ? RETIRE_CHECK_NS : CMP_POOL_CHECK_NS);
             until = cmp__deadline_min(deadline, &check);
         }
         struct result_sink sink = {alloc, arg, NULL, 0};
@@ -853,6 +864,10 @@ int cmp_pool_next(cmp_pool_t *p, cmp_pool_outcome_t *out, cmp_ring_alloc_fn allo
         }
         fifo_pop(p, w);
         p->outstanding--;
+        if (p->opt.max_tasks && w->taken >= p->opt.max_tasks && !w->nfifo && !w->retiring) {
+            w->retiring = 1; /* that was its last: it exits now */
+            p->retiring++;
+        }
         out->id = t.id;
         out->status = t.failed ? CMP_POOL_FAILED : CMP_POOL_DONE;
         out->cause = 0;

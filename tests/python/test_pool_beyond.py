@@ -203,6 +203,24 @@ def test_imap_reads_a_bounded_prefix(pcmp, method):
         assert it.next(T) >= 0  # still streaming
 
 
+def test_ten_million_item_imap_in_bounded_memory(pcmp):
+    """imap over a 10-million-item generator: the parent's peak memory
+    grows by far less than the input or the results would take (at least
+    280 MB of ints for either)."""
+    import resource
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
+    n = 10_000_000
+    with started(pcmp.Pool, 2) as p:
+        total = count = 0
+        for v in p.imap(h.sq, (i for i in range(n)), chunksize=20000):
+            total += v
+            count += 1
+    assert count == n
+    assert total == (n - 1) * n * (2 * n - 1) // 6  # the sum of the squares
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mib < 150, grown_mib
+
+
 def test_imap_input_that_calls_the_pool(pcmp):
     """An imap input generator that itself calls pool.apply() (the stdlib's
     task handler waits for itself there): it runs, since the thread that

@@ -239,3 +239,20 @@ def test_spinning_can_be_switched_off(cmp, hogs):
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def _pid_and_square(x):
+    return os.getpid(), x * x
+
+
+def test_pool_recycles_workers_under_load(mp, hogs):
+    """maxtasksperchild with a hog on every core: every result arrives, no
+    worker runs more tasks than allowed, and the replacements keep coming."""
+    with mp.Pool(2, maxtasksperchild=3) as p:
+        got = p.map_async(_pid_and_square, range(120), chunksize=1).get(BOUND)
+        streamed = list(p.imap(_pid_and_square, range(60)))
+    assert [sq for _, sq in got] == [x * x for x in range(120)]
+    assert [sq for _, sq in streamed] == [x * x for x in range(60)]
+    pids = [pid for pid, _ in got + streamed]
+    assert max(pids.count(pid) for pid in set(pids)) <= 3
+    assert len(set(pids)) >= 60
