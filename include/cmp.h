@@ -1019,6 +1019,14 @@ int cmp_pool_submit(cmp_pool_t *pool, const void *task, size_t len, uint64_t *id
 /* The same with the task's bytes in pieces (at most CMP_POOL_IOV_MAX). */
 #define CMP_POOL_IOV_MAX 64
 int cmp_pool_submitv(cmp_pool_t *pool, const struct iovec *iov, int iovcnt, uint64_t *id);
+/* Chunks: n items of item_size bytes each, in tasks of up to chunk
+ * consecutive items (the last may hold fewer; the task function gets
+ * len / item_size of them). The tasks' ids are consecutive from *first_id
+ * (may be NULL), in item order. Returns the number of tasks, or as
+ * cmp_pool_submit (-EINVAL for a zero item_size or chunk); nothing is
+ * submitted on error. */
+long cmp_pool_submit_chunks(cmp_pool_t *pool, const void *items, size_t item_size, size_t n,
+                            size_t chunk, uint64_t *first_id);
 
 /* Waits for the next task to end, in any order, and fills *out; the
  * result's bytes go to a buffer from alloc (see cmp_ring_alloc_fn; it is

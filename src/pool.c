@@ -682,6 +682,19 @@ static struct item *item_gather(uint64_t id, const struct iovec *iov, int iovcnt
     return it;
 }
 
+/* Mutex held: queues task my (dispatched or pending). 0 or -ENOMEM. */
+static int enqueue(cmp_pool_t *p, uint64_t my, const struct iovec *iov, int iovcnt, size_t len)
+{
+    struct worker *w = p->pending.head ? NULL : pick(p);
+    if (w && dispatchv(p, w, my, iov, iovcnt, len) == 0)
+        return 0;
+    struct item *it = item_gather(my, iov, iovcnt, len);
+    if (!it)
+        return -ENOMEM;
+    list_push(&p->pending, it);
+    return 0;
+}
+
 int cmp_pool_submitv(cmp_pool_t *p, const struct iovec *iov, int iovcnt, uint64_t *id)
 {
     if (iovcnt < 0 || iovcnt > CMP_POOL_IOV_MAX)
@@ -697,25 +710,63 @@ int cmp_pool_submitv(cmp_pool_t *p, const struct iovec *iov, int iovcnt, uint64_
         pthread_mutex_unlock(&p->mu);
         return -EPIPE;
     }
-    uint64_t my = ++p->last_id;
-    int rc = 0;
-    struct worker *w = p->pending.head ? NULL : pick(p);
-    if (!w || dispatchv(p, w, my, iov, iovcnt, len) < 0) {
-        struct item *it = item_gather(my, iov, iovcnt, len);
-        if (it)
-            list_push(&p->pending, it);
-        else
-            rc = -ENOMEM;
-    }
+    uint64_t my = p->last_id + 1;
+    int rc = enqueue(p, my, iov, iovcnt, len);
     if (rc == 0) {
+        p->last_id = my;
         p->outstanding++;
         if (id)
             *id = my;
-    } else {
-        p->last_id--;
     }
     pthread_mutex_unlock(&p->mu);
     return rc;
+}
+
+long cmp_pool_submit_chunks(cmp_pool_t *p, const void *items, size_t item_size, size_t n,
+                            size_t chunk, uint64_t *first_id)
+{
+    if (item_size == 0 || chunk == 0 || n > SIZE_MAX / item_size)
+        return -EINVAL;
+    size_t ntasks = n / chunk + (n % chunk != 0);
+    /* every task made first, so that an error leaves nothing submitted */
+    struct item **made = calloc(ntasks ? ntasks : 1, sizeof *made);
+    if (!made)
+        return -ENOMEM;
+    const char *bytes = items;
+    for (size_t t = 0; t < ntasks; t++) {
+        size_t count = t + 1 < ntasks ? chunk : n - t * chunk;
+        struct iovec iov = {(void *)(bytes + t * chunk * item_size), count * item_size};
+        if (!(made[t] = item_gather(0, &iov, 1, iov.iov_len))) {
+            while (t--)
+                free(made[t]);
+            free(made);
+            return -ENOMEM;
+        }
+    }
+    pthread_mutex_lock(&p->mu);
+    if (p->state != RUNNING) {
+        pthread_mutex_unlock(&p->mu);
+        for (size_t t = 0; t < ntasks; t++)
+            free(made[t]);
+        free(made);
+        return -EPIPE;
+    }
+    if (first_id)
+        *first_id = p->last_id + 1;
+    for (size_t t = 0; t < ntasks; t++) {
+        struct item *it = made[t];
+        it->id = ++p->last_id;
+        p->outstanding++;
+        struct worker *w = p->pending.head ? NULL : pick(p);
+        struct iovec iov = {it->data, it->len};
+        if (w && dispatchv(p, w, it->id, &iov, 1, it->len) == 0)
+            free(it);
+        else
+            list_push(&p->pending, it); /* already a copy: no second one */
+    }
+    pthread_mutex_unlock(&p->mu);
+    free(made);
+    return (long)ntasks;
 }
 
 uint64_t cmp_pool_outstanding(cmp_pool_t *p)

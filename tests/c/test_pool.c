@@ -407,6 +407,56 @@ Test(pool, cancel_what_no_worker_took, .timeout = 30)
     finish(p);
 }
 
+/* A chunk of int64 items: the sum of their squares, and how many. */
+static int sum_squares(void *arg, const void *data, size_t len, cmp_pool_result_t *out)
+{
+    (void)arg;
+    int64_t sum = 0, x;
+    for (size_t off = 0; off + sizeof x <= len; off += sizeof x) {
+        memcpy(&x, (const char *)data + off, sizeof x);
+        sum += x * x;
+    }
+    int64_t pair[2] = {sum, (int64_t)(len / sizeof x)};
+    void *room = cmp_pool_result_extend(out, sizeof pair);
+    if (!room)
+        return 1;
+    memcpy(room, pair, sizeof pair);
+    return 0;
+}
+
+Test(pool, submit_chunks, .timeout = 30)
+{
+    cmp_pool_options_t opt = {.workers = 2, .task = sum_squares};
+    cmp_pool_t *p = NULL;
+    cr_assert_eq(cmp_pool_create(&p, &opt), 0);
+    enum { N = 100, CHUNK = 7 };
+    int64_t items[N];
+    for (int i = 0; i < N; i++)
+        items[i] = i + 1;
+    uint64_t first = 0;
+    long ntasks = cmp_pool_submit_chunks(p, items, sizeof items[0], N, CHUNK, &first);
+    cr_assert_eq(ntasks, (N + CHUNK - 1) / CHUNK);
+    int64_t total = 0, counted = 0;
+    for (long k = 0; k < ntasks; k++) {
+        cmp_pool_outcome_t o = next(p, 10);
+        cr_assert_eq(o.status, CMP_POOL_DONE);
+        cr_assert(o.id >= first && o.id < first + (uint64_t)ntasks);
+        int64_t pair[2];
+        memcpy(pair, o.data, sizeof pair);
+        uint64_t index = o.id - first; /* ids follow the item order */
+        cr_assert_eq(pair[1], index + 1 < (uint64_t)ntasks ? CHUNK : N - CHUNK * (ntasks - 1));
+        total += pair[0];
+        counted += pair[1];
+        free(o.data);
+    }
+    cr_assert_eq(counted, N);
+    cr_assert_eq(total, (int64_t)N * (N + 1) * (2 * N + 1) / 6);
+    cr_assert_eq(cmp_pool_submit_chunks(p, items, 0, N, CHUNK, NULL), -EINVAL);
+    cr_assert_eq(cmp_pool_submit_chunks(p, items, sizeof items[0], N, 0, NULL), -EINVAL);
+    cr_assert_eq(cmp_pool_submit_chunks(p, items, sizeof items[0], 0, CHUNK, NULL), 0);
+    finish(p);
+}
+
 Test(pool, join_while_running_is_einval, .timeout = 10)
 {
     cmp_pool_t *p = new_pool(1, 0, NULL);
