@@ -588,6 +588,46 @@ static void progress_end(progress_t *pr)
 
 /* ---- imap and imap_unordered --------------------------------------------- */
 
+/* An imap's outcomes not yet handed out, keyed by position: the chunk's
+ * index (ordered) or its rank of arrival (unordered), so that the next to
+ * hand out is always key `consumed`. Keys out span less than the input
+ * read ahead (buffersize, or everything after close()): slot key % cap,
+ * grown when a key would not fit. value NULL: empty. */
+typedef struct {
+    PyObject *value;
+    int ok;
+} outcome_slot;
+typedef struct {
+    outcome_slot *slots;
+    Py_ssize_t cap; /* a power of two, or 0 */
+} outcome_ring;
+
+/* Room for key, the oldest out being base. 0, or -1 with MemoryError. */
+static int ring_fit(outcome_ring *r, Py_ssize_t base, Py_ssize_t key)
+{
+    if (r->cap && key - base < r->cap)
+        return 0;
+    Py_ssize_t cap = r->cap ? r->cap : 16;
+    while (key - base >= cap)
+        cap *= 2;
+    outcome_slot *slots = PyMem_Calloc((size_t)cap, sizeof *slots);
+    if (!slots) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t k = base; r->cap && k < base + r->cap; k++)
+        slots[k & (cap - 1)] = r->slots[k & (r->cap - 1)];
+    PyMem_Free(r->slots);
+    r->slots = slots;
+    r->cap = cap;
+    return 0;
+}
+
+static outcome_slot *ring_at(const outcome_ring *r, Py_ssize_t key)
+{
+    return r->cap ? &r->slots[key & (r->cap - 1)] : NULL;
+}
+
 /* The input is read lazily: at most buffersize chunks are out (submitted
  * and not yet handed to the caller) at a time, topped up as the caller
  * consumes results, so a huge or endless input streams in bounded memory.
@@ -598,9 +638,10 @@ typedef struct {
     PyObject_HEAD
     PoolCore *core;
     PyObject *func;
-    PyObject *source;  /* the input iterator; NULL once it ended */
-    PyObject *done;    /* ordered: {chunk index: (ok, value)}; else [(ok, value)] */
-    PyObject *current; /* the results of the chunk being handed out */
+    PyObject *source;   /* the input iterator; NULL once it ended */
+    outcome_ring done;  /* outcomes not yet handed out (see outcome_ring) */
+    Py_ssize_t arrived; /* unordered: outcomes stored so far */
+    PyObject *current;  /* the results of the chunk being handed out */
     Py_ssize_t pos;
     Py_ssize_t chunksize, buffersize;
     Py_ssize_t submitted, consumed;
@@ -622,19 +663,16 @@ static int is_imap(PyObject *o)
 /* Stores chunk index's outcome (GIL held). value: stolen. */
 static int imap_store(IMapObject *it, Py_ssize_t index, int success, PyObject *value)
 {
-    PyObject *entry = Py_BuildValue("(NN)", PyBool_FromLong(success), value);
-    if (!entry)
+    Py_ssize_t key = it->unordered ? it->arrived : index;
+    if (ring_fit(&it->done, it->consumed, key) < 0) {
+        Py_DECREF(value);
         return -1;
-    int rc;
-    if (it->unordered) {
-        rc = PyList_Append(it->done, entry);
-    } else {
-        PyObject *key = PyLong_FromSsize_t(index);
-        rc = key ? PyDict_SetItem(it->done, key, entry) : -1;
-        Py_XDECREF(key);
     }
-    Py_DECREF(entry);
-    return rc;
+    outcome_slot *slot = ring_at(&it->done, key);
+    Py_XSETREF(slot->value, value);
+    slot->ok = success;
+    it->arrived += it->unordered;
+    return 0;
 }
 
 static int imap_top_up(IMapObject *it);
@@ -732,39 +770,21 @@ static int imap_has_next(void *obj)
     IMapObject *it = obj;
     if (it->total >= 0 && it->consumed >= it->total)
         return 1;
-    if (it->unordered)
-        return PyList_GET_SIZE(it->done) > 0;
-    PyObject *key = PyLong_FromSsize_t(it->consumed);
-    int rc = key ? PyDict_Contains(it->done, key) : -1;
-    Py_XDECREF(key);
-    return rc;
+    outcome_slot *slot = ring_at(&it->done, it->consumed);
+    return slot && slot->value;
 }
 
-/* The next outcome, removed from done: new (ok, value) tuple, or NULL
- * (with no exception when there is none yet). */
-static PyObject *imap_take(IMapObject *it)
+/* The next outcome, removed from done: its value (new reference, *ok
+ * set), or NULL when there is none yet. */
+static PyObject *imap_take(IMapObject *it, int *ok)
 {
-    if (it->unordered) {
-        if (PyList_GET_SIZE(it->done) == 0)
-            return NULL;
-        PyObject *entry = Py_NewRef(PyList_GET_ITEM(it->done, 0));
-        if (PyList_SetSlice(it->done, 0, 1, NULL) < 0) {
-            Py_DECREF(entry);
-            return NULL;
-        }
-        return entry;
-    }
-    PyObject *key = PyLong_FromSsize_t(it->consumed);
-    if (!key)
+    outcome_slot *slot = ring_at(&it->done, it->consumed);
+    if (!slot || !slot->value)
         return NULL;
-    PyObject *entry = PyDict_GetItemWithError(it->done, key);
-    if (entry) {
-        Py_INCREF(entry);
-        if (PyDict_DelItem(it->done, key) < 0)
-            Py_CLEAR(entry);
-    }
-    Py_DECREF(key);
-    return entry;
+    PyObject *value = slot->value;
+    slot->value = NULL;
+    *ok = slot->ok;
+    return value;
 }
 
 static PyObject *imap_next(IMapObject *it, const struct timespec *deadline)
@@ -778,19 +798,17 @@ static PyObject *imap_next(IMapObject *it, const struct timespec *deadline)
         Py_CLEAR(it->current);
         if (imap_top_up(it) < 0)
             return NULL;
-        PyObject *entry = imap_take(it);
-        if (entry) {
+        int ok;
+        PyObject *value = imap_take(it, &ok);
+        if (value) {
             it->consumed++;
-            int ok = PyTuple_GET_ITEM(entry, 0) == Py_True;
-            PyObject *value = PyTuple_GET_ITEM(entry, 1);
             if (ok && PyList_Check(value)) {
-                it->current = Py_NewRef(value);
+                it->current = value;
                 it->pos = 0;
-                Py_DECREF(entry);
                 continue;
             }
             PyErr_SetObject((PyObject *)Py_TYPE(value), value);
-            Py_DECREF(entry);
+            Py_DECREF(value);
             return NULL;
         }
         if (PyErr_Occurred())
@@ -834,7 +852,8 @@ static int IMap_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(it->core);
     Py_VISIT(it->func);
     Py_VISIT(it->source);
-    Py_VISIT(it->done);
+    for (Py_ssize_t k = 0; k < it->done.cap; k++)
+        Py_VISIT(it->done.slots[k].value);
     Py_VISIT(it->current);
     Py_VISIT(it->progress.fn);
     Py_VISIT(it->progress.bar);
@@ -847,7 +866,11 @@ static int IMap_clear(PyObject *op)
     Py_CLEAR(it->core);
     Py_CLEAR(it->func);
     Py_CLEAR(it->source);
-    Py_CLEAR(it->done);
+    outcome_ring done = it->done; /* decrefs may run code: detach first */
+    it->done = (outcome_ring){NULL, 0};
+    for (Py_ssize_t k = 0; k < done.cap; k++)
+        Py_XDECREF(done.slots[k].value);
+    PyMem_Free(done.slots);
     Py_CLEAR(it->current);
     Py_CLEAR(it->progress.fn);
     Py_CLEAR(it->progress.bar);
@@ -1905,7 +1928,8 @@ static PyObject *start_imap(PyObject *op, PyObject *args, PyObject *kwds, int un
     it->core = (PoolCore *)Py_NewRef(c);
     it->func = Py_NewRef(func);
     it->source = source;
-    it->done = unordered ? PyList_New(0) : PyDict_New();
+    it->done = (outcome_ring){NULL, 0};
+    it->arrived = 0;
     it->current = NULL;
     it->pos = 0;
     it->chunksize = chunksize;
@@ -1925,7 +1949,7 @@ static PyObject *start_imap(PyObject *op, PyObject *args, PyObject *kwds, int un
         Py_DECREF(it);
         return NULL;
     }
-    PyObject *ref = it->done ? PyWeakref_NewRef((PyObject *)it, NULL) : NULL;
+    PyObject *ref = PyWeakref_NewRef((PyObject *)it, NULL);
     if (!ref || PyList_Append(c->feeders, ref) < 0 || imap_top_up(it) < 0) {
         Py_XDECREF(ref);
         Py_DECREF(it);
