@@ -259,6 +259,23 @@ def test_imap_buffersize(pcmp):
         assert len(yielded) <= 10 + 4 + 1, len(yielded)
 
 
+@pytest.mark.parametrize("method", ["imap", "imap_unordered"])
+def test_imap_close_feeds_past_the_buffer(pcmp, method):
+    """close() before any result is consumed feeds the whole input at once,
+    far past buffersize: every result is still handed out, in order for
+    imap."""
+    with started(pcmp.Pool, 2) as p:
+        it = getattr(p, method)(h.sq, iter(range(500)), chunksize=3, buffersize=2)
+        p.close()
+        got = [it.next(T) for _ in range(500)]
+        with pytest.raises(StopIteration):
+            it.next(T)
+    if method == "imap":
+        assert got == [x * x for x in range(500)]
+    else:
+        assert sorted(got) == [x * x for x in range(500)]
+
+
 # -- lambdas ----------------------------------------------------------------
 
 def test_lambdas_and_closures_with_cloudpickle(pcmp):
