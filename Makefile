@@ -58,7 +58,7 @@ $(BUILD)/libcmp.so: $(LIB_OBJ)
 # The extension exports PyInit__cmp only: with every other symbol hidden
 # (its own, and libcmp's through --exclude-libs) calls into libcmp are
 # direct, not through the PLT: ~6% of `with v.get_lock(): v.value += 1`.
-$(BUILD)/ext/%.o: python/cmultiprocessing/_cmp/%.c python/cmultiprocessing/_cmp/_cmp.h include/cmp.h
+$(BUILD)/ext/%.o: python/cmultiprocessing/_cmp/%.c $(wildcard python/cmultiprocessing/_cmp/*.h) include/cmp.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -fvisibility=hidden -I$(PY_INCLUDE) -c $< -o $@
 

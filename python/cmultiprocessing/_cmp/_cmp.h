@@ -359,32 +359,6 @@ PyObject *cmp_py_share_fd(int fd);
 #define CMP_PY_REDEEM_TIMEOUT 30.0
 int cmp_py_redeem_fd(PyObject *addr, PyObject *key, const char *what);
 
-/* The pool's tasks in flight, task id (never 0) -> (job, chunk index)
- * (pool_jobs.c). GIL held for every call; the table holds a reference to
- * each job. add: 0, or -1 with MemoryError. take: removes the task, 1
- * with *out filled (its job reference now the caller's) or 0 when the id
- * is unknown. peek: the job, borrowed, or NULL. clear: drops every job;
- * the table stays usable. */
-typedef struct {
-    uint64_t id;
-    PyObject *job;
-    Py_ssize_t index;
-} cmp_py_job_ref;
-typedef struct {
-    cmp_py_job_ref *slots;
-    size_t cap; /* a power of two */
-    size_t len;
-} cmp_py_jobs;
-int cmp_py_jobs_init(cmp_py_jobs *t);
-int cmp_py_jobs_add(cmp_py_jobs *t, uint64_t id, PyObject *job, Py_ssize_t index);
-int cmp_py_jobs_take(cmp_py_jobs *t, uint64_t id, cmp_py_job_ref *out);
-PyObject *cmp_py_jobs_peek(const cmp_py_jobs *t, uint64_t id);
-/* The ids of job's tasks in flight (PyMem_Free them), *n of them; NULL
- * when out of memory. */
-uint64_t *cmp_py_jobs_ids_of(const cmp_py_jobs *t, PyObject *job, size_t *n);
-int cmp_py_jobs_traverse(const cmp_py_jobs *t, visitproc visit, void *arg);
-void cmp_py_jobs_clear(cmp_py_jobs *t);
-
 /* Per-concept module initialization, called from module.c's exec slot. */
 int cmp_py_fastmethod_init(PyObject *module, cmp_py_state *st);
 int cmp_py_errors_init(PyObject *module, cmp_py_state *st);

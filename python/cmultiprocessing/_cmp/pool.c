@@ -13,8 +13,9 @@
  *    failure is the exception, pickled as the stdlib's ExceptionWithTraceback
  *    so that the parent re-raises it with the remote traceback as its
  *    __cause__, or a MaybeEncodingError when it cannot be pickled.
- *  - The worker function runs in the forked worker with the GIL, which it
- *    releases around each wait for a task (cmp_pool_options_t.wait_hook).
+ *  - The worker side is pool_worker.c (it runs in the forked workers, with
+ *    the GIL, released around each wait for a task); the table of tasks in
+ *    flight pool_jobs.c; progress= pool_progress.c (pool.h joins them).
  *  - Outcomes are read (cmp_pool_next, GIL released) by one thread at a
  *    time, the reader, which decodes each, completes its job and wakes the
  *    threads waiting in get()/wait()/next() (one condition variable per
@@ -34,7 +35,7 @@
  *    task with InitializerError, whose __cause__ is the initializer's
  *    exception, and the pool starts no more workers.
  */
-#include "_cmp.h"
+#include "pool.h"
 #include "structmember.h"
 
 #include <errno.h>
@@ -43,7 +44,6 @@
 #include <string.h>
 #include <sys/uio.h>
 
-enum { KIND_APPLY, KIND_MAP, KIND_STARMAP, KIND_CLOUD };
 enum { POOL_RUN, POOL_CLOSE, POOL_TERMINATE };
 enum { READER_NONE, READER_RESULT_THREAD, READER_WAITER };
 enum { RT_BUSY, RT_IDLE, RT_GRACE };
@@ -73,8 +73,8 @@ struct PoolCore {
     cmp_py_jobs jobs;                      /* task id -> (job, chunk index) */
     PyObject *feeders;                     /* weakrefs to the imap iterators whose input is left */
     PyObject *last_func, *last_func_bytes; /* see function_bytes */
-    PyObject *initializer, *initargs;
-    pthread_mutex_t mu; /* with cv: completions, handler_done; and below */
+    cmp_py_pool_work work;                 /* what the workers need: the initializer */
+    pthread_mutex_t mu;                    /* with cv: completions, handler_done; and below */
     pthread_cond_t cv;
     uint64_t completions;
     int handler_done;
@@ -102,9 +102,6 @@ typedef struct {
 
 static PyTypeObject *Core_type, *Pool_type, *ApplyResult_type, *MapResult_type;
 static PyObject *WorkerLostError, *InitializerError;
-static PyObject *ExceptionWithTraceback, *MaybeEncodingError; /* the stdlib's */
-
-static int load_stdlib_classes(void);
 
 /* ---- waiting for jobs, and the reader role ---------------------------------- */
 
@@ -497,95 +494,6 @@ static PyType_Spec MapResult_spec = {
     MapResult_slots,
 };
 
-/* ---- progress= (beyond the stdlib) ------------------------------------------ */
-
-/* progress=True: a tqdm bar when tqdm is installed, else a line on stderr;
- * a callable: called with (done, total), total None when unknown. */
-typedef struct {
-    PyObject *fn;  /* the callable, or NULL */
-    PyObject *bar; /* the tqdm bar, or NULL */
-    int line;      /* the plain stderr line */
-    Py_ssize_t total, last;
-} progress_t;
-
-static int progress_start(progress_t *pr, PyObject *progress, Py_ssize_t total)
-{
-    pr->fn = pr->bar = NULL;
-    pr->line = 0;
-    pr->total = total;
-    pr->last = 0;
-    if (!progress || progress == Py_None || progress == Py_False)
-        return 0;
-    if (progress != Py_True) {
-        if (!PyCallable_Check(progress)) {
-            PyErr_SetString(PyExc_TypeError, "progress must be True, False, None or a callable");
-            return -1;
-        }
-        pr->fn = Py_NewRef(progress);
-        return 0;
-    }
-    PyObject *tqdm = PyImport_ImportModule("tqdm");
-    if (tqdm) {
-        PyObject *cls = PyObject_GetAttrString(tqdm, "tqdm");
-        PyObject *kw = cls ? PyDict_New() : NULL;
-        PyObject *tot = kw ? (total >= 0 ? PyLong_FromSsize_t(total) : Py_NewRef(Py_None)) : NULL;
-        if (tot && PyDict_SetItemString(kw, "total", tot) == 0) {
-            PyObject *empty = PyTuple_New(0);
-            pr->bar = empty ? PyObject_Call(cls, empty, kw) : NULL;
-            Py_XDECREF(empty);
-        }
-        Py_XDECREF(tot);
-        Py_XDECREF(kw);
-        Py_XDECREF(cls);
-        Py_DECREF(tqdm);
-        if (pr->bar)
-            return 0;
-    }
-    PyErr_Clear();
-    pr->line = 1;
-    return 0;
-}
-
-static int progress_update(progress_t *pr, Py_ssize_t done)
-{
-    if (done == pr->last || (!pr->fn && !pr->bar && !pr->line))
-        return 0;
-    Py_ssize_t step = done - pr->last;
-    pr->last = done;
-    if (pr->fn) {
-        PyObject *r = PyObject_CallFunction(pr->fn, "nN", done,
-                                            pr->total >= 0 ? PyLong_FromSsize_t(pr->total)
-                                                           : Py_NewRef(Py_None));
-        Py_XDECREF(r);
-        return r ? 0 : -1;
-    }
-    if (pr->bar) {
-        PyObject *r = PyObject_CallMethod(pr->bar, "update", "n", step);
-        Py_XDECREF(r);
-        return r ? 0 : -1;
-    }
-    if (pr->total >= 0)
-        PySys_FormatStderr("\r%zd/%zd", done, pr->total);
-    else
-        PySys_FormatStderr("\r%zd", done);
-    return 0;
-}
-
-static void progress_end(progress_t *pr)
-{
-    if (pr->bar) {
-        PyObject *r = PyObject_CallMethod(pr->bar, "close", NULL);
-        if (!r)
-            PyErr_WriteUnraisable(pr->bar);
-        Py_XDECREF(r);
-    } else if (pr->line && pr->last) {
-        PySys_WriteStderr("\n");
-    }
-    Py_CLEAR(pr->bar);
-    Py_CLEAR(pr->fn);
-    pr->line = 0;
-}
-
 /* ---- imap and imap_unordered --------------------------------------------- */
 
 /* An imap's outcomes not yet handed out, keyed by position: the chunk's
@@ -649,7 +557,7 @@ typedef struct {
     int unordered;
     int feeding; /* a thread is reading the input (it may release the GIL) */
     Py_ssize_t yielded;
-    progress_t progress;
+    cmp_py_progress progress;
     PyObject *weakreflist;
 } IMapObject;
 
@@ -791,7 +699,7 @@ static PyObject *imap_next(IMapObject *it, const struct timespec *deadline)
 {
     for (;;) {
         if (it->current && it->pos < PyList_GET_SIZE(it->current)) {
-            if (progress_update(&it->progress, ++it->yielded) < 0)
+            if (cmp_py_progress_update(&it->progress, ++it->yielded) < 0)
                 return NULL;
             return Py_NewRef(PyList_GET_ITEM(it->current, it->pos++));
         }
@@ -814,7 +722,7 @@ static PyObject *imap_next(IMapObject *it, const struct timespec *deadline)
         if (PyErr_Occurred())
             return NULL;
         if (it->total >= 0 && it->consumed >= it->total) {
-            progress_end(&it->progress);
+            cmp_py_progress_end(&it->progress);
             PyErr_SetNone(PyExc_StopIteration);
             return NULL;
         }
@@ -935,260 +843,6 @@ static PyType_Spec IMapUnorderedIterator_spec = {
     Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
     IMapUnorderedIterator_slots,
 };
-
-/* ---- the worker side (runs in the forked worker) ------------------------- */
-
-static PyThreadState *worker_tstate;
-
-static void worker_wait_hook(void *arg, int waiting)
-{
-    (void)arg;
-    if (waiting)
-        worker_tstate = PyEval_SaveThread();
-    else
-        PyEval_RestoreThread(worker_tstate);
-}
-
-/* Appends the encoding of obj to out. 0, or -1 with an exception. */
-static int write_message(cmp_py_state *st, PyObject *obj, cmp_pool_result_t *out)
-{
-    cmp_py_frame f;
-    cmp_py_frame_init(&f);
-    if (cmp_py_encode(st, obj, &f) < 0)
-        return -1;
-    char *room = cmp_pool_result_extend(out, f.size);
-    if (room)
-        cmp_py_frame_copy(&f, room);
-    cmp_py_frame_clear(&f);
-    if (!room) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    return 0;
-}
-
-/* The exception that is set, as the bytes of a failure: the envelope
- * (type name, message, inner), where inner is the exception pickled with
- * its traceback text (the stdlib's ExceptionWithTraceback: the parent
- * re-raises it with the remote traceback as __cause__), or when it cannot
- * be pickled a MaybeEncodingError saying why (as the stdlib). The names
- * travel apart from the pickle so that the parent can still say what
- * was raised when it cannot unpickle the exception. Clears the exception. */
-static void write_exception(cmp_py_state *st, cmp_pool_result_t *out)
-{
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    PyErr_NormalizeException(&type, &value, &tb);
-    if (tb && value)
-        PyException_SetTraceback(value, tb);
-    PyObject *name =
-        value ? PyObject_GetAttrString((PyObject *)Py_TYPE(value), "__qualname__") : NULL;
-    PyObject *text = value ? PyObject_Str(value) : NULL;
-    if (!name || !text) {
-        PyErr_Clear();
-        Py_XSETREF(name, PyUnicode_FromString("?"));
-        Py_XSETREF(text, PyUnicode_FromString(""));
-    }
-    PyObject *wrapped =
-        value ? PyObject_CallFunctionObjArgs(ExceptionWithTraceback, value, tb ? tb : Py_None, NULL)
-              : NULL;
-    PyObject *inner = wrapped ? cmp_py_encode_bytes(st, wrapped) : NULL;
-    if (!inner) {
-        /* it cannot be pickled: MaybeEncodingError(why, exception) */
-        PyObject *et, *ev, *etb;
-        PyErr_Fetch(&et, &ev, &etb);
-        PyErr_NormalizeException(&et, &ev, &etb);
-        PyObject *mee = PyObject_CallFunctionObjArgs(MaybeEncodingError, ev ? ev : Py_None,
-                                                     value ? value : Py_None, NULL);
-        Py_XDECREF(et);
-        Py_XDECREF(ev);
-        Py_XDECREF(etb);
-        inner = mee ? cmp_py_encode_bytes(st, mee) : NULL;
-        Py_XDECREF(mee);
-        if (!inner) {
-            PyErr_Clear();
-            inner = PyBytes_FromStringAndSize("", 0);
-        }
-    }
-    PyObject *envelope = name && text && inner ? PyTuple_Pack(3, name, text, inner) : NULL;
-    cmp_pool_result_clear(out);
-    if (!envelope || write_message(st, envelope, out) < 0)
-        PyErr_Clear();
-    Py_XDECREF(envelope);
-    Py_XDECREF(inner);
-    Py_XDECREF(name);
-    Py_XDECREF(text);
-    Py_XDECREF(wrapped);
-    Py_XDECREF(type);
-    Py_XDECREF(value);
-    Py_XDECREF(tb);
-}
-
-/* The worker's functions by the bytes they travel as (see submit), so
- * that a map's thousands of tasks unpickle (and import) the function once
- * per worker. Bounded: cleared when it grows past FUNCTION_CACHE_MAX. */
-#define FUNCTION_CACHE_MAX 64
-static PyObject *function_cache;
-static cmp_py_state *worker_state;
-
-static PyObject *worker_function(PyObject *func)
-{
-    if (!PyBytes_Check(func))
-        return Py_NewRef(func);
-    if (!function_cache && !(function_cache = PyDict_New()))
-        return NULL;
-    PyObject *fn = PyDict_GetItemWithError(function_cache, func);
-    if (fn)
-        return Py_NewRef(fn);
-    if (PyErr_Occurred())
-        return NULL;
-    fn = cmp_py_decode(worker_state, PyBytes_AS_STRING(func), (size_t)PyBytes_GET_SIZE(func));
-    if (!fn)
-        return NULL;
-    if (PyDict_GET_SIZE(function_cache) >= FUNCTION_CACHE_MAX)
-        PyDict_Clear(function_cache);
-    if (PyDict_SetItem(function_cache, func, fn) < 0)
-        PyErr_Clear();
-    return fn;
-}
-
-static PyObject *call_task(int kind, PyObject *func, PyObject *payload);
-
-static PyObject *run_task(PyObject *task)
-{
-    int kind;
-    PyObject *func, *payload;
-    if (!PyTuple_Check(task) || !PyArg_ParseTuple(task, "iOO", &kind, &func, &payload))
-        return NULL;
-    if (kind == KIND_CLOUD) {
-        /* the whole task, pickled by cloudpickle; plain pickle loads it */
-        PyObject *real = PyObject_CallOneArg(worker_state->pickle_loads, func);
-        if (!real)
-            return NULL;
-        PyObject *r = run_task(real);
-        Py_DECREF(real);
-        return r;
-    }
-    PyObject *fn = worker_function(func);
-    if (!fn)
-        return NULL;
-    PyObject *r = call_task(kind, fn, payload);
-    Py_DECREF(fn);
-    return r;
-}
-
-static PyObject *call_task(int kind, PyObject *func, PyObject *payload)
-{
-    if (kind == KIND_APPLY) {
-        PyObject *args, *kwds;
-        if (!PyArg_ParseTuple(payload, "OO", &args, &kwds))
-            return NULL;
-        return PyObject_Call(func, args, kwds == Py_None ? NULL : kwds);
-    }
-    /* a list, or a range (see RANGE_CHUNK_MIN), iterated as it goes */
-    int is_list = PyList_Check(payload);
-    Py_ssize_t n = is_list ? PyList_GET_SIZE(payload) : PyObject_Length(payload);
-    PyObject *iter = n < 0 || is_list ? NULL : PyObject_GetIter(payload);
-    PyObject *results = n >= 0 && (is_list || iter) ? PyList_New(n) : NULL;
-    for (Py_ssize_t i = 0; results && i < n; i++) {
-        PyObject *item = is_list ? Py_NewRef(PyList_GET_ITEM(payload, i)) : PyIter_Next(iter);
-        PyObject *v = !item                  ? NULL
-                      : kind == KIND_STARMAP ? PyObject_Call(func, item, NULL)
-                                             : PyObject_CallOneArg(func, item);
-        Py_XDECREF(item);
-        if (!v) {
-            if (!PyErr_Occurred())
-                PyErr_SetString(PyExc_RuntimeError, "a map task's chunk ended early");
-            Py_CLEAR(results);
-        } else {
-            PyList_SET_ITEM(results, i, v);
-        }
-    }
-    Py_XDECREF(iter);
-    return results;
-}
-
-static int worker_task(void *arg, const void *data, size_t len, cmp_pool_result_t *out)
-{
-    PoolCore *c = arg;
-    cmp_py_state *st = c->st;
-    PyObject *task = cmp_py_decode(st, data, len);
-    PyObject *value = task ? run_task(task) : NULL;
-    Py_XDECREF(task);
-    if (value) {
-        int rc = write_message(st, value, out);
-        if (rc == 0) {
-            Py_DECREF(value);
-            return 0;
-        }
-        /* the result cannot be sent: MaybeEncodingError(exc, value), which
-         * keeps the reprs of both */
-        PyObject *type, *exc, *tb;
-        PyErr_Fetch(&type, &exc, &tb);
-        PyErr_NormalizeException(&type, &exc, &tb);
-        PyObject *mee =
-            PyObject_CallFunctionObjArgs(MaybeEncodingError, exc ? exc : Py_None, value, NULL);
-        Py_XDECREF(type);
-        Py_XDECREF(exc);
-        Py_XDECREF(tb);
-        Py_DECREF(value);
-        if (mee)
-            PyErr_SetObject(MaybeEncodingError, mee);
-        Py_XDECREF(mee);
-        write_exception(st, out);
-        return 1;
-    }
-    /* SystemExit, KeyboardInterrupt...: this worker is replaced */
-    int fatal = !PyErr_ExceptionMatches(PyExc_Exception);
-    write_exception(st, out);
-    return fatal ? CMP_POOL_TASK_FAILED_EXIT : 1;
-}
-
-static int worker_init(void *arg, cmp_pool_result_t *out)
-{
-    PoolCore *c = arg;
-    worker_state = c->st;
-    /* Ctrl-C goes to the whole process group: the parent handles it and
-     * stops the workers, which should not each print a traceback. */
-    PyOS_setsig(SIGINT, SIG_IGN);
-    if (!c->initializer)
-        return 0;
-    PyObject *r = PyObject_Call(c->initializer, c->initargs, NULL);
-    if (r) {
-        Py_DECREF(r);
-        return 0;
-    }
-    write_exception(c->st, out);
-    return 1;
-}
-
-/* Around each fork of a worker, which may happen in the result thread with
- * the GIL released (a replacement): take it for the fork. */
-static PyGILState_STATE fork_gil;
-
-static void worker_fork_hook(void *arg, int phase)
-{
-    (void)arg;
-    switch (phase) {
-    case CMP_POOL_FORK_BEFORE:
-        fork_gil = PyGILState_Ensure();
-        cmp_py_process_pool_worker_prepare();
-        cmp_py_fork_threading_prepare();
-        PyOS_BeforeFork();
-        break;
-    case CMP_POOL_FORK_PARENT:
-        PyOS_AfterFork_Parent();
-        cmp_py_process_pool_worker_parent();
-        PyGILState_Release(fork_gil);
-        break;
-    case CMP_POOL_FORK_CHILD:
-        cmp_py_fork_threading_arm();
-        PyOS_AfterFork_Child();
-        cmp_py_fork_threading_disarm();
-        cmp_py_process_pool_worker_child();
-        break;
-    }
-}
 
 /* ---- the result thread ---------------------------------------------------- */
 
@@ -1464,8 +1118,8 @@ static int Core_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(c->feeders);
     Py_VISIT(c->last_func);
     Py_VISIT(c->last_func_bytes);
-    Py_VISIT(c->initializer);
-    Py_VISIT(c->initargs);
+    Py_VISIT(c->work.initializer);
+    Py_VISIT(c->work.initargs);
     return 0;
 }
 
@@ -1476,8 +1130,8 @@ static int Core_clear(PyObject *op)
     Py_CLEAR(c->feeders);
     Py_CLEAR(c->last_func);
     Py_CLEAR(c->last_func_bytes);
-    Py_CLEAR(c->initializer);
-    Py_CLEAR(c->initargs);
+    Py_CLEAR(c->work.initializer);
+    Py_CLEAR(c->work.initargs);
     return 0;
 }
 
@@ -1824,25 +1478,25 @@ static int map_moved(void *obj)
 /* map()/starmap() with progress=: waits for r reporting each chunk. */
 static PyObject *map_with_progress(ResultObject *r, PyObject *progress)
 {
-    progress_t pr;
-    if (progress_start(&pr, progress, r->length) < 0)
+    cmp_py_progress pr;
+    if (cmp_py_progress_start(&pr, progress, r->length) < 0)
         return NULL;
     Py_ssize_t chunks = r->length ? (r->length + r->chunksize - 1) / r->chunksize : 0;
     struct map_watch w = {r, -1};
     while (!r->ready) {
         w.seen = r->remaining;
         Py_ssize_t done = (chunks - r->remaining) * r->chunksize;
-        if (progress_update(&pr, done < r->length ? done : r->length) < 0 ||
+        if (cmp_py_progress_update(&pr, done < r->length ? done : r->length) < 0 ||
             core_wait(r->core, map_moved, &w, NULL, 1, r) < 0) {
-            progress_end(&pr);
+            cmp_py_progress_end(&pr);
             return NULL;
         }
     }
-    if (r->success && progress_update(&pr, r->length) < 0) {
-        progress_end(&pr);
+    if (r->success && cmp_py_progress_update(&pr, r->length) < 0) {
+        cmp_py_progress_end(&pr);
         return NULL;
     }
-    progress_end(&pr);
+    cmp_py_progress_end(&pr);
     return Result_get((PyObject *)r, NULL, 0, NULL);
 }
 
@@ -1943,7 +1597,7 @@ static PyObject *start_imap(PyObject *op, PyObject *args, PyObject *kwds, int un
     Py_ssize_t known = PyObject_HasAttrString(iterable, "__len__") ? PyObject_Length(iterable) : -1;
     if (known < 0)
         PyErr_Clear();
-    int prc = progress_start(&it->progress, progress, known);
+    int prc = cmp_py_progress_start(&it->progress, progress, known);
     PyObject_GC_Track(it);
     if (prc < 0) {
         Py_DECREF(it);
@@ -2112,7 +1766,7 @@ static int Pool_init(PyObject *op, PyObject *args, PyObject *kwds)
         return -1;
     }
     cmp_py_state *st = cmp_py_state_of_type(Py_TYPE(op));
-    if (load_stdlib_classes() < 0)
+    if (cmp_py_pool_worker_setup() < 0)
         return -1;
     long n = 0;
     if (processes != Py_None) {
@@ -2147,8 +1801,9 @@ static int Pool_init(PyObject *op, PyObject *args, PyObject *kwds)
     int jobs_ok = cmp_py_jobs_init(&c->jobs) == 0;
     c->feeders = PyList_New(0);
     c->last_func = c->last_func_bytes = NULL;
-    c->initializer = initializer == Py_None ? NULL : Py_NewRef(initializer);
-    c->initargs = initargs ? PySequence_Tuple(initargs) : PyTuple_New(0);
+    c->work.st = st;
+    c->work.initializer = initializer == Py_None ? NULL : Py_NewRef(initializer);
+    c->work.initargs = initargs ? PySequence_Tuple(initargs) : PyTuple_New(0);
     c->completions = 0;
     c->handler_done = 0;
     c->state = POOL_RUN;
@@ -2162,7 +1817,7 @@ static int Pool_init(PyObject *op, PyObject *args, PyObject *kwds)
     c->ndeferred = c->cap_deferred = 0;
     c->owner = getpid();
     PyObject_GC_Track(c);
-    if (!jobs_ok || !c->feeders || !c->initargs) {
+    if (!jobs_ok || !c->feeders || !c->work.initargs) {
         Py_DECREF(c);
         return -1;
     }
@@ -2176,11 +1831,11 @@ static int Pool_init(PyObject *op, PyObject *args, PyObject *kwds)
 
     cmp_pool_options_t opt = {
         .workers = (unsigned)n,
-        .task = worker_task,
-        .init = worker_init,
-        .wait_hook = worker_wait_hook,
-        .fork_hook = worker_fork_hook,
-        .arg = c,
+        .task = cmp_py_pool_worker_task,
+        .init = cmp_py_pool_worker_init,
+        .wait_hook = cmp_py_pool_worker_wait_hook,
+        .fork_hook = cmp_py_pool_worker_fork_hook,
+        .arg = &c->work,
         .max_tasks = maxt,
     };
     cmp_pool_t *pool;
@@ -2434,28 +2089,6 @@ static PyMethodDef pool_functions[] = {
      "A process pool object (see cmultiprocessing.pool.Pool)."},
     {NULL, NULL, 0, NULL},
 };
-
-/* The stdlib's classes that carry a task's exception (the remote
- * traceback as __cause__) and a result that could not be pickled: loaded
- * with the first Pool, not with the module. */
-static int load_stdlib_classes(void)
-{
-    if (ExceptionWithTraceback)
-        return 0;
-    PyObject *stdpool = PyImport_ImportModule("multiprocessing.pool");
-    if (!stdpool)
-        return -1;
-    PyObject *ewt = PyObject_GetAttrString(stdpool, "ExceptionWithTraceback");
-    PyObject *mee = ewt ? PyObject_GetAttrString(stdpool, "MaybeEncodingError") : NULL;
-    Py_DECREF(stdpool);
-    if (!mee) {
-        Py_XDECREF(ewt);
-        return -1;
-    }
-    ExceptionWithTraceback = ewt;
-    MaybeEncodingError = mee;
-    return 0;
-}
 
 int cmp_py_pool_init(PyObject *module, cmp_py_state *st)
 {

@@ -18,7 +18,7 @@
  *
  * The GIL protects it; the table holds a strong reference to each job.
  */
-#include "_cmp.h"
+#include "pool.h"
 
 #include <stdlib.h>
 

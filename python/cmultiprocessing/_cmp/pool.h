@@ -1,0 +1,81 @@
+/*
+ * The Pool binding's parts, internal to the extension: pool.c (the Pool,
+ * its results and iterators, who reads the outcomes), pool_worker.c (what
+ * runs in a forked worker), pool_jobs.c (the tasks in flight) and
+ * pool_progress.c (progress=).
+ */
+#ifndef CMP_PY_POOL_H
+#define CMP_PY_POOL_H
+
+#include "_cmp.h"
+
+/* A task is the message (kind, func, payload): APPLY (args, kwds), MAP (a
+ * chunk of items), STARMAP (a chunk of argument tuples), CLOUD (the whole
+ * task pickled by cloudpickle, in func). func is the function's own
+ * encoding (bytes), unpickled once per worker. */
+enum { KIND_APPLY, KIND_MAP, KIND_STARMAP, KIND_CLOUD };
+
+/* ---- the worker side (pool_worker.c) ---- */
+
+/* What the workers need of their pool (the arg of its cmp_pool_options_t),
+ * set before they fork. initializer NULL: none; initargs a tuple. */
+typedef struct {
+    cmp_py_state *st;
+    PyObject *initializer, *initargs;
+} cmp_py_pool_work;
+
+/* Loads the stdlib's ExceptionWithTraceback and MaybeEncodingError, which
+ * carry a worker's failures; before the first pool's workers fork. 0, or
+ * -1 with an exception. */
+int cmp_py_pool_worker_setup(void);
+/* The cmp_pool_options_t callbacks, arg a cmp_py_pool_work. */
+int cmp_py_pool_worker_task(void *arg, const void *data, size_t len, cmp_pool_result_t *out);
+int cmp_py_pool_worker_init(void *arg, cmp_pool_result_t *out);
+void cmp_py_pool_worker_wait_hook(void *arg, int waiting);
+void cmp_py_pool_worker_fork_hook(void *arg, int phase);
+
+/* ---- progress= (pool_progress.c) ---- */
+
+typedef struct {
+    PyObject *fn;  /* the callable, or NULL */
+    PyObject *bar; /* the tqdm bar, or NULL */
+    int line;      /* the plain stderr line */
+    Py_ssize_t total, last;
+} cmp_py_progress;
+
+/* progress: None/False (nothing), True, or a callable; total -1 when
+ * unknown. 0, or -1 with TypeError. */
+int cmp_py_progress_start(cmp_py_progress *pr, PyObject *progress, Py_ssize_t total);
+/* done so far; 0, or -1 with the callable's or the bar's exception. */
+int cmp_py_progress_update(cmp_py_progress *pr, Py_ssize_t done);
+void cmp_py_progress_end(cmp_py_progress *pr);
+
+/* ---- the tasks in flight (pool_jobs.c) ---- */
+
+/* The pool's tasks in flight, task id (never 0) -> (job, chunk index)
+ * (pool_jobs.c). GIL held for every call; the table holds a reference to
+ * each job. add: 0, or -1 with MemoryError. take: removes the task, 1
+ * with *out filled (its job reference now the caller's) or 0 when the id
+ * is unknown. peek: the job, borrowed, or NULL. clear: drops every job;
+ * the table stays usable. */
+typedef struct {
+    uint64_t id;
+    PyObject *job;
+    Py_ssize_t index;
+} cmp_py_job_ref;
+typedef struct {
+    cmp_py_job_ref *slots;
+    size_t cap; /* a power of two */
+    size_t len;
+} cmp_py_jobs;
+int cmp_py_jobs_init(cmp_py_jobs *t);
+int cmp_py_jobs_add(cmp_py_jobs *t, uint64_t id, PyObject *job, Py_ssize_t index);
+int cmp_py_jobs_take(cmp_py_jobs *t, uint64_t id, cmp_py_job_ref *out);
+PyObject *cmp_py_jobs_peek(const cmp_py_jobs *t, uint64_t id);
+/* The ids of job's tasks in flight (PyMem_Free them), *n of them; NULL
+ * when out of memory. */
+uint64_t *cmp_py_jobs_ids_of(const cmp_py_jobs *t, PyObject *job, size_t *n);
+int cmp_py_jobs_traverse(const cmp_py_jobs *t, visitproc visit, void *arg);
+void cmp_py_jobs_clear(cmp_py_jobs *t);
+
+#endif

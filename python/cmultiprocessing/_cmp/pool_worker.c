@@ -1,0 +1,287 @@
+/*
+ * The pool's worker side: what runs in each forked worker. A task is the
+ * message (kind, func, payload) of pool.c's submit; the worker decodes it,
+ * calls the function (unpickled once per worker: the cache below), and
+ * answers with the encoded result, or with its exception in an envelope
+ * that the parent can read even when the exception does not unpickle.
+ * The worker holds the GIL except while it waits for a task.
+ */
+#include "pool.h"
+
+#include <signal.h>
+
+static PyObject *ExceptionWithTraceback, *MaybeEncodingError; /* the stdlib's */
+
+/* The stdlib's classes that carry a task's exception (the remote
+ * traceback as __cause__) and a result that could not be pickled: loaded
+ * with the first Pool, not with the module. */
+int cmp_py_pool_worker_setup(void)
+{
+    if (ExceptionWithTraceback)
+        return 0;
+    PyObject *stdpool = PyImport_ImportModule("multiprocessing.pool");
+    if (!stdpool)
+        return -1;
+    PyObject *ewt = PyObject_GetAttrString(stdpool, "ExceptionWithTraceback");
+    PyObject *mee = ewt ? PyObject_GetAttrString(stdpool, "MaybeEncodingError") : NULL;
+    Py_DECREF(stdpool);
+    if (!mee) {
+        Py_XDECREF(ewt);
+        return -1;
+    }
+    ExceptionWithTraceback = ewt;
+    MaybeEncodingError = mee;
+    return 0;
+}
+
+static PyThreadState *worker_tstate;
+
+void cmp_py_pool_worker_wait_hook(void *arg, int waiting)
+{
+    (void)arg;
+    if (waiting)
+        worker_tstate = PyEval_SaveThread();
+    else
+        PyEval_RestoreThread(worker_tstate);
+}
+
+/* Appends the encoding of obj to out. 0, or -1 with an exception. */
+static int write_message(cmp_py_state *st, PyObject *obj, cmp_pool_result_t *out)
+{
+    cmp_py_frame f;
+    cmp_py_frame_init(&f);
+    if (cmp_py_encode(st, obj, &f) < 0)
+        return -1;
+    char *room = cmp_pool_result_extend(out, f.size);
+    if (room)
+        cmp_py_frame_copy(&f, room);
+    cmp_py_frame_clear(&f);
+    if (!room) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+/* The exception that is set, as the bytes of a failure: the envelope
+ * (type name, message, inner), where inner is the exception pickled with
+ * its traceback text (the stdlib's ExceptionWithTraceback: the parent
+ * re-raises it with the remote traceback as __cause__), or when it cannot
+ * be pickled a MaybeEncodingError saying why (as the stdlib). The names
+ * travel apart from the pickle so that the parent can still say what
+ * was raised when it cannot unpickle the exception. Clears the exception. */
+static void write_exception(cmp_py_state *st, cmp_pool_result_t *out)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb && value)
+        PyException_SetTraceback(value, tb);
+    PyObject *name =
+        value ? PyObject_GetAttrString((PyObject *)Py_TYPE(value), "__qualname__") : NULL;
+    PyObject *text = value ? PyObject_Str(value) : NULL;
+    if (!name || !text) {
+        PyErr_Clear();
+        Py_XSETREF(name, PyUnicode_FromString("?"));
+        Py_XSETREF(text, PyUnicode_FromString(""));
+    }
+    PyObject *wrapped =
+        value ? PyObject_CallFunctionObjArgs(ExceptionWithTraceback, value, tb ? tb : Py_None, NULL)
+              : NULL;
+    PyObject *inner = wrapped ? cmp_py_encode_bytes(st, wrapped) : NULL;
+    if (!inner) {
+        /* it cannot be pickled: MaybeEncodingError(why, exception) */
+        PyObject *et, *ev, *etb;
+        PyErr_Fetch(&et, &ev, &etb);
+        PyErr_NormalizeException(&et, &ev, &etb);
+        PyObject *mee = PyObject_CallFunctionObjArgs(MaybeEncodingError, ev ? ev : Py_None,
+                                                     value ? value : Py_None, NULL);
+        Py_XDECREF(et);
+        Py_XDECREF(ev);
+        Py_XDECREF(etb);
+        inner = mee ? cmp_py_encode_bytes(st, mee) : NULL;
+        Py_XDECREF(mee);
+        if (!inner) {
+            PyErr_Clear();
+            inner = PyBytes_FromStringAndSize("", 0);
+        }
+    }
+    PyObject *envelope = name && text && inner ? PyTuple_Pack(3, name, text, inner) : NULL;
+    cmp_pool_result_clear(out);
+    if (!envelope || write_message(st, envelope, out) < 0)
+        PyErr_Clear();
+    Py_XDECREF(envelope);
+    Py_XDECREF(inner);
+    Py_XDECREF(name);
+    Py_XDECREF(text);
+    Py_XDECREF(wrapped);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+}
+
+/* The worker's functions by the bytes they travel as (see submit), so
+ * that a map's thousands of tasks unpickle (and import) the function once
+ * per worker. Bounded: cleared when it grows past FUNCTION_CACHE_MAX. */
+#define FUNCTION_CACHE_MAX 64
+static PyObject *function_cache;
+static cmp_py_state *worker_state;
+
+static PyObject *worker_function(PyObject *func)
+{
+    if (!PyBytes_Check(func))
+        return Py_NewRef(func);
+    if (!function_cache && !(function_cache = PyDict_New()))
+        return NULL;
+    PyObject *fn = PyDict_GetItemWithError(function_cache, func);
+    if (fn)
+        return Py_NewRef(fn);
+    if (PyErr_Occurred())
+        return NULL;
+    fn = cmp_py_decode(worker_state, PyBytes_AS_STRING(func), (size_t)PyBytes_GET_SIZE(func));
+    if (!fn)
+        return NULL;
+    if (PyDict_GET_SIZE(function_cache) >= FUNCTION_CACHE_MAX)
+        PyDict_Clear(function_cache);
+    if (PyDict_SetItem(function_cache, func, fn) < 0)
+        PyErr_Clear();
+    return fn;
+}
+
+static PyObject *call_task(int kind, PyObject *func, PyObject *payload);
+
+static PyObject *run_task(PyObject *task)
+{
+    int kind;
+    PyObject *func, *payload;
+    if (!PyTuple_Check(task) || !PyArg_ParseTuple(task, "iOO", &kind, &func, &payload))
+        return NULL;
+    if (kind == KIND_CLOUD) {
+        /* the whole task, pickled by cloudpickle; plain pickle loads it */
+        PyObject *real = PyObject_CallOneArg(worker_state->pickle_loads, func);
+        if (!real)
+            return NULL;
+        PyObject *r = run_task(real);
+        Py_DECREF(real);
+        return r;
+    }
+    PyObject *fn = worker_function(func);
+    if (!fn)
+        return NULL;
+    PyObject *r = call_task(kind, fn, payload);
+    Py_DECREF(fn);
+    return r;
+}
+
+static PyObject *call_task(int kind, PyObject *func, PyObject *payload)
+{
+    if (kind == KIND_APPLY) {
+        PyObject *args, *kwds;
+        if (!PyArg_ParseTuple(payload, "OO", &args, &kwds))
+            return NULL;
+        return PyObject_Call(func, args, kwds == Py_None ? NULL : kwds);
+    }
+    /* a list, or a range (see RANGE_CHUNK_MIN), iterated as it goes */
+    int is_list = PyList_Check(payload);
+    Py_ssize_t n = is_list ? PyList_GET_SIZE(payload) : PyObject_Length(payload);
+    PyObject *iter = n < 0 || is_list ? NULL : PyObject_GetIter(payload);
+    PyObject *results = n >= 0 && (is_list || iter) ? PyList_New(n) : NULL;
+    for (Py_ssize_t i = 0; results && i < n; i++) {
+        PyObject *item = is_list ? Py_NewRef(PyList_GET_ITEM(payload, i)) : PyIter_Next(iter);
+        PyObject *v = !item                  ? NULL
+                      : kind == KIND_STARMAP ? PyObject_Call(func, item, NULL)
+                                             : PyObject_CallOneArg(func, item);
+        Py_XDECREF(item);
+        if (!v) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_RuntimeError, "a map task's chunk ended early");
+            Py_CLEAR(results);
+        } else {
+            PyList_SET_ITEM(results, i, v);
+        }
+    }
+    Py_XDECREF(iter);
+    return results;
+}
+
+int cmp_py_pool_worker_task(void *arg, const void *data, size_t len, cmp_pool_result_t *out)
+{
+    cmp_py_pool_work *w = arg;
+    cmp_py_state *st = w->st;
+    PyObject *task = cmp_py_decode(st, data, len);
+    PyObject *value = task ? run_task(task) : NULL;
+    Py_XDECREF(task);
+    if (value) {
+        int rc = write_message(st, value, out);
+        if (rc == 0) {
+            Py_DECREF(value);
+            return 0;
+        }
+        /* the result cannot be sent: MaybeEncodingError(exc, value), which
+         * keeps the reprs of both */
+        PyObject *type, *exc, *tb;
+        PyErr_Fetch(&type, &exc, &tb);
+        PyErr_NormalizeException(&type, &exc, &tb);
+        PyObject *mee =
+            PyObject_CallFunctionObjArgs(MaybeEncodingError, exc ? exc : Py_None, value, NULL);
+        Py_XDECREF(type);
+        Py_XDECREF(exc);
+        Py_XDECREF(tb);
+        Py_DECREF(value);
+        if (mee)
+            PyErr_SetObject(MaybeEncodingError, mee);
+        Py_XDECREF(mee);
+        write_exception(st, out);
+        return 1;
+    }
+    /* SystemExit, KeyboardInterrupt...: this worker is replaced */
+    int fatal = !PyErr_ExceptionMatches(PyExc_Exception);
+    write_exception(st, out);
+    return fatal ? CMP_POOL_TASK_FAILED_EXIT : 1;
+}
+
+int cmp_py_pool_worker_init(void *arg, cmp_pool_result_t *out)
+{
+    cmp_py_pool_work *w = arg;
+    worker_state = w->st;
+    /* Ctrl-C goes to the whole process group: the parent handles it and
+     * stops the workers, which should not each print a traceback. */
+    PyOS_setsig(SIGINT, SIG_IGN);
+    if (!w->initializer)
+        return 0;
+    PyObject *r = PyObject_Call(w->initializer, w->initargs, NULL);
+    if (r) {
+        Py_DECREF(r);
+        return 0;
+    }
+    write_exception(w->st, out);
+    return 1;
+}
+
+/* Around each fork of a worker, which may happen in the result thread with
+ * the GIL released (a replacement): take it for the fork. */
+static PyGILState_STATE fork_gil;
+
+void cmp_py_pool_worker_fork_hook(void *arg, int phase)
+{
+    (void)arg;
+    switch (phase) {
+    case CMP_POOL_FORK_BEFORE:
+        fork_gil = PyGILState_Ensure();
+        cmp_py_process_pool_worker_prepare();
+        cmp_py_fork_threading_prepare();
+        PyOS_BeforeFork();
+        break;
+    case CMP_POOL_FORK_PARENT:
+        PyOS_AfterFork_Parent();
+        cmp_py_process_pool_worker_parent();
+        PyGILState_Release(fork_gil);
+        break;
+    case CMP_POOL_FORK_CHILD:
+        cmp_py_fork_threading_arm();
+        PyOS_AfterFork_Child();
+        cmp_py_fork_threading_disarm();
+        cmp_py_process_pool_worker_child();
+        break;
+    }
+}
