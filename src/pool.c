@@ -24,8 +24,9 @@
  * the bytes land at the start of the caller's buffer with no copy.
  *
  * Dispatch: a task goes to the live worker with the fewest tasks held
- * (below depth + 1, and below what max_tasks lets it take), else to the
- * pending list, which cmp_pool_next() drains as results free room.
+ * (below hold_limit: depth + 1, more for tasks of a few microseconds; and
+ * below what max_tasks lets it take), else to the pending list, which
+ * cmp_pool_next() drains as results free room.
  *
  * Outcomes the pool makes itself (LOST, BROKEN, CANCELLED) wait in
  * `made`, and come out of cmp_pool_next() before any result.
@@ -50,6 +51,10 @@
 #define ALIGN 64u
 #define KILL_GRACE_NS 100000000L
 #define RETIRE_CHECK_NS 500000L
+/* Short tasks: at most this many queued at a worker, holding at most
+ * QUEUED_WORK_NS of work (see hold_limit). */
+#define SHORT_TASK_DEPTH 16u
+#define QUEUED_WORK_NS 50000u
 
 /* KIND_WAKE: from the pool's own process (close, terminate), so that a
  * cmp_pool_next() already waiting looks at the state again at once. */
@@ -85,6 +90,8 @@ struct worker {
     int dead_pending;        /* dead, not yet handled */
     int respawn;             /* handled, a replacement is due */
     int retiring;            /* sent its last result (max_tasks): exiting */
+    int busy_since;          /* held more tasks at its last result */
+    int64_t last_result_ns;  /* when its last result came in */
     struct slot_shared *slot;
     cmp_queue_t *inbox;
 };
@@ -125,6 +132,7 @@ struct cmp_pool {
     unsigned dying;        /* workers seen dead, not yet handled (dead_pending) */
     unsigned respawns_due; /* workers handled, not yet replaced (respawn) */
     unsigned retiring;     /* workers exiting after max_tasks, not yet seen dead */
+    uint64_t task_ns;      /* a task's run time, averaged (0: none timed yet) */
 };
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -216,9 +224,24 @@ static unsigned cpus_allowed(void)
     return n > 0 ? (unsigned)n : 1;
 }
 
+/* The size of a worker's ring of held ids: the most it may ever hold. */
 static unsigned fifo_cap(const cmp_pool_t *p)
 {
-    return p->opt.depth + 1;
+    unsigned most = p->opt.depth > SHORT_TASK_DEPTH ? p->opt.depth : SHORT_TASK_DEPTH;
+    return most + 1;
+}
+
+/* How many tasks a worker may hold now: depth + 1, or more when tasks are
+ * short (a few microseconds: their results then come back in batches,
+ * and a worker with only depth + 1 of them runs dry while the pool's
+ * process reads a batch), so that the tasks queued at a worker stay
+ * within QUEUED_WORK_NS of work; a long task keeps at most depth queued
+ * behind it, away from the other workers. */
+static unsigned hold_limit(const cmp_pool_t *p)
+{
+    uint64_t fit = p->task_ns ? QUEUED_WORK_NS / p->task_ns : 0;
+    unsigned depth = fit > SHORT_TASK_DEPTH ? SHORT_TASK_DEPTH : (unsigned)fit;
+    return (depth > p->opt.depth ? depth : p->opt.depth) + 1;
 }
 
 static void fifo_push(cmp_pool_t *p, struct worker *w, uint64_t id)
@@ -233,6 +256,27 @@ static uint64_t fifo_pop(cmp_pool_t *p, struct worker *w)
     w->fifo_head = (w->fifo_head + 1) % fifo_cap(p);
     w->nfifo--;
     return id;
+}
+
+static int64_t precise_now_ns(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
+}
+
+/* A result of w came in: when w held more tasks at its previous result
+ * (it ran without a pause since), the time between the two is one task's
+ * run, averaged into task_ns. */
+static void time_task(cmp_pool_t *p, struct worker *w)
+{
+    int64_t now = precise_now_ns();
+    if (w->busy_since && now > w->last_result_ns) {
+        uint64_t took = (uint64_t)(now - w->last_result_ns);
+        p->task_ns = p->task_ns ? (7 * p->task_ns + took) / 8 : took;
+    }
+    w->last_result_ns = now;
+    w->busy_since = w->nfifo > 0;
 }
 
 /* ---- the worker --------------------------------------------------------- */
@@ -332,6 +376,7 @@ static int spawn(cmp_pool_t *p, unsigned index)
     w->stopping = 0;
     w->taken = 0;
     w->retiring = 0;
+    w->busy_since = 0;
     w->nfifo = 0;
     w->fifo_head = 0;
     w->dead_pending = 0;
@@ -385,7 +430,7 @@ static struct worker *pick(cmp_pool_t *p)
     struct worker *best = NULL;
     for (unsigned i = 0; i < p->n; i++) {
         struct worker *w = &p->w[i];
-        if (!w->live || w->stopping || w->dead_pending || w->nfifo >= fifo_cap(p))
+        if (!w->live || w->stopping || w->dead_pending || w->nfifo >= hold_limit(p))
             continue;
         if (p->opt.max_tasks && w->taken >= p->opt.max_tasks)
             continue;
@@ -914,6 +959,7 @@ int cmp_pool_next(cmp_pool_t *p, cmp_pool_outcome_t *out, cmp_ring_alloc_fn allo
             continue; /* impossible: results come in dispatch order */
         }
         fifo_pop(p, w);
+        time_task(p, w);
         p->outstanding--;
         if (p->opt.max_tasks && w->taken >= p->opt.max_tasks && !w->nfifo && !w->retiring) {
             w->retiring = 1; /* that was its last: it exits now */

@@ -457,6 +457,25 @@ Test(pool, submit_chunks, .timeout = 30)
     finish(p);
 }
 
+/* Tasks that take milliseconds are never queued deeper than depth at a
+ * worker (only tasks of a few microseconds are): behind a long task,
+ * queued tasks would wait while other workers idle. */
+Test(pool, long_tasks_keep_the_depth, .timeout = 30)
+{
+    cmp_pool_t *p = new_pool(1, 0, NULL);
+    for (int i = 0; i < 4; i++) /* time a few */
+        submit(p, SLEEP_MS, 20);
+    for (int i = 0; i < 4; i++)
+        free(next(p, 10).data);
+    uint64_t ids[12];
+    for (int i = 0; i < 12; i++)
+        ids[i] = submit(p, SLEEP_MS, 20);
+    cr_assert_eq(cmp_pool_cancel(p, ids, 12), 12 - 3); /* it holds depth + 1 = 3 */
+    for (int k = 0; k < 12; k++)
+        free(next(p, 10).data);
+    finish(p);
+}
+
 Test(pool, join_while_running_is_einval, .timeout = 10)
 {
     cmp_pool_t *p = new_pool(1, 0, NULL);
