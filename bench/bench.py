@@ -495,6 +495,17 @@ def pool_start(mp, n):
     return _timed(cycles_run) / cycles
 
 
+def _pool_forks(mp, n):
+    """One bare os.fork()+_exit+waitpid per worker, one after the other:
+    what a pool start pays before any of its own work (the forks copy the
+    parent's page tables, so they grow with its memory: this process has
+    run every row before)."""
+    return _bare_fork(mp, n) * os.cpu_count()
+
+
+scenario("  (floor: a bare fork per worker)", "ms", None)(_pool_forks)
+
+
 @scenario("Pool.map 64 numpy arrays of 8 MiB (per array)", "ms", 0.3)
 def pool_numpy(mp, n):
     import numpy
