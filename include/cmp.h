@@ -1021,6 +1021,15 @@ int cmp_pool_submit(cmp_pool_t *pool, const void *task, size_t len, uint64_t *id
 /* The same with the task's bytes in pieces (at most CMP_POOL_IOV_MAX). */
 #define CMP_POOL_IOV_MAX 64
 int cmp_pool_submitv(cmp_pool_t *pool, const struct iovec *iov, int iovcnt, uint64_t *id);
+/* Like cmp_pool_submitv, but the pool does not copy the task's bytes while
+ * it waits for room at a worker: it keeps the pieces' addresses, and calls
+ * release(arg) once it no longer needs them (it has copied them to a
+ * worker, or the task was cancelled or failed with the pool), from the
+ * thread then in a cmp_pool_* call, never with the pool's lock held. For
+ * big tasks. On an error nothing is kept and release is not called.
+ * Returns as cmp_pool_submitv (-EINVAL without release or pieces). */
+int cmp_pool_submitv_ref(cmp_pool_t *pool, const struct iovec *iov, int iovcnt, uint64_t *id,
+                         void (*release)(void *), void *arg);
 /* Chunks: n items of item_size bytes each, in tasks of up to chunk
  * consecutive items (the last may hold fewer; the task function gets
  * len / item_size of them). The tasks' ids are consecutive from *first_id

@@ -102,7 +102,19 @@ struct item {
     int status, cause;
     pid_t pid;
     size_t len;
-    char data[];
+    /* a task submitted by reference (cmp_pool_submitv_ref): data holds
+     * iovcnt iovecs pointing at the caller's bytes, given back with
+     * release(release_arg); iovcnt 0: data holds the bytes */
+    int iovcnt;
+    void (*release)(void *);
+    void *release_arg;
+    _Alignas(struct iovec) char data[];
+};
+
+/* Releases due once the pool's mutex is let go (see flush_releases). */
+struct release {
+    void (*fn)(void *);
+    void *arg;
 };
 
 struct list {
@@ -127,12 +139,14 @@ struct cmp_pool {
     struct list made;     /* outcomes made by the pool, for next() */
     char *init_error;     /* what a failed initializer wrote */
     size_t init_error_len;
-    pid_t owner;           /* the pool's process (a forked child must not use it) */
-    int64_t next_check_ns; /* when next() next looks for dead workers */
-    unsigned dying;        /* workers seen dead, not yet handled (dead_pending) */
-    unsigned respawns_due; /* workers handled, not yet replaced (respawn) */
-    unsigned retiring;     /* workers exiting after max_tasks, not yet seen dead */
-    uint64_t task_ns;      /* a task's run time, averaged (0: none timed yet) */
+    pid_t owner;              /* the pool's process (a forked child must not use it) */
+    int64_t next_check_ns;    /* when next() next looks for dead workers */
+    unsigned dying;           /* workers seen dead, not yet handled (dead_pending) */
+    unsigned respawns_due;    /* workers handled, not yet replaced (respawn) */
+    unsigned retiring;        /* workers exiting after max_tasks, not yet seen dead */
+    uint64_t task_ns;         /* a task's run time, averaged (0: none timed yet) */
+    struct release *releases; /* by-reference tasks the pool is done with */
+    size_t nreleases, cap_releases;
 };
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -180,9 +194,48 @@ static struct item *item_new(uint64_t id, const void *data, size_t len)
     it->cause = 0;
     it->pid = 0;
     it->len = len;
+    it->iovcnt = 0;
+    it->release = NULL;
+    it->release_arg = NULL;
     if (len && data)
         memcpy(it->data, data, len);
     return it;
+}
+
+/* Mutex held: frees a pending item; a by-reference task's release is due
+ * once the mutex is let go (flush_releases), since it may take locks of
+ * the caller's (a binding's interpreter lock) that a thread waiting for
+ * this mutex holds. */
+static void item_free(cmp_pool_t *p, struct item *it)
+{
+    if (it->release) {
+        if (p->nreleases == p->cap_releases) {
+            size_t cap = p->cap_releases ? 2 * p->cap_releases : 8;
+            struct release *grown = realloc(p->releases, cap * sizeof *grown);
+            if (!grown)
+                abort(); /* a few bytes; the caller's bytes must be given back */
+            p->releases = grown;
+            p->cap_releases = cap;
+        }
+        p->releases[p->nreleases++] = (struct release){it->release, it->release_arg};
+    }
+    free(it);
+}
+
+/* Mutex not held: runs the releases item_free made due. */
+static void flush_releases(cmp_pool_t *p)
+{
+    if (!__atomic_load_n(&p->nreleases, __ATOMIC_RELAXED))
+        return;
+    pthread_mutex_lock(&p->mu);
+    struct release *due = p->releases;
+    size_t n = p->nreleases;
+    p->releases = NULL;
+    p->nreleases = p->cap_releases = 0;
+    pthread_mutex_unlock(&p->mu);
+    for (size_t i = 0; i < n; i++)
+        due[i].fn(due[i].arg);
+    free(due);
 }
 
 void *cmp_pool_result_extend(cmp_pool_result_t *r, size_t len)
@@ -425,12 +478,18 @@ static void stop_worker(struct worker *w)
 }
 
 /* The worker for the next task: fewest held, with room; NULL when none. */
-static struct worker *pick(cmp_pool_t *p)
+/* The worker to take a task of len bytes: the least loaded with room. A
+ * task that does not fit its inbox's ring goes only to a worker that holds
+ * nothing (it is waiting, so the bytes stream to it as they are written)
+ * rather than to the inbox's spill file, a second copy into pages the
+ * kernel must first find and clear. */
+static struct worker *pick(cmp_pool_t *p, size_t len)
 {
     struct worker *best = NULL;
+    unsigned limit = len > INBOX_RING / 2 ? 1 : hold_limit(p);
     for (unsigned i = 0; i < p->n; i++) {
         struct worker *w = &p->w[i];
-        if (!w->live || w->stopping || w->dead_pending || w->nfifo >= hold_limit(p))
+        if (!w->live || w->stopping || w->dead_pending || w->nfifo >= limit)
             continue;
         if (p->opt.max_tasks && w->taken >= p->opt.max_tasks)
             continue;
@@ -451,10 +510,15 @@ static int dispatchv(cmp_pool_t *p, struct worker *w, uint64_t id, const struct 
     return 0;
 }
 
-static int dispatch(cmp_pool_t *p, struct worker *w, uint64_t id, const void *data, size_t len)
+/* A pending item to worker w (mutex held); the item is then freed. */
+static int dispatch_item(cmp_pool_t *p, struct worker *w, struct item *it)
 {
-    struct iovec iov = {(void *)data, len};
-    return dispatchv(p, w, id, &iov, 1, len);
+    struct iovec one = {it->data, it->len};
+    const struct iovec *iov = it->iovcnt ? (const struct iovec *)(void *)it->data : &one;
+    int rc = dispatchv(p, w, it->id, iov, it->iovcnt ? it->iovcnt : 1, it->len);
+    if (rc == 0)
+        item_free(p, it);
+    return rc;
 }
 
 /* Moves pending tasks to workers with room; once the pool is closed and
@@ -462,15 +526,14 @@ static int dispatch(cmp_pool_t *p, struct worker *w, uint64_t id, const void *da
 static void pump(cmp_pool_t *p)
 {
     while (p->pending.head) {
-        struct worker *w = pick(p);
+        struct worker *w = pick(p, p->pending.head->len);
         if (!w)
             break;
         struct item *it = list_pop(&p->pending);
-        if (dispatch(p, w, it->id, it->data, it->len) < 0) {
+        if (dispatch_item(p, w, it) < 0) {
             list_push_front(&p->pending, it);
             break;
         }
-        free(it);
     }
     if (p->state == CLOSED && !p->pending.head)
         for (unsigned i = 0; i < p->n; i++)
@@ -504,7 +567,7 @@ static void fail_everything(cmp_pool_t *p, int status)
     struct item *it;
     while ((it = list_pop(&p->pending))) {
         make_outcome(p, it->id, status, 0, 0, data, len);
-        free(it);
+        item_free(p, it);
     }
 }
 
@@ -727,20 +790,32 @@ static struct item *item_gather(uint64_t id, const struct iovec *iov, int iovcnt
     return it;
 }
 
-/* Mutex held: queues task my (dispatched or pending). 0 or -ENOMEM. */
-static int enqueue(cmp_pool_t *p, uint64_t my, const struct iovec *iov, int iovcnt, size_t len)
+/* Mutex held: queues task my, dispatched at once (*copied) or pending:
+ * a copy of its bytes, or with release, the pieces' addresses. 0 or
+ * -ENOMEM. */
+static int enqueue(cmp_pool_t *p, uint64_t my, const struct iovec *iov, int iovcnt, size_t len,
+                   void (*release)(void *), void *arg, int *copied)
 {
-    struct worker *w = p->pending.head ? NULL : pick(p);
-    if (w && dispatchv(p, w, my, iov, iovcnt, len) == 0)
+    struct worker *w = p->pending.head ? NULL : pick(p, len);
+    *copied = w && dispatchv(p, w, my, iov, iovcnt, len) == 0;
+    if (*copied)
         return 0;
-    struct item *it = item_gather(my, iov, iovcnt, len);
+    struct item *it = release ? item_new(my, iov, (size_t)iovcnt * sizeof *iov)
+                              : item_gather(my, iov, iovcnt, len);
     if (!it)
         return -ENOMEM;
+    if (release) {
+        it->iovcnt = iovcnt;
+        it->len = len;
+        it->release = release;
+        it->release_arg = arg;
+    }
     list_push(&p->pending, it);
     return 0;
 }
 
-int cmp_pool_submitv(cmp_pool_t *p, const struct iovec *iov, int iovcnt, uint64_t *id)
+static int submit_pieces(cmp_pool_t *p, const struct iovec *iov, int iovcnt, uint64_t *id,
+                         void (*release)(void *), void *arg)
 {
     if (iovcnt < 0 || iovcnt > CMP_POOL_IOV_MAX)
         return -EINVAL;
@@ -756,7 +831,8 @@ int cmp_pool_submitv(cmp_pool_t *p, const struct iovec *iov, int iovcnt, uint64_
         return -EPIPE;
     }
     uint64_t my = p->last_id + 1;
-    int rc = enqueue(p, my, iov, iovcnt, len);
+    int copied = 0;
+    int rc = enqueue(p, my, iov, iovcnt, len, release, arg, &copied);
     if (rc == 0) {
         p->last_id = my;
         p->outstanding++;
@@ -764,7 +840,22 @@ int cmp_pool_submitv(cmp_pool_t *p, const struct iovec *iov, int iovcnt, uint64_
             *id = my;
     }
     pthread_mutex_unlock(&p->mu);
+    if (release && copied)
+        release(arg);
     return rc;
+}
+
+int cmp_pool_submitv(cmp_pool_t *p, const struct iovec *iov, int iovcnt, uint64_t *id)
+{
+    return submit_pieces(p, iov, iovcnt, id, NULL, NULL);
+}
+
+int cmp_pool_submitv_ref(cmp_pool_t *p, const struct iovec *iov, int iovcnt, uint64_t *id,
+                         void (*release)(void *), void *arg)
+{
+    if (!release || iovcnt == 0)
+        return -EINVAL;
+    return submit_pieces(p, iov, iovcnt, id, release, arg);
 }
 
 long cmp_pool_submit_chunks(cmp_pool_t *p, const void *items, size_t item_size, size_t n,
@@ -802,7 +893,7 @@ long cmp_pool_submit_chunks(cmp_pool_t *p, const void *items, size_t item_size, 
         struct item *it = made[t];
         it->id = ++p->last_id;
         p->outstanding++;
-        struct worker *w = p->pending.head ? NULL : pick(p);
+        struct worker *w = p->pending.head ? NULL : pick(p, it->len);
         struct iovec iov = {it->data, it->len};
         if (w && dispatchv(p, w, it->id, &iov, 1, it->len) == 0)
             free(it);
@@ -880,8 +971,19 @@ static int64_t coarse_now_ns(void)
     return (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
 }
 
+static int next_outcome(cmp_pool_t *p, cmp_pool_outcome_t *out, cmp_ring_alloc_fn alloc, void *arg,
+                        const struct timespec *deadline);
+
 int cmp_pool_next(cmp_pool_t *p, cmp_pool_outcome_t *out, cmp_ring_alloc_fn alloc, void *arg,
                   const struct timespec *deadline)
+{
+    int rc = next_outcome(p, out, alloc, arg, deadline);
+    flush_releases(p); /* of the by-reference tasks it dispatched */
+    return rc;
+}
+
+static int next_outcome(cmp_pool_t *p, cmp_pool_outcome_t *out, cmp_ring_alloc_fn alloc, void *arg,
+                        const struct timespec *deadline)
 {
     for (;;) {
         pthread_mutex_lock(&p->mu);
@@ -1004,11 +1106,12 @@ long cmp_pool_cancel(cmp_pool_t *p, const uint64_t *ids, size_t n)
             continue;
         }
         make_outcome(p, it->id, CMP_POOL_CANCELLED, 0, 0, NULL, 0);
-        free(it);
+        item_free(p, it);
         cancelled++;
     }
     p->pending = kept;
     pthread_mutex_unlock(&p->mu);
+    flush_releases(p);
     free(sorted);
     if (cancelled)
         wake_next(p); /* a next() already waiting hands them out */
@@ -1029,6 +1132,7 @@ int cmp_pool_close(cmp_pool_t *p)
         pump(p);
     }
     pthread_mutex_unlock(&p->mu);
+    flush_releases(p);
     wake_next(p);
     return 0;
 }
@@ -1053,6 +1157,7 @@ int cmp_pool_terminate(cmp_pool_t *p)
         }
     }
     pthread_mutex_unlock(&p->mu);
+    flush_releases(p);
     wake_next(p);
     return 0;
 }
@@ -1104,7 +1209,9 @@ void cmp_pool_destroy(cmp_pool_t *p)
     munmap(p->shared, p->shared_len);
     struct item *it;
     while ((it = list_pop(&p->pending)))
-        free(it);
+        item_free(p, it);
+    flush_releases(p);
+    free(p->releases);
     while ((it = list_pop(&p->made)))
         free(it);
     free(p->init_error);

@@ -476,6 +476,84 @@ Test(pool, long_tasks_keep_the_depth, .timeout = 30)
     finish(p);
 }
 
+static int released[8];
+
+static void count_release(void *arg)
+{
+    __atomic_fetch_add(&released[(intptr_t)arg], 1, __ATOMIC_SEQ_CST);
+}
+
+/* cmp_pool_submitv_ref: the bytes a worker gets are the caller's, and each
+ * task's release runs exactly once, whether it was dispatched at once,
+ * waited (uncopied) for room, or was cancelled. Big tasks (beyond half an
+ * inbox) too. */
+Test(pool, submit_by_reference, .timeout = 60)
+{
+    cmp_pool_t *p = new_pool(1, 0, NULL);
+    enum { NTASK = 6 };
+    size_t sizes[NTASK] = {10, 1000, 300 << 10, 5 << 20, 77, 2 << 20};
+    unsigned char *bufs[NTASK];
+    struct task head = {SUM_BYTES, 0, 0};
+    uint64_t ids[NTASK];
+    int64_t want[NTASK];
+    memset(released, 0, sizeof released);
+    for (int i = 0; i < NTASK; i++) {
+        bufs[i] = malloc(sizes[i]);
+        cr_assert_not_null(bufs[i]);
+        want[i] = 0;
+        for (size_t k = 0; k < sizes[i]; k++) {
+            bufs[i][k] = (unsigned char)(k * 7 + i);
+            want[i] += bufs[i][k];
+        }
+        struct iovec iov[2] = {{&head, sizeof head}, {bufs[i], sizes[i]}};
+        cr_assert_eq(cmp_pool_submitv_ref(p, iov, 2, &ids[i], count_release, (void *)(intptr_t)i),
+                     0);
+    }
+    /* the last one is still waiting: cancelled, it is released too */
+    cr_assert_eq(cmp_pool_cancel(p, &ids[NTASK - 1], 1), 1);
+    int got = 0;
+    for (int k = 0; k < NTASK; k++) {
+        cmp_pool_outcome_t o = next(p, 20);
+        int i = (int)(o.id - ids[0]);
+        if (i == NTASK - 1) {
+            cr_assert_eq(o.status, CMP_POOL_CANCELLED);
+        } else {
+            cr_assert_eq(o.status, CMP_POOL_DONE);
+            cr_assert_eq(value_of(&o), want[i], "task %d", i);
+            got++;
+        }
+        free(o.data);
+    }
+    cr_assert_eq(got, NTASK - 1);
+    for (int i = 0; i < NTASK; i++) {
+        cr_assert_eq(released[i], 1, "task %d released %d times", i, released[i]);
+        free(bufs[i]);
+    }
+    struct iovec none[1] = {{&head, sizeof head}};
+    cr_assert_eq(cmp_pool_submitv_ref(p, none, 1, NULL, NULL, NULL), -EINVAL);
+    finish(p);
+}
+
+/* terminate releases what waits. */
+Test(pool, terminate_releases_by_reference_tasks, .timeout = 30)
+{
+    cmp_pool_t *p = new_pool(1, 0, NULL);
+    memset(released, 0, sizeof released);
+    struct task slow = {SLEEP_MS, 0, 20000};
+    for (int i = 0; i < 6; i++) {
+        struct iovec iov = {&slow, sizeof slow};
+        cr_assert_eq(cmp_pool_submitv_ref(p, &iov, 1, NULL, count_release, (void *)(intptr_t)i), 0);
+    }
+    cr_assert_eq(cmp_pool_terminate(p), 0);
+    for (int i = 0; i < 6; i++)
+        cr_assert_eq(released[i], 1, "task %d released %d times", i, released[i]);
+    for (int k = 0; k < 6; k++)
+        free(next(p, 5).data);
+    struct timespec d = test_deadline(5);
+    cr_assert_eq(cmp_pool_join(p, &d), 0);
+    cmp_pool_destroy(p);
+}
+
 Test(pool, join_while_running_is_einval, .timeout = 10)
 {
     cmp_pool_t *p = new_pool(1, 0, NULL);

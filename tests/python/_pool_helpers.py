@@ -134,6 +134,16 @@ def make_value(i):
     return [i, str(i), (i, None), Point(i), 1.5 * i, {i: [i]}][i % 6]
 
 
+def length_and_first(b):
+    return len(b), b[0]
+
+
+def sleep_then_length(args):
+    seconds, b = args
+    time.sleep(seconds)
+    return len(b)
+
+
 def sleep_then_square(x, seconds):
     time.sleep(seconds)
     return x * x

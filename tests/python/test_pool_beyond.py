@@ -369,6 +369,23 @@ def test_interrupted_map_drops_its_queued_tasks(pcmp, tmp_path):
         assert ran < 40, ran
 
 
+def test_big_tasks_arrive_whole_and_are_let_go(pcmp):
+    """Tasks of megabytes (held by reference while they wait for a worker,
+    not copied): each arrives whole, and once the map is done, or the pool
+    terminated with some still waiting, the pool keeps no reference to
+    their bytes."""
+    import sys
+    blobs = [bytes([i]) * ((3 << 20) + i) for i in range(6)]
+    before = [sys.getrefcount(b) for b in blobs]
+    with started(pcmp.Pool, 1) as p:
+        assert p.map(h.length_and_first, blobs, 1) == [(len(b), b[0]) for b in blobs]
+        assert p.map(h.length_and_first, blobs, 2) == [(len(b), b[0]) for b in blobs]
+        assert [sys.getrefcount(b) for b in blobs] == before
+        p.map_async(h.sleep_then_length, [(0.2, b) for b in blobs], 1)
+        time.sleep(0.05)
+    assert [sys.getrefcount(b) for b in blobs] == before
+
+
 def _pool_busy_then_wait(ctx, path, started_path):
     """In a child: a pool whose two workers are busy in blocked tasks;
     sleeps until the test SIGKILLs it."""

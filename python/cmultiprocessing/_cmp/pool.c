@@ -1237,43 +1237,85 @@ static PyObject *task_tuple(int kind, PyObject *func, PyObject *payload)
     return t;
 }
 
-static int submit(PoolCore *c, int kind, PyObject *func, PyObject *payload, PyObject *job,
-                  Py_ssize_t index)
+/* Encodes the task (kind, func, payload) into f: the function as its
+ * cached bytes, else pickled with the payload, else by cloudpickle. 0, or
+ * -1 with the pickling error. */
+static int encode_task(PoolCore *c, int kind, PyObject *func, PyObject *payload, cmp_py_frame *f)
 {
     PyObject *fbytes = function_bytes(c, func);
     PyObject *task = task_tuple(kind, fbytes ? fbytes : func, payload);
     Py_XDECREF(fbytes);
     if (!task)
         return -1;
-    cmp_py_frame f;
-    cmp_py_frame_init(&f);
-    int rc = cmp_py_encode(c->st, task, &f);
+    int rc = cmp_py_encode(c->st, task, f);
     if (rc < 0 && fbytes) {
         /* the payload needs the whole task pickled together: as is */
         PyErr_Clear();
         Py_SETREF(task, task_tuple(kind, func, payload));
-        rc = task ? cmp_py_encode(c->st, task, &f) : -1;
+        rc = task ? cmp_py_encode(c->st, task, f) : -1;
     }
     if (rc < 0 && task && cloud_task(&task) == 0)
-        rc = cmp_py_encode(c->st, task, &f);
-    Py_DECREF(task);
-    if (rc < 0)
+        rc = cmp_py_encode(c->st, task, f);
+    Py_XDECREF(task);
+    return rc;
+}
+
+/* A big task's frame, kept by the pool instead of copied while the task
+ * waits for a worker (cmp_pool_submitv_ref); given back from whichever
+ * thread the pool then runs in. */
+#define BIG_TASK_BYTES ((size_t)1 << 20)
+
+static void release_frame(void *arg)
+{
+    PyGILState_STATE g = PyGILState_Ensure();
+    cmp_py_frame_clear(arg);
+    PyMem_RawFree(arg);
+    PyGILState_Release(g);
+}
+
+static int submit(PoolCore *c, int kind, PyObject *func, PyObject *payload, PyObject *job,
+                  Py_ssize_t index)
+{
+    cmp_py_frame f;
+    cmp_py_frame_init(&f);
+    if (encode_task(c, kind, func, payload, &f) < 0)
         return -1;
+    /* A big task (numpy arrays: out-of-band pieces that point at their
+     * buffers) goes by reference: encoded again into a frame that can
+     * outlive this call (a frame must not move), which is cheap next to
+     * the copy of its bytes it saves. */
+    cmp_py_frame *held = NULL;
+    if (f.size >= BIG_TASK_BYTES && (held = PyMem_RawMalloc(sizeof *held))) {
+        cmp_py_frame_init(held);
+        if (encode_task(c, kind, func, payload, held) < 0) {
+            PyErr_Clear();
+            PyMem_RawFree(held);
+            held = NULL;
+        } else {
+            cmp_py_frame_clear(&f);
+        }
+    }
+    cmp_py_frame *use = held ? held : &f;
     struct iovec iov[CMP_POOL_IOV_MAX];
-    int n = f.npieces;
+    int n = use->npieces;
     if (n > CMP_POOL_IOV_MAX) {
-        cmp_py_frame_clear(&f);
+        cmp_py_frame_clear(use);
+        PyMem_RawFree(held);
         PyErr_SetString(PyExc_ValueError, "task has too many out-of-band buffers");
         return -1;
     }
     for (int i = 0; i < n; i++)
-        iov[i] = (struct iovec){f.pieces[i].ptr, f.pieces[i].len};
+        iov[i] = (struct iovec){use->pieces[i].ptr, use->pieces[i].len};
     uint64_t id;
     /* The GIL stays held from here to the job's registration below: the
      * result thread, which may get the outcome at once, needs the GIL to
      * look the job up. */
-    rc = cmp_pool_submitv(c->pool, iov, n, &id);
-    cmp_py_frame_clear(&f);
+    int rc = held ? cmp_pool_submitv_ref(c->pool, iov, n, &id, release_frame, held)
+                  : cmp_pool_submitv(c->pool, iov, n, &id);
+    if (!held || rc < 0) {
+        cmp_py_frame_clear(use); /* a held frame is the pool's once submitted */
+        PyMem_RawFree(held);
+    }
     if (rc < 0) {
         if (rc == -EPIPE)
             PyErr_SetString(PyExc_ValueError, "Pool not running");
