@@ -203,6 +203,19 @@ def test_pool_usable_after_map_interrupted(pmp):
         assert p.apply(h.add, (1, 2)) == 3
 
 
+def test_wait_while_a_slow_callback_runs(pmp):
+    """wait()/get() return once a callback that lets go of the GIL (it
+    sleeps) has run; they do not wait out their timeout."""
+    with started(pmp.Pool, 2) as p:
+        r = p.map_async(int, ["a"], error_callback=lambda e: time.sleep(0.02))
+        t0 = time.monotonic()
+        r.wait(5)
+        assert r.ready() and not r.successful()
+        r = p.apply_async(h.sq, (3,), callback=lambda v: time.sleep(0.02))
+        assert r.get(5) == 9
+        assert time.monotonic() - t0 < 2
+
+
 def test_apply_async_error_callback(pmp):
     """error_callback gets the worker's exception, before get() raises it."""
     got = []

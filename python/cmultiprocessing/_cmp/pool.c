@@ -89,6 +89,10 @@ struct PoolCore {
     Py_ssize_t sync_tasks;        /* of those, the ones a sync waiter awaits */
     cmp_pool_outcome_t *deferred; /* taken by another reader, for the result thread */
     size_t ndeferred, cap_deferred;
+    /* deferred outcomes not yet delivered (queued or in the result thread's
+     * hands): a job may complete there, so meanwhile a waiter waits on cv
+     * rather than in cmp_pool_next, where nothing would wake it */
+    size_t deferred_busy;
     pthread_cond_t rt_cv;
     unsigned processes;
     pid_t owner;
@@ -189,7 +193,7 @@ static int core_wait_loop(PoolCore *c, int (*ready)(void *), void *obj,
         int turn = 0;
         if (reads) {
             pthread_mutex_lock(&c->mu);
-            turn = take_role(c, READER_WAITER);
+            turn = c->deferred_busy ? 0 : take_role(c, READER_WAITER);
             pthread_mutex_unlock(&c->mu);
         }
         if (turn) {
@@ -199,7 +203,8 @@ static int core_wait_loop(PoolCore *c, int (*ready)(void *), void *obj,
         } else {
             Py_BEGIN_ALLOW_THREADS
             pthread_mutex_lock(&c->mu);
-            while (c->completions == seen && !(reads && c->reader == READER_NONE)) {
+            while (c->completions == seen &&
+                   !(reads && c->reader == READER_NONE && !c->deferred_busy)) {
                 if (!until) {
                     pthread_cond_wait(&c->cv, &c->mu);
                     continue;
@@ -937,6 +942,7 @@ static int deliver(PoolCore *c, const cmp_pool_outcome_t *o, int in_result_threa
             c->cap_deferred = cap;
         }
         c->deferred[c->ndeferred++] = *o;
+        c->deferred_busy++;
         pthread_cond_signal(&c->rt_cv);
         pthread_mutex_unlock(&c->mu);
         return DEFERRED;
@@ -1088,6 +1094,12 @@ static PyObject *result_thread(PyObject *unused, PyObject *arg)
             PyMem_RawFree(deferred[i].data);
         }
         free(deferred);
+        if (ndeferred) {
+            pthread_mutex_lock(&c->mu);
+            c->deferred_busy -= ndeferred;
+            role_changed(c); /* a waiter may read again */
+            pthread_mutex_unlock(&c->mu);
+        }
         if (!reading)
             continue;
         int rc = read_turn(c, idle_check ? CMP_NOWAIT : NULL, 1);
@@ -1857,6 +1869,7 @@ static int Pool_init(PyObject *op, PyObject *args, PyObject *kwds)
     c->ntasks = c->sync_tasks = 0;
     c->deferred = NULL;
     c->ndeferred = c->cap_deferred = 0;
+    c->deferred_busy = 0;
     c->owner = getpid();
     PyObject_GC_Track(c);
     if (!jobs_ok || !c->feeders || !c->work.initargs) {
