@@ -93,6 +93,7 @@ struct PoolCore {
      * hands): a job may complete there, so meanwhile a waiter waits on cv
      * rather than in cmp_pool_next, where nothing would wake it */
     size_t deferred_busy;
+    unsigned long rt_tid; /* the result thread (delivers the deferred itself) */
     pthread_cond_t rt_cv;
     unsigned processes;
     pid_t owner;
@@ -191,9 +192,12 @@ static int core_wait_loop(PoolCore *c, int (*ready)(void *), void *obj,
         struct timespec storage;
         const struct timespec *until = cmp_py_slice(deadline, &storage);
         int turn = 0;
+        /* the result thread itself, waiting inside a callback it runs,
+         * reads on: it is the one that delivers the deferred */
+        int gated = reads && PyThread_get_thread_ident() != c->rt_tid;
         if (reads) {
             pthread_mutex_lock(&c->mu);
-            turn = c->deferred_busy ? 0 : take_role(c, READER_WAITER);
+            turn = gated && c->deferred_busy ? 0 : take_role(c, READER_WAITER);
             pthread_mutex_unlock(&c->mu);
         }
         if (turn) {
@@ -204,7 +208,7 @@ static int core_wait_loop(PoolCore *c, int (*ready)(void *), void *obj,
             Py_BEGIN_ALLOW_THREADS
             pthread_mutex_lock(&c->mu);
             while (c->completions == seen &&
-                   !(reads && c->reader == READER_NONE && !c->deferred_busy)) {
+                   !(reads && c->reader == READER_NONE && !(gated && c->deferred_busy))) {
                 if (!until) {
                     pthread_cond_wait(&c->cv, &c->mu);
                     continue;
@@ -1049,6 +1053,7 @@ static PyObject *result_thread(PyObject *unused, PyObject *arg)
 {
     (void)unused;
     PoolCore *c = (PoolCore *)arg;
+    c->rt_tid = PyThread_get_thread_ident();
     for (;;) {
         cmp_pool_outcome_t *deferred = NULL;
         size_t ndeferred = 0;
@@ -1870,6 +1875,7 @@ static int Pool_init(PyObject *op, PyObject *args, PyObject *kwds)
     c->deferred = NULL;
     c->ndeferred = c->cap_deferred = 0;
     c->deferred_busy = 0;
+    c->rt_tid = 0;
     c->owner = getpid();
     PyObject_GC_Track(c);
     if (!jobs_ok || !c->feeders || !c->work.initargs) {
