@@ -397,6 +397,29 @@ def test_connect_to_nothing_raises(mp, mgrs, tmp_path):
         m.connect()
 
 
+# -- a killed client ----------------------------------------------------------------------
+
+def block_on(q):
+    q.get(timeout=T)
+
+
+def test_a_killed_client_leaves_the_server_serving(mp):
+    with mp.Manager() as m:
+        q = m.Queue()
+        lst = m.list()
+        p = mp.Process(target=block_on, args=(q,))
+        p.start()
+        time.sleep(0.3)
+        p.kill()
+        p.join(T)
+        lst.append(1)
+        run_children(mp, append_data, (lst,), 2)
+        assert lst[:] == [1, "data", "data"]
+        other = m.Queue()  # (q itself: the killed client's get may still wait in the server)
+        other.put("still served")
+        assert other.get(timeout=T) == "still served"
+
+
 # -- Ctrl-C in a blocked proxy call -------------------------------------------------------
 
 def test_ctrl_c_in_a_blocked_proxy_call(mp):
@@ -488,3 +511,68 @@ def test_refcounts_drop_with_the_proxies(cmp):
         del lst, d
         gc.collect()
         assert m._number_of_objects() == base
+
+
+# -- the stdlib's wire protocol, both ways -------------------------------------------------
+
+def serve_shared_dict(mgrs, shared):
+    class Server(mgrs.BaseManager):
+        pass
+    Server.register("get_dict", callable=lambda: shared, proxytype=mgrs.DictProxy)
+    Server.register("Counter", Counter)
+    return Server(address=("127.0.0.1", 0), authkey=b"wire")
+
+
+def client_of(mgrs, address):
+    class Client(mgrs.BaseManager):
+        pass
+    Client.register("get_dict", proxytype=mgrs.DictProxy)
+    Client.register("Counter")
+    c = Client(address=address, authkey=b"wire")
+    c.connect()
+    return c
+
+
+def use_remote(client_mgrs, c):
+    d = c.get_dict()
+    d["x"] = 1
+    d.update(y=2)
+    assert d["x"] == 1 and len(d) == 2 and sorted(d.keys()) == ["x", "y"]
+    with pytest.raises(KeyError):
+        d["missing"]
+    k = c.Counter(3)
+    assert k.add() == 4 and k.add(k=2) == 6
+    with pytest.raises(client_mgrs.RemoteError):
+        k._callmethod("nonexistent")
+    assert str(d) in ("{'x': 1, 'y': 2}", "{'y': 2, 'x': 1}")
+    return d
+
+
+@pytest.mark.parametrize("server_side", ["stdlib server, our client",
+                                         "our server, stdlib client"])
+def test_remote_manager_speaks_the_stdlib_protocol(cmp, server_side):
+    import gc
+    import multiprocessing.managers as std
+    from cmultiprocessing import managers as ours
+    server_mgrs, client_mgrs = (std, ours) if server_side.startswith("stdlib") else (ours, std)
+    with serve_shared_dict(server_mgrs, {}) as srv:
+        c = client_of(client_mgrs, srv.address)
+        d = use_remote(client_mgrs, c)
+        assert srv.get_dict()._getvalue() == {"x": 1, "y": 2}
+        del d
+        gc.collect()
+
+
+def test_our_client_on_a_stdlib_unix_manager(cmp):
+    import multiprocessing
+    from cmultiprocessing import managers as ours
+    with multiprocessing.get_context("fork").Manager() as std_mgr:
+        lst = std_mgr.list([1])
+        c = ours.SyncManager(address=std_mgr.address, authkey=multiprocessing.current_process().authkey)
+        c.connect()
+        mine = c.list([1, 2])
+        mine.append(3)
+        assert mine[:] == [1, 2, 3] and len(mine) == 3
+        assert not mine._channel.is_mailbox()
+        lst.append(2)
+        assert lst[:] == [1, 2]

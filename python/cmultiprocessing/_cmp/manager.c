@@ -499,15 +499,23 @@ static PyType_Spec Mproc_spec = {
 struct tclient {
     struct tclient *next;
     unsigned long ident;
+    pid_t pid; /* the process that connected it */
+    int stale; /* a call was abandoned on it: connect again */
     cmp_manager_client_t *c;
 };
 
+/* Socket channels (remote, or a stdlib server) speak as the stdlib's
+ * clients do, so that a stdlib server understands them: a thread's
+ * connection starts with accept_connection and then carries calls on
+ * objects; each call of the server's own functions (create, incref, ...)
+ * takes a connection of its own, which the stdlib's server closes after
+ * the reply. */
 typedef struct {
     PyObject_HEAD
     PyObject *address, *authkey;
     struct sockaddr_storage sa;
     socklen_t salen;
-    unsigned flags; /* CMP_MANAGER_SOCKET once a peer refused a mailbox */
+    unsigned flags; /* CMP_MANAGER_SOCKET: AF_INET, or a peer that refused a mailbox */
     int reached;    /* a connection succeeded once: failures now mean it is gone */
     struct tclient *clients, *last;
 } ChanObject;
@@ -545,32 +553,22 @@ static PyObject *raise_gone(ChanObject *self, int err)
     return NULL;
 }
 
-/* This thread's client, connected on first use; NULL with an exception. */
-static cmp_manager_client_t *chan_client(ChanObject *self)
+/* A new connection; 0, or -1 with an exception. */
+static int chan_connect(ChanObject *self, cmp_manager_client_t **out)
 {
-    unsigned long ident = PyThread_get_thread_ident();
-    if (self->last && self->last->ident == ident)
-        return self->last->c;
-    for (struct tclient *t = self->clients; t; t = t->next) {
-        if (t->ident == ident) {
-            self->last = t;
-            return t->c;
-        }
-    }
     const void *key = NULL;
     Py_ssize_t keylen = 0;
     if (self->authkey != Py_None) {
         key = PyBytes_AS_STRING(self->authkey);
         keylen = PyBytes_GET_SIZE(self->authkey);
     }
-    cmp_manager_client_t *c = NULL;
     int rc;
     for (;;) {
         struct timespec dl;
         cmp_deadline_after(30.0, &dl);
         Py_BEGIN_ALLOW_THREADS
-        rc = cmp_manager_connect(&c, (struct sockaddr *)&self->sa, self->salen, key, (size_t)keylen,
-                                 self->flags, &dl);
+        rc = cmp_manager_connect(out, (struct sockaddr *)&self->sa, self->salen, key,
+                                 (size_t)keylen, self->flags, &dl);
         Py_END_ALLOW_THREADS
         if (rc == -EPROTO && !(self->flags & CMP_MANAGER_SOCKET)) {
             self->flags |= CMP_MANAGER_SOCKET; /* not ours (the stdlib's): pickles on the socket */
@@ -579,31 +577,150 @@ static cmp_manager_client_t *chan_client(ChanObject *self)
         if (rc != -EINTR)
             break;
         if (PyErr_CheckSignals() < 0)
-            return NULL;
+            return -1;
     }
-    if (rc < 0) {
-        if (rc == -EACCES)
-            PyErr_SetString(cmp_py_state_of_type(Py_TYPE(self))->AuthenticationError,
-                            "the manager refused the authentication key (digest mismatch)");
-        else if (self->reached && (rc == -ECONNREFUSED || rc == -ENOENT || rc == -ECONNRESET))
-            raise_gone(self, rc);
-        else
-            cmp_py_raise(rc);
+    if (rc == 0) {
+        self->reached = 1;
+        return 0;
+    }
+    if (rc == -EACCES)
+        PyErr_SetString(cmp_py_state_of_type(Py_TYPE(self))->AuthenticationError,
+                        "the manager refused the authentication key (digest mismatch)");
+    else if (self->reached && (rc == -ECONNREFUSED || rc == -ENOENT || rc == -ECONNRESET))
+        raise_gone(self, rc);
+    else
+        cmp_py_raise(rc);
+    return -1;
+}
+
+/* Sends req on c and returns the decoded reply; NULL with an exception
+ * (*abandoned set when a signal handler raised with the call pending). */
+static PyObject *roundtrip(ChanObject *self, cmp_manager_client_t *c, PyObject *req, int *abandoned)
+{
+    cmp_py_state *st = cmp_py_state_of_type(Py_TYPE(self));
+    const void *rep = NULL;
+    size_t replen = 0;
+    int rc;
+    if (cmp_manager_client_is_mailbox(c)) {
+        cmp_py_frame f;
+        cmp_py_frame_init(&f);
+        if (cmp_py_encode(st, req, &f) < 0)
+            return NULL;
+        struct iovec small[8], *iov = small;
+        if (f.npieces > 8 && !(iov = PyMem_Malloc(sizeof *iov * (size_t)f.npieces))) {
+            cmp_py_frame_clear(&f);
+            return PyErr_NoMemory();
+        }
+        for (int i = 0; i < f.npieces; i++)
+            iov[i] = (struct iovec){f.pieces[i].ptr, f.pieces[i].len};
+        Py_BEGIN_ALLOW_THREADS
+        rc = cmp_manager_callv(c, iov, f.npieces, &rep, &replen, NULL);
+        Py_END_ALLOW_THREADS
+        if (iov != small)
+            PyMem_Free(iov);
+        cmp_py_frame_clear(&f);
+    } else {
+        PyObject *b = pickle_bytes(st, req);
+        if (!b)
+            return NULL;
+        Py_BEGIN_ALLOW_THREADS
+        rc = cmp_manager_call(c, PyBytes_AS_STRING(b), (size_t)PyBytes_GET_SIZE(b), &rep, &replen,
+                              NULL);
+        Py_END_ALLOW_THREADS
+        Py_DECREF(b);
+    }
+    /* Interrupted while the server works: run the handlers (Ctrl-C raises
+     * and abandons the call), else wait on, in slices so that a signal
+     * landing between two sleeps is not missed for long. */
+    while (rc == -EINTR || rc == -ETIMEDOUT) {
+        if (PyErr_CheckSignals() < 0) {
+            *abandoned = 1;
+            return NULL;
+        }
+        struct timespec storage;
+        const struct timespec *dl = cmp_py_slice(NULL, &storage);
+        Py_BEGIN_ALLOW_THREADS
+        rc = cmp_manager_call_resume(c, &rep, &replen, dl);
+        Py_END_ALLOW_THREADS
+    }
+    if (rc == -ECONNRESET || rc == -ESHUTDOWN)
+        return raise_gone(self, rc);
+    if (rc < 0)
+        return cmp_py_raise(rc);
+    return decode_any(st, rep, replen);
+}
+
+/* The stdlib's first request of a connection that calls objects. */
+static int accept_connection(ChanObject *self, cmp_manager_client_t *c)
+{
+    PyObject *req = Py_BuildValue("(Os(s){})", Py_None, "accept_connection", "cmultiprocessing");
+    if (!req)
+        return -1;
+    int abandoned = 0;
+    PyObject *reply = roundtrip(self, c, req, &abandoned);
+    Py_DECREF(req);
+    if (!reply)
+        return -1;
+    int ok = PyTuple_Check(reply) && PyTuple_GET_SIZE(reply) == 2 &&
+             PyUnicode_Check(PyTuple_GET_ITEM(reply, 0)) &&
+             PyUnicode_Compare(PyTuple_GET_ITEM(reply, 0), k_return) == 0;
+    Py_DECREF(reply);
+    if (!ok) {
+        PyErr_Format(PyExc_ConnectionError, "the manager at %R refused the connection",
+                     self->address);
+        return -1;
+    }
+    return 0;
+}
+
+/* This thread's client, connected on first use; NULL with an exception. */
+static struct tclient *chan_client(ChanObject *self)
+{
+    unsigned long ident = PyThread_get_thread_ident();
+    struct tclient *t = self->last;
+    if (!t || t->ident != ident) {
+        for (t = self->clients; t && t->ident != ident; t = t->next)
+            ;
+    }
+    if (t) {
+        self->last = t;
+        /* libcmp reconnects a forked child's mailbox by itself; a socket
+         * connection must start with the handshake above */
+        if (!t->stale && (t->pid == cmp_self_pid() || cmp_manager_client_is_mailbox(t->c)))
+            return t;
+        cmp_manager_client_t *c;
+        if (chan_connect(self, &c) < 0)
+            return NULL;
+        cmp_manager_disconnect(t->c);
+        t->c = c;
+        t->stale = 0;
+        t->pid = cmp_self_pid();
+        if (!cmp_manager_client_is_mailbox(c) && accept_connection(self, c) < 0) {
+            t->stale = 1;
+            return NULL;
+        }
+        return t;
+    }
+    cmp_manager_client_t *c;
+    if (chan_connect(self, &c) < 0)
+        return NULL;
+    if (!cmp_manager_client_is_mailbox(c) && accept_connection(self, c) < 0) {
+        cmp_manager_disconnect(c);
         return NULL;
     }
-    struct tclient *t = PyMem_Malloc(sizeof *t);
-    if (!t) {
+    if (!(t = PyMem_Malloc(sizeof *t))) {
         cmp_manager_disconnect(c);
         PyErr_NoMemory();
         return NULL;
     }
-    self->reached = 1;
     t->ident = ident;
+    t->pid = cmp_self_pid();
+    t->stale = 0;
     t->c = c;
     t->next = self->clients;
     self->clients = t;
     self->last = t;
-    return c;
+    return t;
 }
 
 PyObject *cmp_py_channel_get(cmp_py_state *st, PyObject *address, PyObject *authkey)
@@ -626,7 +743,7 @@ PyObject *cmp_py_channel_get(cmp_py_state *st, PyObject *address, PyObject *auth
     self->address = Py_NewRef(address);
     self->authkey = Py_NewRef(authkey);
     self->clients = self->last = NULL;
-    self->flags = 0;
+    self->flags = PyTuple_Check(address) ? CMP_MANAGER_SOCKET : 0;
     self->reached = 0;
     if (authkey != Py_None && !PyBytes_Check(authkey)) {
         PyErr_SetString(PyExc_TypeError, "authkey should be a byte string");
@@ -648,65 +765,38 @@ PyObject *cmp_py_channel_request(PyObject *op, PyObject *oid, PyObject *name, Py
                                  PyObject *kwds)
 {
     ChanObject *self = (ChanObject *)op;
-    cmp_py_state *st = cmp_py_state_of_type(Py_TYPE(op));
-    cmp_manager_client_t *c = chan_client(self);
-    if (!c)
+    struct tclient *t = chan_client(self);
+    if (!t)
         return NULL;
     PyObject *req = PyTuple_Pack(4, oid, name, args, kwds);
     if (!req)
         return NULL;
-    const void *rep = NULL;
-    size_t replen = 0;
-    int rc;
-    if (cmp_manager_client_is_mailbox(c)) {
-        cmp_py_frame f;
-        cmp_py_frame_init(&f);
-        rc = cmp_py_encode(st, req, &f);
-        Py_DECREF(req);
-        if (rc < 0)
+    int abandoned = 0;
+    PyObject *reply;
+    if (oid == Py_None && !cmp_manager_client_is_mailbox(t->c)) {
+        cmp_manager_client_t *once;
+        if (chan_connect(self, &once) < 0) {
+            Py_DECREF(req);
             return NULL;
-        struct iovec small[8], *iov = small;
-        if (f.npieces > 8 && !(iov = PyMem_Malloc(sizeof *iov * (size_t)f.npieces))) {
-            cmp_py_frame_clear(&f);
-            return PyErr_NoMemory();
         }
-        for (int i = 0; i < f.npieces; i++)
-            iov[i] = (struct iovec){f.pieces[i].ptr, f.pieces[i].len};
-        Py_BEGIN_ALLOW_THREADS
-        rc = cmp_manager_callv(c, iov, f.npieces, &rep, &replen, NULL);
-        Py_END_ALLOW_THREADS
-        if (iov != small)
-            PyMem_Free(iov);
-        cmp_py_frame_clear(&f);
+        reply = roundtrip(self, once, req, &abandoned);
+        cmp_manager_disconnect(once);
     } else {
-        PyObject *b = pickle_bytes(st, req);
-        Py_DECREF(req);
-        if (!b)
-            return NULL;
-        Py_BEGIN_ALLOW_THREADS
-        rc = cmp_manager_call(c, PyBytes_AS_STRING(b), (size_t)PyBytes_GET_SIZE(b), &rep, &replen,
-                              NULL);
-        Py_END_ALLOW_THREADS
-        Py_DECREF(b);
+        reply = roundtrip(self, t->c, req, &abandoned);
+        /* the next call must not read this one's reply */
+        t->stale |= abandoned;
     }
-    /* Interrupted while the server works: run the handlers (Ctrl-C raises
-     * and abandons the call; the next call takes a fresh connection), else
-     * wait on, in slices so that a signal landing between two sleeps is
-     * not missed for long. */
-    while (rc == -EINTR || rc == -ETIMEDOUT) {
-        if (PyErr_CheckSignals() < 0)
-            return NULL;
-        struct timespec storage;
-        const struct timespec *dl = cmp_py_slice(NULL, &storage);
-        Py_BEGIN_ALLOW_THREADS
-        rc = cmp_manager_call_resume(c, &rep, &replen, dl);
-        Py_END_ALLOW_THREADS
-    }
-    if (rc == -ECONNRESET || rc == -ESHUTDOWN)
-        return raise_gone(self, rc);
-    if (rc < 0)
-        return cmp_py_raise(rc);
-    return decode_any(st, rep, replen);
+    Py_DECREF(req);
+    return reply;
+}
+
+static PyObject *Chan_is_mailbox(PyObject *op, PyObject *unused)
+{
+    (void)unused;
+    struct tclient *t = chan_client((ChanObject *)op);
+    if (!t)
+        return NULL;
+    return PyBool_FromLong(cmp_manager_client_is_mailbox(t->c));
 }
 
 static PyObject *Chan_request(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
@@ -716,15 +806,6 @@ static PyObject *Chan_request(PyObject *op, PyObject *const *args, Py_ssize_t na
         return NULL;
     }
     return cmp_py_channel_request(op, args[0], args[1], args[2], args[3]);
-}
-
-static PyObject *Chan_is_mailbox(PyObject *op, PyObject *unused)
-{
-    (void)unused;
-    cmp_manager_client_t *c = chan_client((ChanObject *)op);
-    if (!c)
-        return NULL;
-    return PyBool_FromLong(cmp_manager_client_is_mailbox(c));
 }
 
 static PyMethodDef Chan_methods[] = {
