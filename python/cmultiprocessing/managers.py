@@ -60,7 +60,7 @@ class Server(object):
     public = ['shutdown', 'create', 'accept_connection', 'get_methods',
               'debug_info', 'number_of_objects', 'dummy', 'incref', 'decref']
 
-    def __init__(self, registry, address, authkey, serializer):
+    def __init__(self, registry, address, authkey, serializer, listen=False):
         if not isinstance(authkey, bytes):
             raise TypeError("Authkey {0!r} is type {1!s}, not bytes".format(authkey, type(authkey)))
         self.registry = registry
@@ -72,6 +72,29 @@ class Server(object):
         self.id_to_refcount = {}
         self.id_to_local_proxy_obj = {}
         self.mutex = threading.Lock()
+        self.listener = None
+        if listen:
+            self.listener = _cmp._manager_listen(self, address, self.authkey)
+            self.address = self.listener.address
+
+    def serve_forever(self):
+        """Serves in this process until a client's shutdown() (or Ctrl-C),
+        then exits it, as the stdlib's does."""
+        import sys
+        if self.listener is None:
+            raise ProcessError("this server does not listen here (see get_server())")
+        self._in_server_process()
+        try:
+            self.listener.serve()
+        except (KeyboardInterrupt, SystemExit):
+            pass
+        finally:
+            self._forget_server()
+        sys.exit(0)
+
+    def _forget_server(self):
+        global _this_server
+        _this_server = None
 
     def _in_server_process(self):
         global _this_server
@@ -262,21 +285,27 @@ class BaseManager(object):
         self._shutdown_timeout = shutdown_timeout
         self._process = None
 
-    def get_server(self):
-        raise NotImplementedError("get_server() is not implemented yet in cmultiprocessing; "
-                                  "use start()")
-
-    def connect(self):
-        self._call_server('dummy')
-        self._state.value = State.STARTED
-
-    def start(self, initializer=None, initargs=()):
+    def _check_initial(self):
         if self._state.value != State.INITIAL:
             if self._state.value == State.STARTED:
                 raise ProcessError("Already started server")
             elif self._state.value == State.SHUTDOWN:
                 raise ProcessError("Manager has shut down")
             raise ProcessError("Unknown state {!r}".format(self._state.value))
+
+    def get_server(self):
+        """The server, listening in this process: serve_forever() serves
+        there until a client asks it to shut down."""
+        self._check_initial()
+        return self._Server(self._registry, self._address, bytes(self._authkey),
+                            self._serializer, listen=True)
+
+    def connect(self):
+        self._call_server('dummy')
+        self._state.value = State.STARTED
+
+    def start(self, initializer=None, initargs=()):
+        self._check_initial()
         if initializer is not None and not callable(initializer):
             raise TypeError('initializer must be a callable')
         address = self._address

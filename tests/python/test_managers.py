@@ -420,6 +420,66 @@ def test_a_killed_client_leaves_the_server_serving(mp):
         assert other.get(timeout=T) == "still served"
 
 
+# -- get_server().serve_forever() ------------------------------------------------------
+
+SERVED = []
+
+
+def serve_forever_here(mgrs_name, address):
+    mgrs = importlib.import_module(mgrs_name)
+
+    class S(mgrs.BaseManager):
+        pass
+    S.register("get_list", callable=lambda: SERVED)
+    S(address=address, authkey=b"served").get_server().serve_forever()
+
+
+def connect_when_up(c):
+    """c.connect(), once the server (starting in a child) listens."""
+    deadline = time.monotonic() + T
+    while True:
+        try:
+            return c.connect()
+        except OSError:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+
+def test_get_server_serve_forever(mp, mgrs, tmp_path):
+    address = str(tmp_path / "served")
+    p = mp.Process(target=serve_forever_here, args=(mgrs.__name__, address))
+    p.start()
+    try:
+        class C(mgrs.BaseManager):
+            pass
+        C.register("get_list")
+        c = C(address=address, authkey=b"served")
+        connect_when_up(c)
+        lst = c.get_list()
+        lst.append("served")
+        assert lst._getvalue() == ["served"]
+        assert isinstance(mgrs.BaseManager(address=("127.0.0.1", 0)).get_server().address, tuple)
+    finally:
+        p.terminate()
+        p.join(T)
+
+
+def test_serve_forever_ends_on_a_clients_shutdown(cmp, tmp_path):
+    from cmultiprocessing import managers
+    address = str(tmp_path / "served")
+    p = cmp.Process(target=serve_forever_here, args=(managers.__name__, address))
+    p.start()
+    try:
+        c = managers.BaseManager(address=address, authkey=b"served")
+        connect_when_up(c)
+        c._call_server("shutdown")
+        p.join(T)
+        assert p.exitcode == 0
+    finally:
+        p.terminate()
+        p.join(T)
+
+
 # -- Ctrl-C in a blocked proxy call -------------------------------------------------------
 
 def test_ctrl_c_in_a_blocked_proxy_call(mp):

@@ -94,6 +94,7 @@ typedef struct {
     /* managers (manager.c, proxy.c) */
     PyTypeObject *ManagerProcess_type;
     PyTypeObject *ManagerChannel_type;
+    PyTypeObject *ManagerListener_type;
     PyTypeObject *ProxyBase_type;
     PyTypeObject *ProxyMethod_type;
 } cmp_py_state;

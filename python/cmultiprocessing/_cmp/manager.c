@@ -19,6 +19,9 @@
 #include "_cmp.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <string.h>
 #include <structmember.h>
@@ -186,7 +189,8 @@ static PyObject *dispatch(uint64_t client, PyObject *req, int *flags)
         return traceback_reply();
     if (oid == Py_None && PyUnicode_Check(name) && PyUnicode_Compare(name, s_shutdown) == 0 &&
         PyTuple_Check(reply) && PyTuple_GET_SIZE(reply) == 2 &&
-        PyTuple_GET_ITEM(reply, 0) == k_return)
+        PyUnicode_Check(PyTuple_GET_ITEM(reply, 0)) &&
+        PyUnicode_Compare(PyTuple_GET_ITEM(reply, 0), k_return) == 0)
         *flags |= CMP_MANAGER_STOP;
     return reply;
 }
@@ -489,6 +493,175 @@ static PyType_Spec Mproc_spec = {
     .basicsize = sizeof(MprocObject),
     .flags = Py_TPFLAGS_DEFAULT,
     .slots = Mproc_slots,
+};
+
+/* ---- a server in this process (get_server().serve_forever()) -------------- */
+
+typedef struct {
+    PyObject_HEAD
+    cmp_manager_t *m;
+    PyObject *server, *id_to_obj, *address;
+    int done_fd[2]; /* the serving thread's end of serving */
+    int rc;
+} ListenerObject;
+
+/* _manager_listen(server, address, authkey): binds the server's socket
+ * here, for serve() to serve in this process. */
+static PyObject *manager_listen(PyObject *module, PyObject *args)
+{
+    PyObject *server, *address, *authkey;
+    if (!PyArg_ParseTuple(args, "OOO", &server, &address, &authkey))
+        return NULL;
+    cmp_py_state *st = cmp_py_state_of_module(module);
+    struct sockaddr_storage sa;
+    socklen_t salen = 0;
+    if (address != Py_None && !addr_to_sockaddr(address, &sa, &salen))
+        return NULL;
+    Py_buffer key = {0};
+    if (authkey != Py_None && PyObject_GetBuffer(authkey, &key, PyBUF_SIMPLE) < 0)
+        return NULL;
+    ListenerObject *self = PyObject_New(ListenerObject, st->ManagerListener_type);
+    if (!self) {
+        PyBuffer_Release(&key);
+        return NULL;
+    }
+    self->m = NULL;
+    self->server = Py_NewRef(server);
+    self->address = NULL;
+    self->done_fd[0] = self->done_fd[1] = -1;
+    self->id_to_obj = PyObject_GetAttrString(server, "id_to_obj");
+    if (!self->id_to_obj || !PyDict_Check(self->id_to_obj)) {
+        PyBuffer_Release(&key);
+        Py_DECREF(self);
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "server.id_to_obj must be a dict");
+        return NULL;
+    }
+    cmp_manager_options_t opt = {
+        .handler = server_handler,
+        .on_client = server_on_client,
+        .addr = address == Py_None ? NULL : (struct sockaddr *)&sa,
+        .addrlen = salen,
+        .authkey = authkey == Py_None ? NULL : key.buf,
+        .authkey_len = authkey == Py_None ? 0 : (size_t)key.len,
+    };
+    int rc = cmp_manager_create(&self->m, &opt);
+    PyBuffer_Release(&key);
+    if (rc < 0) {
+        self->m = NULL;
+        Py_DECREF(self);
+        return cmp_py_raise(rc);
+    }
+    struct sockaddr_storage bound;
+    socklen_t blen = cmp_manager_address(self->m, &bound);
+    if (!(self->address = cmp_py_from_sockaddr(&bound, blen))) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static void *listener_thread(void *arg)
+{
+    ListenerObject *self = arg;
+    self->rc = cmp_manager_serve(self->m);
+    char b = 1;
+    ssize_t w = write(self->done_fd[1], &b, 1);
+    (void)w;
+    return NULL;
+}
+
+/* Serves in a thread of its own while this one waits with the GIL
+ * released and runs signal handlers: Ctrl-C stops the server (after its
+ * handlers return) and raises here. */
+static PyObject *Listener_serve(PyObject *op, PyObject *unused)
+{
+    (void)unused;
+    ListenerObject *self = (ListenerObject *)op;
+    if (!self->m || srv.server) {
+        PyErr_SetString(PyExc_RuntimeError, "this process serves a manager already");
+        return NULL;
+    }
+    if (pipe2(self->done_fd, O_CLOEXEC) < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    srv.st = cmp_py_state_of_type(Py_TYPE(op));
+    srv.server = self->server;
+    srv.id_to_obj = self->id_to_obj;
+    pthread_t th;
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int err = pthread_create(&th, NULL, listener_thread, self);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (err) {
+        memset(&srv, 0, sizeof srv);
+        return cmp_py_raise(-err);
+    }
+    int failed = 0;
+    for (;;) {
+        struct pollfd p = {self->done_fd[0], POLLIN, 0};
+        int n;
+        Py_BEGIN_ALLOW_THREADS
+        n = poll(&p, 1, 100); /* slices: a signal between two polls is not lost for long */
+        Py_END_ALLOW_THREADS
+        if (n > 0)
+            break;
+        if (!failed && PyErr_CheckSignals() < 0) {
+            failed = 1;
+            cmp_manager_stop(self->m);
+        }
+    }
+    Py_BEGIN_ALLOW_THREADS
+    pthread_join(th, NULL);
+    Py_END_ALLOW_THREADS
+    memset(&srv, 0, sizeof srv);
+    close(self->done_fd[0]);
+    close(self->done_fd[1]);
+    self->done_fd[0] = self->done_fd[1] = -1;
+    cmp_manager_destroy(self->m);
+    self->m = NULL;
+    if (failed)
+        return NULL;
+    if (self->rc < 0)
+        return cmp_py_raise(self->rc);
+    Py_RETURN_NONE;
+}
+
+static void Listener_dealloc(PyObject *op)
+{
+    ListenerObject *self = (ListenerObject *)op;
+    if (self->m)
+        cmp_manager_destroy(self->m);
+    Py_XDECREF(self->server);
+    Py_XDECREF(self->id_to_obj);
+    Py_XDECREF(self->address);
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_Free(op);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef Listener_methods[] = {
+    {"serve", Listener_serve, METH_NOARGS, "Serves until a client's shutdown (or Ctrl-C)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef Listener_members[] = {
+    {"address", T_OBJECT, offsetof(ListenerObject, address), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot Listener_slots[] = {
+    {Py_tp_dealloc, Listener_dealloc},
+    {Py_tp_methods, Listener_methods},
+    {Py_tp_members, Listener_members},
+    {0, NULL},
+};
+
+static PyType_Spec Listener_spec = {
+    .name = "cmultiprocessing._cmp.ManagerListener",
+    .basicsize = sizeof(ListenerObject),
+    .flags = Py_TPFLAGS_DEFAULT,
+    .slots = Listener_slots,
 };
 
 /* ---- a client's channel to a server --------------------------------------- */
@@ -883,6 +1056,8 @@ static PyObject *manager_new(PyObject *module, PyObject *unused)
 }
 
 static PyMethodDef manager_functions[] = {
+    {"_manager_listen", manager_listen, METH_VARARGS,
+     "_manager_listen(server, address, authkey): a ManagerListener bound here."},
     {"Manager", manager_new, METH_NOARGS,
      "Manager()\n--\n\nReturn a started SyncManager: shared objects served by a process "
      "of their own."},
@@ -922,5 +1097,6 @@ int cmp_py_manager_init(PyObject *module, cmp_py_state *st)
         return -1;
     st->ManagerProcess_type = cmp_py_add_type(module, &Mproc_spec, NULL);
     st->ManagerChannel_type = cmp_py_add_type(module, &Chan_spec, NULL);
-    return st->ManagerProcess_type && st->ManagerChannel_type ? 0 : -1;
+    st->ManagerListener_type = cmp_py_add_type(module, &Listener_spec, NULL);
+    return st->ManagerProcess_type && st->ManagerChannel_type && st->ManagerListener_type ? 0 : -1;
 }
