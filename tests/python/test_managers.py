@@ -636,3 +636,24 @@ def test_our_client_on_a_stdlib_unix_manager(cmp):
         assert not mine._channel.is_mailbox()
         lst.append(2)
         assert lst[:] == [1, 2]
+
+
+def server_threads(m):
+    return len(os.listdir(f"/proc/{m._process.pid}/task"))
+
+
+def test_a_thread_that_ends_lets_go_of_its_connection(cmp):
+    with cmp.Manager() as m:
+        lst = m.list()
+        lst.append(0)
+        base = server_threads(m)
+        threads = [threading.Thread(target=lst.append, args=(i,)) for i in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(T)
+        assert len(lst) == 21
+        deadline = time.monotonic() + T
+        while server_threads(m) > base and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert server_threads(m) == base

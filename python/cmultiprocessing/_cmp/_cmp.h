@@ -95,6 +95,7 @@ typedef struct {
     PyTypeObject *ManagerProcess_type;
     PyTypeObject *ManagerChannel_type;
     PyTypeObject *ManagerListener_type;
+    PyTypeObject *ManagerThreadClient_type;
     PyTypeObject *ProxyBase_type;
     PyTypeObject *ProxyMethod_type;
 } cmp_py_state;

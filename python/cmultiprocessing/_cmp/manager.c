@@ -667,15 +667,18 @@ static PyType_Spec Listener_spec = {
 /* ---- a client's channel to a server --------------------------------------- */
 
 /* One libcmp client per thread of this process that calls (a client is
- * used by one thread at a time). A thread that ends leaves its client for
- * the next thread with the same id. */
-struct tclient {
-    struct tclient *next;
-    unsigned long ident;
+ * used by one thread at a time), kept in the thread's state dict (keyed by
+ * the channel): it is disconnected when the thread ends, so the server's
+ * thread for it ends too. */
+typedef struct ChanObject ChanObject;
+typedef struct {
+    PyObject_HEAD
+    ChanObject *chan;
+    cmp_manager_client_t *c;
     pid_t pid; /* the process that connected it */
     int stale; /* a call was abandoned on it: connect again */
-    cmp_manager_client_t *c;
-};
+    int busy;  /* a call is in progress on it (a finalizer's call must not use it) */
+} TclientObject;
 
 /* Socket channels (remote, or a stdlib server) speak as the stdlib's
  * clients do, so that a stdlib server understands them: a thread's
@@ -683,25 +686,46 @@ struct tclient {
  * objects; each call of the server's own functions (create, incref, ...)
  * takes a connection of its own, which the stdlib's server closes after
  * the reply. */
-typedef struct {
+struct ChanObject {
     PyObject_HEAD
     PyObject *address, *authkey;
     struct sockaddr_storage sa;
     socklen_t salen;
     unsigned flags; /* CMP_MANAGER_SOCKET: AF_INET, or a peer that refused a mailbox */
     int reached;    /* a connection succeeded once: failures now mean it is gone */
-    struct tclient *clients, *last;
-} ChanObject;
+    /* the last thread's client (borrowed: its dealloc clears it) */
+    PyThreadState *last_ts;
+    TclientObject *last;
+};
+
+static void Tclient_dealloc(PyObject *op)
+{
+    TclientObject *t = (TclientObject *)op;
+    if (t->chan && t->chan->last == t)
+        t->chan->last = NULL;
+    if (t->c)
+        cmp_manager_disconnect(t->c);
+    Py_XDECREF(t->chan);
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_Free(op);
+    Py_DECREF(tp);
+}
+
+static PyType_Slot Tclient_slots[] = {
+    {Py_tp_dealloc, Tclient_dealloc},
+    {0, NULL},
+};
+
+static PyType_Spec Tclient_spec = {
+    .name = "cmultiprocessing._cmp._ManagerThreadClient",
+    .basicsize = sizeof(TclientObject),
+    .flags = Py_TPFLAGS_DEFAULT,
+    .slots = Tclient_slots,
+};
 
 static void Chan_dealloc(PyObject *op)
 {
     ChanObject *self = (ChanObject *)op;
-    while (self->clients) {
-        struct tclient *t = self->clients;
-        self->clients = t->next;
-        cmp_manager_disconnect(t->c);
-        PyMem_Free(t);
-    }
     Py_XDECREF(self->address);
     Py_XDECREF(self->authkey);
     PyTypeObject *tp = Py_TYPE(op);
@@ -847,52 +871,51 @@ static int accept_connection(ChanObject *self, cmp_manager_client_t *c)
 }
 
 /* This thread's client, connected on first use; NULL with an exception. */
-static struct tclient *chan_client(ChanObject *self)
+static TclientObject *chan_client(ChanObject *self)
 {
-    unsigned long ident = PyThread_get_thread_ident();
-    struct tclient *t = self->last;
-    if (!t || t->ident != ident) {
-        for (t = self->clients; t && t->ident != ident; t = t->next)
-            ;
-    }
-    if (t) {
-        self->last = t;
-        /* libcmp reconnects a forked child's mailbox by itself; a socket
-         * connection must start with the handshake above */
-        if (!t->stale && (t->pid == cmp_self_pid() || cmp_manager_client_is_mailbox(t->c)))
-            return t;
-        cmp_manager_client_t *c;
-        if (chan_connect(self, &c) < 0)
-            return NULL;
-        cmp_manager_disconnect(t->c);
-        t->c = c;
-        t->stale = 0;
-        t->pid = cmp_self_pid();
-        if (!cmp_manager_client_is_mailbox(c) && accept_connection(self, c) < 0) {
-            t->stale = 1;
+    PyThreadState *ts = PyThreadState_Get();
+    TclientObject *t = self->last;
+    if (!t || self->last_ts != ts) {
+        PyObject *tsd = PyThreadState_GetDict();
+        if (!tsd) {
+            PyErr_SetString(PyExc_RuntimeError, "no thread state dict");
             return NULL;
         }
-        return t;
+        t = (TclientObject *)PyDict_GetItemWithError(tsd, (PyObject *)self);
+        if (!t && PyErr_Occurred())
+            return NULL;
+        if (!t) {
+            cmp_py_state *st = cmp_py_state_of_type(Py_TYPE(self));
+            if (!(t = PyObject_New(TclientObject, st->ManagerThreadClient_type)))
+                return NULL;
+            t->chan = (ChanObject *)Py_NewRef(self);
+            t->c = NULL;
+            t->pid = 0;
+            t->stale = t->busy = 0;
+            int rc = PyDict_SetItem(tsd, (PyObject *)self, (PyObject *)t);
+            Py_DECREF(t); /* the dict's now */
+            if (rc < 0)
+                return NULL;
+        }
+        self->last = t;
+        self->last_ts = ts;
     }
+    /* libcmp reconnects a forked child's mailbox by itself; a socket
+     * connection must start with the handshake below */
+    if (t->c && !t->stale && (t->pid == cmp_self_pid() || cmp_manager_client_is_mailbox(t->c)))
+        return t;
     cmp_manager_client_t *c;
     if (chan_connect(self, &c) < 0)
         return NULL;
-    if (!cmp_manager_client_is_mailbox(c) && accept_connection(self, c) < 0) {
-        cmp_manager_disconnect(c);
-        return NULL;
-    }
-    if (!(t = PyMem_Malloc(sizeof *t))) {
-        cmp_manager_disconnect(c);
-        PyErr_NoMemory();
-        return NULL;
-    }
-    t->ident = ident;
-    t->pid = cmp_self_pid();
-    t->stale = 0;
+    if (t->c)
+        cmp_manager_disconnect(t->c);
     t->c = c;
-    t->next = self->clients;
-    self->clients = t;
-    self->last = t;
+    t->stale = 0;
+    t->pid = cmp_self_pid();
+    if (!cmp_manager_client_is_mailbox(c) && accept_connection(self, c) < 0) {
+        t->stale = 1;
+        return NULL;
+    }
     return t;
 }
 
@@ -915,7 +938,8 @@ PyObject *cmp_py_channel_get(cmp_py_state *st, PyObject *address, PyObject *auth
     }
     self->address = Py_NewRef(address);
     self->authkey = Py_NewRef(authkey);
-    self->clients = self->last = NULL;
+    self->last = NULL;
+    self->last_ts = NULL;
     self->flags = PyTuple_Check(address) ? CMP_MANAGER_SOCKET : 0;
     self->reached = 0;
     if (authkey != Py_None && !PyBytes_Check(authkey)) {
@@ -938,7 +962,7 @@ PyObject *cmp_py_channel_request(PyObject *op, PyObject *oid, PyObject *name, Py
                                  PyObject *kwds)
 {
     ChanObject *self = (ChanObject *)op;
-    struct tclient *t = chan_client(self);
+    TclientObject *t = chan_client(self);
     if (!t)
         return NULL;
     PyObject *req = PyTuple_Pack(4, oid, name, args, kwds);
@@ -946,7 +970,11 @@ PyObject *cmp_py_channel_request(PyObject *op, PyObject *oid, PyObject *name, Py
         return NULL;
     int abandoned = 0;
     PyObject *reply;
-    if (oid == Py_None && !cmp_manager_client_is_mailbox(t->c)) {
+    /* A call made while this thread's client is in the middle of one (a
+     * proxy's finalizer run by a collection during its encoding or
+     * decoding) takes a connection of its own: the reply in the client's
+     * buffer must stay whole. */
+    if (t->busy || (oid == Py_None && !cmp_manager_client_is_mailbox(t->c))) {
         cmp_manager_client_t *once;
         if (chan_connect(self, &once) < 0) {
             Py_DECREF(req);
@@ -955,9 +983,13 @@ PyObject *cmp_py_channel_request(PyObject *op, PyObject *oid, PyObject *name, Py
         reply = roundtrip(self, once, req, &abandoned);
         cmp_manager_disconnect(once);
     } else {
+        Py_INCREF(t); /* a thread dict cleared meanwhile must not free it */
+        t->busy = 1;
         reply = roundtrip(self, t->c, req, &abandoned);
+        t->busy = 0;
         /* the next call must not read this one's reply */
         t->stale |= abandoned;
+        Py_DECREF(t);
     }
     Py_DECREF(req);
     return reply;
@@ -966,7 +998,7 @@ PyObject *cmp_py_channel_request(PyObject *op, PyObject *oid, PyObject *name, Py
 static PyObject *Chan_is_mailbox(PyObject *op, PyObject *unused)
 {
     (void)unused;
-    struct tclient *t = chan_client((ChanObject *)op);
+    TclientObject *t = chan_client((ChanObject *)op);
     if (!t)
         return NULL;
     return PyBool_FromLong(cmp_manager_client_is_mailbox(t->c));
@@ -1098,5 +1130,9 @@ int cmp_py_manager_init(PyObject *module, cmp_py_state *st)
     st->ManagerProcess_type = cmp_py_add_type(module, &Mproc_spec, NULL);
     st->ManagerChannel_type = cmp_py_add_type(module, &Chan_spec, NULL);
     st->ManagerListener_type = cmp_py_add_type(module, &Listener_spec, NULL);
+    st->ManagerThreadClient_type =
+        (PyTypeObject *)cmp_py_type_from_spec(module, &Tclient_spec, NULL);
+    if (!st->ManagerThreadClient_type)
+        return -1;
     return st->ManagerProcess_type && st->ManagerChannel_type && st->ManagerListener_type ? 0 : -1;
 }
