@@ -92,7 +92,7 @@ static int take_ref(ProxyObject *self)
     if (!r)
         return -1;
     Py_DECREF(r);
-    self->ref_pid = (long)getpid();
+    self->ref_pid = (long)cmp_self_pid();
     return 0;
 }
 
@@ -104,7 +104,7 @@ PyObject *cmp_py_proxy_call(PyObject *op, PyObject *name, PyObject *args, PyObje
         return NULL;
     }
     /* a forked child's first call: its own reference first */
-    if (self->ref_pid && self->ref_pid != (long)getpid() && !self->owned_by_manager &&
+    if (self->ref_pid && self->ref_pid != (long)cmp_self_pid() && !self->owned_by_manager &&
         take_ref(self) < 0)
         return NULL;
     return convert_reply(self, cmp_py_channel_request(self->channel, self->id, name, args, kwds));
@@ -172,7 +172,7 @@ fail:
  * that took it; errors are dropped: a gone server holds nothing. */
 static void give_ref(ProxyObject *self)
 {
-    if (!self->ref_pid || self->ref_pid != (long)getpid() || !self->channel)
+    if (!self->ref_pid || self->ref_pid != (long)cmp_self_pid() || !self->channel)
         return;
     self->ref_pid = 0;
     PyObject *args = PyTuple_Pack(1, self->id);
@@ -281,7 +281,7 @@ static PyObject *Proxy_decref(PyObject *op, PyObject *unused)
 static PyObject *Proxy_adopt(PyObject *op, PyObject *unused)
 {
     (void)unused;
-    ((ProxyObject *)op)->ref_pid = (long)getpid();
+    ((ProxyObject *)op)->ref_pid = (long)cmp_self_pid();
     Py_RETURN_NONE;
 }
 
