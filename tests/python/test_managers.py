@@ -173,6 +173,26 @@ def test_iterators_and_pool(mp):
             assert sorted(pool.imap_unordered(abs, [-4, -5])) == [4, 5]
 
 
+def keep_and_use(lst, q):
+    global KEPT
+    KEPT = q.get(timeout=T)  # kept until the child exits
+    KEPT.append("q")
+    lst.append("arg")
+
+
+def test_a_childs_references_are_given_back_at_its_exit(mp):
+    import gc
+    with mp.Manager() as m:
+        lst, other = m.list(), m.list()
+        q = mp.Queue()
+        q.put(other)
+        run_children(mp, keep_and_use, (lst, q))
+        assert lst[:] == ["arg"] and other[:] == ["q"]
+        del lst, other
+        gc.collect()
+        assert m._number_of_objects() == 0
+
+
 # -- a shared dict under a manager Lock --------------------------------------------
 
 def add_many(d, lock, n):

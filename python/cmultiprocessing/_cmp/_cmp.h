@@ -441,6 +441,10 @@ PyObject *cmp_py_channel_get(cmp_py_state *st, PyObject *address, PyObject *auth
  * gone. New reference, or NULL with an exception. */
 PyObject *cmp_py_channel_request(PyObject *chan, PyObject *oid, PyObject *name, PyObject *args,
                                  PyObject *kwds);
+/* Run by a child process of ours on its way out, when set (process.c):
+ * the proxies' references go back to their managers (proxy.c). */
+extern void (*cmp_py_child_exit_hook)(void);
+void cmp_py_proxy_child_exit(void);
 /* proxy._callmethod(name, args (tuple), kwds (dict)) (proxy.c). */
 PyObject *cmp_py_proxy_call(PyObject *proxy, PyObject *name, PyObject *args, PyObject *kwds);
 int cmp_py_queue_init(PyObject *module, cmp_py_state *st);

@@ -31,6 +31,100 @@ static PyObject *current_process; /* cmultiprocessing.current_process */
 
 /* A call of one of the server's own functions (id None). */
 static PyObject *call_server(ProxyObject *self, PyObject *name, PyObject *args);
+static void give_ref(ProxyObject *self);
+
+/* A child process leaves through _exit() without freeing its objects, so
+ * the references its proxies took are given back at its exit instead:
+ * id(proxy) -> weakref, of the proxies that hold one in this (forked)
+ * process; given back by cmp_py_proxy_child_exit, which our children call
+ * on their way out and a util.Finalize runs in the stdlib's. */
+static pid_t main_pid; /* the process the module was loaded in */
+static PyObject *held; /* this child's proxies that hold a reference */
+static pid_t held_pid; /* the process held belongs to */
+
+static void record_ref(ProxyObject *self)
+{
+    pid_t pid = cmp_self_pid();
+    if (pid == main_pid)
+        return; /* the main process frees its proxies as it finalizes */
+    if (held_pid != pid) {
+        held = NULL; /* the parent's: its entries are the parent's references */
+        held_pid = pid;
+        if (!(held = PyDict_New()))
+            goto fail;
+        cmp_py_child_exit_hook = cmp_py_proxy_child_exit;
+        /* the stdlib's children run util's finalizers on their way out */
+        PyObject *util = PyImport_ImportModule("multiprocessing.util");
+        PyObject *mod = util ? PyImport_ImportModule("cmultiprocessing._cmp") : NULL;
+        PyObject *fn = mod ? PyObject_GetAttrString(mod, "_release_child_refs") : NULL;
+        PyObject *fin = NULL;
+        if (fn) {
+            PyObject *kw = Py_BuildValue("{s:i}", "exitpriority", 10);
+            PyObject *a = Py_BuildValue("(OO)", Py_None, fn);
+            PyObject *F = PyObject_GetAttrString(util, "Finalize");
+            fin = kw && a && F ? PyObject_Call(F, a, kw) : NULL;
+            Py_XDECREF(kw);
+            Py_XDECREF(a);
+            Py_XDECREF(F);
+        }
+        Py_XDECREF(fin);
+        Py_XDECREF(fn);
+        Py_XDECREF(mod);
+        Py_XDECREF(util);
+        if (!fin)
+            goto fail;
+    }
+    PyObject *key = PyLong_FromVoidPtr(self);
+    PyObject *ref = key ? PyWeakref_NewRef((PyObject *)self, NULL) : NULL;
+    if (!ref || PyDict_SetItem(held, key, ref) < 0) {
+        Py_XDECREF(key);
+        Py_XDECREF(ref);
+        goto fail;
+    }
+    Py_DECREF(key);
+    Py_DECREF(ref);
+    return;
+fail:
+    PyErr_Clear(); /* the reference then stays with the server until it stops */
+}
+
+static void forget_ref(ProxyObject *self)
+{
+    if (!held || held_pid != cmp_self_pid())
+        return;
+    PyObject *key = PyLong_FromVoidPtr(self);
+    if (!key || PyDict_DelItem(held, key) < 0)
+        PyErr_Clear();
+    Py_XDECREF(key);
+}
+
+void cmp_py_proxy_child_exit(void)
+{
+    if (!held || held_pid != cmp_self_pid())
+        return;
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    PyObject *refs = PyDict_Values(held);
+    for (Py_ssize_t i = 0; refs && i < PyList_GET_SIZE(refs); i++) {
+        PyObject *p = PyWeakref_GetObject(PyList_GET_ITEM(refs, i));
+        if (p && p != Py_None) {
+            Py_INCREF(p);
+            give_ref((ProxyObject *)p);
+            Py_DECREF(p);
+        }
+    }
+    Py_XDECREF(refs);
+    PyErr_Clear();
+    PyErr_Restore(et, ev, tb);
+}
+
+static PyObject *release_child_refs(PyObject *module, PyObject *unused)
+{
+    (void)module;
+    (void)unused;
+    cmp_py_proxy_child_exit();
+    Py_RETURN_NONE;
+}
 
 /* The result of a (kind, result) reply, or NULL with the exception it
  * stands for, as the stdlib's convert_to_error maps them. */
@@ -93,6 +187,7 @@ static int take_ref(ProxyObject *self)
         return -1;
     Py_DECREF(r);
     self->ref_pid = (long)cmp_self_pid();
+    record_ref(self);
     return 0;
 }
 
@@ -175,6 +270,7 @@ static void give_ref(ProxyObject *self)
     if (!self->ref_pid || self->ref_pid != (long)cmp_self_pid() || !self->channel)
         return;
     self->ref_pid = 0;
+    forget_ref(self);
     PyObject *args = PyTuple_Pack(1, self->id);
     PyObject *r = args ? call_server(self, s_decref, args) : NULL;
     Py_XDECREF(args);
@@ -282,6 +378,7 @@ static PyObject *Proxy_adopt(PyObject *op, PyObject *unused)
 {
     (void)unused;
     ((ProxyObject *)op)->ref_pid = (long)cmp_self_pid();
+    record_ref((ProxyObject *)op);
     Py_RETURN_NONE;
 }
 
@@ -483,6 +580,15 @@ int cmp_py_proxy_init(PyObject *module, cmp_py_state *st)
     }
     if (!current_process && !(current_process = PyObject_GetAttrString(module, "current_process")))
         return -1;
+    static PyMethodDef functions[] = {
+        {"_release_child_refs", release_child_refs, METH_NOARGS,
+         "Gives back the references this child's proxies hold (run at its exit)."},
+        {NULL, NULL, 0, NULL},
+    };
+    if (PyModule_AddFunctions(module, functions) < 0)
+        return -1;
+    if (!main_pid)
+        main_pid = cmp_self_pid();
     st->ProxyBase_type = cmp_py_add_type(module, &Proxy_spec, NULL);
     st->ProxyMethod_type = cmp_py_add_type(module, &Pmeth_spec, NULL);
     return st->ProxyBase_type && st->ProxyMethod_type ? 0 : -1;
