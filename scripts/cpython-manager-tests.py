@@ -1,11 +1,13 @@
-"""CPython's own manager tests, run against cmultiprocessing's Manager.
+"""CPython's own manager tests, run against cmultiprocessing's managers.
 
-Runs the manager-type tests of CPython's Lib/test/_test_multiprocessing.py
-(fork start method: every test of ManagerMixin, whose shared objects come
-from multiprocessing.Manager()) with the standard library everywhere
-except Manager(), which is cmultiprocessing's. Needs an interpreter that
-ships the `test` package (python3 -m test works) of the extension's
-version, and the extension built in place (make):
+Runs the manager tests of CPython's Lib/test/_test_multiprocessing.py (fork
+start method): every test of ManagerMixin, whose shared objects come from
+multiprocessing.Manager(), the process-type tests of managers
+(ManagerRestart) and TestSyncManagerTypes, with the standard library
+everywhere except multiprocessing.managers and Manager(), which are
+cmultiprocessing's. Needs an interpreter that ships the `test` package
+(python3 -m test works) of the extension's version, and the extension
+built in place (make):
 
     python3 scripts/cpython-manager-tests.py [-k PATTERN] [-v]
 
@@ -19,21 +21,24 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import multiprocessing  # noqa: E402
 import multiprocessing.context  # noqa: E402
+import multiprocessing.managers  # noqa: E402
 
-import cmultiprocessing.managers  # noqa: E402
+import cmultiprocessing.managers as ours  # noqa: E402
 
-
-def Manager():
-    return cmultiprocessing.managers.Manager()
-
-
-# the tests reach the Manager both ways
-multiprocessing.Manager = Manager
-multiprocessing.context.BaseContext.Manager = lambda self: Manager()
+# the suite imports BaseManager, BaseProxy... from multiprocessing.managers,
+# and reaches Manager() both ways
+sys.modules["multiprocessing.managers"] = ours
+multiprocessing.managers = ours
+multiprocessing.Manager = ours.Manager
+multiprocessing.context.BaseContext.Manager = lambda self: ours.Manager()
 
 import test._test_multiprocessing as suite  # noqa: E402
+from test._test_multiprocessing import TestSyncManagerTypes  # noqa: E402,F401
 
 suite.install_tests_in_module_dict(globals(), "fork", only_type="manager")
+processes = {"__name__": __name__}
+suite.install_tests_in_module_dict(processes, "fork", only_type="processes")
+globals().update({k: v for k, v in processes.items() if "Manager" in k})
 
 # Our Pool (SyncManager.Pool is cmultiprocessing's) hangs when an
 # AsyncResult is waited for while its callback releases the GIL (here a

@@ -232,8 +232,8 @@ class Server(object):
         del dropped
 
 
-def _channel(address, authkey):
-    return _cmp._manager_channel(address, None if authkey is None else bytes(authkey))
+def _channel(address, authkey, serializer='pickle'):
+    return _cmp._manager_channel(address, None if authkey is None else bytes(authkey), serializer)
 
 
 def _convert(reply):
@@ -324,7 +324,8 @@ class BaseManager(object):
             exitpriority=0)
 
     def _call_server(self, name, *args, **kwds):
-        return _convert(_channel(self._address, self._authkey).request(None, name, args, kwds))
+        return _convert(_channel(self._address, self._authkey, self._serializer).request(
+            None, name, args, kwds))
 
     def _create(self, typeid, /, *args, **kwds):
         assert self._state.value == State.STARTED, 'server not yet started'
@@ -458,7 +459,7 @@ def AutoProxy(token, serializer, manager=None, authkey=None, exposed=None, incre
         from . import current_process
         authkey = current_process().authkey
     if exposed is None:
-        exposed = _convert(_channel(token.address, authkey).request(
+        exposed = _convert(_channel(token.address, authkey, serializer).request(
             None, 'get_methods', (token,), {}))
     ProxyType = MakeProxyType('AutoProxy[%s]' % token.typeid, exposed)
     proxy = ProxyType(token, serializer, manager=manager, authkey=authkey, incref=incref,

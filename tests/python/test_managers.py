@@ -643,6 +643,33 @@ def test_remote_manager_speaks_the_stdlib_protocol(cmp, server_side):
         gc.collect()
 
 
+def xml_putter(mgrs_name, address, values):
+    mgrs = importlib.import_module(mgrs_name)
+
+    class Client(mgrs.BaseManager):
+        pass
+    Client.register("get_queue")
+    c = Client(address=address, authkey=b"xml", serializer="xmlrpclib")
+    c.connect()
+    c.get_queue().put(tuple(values))
+
+
+def test_xmlrpclib_serializer(mp, mgrs):
+    import queue
+    shared = queue.Queue()
+
+    class Server(mgrs.BaseManager):
+        pass
+    Server.register("get_queue", callable=lambda: shared)
+    values = ["hello", None, True, 2.25, "h\xe4", b"bytes"]
+    with Server(address=("127.0.0.1", 0), authkey=b"xml", serializer="xmlrpclib", ctx=mp) as m:
+        run_children(mp, xml_putter, (mgrs.__name__, m.address, values))
+        q = m.get_queue()
+        assert q.get(timeout=T) == values  # XML-RPC has no tuples: a list
+        with pytest.raises(Exception):
+            q.put(time.sleep)  # not marshallable
+
+
 def test_our_client_on_a_stdlib_unix_manager(cmp):
     import multiprocessing
     from cmultiprocessing import managers as ours

@@ -432,10 +432,12 @@ int cmp_py_to_sockaddr(int family, PyObject *address, struct sockaddr_storage *o
                        socklen_t *outlen);
 PyObject *cmp_py_from_sockaddr(const struct sockaddr_storage *a, socklen_t len);
 
-/* A manager's channel for address and authkey (bytes or None): one per
- * process, with a connection per calling thread (manager.c). New
- * reference, or NULL with an exception. */
-PyObject *cmp_py_channel_get(cmp_py_state *st, PyObject *address, PyObject *authkey);
+/* A manager's channel for address, authkey (bytes or None) and serializer
+ * ('pickle', 'xmlrpclib'; NULL: pickle): one per process, with a
+ * connection per calling thread (manager.c). New reference, or NULL with
+ * an exception. */
+PyObject *cmp_py_channel_get(cmp_py_state *st, PyObject *address, PyObject *authkey,
+                             PyObject *serializer);
 /* Sends (oid, name, args, kwds) and returns the decoded reply (kind,
  * result), GIL released while waiting; ManagerGoneError when the server is
  * gone. New reference, or NULL with an exception. */

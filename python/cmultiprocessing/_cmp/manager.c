@@ -50,8 +50,72 @@ static PyObject *pickle_bytes(cmp_py_state *st, PyObject *obj)
     return r;
 }
 
+/* The stdlib's serializer='xmlrpclib': a message is the UTF-8 XML of
+ * xmlrpc.client.dumps((obj,)). Tuples come back as lists. */
+static PyObject *xml_dumps, *xml_loads;
+
+static int xml_init(void)
+{
+    if (xml_dumps)
+        return 0;
+    PyObject *m = PyImport_ImportModule("xmlrpc.client");
+    xml_dumps = m ? PyObject_GetAttrString(m, "dumps") : NULL;
+    xml_loads = xml_dumps ? PyObject_GetAttrString(m, "loads") : NULL;
+    Py_XDECREF(m);
+    if (!xml_loads)
+        Py_CLEAR(xml_dumps);
+    return xml_loads ? 0 : -1;
+}
+
+static PyObject *xml_bytes(PyObject *obj)
+{
+    if (xml_init() < 0)
+        return NULL;
+    PyObject *s = PyObject_CallFunction(xml_dumps, "(O)OOOi", obj, Py_None, Py_None, Py_None, 1);
+    PyObject *b = s ? PyUnicode_AsUTF8String(s) : NULL;
+    Py_XDECREF(s);
+    return b;
+}
+
+static PyObject *xml_decode(const char *data, size_t len)
+{
+    if (xml_init() < 0)
+        return NULL;
+    PyObject *s = PyUnicode_DecodeUTF8(data, (Py_ssize_t)len, NULL);
+    PyObject *r = s ? PyObject_CallOneArg(xml_loads, s) : NULL;
+    Py_XDECREF(s);
+    PyObject *params =
+        r && PyTuple_Check(r) && PyTuple_GET_SIZE(r) == 2 ? PyTuple_GET_ITEM(r, 0) : NULL;
+    PyObject *obj = NULL;
+    if (params && PyTuple_Check(params) && PyTuple_GET_SIZE(params) == 1) {
+        obj = PyTuple_GET_ITEM(params, 0);
+        /* a request or a reply: the tuple it was */
+        obj = PyList_Check(obj) ? PyList_AsTuple(obj) : Py_NewRef(obj);
+    } else if (r) {
+        PyErr_SetString(PyExc_ValueError, "an XML-RPC message of one value was expected");
+    }
+    Py_XDECREF(r);
+    return obj;
+}
+
+enum { ENC_COMPACT, ENC_PICKLE, ENC_XML };
+
+static int encoding_of(const void *data, size_t len)
+{
+    unsigned char b = len ? ((const unsigned char *)data)[0] : 0;
+    return b == 0x80 ? ENC_PICKLE : b == '<' ? ENC_XML : ENC_COMPACT;
+}
+
+/* A message for a socket (pickle) or of the xmlrpclib serializer. */
+static PyObject *encode_bytes(cmp_py_state *st, PyObject *obj, int enc)
+{
+    return enc == ENC_XML ? xml_bytes(obj) : pickle_bytes(st, obj);
+}
+
 static PyObject *decode_any(cmp_py_state *st, const void *data, size_t len)
 {
+    if (encoding_of(data, len) == ENC_XML)
+        return xml_decode(data, len);
     if (len && ((const unsigned char *)data)[0] == 0x80) {
         PyObject *mv = PyMemoryView_FromMemory((char *)data, (Py_ssize_t)len, PyBUF_READ);
         if (!mv)
@@ -195,13 +259,13 @@ static PyObject *dispatch(uint64_t client, PyObject *req, int *flags)
     return reply;
 }
 
-/* Writes the reply's message: the compact encoding, or a pickle when the
- * request came pickled. Returns 0, or -1 with the encoding's exception. */
-static int write_reply(PyObject *reply, int pickled, cmp_manager_reply_t *out)
+/* Writes the reply's message in the request's encoding (compact, pickle
+ * or XML). Returns 0, or -1 with the encoding's exception. */
+static int write_reply(PyObject *reply, int enc, cmp_manager_reply_t *out)
 {
     cmp_manager_reply_clear(out);
-    if (pickled) {
-        PyObject *b = pickle_bytes(srv.st, reply);
+    if (enc != ENC_COMPACT) {
+        PyObject *b = encode_bytes(srv.st, reply, enc);
         if (!b)
             return -1;
         void *p = cmp_manager_reply_extend(out, (size_t)PyBytes_GET_SIZE(b));
@@ -234,16 +298,16 @@ static int server_handler(void *arg, uint64_t client, const void *req, size_t le
 {
     (void)arg;
     PyGILState_STATE g = PyGILState_Ensure();
-    int pickled = len && ((const unsigned char *)req)[0] == 0x80;
+    int enc = encoding_of(req, len);
     int flags = 0;
     PyObject *msg = decode_any(srv.st, req, len);
     PyObject *reply = msg ? dispatch(client, msg, &flags) : traceback_reply();
     Py_XDECREF(msg);
-    if (!reply || write_reply(reply, pickled, out) < 0) {
+    if (!reply || write_reply(reply, enc, out) < 0) {
         /* the result could not be sent: say why instead (#UNSERIALIZABLE) */
         PyObject *tr = traceback_reply();
         PyObject *u = tr ? Py_BuildValue("(sO)", "#UNSERIALIZABLE", PyTuple_GET_ITEM(tr, 1)) : NULL;
-        if (!u || write_reply(u, pickled, out) < 0) {
+        if (!u || write_reply(u, enc, out) < 0) {
             PyErr_Clear();
             flags |= CMP_MANAGER_DISCONNECT;
         }
@@ -579,7 +643,8 @@ static PyObject *Listener_serve(PyObject *op, PyObject *unused)
     (void)unused;
     ListenerObject *self = (ListenerObject *)op;
     if (!self->m || srv.server) {
-        PyErr_SetString(PyExc_RuntimeError, "this process serves a manager already");
+        PyErr_SetString(PyExc_RuntimeError, self->m ? "this process serves a manager already"
+                                                    : "the server's listener is closed");
         return NULL;
     }
     if (pipe2(self->done_fd, O_CLOEXEC) < 0)
@@ -640,8 +705,23 @@ static void Listener_dealloc(PyObject *op)
     Py_DECREF(tp);
 }
 
+static PyObject *Listener_close(PyObject *op, PyObject *unused)
+{
+    (void)unused;
+    ListenerObject *self = (ListenerObject *)op;
+    if (self->done_fd[0] >= 0) {
+        PyErr_SetString(PyExc_RuntimeError, "the server is serving");
+        return NULL;
+    }
+    if (self->m)
+        cmp_manager_destroy(self->m);
+    self->m = NULL;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef Listener_methods[] = {
     {"serve", Listener_serve, METH_NOARGS, "Serves until a client's shutdown (or Ctrl-C)."},
+    {"close", Listener_close, METH_NOARGS, "Closes the socket (the server cannot serve then)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -692,6 +772,7 @@ struct ChanObject {
     struct sockaddr_storage sa;
     socklen_t salen;
     unsigned flags; /* CMP_MANAGER_SOCKET: AF_INET, or a peer that refused a mailbox */
+    int xml;        /* serializer='xmlrpclib' */
     int reached;    /* a connection succeeded once: failures now mean it is gone */
     /* the last thread's client (borrowed: its dealloc clears it) */
     PyThreadState *last_ts;
@@ -798,7 +879,7 @@ static PyObject *roundtrip(ChanObject *self, cmp_manager_client_t *c, PyObject *
     const void *rep = NULL;
     size_t replen = 0;
     int rc;
-    if (cmp_manager_client_is_mailbox(c)) {
+    if (cmp_manager_client_is_mailbox(c) && !self->xml) {
         cmp_py_frame f;
         cmp_py_frame_init(&f);
         if (cmp_py_encode(st, req, &f) < 0)
@@ -817,7 +898,7 @@ static PyObject *roundtrip(ChanObject *self, cmp_manager_client_t *c, PyObject *
             PyMem_Free(iov);
         cmp_py_frame_clear(&f);
     } else {
-        PyObject *b = pickle_bytes(st, req);
+        PyObject *b = encode_bytes(st, req, self->xml ? ENC_XML : ENC_PICKLE);
         if (!b)
             return NULL;
         Py_BEGIN_ALLOW_THREADS
@@ -919,11 +1000,14 @@ static TclientObject *chan_client(ChanObject *self)
     return t;
 }
 
-PyObject *cmp_py_channel_get(cmp_py_state *st, PyObject *address, PyObject *authkey)
+PyObject *cmp_py_channel_get(cmp_py_state *st, PyObject *address, PyObject *authkey,
+                             PyObject *serializer)
 {
     if (!channels && !(channels = PyDict_New()))
         return NULL;
-    PyObject *k = PyTuple_Pack(2, address, authkey);
+    int xml = serializer && PyUnicode_Check(serializer) &&
+              PyUnicode_CompareWithASCIIString(serializer, "xmlrpclib") == 0;
+    PyObject *k = Py_BuildValue("(OOi)", address, authkey, xml);
     if (!k)
         return NULL;
     PyObject *ch = PyDict_GetItemWithError(channels, k);
@@ -941,6 +1025,7 @@ PyObject *cmp_py_channel_get(cmp_py_state *st, PyObject *address, PyObject *auth
     self->last = NULL;
     self->last_ts = NULL;
     self->flags = PyTuple_Check(address) ? CMP_MANAGER_SOCKET : 0;
+    self->xml = xml;
     self->reached = 0;
     if (authkey != Py_None && !PyBytes_Check(authkey)) {
         PyErr_SetString(PyExc_TypeError, "authkey should be a byte string");
@@ -1040,14 +1125,16 @@ static PyType_Spec Chan_spec = {
     .slots = Chan_slots,
 };
 
-/* _manager_channel(address, authkey): this process's channel (cached). */
+/* _manager_channel(address, authkey, serializer='pickle'): this process's
+ * channel (cached). */
 static PyObject *manager_channel(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "_manager_channel(address, authkey)");
+    if (nargs != 2 && nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "_manager_channel(address, authkey, serializer)");
         return NULL;
     }
-    return cmp_py_channel_get(cmp_py_state_of_module(module), args[0], args[1]);
+    return cmp_py_channel_get(cmp_py_state_of_module(module), args[0], args[1],
+                              nargs == 3 ? args[2] : NULL);
 }
 
 /* After a fork the children's channels are their own (libcmp reconnects

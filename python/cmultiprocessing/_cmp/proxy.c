@@ -248,7 +248,7 @@ static int Proxy_init(PyObject *op, PyObject *args, PyObject *kwds)
     }
     Py_XSETREF(self->authkey, authkey);
     cmp_py_state *st = cmp_py_state_of_type(Py_TYPE(op));
-    PyObject *ch = cmp_py_channel_get(st, address, authkey);
+    PyObject *ch = cmp_py_channel_get(st, address, authkey, serializer);
     if (!ch)
         goto fail;
     Py_XSETREF(self->channel, ch);
