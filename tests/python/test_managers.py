@@ -704,3 +704,30 @@ def test_a_thread_that_ends_lets_go_of_its_connection(cmp):
         while server_threads(m) > base and time.monotonic() < deadline:
             time.sleep(0.02)
         assert server_threads(m) == base
+
+
+def start_manager_and_die(conn):
+    import cmultiprocessing
+    m = cmultiprocessing.Manager()
+    m.list()
+    conn.send(m._process.pid)
+    os._exit(0)  # no shutdown
+
+
+def test_the_server_dies_with_its_starter(cmp):
+    a, b = cmp.Pipe()
+    p = cmp.Process(target=start_manager_and_die, args=(b,))
+    p.start()
+    assert a.poll(T)
+    server = a.recv()
+    p.join(T)
+    deadline = time.monotonic() + T
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{server}/stat") as f:
+                if f.read().split(")")[-1].split()[0] == "Z":
+                    break  # dead, not yet reaped by init
+        except FileNotFoundError:
+            break  # dead and reaped
+        time.sleep(0.02)
+    assert time.monotonic() < deadline
