@@ -489,12 +489,9 @@ class AcquirerProxy(BaseProxy):
         return self._callmethod('acquire', args)
 
     release = _cmp.ProxyMethod('release')
-
-    def __enter__(self):
-        return self._callmethod('acquire')
-
-    def __exit__(self, exc_type, exc_val, exc_tb):
-        return self._callmethod('release')
+    # `with lock:` in C: acquire() and release() with no arguments
+    __enter__ = _cmp.ProxyMethod('acquire')
+    __exit__ = _cmp.ProxyMethod('release', ignore_args=True)
 
 
 class ConditionProxy(AcquirerProxy):

@@ -446,6 +446,7 @@ typedef struct {
     PyObject_HEAD
     PyObject *name;
     vectorcallfunc vectorcall;
+    int ignore_args; /* the call's arguments are not sent (an __exit__'s) */
 } PmethObject;
 
 static PyObject *Pmeth_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf,
@@ -459,6 +460,8 @@ static PyObject *Pmeth_vectorcall(PyObject *op, PyObject *const *args, size_t na
                      m->name);
         return NULL;
     }
+    if (m->ignore_args)
+        return cmp_py_proxy_call(args[0], m->name, empty_tuple, empty_dict);
     PyObject *targs = PyTuple_New(nargs - 1);
     if (!targs)
         return NULL;
@@ -488,15 +491,16 @@ static PyObject *Pmeth_vectorcall(PyObject *op, PyObject *const *args, size_t na
 
 static PyObject *Pmeth_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
+    static char *kwlist[] = {"name", "ignore_args", NULL};
     PyObject *name;
-    if ((kwds && PyDict_GET_SIZE(kwds)) || !PyArg_ParseTuple(args, "U:ProxyMethod", &name))
-        return kwds && PyDict_GET_SIZE(kwds)
-                   ? PyErr_Format(PyExc_TypeError, "ProxyMethod takes no keyword arguments")
-                   : NULL;
+    int ignore_args = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "U|$p:ProxyMethod", kwlist, &name, &ignore_args))
+        return NULL;
     PmethObject *m = (PmethObject *)type->tp_alloc(type, 0);
     if (!m)
         return NULL;
     m->name = Py_NewRef(name);
+    m->ignore_args = ignore_args;
     m->vectorcall = Pmeth_vectorcall;
     return (PyObject *)m;
 }
