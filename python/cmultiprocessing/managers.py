@@ -11,7 +11,7 @@ the server's own functions (create, incref, decref, ...), the typed proxy
 classes and their argument mapping.
 
 Token, RemoteError, Namespace, Value and the Array factory are the
-stdlib's own, so that isinstance checks and except clauses written against
+stdlib's own (and SharedMemoryManager, whole), so that isinstance checks and except clauses written against
 multiprocessing.managers work with ours, and so that a stdlib client or
 server can read what ours send.
 """
@@ -30,7 +30,11 @@ from ._cmp import ManagerGoneError, ProcessError  # noqa: F401
 from .connection import arbitrary_address
 
 __all__ = ["BaseManager", "SyncManager", "BaseProxy", "Token", "SharedMemoryManager"]
-__all__.remove("SharedMemoryManager")  # not yet
+
+# The stdlib's own, on the stdlib's manager machinery (its server tracks
+# shared memory blocks): re-exported so that programs importing it from
+# here work; not built on libcmp's server yet.
+from multiprocessing.managers import SharedMemoryManager  # noqa: E402,F401
 
 # The server object of this process, when it is a manager's server: a
 # proxy unpickled here refers to an object held here (RebuildProxy).
