@@ -106,9 +106,15 @@ void cmp_py_proxy_child_exit(void)
     PyErr_Fetch(&et, &ev, &tb);
     PyObject *refs = PyDict_Values(held);
     for (Py_ssize_t i = 0; refs && i < PyList_GET_SIZE(refs); i++) {
-        PyObject *p = PyWeakref_GetObject(PyList_GET_ITEM(refs, i));
-        if (p && p != Py_None) {
-            Py_INCREF(p);
+        PyObject *p;
+#if PY_VERSION_HEX >= 0x030D0000
+        if (PyWeakref_GetRef(PyList_GET_ITEM(refs, i), &p) < 0)
+            p = NULL;
+#else
+        p = PyWeakref_GetObject(PyList_GET_ITEM(refs, i));
+        p = p && p != Py_None ? Py_NewRef(p) : NULL;
+#endif
+        if (p) {
             give_ref((ProxyObject *)p);
             Py_DECREF(p);
         }
