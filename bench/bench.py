@@ -513,6 +513,111 @@ def pool_numpy(mp, n):
     return _with_pool(mp, lambda p: _timed(lambda: p.map(_pool_sum, arrays))) / len(arrays)
 
 
+# ---- Manager --------------------------------------------------------------
+# Issue 10's rows. Each starts its manager off the clock (except the start
+# row); times are wall clock: every operation is a round trip to the
+# manager's process.
+
+def _mgr_scale(n):
+    return max(200, n // 100)
+
+
+def _with_manager(mp, body):
+    m = mp.Manager()
+    try:
+        return body(m)
+    finally:
+        m.shutdown()
+
+
+@scenario("Manager dict set+get (per pair)", "us", 0.05, 0.15)
+def manager_dict(mp, n):
+    k = _mgr_scale(n)
+
+    def body(m):
+        d = m.dict()
+
+        def run():
+            for i in range(k):
+                d["key"] = i
+                d["key"]
+        return _timed(run)
+    return _with_manager(mp, body) / k
+
+
+@scenario("Manager list.append", "us", 0.05)
+def manager_list_append(mp, n):
+    k = _mgr_scale(n)
+
+    def body(m):
+        lst = m.list()
+        append = lst.append
+        return _timed(lambda: [append(i) for i in range(k)])
+    return _with_manager(mp, body) / k
+
+
+@scenario("Manager Namespace attribute get", "us", 0.05)
+def manager_namespace_get(mp, n):
+    k = _mgr_scale(n)
+
+    def body(m):
+        ns = m.Namespace(x=1)
+
+        def run():
+            for _ in range(k):
+                ns.x
+        return _timed(run)
+    return _with_manager(mp, body) / k
+
+
+@scenario("Manager Lock acquire+release", "us", 0.1)
+def manager_lock(mp, n):
+    k = _mgr_scale(n)
+
+    def body(m):
+        lock = m.Lock()
+
+        def run():
+            for _ in range(k):
+                lock.acquire()
+                lock.release()
+        return _timed(run)
+    return _with_manager(mp, body) / k
+
+
+@scenario("Manager() start + shutdown", "ms", 0.5)
+def manager_start(mp, n):
+    cycles = max(1, n // 20000)
+
+    def run():
+        for _ in range(cycles):
+            m = mp.Manager()
+            m.shutdown()
+    return _timed(run) / cycles
+
+
+def _mgr_updater(d, base, k):
+    for i in range(k):
+        d[base + i % 64] = i
+
+
+@scenario("Manager dict, 4 processes updating (per update)", "us", 0.05)
+def manager_dict_4(mp, n):
+    k = _mgr_scale(n)
+
+    def body(m):
+        d = m.dict()
+        procs = [mp.Process(target=_mgr_updater, args=(d, 100 * j, k)) for j in range(4)]
+
+        def run():
+            for p in procs:
+                p.start()
+            for p in procs:
+                p.join()
+        return _timed(run)
+    return _with_manager(mp, body) / (4 * k)
+
+
 SCALE = {"us": 1e6, "ms": 1e3}
 
 

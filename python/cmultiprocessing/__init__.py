@@ -13,7 +13,7 @@ what ``from multiprocessing import *`` binds.
 from . import _cmp
 from ._cmp import (  # noqa: F401
     AbandonedLockWarning, Array, AuthenticationError, Barrier, BoundedSemaphore,
-    BufferTooShort, Condition, Event, JoinableQueue, Lock, Pipe, Pool, Process, ProcessError,
+    BufferTooShort, Condition, Event, JoinableQueue, Lock, Manager, Pipe, Pool, Process, ProcessError,
     Queue, RLock, RawArray, RawValue, Semaphore, SimpleQueue, TimeoutError, Value,
     active_children, allow_connection_pickling, cpu_count, current_process, freeze_support, get_all_start_methods,
     get_context, get_logger, get_start_method, log_to_stderr, parent_process,
@@ -23,7 +23,7 @@ from ._cmp import InitializerError, WorkerLostError  # noqa: F401  (beyond the s
 __version__ = "0.1.0"
 __all__ = [
     "AbandonedLockWarning", "Array", "AuthenticationError", "Barrier", "BoundedSemaphore",
-    "BufferTooShort", "Condition", "Event", "JoinableQueue", "Lock", "Pipe", "Pool", "Process",
+    "BufferTooShort", "Condition", "Event", "JoinableQueue", "Lock", "Manager", "Pipe", "Pool", "Process",
     "ProcessError", "Queue", "RLock", "RawArray", "RawValue", "Semaphore", "SimpleQueue",
     "TimeoutError", "Value", "active_children", "allow_connection_pickling", "cpu_count", "current_process",
     "freeze_support", "get_all_start_methods", "get_context", "get_logger",

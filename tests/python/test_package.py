@@ -44,9 +44,9 @@ def test_extension_is_the_implementation(cmp):
     assert cmp._cmp.__file__.endswith(".so")
 
 
-# Not implemented yet (later issues): the manager, and the reducer
-# machinery that only spawn needs.
-NOT_YET = {"Manager", "reducer"}
+# Not implemented yet (later issues): the reducer machinery that only
+# spawn needs.
+NOT_YET = {"reducer"}
 
 
 def test_star_import_binds_what_the_stdlib_binds(cmp):

@@ -91,6 +91,13 @@ typedef struct {
     PyTypeObject *JoinableQueue_type;
     PyObject *Empty; /* queue.Empty */
     PyObject *Full;  /* queue.Full */
+    /* managers (manager.c, proxy.c) */
+    PyTypeObject *ManagerProcess_type;
+    PyTypeObject *ManagerChannel_type;
+    PyTypeObject *ManagerListener_type;
+    PyTypeObject *ManagerThreadClient_type;
+    PyTypeObject *ProxyBase_type;
+    PyTypeObject *ProxyMethod_type;
 } cmp_py_state;
 
 extern PyModuleDef cmp_py_module_def;
@@ -390,6 +397,48 @@ int cmp_py_connection_init(PyObject *module, cmp_py_state *st);
 int cmp_py_reduction_init(PyObject *module, cmp_py_state *st);
 
 int cmp_py_serialize_init(PyObject *module, cmp_py_state *st);
+/* After process's: proxies take current_process() for their authkey.
+ * manager_init runs manager_channel_init. */
+int cmp_py_manager_init(PyObject *module, cmp_py_state *st);
+int cmp_py_manager_channel_init(PyObject *module, cmp_py_state *st);
+int cmp_py_proxy_init(PyObject *module, cmp_py_state *st);
+
+/* Python address <-> sockaddr as connection.c converts them (AF_INET: a
+ * (host, port) tuple; AF_UNIX: str or bytes). to: 0, or -1 with an
+ * exception; from: a new reference, or NULL. */
+#include <sys/socket.h>
+int cmp_py_to_sockaddr(int family, PyObject *address, struct sockaddr_storage *out,
+                       socklen_t *outlen);
+PyObject *cmp_py_from_sockaddr(const struct sockaddr_storage *a, socklen_t len);
+
+/* A manager's messages (manager_wire.c): the encoding of a message, by
+ * its first byte; a message as bytes in the pickle or XML encoding (new
+ * reference, or NULL with an exception); any message decoded. */
+enum { CMP_PY_MGR_COMPACT, CMP_PY_MGR_PICKLE, CMP_PY_MGR_XML };
+int cmp_py_mgr_encoding_of(const void *data, size_t len);
+PyObject *cmp_py_mgr_encode_bytes(cmp_py_state *st, PyObject *obj, int enc);
+PyObject *cmp_py_mgr_decode(cmp_py_state *st, const void *data, size_t len);
+/* A manager's address (a (host, port) tuple: AF_INET, else AF_UNIX) as a
+ * sockaddr: 0, or -1 with an exception. */
+int cmp_py_mgr_addr(PyObject *address, struct sockaddr_storage *sa, socklen_t *len);
+
+/* A manager's channel for address, authkey (bytes or None) and serializer
+ * ('pickle', 'xmlrpclib'; NULL: pickle): one per process, with a
+ * connection per calling thread (manager.c). New reference, or NULL with
+ * an exception. */
+PyObject *cmp_py_channel_get(cmp_py_state *st, PyObject *address, PyObject *authkey,
+                             PyObject *serializer);
+/* Sends (oid, name, args, kwds) and returns the decoded reply (kind,
+ * result), GIL released while waiting; ManagerGoneError when the server is
+ * gone. New reference, or NULL with an exception. */
+PyObject *cmp_py_channel_request(PyObject *chan, PyObject *oid, PyObject *name, PyObject *args,
+                                 PyObject *kwds);
+/* Run by a child process of ours on its way out, when set (process.c):
+ * the proxies' references go back to their managers (proxy.c). */
+extern void (*cmp_py_child_exit_hook)(void);
+void cmp_py_proxy_child_exit(void);
+/* proxy._callmethod(name, args (tuple), kwds (dict)) (proxy.c). */
+PyObject *cmp_py_proxy_call(PyObject *proxy, PyObject *name, PyObject *args, PyObject *kwds);
 int cmp_py_queue_init(PyObject *module, cmp_py_state *st);
 
 /* Per-concept GC of the state. */

@@ -1074,6 +1074,17 @@ static int to_sockaddr(int family, PyObject *address, struct sockaddr_storage *o
     return 0;
 }
 
+int cmp_py_to_sockaddr(int family, PyObject *address, struct sockaddr_storage *out,
+                       socklen_t *outlen)
+{
+    return to_sockaddr(family, address, out, outlen);
+}
+
+PyObject *cmp_py_from_sockaddr(const struct sockaddr_storage *a, socklen_t len)
+{
+    return from_sockaddr(a, len);
+}
+
 /* ---- the challenge handshake, on any connection object ---------------- */
 
 static int check_authkey(PyObject *authkey)

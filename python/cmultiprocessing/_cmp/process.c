@@ -64,6 +64,7 @@ static PyTypeObject *g_parent_type;
 static PyObject *g_authstr_type;
 static PyObject *g_logger;    /* the 'multiprocessing' logger once get_logger() ran */
 static PyObject *g_exit_func; /* _exit_function, registered with atexit */
+void (*cmp_py_child_exit_hook)(void);
 static PyObject *g_exitcode_names;
 static PyObject *g_executable;
 static PyObject *g_forkserver_preload;
@@ -628,6 +629,8 @@ static int bootstrap(ProcObject *self)
         Py_XDECREF(tb);
     }
     join_threads();
+    if (cmp_py_child_exit_hook)
+        cmp_py_child_exit_hook();
     log_msg(LOG_INFO, "process exiting with exitcode %d", exitcode);
     flush_std_streams();
     return exitcode;
