@@ -44,6 +44,9 @@ const struct timespec *cmp__deadline_min(const struct timespec *a, const struct 
 int cmp__deadline_passed(const struct timespec *deadline);
 /* now + ns on CLOCK_MONOTONIC. */
 void cmp__deadline_in_ns(struct timespec *out, long ns);
+/* The time on clock (CLOCK_MONOTONIC, or CLOCK_MONOTONIC_COARSE: a few ms
+ * of resolution, no system call) in ns. */
+int64_t cmp__now_ns(clockid_t clock);
 
 /* Kernel thread id of the caller, cached per thread. */
 uint32_t cmp__self_tid(void);

@@ -311,19 +311,12 @@ static uint64_t fifo_pop(cmp_pool_t *p, struct worker *w)
     return id;
 }
 
-static int64_t precise_now_ns(void)
-{
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    return (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
-}
-
 /* A result of w came in: when w held more tasks at its previous result
  * (it ran without a pause since), the time between the two is one task's
  * run, averaged into task_ns. */
 static void time_task(cmp_pool_t *p, struct worker *w)
 {
-    int64_t now = precise_now_ns();
+    int64_t now = cmp__now_ns(CLOCK_MONOTONIC);
     if (w->busy_since && now > w->last_result_ns) {
         uint64_t took = (uint64_t)(now - w->last_result_ns);
         p->task_ns = p->task_ns ? (7 * p->task_ns + took) / 8 : took;
@@ -962,15 +955,6 @@ static void *result_alloc(void *arg, size_t len)
     return s->buf;
 }
 
-/* Coarse (a few ms, no system call): only paces the checks for dead
- * workers. */
-static int64_t coarse_now_ns(void)
-{
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC_COARSE, &now);
-    return (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
-}
-
 static int next_outcome(cmp_pool_t *p, cmp_pool_outcome_t *out, cmp_ring_alloc_fn alloc, void *arg,
                         const struct timespec *deadline);
 
@@ -989,7 +973,8 @@ static int next_outcome(cmp_pool_t *p, cmp_pool_outcome_t *out, cmp_ring_alloc_f
         pthread_mutex_lock(&p->mu);
         /* a waitid per worker: at most once per check interval (and after
          * each wait that timed out), not once per result */
-        int64_t now_ns = coarse_now_ns();
+        /* coarse: it only paces the checks for dead workers */
+        int64_t now_ns = cmp__now_ns(CLOCK_MONOTONIC_COARSE);
         if (now_ns >= p->next_check_ns || p->retiring) {
             p->next_check_ns = now_ns + CMP_POOL_CHECK_NS;
             check_workers(p);

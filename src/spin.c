@@ -39,13 +39,6 @@ int cmp__spin_enabled_slow(void)
 
 static __thread int64_t next_sample_ns, held_until_ns, last_wall_ns, last_wait_ns;
 
-static int64_t coarse_now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 /* Nanoseconds this thread has waited on a run queue, or -1. */
 static int64_t runqueue_wait_ns(void)
 {
@@ -70,7 +63,7 @@ static int64_t runqueue_wait_ns(void)
 
 int cmp__spin_held(void)
 {
-    int64_t now = coarse_now_ns();
+    int64_t now = cmp__now_ns(CLOCK_MONOTONIC_COARSE);
     if (now >= next_sample_ns) {
         next_sample_ns = now + SAMPLE_NS;
         int64_t wait = runqueue_wait_ns();

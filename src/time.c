@@ -69,3 +69,10 @@ void cmp__deadline_in_ns(struct timespec *out, long ns)
         out->tv_nsec -= NS_PER_S;
     }
 }
+
+int64_t cmp__now_ns(clockid_t clock)
+{
+    struct timespec now;
+    clock_gettime(clock, &now);
+    return (int64_t)now.tv_sec * NS_PER_S + now.tv_nsec;
+}
