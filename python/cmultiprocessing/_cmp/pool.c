@@ -1757,6 +1757,11 @@ static PyObject *Pool_terminate(PyObject *op, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+static int pool_join_wait(void *pool, const struct timespec *deadline)
+{
+    return cmp_pool_join(pool, deadline);
+}
+
 static PyObject *Pool_join(PyObject *op, PyObject *unused)
 {
     (void)unused;
@@ -1770,10 +1775,9 @@ static PyObject *Pool_join(PyObject *op, PyObject *unused)
     /* the result thread ends once every task is out: then the workers */
     if (core_wait(c, flag_set, &c->handler_done, NULL, 0, NULL) < 0)
         return NULL;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = cmp_pool_join(c->pool, NULL);
-    Py_END_ALLOW_THREADS
+    int rc = cmp_py_wait(pool_join_wait, c->pool, NULL, 0);
+    if (rc == -EINTR)
+        return NULL; /* a signal handler raised */
     if (rc < 0)
         return cmp_py_raise(rc);
     Py_RETURN_NONE;
