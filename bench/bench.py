@@ -480,19 +480,25 @@ def pool_imap(mp, n):
     return _with_pool(mp, body) / k
 
 
-@scenario("Pool start + tiny map + close/join", "ms", 0.5)
-def pool_start(mp, n):
-    # many cycles per measurement (calibrate scales n): one cycle alone
-    # lasts a few ms, and a median of three of them was mostly noise
+def _per_cycle(n, cycle):
+    """Seconds per cycle() over many cycles (calibrate scales n): one cycle
+    alone lasts a few ms, and a median of three of them was mostly noise."""
     cycles = max(1, n // 20000)
 
-    def cycles_run():
+    def run():
         for _ in range(cycles):
-            pool = mp.Pool(os.cpu_count())
-            pool.map(_pool_sq, [1, 2])
-            pool.close()
-            pool.join()
-    return _timed(cycles_run) / cycles
+            cycle()
+    return _timed(run) / cycles
+
+
+@scenario("Pool start + tiny map + close/join", "ms", 0.5)
+def pool_start(mp, n):
+    def cycle():
+        pool = mp.Pool(os.cpu_count())
+        pool.map(_pool_sq, [1, 2])
+        pool.close()
+        pool.join()
+    return _per_cycle(n, cycle)
 
 
 def _pool_forks(mp, n):
@@ -587,13 +593,7 @@ def manager_lock(mp, n):
 
 @scenario("Manager() start + shutdown", "ms", 0.5)
 def manager_start(mp, n):
-    cycles = max(1, n // 20000)
-
-    def run():
-        for _ in range(cycles):
-            m = mp.Manager()
-            m.shutdown()
-    return _timed(run) / cycles
+    return _per_cycle(n, lambda: mp.Manager().shutdown())
 
 
 def _mgr_updater(d, base, k):
