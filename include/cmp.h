@@ -989,7 +989,19 @@ typedef struct cmp_pool_options {
     unsigned depth;             /* tasks queued at a worker beyond the one it runs;
                                    0: the default, 2. Short tasks (a few µs) are
                                    queued deeper, up to 16 or ~50 µs of work */
+    cmp_ring_alloc_fn task_alloc; /* NULL: none. See CMP_POOL_OWN_TASK_MIN */
 } cmp_pool_options_t;
+
+/* A worker receives a task of at least this many bytes into memory that
+ * opt->task_alloc(opt->arg, n) returns, when it is set: the task's bytes
+ * are copied from the shared ring straight into it, and the task function
+ * gets a pointer into that memory (a few bytes of the pool's own come
+ * first). The pool never frees nor reuses it, so a binding can keep parts
+ * of a task beyond its task function (its arrays decoded in place, with no
+ * second copy). NULL: the task goes to the worker's own buffer as smaller
+ * ones do. Called in the worker, in its wait for a task (after the wait
+ * hook's waiting = 1). */
+#define CMP_POOL_OWN_TASK_MIN ((size_t)64 << 10)
 
 /* How a task ended (cmp_pool_outcome_t.status). */
 enum {

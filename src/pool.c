@@ -330,11 +330,19 @@ static void time_task(cmp_pool_t *p, struct worker *w)
 struct inbox_buf {
     char *buf;
     size_t cap;
+    /* where the last message went: buf, or memory of opt.task_alloc's */
+    char *data;
+    const cmp_pool_options_t *opt; /* NULL: always buf */
 };
 
 static void *inbox_alloc(void *arg, size_t len)
 {
     struct inbox_buf *b = arg;
+    if (b->opt && b->opt->task_alloc && len >= CMP_POOL_OWN_TASK_MIN) {
+        b->data = b->opt->task_alloc(b->opt->arg, len);
+        if (b->data)
+            return b->data;
+    }
     if (len > b->cap) {
         char *n = realloc(b->buf, len);
         if (!n)
@@ -342,6 +350,7 @@ static void *inbox_alloc(void *arg, size_t len)
         b->buf = n;
         b->cap = len;
     }
+    b->data = b->buf;
     return b->buf ? (void *)b->buf : (void *)b;
 }
 
@@ -378,7 +387,7 @@ static int worker_main(void *arg)
         send_result(p, index, 0, KIND_INIT_FAILED, 1, &r);
         return 1;
     }
-    struct inbox_buf in = {NULL, 0};
+    struct inbox_buf in = {NULL, 0, NULL, &p->opt};
     for (uint64_t done = 0; p->opt.max_tasks == 0 || done < p->opt.max_tasks; done++) {
         if (p->opt.wait_hook)
             p->opt.wait_hook(p->opt.arg, 1);
@@ -391,16 +400,16 @@ static int worker_main(void *arg)
         if (rc < 0)
             return 2;
         uint64_t id;
-        memcpy(&id, in.buf, sizeof id);
+        memcpy(&id, in.data, sizeof id);
         if (id == 0)
             return 0; /* asked to exit */
         /* release: the pool, seeing this after our death, knows we took
          * the task (and may have run part of it) */
         cmp__store64_release(&w->slot->running, id);
         size_t len;
-        memcpy(&len, in.buf + sizeof id, sizeof len);
+        memcpy(&len, in.data + sizeof id, sizeof len);
         r.len = 0;
-        int failed = p->opt.task(p->opt.arg, in.buf + 2 * sizeof id, len, &r);
+        int failed = p->opt.task(p->opt.arg, in.data + 2 * sizeof id, len, &r);
         if (send_result(p, index, id, KIND_RESULT, failed, &r) < 0)
             return 3;
         if (failed == CMP_POOL_TASK_FAILED_EXIT)
@@ -578,7 +587,7 @@ static void handle_death(cmp_pool_t *p, struct worker *w)
 
     /* What is still in the inbox never started. */
     struct list unstarted = {NULL, NULL, 0};
-    struct inbox_buf b = {NULL, 0};
+    struct inbox_buf b = {NULL, 0, NULL, NULL};
     for (;;) {
         int rc = cmp_queue_get(w->inbox, inbox_alloc, &b, CMP_NOWAIT);
         if (rc == -ECONNABORTED || rc == -EINTR)

@@ -370,3 +370,12 @@ def exception_chain(e):
         seen.append(x)
         todo += [x.__cause__, x.__context__]
     return seen
+
+
+def scale_in_place(args):
+    """Multiplies the array it got by k in place (the worker's copy must be
+    its own and writable) and returns it with a checksum."""
+    a, k = args
+    before = float(a.sum())
+    a *= k
+    return a, before, bool(a.flags.writeable)

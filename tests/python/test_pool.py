@@ -337,6 +337,24 @@ def test_starmap_async_callbacks(pmp):
         assert len(errors) == 1 and type(errors[0]) is TypeError
 
 
+def test_map_big_numpy_arrays_arrive_writable_and_whole(pmp):
+    """Arrays of megabytes (pickled with out-of-band buffers) arrive in the
+    worker whole and writable, as the worker's own: changing one there
+    changes neither the parent's nor another task's, and the changed array
+    comes back."""
+    numpy = pytest.importorskip("numpy")
+    arrays = [numpy.full((1 << 17) + i, float(i + 1)) for i in range(6)]
+    with started(pmp.Pool, 2) as p:
+        got = p.map(h.scale_in_place, [(a, 3.0) for a in arrays], 1)
+        again = p.apply(h.scale_in_place, ((arrays[0], 2.0),))
+    for a, (out, before, writable) in zip(arrays, got):
+        assert writable is True
+        assert before == float(a.sum())
+        assert out.shape == a.shape and (out == a * 3.0).all()
+    assert float(arrays[0][0]) == 1.0  # the parent's copy is untouched
+    assert (again[0] == arrays[0] * 2.0).all()
+
+
 # -- imap, imap_unordered ---------------------------------------------------
 
 @pytest.mark.parametrize("chunksize", [1, 3])

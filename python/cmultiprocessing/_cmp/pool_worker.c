@@ -45,6 +45,42 @@ void cmp_py_pool_worker_wait_hook(void *arg, int waiting)
         PyEval_RestoreThread(worker_tstate);
 }
 
+/* A big task is received straight into a bytearray of ours (the pool's
+ * task_alloc), so that its arrays are decoded as views of it rather than
+ * copied a second time. Called in the wait for a task, without the GIL.
+ * The worker runs one task at a time: one pending buffer. */
+static PyObject *big_task;
+static const char *big_data;
+static size_t big_len;
+
+void *cmp_py_pool_worker_task_alloc(void *arg, size_t len)
+{
+    (void)arg;
+    PyEval_RestoreThread(worker_tstate);
+    Py_CLEAR(big_task); /* a get that failed after its allocation */
+    big_task = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)len);
+    if (big_task) {
+        big_data = PyByteArray_AS_STRING(big_task);
+        big_len = len;
+    } else {
+        PyErr_Clear(); /* the pool falls back to its own buffer */
+    }
+    worker_tstate = PyEval_SaveThread();
+    return big_task ? (void *)PyByteArray_AS_STRING(big_task) : NULL;
+}
+
+/* The task at data: decoded in place when it is in big_task. */
+static PyObject *decode_task(cmp_py_state *st, const char *data, size_t len)
+{
+    if (!big_task || data < big_data || data > big_data + big_len || len > big_len)
+        return cmp_py_decode(st, data, len);
+    PyObject *owner = big_task;
+    big_task = NULL;
+    PyObject *task = cmp_py_decode_at(st, owner, (size_t)(data - big_data), len);
+    Py_DECREF(owner);
+    return task;
+}
+
 /* Appends the encoding of obj to out. 0, or -1 with an exception. */
 static int write_message(cmp_py_state *st, PyObject *obj, cmp_pool_result_t *out)
 {
@@ -208,7 +244,7 @@ int cmp_py_pool_worker_task(void *arg, const void *data, size_t len, cmp_pool_re
 {
     cmp_py_pool_work *w = arg;
     cmp_py_state *st = w->st;
-    PyObject *task = cmp_py_decode(st, data, len);
+    PyObject *task = decode_task(st, data, len);
     PyObject *value = task ? run_task(task) : NULL;
     Py_XDECREF(task);
     if (value) {

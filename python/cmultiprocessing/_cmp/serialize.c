@@ -799,15 +799,23 @@ PyObject *cmp_py_decode_owned(cmp_py_state *st, PyObject *owner, size_t len)
         }
         return owner;
     }
-    if (tag == T_PICKLE) {
-        /* out-of-band buffers are slices of the message: no second copy */
-        PyObject *view = PyMemoryView_FromObject(owner);
-        r = view ? decode_pickle(st, data, len, view) : NULL;
-        Py_XDECREF(view);
-    } else {
-        r = cmp_py_decode(st, data, len);
-    }
+    r = cmp_py_decode_at(st, owner, 0, len);
     Py_DECREF(owner);
+    return r;
+}
+
+PyObject *cmp_py_decode_at(cmp_py_state *st, PyObject *owner, size_t offset, size_t len)
+{
+    const char *data = PyByteArray_AS_STRING(owner) + offset;
+    if (len == 0 || (unsigned char)data[0] != T_PICKLE)
+        return cmp_py_decode(st, data, len);
+    /* out-of-band buffers are slices of the message: no second copy */
+    PyObject *whole = PyMemoryView_FromObject(owner);
+    PyObject *view =
+        whole ? PySequence_GetSlice(whole, (Py_ssize_t)offset, (Py_ssize_t)(offset + len)) : NULL;
+    Py_XDECREF(whole);
+    PyObject *r = view ? decode_pickle(st, data, len, view) : NULL;
+    Py_XDECREF(view);
     return r;
 }
 
