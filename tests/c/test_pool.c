@@ -587,6 +587,58 @@ Test(pool, big_tasks_and_results, .timeout = 60)
     finish(p);
 }
 
+/* task_alloc: a worker's own buffer for each big task (the last one is
+ * kept, the one before freed: the pool never frees them). */
+static char *owned;
+static size_t owned_len;
+
+static void *own_alloc(void *arg, size_t len)
+{
+    (void)arg;
+    free(owned);
+    owned = malloc(len);
+    owned_len = len;
+    return owned;
+}
+
+/* Answers 1 when the task's bytes are in the owned buffer, 0 otherwise,
+ * and -1 if they are not all 7s. */
+static int where_task(void *arg, const void *data, size_t len, cmp_pool_result_t *out)
+{
+    (void)arg;
+    const char *d = data;
+    for (size_t i = 0; i < len; i++)
+        if (d[i] != 7)
+            return put_i64(out, -1);
+    int in_owned = owned && d >= owned && d + len <= owned + owned_len;
+    return put_i64(out, in_owned);
+}
+
+Test(pool, big_tasks_go_to_task_alloc_memory, .timeout = 30)
+{
+    cmp_pool_options_t opt = {.workers = 1, .task = where_task, .task_alloc = own_alloc};
+    cmp_pool_t *p = NULL;
+    cr_assert_eq(cmp_pool_create(&p, &opt), 0);
+    size_t sizes[] = {100, CMP_POOL_OWN_TASK_MIN, 5u << 20, 10};
+    int64_t expect[] = {0, 1, 1, 0};
+    char *buf = malloc(5u << 20);
+    memset(buf, 7, 5u << 20);
+    uint64_t ids[4];
+    for (int i = 0; i < 4; i++)
+        cr_assert_eq(cmp_pool_submit(p, buf, sizes[i], &ids[i]), 0);
+    for (int k = 0; k < 4; k++) {
+        cmp_pool_outcome_t o = next(p, 20);
+        cr_assert_eq(o.status, CMP_POOL_DONE);
+        int i = 0;
+        while (ids[i] != o.id)
+            i++;
+        cr_assert_eq(value_of(&o), expect[i], "task of %zu bytes", sizes[i]);
+        free(o.data);
+    }
+    free(buf);
+    finish(p);
+}
+
 /* The pool's process is SIGKILLed: its workers go with it. */
 Test(pool, workers_die_with_the_pool_process, .timeout = 30)
 {
