@@ -89,6 +89,7 @@ typedef struct {
     PyTypeObject *Queue_type;
     PyTypeObject *SimpleQueue_type;
     PyTypeObject *JoinableQueue_type;
+    PyTypeObject *QueueReader_type; /* queue_reader.c */
     PyObject *Empty; /* queue.Empty */
     PyObject *Full;  /* queue.Full */
     /* managers (manager.c, proxy.c) */
