@@ -90,8 +90,8 @@ typedef struct {
     PyTypeObject *SimpleQueue_type;
     PyTypeObject *JoinableQueue_type;
     PyTypeObject *QueueReader_type; /* queue_reader.c */
-    PyObject *Empty; /* queue.Empty */
-    PyObject *Full;  /* queue.Full */
+    PyObject *Empty;                /* queue.Empty */
+    PyObject *Full;                 /* queue.Full */
     /* managers (manager.c, proxy.c) */
     PyTypeObject *ManagerProcess_type;
     PyTypeObject *ManagerChannel_type;
@@ -437,6 +437,13 @@ PyObject *cmp_py_channel_request(PyObject *chan, PyObject *oid, PyObject *name, 
 /* Run by a child process of ours on its way out, when set (process.c):
  * the proxies' references go back to their managers (proxy.c). */
 extern void (*cmp_py_child_exit_hook)(void);
+
+/* multiprocessing.util's hooks, if a util module is loaded (util_hooks.c):
+ * the register_after_fork() callbacks, and the finalizers with
+ * exitpriority >= minpriority (-1: every one with a priority). Errors are
+ * printed, never raised: they run in a child on its way in or out. */
+void cmp_py_util_after_fork(void);
+void cmp_py_util_run_finalizers(int minpriority);
 void cmp_py_proxy_child_exit(void);
 /* proxy._callmethod(name, args (tuple), kwds (dict)) (proxy.c). */
 PyObject *cmp_py_proxy_call(PyObject *proxy, PyObject *name, PyObject *args, PyObject *kwds);
