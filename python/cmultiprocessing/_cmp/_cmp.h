@@ -443,6 +443,14 @@ extern void (*cmp_py_child_exit_hook)(void);
  * exitpriority >= minpriority (-1: every one with a priority). Errors are
  * printed, never raised: they run in a child on its way in or out. */
 void cmp_py_util_after_fork(void);
+
+/* Subclassing: a subclass with an __init__ of its own calls our __new__
+ * with its own arguments. Then (type's tp_init is not ours) __new__ makes
+ * a default object, ignoring them, and our __init__, reached through
+ * super().__init__(...), parses and applies ours. Otherwise __new__ took
+ * them and __init__ does nothing. */
+#define CMP_PY_FOREIGN_INIT(type, ours) ((type)->tp_init != (ours))
+extern PyObject *cmp_py_empty_tuple; /* () for the default arguments */
 void cmp_py_util_run_finalizers(int minpriority);
 void cmp_py_proxy_child_exit(void);
 /* proxy._callmethod(name, args (tuple), kwds (dict)) (proxy.c). */
