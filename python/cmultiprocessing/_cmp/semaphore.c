@@ -97,6 +97,12 @@ static PyObject *Sem_exit(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
     return Sem_release(op, NULL);
 }
 
+static PyObject *Sem_is_zero(PyObject *op, PyObject *unused)
+{
+    (void)unused;
+    return PyBool_FromLong(cmp_sem_value(((SemObject *)op)->sem) == 0);
+}
+
 static PyObject *Sem_get_value(PyObject *op, PyObject *unused)
 {
     (void)unused;
@@ -223,8 +229,25 @@ static PyMethodDef Sem_methods[] = {
     {"release", Sem_release, METH_NOARGS,
      "release()\n--\n\nIncrement the counter, waking one waiter."},
     {"get_value", Sem_get_value, METH_NOARGS, "get_value()\n--\n\nThe current counter."},
+    {"_get_value", Sem_get_value, METH_NOARGS, "_get_value()\n--\n\nget_value()."},
+    {"_is_zero", Sem_is_zero, METH_NOARGS, "_is_zero()\n--\n\nWhether the counter is 0."},
     {"__reduce__", Sem_reduce, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
+};
+
+/* The stdlib's Queue, built on a context's primitives (concurrent.futures'
+ * _SafeQueue subclasses it, and gets ours with mp_context=), reads
+ * _sem._semlock._is_zero() and _get_value(): the semaphore is its own
+ * _semlock. */
+static PyObject *Sem_semlock(PyObject *op, void *closure)
+{
+    (void)closure;
+    return Py_NewRef(op);
+}
+
+static PyGetSetDef Sem_getset[] = {
+    {"_semlock", Sem_semlock, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
 };
 
 /* Installed by cmp_py_add_fast_methods() on Semaphore and again on
@@ -239,14 +262,9 @@ static PyMethodDef Sem_with_methods[] = {
 };
 
 static PyType_Slot Sem_slots[] = {
-    {Py_tp_doc, (void *)SEMAPHORE_DOC},
-    {Py_tp_new, Sem_new},
-    {Py_tp_init, Sem_init},
-    {Py_tp_dealloc, Sem_dealloc},
-    {Py_tp_finalize, Sem_finalize},
-    {Py_tp_repr, Sem_repr},
-    {Py_tp_methods, Sem_methods},
-    {0, NULL},
+    {Py_tp_doc, (void *)SEMAPHORE_DOC}, {Py_tp_new, Sem_new},           {Py_tp_init, Sem_init},
+    {Py_tp_dealloc, Sem_dealloc},       {Py_tp_finalize, Sem_finalize}, {Py_tp_repr, Sem_repr},
+    {Py_tp_methods, Sem_methods},       {Py_tp_getset, Sem_getset},     {0, NULL},
 };
 
 static PyType_Spec Sem_spec = {
