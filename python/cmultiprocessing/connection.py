@@ -8,8 +8,7 @@ from ._cmp import (AuthenticationError, BufferTooShort, Pipe,  # noqa: F401
 
 from ._cmp import _rebuild_connection as rebuild_connection  # noqa: F401
 from ._cmp import _reduce_connection as reduce_connection  # noqa: F401
-from multiprocessing.connection import (  # noqa: F401  (constants, a wrapper)
-    CHALLENGE, FAILURE, MESSAGE_LENGTH, WELCOME, ConnectionWrapper)
+from multiprocessing.connection import ConnectionWrapper  # noqa: F401
 
 __all__ = ["Client", "Listener", "Pipe", "wait"]
 
