@@ -11,8 +11,9 @@ USAGE = "usage: python3 -m cmultiprocessing script.py [args...]\n" \
         "       python3 -m cmultiprocessing -m module [args...]"
 
 # Public submodules that programs import as multiprocessing.<name>.
-SUBMODULES = ("connection", "context", "dummy", "managers", "pool", "process",
-              "queues", "shared_memory", "sharedctypes", "synchronize")
+SUBMODULES = ("connection", "context", "dummy", "heap", "managers", "pool", "process",
+              "queues", "reduction", "resource_tracker", "shared_memory", "sharedctypes",
+              "synchronize", "util")
 
 
 def alias_multiprocessing():

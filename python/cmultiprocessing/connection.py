@@ -6,7 +6,13 @@ from ._cmp import (AuthenticationError, BufferTooShort, Pipe,  # noqa: F401
                    _arbitrary_address as arbitrary_address,
                    _deliver_challenge as deliver_challenge, _wait as wait)
 
+from ._cmp import _rebuild_connection as rebuild_connection  # noqa: F401
+from ._cmp import _reduce_connection as reduce_connection  # noqa: F401
+from multiprocessing.connection import ConnectionWrapper  # noqa: F401
+
 __all__ = ["Client", "Listener", "Pipe", "wait"]
+
+_ConnectionBase = Connection
 
 BUFSIZE = 8192
 # Seconds an authenticating Listener.accept() gives its peer to finish the

@@ -89,8 +89,9 @@ typedef struct {
     PyTypeObject *Queue_type;
     PyTypeObject *SimpleQueue_type;
     PyTypeObject *JoinableQueue_type;
-    PyObject *Empty; /* queue.Empty */
-    PyObject *Full;  /* queue.Full */
+    PyTypeObject *QueueReader_type; /* queue_reader.c */
+    PyObject *Empty;                /* queue.Empty */
+    PyObject *Full;                 /* queue.Full */
     /* managers (manager.c, proxy.c) */
     PyTypeObject *ManagerProcess_type;
     PyTypeObject *ManagerChannel_type;
@@ -440,6 +441,21 @@ PyObject *cmp_py_channel_request(PyObject *chan, PyObject *oid, PyObject *name, 
 /* Run by a child process of ours on its way out, when set (process.c):
  * the proxies' references go back to their managers (proxy.c). */
 extern void (*cmp_py_child_exit_hook)(void);
+
+/* multiprocessing.util's hooks, if a util module is loaded (util_hooks.c):
+ * the register_after_fork() callbacks, and the finalizers with
+ * exitpriority >= minpriority (-1: every one with a priority). Errors are
+ * printed, never raised: they run in a child on its way in or out. */
+void cmp_py_util_after_fork(void);
+
+/* Subclassing: a subclass with an __init__ of its own calls our __new__
+ * with its own arguments. Then (type's tp_init is not ours) __new__ makes
+ * a default object, ignoring them, and our __init__, reached through
+ * super().__init__(...), parses and applies ours. Otherwise __new__ took
+ * them and __init__ does nothing. */
+#define CMP_PY_FOREIGN_INIT(type, ours) ((type)->tp_init != (ours))
+extern PyObject *cmp_py_empty_tuple; /* () for the default arguments */
+void cmp_py_util_run_finalizers(int minpriority);
 void cmp_py_proxy_child_exit(void);
 /* proxy._callmethod(name, args (tuple), kwds (dict)) (proxy.c). */
 PyObject *cmp_py_proxy_call(PyObject *proxy, PyObject *name, PyObject *args, PyObject *kwds);

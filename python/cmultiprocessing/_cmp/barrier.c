@@ -198,26 +198,65 @@ static int trip_count(PyObject *parties, uint32_t *trip)
     return 0;
 }
 
+/* Barrier(parties, action=None, timeout=None, *, ctx=None): borrowed
+ * references to the three, and the trip count. */
+static int barrier_args(PyObject *args, PyObject *kwds, PyObject **parties, PyObject **action,
+                        PyObject **timeout, uint32_t *trip)
+{
+    static char *kwlist[] = {"parties", "action", "timeout", "ctx", NULL};
+    PyObject *ctx = NULL;
+    *action = *timeout = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OO$O:Barrier", kwlist, parties, action, timeout,
+                                     &ctx))
+        return -1;
+    return trip_count(*parties, trip);
+}
+
+static int Barrier_init(PyObject *op, PyObject *args, PyObject *kwds)
+{
+    if (!CMP_PY_FOREIGN_INIT(Py_TYPE(op), Barrier_init))
+        return 0;
+    BarrierObject *self = (BarrierObject *)op;
+    PyObject *parties_obj, *action, *timeout;
+    uint32_t trip;
+    if (barrier_args(args, kwds, &parties_obj, &action, &timeout, &trip) < 0)
+        return -1;
+    /* __init__ runs before any other process has the barrier */
+    cmp_barrier_init(self->barrier, trip);
+    Py_XSETREF(self->parties, Py_NewRef(parties_obj));
+    Py_XSETREF(self->action, Py_NewRef(action));
+    Py_XSETREF(self->timeout, Py_NewRef(timeout));
+    return 0;
+}
+
 static PyObject *Barrier_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    /* Barrier(parties, action=None, timeout=None, *, ctx=None) */
-    static char *kwlist[] = {"parties", "action", "timeout", "ctx", NULL};
-    PyObject *parties_obj, *action = Py_None, *timeout = Py_None, *ctx = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OO$O:Barrier", kwlist, &parties_obj, &action,
-                                     &timeout, &ctx))
-        return NULL;
+    PyObject *parties_obj, *action, *timeout;
     uint32_t trip;
-    if (trip_count(parties_obj, &trip) < 0)
+    PyObject *one = NULL;
+    if (CMP_PY_FOREIGN_INIT(type, Barrier_init)) {
+        /* a placeholder until __init__ says how many */
+        if (!(one = Py_BuildValue("(i)", 1)))
+            return NULL;
+        args = one, kwds = NULL;
+    }
+    int rc = barrier_args(args, kwds, &parties_obj, &action, &timeout, &trip);
+    if (rc < 0) {
+        Py_XDECREF(one);
         return NULL;
+    }
     void *mem;
     BarrierObject *self = (BarrierObject *)cmp_py_shared_new(type, sizeof(cmp_barrier_t), &mem);
-    if (!self)
+    if (!self) {
+        Py_XDECREF(one);
         return NULL;
+    }
     self->barrier = mem;
     cmp_barrier_init(self->barrier, trip);
     self->parties = Py_NewRef(parties_obj);
     self->action = Py_NewRef(action);
     self->timeout = Py_NewRef(timeout);
+    Py_XDECREF(one);
     return (PyObject *)self;
 }
 
@@ -270,15 +309,11 @@ static PyGetSetDef Barrier_getset[] = {
 };
 
 static PyType_Slot Barrier_slots[] = {
-    {Py_tp_doc, (void *)BARRIER_DOC},
-    {Py_tp_new, Barrier_new},
-    {Py_tp_dealloc, Barrier_dealloc},
-    {Py_tp_traverse, Barrier_traverse},
-    {Py_tp_clear, Barrier_clear},
-    {Py_tp_repr, Barrier_repr},
-    {Py_tp_methods, Barrier_methods},
-    {Py_tp_getset, Barrier_getset},
-    {0, NULL},
+    {Py_tp_doc, (void *)BARRIER_DOC},   {Py_tp_new, Barrier_new},
+    {Py_tp_init, Barrier_init},         {Py_tp_dealloc, Barrier_dealloc},
+    {Py_tp_traverse, Barrier_traverse}, {Py_tp_clear, Barrier_clear},
+    {Py_tp_repr, Barrier_repr},         {Py_tp_methods, Barrier_methods},
+    {Py_tp_getset, Barrier_getset},     {0, NULL},
 };
 
 static PyType_Spec Barrier_spec = {

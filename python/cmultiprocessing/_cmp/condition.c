@@ -282,7 +282,9 @@ static PyObject *Condition_repr(PyObject *op)
     return r;
 }
 
-static PyObject *Condition_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+/* Condition(lock=None, *, ctx=None): a new reference to the lock (a new
+ * RLock for None) and whether it is an RLock, or NULL. */
+static PyObject *condition_lock(PyTypeObject *type, PyObject *args, PyObject *kwds, int *rlock)
 {
     static char *kwlist[] = {"lock", "ctx", NULL};
     PyObject *lock = Py_None, *ctx = NULL;
@@ -315,6 +317,32 @@ static PyObject *Condition_new(PyTypeObject *type, PyObject *args, PyObject *kwd
                      Py_TYPE(lock)->tp_name);
         return NULL;
     }
+    *rlock = is_rlock;
+    return lock;
+}
+
+static int Condition_init(PyObject *op, PyObject *args, PyObject *kwds)
+{
+    if (!CMP_PY_FOREIGN_INIT(Py_TYPE(op), Condition_init))
+        return 0;
+    cmp_py_condition *self = (cmp_py_condition *)op;
+    int is_rlock;
+    PyObject *lock = condition_lock(Py_TYPE(op), args, kwds, &is_rlock);
+    if (!lock)
+        return -1;
+    Py_XSETREF(self->lock, lock);
+    self->is_rlock = is_rlock;
+    return 0;
+}
+
+static PyObject *Condition_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    int is_rlock;
+    if (CMP_PY_FOREIGN_INIT(type, Condition_init))
+        args = cmp_py_empty_tuple, kwds = NULL;
+    PyObject *lock = condition_lock(type, args, kwds, &is_rlock);
+    if (!lock)
+        return NULL;
     void *mem;
     cmp_py_condition *self = (cmp_py_condition *)cmp_py_shared_new(type, sizeof(cmp_cond_t), &mem);
     if (!self) {
@@ -378,10 +406,15 @@ static PyMethodDef Condition_with_methods[] = {
 };
 
 static PyType_Slot Condition_slots[] = {
-    {Py_tp_doc, (void *)CONDITION_DOC}, {Py_tp_new, Condition_new},
-    {Py_tp_dealloc, Condition_dealloc}, {Py_tp_traverse, Condition_traverse},
-    {Py_tp_clear, Condition_clear},     {Py_tp_repr, Condition_repr},
-    {Py_tp_methods, Condition_methods}, {0, NULL},
+    {Py_tp_doc, (void *)CONDITION_DOC},
+    {Py_tp_new, Condition_new},
+    {Py_tp_init, Condition_init},
+    {Py_tp_dealloc, Condition_dealloc},
+    {Py_tp_traverse, Condition_traverse},
+    {Py_tp_clear, Condition_clear},
+    {Py_tp_repr, Condition_repr},
+    {Py_tp_methods, Condition_methods},
+    {0, NULL},
 };
 
 static PyType_Spec Condition_spec = {

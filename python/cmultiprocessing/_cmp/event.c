@@ -86,12 +86,22 @@ static PyObject *Event_repr(PyObject *op)
     return r;
 }
 
+static int Event_init(PyObject *op, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"ctx", NULL};
+    PyObject *ctx = NULL;
+    if (!CMP_PY_FOREIGN_INIT(Py_TYPE(op), Event_init))
+        return 0;
+    return PyArg_ParseTupleAndKeywords(args, kwds, "|$O:Event", kwlist, &ctx) ? 0 : -1;
+}
+
 static PyObject *Event_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     /* Event(*, ctx=None), as multiprocessing.synchronize.Event */
     static char *kwlist[] = {"ctx", NULL};
     PyObject *ctx = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$O:Event", kwlist, &ctx))
+    if (!CMP_PY_FOREIGN_INIT(type, Event_init) &&
+        !PyArg_ParseTupleAndKeywords(args, kwds, "|$O:Event", kwlist, &ctx))
         return NULL;
     void *mem;
     EventObject *self = (EventObject *)cmp_py_shared_new(type, sizeof(cmp_event_t), &mem);
@@ -120,8 +130,13 @@ static PyMethodDef Event_methods[] = {
 };
 
 static PyType_Slot Event_slots[] = {
-    {Py_tp_doc, (void *)EVENT_DOC}, {Py_tp_new, Event_new},         {Py_tp_dealloc, Event_dealloc},
-    {Py_tp_repr, Event_repr},       {Py_tp_methods, Event_methods}, {0, NULL},
+    {Py_tp_doc, (void *)EVENT_DOC},
+    {Py_tp_new, Event_new},
+    {Py_tp_init, Event_init},
+    {Py_tp_dealloc, Event_dealloc},
+    {Py_tp_repr, Event_repr},
+    {Py_tp_methods, Event_methods},
+    {0, NULL},
 };
 
 static PyType_Spec Event_spec = {

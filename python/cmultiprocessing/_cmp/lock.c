@@ -219,12 +219,22 @@ static PyObject *Lock_repr(PyObject *op)
     return r;
 }
 
+static int Lock_init(PyObject *op, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"ctx", NULL};
+    PyObject *ctx = NULL;
+    if (!CMP_PY_FOREIGN_INIT(Py_TYPE(op), Lock_init))
+        return 0;
+    return PyArg_ParseTupleAndKeywords(args, kwds, "|$O:Lock", kwlist, &ctx) ? 0 : -1;
+}
+
 static PyObject *Lock_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     /* Lock(*, ctx=None), as multiprocessing.synchronize.Lock(ctx=...) */
     static char *kwlist[] = {"ctx", NULL};
     PyObject *ctx = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$O:Lock", kwlist, &ctx))
+    if (!CMP_PY_FOREIGN_INIT(type, Lock_init) &&
+        !PyArg_ParseTupleAndKeywords(args, kwds, "|$O:Lock", kwlist, &ctx))
         return NULL;
     void *mem;
     cmp_py_lock *self = (cmp_py_lock *)cmp_py_shared_new(type, sizeof(cmp_lock_t), &mem);
@@ -268,13 +278,10 @@ static PyMethodDef Lock_with_methods[] = {
 };
 
 static PyType_Slot Lock_slots[] = {
-    {Py_tp_doc, (void *)LOCK_DOC},
-    {Py_tp_new, Lock_new},
-    {Py_tp_dealloc, Lock_dealloc},
-    {Py_tp_finalize, Lock_finalize},
-    {Py_tp_repr, Lock_repr},
-    {Py_tp_methods, Lock_methods},
-    {0, NULL},
+    {Py_tp_doc, (void *)LOCK_DOC},   {Py_tp_new, Lock_new},
+    {Py_tp_init, Lock_init},         {Py_tp_dealloc, Lock_dealloc},
+    {Py_tp_finalize, Lock_finalize}, {Py_tp_repr, Lock_repr},
+    {Py_tp_methods, Lock_methods},   {0, NULL},
 };
 
 static PyType_Spec Lock_spec = {

@@ -166,9 +166,13 @@ void cmp_py_state_clear(cmp_py_state *st)
         Py_CLEAR(fields[i]);
 }
 
+PyObject *cmp_py_empty_tuple;
+
 static int module_exec(PyObject *module)
 {
     cmp_py_state *st = cmp_py_state_of_module(module);
+    if (!cmp_py_empty_tuple && !(cmp_py_empty_tuple = PyTuple_New(0)))
+        return -1;
     if (cmp_py_fastmethod_init(module, st) < 0 || cmp_py_errors_init(module, st) < 0 ||
         cmp_py_lock_init(module, st) < 0 || cmp_py_rlock_init(module, st) < 0 ||
         cmp_py_semaphore_init(module, st) < 0 || cmp_py_event_init(module, st) < 0 ||

@@ -45,8 +45,9 @@ typedef struct {
     int kind;
     int started; /* the stdlib's "_popen is not None" */
     int closed;
-    int parent_fd;   /* KIND_PARENT: lazily opened sentinel, -1 */
-    int run_is_ours; /* run() not overridden: the child calls it directly */
+    int parent_fd;         /* KIND_PARENT: lazily opened sentinel, -1 */
+    int run_is_ours;       /* run() not overridden: the child calls it directly */
+    int bootstrap_is_ours; /* _bootstrap neither overridden nor patched (coverage) */
     cmp_process_t proc;
 } ProcObject;
 
@@ -71,7 +72,9 @@ static PyObject *g_forkserver_preload;
 
 static PyObject *s_daemon, *s_authkey, *s_semprefix, *s_run, *s_flush, *s_name;
 static PyObject *s_shutdown, *s_shutdown_locks;
-static PyObject *g_run_descr; /* Process.run as found on the type */
+static PyObject *g_run_descr;       /* Process.run as found on the type */
+static PyObject *g_bootstrap_descr; /* Process._bootstrap as defined here */
+static PyObject *s_bootstrap;
 
 #define LOG_INFO 20
 #define LOG_DEBUG 10
@@ -551,6 +554,7 @@ void cmp_py_process_pool_worker_child(void)
     g_current = (PyObject *)w; /* the parent's current object stays as it is */
     g_parent_pending = 1;
     close_stdin();
+    cmp_py_util_after_fork();
 }
 
 static int exit_children(void);
@@ -568,6 +572,7 @@ static int bootstrap(ProcObject *self)
     g_current = Py_NewRef((PyObject *)self);
     g_parent_pending = 1;
     close_stdin();
+    cmp_py_util_after_fork();
     log_msg(LOG_INFO, "child process calling self.run()");
 
     int exitcode = 0;
@@ -578,8 +583,13 @@ static int bootstrap(ProcObject *self)
     Py_XDECREF(r);
     PyObject *et = NULL, *ev = NULL, *tb = NULL;
     PyErr_Fetch(&et, &ev, &tb);
-    /* Like a finally clause: the child's own children go first. */
-    if (exit_children() < 0) {
+    /* Like a finally clause: util's finalizers with a priority >= 0, the
+     * child's own children, then the remaining finalizers (the stdlib's
+     * util._exit_function()). */
+    cmp_py_util_run_finalizers(0);
+    int joined = exit_children();
+    cmp_py_util_run_finalizers(-1);
+    if (joined < 0) {
         Py_XDECREF(et);
         Py_XDECREF(ev);
         Py_XDECREF(tb);
@@ -636,12 +646,46 @@ static int bootstrap(ProcObject *self)
     return exitcode;
 }
 
+/* A _bootstrap of a subclass, or one patched in (coverage measures
+ * children so), runs instead of ours and calls ours itself. */
+static int foreign_bootstrap(ProcObject *self)
+{
+    PyObject *r = PyObject_CallMethodNoArgs((PyObject *)self, s_bootstrap);
+    int exitcode = 1;
+    if (r && PyLong_Check(r)) {
+        int overflow;
+        long v = PyLong_AsLongAndOverflow(r, &overflow);
+        exitcode = overflow || (v == -1 && PyErr_Occurred()) ? 1 : (int)v;
+    } else if (r == Py_None) {
+        exitcode = 0;
+    }
+    Py_XDECREF(r);
+    if (PyErr_Occurred())
+        PyErr_Print();
+    flush_std_streams();
+    return exitcode;
+}
+
 static int child_main(void *arg)
 {
     cmp_py_fork_threading_arm();
     PyOS_AfterFork_Child();
     cmp_py_fork_threading_disarm();
-    return bootstrap((ProcObject *)arg);
+    ProcObject *self = arg;
+    return self->bootstrap_is_ours ? bootstrap(self) : foreign_bootstrap(self);
+}
+
+/* _bootstrap(parent_sentinel=None): what the child runs; returns the
+ * exit code. Callable only in the child, from a _bootstrap that wraps it. */
+static PyObject *proc_bootstrap(ProcObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                PyObject *kwnames)
+{
+    (void)args;
+    if (nargs > 1 || (kwnames && PyTuple_GET_SIZE(kwnames) + nargs > 1))
+        return PyErr_Format(PyExc_TypeError, "_bootstrap() takes at most 1 argument");
+    if (self->kind != KIND_CHILD || self->parent_pid == (long)cmp_self_pid())
+        return raise_assert("_bootstrap() runs in the started child only");
+    return PyLong_FromLong(bootstrap(self));
 }
 
 /* ------------------------------------------------------------------------
@@ -703,6 +747,11 @@ static PyObject *proc_start(ProcObject *self, PyObject *unused)
     /* Buffered output would otherwise be written twice, once by each. */
     flush_std_streams();
     self->run_is_ours = 0;
+    PyObject *boot = PyObject_GetAttr((PyObject *)Py_TYPE(self), s_bootstrap);
+    if (!boot)
+        return NULL;
+    self->bootstrap_is_ours = boot == g_bootstrap_descr;
+    Py_DECREF(boot);
     if (!self->dict || !PyDict_GetItemWithError(self->dict, s_run)) {
         if (PyErr_Occurred())
             return NULL;
@@ -884,6 +933,12 @@ static PyObject *proc_kill(ProcObject *self, PyObject *unused)
 {
     (void)unused;
     return send_signal(self, SIGKILL, "kill");
+}
+
+static PyObject *proc_interrupt(ProcObject *self, PyObject *unused)
+{
+    (void)unused;
+    return send_signal(self, SIGINT, "interrupt");
 }
 
 static PyObject *proc_close(ProcObject *self, PyObject *unused)
@@ -1162,6 +1217,12 @@ static PyMethodDef proc_methods[] = {
     {"is_alive", (PyCFunction)proc_is_alive, METH_NOARGS, "Return whether the process is alive."},
     {"terminate", (PyCFunction)proc_terminate, METH_NOARGS, "Send SIGTERM to the process."},
     {"kill", (PyCFunction)proc_kill, METH_NOARGS, "Send SIGKILL to the process."},
+    {"interrupt", (PyCFunction)proc_interrupt, METH_NOARGS,
+     "Send SIGINT to the process (Python 3.14's Process.interrupt)."},
+    {"_bootstrap", (PyCFunction)(void (*)(void))proc_bootstrap, METH_FASTCALL | METH_KEYWORDS,
+     "_bootstrap(parent_sentinel=None)\n--\n\n"
+     "Run the process in the child: run(), exit handling; returns the exit code.\n"
+     "A subclass or a patch (coverage) may wrap it."},
     {"close", (PyCFunction)proc_close, METH_NOARGS, "Release the resources of a finished process."},
     {"__reduce__", (PyCFunction)proc_reduce, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
@@ -1572,8 +1633,10 @@ int cmp_py_process_init(PyObject *module, cmp_py_state *st)
     INTERN(s_flush, "flush");
     INTERN(s_name, "name");
     INTERN(s_shutdown, "_shutdown");
+    INTERN(s_bootstrap, "_bootstrap");
     g_run_descr = PyObject_GetAttr((PyObject *)st->Process_type, s_run);
-    if (!g_run_descr)
+    g_bootstrap_descr = PyObject_GetAttr((PyObject *)st->Process_type, s_bootstrap);
+    if (!g_run_descr || !g_bootstrap_descr)
         return -1;
     INTERN(s_shutdown_locks, "_shutdown_locks");
 #undef INTERN

@@ -10,15 +10,24 @@
  * message out (a large one straight into its final object) and decodes it
  * after the ring is released. A put or get that finds room or data takes
  * no syscall and keeps the GIL; only waiting releases it.
+ *
+ * Subclasses (concurrent.futures' _SafeQueue) have __init__ signatures of
+ * their own: for them __new__ ignores its arguments and makes a default
+ * queue, which __init__(maxsize, *, ctx) remakes if maxsize differs. An
+ * object that cannot be encoded goes to _on_queue_feeder_error(e, obj) when
+ * a subclass overrides it (the stdlib's feeder thread calls it there), and
+ * put() then returns; ours re-raises, so put() raises as before.
  */
-#include "_cmp.h"
+#include "queue.h"
 #include "structmember.h"
 
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/uio.h>
+#include <unistd.h>
 
 /* Ring size: small enough to stay in cache while 1 MiB messages go
  * through it (8 MiB and more made them 2x slower here); a backlog beyond it
@@ -29,19 +38,6 @@
 #define PUT_RELEASE_GIL ((size_t)256 << 10)
 /* Stdlib's SEM_VALUE_MAX: the maxsize of an "unbounded" queue. */
 #define STDLIB_SEM_VALUE_MAX 2147483647LL
-
-typedef struct {
-    PyObject_HEAD
-    cmp_shared_t *block; /* keeps the shared memory alive */
-    cmp_queue_t *q;      /* inside block */
-    cmp_py_state *st;
-    long long maxsize; /* as the stdlib reports it (_maxsize) */
-    int spill_fd;      /* this process's fd of the queue's spill file */
-    char closed;
-    char joincancelled;
-    char simple; /* SimpleQueue: closed means "handle is closed" */
-    PyObject *weakreflist;
-} QueueObject;
 
 /* ---- arguments -------------------------------------------------------- */
 
@@ -198,6 +194,8 @@ static long put_frames(QueueObject *self, cmp_py_frame *frames, size_t nmsg, int
         goto out;
     }
     done = (long)put;
+    if (put)
+        cmp_py_queue_notify_put(self);
 out:
     if (iov && iov != storage)
         PyMem_Free(iov);
@@ -209,6 +207,66 @@ out:
 static PyObject *raise_full(QueueObject *self)
 {
     PyErr_SetNone(self->st->Full);
+    return NULL;
+}
+
+/* An object put() could not encode (the exception is set): a subclass that
+ * overrides _on_queue_feeder_error(e, obj) gets it there, as from the
+ * stdlib's feeder thread, and put() returns None; otherwise put() raises. */
+static PyObject *feeder_error(QueueObject *self, PyObject *obj)
+{
+    if (Py_IS_TYPE(self, self->st->Queue_type) || Py_IS_TYPE(self, self->st->JoinableQueue_type) ||
+        self->simple)
+        return NULL;
+    PyObject *et, *exc, *tb;
+    PyErr_Fetch(&et, &exc, &tb);
+    PyErr_NormalizeException(&et, &exc, &tb);
+    if (tb && exc)
+        PyException_SetTraceback(exc, tb);
+    PyObject *hook = PyObject_GetAttrString((PyObject *)Py_TYPE(self), "_on_queue_feeder_error");
+    PyObject *ours =
+        hook ? PyObject_GetAttrString((PyObject *)self->st->Queue_type, "_on_queue_feeder_error")
+             : NULL;
+    if (!ours || hook == ours || !exc) {
+        Py_XDECREF(hook);
+        Py_XDECREF(ours);
+        if (PyErr_Occurred()) { /* the lookup's error */
+            Py_XDECREF(et);
+            Py_XDECREF(exc);
+            Py_XDECREF(tb);
+        } else {
+            PyErr_Restore(et, exc, tb);
+        }
+        return NULL;
+    }
+    Py_DECREF(ours);
+    Py_DECREF(hook);
+    Py_XDECREF(et);
+    Py_XDECREF(tb);
+    PyObject *r = PyObject_CallMethod((PyObject *)self, "_on_queue_feeder_error", "OO", exc, obj);
+    Py_DECREF(exc);
+    if (!r)
+        return NULL;
+    Py_DECREF(r);
+    Py_RETURN_NONE;
+}
+
+/* The stdlib's default hook prints the traceback, as its feeder thread has
+ * nobody to raise to; ours is called from put() only through a subclass's
+ * super(): it raises e there. */
+static PyObject *Queue_on_feeder_error(PyObject *unused, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)unused;
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "_on_queue_feeder_error() takes 2 arguments (%zd given)",
+                     nargs);
+        return NULL;
+    }
+    if (!PyExceptionInstance_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "_on_queue_feeder_error(): e must be an exception");
+        return NULL;
+    }
+    PyErr_SetObject((PyObject *)Py_TYPE(args[0]), args[0]);
     return NULL;
 }
 
@@ -232,7 +290,7 @@ static PyObject *do_put(QueueObject *self, PyObject *obj, PyObject *block_o, PyO
     cmp_py_frame f;
     cmp_py_frame_init(&f);
     if (cmp_py_encode(self->st, obj, &f) < 0)
-        return NULL;
+        return feeder_error(self, obj);
     long n = put_frames(self, &f, 1, block, deadline);
     cmp_py_frame_clear(&f);
     if (n < 0)
@@ -430,6 +488,7 @@ static long get_messages(QueueObject *self, getctx *c, size_t max, int block,
     for (;;) {
         if (rc > 0) {
             getctx_truncate(c, (size_t)rc);
+            cmp_py_queue_notify_get(self);
             return rc;
         }
         getctx_truncate(c, 0);
@@ -477,7 +536,7 @@ static PyObject *decode_slot(QueueObject *self, getctx *c, size_t i)
     return cmp_py_decode(self->st, c->arena + s->off, s->len);
 }
 
-static PyObject *do_get(QueueObject *self, PyObject *block_o, PyObject *timeout)
+PyObject *cmp_py_queue_get(QueueObject *self, PyObject *block_o, PyObject *timeout)
 {
     if (self->closed)
         return closed_error(self);
@@ -505,16 +564,16 @@ static PyObject *Queue_get(PyObject *op, PyObject *const *args, Py_ssize_t nargs
     static const char *const names[] = {"block", "timeout"};
     PyObject *a[2];
     if (nargs == 0 && !kwnames)
-        return do_get((QueueObject *)op, NULL, NULL);
+        return cmp_py_queue_get((QueueObject *)op, NULL, NULL);
     if (parse_args("get", args, nargs, kwnames, names, 2, a) < 0)
         return NULL;
-    return do_get((QueueObject *)op, a[0], a[1]);
+    return cmp_py_queue_get((QueueObject *)op, a[0], a[1]);
 }
 
 static PyObject *Queue_get_nowait(PyObject *op, PyObject *unused)
 {
     (void)unused;
-    return do_get((QueueObject *)op, Py_False, NULL);
+    return cmp_py_queue_get((QueueObject *)op, Py_False, NULL);
 }
 
 static PyObject *Queue_get_many(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
@@ -655,6 +714,12 @@ static PyObject *Queue_maxsize(PyObject *op, void *closure)
     return PyLong_FromLongLong(((QueueObject *)op)->maxsize);
 }
 
+static PyObject *Queue_reader(PyObject *op, void *closure)
+{
+    (void)closure;
+    return cmp_py_queue_reader((QueueObject *)op);
+}
+
 static PyObject *Queue_reduce(PyObject *op, PyObject *unused)
 {
     (void)unused;
@@ -669,6 +734,66 @@ static PyObject *Queue_reduce(PyObject *op, PyObject *unused)
 
 /* ---- construction --------------------------------------------------------- */
 
+/* Where the SimpleQueue's notify flag sits in the shared block: after
+ * the queue, on a cache line of its own. */
+static size_t notify_offset(size_t capacity)
+{
+    return (cmp_queue_footprint(capacity) + 63) & ~(size_t)63;
+}
+
+/* Makes the shared queue of self (maxsize items at most, 0: no bound). */
+static int queue_setup(QueueObject *self, long long maxsize)
+{
+    uint32_t count = maxsize > 0 && maxsize <= CMP_QUEUE_MAXSIZE_MAX ? (uint32_t)maxsize : 0;
+    size_t capacity = QUEUE_RING_BYTES;
+    while (capacity < (size_t)count * 8 && capacity < CMP_RING_MAX_CAPACITY)
+        capacity *= 2;
+    cmp_shared_t *block;
+    int rc = cmp_shared_alloc(notify_offset(capacity) + 64, &block);
+    if (rc < 0) {
+        cmp_py_raise(rc);
+        return -1;
+    }
+    cmp_queue_t *q = cmp_shared_ptr(block);
+    rc = cmp_queue_init(q, capacity, count);
+    if (rc < 0) {
+        cmp_shared_release(block);
+        cmp_py_raise(rc);
+        return -1;
+    }
+    int efd = -1;
+    if (self->simple && (efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0) {
+        rc = -errno;
+        cmp_queue_detach(q);
+        cmp_shared_release(block);
+        cmp_py_raise(rc);
+        return -1;
+    }
+    self->block = block;
+    self->q = q;
+    /* forked children inherit the fds with this object; each closes its
+     * own copies when its object goes */
+    self->spill_fd = cmp_ring_spill_fd(cmp_queue_ring(q));
+    self->notify_fd = efd;
+    self->notify_armed = efd >= 0 ? (uint32_t *)((char *)q + notify_offset(capacity)) : NULL;
+    self->maxsize = maxsize > 0 ? maxsize : STDLIB_SEM_VALUE_MAX;
+    return 0;
+}
+
+static void queue_teardown(QueueObject *self)
+{
+    if (self->spill_fd >= 0)
+        cmp_queue_detach(self->q);
+    if (self->notify_fd >= 0)
+        close(self->notify_fd);
+    if (self->block)
+        cmp_shared_release(self->block);
+    self->block = NULL;
+    self->q = NULL;
+    self->spill_fd = self->notify_fd = -1;
+    self->notify_armed = NULL;
+}
+
 static PyObject *queue_new(PyTypeObject *type, long long maxsize, int simple)
 {
     cmp_py_state *st = cmp_py_state_of_type(type);
@@ -676,70 +801,95 @@ static PyObject *queue_new(PyTypeObject *type, long long maxsize, int simple)
         PyErr_SetString(PyExc_RuntimeError, "cmultiprocessing._cmp is not initialized");
         return NULL;
     }
-    uint32_t count = maxsize > 0 && maxsize <= CMP_QUEUE_MAXSIZE_MAX ? (uint32_t)maxsize : 0;
-    size_t capacity = QUEUE_RING_BYTES;
-    while (capacity < (size_t)count * 8 && capacity < CMP_RING_MAX_CAPACITY)
-        capacity *= 2;
-    cmp_shared_t *block;
-    int rc = cmp_shared_alloc(cmp_queue_footprint(capacity), &block);
-    if (rc < 0)
-        return cmp_py_raise(rc);
     QueueObject *self = (QueueObject *)type->tp_alloc(type, 0);
-    if (!self) {
-        cmp_shared_release(block);
+    if (!self)
+        return NULL;
+    self->spill_fd = self->notify_fd = -1;
+    self->st = st;
+    self->simple = (char)simple;
+    if (queue_setup(self, maxsize) < 0) {
+        Py_DECREF(self);
         return NULL;
     }
-    self->block = block;
-    self->q = cmp_shared_ptr(block);
-    self->spill_fd = -1;
-    rc = cmp_queue_init(self->q, capacity, count);
-    if (rc < 0) {
-        Py_DECREF(self);
-        return cmp_py_raise(rc);
-    }
-    /* forked children inherit the fd with this object; each closes its own
-     * copy when its object goes */
-    self->spill_fd = cmp_ring_spill_fd(cmp_queue_ring(self->q));
-    self->st = st;
-    self->maxsize = maxsize > 0 ? maxsize : STDLIB_SEM_VALUE_MAX;
-    self->simple = (char)simple;
     return (PyObject *)self;
+}
+
+/* Queue(maxsize=0, *, ctx=None)'s arguments, as multiprocessing.queues.Queue */
+static int parse_queue_args(PyObject *args, PyObject *kwds, long long *maxsize)
+{
+    static char *kwlist[] = {"maxsize", "ctx", NULL};
+    PyObject *maxsize_obj = NULL, *ctx = NULL;
+    *maxsize = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O$O:Queue", kwlist, &maxsize_obj, &ctx))
+        return -1;
+    if (!maxsize_obj)
+        return 0;
+    PyObject *index = PyNumber_Index(maxsize_obj);
+    if (!index)
+        return -1;
+    int overflow;
+    *maxsize = PyLong_AsLongLongAndOverflow(index, &overflow);
+    Py_DECREF(index);
+    if (*maxsize == -1 && PyErr_Occurred())
+        return -1;
+    if (overflow > 0 || *maxsize > STDLIB_SEM_VALUE_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "maxsize is too large");
+        return -1;
+    }
+    if (overflow < 0)
+        *maxsize = 0;
+    return 0;
+}
+
+/* Our own types take their arguments in __new__; a subclass's __new__
+ * gets the arguments of its own __init__, which may not be ours. */
+static int is_subclass_call(PyTypeObject *type, cmp_py_state *st)
+{
+    return st && type != st->Queue_type && type != st->JoinableQueue_type &&
+           type != st->SimpleQueue_type;
 }
 
 static PyObject *Queue_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    /* Queue(maxsize=0, *, ctx=None), as multiprocessing.queues.Queue */
-    static char *kwlist[] = {"maxsize", "ctx", NULL};
-    PyObject *maxsize_obj = NULL, *ctx = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O$O", kwlist, &maxsize_obj, &ctx))
-        return NULL;
     long long maxsize = 0;
-    if (maxsize_obj) {
-        PyObject *index = PyNumber_Index(maxsize_obj);
-        if (!index)
-            return NULL;
-        int overflow;
-        maxsize = PyLong_AsLongLongAndOverflow(index, &overflow);
-        Py_DECREF(index);
-        if (maxsize == -1 && PyErr_Occurred())
-            return NULL;
-        if (overflow > 0 || maxsize > STDLIB_SEM_VALUE_MAX) {
-            PyErr_SetString(PyExc_OverflowError, "maxsize is too large");
-            return NULL;
-        }
-        if (overflow < 0)
-            maxsize = 0;
-    }
+    if (!is_subclass_call(type, cmp_py_state_of_type(type)) &&
+        parse_queue_args(args, kwds, &maxsize) < 0)
+        return NULL;
     return queue_new(type, maxsize, 0);
+}
+
+static int Queue_init(PyObject *op, PyObject *args, PyObject *kwds)
+{
+    QueueObject *self = (QueueObject *)op;
+    if (!is_subclass_call(Py_TYPE(op), self->st))
+        return 0; /* __new__ took the arguments */
+    long long maxsize;
+    if (parse_queue_args(args, kwds, &maxsize) < 0)
+        return -1;
+    if ((maxsize > 0 ? maxsize : STDLIB_SEM_VALUE_MAX) == self->maxsize)
+        return 0;
+    /* __init__ runs before anyone else has the queue: remake it */
+    queue_teardown(self);
+    return queue_setup(self, maxsize);
 }
 
 static PyObject *SimpleQueue_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"ctx", NULL};
     PyObject *ctx = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$O", kwlist, &ctx))
+    if (!is_subclass_call(type, cmp_py_state_of_type(type)) &&
+        !PyArg_ParseTupleAndKeywords(args, kwds, "|$O:SimpleQueue", kwlist, &ctx))
         return NULL;
     return queue_new(type, 0, 1);
+}
+
+static int SimpleQueue_init(PyObject *op, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"ctx", NULL};
+    PyObject *ctx = NULL;
+    if (!is_subclass_call(Py_TYPE(op), ((QueueObject *)op)->st))
+        return 0;
+    return PyArg_ParseTupleAndKeywords(args, kwds, "|$O:SimpleQueue", kwlist, &ctx) ? 0 : -1;
 }
 
 static void Queue_dealloc(PyObject *op)
@@ -748,10 +898,7 @@ static void Queue_dealloc(PyObject *op)
     PyTypeObject *tp = Py_TYPE(op);
     if (self->weakreflist)
         PyObject_ClearWeakRefs(op);
-    if (self->spill_fd >= 0)
-        cmp_queue_detach(self->q);
-    if (self->block)
-        cmp_shared_release(self->block);
+    queue_teardown(self);
     tp->tp_free(op);
     Py_DECREF(tp);
 }
@@ -761,7 +908,7 @@ static void Queue_dealloc(PyObject *op)
 static PyObject *SimpleQueue_get(PyObject *op, PyObject *unused)
 {
     (void)unused;
-    return do_get((QueueObject *)op, NULL, NULL);
+    return cmp_py_queue_get((QueueObject *)op, NULL, NULL);
 }
 
 static PyObject *SimpleQueue_put(PyObject *op, PyObject *obj)
@@ -841,11 +988,18 @@ static PyMethodDef Queue_methods[] = {
      "Accepted for compatibility; exiting never waits for queued data here."},
     {"__reduce__", Queue_reduce, METH_NOARGS, NULL},
     {"__class_getitem__", Py_GenericAlias, METH_O | METH_CLASS, NULL},
+    {"_on_queue_feeder_error", CAST(Queue_on_feeder_error), METH_FASTCALL | METH_STATIC,
+     "_on_queue_feeder_error(e, obj)\n--\n\n"
+     "Called by put() with an object it could not pickle when a subclass\n"
+     "overrides it (then put() returns); this one raises e."},
+    {"_terminate_broken", Queue_close, METH_NOARGS,
+     "_terminate_broken()\n--\n\nClose after an error (concurrent.futures): close()."},
     {NULL, NULL, 0, NULL},
 };
 
 static PyGetSetDef Queue_getset[] = {
     {"_maxsize", Queue_maxsize, NULL, NULL, NULL},
+    {"_reader", Queue_reader, NULL, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -855,13 +1009,10 @@ static PyMemberDef Queue_members[] = {
 };
 
 static PyType_Slot Queue_slots[] = {
-    {Py_tp_doc, (void *)QUEUE_DOC},
-    {Py_tp_new, Queue_new},
-    {Py_tp_dealloc, Queue_dealloc},
-    {Py_tp_methods, Queue_methods},
-    {Py_tp_getset, Queue_getset},
-    {Py_tp_members, Queue_members},
-    {0, NULL},
+    {Py_tp_doc, (void *)QUEUE_DOC}, {Py_tp_new, Queue_new},
+    {Py_tp_init, Queue_init},       {Py_tp_dealloc, Queue_dealloc},
+    {Py_tp_methods, Queue_methods}, {Py_tp_getset, Queue_getset},
+    {Py_tp_members, Queue_members}, {0, NULL},
 };
 
 static PyType_Spec Queue_spec = {
@@ -909,14 +1060,21 @@ static PyMethodDef Simple_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyGetSetDef Simple_getset[] = {
+    {"_reader", Queue_reader, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
 static PyType_Slot Simple_slots[] = {
     {Py_tp_doc, (void *)"SimpleQueue(*, ctx=None)\n--\n\n"
                         "A simplified queue (multiprocessing.SimpleQueue): get, put, empty,\n"
                         "close. Like Queue, put() serializes in the caller's thread and\n"
                         "the item is in shared memory when it returns."},
     {Py_tp_new, SimpleQueue_new},
+    {Py_tp_init, SimpleQueue_init},
     {Py_tp_dealloc, Queue_dealloc},
     {Py_tp_methods, Simple_methods},
+    {Py_tp_getset, Simple_getset},
     {Py_tp_members, Queue_members},
     {0, NULL},
 };
@@ -945,5 +1103,5 @@ int cmp_py_queue_init(PyObject *module, cmp_py_state *st)
     st->SimpleQueue_type = cmp_py_add_type(module, &Simple_spec, NULL);
     if (!st->JoinableQueue_type || !st->SimpleQueue_type)
         return -1;
-    return 0;
+    return cmp_py_queue_reader_init(module, st);
 }

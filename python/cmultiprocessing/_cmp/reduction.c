@@ -6,7 +6,9 @@
  * cmp_fdshare_*), which the receiver redeems for a dup of the fd while
  * unpickling; so the sender must be alive until then, as with the stdlib.
  * A plain pickle.dumps(connection) still raises (Connection.__reduce__):
- * only our transports know how to deliver the fd.
+ * only our transports know how to deliver the fd (and ForkingPickler, with
+ * which the package registers the same reducer). Reducers registered with
+ * ForkingPickler.register() come next, then copyreg's.
  *
  * Speed: creating a Pickler per message costs more than pickle.dumps, but
  * one Pickler reused (memo cleared after each dump) costs less. Each
@@ -33,6 +35,7 @@ typedef struct {
     PyObject_HEAD
     cmp_py_state *st;        /* the module outlives every table */
     PyObject *copyreg_table; /* copyreg.dispatch_table (a dict) */
+    PyObject *extra;         /* ForkingPickler._extra_reducers (a dict), or NULL */
 } DispatchObject;
 
 /* socket.socket, once the socket module is loaded: before that no object
@@ -67,7 +70,12 @@ static PyObject *Dispatch_getitem(PyObject *op, PyObject *key)
         return Py_NewRef(st->reduce_connection);
     if (key == socket_type(st, key))
         return Py_NewRef(st->reduce_socket);
-    PyObject *r = PyDict_GetItemWithError(self->copyreg_table, key);
+    PyObject *r = self->extra ? PyDict_GetItemWithError(self->extra, key) : NULL;
+    if (r)
+        return Py_NewRef(r);
+    if (PyErr_Occurred())
+        return NULL;
+    r = PyDict_GetItemWithError(self->copyreg_table, key);
     if (r)
         return Py_NewRef(r);
     /* The pickler only tests for KeyError: no need to build one with the
@@ -81,6 +89,7 @@ static void Dispatch_dealloc(PyObject *op)
 {
     PyTypeObject *tp = Py_TYPE(op);
     Py_CLEAR(((DispatchObject *)op)->copyreg_table);
+    Py_CLEAR(((DispatchObject *)op)->extra);
     tp->tp_free(op);
     Py_DECREF(tp);
 }
@@ -371,7 +380,22 @@ static PyObject *rebuild_socket(PyObject *module, PyObject *const *args, Py_ssiz
     return r;
 }
 
+/* The registry of ForkingPickler.register(): the stdlib's own dict, so
+ * that what a library registers there (or through our reduction module,
+ * which re-exports that class) reaches our transports too. */
+static PyObject *set_extra_reducers(PyObject *module, PyObject *dict)
+{
+    if (!PyDict_Check(dict))
+        return PyErr_Format(PyExc_TypeError, "_set_extra_reducers() takes a dict");
+    DispatchObject *d = (DispatchObject *)cmp_py_state_of_module(module)->dispatch_table;
+    Py_XSETREF(d->extra, Py_NewRef(dict));
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef reduction_functions[] = {
+    {"_set_extra_reducers", set_extra_reducers, METH_O,
+     "_set_extra_reducers(dict)\n--\n\nThe reducers our transports consult after their own "
+     "and before copyreg's (ForkingPickler._extra_reducers)."},
     {"_reduce_socket", reduce_socket, METH_O,
      "_reduce_socket(sock)\n--\n\nHow our transports pickle a socket.socket: a token for a "
      "dup of its fd, redeemed by _rebuild_socket in the receiver."},

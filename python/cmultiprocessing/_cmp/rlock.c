@@ -147,11 +147,21 @@ static PyObject *RLock_repr(PyObject *op)
     return r;
 }
 
+static int RLock_init(PyObject *op, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"ctx", NULL};
+    PyObject *ctx = NULL;
+    if (!CMP_PY_FOREIGN_INIT(Py_TYPE(op), RLock_init))
+        return 0;
+    return PyArg_ParseTupleAndKeywords(args, kwds, "|$O:RLock", kwlist, &ctx) ? 0 : -1;
+}
+
 static PyObject *RLock_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"ctx", NULL};
     PyObject *ctx = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$O:RLock", kwlist, &ctx))
+    if (!CMP_PY_FOREIGN_INIT(type, RLock_init) &&
+        !PyArg_ParseTupleAndKeywords(args, kwds, "|$O:RLock", kwlist, &ctx))
         return NULL;
     void *mem;
     cmp_py_rlock *self = (cmp_py_rlock *)cmp_py_shared_new(type, sizeof(cmp_rlock_t), &mem);
@@ -196,13 +206,10 @@ static PyMethodDef RLock_with_methods[] = {
 };
 
 static PyType_Slot RLock_slots[] = {
-    {Py_tp_doc, (void *)RLOCK_DOC},
-    {Py_tp_new, RLock_new},
-    {Py_tp_dealloc, RLock_dealloc},
-    {Py_tp_finalize, RLock_finalize},
-    {Py_tp_repr, RLock_repr},
-    {Py_tp_methods, RLock_methods},
-    {0, NULL},
+    {Py_tp_doc, (void *)RLOCK_DOC},   {Py_tp_new, RLock_new},
+    {Py_tp_init, RLock_init},         {Py_tp_dealloc, RLock_dealloc},
+    {Py_tp_finalize, RLock_finalize}, {Py_tp_repr, RLock_repr},
+    {Py_tp_methods, RLock_methods},   {0, NULL},
 };
 
 static PyType_Spec RLock_spec = {

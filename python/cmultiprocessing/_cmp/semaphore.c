@@ -97,6 +97,12 @@ static PyObject *Sem_exit(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
     return Sem_release(op, NULL);
 }
 
+static PyObject *Sem_is_zero(PyObject *op, PyObject *unused)
+{
+    (void)unused;
+    return PyBool_FromLong(cmp_sem_value(((SemObject *)op)->sem) == 0);
+}
+
 static PyObject *Sem_get_value(PyObject *op, PyObject *unused)
 {
     (void)unused;
@@ -160,19 +166,41 @@ static int parse_value(PyObject *obj, uint32_t *out)
     return 0;
 }
 
-static PyObject *Sem_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+/* Semaphore(value=1, *, ctx=None), as multiprocessing.synchronize's:
+ * the initial value and the bound (BoundedSemaphore: the initial value). */
+static int sem_args(PyTypeObject *type, PyObject *args, PyObject *kwds, uint32_t *value,
+                    uint32_t *max)
 {
-    /* Semaphore(value=1, *, ctx=None), as multiprocessing.synchronize's */
     static char *kwlist[] = {"value", "ctx", NULL};
     PyObject *value_obj = NULL, *ctx = NULL;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O$O", kwlist, &value_obj, &ctx))
-        return NULL;
-    uint32_t value;
-    if (parse_value(value_obj, &value) < 0)
-        return NULL;
+        return -1;
+    if (parse_value(value_obj, value) < 0)
+        return -1;
     cmp_py_state *st = cmp_py_state_of_type(type);
-    uint32_t max =
-        st && PyType_IsSubtype(type, st->BoundedSemaphore_type) ? value : CMP_SEM_VALUE_MAX;
+    *max = st && PyType_IsSubtype(type, st->BoundedSemaphore_type) ? *value : CMP_SEM_VALUE_MAX;
+    return 0;
+}
+
+static int Sem_init(PyObject *op, PyObject *args, PyObject *kwds)
+{
+    uint32_t value, max;
+    if (!CMP_PY_FOREIGN_INIT(Py_TYPE(op), Sem_init))
+        return 0;
+    if (sem_args(Py_TYPE(op), args, kwds, &value, &max) < 0)
+        return -1;
+    /* __init__ runs before any other process has the semaphore */
+    cmp_sem_init(((SemObject *)op)->sem, value, max);
+    return 0;
+}
+
+static PyObject *Sem_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    uint32_t value, max;
+    if (CMP_PY_FOREIGN_INIT(type, Sem_init))
+        args = cmp_py_empty_tuple, kwds = NULL;
+    if (sem_args(type, args, kwds, &value, &max) < 0)
+        return NULL;
     void *mem;
     SemObject *self = (SemObject *)cmp_py_shared_new(type, sizeof(cmp_sem_t), &mem);
     if (!self)
@@ -201,8 +229,25 @@ static PyMethodDef Sem_methods[] = {
     {"release", Sem_release, METH_NOARGS,
      "release()\n--\n\nIncrement the counter, waking one waiter."},
     {"get_value", Sem_get_value, METH_NOARGS, "get_value()\n--\n\nThe current counter."},
+    {"_get_value", Sem_get_value, METH_NOARGS, "_get_value()\n--\n\nget_value()."},
+    {"_is_zero", Sem_is_zero, METH_NOARGS, "_is_zero()\n--\n\nWhether the counter is 0."},
     {"__reduce__", Sem_reduce, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
+};
+
+/* The stdlib's Queue, built on a context's primitives (concurrent.futures'
+ * _SafeQueue subclasses it, and gets ours with mp_context=), reads
+ * _sem._semlock._is_zero() and _get_value(): the semaphore is its own
+ * _semlock. */
+static PyObject *Sem_semlock(PyObject *op, void *closure)
+{
+    (void)closure;
+    return Py_NewRef(op);
+}
+
+static PyGetSetDef Sem_getset[] = {
+    {"_semlock", Sem_semlock, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
 };
 
 /* Installed by cmp_py_add_fast_methods() on Semaphore and again on
@@ -217,13 +262,9 @@ static PyMethodDef Sem_with_methods[] = {
 };
 
 static PyType_Slot Sem_slots[] = {
-    {Py_tp_doc, (void *)SEMAPHORE_DOC},
-    {Py_tp_new, Sem_new},
-    {Py_tp_dealloc, Sem_dealloc},
-    {Py_tp_finalize, Sem_finalize},
-    {Py_tp_repr, Sem_repr},
-    {Py_tp_methods, Sem_methods},
-    {0, NULL},
+    {Py_tp_doc, (void *)SEMAPHORE_DOC}, {Py_tp_new, Sem_new},           {Py_tp_init, Sem_init},
+    {Py_tp_dealloc, Sem_dealloc},       {Py_tp_finalize, Sem_finalize}, {Py_tp_repr, Sem_repr},
+    {Py_tp_methods, Sem_methods},       {Py_tp_getset, Sem_getset},     {0, NULL},
 };
 
 static PyType_Spec Sem_spec = {

@@ -1,0 +1,62 @@
+/*
+ * The child side of multiprocessing.util for our forks: the callbacks of
+ * util.register_after_fork() run in every child we fork (Process.start and
+ * pool workers), and util.Finalize objects with an exitpriority run when
+ * a Process child ends, as the stdlib's BaseProcess._bootstrap does.
+ *
+ * The registries are the standard library's (cmultiprocessing.util
+ * re-exports them), so a library that registers through the stdlib's util
+ * (joblib, the stdlib's own managers) is served by our forks too. Nothing
+ * is imported here: a program that never loaded a util module has nothing
+ * registered, and its children only look it up in sys.modules.
+ */
+#include "_cmp.h"
+
+/* sys.modules["multiprocessing.util"].<name>, or NULL (no error set). */
+static PyObject *util_function(const char *name)
+{
+    PyObject *modules = PySys_GetObject("modules"); /* borrowed */
+    PyObject *util = modules && PyDict_Check(modules)
+                         ? PyDict_GetItemString(modules, "multiprocessing.util")
+                         : NULL;
+    if (!util)
+        return NULL;
+    PyObject *fn = PyObject_GetAttrString(util, name);
+    if (!fn)
+        PyErr_Clear();
+    return fn;
+}
+
+static void call_printing(PyObject *fn, PyObject *arg)
+{
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    PyObject *r = arg ? PyObject_CallOneArg(fn, arg) : PyObject_CallNoArgs(fn);
+    if (!r)
+        PyErr_Print();
+    Py_XDECREF(r);
+    Py_DECREF(fn);
+    PyErr_Restore(et, ev, tb);
+}
+
+void cmp_py_util_after_fork(void)
+{
+    PyObject *fn = util_function("_run_after_forkers");
+    if (fn)
+        call_printing(fn, NULL);
+}
+
+void cmp_py_util_run_finalizers(int minpriority)
+{
+    PyObject *fn = util_function("_run_finalizers");
+    if (!fn)
+        return;
+    PyObject *arg = minpriority >= 0 ? PyLong_FromLong(minpriority) : NULL;
+    if (minpriority >= 0 && !arg) {
+        PyErr_Clear();
+        Py_DECREF(fn);
+        return;
+    }
+    call_printing(fn, arg);
+    Py_XDECREF(arg);
+}
