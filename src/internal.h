@@ -95,4 +95,8 @@ int cmp__random_bytes(void *out, size_t len);
 int cmp__shared_heap_lock(void);
 size_t cmp__shared_heap_free_bytes(void);
 
+/* 1 when a living process maps the file (dev, ino) or holds it open, or
+ * when /proc cannot tell (tracker.c). */
+int cmp__file_in_use(dev_t dev, ino_t ino);
+
 #endif /* CMP_INTERNAL_H */
