@@ -12,7 +12,7 @@ USAGE = "usage: python3 -m cmultiprocessing script.py [args...]\n" \
 
 # Public submodules that programs import as multiprocessing.<name>.
 SUBMODULES = ("connection", "context", "dummy", "managers", "pool", "process",
-              "queues", "shared_memory", "sharedctypes", "synchronize")
+              "queues", "resource_tracker", "shared_memory", "sharedctypes", "synchronize")
 
 
 def alias_multiprocessing():

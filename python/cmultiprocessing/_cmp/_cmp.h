@@ -56,6 +56,9 @@ typedef struct {
     PyObject *typecode_to_type;   /* 'i' -> ctypes.c_int, ... */
     PyObject *fast_types;         /* _type_ -> canonical simple type */
     PyObject *sync_class_cache;   /* Structure class -> wrapper class */
+    /* named segments (shared_memory.c) */
+    PyTypeObject *SharedMemory_type;
+    PyTypeObject *ShmMapping_type;
     /* __enter__/__exit__ descriptors with recycled bound methods (fastmethod.c) */
     PyTypeObject *FastMethod_type;
     PyTypeObject *FastBound_type;
@@ -392,6 +395,7 @@ int cmp_py_context_init(PyObject *module, cmp_py_state *st);
  * later set_start_method() without force raises RuntimeError. (context.c) */
 void cmp_py_context_pin_default(void);
 int cmp_py_sharedctypes_init(PyObject *module, cmp_py_state *st);
+int cmp_py_shared_memory_init(PyObject *module, cmp_py_state *st);
 int cmp_py_connection_init(PyObject *module, cmp_py_state *st);
 /* After connection's: it looks up the reducers connection.c defines. */
 int cmp_py_reduction_init(PyObject *module, cmp_py_state *st);
