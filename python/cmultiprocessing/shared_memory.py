@@ -9,20 +9,20 @@ whole program that created or attached it is dead even when every one of
 its processes, resource tracker included, was killed with SIGKILL, and
 never while another living process maps it (see resource_tracker).
 
-ShareableList is written here, in Python, with the standard library's
-layout in the segment, so that either side attaches the other's list by
+ShareableList keeps the standard library's layout in the segment, so that either side attaches the other's list by
 name and reads and writes its items: an 8-byte item count, the items'
 (count + 1) 8-byte offsets into the data area, the data area, each item's
 8-byte struct format, and each item's 1-byte kind (0 number or bool, 1 str,
-2 bytes, 3 None). Each access reads the item's format and kind from the
-segment (the other side may have changed them), through precompiled
-struct.Struct objects.
+2 bytes, 3 None). Item access (get, set, len, iteration) is C
+(_cmp/shareable_list.c): each access reads the item's format and kind from
+the segment, since the other side may have changed them. Creating and
+attaching a list, and the rare formats, stay in Python here.
 """
 import struct
 import types
 from functools import partial
 
-from ._cmp import SharedMemory
+from ._cmp import SharedMemory, _ShareableListBase
 
 __all__ = ['SharedMemory', 'ShareableList']
 
@@ -62,7 +62,7 @@ def _decode(kind, raw):
     return None
 
 
-class ShareableList:
+class ShareableList(_ShareableListBase):
     """A list of a fixed length in a shared memory segment, of int, float,
     bool, str, bytes and None items (str and bytes keep the room they were
     created with). ShareableList(sequence) creates one; ShareableList(name=)
@@ -100,40 +100,27 @@ class ShareableList:
             self._layout(n, list(struct.unpack_from("%dq" % (n + 1), buf, 8)))
 
     def _layout(self, n, offsets):
+        _ShareableListBase._layout(self, n, offsets)
         self._list_len = n
         self._allocated_offsets = offsets
         self._data = 8 * (n + 2)
         self._formats = self._data + offsets[-1]
         self._kinds = self._formats + 8 * n
 
-    def _position(self, position):
-        n = self._list_len
-        if position < 0:
-            position += n
-        if not 0 <= position < n:
-            raise IndexError
-        return position
-
     def _format(self, position):
         return _fmt8.unpack_from(self.shm.buf, self._formats + 8 * position)[0] \
             .rstrip(b'\x00').decode(_ENCODING)
 
-    def __getitem__(self, position):
-        try:
-            position = self._position(position)
-        except IndexError:
-            raise IndexError("index out of range") from None
+    # Item access is C (_ShareableListBase); it comes here for what it
+    # does not decode itself, with position already in range.
+
+    def _slow_getitem(self, position):
         buf = self.shm.buf
         (raw,) = _struct(self._format(position)).unpack_from(
             buf, self._data + self._allocated_offsets[position])
-        kind = buf[self._kinds + position]
-        return _decode(kind if kind < 128 else kind - 256, raw)
+        return _decode(struct.unpack_from("b", buf, self._kinds + position)[0], raw)
 
-    def __setitem__(self, position, value):
-        try:
-            position = self._position(position)
-        except IndexError:
-            raise IndexError("assignment index out of range") from None
+    def _slow_setitem(self, position, value):
         offset = self._allocated_offsets[position]
         if isinstance(value, (str, bytes)):
             room = self._allocated_offsets[position + 1] - offset
@@ -150,11 +137,11 @@ class ShareableList:
         buf[self._kinds + position] = _kind(value)
         _struct(fmt).pack_into(buf, self._data + offset, encoded)
 
+    def _slow_len(self):
+        return _q.unpack_from(self.shm.buf, 0)[0]
+
     def __reduce__(self):
         return partial(self.__class__, name=self.shm.name), ()
-
-    def __len__(self):
-        return _q.unpack_from(self.shm.buf, 0)[0]
 
     def __repr__(self):
         return f'{self.__class__.__name__}({list(self)}, name={self.shm.name!r})'

@@ -7,6 +7,7 @@ import os
 import pickle
 import signal
 import stat
+import struct
 import subprocess
 import sys
 import textwrap
@@ -154,17 +155,22 @@ def _child_write(shm):
     shm.close()
 
 
-def test_umask_0_gives_0600(sm):
-    old = os.umask(0)
+def mode_under_umask(sm, mask):
+    """The mode of a segment created under umask mask."""
+    old = os.umask(mask)
     try:
         a = sm.SharedMemory(create=True, size=8)
     finally:
         os.umask(old)
     try:
-        assert stat.S_IMODE(os.stat("/dev/shm/" + a.name).st_mode) == 0o600
+        return stat.S_IMODE(os.stat("/dev/shm/" + a.name).st_mode)
     finally:
         a.close()
         a.unlink()
+
+
+def test_umask_0_gives_0600(sm):
+    assert mode_under_umask(sm, 0) == 0o600
 
 
 def test_leaked_segment_is_removed_when_the_program_ends_with_a_warning(impl):
@@ -227,6 +233,15 @@ def test_shareable_list(sm):
             sl[6] = 1
         with pytest.raises(KeyError):
             sl[0] = [1]
+        with pytest.raises(KeyError):
+            sl[0] = False.__class__  # a type has no format
+        with pytest.raises(struct.error):
+            sl[0] = 2 ** 64
+        with pytest.raises(TypeError):
+            sl[0:2]
+        sl[0] = 2 ** 63 - 1
+        assert sl[0] == 2 ** 63 - 1
+        sl[0] = "xy"
         other = sm.ShareableList(name=sl.shm.name)
         assert list(other) == list(sl)
         other.shm.close()
@@ -234,6 +249,10 @@ def test_shareable_list(sm):
         again = pickle.loads(pickle.dumps(sl))
         assert list(again) == list(sl)
         again.shm.close()
+        again = sm.ShareableList(name=sl.shm.name)
+        again.shm.close()
+        with pytest.raises(TypeError):
+            again[0]
     finally:
         sl.shm.close()
         sl.shm.unlink()
@@ -336,16 +355,9 @@ def test_track_keyword_on_every_version(osm, segments):
 
 
 def test_any_umask_gives_0600(osm):
-    old = os.umask(0o777)
-    try:
-        a = osm.SharedMemory(create=True, size=8)
-    finally:
-        os.umask(old)
-    try:
-        assert stat.S_IMODE(os.stat("/dev/shm/" + a.name).st_mode) == 0o600
-    finally:
-        a.close()
-        a.unlink()
+    # the stdlib's would be 0000 under 0777: its creator could not reopen it
+    for mask in (0o777, 0o077, 0o022):
+        assert mode_under_umask(osm, mask) == 0o600
 
 
 KILLED_PROGRAM = """

@@ -59,6 +59,7 @@ typedef struct {
     /* named segments (shared_memory.c) */
     PyTypeObject *SharedMemory_type;
     PyTypeObject *ShmMapping_type;
+    PyTypeObject *ShareableListBase_type; /* shareable_list.c */
     /* __enter__/__exit__ descriptors with recycled bound methods (fastmethod.c) */
     PyTypeObject *FastMethod_type;
     PyTypeObject *FastBound_type;
@@ -396,6 +397,11 @@ int cmp_py_context_init(PyObject *module, cmp_py_state *st);
 void cmp_py_context_pin_default(void);
 int cmp_py_sharedctypes_init(PyObject *module, cmp_py_state *st);
 int cmp_py_shared_memory_init(PyObject *module, cmp_py_state *st);
+int cmp_py_shareable_list_init(PyObject *module, cmp_py_state *st);
+/* The memory of op when it is one of our SharedMemory objects: 0 and
+ * *addr, *size; -1 with TypeError when it is closed; 1 when op is some
+ * other object (shared_memory.c). */
+int cmp_py_shm_memory(PyObject *op, void **addr, size_t *size);
 int cmp_py_connection_init(PyObject *module, cmp_py_state *st);
 /* After connection's: it looks up the reducers connection.c defines. */
 int cmp_py_reduction_init(PyObject *module, cmp_py_state *st);

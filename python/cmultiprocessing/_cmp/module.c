@@ -174,11 +174,12 @@ static int module_exec(PyObject *module)
         cmp_py_semaphore_init(module, st) < 0 || cmp_py_event_init(module, st) < 0 ||
         cmp_py_condition_init(module, st) < 0 || cmp_py_barrier_init(module, st) < 0 ||
         cmp_py_sharedctypes_init(module, st) < 0 || cmp_py_shared_memory_init(module, st) < 0 ||
-        cmp_py_serialize_init(module, st) < 0 || cmp_py_queue_init(module, st) < 0 ||
-        cmp_py_process_init(module, st) < 0 || cmp_py_context_init(module, st) < 0 ||
-        cmp_py_connection_init(module, st) < 0 || cmp_py_reduction_init(module, st) < 0 ||
-        cmp_py_pool_init(module, st) < 0 || cmp_py_manager_init(module, st) < 0 ||
-        cmp_py_proxy_init(module, st) < 0 || cmp_py_main_thread_init() < 0)
+        cmp_py_shareable_list_init(module, st) < 0 || cmp_py_serialize_init(module, st) < 0 ||
+        cmp_py_queue_init(module, st) < 0 || cmp_py_process_init(module, st) < 0 ||
+        cmp_py_context_init(module, st) < 0 || cmp_py_connection_init(module, st) < 0 ||
+        cmp_py_reduction_init(module, st) < 0 || cmp_py_pool_init(module, st) < 0 ||
+        cmp_py_manager_init(module, st) < 0 || cmp_py_proxy_init(module, st) < 0 ||
+        cmp_py_main_thread_init() < 0)
         return -1;
     return 0;
 }

@@ -218,6 +218,22 @@ static int shm_init(PyObject *op, PyObject *args, PyObject *kwds)
     return 0;
 }
 
+int cmp_py_shm_memory(PyObject *op, void **addr, size_t *size)
+{
+    cmp_py_state *st = cmp_py_state_of_type(Py_TYPE(op));
+    if (!st || !PyObject_TypeCheck(op, st->SharedMemory_type))
+        return 1;
+    mapping_object *m = (mapping_object *)((shm_object *)op)->mapping;
+    if (!m || !m->shm.addr) {
+        /* the stdlib's struct call on a closed one's buf (None) */
+        PyErr_SetString(PyExc_TypeError, "the list's shared memory is closed");
+        return -1;
+    }
+    *addr = m->shm.addr;
+    *size = m->shm.size;
+    return 0;
+}
+
 static PyObject *shm_close(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
     if (shm_close_impl((shm_object *)op) < 0)
