@@ -386,10 +386,29 @@ def start_killed_program(tmp_path):
     return p, names
 
 
+def group_alive(pgid):
+    """Whether a process of the group still runs (zombies do not count:
+    what they held is released already)."""
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] not in "ZX":
+            return True
+    return False
+
+
 def kill_tree(p):
     os.killpg(p.pid, signal.SIGKILL)  # the program, its child and its watcher
     p.wait(10)
     p.stdout.close()
+    # SIGKILL ends the others asynchronously
+    deadline = time.monotonic() + 10
+    while group_alive(p.pid):
+        assert time.monotonic() < deadline, "the killed program's processes live on"
+        time.sleep(0.01)
 
 
 def test_sigkill_of_the_whole_program_leaves_nothing(tmp_path, segments):
@@ -453,7 +472,11 @@ def test_killed_watcher_alone_leaves_nothing(segments):
     name = r.stdout.strip()
     segments.append(name)
     from cmultiprocessing import resource_tracker
-    resource_tracker.sweep()
+    # the watcher dies asynchronously, holding what it inherited till then
+    deadline = time.monotonic() + 10
+    while exists(name) and time.monotonic() < deadline:
+        resource_tracker.sweep()
+        time.sleep(0.01)
     assert not exists(name)
 
 
