@@ -486,8 +486,9 @@ def test_resource_tracker_api(osm):
     fd = resource_tracker.getfd()
     assert fd >= 0 and resource_tracker._resource_tracker._fd == fd
     a = osm.SharedMemory(create=True, size=10, track=False)
-    resource_tracker.register("/" + a.name, "shared_memory")
-    resource_tracker.unregister("/" + a.name, "shared_memory")
+    assert a._name == "/" + a.name  # what programs pass to unregister
+    resource_tracker.register(a._name, "shared_memory")
+    resource_tracker.unregister(a._name, "shared_memory")
     resource_tracker.register("/" + a.name, "noop")
     with pytest.raises(ValueError):
         resource_tracker.register("/" + a.name, "nonsense")

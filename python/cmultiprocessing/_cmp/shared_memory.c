@@ -290,6 +290,16 @@ static PyObject *shm_get_name(PyObject *op, void *Py_UNUSED(closure))
     return Py_NewRef(self->name ? self->name : Py_None);
 }
 
+/* The name as the stdlib keeps it ('/' + name): programs pass it to
+ * resource_tracker.unregister() to stop tracking an attached segment. */
+static PyObject *shm_get_private_name(PyObject *op, void *Py_UNUSED(closure))
+{
+    shm_object *self = (shm_object *)op;
+    if (!self->name)
+        Py_RETURN_NONE;
+    return PyUnicode_FromFormat("/%U", self->name);
+}
+
 static PyObject *shm_get_size(PyObject *op, void *Py_UNUSED(closure))
 {
     return PyLong_FromSsize_t(((shm_object *)op)->size);
@@ -349,6 +359,7 @@ static PyGetSetDef shm_getset[] = {
     {"buf", shm_get_buf, NULL, "A memoryview of the segment's memory.", NULL},
     {"name", shm_get_name, NULL, "The name other processes attach it by.", NULL},
     {"size", shm_get_size, NULL, "Size in bytes.", NULL},
+    {"_name", shm_get_private_name, NULL, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
