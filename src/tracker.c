@@ -318,8 +318,7 @@ static void unmap_shared(void)
  * forked copy of the process: no Python here, only libc. */
 static void watch(const char *dir)
 {
-    cmp_shared_release_all(); /* the fork gave it a reference to each block */
-    unmap_shared();
+    unmap_shared();           /* its heap references went with its parent's (start_watcher) */
     signal(SIGINT, SIG_IGN);  /* Ctrl-C and `kill` of the program are */
     signal(SIGTERM, SIG_IGN); /* what it is there to outlive */
     sigset_t all;
@@ -375,6 +374,10 @@ static int start_watcher(const char *dir)
         return err;
     }
     if (mid == 0) {
+        /* the fork gave this process a reference to each heap block, and
+         * it ends with _exit: drop them first, or they would never be
+         * freed (and its fork then hands the watcher none) */
+        cmp_shared_release_all();
         pid_t w = fork();
         if (w == 0) {
             close(pipefd[0]);

@@ -3,6 +3,7 @@
  * killed too, and never while a living process maps it. Each "program" is
  * a forked child of the test that starts its own registry. */
 #include "helpers.h"
+#include "internal.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -163,4 +164,23 @@ Test(tracker, adopt_checks_the_fd, .timeout = 5)
     cr_assert_eq(cmp_tracker_adopt(fds[0]), -EINVAL);
     cr_assert_eq(cmp_tracker_adopt(999), -ENOENT);
     cr_assert_eq(cmp_tracker_register('x', "name"), -EINVAL);
+}
+
+Test(tracker, starting_the_watcher_keeps_no_heap_block, .timeout = 10)
+{
+    pid_t prog = test_fork();
+    if (prog == 0) {
+        /* a block alive when the watcher forks is freed with its last
+         * holder here: neither the watcher nor the process that forks it
+         * keeps a reference */
+        cmp_shared_t *block;
+        if (cmp_shared_alloc(1000, &block) != 0)
+            _exit(1);
+        size_t before = cmp__shared_heap_free_bytes();
+        if (cmp_tracker_start() != 0)
+            _exit(2);
+        cmp_shared_release(block);
+        _exit(cmp__shared_heap_free_bytes() > before ? 0 : 3);
+    }
+    cr_assert_eq(test_join(prog, 5), 0);
 }
