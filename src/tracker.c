@@ -97,7 +97,21 @@ static int resource_path(int kind, const char *name, char *out, size_t len)
  * Who uses a file
  * ------------------------------------------------------------------------ */
 
-static int maps_hold(int procfd, const char *pid, dev_t dev, ino_t ino)
+/* Marks used[k] for each files[k] that matches (dev, ino); returns how
+ * many were newly marked. */
+static size_t mark(const struct cmp__file_id *files, int *used, size_t n, dev_t dev, ino_t ino)
+{
+    size_t marked = 0;
+    for (size_t k = 0; k < n; k++)
+        if (!used[k] && files[k].ino == ino && files[k].dev == dev) {
+            used[k] = 1;
+            marked++;
+        }
+    return marked;
+}
+
+static size_t maps_hold(int procfd, const char *pid, const struct cmp__file_id *files, int *used,
+                        size_t n)
 {
     char path[300];
     snprintf(path, sizeof path, "%s/maps", pid);
@@ -110,21 +124,22 @@ static int maps_hold(int procfd, const char *pid, dev_t dev, ino_t ino)
         return 0;
     }
     char line[512];
-    int found = 0;
-    while (!found && fgets(line, sizeof line, f)) {
+    size_t marked = 0;
+    while (fgets(line, sizeof line, f)) {
         unsigned maj, min;
         unsigned long long inode;
-        if (sscanf(line, "%*s %*s %*s %x:%x %llu", &maj, &min, &inode) == 3)
-            found = inode == (unsigned long long)ino && makedev(maj, min) == dev;
+        if (sscanf(line, "%*s %*s %*s %x:%x %llu", &maj, &min, &inode) == 3 && inode)
+            marked += mark(files, used, n, makedev(maj, min), (ino_t)inode);
         /* a line longer than the buffer: skip its tail */
         while (!strchr(line, '\n') && fgets(line, sizeof line, f))
             ;
     }
     fclose(f);
-    return found;
+    return marked;
 }
 
-static int fds_hold(int procfd, const char *pid, dev_t dev, ino_t ino)
+static size_t fds_hold(int procfd, const char *pid, const struct cmp__file_id *files, int *used,
+                       size_t n)
 {
     char path[300];
     snprintf(path, sizeof path, "%s/fd", pid);
@@ -136,43 +151,110 @@ static int fds_hold(int procfd, const char *pid, dev_t dev, ino_t ino)
         close(fd);
         return 0;
     }
-    int found = 0;
+    size_t marked = 0;
     struct dirent *e;
-    while (!found && (e = readdir(d))) {
+    while ((e = readdir(d))) {
         struct stat st;
         if (e->d_name[0] != '.' && fstatat(fd, e->d_name, &st, 0) == 0)
-            found = st.st_ino == ino && st.st_dev == dev;
+            marked += mark(files, used, n, st.st_dev, st.st_ino);
     }
     closedir(d);
-    return found;
+    return marked;
 }
 
-int cmp__file_in_use(dev_t dev, ino_t ino)
+void cmp__files_in_use(const struct cmp__file_id *files, int *used, size_t n)
 {
+    memset(used, 0, n * sizeof *used);
     DIR *d = opendir("/proc");
-    if (!d)
-        return 1; /* cannot tell: never remove what may be in use */
-    int procfd = dirfd(d), found = 0;
+    if (!d) {
+        for (size_t k = 0; k < n; k++)
+            used[k] = 1; /* cannot tell: never remove what may be in use */
+        return;
+    }
+    int procfd = dirfd(d);
+    size_t left = n;
     struct dirent *e;
-    while (!found && (e = readdir(d))) {
+    /* one pass over the processes for all of them */
+    while (left && (e = readdir(d))) {
         if (e->d_name[0] < '0' || e->d_name[0] > '9')
             continue;
-        found = maps_hold(procfd, e->d_name, dev, ino) || fds_hold(procfd, e->d_name, dev, ino);
+        left -= maps_hold(procfd, e->d_name, files, used, n);
+        if (left)
+            left -= fds_hold(procfd, e->d_name, files, used, n);
     }
     closedir(d);
-    return found;
 }
 
 /* ------------------------------------------------------------------------
  * Sweeping one dead program's registry
  * ------------------------------------------------------------------------ */
 
-static int remove_resource(int kind, const char *path)
+/* A listed resource that still exists under its registered inode. */
+struct candidate {
+    char entry[NAME_MAX + 1];
+    char path[PATH_MAX];
+    int kind;
+};
+
+/* Reads the registry at dfd: the entries whose resource still exists as
+ * registered go to *cands and *ids (malloc'ed, *n of them); the others are
+ * dropped from the registry at once. Returns 0, or -ENOMEM (then the
+ * registry stays as it was past the entries already read). */
+static int read_registry(int dfd, struct candidate **cands, struct cmp__file_id **ids, size_t *n)
 {
-    /* both live as plain files in /dev/shm: shm_unlink and sem_unlink
-     * only add the directory and the prefix that path already has */
-    (void)kind;
-    return unlink(path) < 0 ? -errno : 0;
+    int own = fcntl(dfd, F_DUPFD_CLOEXEC, 0); /* closedir() closes it */
+    DIR *d = own < 0 ? NULL : fdopendir(own);
+    if (!d) {
+        if (own >= 0)
+            close(own);
+        return -ENOMEM;
+    }
+    size_t ccap = 0, icap = 0;
+    *cands = NULL;
+    *ids = NULL;
+    *n = 0;
+    int rc = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        const char *entry = e->d_name;
+        int kind = entry[0];
+        if (kind != CMP_TRACK_SHM && kind != CMP_TRACK_SEM)
+            continue; /* ".", "..", "lock" */
+        struct candidate c = {.kind = kind};
+        snprintf(c.entry, sizeof c.entry, "%s", entry);
+        struct stat st;
+        unsigned long long ino = 0;
+        int fd = openat(dfd, entry, O_RDONLY | O_CLOEXEC);
+        if (fd >= 0) {
+            char buf[32];
+            ssize_t r = read(fd, buf, sizeof buf - 1);
+            buf[r > 0 ? r : 0] = '\0';
+            close(fd);
+            ino = strtoull(buf, NULL, 10);
+        }
+        /* gone, or a resource of the same name made since (someone
+         * else's): nothing of ours to remove */
+        if (resource_path(kind, entry + 1, c.path, sizeof c.path) < 0 || stat(c.path, &st) < 0 ||
+            (ino != 0 && ino != (unsigned long long)st.st_ino)) {
+            unlinkat(dfd, entry, 0);
+            continue;
+        }
+        size_t need = *n + 1;
+        struct candidate *gc = cmp__grow(*cands, &ccap, need * sizeof **cands);
+        if (gc)
+            *cands = gc;
+        struct cmp__file_id *gi = gc ? cmp__grow(*ids, &icap, need * sizeof **ids) : NULL;
+        if (!gi) {
+            rc = -ENOMEM;
+            break;
+        }
+        *ids = gi;
+        (*cands)[*n] = c;
+        (*ids)[*n] = (struct cmp__file_id){st.st_dev, st.st_ino};
+        (*n)++;
+    }
+    closedir(d);
+    return rc;
 }
 
 /* Sweeps the registry at dir (its lock held by the caller). Counts what it
@@ -183,47 +265,37 @@ static int sweep_registry(const char *dir, int removed[2])
     int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dfd < 0)
         return 0; /* removed meanwhile by another sweeper */
-    DIR *d = fdopendir(dfd);
-    if (!d) {
-        close(dfd);
-        return 1;
-    }
+    struct candidate *cands;
+    struct cmp__file_id *ids;
+    size_t n;
+    int rc = read_registry(dfd, &cands, &ids, &n);
+    int *used = n ? malloc(n * sizeof *used) : NULL;
     int kept = 0;
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        const char *entry = e->d_name;
-        int kind = entry[0];
-        if (kind != CMP_TRACK_SHM && kind != CMP_TRACK_SEM)
-            continue; /* ".", "..", "lock" */
-        char path[PATH_MAX], buf[32] = "";
-        struct stat st;
-        int keep = 0;
-        if (resource_path(kind, entry + 1, path, sizeof path) == 0 && stat(path, &st) == 0) {
-            int fd = openat(dfd, entry, O_RDONLY | O_CLOEXEC);
-            if (fd >= 0) {
-                ssize_t n = read(fd, buf, sizeof buf - 1);
-                buf[n > 0 ? n : 0] = '\0';
-                close(fd);
+    if (rc < 0 || (n && !used)) {
+        kept = 1; /* out of memory: a later sweep does it */
+    } else {
+        if (n)
+            cmp__files_in_use(ids, used, n);
+        for (size_t k = 0; k < n; k++) {
+            if (used[k]) {
+                kept++;
+                continue;
             }
-            unsigned long long ino = strtoull(buf, NULL, 10);
-            /* a resource of the same name made since is someone else's */
-            if (ino == 0 || ino == (unsigned long long)st.st_ino) {
-                if (cmp__file_in_use(st.st_dev, st.st_ino))
-                    keep = 1;
-                else if (remove_resource(kind, path) == 0)
-                    removed[kind == CMP_TRACK_SEM]++;
-            }
+            /* both kinds are plain files in /dev/shm: shm_unlink and
+             * sem_unlink would only add what path has already */
+            if (unlink(cands[k].path) == 0)
+                removed[cands[k].kind == CMP_TRACK_SEM]++;
+            unlinkat(dfd, cands[k].entry, 0);
         }
-        if (keep)
-            kept++;
-        else
-            unlinkat(dfd, entry, 0);
     }
+    free(used);
+    free(cands);
+    free(ids);
     if (!kept) {
         unlinkat(dfd, "lock", 0);
         rmdir(dir);
     }
-    closedir(d);
+    close(dfd);
     return kept;
 }
 

@@ -77,18 +77,20 @@ Test(tracker, sweep_removes_what_a_killed_program_and_watcher_left, .timeout = 1
     cr_assert(wait_gone(name, 5, 1), "the sweep did not remove %s", name);
 }
 
-Test(tracker, a_segment_still_mapped_is_kept_until_unused, .timeout = 15)
+/* Another program, none of the dead one's, that maps name until
+ * stop_mapper(); returns once it does. */
+struct mapper {
+    pid_t pid;
+    int go;
+};
+
+static struct mapper start_mapper(const char *name)
 {
-    char name[64];
-    test_name(name, sizeof name, "mapped");
     int ready[2], go[2];
     cr_assert_eq(pipe(ready), 0);
     cr_assert_eq(pipe(go), 0);
-    pid_t prog = run_program(name, KILL_ALL);
-    cr_assert_eq(test_join(prog, 5), -1);
-    /* another program, not of the dead one, maps it */
-    pid_t user = test_fork();
-    if (user == 0) {
+    pid_t pid = test_fork();
+    if (pid == 0) {
         cmp_shm_t s;
         char c = 0;
         if (cmp_shm_open(&s, name, 0, 0) != 0)
@@ -99,10 +101,30 @@ Test(tracker, a_segment_still_mapped_is_kept_until_unused, .timeout = 15)
     }
     char c;
     cr_assert_eq(read(ready[0], &c, 1), 1);
+    close(ready[0]);
+    close(ready[1]);
+    close(go[0]);
+    return (struct mapper){pid, go[1]};
+}
+
+static void stop_mapper(struct mapper m)
+{
+    char c = 0;
+    cr_assert_eq(write(m.go, &c, 1), 1);
+    close(m.go);
+    cr_assert_eq(test_join(m.pid, 5), 0);
+}
+
+Test(tracker, a_segment_still_mapped_is_kept_until_unused, .timeout = 15)
+{
+    char name[64];
+    test_name(name, sizeof name, "mapped");
+    pid_t prog = run_program(name, KILL_ALL);
+    cr_assert_eq(test_join(prog, 5), -1);
+    struct mapper m = start_mapper(name);
     cmp_tracker_sweep();
     cr_assert(test_shm_exists(name), "removed while another process maps it");
-    cr_assert_eq(write(go[1], &c, 1), 1);
-    cr_assert_eq(test_join(user, 5), 0);
+    stop_mapper(m);
     cr_assert(wait_gone(name, 5, 1), "kept once unused");
 }
 
@@ -183,4 +205,29 @@ Test(tracker, starting_the_watcher_keeps_no_heap_block, .timeout = 10)
         _exit(cmp__shared_heap_free_bytes() > before ? 0 : 3);
     }
     cr_assert_eq(test_join(prog, 5), 0);
+}
+
+Test(tracker, one_pass_keeps_exactly_the_mapped_ones, .timeout = 15)
+{
+    char names[3][64];
+    for (int k = 0; k < 3; k++)
+        snprintf(names[k], sizeof names[k], "cmp-test-trk-%d-many%d", (int)getpid(), k);
+    pid_t prog = test_fork();
+    if (prog == 0) {
+        for (int k = 0; k < 3; k++) {
+            cmp_shm_t s;
+            if (cmp_shm_open(&s, names[k], CMP_SHM_CREATE, 64) != 0 ||
+                cmp_tracker_register(CMP_TRACK_SHM, names[k]) != 0)
+                _exit(1);
+            cmp_shm_detach(&s);
+        }
+        kill(cmp_tracker_watcher_pid(), SIGKILL);
+        raise(SIGKILL);
+    }
+    cr_assert_eq(test_join(prog, 5), -1);
+    struct mapper m = start_mapper(names[1]);
+    cr_assert(wait_gone(names[0], 5, 1) && wait_gone(names[2], 5, 1));
+    cr_assert(test_shm_exists(names[1]), "removed while another process maps it");
+    stop_mapper(m);
+    cr_assert(wait_gone(names[1], 5, 1), "kept once unused");
 }
