@@ -199,7 +199,8 @@ void cmp_shm_detach(cmp_shm_t *shm);
  * Python's own multiprocessing.shared_memory (same names, same files).
  * Unlike memfd segments they outlive their processes until unlinked.
  * A name is given with or without its one leading '/'. */
-#define CMP_SHM_CREATE 1 /* create it; -EEXIST if the name is taken */
+#define CMP_SHM_CREATE 1     /* create it; -EEXIST if the name is taken */
+#define CMP_SHM_MAY_CREATE 2 /* attach it, creating it (empty) if missing */
 #define CMP_SHM_NAME_MAX 250
 /* Random bytes in a generated name (hex: twice as many characters). Four
  * as the standard library's, whose names fit FreeBSD's 14 characters. */
@@ -209,6 +210,8 @@ void cmp_shm_detach(cmp_shm_t *shm);
  * bytes (zero-filled, mode 0600 whatever the umask), and maps all of it
  * (an attacher's size is the segment's, and size is ignored). The fd is
  * closed at once (shm->fd is -1): the mapping alone keeps the segment.
+ * CMP_SHM_MAY_CREATE is the standard library's O_CREAT without O_EXCL,
+ * for subclasses that ask for it: what it creates is empty (-ENODATA).
  * Returns 0; -EINVAL (size 0 with CMP_SHM_CREATE, an empty name or one
  * with a '/' past the first character, an unknown flag); -ENOENT;
  * -EEXIST; -ENODATA (an existing segment of size 0: nothing to map);
@@ -263,8 +266,10 @@ void cmp_shared_release_all(void);
 #define CMP_TRACK_SEM 's' /* a sem_open() name */
 
 /* Creates this program's registry and its watcher, once; then sweeps.
- * Returns 0 or a negative errno (-EPERM: /dev/shm/.cmp-tracker-<euid> is
- * not a private directory of ours). */
+ * Later calls start a new watcher when the one this process started died
+ * (nothing registered is lost: the registry outlives it), and return 1.
+ * Returns 0, 1, or a negative errno (-EPERM: /dev/shm/.cmp-tracker-<euid>
+ * is not a private directory of ours). */
 int cmp_tracker_start(void);
 
 /* Lists name (as cmp_shm_open takes it) in this program's registry,

@@ -202,7 +202,7 @@ static int map_named(cmp_shm_t *shm, int fd)
 int cmp_shm_open(cmp_shm_t *shm, const char *name, int flags, size_t size)
 {
     char path[CMP_SHM_NAME_MAX + 2];
-    if (flags & ~CMP_SHM_CREATE)
+    if (flags & ~(CMP_SHM_CREATE | CMP_SHM_MAY_CREATE))
         return -EINVAL;
     int create = flags & CMP_SHM_CREATE;
     if ((create && size == 0) || (off_t)size < 0)
@@ -210,7 +210,10 @@ int cmp_shm_open(cmp_shm_t *shm, const char *name, int flags, size_t size)
     int rc = shm_path(name, path, sizeof path);
     if (rc < 0)
         return rc;
-    int fd = shm_open(path, create ? O_RDWR | O_CREAT | O_EXCL : O_RDWR, 0600);
+    int oflags = create                       ? O_RDWR | O_CREAT | O_EXCL
+                 : flags & CMP_SHM_MAY_CREATE ? O_RDWR | O_CREAT
+                                              : O_RDWR;
+    int fd = shm_open(path, oflags, 0600);
     if (fd < 0)
         return -errno;
     if (create) {

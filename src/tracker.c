@@ -194,11 +194,12 @@ struct candidate {
     char entry[NAME_MAX + 1];
     char path[PATH_MAX];
     int kind;
+    int gone; /* unlinked by someone who did not unregister it */
 };
 
 /* Reads the registry at dfd: the entries whose resource still exists as
- * registered go to *cands and *ids (malloc'ed, *n of them); the others are
- * dropped from the registry at once. Returns 0, or -ENOMEM (then the
+ * registered, or is gone, go to *cands and *ids (malloc'ed, *n of them);
+ * one whose name some other resource has now is dropped at once. Returns 0, or -ENOMEM (then the
  * registry stays as it was past the entries already read). */
 static int read_registry(int dfd, struct candidate **cands, struct cmp__file_id **ids, size_t *n)
 {
@@ -232,10 +233,16 @@ static int read_registry(int dfd, struct candidate **cands, struct cmp__file_id 
             close(fd);
             ino = strtoull(buf, NULL, 10);
         }
-        /* gone, or a resource of the same name made since (someone
-         * else's): nothing of ours to remove */
-        if (resource_path(kind, entry + 1, c.path, sizeof c.path) < 0 || stat(c.path, &st) < 0 ||
-            (ino != 0 && ino != (unsigned long long)st.st_ino)) {
+        memset(&st, 0, sizeof st); /* a gone one: inode 0 matches nothing */
+        if (resource_path(kind, entry + 1, c.path, sizeof c.path) < 0) {
+            unlinkat(dfd, entry, 0);
+            continue;
+        }
+        if (stat(c.path, &st) < 0) {
+            memset(&st, 0, sizeof st);
+            c.gone = 1;
+        } else if (ino != 0 && ino != (unsigned long long)st.st_ino) {
+            /* a resource of the same name made since: someone else's */
             unlinkat(dfd, entry, 0);
             continue;
         }
@@ -257,10 +264,30 @@ static int read_registry(int dfd, struct candidate **cands, struct cmp__file_id 
     return rc;
 }
 
-/* Sweeps the registry at dir (its lock held by the caller). Counts what it
- * removed in removed[0] (segments) and removed[1] (semaphores). Returns how
- * many entries it kept (resources still in use). */
-static int sweep_registry(const char *dir, int removed[2])
+static const char *const kind_names[2] = {"shared_memory", "semaphore"};
+
+/* The watcher's report, in the standard library's words: how many leaked.
+ * One that is gone (someone unlinked it, and it was an attached one we
+ * listed, or its unregistering was skipped) leaked nothing; one in use is
+ * no leak: its user still has it. */
+static void report(const struct candidate *cands, const int *used, size_t n)
+{
+    int leaked[2] = {0, 0};
+    for (size_t k = 0; k < n; k++)
+        if (!used[k] && !cands[k].gone)
+            leaked[cands[k].kind == CMP_TRACK_SEM]++;
+    for (int t = 0; t < 2; t++)
+        if (leaked[t])
+            fprintf(stderr,
+                    "cmultiprocessing.resource_tracker: UserWarning: resource_tracker: There "
+                    "appear to be %d leaked %s objects to clean up at shutdown\n",
+                    leaked[t], kind_names[t]);
+}
+
+/* Sweeps the registry at dir (its lock held by the caller), reporting
+ * what leaked when verbose; adds how many it removed to *removed. Returns
+ * how many entries it kept (resources still in use). */
+static int sweep_registry(const char *dir, int verbose, int *removed)
 {
     int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dfd < 0)
@@ -276,6 +303,8 @@ static int sweep_registry(const char *dir, int removed[2])
     } else {
         if (n)
             cmp__files_in_use(ids, used, n);
+        if (verbose)
+            report(cands, used, n);
         for (size_t k = 0; k < n; k++) {
             if (used[k]) {
                 kept++;
@@ -283,8 +312,8 @@ static int sweep_registry(const char *dir, int removed[2])
             }
             /* both kinds are plain files in /dev/shm: shm_unlink and
              * sem_unlink would only add what path has already */
-            if (unlink(cands[k].path) == 0)
-                removed[cands[k].kind == CMP_TRACK_SEM]++;
+            if (!cands[k].gone && unlink(cands[k].path) == 0)
+                (*removed)++;
             unlinkat(dfd, cands[k].entry, 0);
         }
     }
@@ -300,7 +329,7 @@ static int sweep_registry(const char *dir, int removed[2])
 }
 
 /* Sweeps dir if its program is dead (its lock free). */
-static void sweep_if_dead(const char *dir, int removed[2], int min_age)
+static void sweep_if_dead(const char *dir, int *removed, int min_age)
 {
     char path[PATH_MAX];
     if (snprintf(path, sizeof path, "%s/lock", dir) >= (int)sizeof path)
@@ -317,7 +346,7 @@ static void sweep_if_dead(const char *dir, int removed[2], int min_age)
         return;
     }
     if (flock(fd, LOCK_EX | LOCK_NB) == 0)
-        sweep_registry(dir, removed);
+        sweep_registry(dir, 0, removed);
     close(fd);
 }
 
@@ -330,7 +359,7 @@ int cmp_tracker_sweep(void)
     DIR *d = opendir(base);
     if (!d)
         return -errno;
-    int removed[2] = {0, 0};
+    int removed = 0;
     struct dirent *e;
     while ((e = readdir(d))) {
         int fresh = e->d_name[0] == '.' && strncmp(e->d_name, ".new-", 5) == 0;
@@ -339,10 +368,10 @@ int cmp_tracker_sweep(void)
         char dir[PATH_MAX];
         snprintf(dir, sizeof dir, "%s/%s", base, e->d_name);
         if (strcmp(dir, prog_dir) != 0)
-            sweep_if_dead(dir, removed, fresh ? NEW_MAX_AGE_S : 0);
+            sweep_if_dead(dir, &removed, fresh ? NEW_MAX_AGE_S : 0);
     }
     closedir(d);
-    return removed[0] + removed[1];
+    return removed;
 }
 
 /* ------------------------------------------------------------------------
@@ -390,7 +419,10 @@ static void unmap_shared(void)
  * forked copy of the process: no Python here, only libc. */
 static void watch(const char *dir)
 {
-    unmap_shared();           /* its heap references went with its parent's (start_watcher) */
+    /* the fork gave it a reference to each heap block, and it ends with
+     * _exit: drop them, or they would never be freed */
+    cmp_shared_release_all();
+    unmap_shared();
     signal(SIGINT, SIG_IGN);  /* Ctrl-C and `kill` of the program are */
     signal(SIGTERM, SIG_IGN); /* what it is there to outlive */
     sigset_t all;
@@ -418,59 +450,32 @@ static void watch(const char *dir)
     while (flock(fd, LOCK_EX) < 0)
         if (errno != EINTR)
             _exit(1);
-    int removed[2] = {0, 0};
-    sweep_registry(dir, removed);
-    static const char *what[2] = {"shared_memory", "semaphore"};
-    for (int k = 0; k < 2; k++)
-        if (removed[k])
-            fprintf(stderr,
-                    "cmultiprocessing.resource_tracker: UserWarning: resource_tracker: There "
-                    "appear to be %d leaked %s objects to clean up at shutdown\n",
-                    removed[k], what[k]);
+    int removed = 0;
+    sweep_registry(dir, 1, &removed);
     _exit(0);
 }
 
-/* Starts the watcher as a grandchild: no child of ours for a waitpid(-1)
- * or a harness to reap or kill, and it stays in the program's process
- * group, so that killing the group kills it too (the sweep covers that). */
+/* Starts the watcher as a child, as the standard library starts its
+ * tracker (programs and CPython's tests wait for it by pid); it stays in
+ * the program's process group, so that killing the group kills it too
+ * (the sweep covers that). SIGINT and SIGTERM are blocked across the fork
+ * so that one sent the moment this returns finds them ignored already. */
 static int start_watcher(const char *dir)
 {
-    int pipefd[2];
-    if (pipe2(pipefd, O_CLOEXEC) < 0)
-        return -errno;
-    pid_t mid = fork();
-    if (mid < 0) {
-        int err = -errno;
-        close(pipefd[0]);
-        close(pipefd[1]);
+    sigset_t block, old;
+    sigemptyset(&block);
+    sigaddset(&block, SIGINT);
+    sigaddset(&block, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &block, &old);
+    pid_t w = fork();
+    if (w == 0)
+        watch(dir);
+    int err = w < 0 ? -errno : 0;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (err < 0)
         return err;
-    }
-    if (mid == 0) {
-        /* the fork gave this process a reference to each heap block, and
-         * it ends with _exit: drop them first, or they would never be
-         * freed (and its fork then hands the watcher none) */
-        cmp_shared_release_all();
-        pid_t w = fork();
-        if (w == 0) {
-            close(pipefd[0]);
-            close(pipefd[1]);
-            watch(dir);
-        }
-        ssize_t n = write(pipefd[1], &w, sizeof w);
-        _exit(n == (ssize_t)sizeof w && w > 0 ? 0 : 1);
-    }
-    close(pipefd[1]);
-    pid_t w = -1;
-    ssize_t n;
-    do
-        n = read(pipefd[0], &w, sizeof w);
-    while (n < 0 && errno == EINTR);
-    close(pipefd[0]);
-    int status;
-    while (waitpid(mid, &status, 0) < 0 && errno == EINTR)
-        ;
-    if (n != (ssize_t)sizeof w || w <= 0)
-        return -ECHILD;
+    if (watcher_pid > 0) /* the one it replaces, if it was ours */
+        waitpid(watcher_pid, NULL, WNOHANG);
     watcher_pid = w;
     return 0;
 }
@@ -509,7 +514,9 @@ static int create_registry(void)
     return 0;
 }
 
-int cmp_tracker_start(void)
+/* check: also replace a watcher that died (it costs a read of /proc, so
+ * registrations skip it). */
+static int start(int check)
 {
     pthread_once(&tracker_once, tracker_init);
     pthread_mutex_lock(&tracker_mutex);
@@ -522,9 +529,17 @@ int cmp_tracker_start(void)
             /* without a watcher the next program's sweep still removes
              * what this one leaves: keep the registry */
         }
+    } else if (check && watcher_pid > 0 && !cmp_pid_alive(watcher_pid)) {
+        rc = start_watcher(prog_dir);
+        rc = rc == 0 ? 1 : rc;
     }
     pthread_mutex_unlock(&tracker_mutex);
-    return rc == -ECHILD ? 0 : rc;
+    return rc;
+}
+
+int cmp_tracker_start(void)
+{
+    return start(1);
 }
 
 int cmp_tracker_fd(void)
@@ -582,7 +597,7 @@ int cmp_tracker_register(int kind, const char *name)
 {
     char res[PATH_MAX], entry[PATH_MAX];
     int rc = resource_path(kind, name, res, sizeof res);
-    if (rc < 0 || (rc = cmp_tracker_start()) < 0)
+    if (rc < 0 || (rc = start(0)) < 0)
         return rc;
     if ((rc = entry_path(kind, name, entry, sizeof entry)) < 0)
         return rc;

@@ -792,15 +792,23 @@ class SharedMemoryManager(BaseManager):
             raise
         return segment
 
+    def _check_serving(self):
+        # before a segment is made: the stdlib's fails connecting first
+        if self._address is None:
+            raise ValueError("the SharedMemoryManager's server is not started: "
+                             "start() it or use it in a with block")
+
     def SharedMemory(self, size):
         """A new SharedMemory of size bytes, unlinked at shutdown."""
         from .shared_memory import SharedMemory
+        self._check_serving()
         shm = SharedMemory(None, create=True, size=size)
         return self._tracked(shm, shm)
 
     def ShareableList(self, sequence):
         """A new ShareableList of sequence, unlinked at shutdown."""
         from .shared_memory import ShareableList
+        self._check_serving()
         sl = ShareableList(sequence)
         return self._tracked(sl, sl.shm)
 

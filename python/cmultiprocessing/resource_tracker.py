@@ -19,9 +19,23 @@ library:
   never removed, and no "leaked" warning is printed for it: it stays
   listed until a later sweep finds it unused.
 """
+import warnings
+
 from . import _cmp
 
 __all__ = ['ensure_running', 'register', 'unregister']
+
+# What each resource type is removed with, as the standard library's table
+# (the tracker itself unlinks the files in C).
+_CLEANUP_FUNCS = {'noop': lambda: None}
+try:
+    import _posixshmem
+    _CLEANUP_FUNCS['shared_memory'] = _posixshmem.shm_unlink
+    import _multiprocessing
+    if hasattr(_multiprocessing, 'sem_unlink'):
+        _CLEANUP_FUNCS['semaphore'] = _multiprocessing.sem_unlink
+except ImportError:  # pragma: no cover
+    pass
 
 
 class ResourceTracker(object):
@@ -30,19 +44,24 @@ class ResourceTracker(object):
     setting it, as the standard library's spawn does with its tracker fd."""
 
     def ensure_running(self):
-        """Creates the program's registry and its watcher, once."""
-        _cmp._tracker_start()
+        """Creates the program's registry and its watcher, once; starts a
+        new watcher if the one this process started died."""
+        if _cmp._tracker_start() == 1:
+            warnings.warn('resource_tracker: process died unexpectedly, relaunching.  '
+                          'Nothing registered is lost: the registry outlives it.')
 
     def getfd(self):
         self.ensure_running()
-        return _cmp._tracker_fd()
+        return self._fd
 
     def register(self, name, rtype):
         """Lists the resource: it is removed once the program is dead."""
+        _check_length(name, rtype)
         _cmp._tracker_register(name, rtype)
 
     def unregister(self, name, rtype):
         """Forgets the resource (its owner removed it)."""
+        _check_length(name, rtype)
         _cmp._tracker_unregister(name, rtype)
 
     @property
@@ -60,10 +79,19 @@ class ResourceTracker(object):
         return _cmp._tracker_watcher_pid() or None
 
     def _check_alive(self):
-        return self._fd is not None
+        """Whether the watcher runs (True where another process of the
+        program started it: it is not ours to see)."""
+        return _cmp._tracker_watcher_alive()
 
     def _stop(self):
         """Nothing to stop: the watcher ends with the program."""
+
+
+def _check_length(name, rtype):
+    # the standard library's limit: its message must fit an atomic pipe
+    # write; ours has none, but a longer name is no name shm_open takes
+    if len('UNREGISTER:{0}:{1}\n'.format(name, rtype).encode('ascii')) > 512:
+        raise ValueError('msg too long')
 
 
 _resource_tracker = ResourceTracker()

@@ -18,13 +18,35 @@ name and reads and writes its items: an 8-byte item count, the items'
 the segment, since the other side may have changed them. Creating and
 attaching a list, and the rare formats, stay in Python here.
 """
+import os
+import secrets
 import struct
 import types
 from functools import partial
 
+from . import _cmp
 from ._cmp import SharedMemory, _ShareableListBase
 
 __all__ = ['SharedMemory', 'ShareableList']
+
+# The standard library's module-level names that code (CPython's own tests
+# among it) reads or patches.
+_USE_POSIX = True
+_O_CREX = os.O_CREAT | os.O_EXCL
+_SHM_SAFE_NAME_LENGTH = 14
+_SHM_NAME_PREFIX = '/psm_'
+SharedMemory._flags = os.O_RDWR  # a subclass may add os.O_CREAT
+SharedMemory._mode = 0o600
+
+
+def _make_filename():
+    """A fresh random name, '/' first as shm_open takes it. SharedMemory
+    draws its names in C; it calls this one only once it is replaced here
+    (patched), and then draws again while a name is taken."""
+    return _SHM_NAME_PREFIX + secrets.token_hex((_SHM_SAFE_NAME_LENGTH - len(_SHM_NAME_PREFIX)) // 2)
+
+
+_cmp._shm_name_maker(_make_filename)
 
 _ENCODING = "utf8"
 _ALIGN = 8
@@ -110,6 +132,15 @@ class ShareableList(_ShareableListBase):
     def _format(self, position):
         return _fmt8.unpack_from(self.shm.buf, self._formats + 8 * position)[0] \
             .rstrip(b'\x00').decode(_ENCODING)
+
+    def _get_packing_format(self, position):
+        "The struct format of the item at position, as stored now."
+        n = self._list_len
+        if position < 0:
+            position += n
+        if not 0 <= position < n:
+            raise IndexError("Requested position out of range.")
+        return self._format(position)
 
     # Item access is C (_ShareableListBase); it comes here for what it
     # does not decode itself, with position already in range.

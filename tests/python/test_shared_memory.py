@@ -496,6 +496,36 @@ def test_resource_tracker_api(osm):
     a.unlink()
 
 
+def test_resource_tracker_names_and_limits(impl):
+    rt = importlib.import_module(impl + ".resource_tracker")
+    assert {"noop", "shared_memory"} <= set(rt._CLEANUP_FUNCS)
+    with pytest.raises(ValueError):
+        rt.register("a" * 500, "shared_memory")
+
+
+def test_a_killed_watcher_is_replaced_with_a_warning():
+    r = run("""
+        import os, signal, time, warnings
+        from cmultiprocessing import shared_memory as sm, resource_tracker as rt
+        a = sm.SharedMemory(create=True, size=10)
+        old = rt._resource_tracker._pid
+        os.kill(old, signal.SIGKILL)
+        os.waitpid(old, 0)  # a child of ours, as the stdlib's tracker is
+        assert not rt._resource_tracker._check_alive()
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            rt.ensure_running()
+        assert "resource_tracker: process died" in str(w[0].message), w
+        assert rt._resource_tracker._pid not in (None, old)
+        assert rt._resource_tracker._check_alive()
+        print(a.name)
+    """)
+    assert r.returncode == 0, r.stderr
+    name = r.stdout.strip()
+    assert wait_gone(name), "the new watcher did not remove the leftover"
+    assert "leaked shared_memory" in r.stderr
+
+
 def test_runner_resolves_the_submodules(tmp_path):
     script = tmp_path / "s.py"
     script.write_text(textwrap.dedent("""

@@ -60,6 +60,8 @@ typedef struct {
     PyTypeObject *SharedMemory_type;
     PyTypeObject *ShmMapping_type;
     PyTypeObject *ShareableListBase_type; /* shareable_list.c */
+    PyObject *shm_name_maker;             /* shared_memory._make_filename */
+    PyObject *shm_globals;                /* where a test may patch it */
     /* __enter__/__exit__ descriptors with recycled bound methods (fastmethod.c) */
     PyTypeObject *FastMethod_type;
     PyTypeObject *FastBound_type;

@@ -11,6 +11,7 @@
  */
 #include "_cmp.h"
 
+#include <fcntl.h>
 #include <string.h>
 #include <structmember.h> /* PyMemberDef, T_PYSSIZET before 3.12 */
 
@@ -129,6 +130,70 @@ static int shm_close_impl(shm_object *self)
     return 0;
 }
 
+/* The _make_filename a caller (CPython's tests) put in shared_memory's
+ * namespace in place of ours, or NULL: ours is C (cmp_shm_create_named).
+ * NULL with an exception on error. */
+static PyObject *patched_name_maker(cmp_py_state *st)
+{
+    if (!st->shm_globals)
+        return NULL;
+    PyObject *current = PyDict_GetItemString(st->shm_globals, "_make_filename");
+    if (!current || current == st->shm_name_maker)
+        return NULL;
+    return Py_NewRef(current);
+}
+
+/* Creates m under the names maker returns ('/' + name, as the stdlib's),
+ * drawing again while one is taken. The reported name, or NULL. */
+static PyObject *create_with_maker(mapping_object *m, PyObject *maker, size_t size)
+{
+    for (;;) {
+        PyObject *made = PyObject_CallNoArgs(maker);
+        if (!made)
+            return NULL;
+        const char *cname = PyUnicode_Check(made) ? PyUnicode_AsUTF8(made) : NULL;
+        if (!cname) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_TypeError, "_make_filename() must return a str");
+            Py_DECREF(made);
+            return NULL;
+        }
+        int rc = cmp_shm_open(&m->shm, cname, CMP_SHM_CREATE, size);
+        if (rc == -EEXIST) {
+            Py_DECREF(made);
+            continue;
+        }
+        while (*cname == '/')
+            cname++;
+        PyObject *reported = rc == 0 ? PyUnicode_FromString(cname) : NULL;
+        if (rc < 0) {
+            PyObject *bare = PyUnicode_FromString(cname);
+            if (bare) {
+                raise_for_name(rc, bare);
+                Py_DECREF(bare);
+            }
+        }
+        Py_DECREF(made);
+        return reported;
+    }
+}
+
+/* The flags to attach with: a subclass may set _flags to the stdlib's
+ * os.O_CREAT | os.O_RDWR (attach, creating it if missing). */
+static int attach_flags(PyObject *op, cmp_py_state *st)
+{
+    if (Py_TYPE(op) == st->SharedMemory_type)
+        return 0;
+    PyObject *flags = PyObject_GetAttrString(op, "_flags");
+    if (!flags)
+        return -1;
+    long v = PyLong_AsLong(flags);
+    Py_DECREF(flags);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    return v & O_CREAT ? CMP_SHM_MAY_CREATE : 0;
+}
+
 static int shm_init(PyObject *op, PyObject *args, PyObject *kwds)
 {
     shm_object *self = (shm_object *)op;
@@ -173,7 +238,13 @@ static int shm_init(PyObject *op, PyObject *args, PyObject *kwds)
     m->exports = 0;
     PyObject *reported;
     int rc;
-    if (name == Py_None) {
+    PyObject *maker = name == Py_None ? patched_name_maker(st) : NULL;
+    if (maker) {
+        reported = create_with_maker(m, maker, (size_t)size);
+        Py_DECREF(maker);
+    } else if (PyErr_Occurred()) {
+        reported = NULL;
+    } else if (name == Py_None) {
         char buf[64];
         rc = cmp_shm_create_named(&m->shm, (size_t)size, NAME_PREFIX, buf, sizeof buf);
         reported = rc == 0 ? PyUnicode_FromString(buf) : NULL;
@@ -190,7 +261,12 @@ static int shm_init(PyObject *op, PyObject *args, PyObject *kwds)
             Py_DECREF(m);
             return -1;
         }
-        rc = cmp_shm_open(&m->shm, cname, create ? CMP_SHM_CREATE : 0, (size_t)size);
+        int flags = create ? CMP_SHM_CREATE : attach_flags(op, st);
+        if (flags < 0) {
+            Py_DECREF(m);
+            return -1;
+        }
+        rc = cmp_shm_open(&m->shm, cname, flags, (size_t)size);
         reported = rc == 0 ? Py_NewRef(name) : NULL;
         if (rc < 0)
             raise_for_name(rc, name);
@@ -439,7 +515,13 @@ static PyObject *tracker_start(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(
     int rc = cmp_tracker_start();
     if (rc < 0)
         return cmp_py_raise(rc);
-    return PyLong_FromLong(cmp_tracker_fd());
+    return PyLong_FromLong(rc); /* 1: its watcher had died */
+}
+
+static PyObject *tracker_watcher_alive(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+    pid_t pid = cmp_tracker_watcher_pid();
+    return PyBool_FromLong(cmp_tracker_fd() >= 0 && (pid <= 0 || cmp_pid_alive(pid)));
 }
 
 static PyObject *tracker_fd(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
@@ -474,11 +556,27 @@ static PyObject *tracker_sweep(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(
     return PyLong_FromLong(rc);
 }
 
+/* _shm_name_maker(fn): shared_memory's own _make_filename, so that a
+ * patched one is told from it. */
+static PyObject *shm_name_maker(PyObject *module, PyObject *fn)
+{
+    if (!PyFunction_Check(fn)) {
+        PyErr_SetString(PyExc_TypeError, "a function is needed");
+        return NULL;
+    }
+    cmp_py_state *st = cmp_py_state_of_module(module);
+    Py_XSETREF(st->shm_name_maker, Py_NewRef(fn));
+    Py_XSETREF(st->shm_globals, Py_NewRef(PyFunction_GetGlobals(fn)));
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef tracker_functions[] = {
+    {"_shm_name_maker", shm_name_maker, METH_O, NULL},
     {"_tracker_register", tracker_register, METH_VARARGS, NULL},
     {"_tracker_unregister", tracker_unregister, METH_VARARGS, NULL},
     {"_tracker_start", tracker_start, METH_NOARGS, NULL},
     {"_tracker_fd", tracker_fd, METH_NOARGS, NULL},
+    {"_tracker_watcher_alive", tracker_watcher_alive, METH_NOARGS, NULL},
     {"_tracker_watcher_pid", tracker_watcher_pid, METH_NOARGS, NULL},
     {"_tracker_adopt", tracker_adopt, METH_O, NULL},
     {"_tracker_sweep", tracker_sweep, METH_NOARGS, NULL},
