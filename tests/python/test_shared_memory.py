@@ -526,6 +526,37 @@ def test_a_killed_watcher_is_replaced_with_a_warning():
     assert "leaked shared_memory" in r.stderr
 
 
+ADOPTER = """
+    import sys
+    from cmultiprocessing import shared_memory as sm, resource_tracker as rt
+    if len(sys.argv) > 1:
+        rt._resource_tracker._fd = int(sys.argv[1])  # as a spawned child does
+    a = sm.SharedMemory(create=True, size=10)
+    print(a.name)
+"""
+
+
+def test_an_exec_child_given_the_fd_joins_the_program(segments):
+    from cmultiprocessing import resource_tracker as rt
+    fd = rt.getfd()
+    env = dict(os.environ, PYTHONPATH=PKG)
+    for joins in (True, False):
+        args = [sys.executable, "-c", textwrap.dedent(ADOPTER)] + ([str(fd)] if joins else [])
+        r = subprocess.run(args, capture_output=True, text=True, timeout=60, env=env,
+                           pass_fds=[fd] if joins else [])
+        assert r.returncode == 0, r.stderr
+        name = r.stdout.strip()
+        segments.append(name)
+        if joins:
+            # its program (this one) lives on: the segment stays, as the
+            # stdlib's tracker keeps what a spawned child registered
+            time.sleep(0.2)
+            assert exists(name) and "leaked" not in r.stderr
+            os.unlink("/dev/shm/" + name)
+        else:
+            assert wait_gone(name) and "leaked shared_memory" in r.stderr
+
+
 def test_runner_resolves_the_submodules(tmp_path):
     script = tmp_path / "s.py"
     script.write_text(textwrap.dedent("""
