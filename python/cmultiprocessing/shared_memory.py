@@ -9,11 +9,11 @@ whole program that created or attached it is dead even when every one of
 its processes, resource tracker included, was killed with SIGKILL, and
 never while another living process maps it (see resource_tracker).
 
-ShareableList keeps the standard library's layout in the segment, so that either side attaches the other's list by
-name and reads and writes its items: an 8-byte item count, the items'
-(count + 1) 8-byte offsets into the data area, the data area, each item's
-8-byte struct format, and each item's 1-byte kind (0 number or bool, 1 str,
-2 bytes, 3 None). Item access (get, set, len, iteration) is C
+ShareableList keeps the standard library's layout in the segment, so that
+either side attaches the other's list by name and reads and writes its
+items: an 8-byte item count, the items' (count + 1) 8-byte offsets into the
+data area, the data area, each item's 8-byte struct format, and each item's
+1-byte kind (0 number or bool, 1 str, 2 bytes, 3 None). Item access (get, set, len, iteration) is C
 (_cmp/shareable_list.c): each access reads the item's format and kind from
 the segment, since the other side may have changed them. Creating and
 attaching a list, and the rare formats, stay in Python here.
@@ -43,7 +43,8 @@ def _make_filename():
     """A fresh random name, '/' first as shm_open takes it. SharedMemory
     draws its names in C; it calls this one only once it is replaced here
     (patched), and then draws again while a name is taken."""
-    return _SHM_NAME_PREFIX + secrets.token_hex((_SHM_SAFE_NAME_LENGTH - len(_SHM_NAME_PREFIX)) // 2)
+    nbytes = (_SHM_SAFE_NAME_LENGTH - len(_SHM_NAME_PREFIX)) // 2
+    return _SHM_NAME_PREFIX + secrets.token_hex(nbytes)
 
 
 _cmp._shm_name_maker(_make_filename)
