@@ -104,5 +104,13 @@ getfd = _resource_tracker.getfd
 def sweep():
     """Removes what dead programs registered and no living process uses
     (beyond the standard library); returns how many resources it removed.
-    Runs by itself at each program's first registration."""
+    Runs by itself at each program's first registration, and as
+    ``python3 -m cmultiprocessing.resource_tracker`` (at boot, or from cron,
+    where no later program may come to do it)."""
     return _cmp._tracker_sweep()
+
+
+if __name__ == '__main__':
+    # python3 -m cmultiprocessing.resource_tracker: one sweep now (say at
+    # boot, or from cron, where no later program may come to do it)
+    print('removed %d leftover resource(s) of dead programs' % sweep())

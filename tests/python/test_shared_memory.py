@@ -433,7 +433,10 @@ def test_sweep_keeps_what_a_living_process_maps(tmp_path, osm, segments):
     segments.extend(names)
     held = osm.SharedMemory(names[0], track=False)
     kill_tree(p)
-    resource_tracker.sweep()
+    r = subprocess.run([sys.executable, "-m", "cmultiprocessing.resource_tracker"],
+                       capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, PYTHONPATH=PKG))
+    assert r.returncode == 0 and "removed" in r.stdout, r.stderr
     assert exists(names[0]), "removed while this process maps it"
     assert not exists(names[1])
     assert bytes(held.buf[:4]) == b"\0\0\0\0"
