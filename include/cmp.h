@@ -194,6 +194,40 @@ int cmp_shm_attach(cmp_shm_t *shm, int fd, size_t size);
 /* Unmaps the segment and closes its fd in this process. */
 void cmp_shm_detach(cmp_shm_t *shm);
 
+/* Named segments: POSIX shared memory (/dev/shm), for sharing by name with
+ * processes that do not descend from the creator, including programs on
+ * Python's own multiprocessing.shared_memory (same names, same files).
+ * Unlike memfd segments they outlive their processes until unlinked.
+ * A name is given with or without its one leading '/'. */
+#define CMP_SHM_CREATE 1     /* create it; -EEXIST if the name is taken */
+#define CMP_SHM_MAY_CREATE 2 /* attach it, creating it (empty) if missing */
+#define CMP_SHM_NAME_MAX 250
+/* Random bytes in a generated name (hex: twice as many characters). Four
+ * as the standard library's, whose names fit FreeBSD's 14 characters. */
+#define CMP_SHM_RANDOM_BYTES 4
+
+/* Opens the named segment, or with CMP_SHM_CREATE creates it with size
+ * bytes (zero-filled, mode 0600 whatever the umask), and maps all of it
+ * (an attacher's size is the segment's, and size is ignored). The fd is
+ * closed at once (shm->fd is -1): the mapping alone keeps the segment.
+ * CMP_SHM_MAY_CREATE is the standard library's O_CREAT without O_EXCL,
+ * for subclasses that ask for it: what it creates is empty (-ENODATA).
+ * Returns 0; -EINVAL (size 0 with CMP_SHM_CREATE, an empty name or one
+ * with a '/' past the first character, an unknown flag); -ENOENT;
+ * -EEXIST; -ENODATA (an existing segment of size 0: nothing to map);
+ * another negative errno. A segment it created is removed again when the
+ * call fails. Release with cmp_shm_detach(). */
+int cmp_shm_open(cmp_shm_t *shm, const char *name, int flags, size_t size);
+
+/* Creates a segment as cmp_shm_open() does under a fresh name: prefix and
+ * 2 * CMP_SHM_RANDOM_BYTES random hex digits, written to name (len bytes).
+ * Returns 0, -ERANGE (name too small), or cmp_shm_open()'s errors. */
+int cmp_shm_create_named(cmp_shm_t *shm, size_t size, const char *prefix, char *name, size_t len);
+
+/* Removes the name (mappings stay valid until unmapped). Returns 0,
+ * -ENOENT, -EINVAL (as cmp_shm_open), or another negative errno. */
+int cmp_shm_unlink(const char *name);
+
 /* Allocates size bytes (zeroed, 64-byte aligned) from the process-wide
  * shared heap, which lives in memfd segments and is inherited across fork.
  * The block is reference-counted per process: a fork gives the child its
@@ -218,6 +252,48 @@ void cmp_shared_release(cmp_shared_t *ref);
 /* Drops every reference this process holds. A child about to _exit()
  * calls it so that blocks it inherited can be reused. */
 void cmp_shared_release_all(void);
+
+/* Resource tracker: named resources (segments, POSIX semaphores) that a
+ * program registers are removed once the whole program is dead: by its
+ * watcher process the moment its last process ends (as the standard
+ * library's resource tracker does), and, when the watcher was killed too,
+ * by the first registration of any later program (a sweep). A resource
+ * that a living process still maps or holds open is never removed; it
+ * stays listed until a sweep finds it unused. The program is the process
+ * that registered first and every process forked from it (they inherit
+ * its registry's fd); an exec'd child joins with cmp_tracker_adopt(). */
+#define CMP_TRACK_SHM 'm' /* a cmp_shm_open() / shm_open() name */
+#define CMP_TRACK_SEM 's' /* a sem_open() name */
+
+/* Creates this program's registry and its watcher, once; then sweeps.
+ * Later calls start a new watcher when the one this process started died
+ * (nothing registered is lost: the registry outlives it), and return 1.
+ * Returns 0, 1, or a negative errno (-EPERM: /dev/shm/.cmp-tracker-<euid>
+ * is not a private directory of ours). */
+int cmp_tracker_start(void);
+
+/* Lists name (as cmp_shm_open takes it) in this program's registry,
+ * starting it if needed. Returns 0, -EINVAL (bad kind or name), or
+ * another negative errno. */
+int cmp_tracker_register(int kind, const char *name);
+
+/* Forgets name (it was unlinked). Returns 0, -ENOENT (not listed). */
+int cmp_tracker_unregister(int kind, const char *name);
+
+/* Removes what dead programs registered and no living process uses.
+ * Returns how many resources it removed, or a negative errno. */
+int cmp_tracker_sweep(void);
+
+/* The registry's fd (O_CLOEXEC) that an exec'd child of the program must
+ * inherit and pass to cmp_tracker_adopt(); -1 before cmp_tracker_start(). */
+int cmp_tracker_fd(void);
+
+/* Joins the program whose registry fd this process inherited. Returns 0,
+ * -EINVAL (fd is no registry lock), or a negative errno. */
+int cmp_tracker_adopt(int fd);
+
+/* The watcher's pid, in the process that started it (0 elsewhere). */
+pid_t cmp_tracker_watcher_pid(void);
 
 /* ------------------------------------------------------------------------
  * Synchronization

@@ -95,4 +95,13 @@ int cmp__random_bytes(void *out, size_t len);
 int cmp__shared_heap_lock(void);
 size_t cmp__shared_heap_free_bytes(void);
 
+/* Sets used[k] to 1 for each of the n files that a living process maps
+ * or holds open, and for all when /proc cannot tell; else 0. One pass over
+ * /proc for all of them (tracker.c). */
+struct cmp__file_id {
+    dev_t dev;
+    ino_t ino;
+};
+void cmp__files_in_use(const struct cmp__file_id *files, int *used, size_t n);
+
 #endif /* CMP_INTERNAL_H */

@@ -34,10 +34,13 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* Under ASan, the payload of a block this process let go of is poisoned
@@ -154,6 +157,112 @@ void cmp_shm_detach(cmp_shm_t *shm)
     shm->addr = NULL;
     shm->fd = -1;
     shm->size = 0;
+}
+
+/* ------------------------------------------------------------------------
+ * Named segments (POSIX shared memory)
+ * ------------------------------------------------------------------------ */
+
+/* The name shm_open() sees: exactly one leading '/', as the standard
+ * library passes it, so that both open the same /dev/shm entry. */
+static int shm_path(const char *name, char *out, size_t len)
+{
+    while (*name == '/')
+        name++;
+    if (!*name || strchr(name, '/') || strlen(name) > CMP_SHM_NAME_MAX)
+        return -EINVAL;
+    snprintf(out, len, "/%s", name);
+    return 0;
+}
+
+/* Maps the whole of fd (its size from fstat: an attacher learns it there)
+ * and closes fd, which the mapping no longer needs. */
+static int map_named(cmp_shm_t *shm, int fd)
+{
+    struct stat st;
+    int rc = 0;
+    if (fstat(fd, &st) < 0)
+        rc = -errno;
+    else if (st.st_size == 0)
+        rc = -ENODATA;
+    if (rc == 0) {
+        void *addr = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (addr == MAP_FAILED) {
+            rc = -errno;
+        } else {
+            shm->fd = -1;
+            shm->addr = addr;
+            shm->size = (size_t)st.st_size;
+        }
+    }
+    close(fd);
+    return rc;
+}
+
+int cmp_shm_open(cmp_shm_t *shm, const char *name, int flags, size_t size)
+{
+    char path[CMP_SHM_NAME_MAX + 2];
+    if (flags & ~(CMP_SHM_CREATE | CMP_SHM_MAY_CREATE))
+        return -EINVAL;
+    int create = flags & CMP_SHM_CREATE;
+    if ((create && size == 0) || (off_t)size < 0)
+        return -EINVAL;
+    int rc = shm_path(name, path, sizeof path);
+    if (rc < 0)
+        return rc;
+    int oflags = create                       ? O_RDWR | O_CREAT | O_EXCL
+                 : flags & CMP_SHM_MAY_CREATE ? O_RDWR | O_CREAT
+                                              : O_RDWR;
+    int fd = shm_open(path, oflags, 0600);
+    if (fd < 0)
+        return -errno;
+    if (create) {
+        /* 0600 whatever the umask: a umask that strips the owner's bits
+         * must not leave a segment its creator cannot reopen */
+        if (fchmod(fd, 0600) < 0 || ftruncate(fd, (off_t)size) < 0)
+            rc = -errno;
+        if (rc < 0) {
+            close(fd);
+            shm_unlink(path);
+            return rc;
+        }
+    }
+    rc = map_named(shm, fd);
+    if (rc < 0 && create)
+        shm_unlink(path);
+    return rc;
+}
+
+int cmp_shm_create_named(cmp_shm_t *shm, size_t size, const char *prefix, char *name, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t plen = strlen(prefix);
+    if (len < plen + 2 * CMP_SHM_RANDOM_BYTES + 1)
+        return -ERANGE;
+    for (;;) {
+        unsigned char r[CMP_SHM_RANDOM_BYTES];
+        int rc = cmp__random_bytes(r, sizeof r);
+        if (rc < 0)
+            return rc;
+        memcpy(name, prefix, plen);
+        for (size_t i = 0; i < sizeof r; i++) {
+            name[plen + 2 * i] = hex[r[i] >> 4];
+            name[plen + 2 * i + 1] = hex[r[i] & 15];
+        }
+        name[plen + 2 * sizeof r] = '\0';
+        rc = cmp_shm_open(shm, name, CMP_SHM_CREATE, size);
+        if (rc != -EEXIST)
+            return rc; /* taken by chance: draw again */
+    }
+}
+
+int cmp_shm_unlink(const char *name)
+{
+    char path[CMP_SHM_NAME_MAX + 2];
+    int rc = shm_path(name, path, sizeof path);
+    if (rc < 0)
+        return rc;
+    return shm_unlink(path) < 0 ? -errno : 0;
 }
 
 /* ------------------------------------------------------------------------

@@ -11,7 +11,7 @@ the server's own functions (create, incref, decref, ...), the typed proxy
 classes and their argument mapping.
 
 Token, RemoteError, Namespace, Value and the Array factory are the
-stdlib's own (and SharedMemoryManager, whole), so that isinstance checks and except clauses written against
+stdlib's own, so that isinstance checks and except clauses written against
 multiprocessing.managers work with ours, and so that a stdlib client or
 server can read what ours send.
 """
@@ -30,11 +30,6 @@ from ._cmp import ManagerGoneError, ProcessError  # noqa: F401
 from .connection import arbitrary_address
 
 __all__ = ["BaseManager", "SyncManager", "BaseProxy", "Token", "SharedMemoryManager"]
-
-# The stdlib's own, on the stdlib's manager machinery (its server tracks
-# shared memory blocks): re-exported so that programs importing it from
-# here work; not built on libcmp's server yet.
-from multiprocessing.managers import SharedMemoryManager  # noqa: E402,F401
 
 # The server object of this process, when it is a manager's server: a
 # proxy unpickled here refers to an object held here (RebuildProxy).
@@ -289,12 +284,15 @@ class BaseManager(object):
         self._shutdown_timeout = shutdown_timeout
         self._process = None
 
+    # what _check_initial's messages call the two
+    _server_word, _manager_word = "server", "Manager"
+
     def _check_initial(self):
         if self._state.value != State.INITIAL:
             if self._state.value == State.STARTED:
-                raise ProcessError("Already started server")
+                raise ProcessError("Already started " + self._server_word)
             elif self._state.value == State.SHUTDOWN:
-                raise ProcessError("Manager has shut down")
+                raise ProcessError(self._manager_word + " has shut down")
             raise ProcessError("Unknown state {!r}".format(self._state.value))
 
     def get_server(self):
@@ -712,6 +710,107 @@ def Manager(ctx=None):
     m = SyncManager(ctx=ctx)
     m.start()
     return m
+
+
+# ---- SharedMemoryManager ---------------------------------------------------
+
+class SharedMemoryServer(Server):
+    """A manager's server that also keeps the names of the segments its
+    clients made through it, and unlinks them when it shuts down."""
+
+    public = Server.public + ['track_segment', 'release_segment', 'list_segments',
+                              'unlink_segments']
+
+    def __init__(self, *args, **kwargs):
+        Server.__init__(self, *args, **kwargs)
+        self.segment_names = []
+
+    def _destroy(self, name):
+        from .shared_memory import SharedMemory
+        self.segment_names.remove(name)
+        try:
+            # untracked: the unlink here is the whole point
+            SharedMemory(name, track=False).unlink()
+        except FileNotFoundError:
+            pass  # its client unlinked it already
+
+    def shutdown(self, c):
+        self.unlink_segments(c)
+        return Server.shutdown(self, c)
+
+    def unlink_segments(self, c):
+        for name in list(self.segment_names):
+            self._destroy(name)
+
+    def track_segment(self, c, segment_name):
+        self.segment_names.append(segment_name)
+
+    def release_segment(self, c, segment_name):
+        self._destroy(segment_name)
+
+    def list_segments(self, c):
+        return self.segment_names
+
+
+def _finalize_shared_memory_manager(address, authkey, serializer, *args):
+    try:
+        _channel(address, authkey, serializer).request(None, 'unlink_segments', (), {})
+    except Exception:
+        pass  # its server is gone: the segments' own trackers remain
+    _finalize_manager(*args)
+
+
+class SharedMemoryManager(BaseManager):
+    """A manager whose SharedMemory() and ShareableList() create segments
+    that are unlinked when the manager shuts down (the standard library's
+    behaviour, on cmultiprocessing's server and shared_memory)."""
+
+    _Server = SharedMemoryServer
+    _server_word, _manager_word = "SharedMemoryServer", "SharedMemoryManager"
+
+    def __init__(self, *args, **kwargs):
+        from . import resource_tracker
+        resource_tracker.ensure_running()
+        BaseManager.__init__(self, *args, **kwargs)
+
+    def start(self, initializer=None, initargs=()):
+        BaseManager.start(self, initializer, initargs)
+        # Our owner stops its server through a control socket, not with a
+        # 'shutdown' request: ask for the unlinks first.
+        base = self.shutdown
+        args = tuple(base._args)
+        base.cancel()
+        self.shutdown = util.Finalize(
+            self, _finalize_shared_memory_manager,
+            args=(self._address, self._authkey, self._serializer) + args, exitpriority=0)
+
+    def _tracked(self, segment, shm):
+        try:
+            self._call_server('track_segment', shm.name)
+        except BaseException:
+            shm.unlink()
+            raise
+        return segment
+
+    def _check_serving(self):
+        # before a segment is made: the stdlib's fails connecting first
+        if self._address is None:
+            raise ValueError("the SharedMemoryManager's server is not started: "
+                             "start() it or use it in a with block")
+
+    def SharedMemory(self, size):
+        """A new SharedMemory of size bytes, unlinked at shutdown."""
+        from .shared_memory import SharedMemory
+        self._check_serving()
+        shm = SharedMemory(None, create=True, size=size)
+        return self._tracked(shm, shm)
+
+    def ShareableList(self, sequence):
+        """A new ShareableList of sequence, unlinked at shutdown."""
+        from .shared_memory import ShareableList
+        self._check_serving()
+        sl = ShareableList(sequence)
+        return self._tracked(sl, sl.shm)
 
 
 import time  # noqa: E402  (ConditionProxy.wait_for)

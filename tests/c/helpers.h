@@ -4,6 +4,7 @@
 
 #include <criterion/criterion.h>
 #include <signal.h>
+#include <stdio.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
@@ -60,6 +61,14 @@ static inline int test_join(pid_t pid, double seconds)
         }
         usleep(1000);
     }
+}
+
+/* Whether /dev/shm has a segment of that name. */
+static inline int test_shm_exists(const char *name)
+{
+    char path[300];
+    snprintf(path, sizeof path, "/dev/shm/%s", name);
+    return access(path, F_OK) == 0;
 }
 
 #endif

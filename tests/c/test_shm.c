@@ -3,10 +3,13 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -92,6 +95,120 @@ Test(shm, attach_bad_fd_fails_without_taking_it, .timeout = 5)
     cr_assert_lt(cmp_shm_attach(&shm, fds[0], 4096), 0); /* pipes can't be mapped */
     cr_assert_eq(close(fds[0]), 0);                      /* still ours */
     close(fds[1]);
+}
+
+/* ---- named segments ---------------------------------------------------- */
+
+/* A name of this test process's own, so that parallel runs never meet. */
+static void test_name(char *out, size_t len, const char *what)
+{
+    snprintf(out, len, "cmp-test-%d-%s", (int)getpid(), what);
+}
+
+Test(named, create_attach_share_unlink, .timeout = 10)
+{
+    char name[64];
+    test_name(name, sizeof name, "share");
+    cmp_shm_t a, b;
+    cr_assert_eq(cmp_shm_open(&a, name, CMP_SHM_CREATE, 5000), 0);
+    cr_assert_eq(a.fd, -1, "the mapping alone keeps it: no fd held");
+    cr_assert_eq(a.size, 5000);
+    cr_assert_eq(((unsigned char *)a.addr)[4999], 0);
+    /* an attacher learns the size from the segment, whatever it asks */
+    cr_assert_eq(cmp_shm_open(&b, name, 0, 1), 0);
+    cr_assert_eq(b.size, 5000);
+    pid_t pid = test_fork();
+    if (pid == 0) {
+        cmp_shm_t c;
+        if (cmp_shm_open(&c, name, 0, 0) != 0)
+            _exit(1);
+        strcpy(c.addr, "from child");
+        _exit(0);
+    }
+    cr_assert_eq(test_join(pid, 5), 0);
+    cr_assert_str_eq(a.addr, "from child");
+    cr_assert_str_eq(b.addr, "from child");
+    cr_assert_eq(cmp_shm_unlink(name), 0);
+    cr_assert_not(test_shm_exists(name));
+    cr_assert_str_eq(a.addr, "from child", "mappings outlive the name");
+    cr_assert_eq(cmp_shm_unlink(name), -ENOENT);
+    cmp_shm_detach(&a);
+    cmp_shm_detach(&b);
+}
+
+Test(named, errors, .timeout = 5)
+{
+    char name[64];
+    test_name(name, sizeof name, "errors");
+    cmp_shm_t a, b;
+    cr_assert_eq(cmp_shm_open(&a, name, 0, 0), -ENOENT);
+    cr_assert_eq(cmp_shm_open(&a, name, CMP_SHM_CREATE, 0), -EINVAL);
+    cr_assert_not(test_shm_exists(name), "a refused create leaves nothing");
+    cr_assert_eq(cmp_shm_open(&a, "a/b", CMP_SHM_CREATE, 10), -EINVAL);
+    cr_assert_eq(cmp_shm_open(&a, "/", CMP_SHM_CREATE, 10), -EINVAL);
+    cr_assert_eq(cmp_shm_open(&a, name, 0x100, 10), -EINVAL);
+    cr_assert_eq(cmp_shm_open(&a, name, CMP_SHM_CREATE, 10), 0);
+    cr_assert_eq(cmp_shm_open(&b, name, CMP_SHM_CREATE, 10), -EEXIST);
+    /* one leading '/' is the same name, as for shm_open() */
+    cr_assert_eq(cmp_shm_open(&b, name, 0, 0), 0);
+    cmp_shm_detach(&b);
+    char slashed[80];
+    snprintf(slashed, sizeof slashed, "/%s", name);
+    cr_assert_eq(cmp_shm_unlink(slashed), 0);
+    cmp_shm_detach(&a);
+}
+
+Test(named, empty_segment_is_enodata, .timeout = 5)
+{
+    char name[64], path[300];
+    test_name(name, sizeof name, "empty");
+    snprintf(path, sizeof path, "/dev/shm/%s", name);
+    int fd = open(path, O_RDWR | O_CREAT | O_EXCL, 0600);
+    cr_assert(fd >= 0);
+    close(fd);
+    cmp_shm_t a;
+    cr_assert_eq(cmp_shm_open(&a, name, 0, 0), -ENODATA);
+    cr_assert(test_shm_exists(name), "attaching never removes");
+    cr_assert_eq(cmp_shm_unlink(name), 0);
+}
+
+Test(named, mode_is_0600_whatever_the_umask, .timeout = 5)
+{
+    static const mode_t masks[] = {0, 0777, 022};
+    for (size_t i = 0; i < sizeof masks / sizeof masks[0]; i++) {
+        char name[64], path[300];
+        snprintf(name, sizeof name, "cmp-test-%d-umask%zu", (int)getpid(), i);
+        snprintf(path, sizeof path, "/dev/shm/%s", name);
+        mode_t old = umask(masks[i]);
+        cmp_shm_t a;
+        int rc = cmp_shm_open(&a, name, CMP_SHM_CREATE, 64);
+        umask(old);
+        cr_assert_eq(rc, 0);
+        struct stat st;
+        cr_assert_eq(stat(path, &st), 0);
+        cr_assert_eq(st.st_mode & 07777, 0600, "umask %o gave %o", masks[i], st.st_mode & 07777);
+        cmp_shm_detach(&a);
+        cr_assert_eq(cmp_shm_unlink(name), 0);
+    }
+}
+
+Test(named, generated_names, .timeout = 5)
+{
+    char n1[32], n2[32];
+    cmp_shm_t a, b;
+    cr_assert_eq(cmp_shm_create_named(&a, 100, "psm_", n1, sizeof n1), 0);
+    cr_assert_eq(cmp_shm_create_named(&b, 100, "psm_", n2, sizeof n2), 0);
+    cr_assert_eq(strlen(n1), 4 + 2 * CMP_SHM_RANDOM_BYTES);
+    cr_assert_eq(strncmp(n1, "psm_", 4), 0);
+    cr_assert_str_neq(n1, n2);
+    cr_assert(test_shm_exists(n1) && test_shm_exists(n2));
+    char tiny[8];
+    cmp_shm_t c;
+    cr_assert_eq(cmp_shm_create_named(&c, 100, "psm_", tiny, sizeof tiny), -ERANGE);
+    cmp_shm_detach(&a);
+    cmp_shm_detach(&b);
+    cr_assert_eq(cmp_shm_unlink(n1), 0);
+    cr_assert_eq(cmp_shm_unlink(n2), 0);
 }
 
 /* ---- heap: basics ------------------------------------------------------ */

@@ -33,6 +33,25 @@ def test_python_example_on_the_stdlib(tmp_path):
     assert r.stdout == EXPECTED
 
 
+NAMED = "[0, 1, 2, 3, 4, 5, 6, 7] [28, 56, 'done']\n"
+
+
+def test_named_example_on_cmultiprocessing_and_on_the_stdlib(tmp_path):
+    path = os.path.join(ROOT, "examples", "python", "named_shared_memory.py")
+    src = open(path).read()
+    stdlib_version = src.replace("import cmultiprocessing as multiprocessing",
+                                 "import multiprocessing").replace(
+        "from cmultiprocessing import", "from multiprocessing import")
+    assert "cmultiprocessing" not in stdlib_version.split('"""')[2]
+    script = tmp_path / "named_stdlib.py"
+    script.write_text(stdlib_version)
+    for cmd in ([sys.executable, path], [sys.executable, str(script)]):
+        r = run(cmd)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == NAMED
+        assert "leaked" not in r.stderr
+
+
 def test_c_example():
     builds = [os.environ.get("BUILD", "build"), "build"]
     exes = [os.path.join(b if os.path.isabs(b) else os.path.join(ROOT, b),

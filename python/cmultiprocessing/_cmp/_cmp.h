@@ -56,6 +56,12 @@ typedef struct {
     PyObject *typecode_to_type;   /* 'i' -> ctypes.c_int, ... */
     PyObject *fast_types;         /* _type_ -> canonical simple type */
     PyObject *sync_class_cache;   /* Structure class -> wrapper class */
+    /* named segments (shared_memory.c) */
+    PyTypeObject *SharedMemory_type;
+    PyTypeObject *ShmMapping_type;
+    PyTypeObject *ShareableListBase_type; /* shareable_list.c */
+    PyObject *shm_name_maker;             /* shared_memory._make_filename */
+    PyObject *shm_globals;                /* where a test may patch it */
     /* __enter__/__exit__ descriptors with recycled bound methods (fastmethod.c) */
     PyTypeObject *FastMethod_type;
     PyTypeObject *FastBound_type;
@@ -397,6 +403,12 @@ int cmp_py_context_init(PyObject *module, cmp_py_state *st);
  * later set_start_method() without force raises RuntimeError. (context.c) */
 void cmp_py_context_pin_default(void);
 int cmp_py_sharedctypes_init(PyObject *module, cmp_py_state *st);
+int cmp_py_shared_memory_init(PyObject *module, cmp_py_state *st);
+int cmp_py_shareable_list_init(PyObject *module, cmp_py_state *st);
+/* The memory of op when it is one of our SharedMemory objects: 0 and
+ * *addr, *size; -1 with TypeError when it is closed; 1 when op is some
+ * other object (shared_memory.c). */
+int cmp_py_shm_memory(PyObject *op, void **addr, size_t *size);
 int cmp_py_connection_init(PyObject *module, cmp_py_state *st);
 /* After connection's: it looks up the reducers connection.c defines. */
 int cmp_py_reduction_init(PyObject *module, cmp_py_state *st);

@@ -177,7 +177,8 @@ static int module_exec(PyObject *module)
         cmp_py_lock_init(module, st) < 0 || cmp_py_rlock_init(module, st) < 0 ||
         cmp_py_semaphore_init(module, st) < 0 || cmp_py_event_init(module, st) < 0 ||
         cmp_py_condition_init(module, st) < 0 || cmp_py_barrier_init(module, st) < 0 ||
-        cmp_py_sharedctypes_init(module, st) < 0 || cmp_py_serialize_init(module, st) < 0 ||
+        cmp_py_sharedctypes_init(module, st) < 0 || cmp_py_shared_memory_init(module, st) < 0 ||
+        cmp_py_shareable_list_init(module, st) < 0 || cmp_py_serialize_init(module, st) < 0 ||
         cmp_py_queue_init(module, st) < 0 || cmp_py_process_init(module, st) < 0 ||
         cmp_py_context_init(module, st) < 0 || cmp_py_connection_init(module, st) < 0 ||
         cmp_py_reduction_init(module, st) < 0 || cmp_py_pool_init(module, st) < 0 ||
