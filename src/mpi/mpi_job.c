@@ -133,7 +133,7 @@ int cmp__mpi_batch_next(const char *buf, size_t len, size_t *off, cmp__mpi_rec *
         return -EPROTO;
     memcpy(rec, buf + *off, sizeof *rec);
     size_t inl = rec->npieces ? 0 : (size_t)rec->len;
-    if (rec->len > len || len - *off - sizeof *rec < PAD8(inl))
+    if (inl > len || len - *off - sizeof *rec < PAD8(inl))
         return -EPROTO;
     *data = buf + *off + sizeof *rec;
     *off += sizeof *rec + PAD8(inl);

@@ -556,6 +556,8 @@ static int queue_task(struct cmp_mpi_pool *p, task *t, uint64_t *id)
         return -EPIPE;
     }
     t->id = p->next_id++;
+    if (id)
+        *id = t->id; /* now: once unlocked, t is the thread's (sent and freed) */
     p->outstanding++;
     if (p->pt)
         p->pt->next = t;
@@ -564,8 +566,6 @@ static int queue_task(struct cmp_mpi_pool *p, task *t, uint64_t *id)
     p->pt = t;
     wake_thread();
     pthread_mutex_unlock(&G.mu);
-    if (id)
-        *id = t->id;
     return 0;
 }
 
