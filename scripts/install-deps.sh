@@ -4,7 +4,7 @@ set -euo pipefail
 need=()
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 for pkg in build-essential pkg-config python3 python3-dev python3-pytest \
-           python3-pytest-timeout python3-numpy libcriterion-dev; do
+           python3-pytest-timeout python3-numpy libcriterion-dev openmpi-bin libopenmpi-dev; do
     have "$pkg" || need+=("$pkg")
 done
 [ ${#need[@]} -eq 0 ] && exit 0
