@@ -61,7 +61,7 @@ test-mpi: mpi
 	cd tests/python && BUILD=$(BUILD) $(PYTHON) -m pytest -q -p no:cacheprovider test_mpi.py
 
 bench-mpi: mpi
-	$(MPIEXEC) -n 3 $(PYTHON) bench/mpi_bench.py
+	$(PYTHON) bench/mpi_bench.py -n 3
 else
 mpi test-mpi bench-mpi:
 	@echo "mpicc not found: libcmp_mpi is not built (apt-get install openmpi-bin libopenmpi-dev)"
