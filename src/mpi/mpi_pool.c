@@ -52,6 +52,7 @@ struct cmp_mpi_pool {
     unsigned *workers, *held; /* per rank */
     unsigned depth, total;
     int state, close_sent, term_sent, create_rc;
+    int broken; /* a rank's initializer failed */
     unsigned created, ended;
 };
 
@@ -157,6 +158,8 @@ static void on_result(int from, const cmp__mpi_rec *rec, const char *data)
         return;
     }
     p->held[rank]--;
+    if (rec->status == CMP_POOL_BROKEN)
+        p->broken = 1; /* as a local pool: it takes no more tasks */
     onode *n = new_outcome(rec->id, rec->status, from);
     n->out.o.cause = rec->cause;
     n->out.o.pid = rec->pid;
@@ -548,7 +551,7 @@ static int queue_task(struct cmp_mpi_pool *p, task *t, uint64_t *id)
         return rc;
     }
     pthread_mutex_lock(&G.mu);
-    if (p->state != RUN) {
+    if (p->state != RUN || p->broken) {
         pthread_mutex_unlock(&G.mu);
         free(t->bytes);
         free(t->iov);

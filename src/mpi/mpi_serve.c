@@ -16,9 +16,8 @@ typedef struct spool {
     uint64_t id; /* rank 0's */
     cmp_pool_t *pool;
     cmp__mpi_map ids; /* local task id -> rank 0's */
-    void *broken;     /* the failed initializer's bytes, for later tasks */
-    size_t broken_len;
-    int is_broken;
+    int ending;       /* rank 0 closed or terminated it: end it once drained */
+    int finished;     /* every task is out (a broken pool): only rank 0 ends it */
     struct spool *next;
 } spool;
 
@@ -129,8 +128,11 @@ static void take_task(server *s, const cmp__mpi_rec *rec, const char *data, int 
     if (rc == 0 && cmp__mpi_map_put(&p->ids, lid, rec->id) < 0)
         rc = -ENOMEM; /* the task runs, but its outcome could not be routed */
     if (rc < 0) {
-        if (p->is_broken)
-            reply(s, rec->pool, rec->id, CMP_POOL_BROKEN, p->broken, p->broken_len);
+        /* a broken pool refuses tasks: they fail as those it took did */
+        const void *why;
+        size_t why_len;
+        if (cmp_pool_init_error(p->pool, &why, &why_len))
+            reply(s, rec->pool, rec->id, CMP_POOL_BROKEN, why, why_len);
         else
             reply(s, rec->pool, rec->id, CMP_POOL_CANCELLED, NULL, 0);
     }
@@ -148,7 +150,6 @@ static void end_pool(server *s, spool *p)
             break;
         }
     cmp__mpi_map_free(&p->ids);
-    free(p->broken);
     free(p);
 }
 
@@ -157,14 +158,6 @@ static void forward(server *s, spool *p, cmp_pool_outcome_t *o)
 {
     uint64_t rid;
     int known = cmp__mpi_map_take(&p->ids, o->id, &rid);
-    if (o->status == CMP_POOL_BROKEN && !p->is_broken) {
-        p->is_broken = 1;
-        p->broken = malloc(o->len ? o->len : 1);
-        if (p->broken) {
-            memcpy(p->broken, o->data, o->len);
-            p->broken_len = o->len;
-        }
-    }
     int big = o->len >= CMP__MPI_INLINE_MAX;
     if (known) {
         cmp__mpi_rec r = {.kind = CMP__MPI_RESULT,
@@ -208,9 +201,16 @@ static int drain(server *s, long wait_ns)
                 }
                 dl = &until;
             }
+            if (p->finished)
+                break;
             int rc = cmp_pool_next(p->pool, &o, result_alloc, s, dl);
             if (rc == -ENOENT) {
-                end_pool(s, p);
+                /* A broken pool is done too, before rank 0 knows it: it
+                 * stays, to answer its later tasks, until rank 0 ends it. */
+                if (p->ending)
+                    end_pool(s, p);
+                else
+                    p->finished = 1;
                 got++;
                 break;
             }
@@ -239,12 +239,16 @@ static int handle(server *s, const char *buf, size_t len, int from, int *stop)
             take_task(s, &rec, data, from);
             break;
         case CMP__MPI_CLOSE:
-            if ((p = find(s, rec.pool)))
-                cmp_pool_close(p->pool);
-            break;
         case CMP__MPI_TERMINATE:
-            if ((p = find(s, rec.pool)))
+            if (!(p = find(s, rec.pool)))
+                break;
+            if (rec.kind == CMP__MPI_CLOSE)
+                cmp_pool_close(p->pool);
+            else
                 cmp_pool_terminate(p->pool);
+            p->ending = 1;
+            if (p->finished)
+                end_pool(s, p);
             break;
         case CMP__MPI_STOP:
             *stop = 1;
@@ -316,7 +320,6 @@ int cmp_mpi_serve(const cmp_mpi_serve_options_t *opt)
         cmp_pool_destroy(p->pool);
         s.pools = p->next;
         cmp__mpi_map_free(&p->ids);
-        free(p->broken);
         free(p);
     }
     free(s.out.buf);

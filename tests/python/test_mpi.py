@@ -144,11 +144,21 @@ def test_killed_worker_fails_its_task_and_the_pool_goes_on(fail):
     assert r["after"] == [x * x for x in range(10)]
 
 
+def test_failing_initializer_and_unpicklable_result_as_in_the_local_pool(fail):
+    _, r = fail
+    assert r["init_map"] == ["InitializerError", "OSError('no GPU here')"]
+    assert r["init_apply"] == ["ValueError", "None"]  # the pool is broken: not running
+    assert r["bad_result"][0] == "MaybeEncodingError"
+    local = _cached("fail_script.py", 0)
+    assert (local["init_map"], local["init_apply"], local["bad_result"][0]) == \
+        (r["init_map"], r["init_apply"], r["bad_result"][0])
+
+
 def test_without_mpiexec_the_same_script_runs_locally():
     r = _script("api_script.py", 0)
     assert r["active"] is False and r["size"] == 1 and r["ranks"] == [0]
     assert r["map"] == [1, 4, 9, 16, 25] and r["imap"] and r["submit"] == 42
-    f = _script("fail_script.py", 0)
+    f = _cached("fail_script.py", 0)
     assert f["exc"][:2] == ["KeyError", "'bad key 7'"] and f["exc"][2] == []
     assert f["lost_imap"] == [0, 1, 2, "lost", 4, 5]
 
@@ -179,3 +189,71 @@ def test_c_suite(n):
                           timeout=RUN_TIMEOUT + 15)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "mpi: 6 passed, 0 failed" in proc.stdout, proc.stdout
+
+
+def _processes_running(path):
+    """Pids whose command line names path (the job's ranks and their workers)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if path.encode() in f.read():
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+def _gone_within(path, seconds):
+    import time
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if not _processes_running(path):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _copy_script(tmp_path):
+    # a path of its own, so that its processes can be told from any other job's
+    script = tmp_path / "long_script.py"
+    shutil.copy(os.path.join(DATA, "long_script.py"), script)
+    return str(script)
+
+
+def test_an_error_in_the_script_ends_the_whole_job(tmp_path):
+    script = _copy_script(tmp_path)
+    proc = subprocess.run(_mpiexec(3, sys.executable, "-m", "cmultiprocessing.mpi", script,
+                                   "raise"),
+                          env=_env(), capture_output=True, text=True, timeout=RUN_TIMEOUT + 15)
+    assert proc.returncode != 0 and "the script failed" in proc.stderr
+    assert _gone_within(script, 5), _processes_running(script)
+
+
+def test_sigint_to_mpiexec_stops_every_rank_and_worker(tmp_path):
+    import signal
+    import time
+    script = _copy_script(tmp_path)
+    proc = subprocess.Popen([MPIEXEC, "--oversubscribe", "-n", "3", sys.executable, "-m",
+                             "cmultiprocessing.mpi", script],
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True)
+    try:
+        assert proc.stdout.readline().strip() == "STARTED"
+        time.sleep(0.3)  # the map is running on every rank
+        assert len(_processes_running(script)) >= 3
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=20)
+        assert _gone_within(script, 5), _processes_running(script)
+        # Open MPI's mpiexec ends the job on SIGINT (SIGTERM, then SIGKILL);
+        # our workers die with their rank (PR_SET_PDEATHSIG)
+        assert time.monotonic() - t0 < 3.0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        for pid in _processes_running(script):
+            os.kill(pid, signal.SIGKILL)

@@ -22,6 +22,27 @@ def square(x):
     return x * x
 
 
+def bad_init():
+    raise OSError("no GPU here")
+
+
+class Unpicklable:
+    def __reduce__(self):
+        raise TypeError("nope")
+
+
+def bad_result(x):
+    return Unpicklable()
+
+
+def _outcome(call):
+    try:
+        call()
+        return "no error"
+    except Exception as e:
+        return [type(e).__name__, repr(e.__cause__)]
+
+
 def main():
     out = {}
     with mpi.Pool() as p:
@@ -44,6 +65,10 @@ def main():
             except mpi.WorkerLostError:
                 out["lost_imap"].append("lost")
         out["after"] = p.map(square, range(10))
+        out["bad_result"] = _outcome(lambda: p.apply(bad_result, (1,)))
+    with mpi.Pool(initializer=bad_init) as p:
+        out["init_map"] = _outcome(lambda: p.map(square, range(10)))
+        out["init_apply"] = _outcome(lambda: p.apply(square, (2,)))
     print("RESULT " + json.dumps(out), flush=True)
 
 
