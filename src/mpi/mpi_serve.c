@@ -271,7 +271,7 @@ int cmp_mpi_serve(const cmp_mpi_serve_options_t *opt)
         int did = 0;
         char *buf;
         size_t len;
-        int from, rc;
+        int from, rc = 0;
         while (!stop && (rc = cmp__mpi_recv_batch(0, &buf, &len, &from)) == 1) {
             if (handle(&s, buf, len, from, &stop) < 0)
                 s.failed = -EPROTO;
