@@ -67,6 +67,9 @@ static struct {
     char **hosts;        /* per rank, as they reported */
 } G = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
+static task *terminate_locked(struct cmp_mpi_pool *p);
+static void free_tasks(task *gone);
+
 static void *default_alloc(void *arg, size_t len)
 {
     (void)arg;
@@ -417,16 +420,25 @@ void cmp__mpi_pool_shutdown(void)
         pthread_mutex_unlock(&G.mu);
         return;
     }
-    for (struct cmp_mpi_pool *p = G.pools; p; p = p->next_pool)
-        if (p->state != TERMINATED && !p->local) {
-            p->state = TERMINATED;
-            pthread_cond_broadcast(&p->cv);
+    /* pools still open end here: their waiters get CANCELLED outcomes */
+    task *gone = NULL;
+    for (struct cmp_mpi_pool *p = G.pools; p; p = p->next_pool) {
+        task *t = terminate_locked(p);
+        while (t) {
+            task *next = t->next;
+            t->next = gone;
+            gone = t;
+            t = next;
         }
+    }
     G.stop = 1;
     wake_thread();
     pthread_mutex_unlock(&G.mu);
+    free_tasks(gone);
     pthread_join(G.thread, NULL);
     pthread_mutex_lock(&G.mu);
+    for (struct cmp_mpi_pool *p = G.pools; p; p = p->next_pool)
+        pthread_cond_broadcast(&p->cv); /* a join waits no more */
     G.started = 0;
     G.stop = 0;
     for (int k = 0; k < cmp__mpi_size; k++) {
@@ -748,10 +760,18 @@ int cmp_mpi_pool_terminate(cmp_mpi_pool_t *p)
     if (p->local)
         return cmp_pool_terminate(p->local);
     pthread_mutex_lock(&G.mu);
-    if (p->state == TERMINATED) {
-        pthread_mutex_unlock(&G.mu);
-        return 0;
-    }
+    task *gone = terminate_locked(p);
+    pthread_mutex_unlock(&G.mu);
+    free_tasks(gone);
+    return 0;
+}
+
+/* G.mu held: every task not yet out comes out CANCELLED; returns the
+ * pending ones, for free_tasks once unlocked. */
+static task *terminate_locked(struct cmp_mpi_pool *p)
+{
+    if (p->state == TERMINATED)
+        return NULL;
     p->state = TERMINATED;
     task *gone = p->ph;
     p->ph = p->pt = NULL;
@@ -765,9 +785,7 @@ int cmp_mpi_pool_terminate(cmp_mpi_pool_t *p)
     cmp__mpi_map_free(&p->inflight);
     memset(p->held, 0, (size_t)cmp__mpi_size * sizeof *p->held);
     wake_thread();
-    pthread_mutex_unlock(&G.mu);
-    free_tasks(gone);
-    return 0;
+    return gone;
 }
 
 int cmp_mpi_pool_join(cmp_mpi_pool_t *p, const struct timespec *deadline)

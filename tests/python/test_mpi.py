@@ -257,3 +257,16 @@ def test_sigint_to_mpiexec_stops_every_rank_and_worker(tmp_path):
             proc.wait(10)
         for pid in _processes_running(script):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_pool_left_open_does_not_keep_the_job_alive(tmp_path):
+    import time
+    script = tmp_path / "open_pool_script.py"
+    shutil.copy(os.path.join(DATA, "open_pool_script.py"), script)
+    t0 = time.monotonic()
+    proc = subprocess.run(_mpiexec(3, sys.executable, "-m", "cmultiprocessing.mpi", str(script)),
+                          env=_env(), capture_output=True, text=True, timeout=RUN_TIMEOUT + 15)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("RESULT 0")
+    assert time.monotonic() - t0 < 20  # not the 30 s task
+    assert _gone_within(str(script), 5), _processes_running(str(script))
