@@ -30,6 +30,53 @@ typedef struct {
     int failed; /* an MPI or memory error: the serve loop ends */
 } server;
 
+/* Big tasks' buffers, kept for the next ones: a fresh one of 8 MiB costs
+ * its page faults each time (a map over big arrays sends many alike). The
+ * local pool calls release from this thread, in its cmp_pool_* calls. */
+#define SPARE_MAX 4
+static struct {
+    char *buf;
+    size_t cap;
+} spare[SPARE_MAX];
+
+static char *big_buffer(size_t len)
+{
+    for (int i = 0; i < SPARE_MAX; i++)
+        if (spare[i].buf && spare[i].cap >= len && spare[i].cap / 2 <= len) {
+            char *b = spare[i].buf;
+            spare[i].buf = NULL;
+            return b;
+        }
+    /* its size first, so that release can tell how big it is */
+    size_t *b = malloc(sizeof(size_t) * 2 + (len ? len : 1));
+    if (!b)
+        return NULL;
+    b[0] = len;
+    return (char *)(b + 2);
+}
+
+static void big_release(void *arg)
+{
+    char *buf = arg;
+    size_t cap = ((size_t *)buf)[-2];
+    for (int i = 0; i < SPARE_MAX; i++)
+        if (!spare[i].buf) {
+            spare[i].buf = buf;
+            spare[i].cap = cap;
+            return;
+        }
+    free((size_t *)buf - 2);
+}
+
+static void spares_free(void)
+{
+    for (int i = 0; i < SPARE_MAX; i++) {
+        if (spare[i].buf)
+            free((size_t *)spare[i].buf - 2);
+        spare[i].buf = NULL;
+    }
+}
+
 static spool *find(server *s, uint64_t id)
 {
     for (spool *p = s->pools; p; p = p->next)
@@ -101,27 +148,29 @@ static void take_task(server *s, const cmp__mpi_rec *rec, const char *data, int 
     spool *p = find(s, rec->pool);
     char *big = NULL;
     if (rec->npieces) {
-        big = malloc(rec->len ? rec->len : 1);
+        big = big_buffer(rec->len);
         /* the pieces must be taken off the wire even for a pool that is gone */
         char *into = big ? big : NULL;
         if (!into || cmp__mpi_recv_pieces(from, into, rec->len, rec->npieces) < 0) {
-            free(big);
+            if (big)
+                big_release(big);
             s->failed = -EPROTO;
             return;
         }
         data = big;
     }
     if (!p) {
-        free(big);
+        if (big)
+            big_release(big);
         return; /* terminated: rank 0 has already given its tasks up */
     }
     uint64_t lid = 0;
     int rc;
     if (big) {
         struct iovec iov = {big, rec->len};
-        rc = cmp_pool_submitv_ref(p->pool, &iov, 1, &lid, free, big);
+        rc = cmp_pool_submitv_ref(p->pool, &iov, 1, &lid, big_release, big);
         if (rc < 0)
-            free(big);
+            big_release(big);
     } else {
         rc = cmp_pool_submit(p->pool, data, rec->len, &lid);
     }
@@ -324,5 +373,6 @@ int cmp_mpi_serve(const cmp_mpi_serve_options_t *opt)
     }
     free(s.out.buf);
     free(s.scratch);
+    spares_free();
     return s.failed ? -EPROTO : 0;
 }
