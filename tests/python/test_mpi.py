@@ -116,6 +116,14 @@ def test_apply_and_callbacks(api):
     assert r["map_async_cb"] == [[1, 4, 9]]
 
 
+def test_big_arguments_and_results(api):
+    _, r = api
+    assert r["big_bytes"] is True
+    if r["big_arrays"] is None:
+        pytest.skip("numpy not installed")
+    assert r["big_arrays"] is True
+
+
 def test_initializer_and_maxtasksperchild(api):
     _, r = api
     assert r["initializer"] == [41]

@@ -42,6 +42,14 @@ def add(a, b):
     return a + b
 
 
+def double(a):
+    return a * 2
+
+
+def blob(n):
+    return bytes(range(256)) * (n // 256)
+
+
 def main():
     out = {"active": mpi.active(), "size": mpi.size()}
     with mpi.Pool() as p:
@@ -74,6 +82,19 @@ def main():
         p.map_async(square, [1, 2, 3], callback=lambda v: (out["map_async_cb"].append(v),
                                                            m_done.set()))
         m_done.wait(20)
+    with mpi.Pool() as p:
+        # big arguments and results travel as their own MPI messages
+        blobs = list(p.imap(blob, [3 << 20, 256, 70144]))
+        out["big_bytes"] = [len(b) for b in blobs] == [3 << 20, 256, 70144] and \
+            blobs[0] == bytes(range(256)) * ((3 << 20) // 256)
+        try:
+            import numpy as np
+        except ImportError:
+            out["big_arrays"] = None
+        else:
+            arrays = [np.arange(1 << 20, dtype=np.float64) + i for i in range(6)]
+            got = p.map(double, arrays, chunksize=1)
+            out["big_arrays"] = all((g == a * 2).all() for g, a in zip(got, arrays))
     with mpi.Pool(2, initializer=init, initargs=(41,), maxtasksperchild=3) as p:
         out["initializer"] = sorted(set(p.map(get_value, range(20), chunksize=1)))
         out["maxtasks_pids"] = len(set(p.map(worker_pid, range(30), chunksize=1)))
