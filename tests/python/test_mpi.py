@@ -100,6 +100,7 @@ def test_map(api):
     assert r["map"] == [1, 4, 9, 16, 25]
     assert r["map_chunks"] is True
     assert r["starmap"] == [3, 7] and r["starmap_async"] == [11]
+    assert r["progress"] == [40, 40]  # progress= as on the local Pool
 
 
 def test_imap_keeps_order_and_imap_unordered_gets_all(api):

@@ -60,6 +60,10 @@ def main():
         out["imap"] = list(p.imap(slow_square, range(60))) == [x * x for x in range(60)]
         out["imap_unordered"] = sorted(p.imap_unordered(slow_square, range(60), chunksize=2)) == \
             [x * x for x in range(60)]
+        seen = []
+        p.map(square, range(40), chunksize=4, progress=lambda done, total: seen.append(
+            (done, total)))
+        out["progress"] = seen[-1] if seen else None
         out["starmap"] = p.starmap(add, [(1, 2), (3, 4)])
         out["starmap_async"] = p.starmap_async(add, [(5, 6)]).get(timeout=20)
         out["apply"] = p.apply(add, (2, 3))
