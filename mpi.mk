@@ -66,3 +66,9 @@ else
 mpi test-mpi bench-mpi:
 	@echo "mpicc not found: libcmp_mpi is not built (apt-get install openmpi-bin libopenmpi-dev)"
 endif
+
+# make clean removes the binding too (built or not here)
+.PHONY: clean-mpi
+clean: clean-mpi
+clean-mpi:
+	rm -f python/cmultiprocessing/mpi/_mpi*.so
