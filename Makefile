@@ -33,13 +33,15 @@ LIB_OBJ := $(LIB_SRC:src/%.c=$(BUILD)/lib/%.o)
 EXT_SRC := $(sort $(wildcard python/cmultiprocessing/_cmp/*.c))
 EXT_OBJ := $(EXT_SRC:python/cmultiprocessing/_cmp/%.c=$(BUILD)/ext/%.o)
 EXT := python/cmultiprocessing/_cmp$(PY_EXT)
-CTEST_SRC := $(sort $(wildcard tests/c/test_*.c))
-CEXAMPLE_SRC := $(sort $(wildcard examples/c/*.c))
+CTEST_SRC := $(filter-out tests/c/test_mpi%,$(sort $(wildcard tests/c/test_*.c)))
+CEXAMPLE_SRC := $(filter-out examples/c/mpi_%,$(sort $(wildcard examples/c/*.c)))
 CEXAMPLES := $(CEXAMPLE_SRC:examples/c/%.c=$(BUILD)/examples/%)
 
 .PHONY: all lib ext test test-c test-python sanitize bench bench-c demo install deps clean format
 
 all: lib ext $(CEXAMPLES)
+
+include mpi.mk
 
 lib: $(BUILD)/libcmp.a $(BUILD)/libcmp.so
 

@@ -1146,6 +1146,10 @@ int cmp_pool_next(cmp_pool_t *pool, cmp_pool_outcome_t *out, cmp_ring_alloc_fn a
 uint64_t cmp_pool_outstanding(cmp_pool_t *pool);
 /* Workers the pool keeps running. */
 unsigned cmp_pool_size(const cmp_pool_t *pool);
+/* 1 once an initializer failed (the pool is broken), with *data, *len what
+ * it wrote (valid while the pool lives: what CMP_POOL_BROKEN outcomes
+ * carry, for a task submitted too late to get one); else 0. */
+int cmp_pool_init_error(cmp_pool_t *pool, const void **data, size_t *len);
 /* Pids of the running workers, up to max of them; returns how many. */
 unsigned cmp_pool_pids(cmp_pool_t *pool, pid_t *pids, unsigned max);
 

@@ -920,6 +920,16 @@ unsigned cmp_pool_size(const cmp_pool_t *p)
     return p->n;
 }
 
+int cmp_pool_init_error(cmp_pool_t *p, const void **data, size_t *len)
+{
+    pthread_mutex_lock(&p->mu);
+    int broken = p->state == BROKEN;
+    *data = broken ? p->init_error : NULL;
+    *len = broken ? p->init_error_len : 0;
+    pthread_mutex_unlock(&p->mu);
+    return broken;
+}
+
 unsigned cmp_pool_pids(cmp_pool_t *p, pid_t *pids, unsigned max)
 {
     pthread_mutex_lock(&p->mu);

@@ -68,7 +68,8 @@ typedef struct {
 
 struct PoolCore {
     PyObject_HEAD
-    cmp_pool_t *pool;
+    void *pool;                 /* ops's: a cmp_pool_t by default */
+    const cmp_py_pool_ops *ops; /* libcmp's, or a backend's (_backend=) */
     cmp_py_state *st;
     cmp_py_jobs jobs;                      /* task id -> (job, chunk index) */
     PyObject *feeders;                     /* weakrefs to the imap iterators whose input is left */
@@ -232,7 +233,7 @@ static void cancel_queued(PoolCore *c, ResultObject *job)
     size_t n;
     uint64_t *ids = cmp_py_jobs_ids_of(&c->jobs, (PyObject *)job, &n);
     if (ids && n)
-        cmp_pool_cancel(c->pool, ids, n);
+        c->ops->cancel(c->pool, ids, n);
     PyMem_Free(ids);
 }
 
@@ -853,6 +854,62 @@ static PyType_Spec IMapUnorderedIterator_spec = {
     IMapUnorderedIterator_slots,
 };
 
+/* ---- the pool underneath: libcmp's by default ------------------------- */
+
+static int lc_create(void *ctx, void **pool, const cmp_pool_options_t *opt)
+{
+    (void)ctx;
+    return cmp_pool_create((cmp_pool_t **)pool, opt);
+}
+static int lc_submitv(void *p, const struct iovec *iov, int n, uint64_t *id)
+{
+    return cmp_pool_submitv(p, iov, n, id);
+}
+static int lc_submitv_ref(void *p, const struct iovec *iov, int n, uint64_t *id,
+                          void (*release)(void *), void *arg)
+{
+    return cmp_pool_submitv_ref(p, iov, n, id, release, arg);
+}
+static int lc_next(void *p, cmp_pool_outcome_t *out, cmp_ring_alloc_fn alloc, void *arg,
+                   const struct timespec *deadline)
+{
+    return cmp_pool_next(p, out, alloc, arg, deadline);
+}
+static long lc_cancel(void *p, const uint64_t *ids, size_t n)
+{
+    return cmp_pool_cancel(p, ids, n);
+}
+static int lc_close(void *p)
+{
+    return cmp_pool_close(p);
+}
+static int lc_terminate(void *p)
+{
+    return cmp_pool_terminate(p);
+}
+static int lc_join(void *p, const struct timespec *deadline)
+{
+    return cmp_pool_join(p, deadline);
+}
+static void lc_destroy(void *p)
+{
+    cmp_pool_destroy(p);
+}
+static unsigned lc_size(const void *p)
+{
+    return cmp_pool_size(p);
+}
+static unsigned lc_pids(void *p, pid_t *pids, unsigned max)
+{
+    return cmp_pool_pids(p, pids, max);
+}
+
+static const cmp_py_pool_ops libcmp_ops = {
+    lc_create,    lc_submitv, lc_submitv_ref, lc_next, lc_cancel, lc_close,
+    lc_terminate, lc_join,    lc_destroy,     lc_size, lc_pids,
+};
+static const cmp_py_pool_backend libcmp_backend = {&libcmp_ops, NULL};
+
 /* ---- the result thread ---------------------------------------------------- */
 
 /* WorkerLostError for a task whose worker died (or that terminate()
@@ -874,6 +931,11 @@ static PyObject *lost_error(const cmp_pool_outcome_t *o)
     } else {
         msg = PyUnicode_FromFormat("worker process %d died running the task: exit code %d",
                                    (int)o->pid, o->cause);
+    }
+    if (msg && o->status == CMP_POOL_LOST && o->len) {
+        PyObject *where = PyUnicode_DecodeUTF8(o->data, (Py_ssize_t)o->len, "replace");
+        Py_SETREF(msg, where ? PyUnicode_FromFormat("%U %U", msg, where) : NULL);
+        Py_XDECREF(where);
     }
     if (!msg)
         return NULL;
@@ -1026,11 +1088,11 @@ static int read_turn(PoolCore *c, const struct timespec *until, int in_result_th
     cmp_pool_outcome_t batch[RESULT_BATCH];
     int rc, n = 0;
     Py_BEGIN_ALLOW_THREADS
-    rc = cmp_pool_next(c->pool, &batch[0], raw_alloc, NULL, until);
+    rc = c->ops->next(c->pool, &batch[0], raw_alloc, NULL, until);
     if (rc == 0) {
         n = 1;
         while (n < RESULT_BATCH &&
-               cmp_pool_next(c->pool, &batch[n], raw_alloc, NULL, CMP_NOWAIT) == 0)
+               c->ops->next(c->pool, &batch[n], raw_alloc, NULL, CMP_NOWAIT) == 0)
             n++;
     }
     Py_END_ALLOW_THREADS
@@ -1159,12 +1221,12 @@ static void Core_dealloc(PyObject *op)
     PyObject_GC_UnTrack(op);
     if (c->pool) {
         if (getpid() == c->owner) {
-            cmp_pool_terminate(c->pool);
+            c->ops->terminate(c->pool);
             Py_BEGIN_ALLOW_THREADS
-            cmp_pool_join(c->pool, NULL);
+            c->ops->join(c->pool, NULL);
             Py_END_ALLOW_THREADS
         }
-        cmp_pool_destroy(c->pool);
+        c->ops->destroy(c->pool);
         pthread_mutex_destroy(&c->mu);
         pthread_cond_destroy(&c->cv);
         pthread_cond_destroy(&c->rt_cv);
@@ -1327,8 +1389,8 @@ static int submit(PoolCore *c, int kind, PyObject *func, PyObject *payload, PyOb
     /* The GIL stays held from here to the job's registration below: the
      * result thread, which may get the outcome at once, needs the GIL to
      * look the job up. */
-    int rc = held ? cmp_pool_submitv_ref(c->pool, iov, n, &id, release_frame, held)
-                  : cmp_pool_submitv(c->pool, iov, n, &id);
+    int rc = held ? c->ops->submitv_ref(c->pool, iov, n, &id, release_frame, held)
+                  : c->ops->submitv(c->pool, iov, n, &id);
     if (!held || rc < 0) {
         cmp_py_frame_clear(use); /* a held frame is the pool's once submitted */
         PyMem_RawFree(held);
@@ -1733,7 +1795,7 @@ static PyObject *Pool_close(PyObject *op, PyObject *unused)
         if (feed_all(c) < 0)
             return NULL;
         set_state(c, POOL_CLOSE);
-        cmp_pool_close(c->pool);
+        c->ops->close(c->pool);
     }
     Py_RETURN_NONE;
 }
@@ -1744,7 +1806,7 @@ static void core_terminate(PoolCore *c)
         return;
     set_state(c, POOL_TERMINATE);
     Py_BEGIN_ALLOW_THREADS
-    cmp_pool_terminate(c->pool);
+    c->ops->terminate(c->pool);
     Py_END_ALLOW_THREADS
 }
 
@@ -1757,9 +1819,10 @@ static PyObject *Pool_terminate(PyObject *op, PyObject *unused)
     Py_RETURN_NONE;
 }
 
-static int pool_join_wait(void *pool, const struct timespec *deadline)
+static int pool_join_wait(void *arg, const struct timespec *deadline)
 {
-    return cmp_pool_join(pool, deadline);
+    PoolCore *c = arg;
+    return c->ops->join(c->pool, deadline);
 }
 
 static PyObject *Pool_join(PyObject *op, PyObject *unused)
@@ -1775,7 +1838,7 @@ static PyObject *Pool_join(PyObject *op, PyObject *unused)
     /* the result thread ends once every task is out: then the workers */
     if (core_wait(c, flag_set, &c->handler_done, NULL, 0, NULL) < 0)
         return NULL;
-    int rc = cmp_py_wait(pool_join_wait, c->pool, NULL, 0);
+    int rc = cmp_py_wait(pool_join_wait, c, NULL, 0);
     if (rc == -EINTR)
         return NULL; /* a signal handler raised */
     if (rc < 0)
@@ -1816,13 +1879,16 @@ static PyObject *Pool_repr(PyObject *op)
 
 static int Pool_init(PyObject *op, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"processes",        "initializer", "initargs",
-                             "maxtasksperchild", "context",     NULL};
+    static char *kwlist[] = {"processes", "initializer", "initargs", "maxtasksperchild",
+                             "context",   "_backend",    NULL};
     PoolObject *self = (PoolObject *)op;
     PyObject *processes = Py_None, *initializer = Py_None, *initargs = NULL, *maxtasks = Py_None,
-             *context = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|OOOOO:Pool", kwlist, &processes, &initializer,
-                                     &initargs, &maxtasks, &context))
+             *context = Py_None, *backend = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|OOOOO$O:Pool", kwlist, &processes, &initializer,
+                                     &initargs, &maxtasks, &context, &backend))
+        return -1;
+    const cmp_py_pool_backend *be = &libcmp_backend;
+    if (backend != Py_None && !(be = PyCapsule_GetPointer(backend, CMP_PY_POOL_BACKEND)))
         return -1;
     if (self->core) {
         PyErr_SetString(PyExc_RuntimeError, "Pool.__init__ called twice");
@@ -1860,6 +1926,7 @@ static int Pool_init(PyObject *op, PyObject *args, PyObject *kwds)
     if (!c)
         return -1;
     c->pool = NULL;
+    c->ops = be->ops;
     c->st = st;
     int jobs_ok = cmp_py_jobs_init(&c->jobs) == 0;
     c->feeders = PyList_New(0);
@@ -1904,10 +1971,10 @@ static int Pool_init(PyObject *op, PyObject *args, PyObject *kwds)
         .arg = &c->work,
         .max_tasks = maxt,
     };
-    cmp_pool_t *pool;
+    void *pool;
     int rc;
     /* the GIL stays held: the fork hook's PyGILState_Ensure nests */
-    rc = cmp_pool_create(&pool, &opt);
+    rc = be->ops->create(be->ctx, &pool, &opt);
     if (rc < 0) {
         pthread_mutex_destroy(&c->mu);
         pthread_cond_destroy(&c->cv);
@@ -1917,7 +1984,7 @@ static int Pool_init(PyObject *op, PyObject *args, PyObject *kwds)
         return -1;
     }
     c->pool = pool;
-    c->processes = cmp_pool_size(pool);
+    c->processes = c->ops->size(pool);
     self->core = c;
 
     PyObject *thread_mod = PyImport_ImportModule("_thread");
@@ -2002,11 +2069,11 @@ static PyObject *Pool_get_pids(PyObject *op, void *closure)
     PoolCore *c = ((PoolObject *)op)->core;
     if (!c)
         return PyList_New(0);
-    unsigned size = cmp_pool_size(c->pool);
+    unsigned size = c->ops->pids ? c->ops->size(c->pool) : 0;
     pid_t *pids = PyMem_Malloc((size ? size : 1) * sizeof *pids);
     if (!pids)
         return PyErr_NoMemory();
-    unsigned n = cmp_pool_pids(c->pool, pids, size);
+    unsigned n = size ? c->ops->pids(c->pool, pids, size) : 0;
     PyObject *list = PyList_New(n);
     for (unsigned i = 0; list && i < n; i++) {
         PyObject *pid = PyLong_FromLong(pids[i]);
@@ -2156,8 +2223,47 @@ static PyMethodDef pool_functions[] = {
     {NULL, NULL, 0, NULL},
 };
 
+/* ---- what a backend's servers need (the capsule _pool_api) --------------- */
+
+static cmp_py_state *api_state;
+
+static cmp_py_pool_work *api_work_new(PyObject *initializer, PyObject *initargs)
+{
+    if (cmp_py_pool_worker_setup() < 0)
+        return NULL;
+    cmp_py_pool_work *w = PyMem_Calloc(1, sizeof *w);
+    if (!w)
+        return (cmp_py_pool_work *)PyErr_NoMemory();
+    w->st = api_state;
+    w->initializer = initializer == Py_None ? NULL : Py_NewRef(initializer);
+    w->initargs = PySequence_Tuple(initargs);
+    if (!w->initargs) {
+        Py_XDECREF(w->initializer);
+        PyMem_Free(w);
+        return NULL;
+    }
+    return w; /* lives as long as the pool that runs it: the process */
+}
+
+static const cmp_py_pool_api pool_api = {
+    CMP_PY_POOL_API_VERSION,
+    cmp_py_pool_worker_task,
+    cmp_py_pool_worker_init,
+    cmp_py_pool_worker_wait_hook,
+    cmp_py_pool_worker_fork_hook,
+    cmp_py_pool_worker_task_alloc,
+    api_work_new,
+    cmp_py_pool_worker_set_where,
+};
+
 int cmp_py_pool_init(PyObject *module, cmp_py_state *st)
 {
+    api_state = st;
+    PyObject *api = PyCapsule_New((void *)&pool_api, CMP_PY_POOL_API, NULL);
+    if (!api || PyModule_AddObject(module, "_pool_api", api) < 0) {
+        Py_XDECREF(api);
+        return -1;
+    }
     WorkerLostError = cmp_py_add_exception(module, "WorkerLostError", st->ProcessError,
                                            "A pool's worker process died while it ran the task.");
     InitializerError = cmp_py_add_exception(module, "InitializerError", st->ProcessError,

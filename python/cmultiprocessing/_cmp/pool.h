@@ -34,6 +34,58 @@ int cmp_py_pool_worker_init(void *arg, cmp_pool_result_t *out);
 void cmp_py_pool_worker_wait_hook(void *arg, int waiting);
 void *cmp_py_pool_worker_task_alloc(void *arg, size_t len);
 void cmp_py_pool_worker_fork_hook(void *arg, int phase);
+/* The note a task's exception gets (NULL: none); 0, or -1 (memory). */
+int cmp_py_pool_worker_set_where(const char *where);
+
+/* ---- the pool underneath (pool.c) ---- */
+
+/* What a Pool calls of the pool that runs its tasks: libcmp's cmp_pool_*
+ * by default; another backend (cmultiprocessing.mpi: the pool spread over
+ * MPI ranks) passes its own as Pool(..., _backend=capsule), the capsule
+ * named CMP_PY_POOL_BACKEND holding a cmp_py_pool_backend. Same contracts
+ * as the cmp_pool_* functions they stand for. An outcome of status
+ * CMP_POOL_LOST may carry text (data, len) that says where the worker ran:
+ * WorkerLostError's message ends with it. pids may be NULL (none known). */
+typedef struct cmp_py_pool_ops {
+    int (*create)(void *ctx, void **pool, const cmp_pool_options_t *opt);
+    int (*submitv)(void *pool, const struct iovec *iov, int iovcnt, uint64_t *id);
+    int (*submitv_ref)(void *pool, const struct iovec *iov, int iovcnt, uint64_t *id,
+                       void (*release)(void *), void *arg);
+    int (*next)(void *pool, cmp_pool_outcome_t *out, cmp_ring_alloc_fn alloc, void *arg,
+                const struct timespec *deadline);
+    long (*cancel)(void *pool, const uint64_t *ids, size_t n);
+    int (*close)(void *pool);
+    int (*terminate)(void *pool);
+    int (*join)(void *pool, const struct timespec *deadline);
+    void (*destroy)(void *pool);
+    unsigned (*size)(const void *pool);
+    unsigned (*pids)(void *pool, pid_t *pids, unsigned max);
+} cmp_py_pool_ops;
+
+#define CMP_PY_POOL_BACKEND "cmultiprocessing._cmp.pool_backend"
+typedef struct {
+    const cmp_py_pool_ops *ops;
+    void *ctx; /* given to create */
+} cmp_py_pool_backend;
+
+/* What the extension offers a backend that builds Pool workers elsewhere
+ * (a serving MPI rank): the capsule _cmp._pool_api, named CMP_PY_POOL_API.
+ * work_new: a cmp_py_pool_work for (initializer or None, initargs), to be
+ * the arg of a cmp_pool_options_t with the callbacks below; NULL with an
+ * exception. set_where: text the workers add as a note to a task's
+ * exception (where it ran), or NULL. GIL held for both. */
+#define CMP_PY_POOL_API "cmultiprocessing._cmp._pool_api"
+#define CMP_PY_POOL_API_VERSION 1
+typedef struct {
+    unsigned version;
+    cmp_pool_task_fn task;
+    cmp_pool_init_fn init;
+    cmp_pool_wait_fn wait_hook;
+    cmp_pool_fork_fn fork_hook;
+    void *(*task_alloc)(void *arg, size_t len);
+    cmp_py_pool_work *(*work_new)(PyObject *initializer, PyObject *initargs);
+    int (*set_where)(const char *where);
+} cmp_py_pool_api;
 
 /* ---- progress= (pool_progress.c) ---- */
 

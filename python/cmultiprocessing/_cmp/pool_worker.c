@@ -99,6 +99,19 @@ static int write_message(cmp_py_state *st, PyObject *obj, cmp_pool_result_t *out
     return 0;
 }
 
+/* The note a task's exception gets where the worker is not on the
+ * caller's machine (a serving MPI rank: its host and rank), or NULL. */
+static PyObject *where;
+
+int cmp_py_pool_worker_set_where(const char *text)
+{
+    PyObject *w = text ? PyUnicode_FromString(text) : NULL;
+    if (text && !w)
+        return -1;
+    Py_XSETREF(where, w);
+    return 0;
+}
+
 /* The exception that is set, as the bytes of a failure: the envelope
  * (type name, message, inner), where inner is the exception pickled with
  * its traceback text (the stdlib's ExceptionWithTraceback: the parent
@@ -113,6 +126,13 @@ static void write_exception(cmp_py_state *st, cmp_pool_result_t *out)
     PyErr_NormalizeException(&type, &value, &tb);
     if (tb && value)
         PyException_SetTraceback(value, tb);
+    if (where && value) {
+        /* before the traceback text is made, so that it shows there too */
+        PyObject *r = PyObject_CallMethod(value, "add_note", "O", where);
+        if (!r)
+            PyErr_Clear(); /* before 3.11, or a type that refuses notes */
+        Py_XDECREF(r);
+    }
     PyObject *name =
         value ? PyObject_GetAttrString((PyObject *)Py_TYPE(value), "__qualname__") : NULL;
     PyObject *text = value ? PyObject_Str(value) : NULL;

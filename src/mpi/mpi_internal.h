@@ -1,0 +1,114 @@
+/*
+ * libcmp_mpi's internals, shared by the job (mpi_job.c), rank 0's pools
+ * (mpi_pool.c) and the servers (mpi_serve.c). Never installed.
+ *
+ * The wire: every message is a batch (TAG_BATCH) of records, each a
+ * fixed header and, unless it is big, its bytes inline (padded to 8). A
+ * big record's bytes follow as npieces messages of TAG_PIECE from the same
+ * rank, sent straight from (and received straight into) the memory the
+ * bytes live in: MPI keeps messages of one tag from one rank in order, so
+ * a receiver that reads a batch and then the pieces it announces gets the
+ * right ones.
+ */
+#ifndef CMP_MPI_INTERNAL_H
+#define CMP_MPI_INTERNAL_H
+
+#include "cmp_mpi.h"
+
+#include <mpi.h>
+#include <stddef.h>
+#include <stdint.h>
+
+enum { CMP__MPI_TAG_BATCH = 7101, CMP__MPI_TAG_PIECE = 7102 };
+
+enum {
+    CMP__MPI_CREATE = 1, /* 0 -> k: bytes the config; workers asked for */
+    CMP__MPI_CREATED,    /* k -> 0: status 0 or -errno; workers; bytes the host */
+    CMP__MPI_TASK,       /* 0 -> k: id, the task's bytes */
+    CMP__MPI_RESULT,     /* k -> 0: id, status, cause, pid, the result's bytes */
+    CMP__MPI_CLOSE,      /* 0 -> k: no more tasks for that pool */
+    CMP__MPI_TERMINATE,  /* 0 -> k: end that pool now */
+    CMP__MPI_ENDED,      /* k -> 0: that pool's workers are gone */
+    CMP__MPI_STOP,       /* 0 -> k: the job ends */
+};
+
+typedef struct cmp__mpi_rec {
+    uint32_t kind;
+    uint32_t npieces; /* 0: bytes inline; else that many TAG_PIECE messages */
+    uint64_t pool, id, len;
+    int32_t status, cause, pid, workers;
+} cmp__mpi_rec;
+
+/* A record's bytes are inline below this size, pieces from it on. */
+#define CMP__MPI_INLINE_MAX CMP_MPI_BIG
+
+/* One growing batch per destination. */
+typedef struct {
+    char *buf;
+    size_t len, cap;
+} cmp__mpi_batch;
+
+/* Appends a record with its inline bytes (rec->len of them at data, or
+ * none when rec->npieces). 0, or -ENOMEM. */
+int cmp__mpi_batch_add(cmp__mpi_batch *b, const cmp__mpi_rec *rec, const void *data);
+/* Sends the batch to dest (the buffer goes with the send); 0 or -ENOMEM. */
+int cmp__mpi_batch_flush(cmp__mpi_batch *b, int dest);
+
+/* Sends len bytes at buf to dest without waiting (MPI_Isend). When the
+ * send completes, buf is freed with free() if own, and release(rarg) is
+ * queued (cmp__mpi_sends_test hands it back). 0 or -ENOMEM. */
+int cmp__mpi_send(int dest, int tag, void *buf, size_t len, int own, void (*release)(void *),
+                  void *rarg);
+/* Completes the sends that are done; their releases go to *rel (up to
+ * max; the rest later). Returns how many sends completed. */
+typedef struct {
+    void (*fn)(void *);
+    void *arg;
+} cmp__mpi_release;
+int cmp__mpi_sends_test(cmp__mpi_release *rel, int max, int *nrel);
+/* Sends still in flight. */
+int cmp__mpi_sends_pending(void);
+
+/* Receives one batch if one is there (from src, or MPI_ANY_SOURCE):
+ * *buf (free() it), *len, *from. 1, 0 (nothing), or -EPROTO/-ENOMEM. */
+int cmp__mpi_recv_batch(int src, char **buf, size_t *len, int *from);
+/* Walks a batch: the record at *off and its inline bytes; advances *off.
+ * 1, 0 at the end, -EPROTO when malformed. */
+int cmp__mpi_batch_next(const char *buf, size_t len, size_t *off, cmp__mpi_rec *rec,
+                        const char **data);
+/* Receives the npieces pieces of a big record from src into buf (len
+ * bytes in all). 0 or -EPROTO. */
+int cmp__mpi_recv_pieces(int src, char *buf, size_t len, unsigned npieces);
+
+/* The job's state (mpi_job.c). */
+extern int cmp__mpi_rank, cmp__mpi_size;
+
+/* Idle backoff: the sleep after `idle` empty turns in a row, in ns (0: yield
+ * only). Both sides poll MPI, which has no descriptor to wait on. */
+long cmp__mpi_backoff_ns(unsigned idle, int busy);
+
+/* Rank 0: stops the communication thread (mpi_pool.c). */
+void cmp__mpi_pool_shutdown(void);
+
+/* ---- a map u64 -> u64 (ids never 0), open addressing ---- */
+typedef struct {
+    uint64_t *keys, *vals;
+    size_t cap, len; /* cap a power of two, or 0 */
+} cmp__mpi_map;
+/* 0, or -ENOMEM. */
+int cmp__mpi_map_put(cmp__mpi_map *m, uint64_t key, uint64_t val);
+/* 1 with *val (may be NULL) and the key removed, or 0 when absent. */
+int cmp__mpi_map_take(cmp__mpi_map *m, uint64_t key, uint64_t *val);
+void cmp__mpi_map_free(cmp__mpi_map *m);
+
+/* Pieces of at most this many bytes (MPI counts are int). */
+#define CMP__MPI_PIECE_MAX ((size_t)1 << 30)
+/* How many pieces iov makes. */
+unsigned cmp__mpi_npieces(const struct iovec *iov, int iovcnt);
+/* Sends iov's bytes to dest as that many TAG_PIECE messages, straight from
+ * their memory; release(rarg) once all are sent. 0, or -ENOMEM/-EPROTO
+ * (then release is not called, and what went out is still in flight). */
+int cmp__mpi_send_pieces(int dest, const struct iovec *iov, int iovcnt, void (*release)(void *),
+                         void *rarg);
+
+#endif

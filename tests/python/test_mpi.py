@@ -1,0 +1,281 @@
+"""cmultiprocessing.mpi: the Pool over Open MPI ranks. Each test runs a
+small script (tests/python/data/mpi/) under
+`mpiexec -n 2|3 python3 -m cmultiprocessing.mpi script.py` and reads the
+JSON line it prints; the same scripts run without mpiexec show the local
+fallback. Beyond the standard library (no stdlib twin): not differential.
+
+Open MPI's switches set here: OMPI_ALLOW_RUN_AS_ROOT(+_CONFIRM) (the
+tests run as root), --oversubscribe (3 ranks on 2 cores) and
+OMPI_MCA_btl_vader_single_copy_mechanism=none (containers refuse CMA).
+Skipped when mpiexec or the binding (built only where mpicc is) is absent.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DATA = os.path.join(HERE, "data", "mpi")
+PKG_DIR = os.path.abspath(os.environ.get("CMP_PKG_DIR", os.path.join(HERE, "..", "..", "python")))
+ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
+BUILD = os.environ.get("BUILD", "build")
+
+
+def _binding_built():
+    mpi_dir = os.path.join(PKG_DIR, "cmultiprocessing", "mpi")
+    return os.path.isdir(mpi_dir) and any(n.startswith("_mpi") and n.endswith(".so")
+                                          for n in os.listdir(mpi_dir))
+
+
+MPIEXEC = shutil.which("mpiexec")
+pytestmark = [
+    pytest.mark.skipif(not MPIEXEC or not _binding_built(),
+                       reason="Open MPI not installed or cmultiprocessing.mpi._mpi not built "
+                              "(apt-get install openmpi-bin libopenmpi-dev; make)"),
+    pytest.mark.skipif(os.environ.get("SANITIZE") == "1",
+                       reason="make sanitize does not build the MPI binding sanitized"),
+]
+
+RUN_TIMEOUT = 90
+
+
+def _env():
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+               OMPI_MCA_btl_vader_single_copy_mechanism="none",
+               PYTHONPATH=PKG_DIR + os.pathsep + env.get("PYTHONPATH", ""))
+    return env
+
+
+def _mpiexec(n, *argv):
+    return ["timeout", "--kill-after=5", str(RUN_TIMEOUT), MPIEXEC, "--oversubscribe",
+            "-n", str(n), *argv]
+
+
+def _result(cmd):
+    proc = subprocess.run(cmd, cwd=DATA, env=_env(), capture_output=True, text=True,
+                          timeout=RUN_TIMEOUT + 15)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, (proc.returncode, proc.stdout, proc.stderr)
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def _script(name, n):
+    if n == 0:  # no mpiexec at all: the local fallback
+        return _result([sys.executable, name])
+    return _result(_mpiexec(n, sys.executable, "-m", "cmultiprocessing.mpi", name))
+
+
+_cache = {}
+
+
+def _cached(name, n):
+    if (name, n) not in _cache:
+        _cache[name, n] = _script(name, n)
+    return _cache[name, n]
+
+
+@pytest.fixture(params=[2, 3], ids=["n2", "n3"])
+def api(request):
+    return request.param, _cached("api_script.py", request.param)
+
+
+@pytest.fixture(params=[2, 3], ids=["n2", "n3"])
+def fail(request):
+    return request.param, _cached("fail_script.py", request.param)
+
+
+def test_pool_is_spread_over_the_serving_ranks(api):
+    n, r = api
+    assert r["active"] is True and r["size"] == n
+    assert r["ranks"] == list(range(1, n))  # every serving rank ran tasks, rank 0 none
+    assert r["processes"] >= n - 1
+
+
+def test_map(api):
+    _, r = api
+    assert r["map"] == [1, 4, 9, 16, 25]
+    assert r["map_chunks"] is True
+    assert r["starmap"] == [3, 7] and r["starmap_async"] == [11]
+    assert r["progress"] == [40, 40]  # progress= as on the local Pool
+
+
+def test_imap_keeps_order_and_imap_unordered_gets_all(api):
+    _, r = api
+    assert r["imap"] is True
+    assert r["imap_unordered"] is True
+
+
+def test_apply_and_callbacks(api):
+    _, r = api
+    assert r["apply"] == 5 and r["apply_async"] == 144
+    assert r["callback"] == [144]
+    assert r["error_callback"] == ["ValueError"]
+    assert r["map_async_cb"] == [[1, 4, 9]]
+
+
+def test_big_arguments_and_results(api):
+    _, r = api
+    assert r["big_bytes"] is True
+    if r["big_arrays"] is None:
+        pytest.skip("numpy not installed")
+    assert r["big_arrays"] is True
+
+
+def test_initializer_and_maxtasksperchild(api):
+    _, r = api
+    assert r["initializer"] == [41]
+    assert r["maxtasks_pids"] >= 10  # 30 tasks, a worker replaced after 3
+
+
+def test_closed_pool_and_executor(api):
+    _, r = api
+    assert r["closed"] == "ValueError"
+    assert r["submit"] == 42 and r["ex_map"] == [0, 2, 4, 6, 8]
+
+
+def test_exception_names_host_and_rank(fail):
+    _, r = fail
+    name, text, notes, cause, cause_has_frame, shown = r["exc"]
+    assert (name, text) == ("KeyError", "'bad key 7'")  # as the local Pool raises it
+    assert cause == "RemoteTraceback" and cause_has_frame
+    assert len(notes) == 1 and "MPI rank" in notes[0] and "host" in notes[0]
+    assert "MPI rank" in shown
+
+
+def test_killed_worker_fails_its_task_and_the_pool_goes_on(fail):
+    _, r = fail
+    assert "killed by signal 9" in r["lost"] and "MPI rank" in r["lost"]
+    assert r["lost_imap"] == [0, 1, 2, "lost", 4, 5]
+    assert r["after"] == [x * x for x in range(10)]
+
+
+def test_failing_initializer_and_unpicklable_result_as_in_the_local_pool(fail):
+    _, r = fail
+    assert r["init_map"] == ["InitializerError", "OSError('no GPU here')"]
+    assert r["init_apply"] == ["ValueError", "None"]  # the pool is broken: not running
+    assert r["bad_result"][0] == "MaybeEncodingError"
+    local = _cached("fail_script.py", 0)
+    assert (local["init_map"], local["init_apply"], local["bad_result"][0]) == \
+        (r["init_map"], r["init_apply"], r["bad_result"][0])
+
+
+def test_without_mpiexec_the_same_script_runs_locally():
+    r = _script("api_script.py", 0)
+    assert r["active"] is False and r["size"] == 1 and r["ranks"] == [0]
+    assert r["map"] == [1, 4, 9, 16, 25] and r["imap"] and r["submit"] == 42
+    f = _cached("fail_script.py", 0)
+    assert f["exc"][:2] == ["KeyError", "'bad key 7'"] and f["exc"][2] == []
+    assert f["lost_imap"] == [0, 1, 2, "lost", 4, 5]
+
+
+def test_launcher_on_one_rank_runs_locally():
+    r = _script("api_script.py", 1)
+    assert r["active"] is False and r["map"] == [1, 4, 9, 16, 25]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_c_example(n):
+    exe = os.path.join(ROOT, BUILD, "examples", "mpi_pool")
+    if not os.path.exists(exe):
+        pytest.skip("examples/c/mpi_pool not built")
+    proc = subprocess.run(_mpiexec(n, exe), env=_env(), capture_output=True, text=True,
+                          timeout=RUN_TIMEOUT + 15)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[1, 4, 9, 16, 25]"
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_c_suite(n):
+    """libcmp_mpi's own C tests (tests/c/test_mpi.c), alone and on 2 and 3 ranks."""
+    exe = os.path.join(ROOT, BUILD, "test_mpi")
+    if not os.path.exists(exe):
+        pytest.skip("build/test_mpi not built")
+    proc = subprocess.run(_mpiexec(n, exe), env=_env(), capture_output=True, text=True,
+                          timeout=RUN_TIMEOUT + 15)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "mpi: 6 passed, 0 failed" in proc.stdout, proc.stdout
+
+
+def _processes_running(path):
+    """Pids whose command line names path (the job's ranks and their workers)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if path.encode() in f.read():
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+def _gone_within(path, seconds):
+    import time
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if not _processes_running(path):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _copy_script(tmp_path):
+    # a path of its own, so that its processes can be told from any other job's
+    script = tmp_path / "long_script.py"
+    shutil.copy(os.path.join(DATA, "long_script.py"), script)
+    return str(script)
+
+
+def test_an_error_in_the_script_ends_the_whole_job(tmp_path):
+    script = _copy_script(tmp_path)
+    proc = subprocess.run(_mpiexec(3, sys.executable, "-m", "cmultiprocessing.mpi", script,
+                                   "raise"),
+                          env=_env(), capture_output=True, text=True, timeout=RUN_TIMEOUT + 15)
+    assert proc.returncode != 0 and "the script failed" in proc.stderr
+    assert _gone_within(script, 5), _processes_running(script)
+
+
+def test_sigint_to_mpiexec_stops_every_rank_and_worker(tmp_path):
+    import signal
+    import time
+    script = _copy_script(tmp_path)
+    proc = subprocess.Popen([MPIEXEC, "--oversubscribe", "-n", "3", sys.executable, "-m",
+                             "cmultiprocessing.mpi", script],
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True)
+    try:
+        assert proc.stdout.readline().strip() == "STARTED"
+        time.sleep(0.3)  # the map is running on every rank
+        assert len(_processes_running(script)) >= 3
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=20)
+        assert _gone_within(script, 5), _processes_running(script)
+        # Open MPI's mpiexec ends the job on SIGINT (SIGTERM, then SIGKILL);
+        # our workers die with their rank (PR_SET_PDEATHSIG)
+        assert time.monotonic() - t0 < 3.0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        for pid in _processes_running(script):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_pool_left_open_does_not_keep_the_job_alive(tmp_path):
+    import time
+    script = tmp_path / "open_pool_script.py"
+    shutil.copy(os.path.join(DATA, "open_pool_script.py"), script)
+    t0 = time.monotonic()
+    proc = subprocess.run(_mpiexec(3, sys.executable, "-m", "cmultiprocessing.mpi", str(script)),
+                          env=_env(), capture_output=True, text=True, timeout=RUN_TIMEOUT + 15)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("RESULT 0")
+    assert time.monotonic() - t0 < 20  # not the 30 s task
+    assert _gone_within(str(script), 5), _processes_running(str(script))
