@@ -55,6 +55,23 @@ def test_worker_pids_from_private_pool_list(pmp):
         assert seen <= set(pids)
 
 
+def test_state_names_from_private_state(pmp, ppool):
+    """pool._state is the pool module's RUN, CLOSE or TERMINATE (code checks
+    `pool._state == multiprocessing.pool.RUN` before submitting)."""
+    p = pmp.Pool(1)
+    try:
+        assert p._state == ppool.RUN
+        p.close()
+        assert p._state == ppool.CLOSE
+        p.terminate()
+        assert p._state == ppool.TERMINATE
+    finally:
+        p.terminate()
+        join_pool(p)
+    with started(ppool.ThreadPool, 1) as tp:
+        assert tp._state == ppool.RUN
+
+
 def test_pool_class_with_context_argument(pmp, ppool):
     """<module>.pool.Pool(processes, context=ctx) works like ctx.Pool (the
     top-level <module>.Pool is the default context's method: no context=)."""

@@ -2048,8 +2048,23 @@ static PyObject *Pool_get_pool(PyObject *op, void *closure)
     return pids;
 }
 
+/* The stdlib's state names (multiprocessing.pool.RUN...): code that checks
+ * `pool._state == multiprocessing.pool.RUN` before submitting works on
+ * ours. Read-only: our state follows close() and terminate() alone. */
+static PyObject *Pool_get_state(PyObject *op, void *closure)
+{
+    (void)closure;
+    PoolCore *c = ((PoolObject *)op)->core;
+    if (!c)
+        return PyUnicode_FromString("INIT");
+    return PyUnicode_FromString(c->state == POOL_RUN     ? "RUN"
+                                : c->state == POOL_CLOSE ? "CLOSE"
+                                                         : "TERMINATE");
+}
+
 static PyGetSetDef Pool_getset[] = {
     {"_processes", Pool_get_processes, NULL, "Number of worker processes.", NULL},
+    {"_state", Pool_get_state, NULL, "'RUN', 'CLOSE' or 'TERMINATE', as the stdlib's.", NULL},
     {"_pids", Pool_get_pids, NULL, "Pids of the running workers (cmultiprocessing).", NULL},
     {"_pool", Pool_get_pool, NULL, "The running workers, as objects with a pid.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
@@ -2163,6 +2178,14 @@ int cmp_py_pool_init(PyObject *module, cmp_py_state *st)
                                             "A pool's initializer raised (the exception is the "
                                             "__cause__): the pool runs no task.");
     if (!WorkerLostError || !InitializerError)
+        return -1;
+    /* Pool errors, at home in cmultiprocessing.pool (which exports them):
+     * the package's own names stay exactly the stdlib's __all__. */
+    PyObject *home = PyUnicode_FromString("cmultiprocessing.pool");
+    int err = !home || PyObject_SetAttrString(WorkerLostError, "__module__", home) < 0 ||
+              PyObject_SetAttrString(InitializerError, "__module__", home) < 0;
+    Py_XDECREF(home);
+    if (err)
         return -1;
     Core_type = (PyTypeObject *)cmp_py_type_from_spec(module, &Core_spec, NULL);
     if (!Core_type)
