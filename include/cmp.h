@@ -1058,7 +1058,8 @@ int cmp_pool_next(cmp_pool_t *pool, cmp_pool_outcome_t *out, cmp_ring_alloc_fn a
 uint64_t cmp_pool_outstanding(cmp_pool_t *pool);
 /* Workers the pool keeps running. */
 unsigned cmp_pool_size(const cmp_pool_t *pool);
-/* Pids of the running workers, up to max of them; returns how many. */
+/* Pids of the workers running now (one that has exited is left out, even
+ * before the pool replaces it), up to max of them; returns how many. */
 unsigned cmp_pool_pids(cmp_pool_t *pool, pid_t *pids, unsigned max);
 
 /* Cancels those of the n tasks ids that no worker has taken yet (still
