@@ -690,6 +690,10 @@ int cmp_conn_pair(cmp_conn_t *r, cmp_conn_t *w, int duplex);
 /* Closes the fd (idempotent). */
 void cmp_conn_close(cmp_conn_t *conn);
 
+/* Leaves the connection closed without closing its fd, which is returned
+ * (now the caller's, as socket.detach() does), or -EBADF if it was closed. */
+int cmp_conn_detach(cmp_conn_t *conn);
+
 /* Sends one message of len bytes. Header and payload go in one writev for
  * every size. *progress (may be NULL) counts header + payload bytes already
  * written: start at 0; after -EINTR or -ETIMEDOUT call again with the same

@@ -733,8 +733,31 @@ static PyMethodDef Conn_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+/* The stdlib's Connection keeps its fd in _handle, and code reads it there
+ * or sets it to None to forget the fd without closing it (it belongs to
+ * someone else); None once closed. */
+static PyObject *Conn_get_handle(PyObject *op, void *c)
+{
+    (void)c;
+    int fd = ((ConnObject *)op)->conn.fd;
+    return fd < 0 ? Py_NewRef(Py_None) : PyLong_FromLong(fd);
+}
+
+static int Conn_set_handle(PyObject *op, PyObject *value, void *c)
+{
+    (void)c;
+    if (value != Py_None) {
+        PyErr_SetString(PyExc_TypeError, "_handle can only be set to None (forget the fd)");
+        return -1;
+    }
+    (void)cmp_conn_detach(&((ConnObject *)op)->conn);
+    return 0;
+}
+
 static PyGetSetDef Conn_getset[] = {
     {"closed", Conn_get_closed, NULL, "True if the connection is closed", NULL},
+    {"_handle", Conn_get_handle, Conn_set_handle,
+     "The fd, None once closed; set to None, the fd is forgotten, not closed", NULL},
     {"readable", Conn_get_readable, NULL, "True if the connection is readable", NULL},
     {"writable", Conn_get_writable, NULL, "True if the connection is writable", NULL},
     {NULL, NULL, NULL, NULL, NULL},
