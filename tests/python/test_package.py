@@ -100,3 +100,29 @@ def test_pool_errors_live_in_the_pool_module(cmp):
     own = {n for n, v in vars(cmp).items() if not n.startswith("_")
            and getattr(v, "__module__", None) == cmp.__name__}
     assert own <= set(cmp.__all__)
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_weak_references_to_the_objects(name):
+    """Weak references to the synchronization objects, connections and
+    listeners work, as to the stdlib's (util.Finalize, weakref.finalize and
+    WeakValueDictionary take them), and die with the object."""
+    import gc
+    import weakref
+    module = importlib.import_module(name)
+    connection = importlib.import_module(name + ".connection")
+    ctx = module.get_context("fork")
+    makers = [ctx.Lock, ctx.RLock, ctx.Semaphore, ctx.BoundedSemaphore, ctx.Event,
+              ctx.Condition, lambda: ctx.Barrier(2), lambda: ctx.Pipe()[0],
+              lambda: connection.Listener(family="AF_UNIX")]
+    for make in makers:
+        obj = make()
+        finalized = []
+        weakref.finalize(obj, finalized.append, True)
+        ref = weakref.ref(obj)
+        assert ref() is obj
+        if hasattr(obj, "close"):
+            obj.close()
+        del obj
+        gc.collect()
+        assert ref() is None and finalized == [True], make

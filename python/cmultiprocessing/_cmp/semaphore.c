@@ -4,7 +4,7 @@
  * with the GIL held; only a contended acquire releases the GIL and sleeps.
  * BoundedSemaphore is a subclass whose bound is its initial value.
  */
-#include "_cmp.h"
+#include "shared_object.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -223,6 +223,7 @@ static PyType_Slot Sem_slots[] = {
     {Py_tp_finalize, Sem_finalize},
     {Py_tp_repr, Sem_repr},
     {Py_tp_methods, Sem_methods},
+    {Py_tp_members, cmp_py_shared_members},
     {0, NULL},
 };
 
