@@ -9,6 +9,13 @@
 #   make install    library, header and cmp.pc under $(PREFIX)
 #   make fuzz       libFuzzer targets (tests/fuzz/), FUZZ_SECONDS (60) each,
 #                   then a summary; not part of `make test`
+#   make cpython-suite  CPython's own Lib/test/_test_multiprocessing.py on the
+#                   stdlib and on cmultiprocessing, per start method; prints
+#                   the share of the stdlib-passing tests that pass on ours
+#                   and why the others fail (SUITE_PYTHON: a CPython 3.11
+#                   with its test package; SUITE_ARGS: e.g. --methods fork
+#                   -k Queue --baseline build/cpython-suite/stdlib.json);
+#                   not part of `make test`
 #   make fuzz-merge adds what `make fuzz` found (new coverage only) to the
 #                   seed corpus in tests/fuzz/corpus/
 #
@@ -127,6 +134,17 @@ valgrind:
 $(BUILD)/test_c_vg: $(CTEST_SRC) tests/c/valgrind_timeouts.c $(wildcard tests/c/*.h) bench/hogs.h $(BUILD)/libcmp.a
 	$(CC) $(CFLAGS_ALL) -Itests/c -o $@ $(CTEST_SRC) tests/c/valgrind_timeouts.c $(BUILD)/libcmp.a \
 		-lcriterion $(LDLIBS)
+
+# The suite runs on an interpreter that ships its test package (Debian's
+# /usr/bin/python3 does not), so the extension is built for that one, into
+# a tree of its own.
+SUITE_PYTHON ?= python3
+SUITE_ARGS ?=
+SUITE_PKG := $(BUILD)/suite-py
+.PHONY: cpython-suite
+cpython-suite:
+	@./scripts/build-for-python.sh "$$(command -v $(SUITE_PYTHON))" $(SUITE_PKG)
+	@$(SUITE_PYTHON) scripts/cpython-suite.py --pkg $(SUITE_PKG) $(SUITE_ARGS)
 
 bench: deps all
 	$(PYTHON) bench/bench.py --load 0,1,2

@@ -766,6 +766,10 @@ int cmp_conn_pair(cmp_conn_t *r, cmp_conn_t *w, int duplex);
 /* Closes the fd (idempotent). */
 void cmp_conn_close(cmp_conn_t *conn);
 
+/* Leaves the connection closed without closing its fd, which is returned
+ * (now the caller's, as socket.detach() does), or -EBADF if it was closed. */
+int cmp_conn_detach(cmp_conn_t *conn);
+
 /* Sends one message of len bytes. Header and payload go in one writev for
  * every size. *progress (may be NULL) counts header + payload bytes already
  * written: start at 0; after -EINTR or -ETIMEDOUT call again with the same
@@ -1150,7 +1154,8 @@ unsigned cmp_pool_size(const cmp_pool_t *pool);
  * it wrote (valid while the pool lives: what CMP_POOL_BROKEN outcomes
  * carry, for a task submitted too late to get one); else 0. */
 int cmp_pool_init_error(cmp_pool_t *pool, const void **data, size_t *len);
-/* Pids of the running workers, up to max of them; returns how many. */
+/* Pids of the workers running now (one that has exited is left out, even
+ * before the pool replaces it), up to max of them; returns how many. */
 unsigned cmp_pool_pids(cmp_pool_t *pool, pid_t *pids, unsigned max);
 
 /* Cancels those of the n tasks ids that no worker has taken yet (still

@@ -302,6 +302,13 @@ void cmp_conn_close(cmp_conn_t *conn)
     }
 }
 
+int cmp_conn_detach(cmp_conn_t *conn)
+{
+    int fd = conn->fd;
+    conn->fd = -1;
+    return fd >= 0 ? fd : -EBADF;
+}
+
 int cmp_conn_send(cmp_conn_t *conn, const void *buf, size_t len, uint64_t *progress,
                   const struct timespec *deadline)
 {

@@ -934,8 +934,10 @@ unsigned cmp_pool_pids(cmp_pool_t *p, pid_t *pids, unsigned max)
 {
     pthread_mutex_lock(&p->mu);
     unsigned k = 0;
+    /* polled as cmp_pool_join does: a worker that has exited is not
+     * running, even before cmp_pool_next has handled its death */
     for (unsigned i = 0; i < p->n && k < max; i++)
-        if (p->w[i].live && !p->w[i].dead_pending)
+        if (p->w[i].live && !p->w[i].dead_pending && cmp_process_poll(&p->w[i].proc) == 0)
             pids[k++] = p->w[i].proc.pid;
     pthread_mutex_unlock(&p->mu);
     return k;

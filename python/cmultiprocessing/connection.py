@@ -22,3 +22,9 @@ BUFSIZE = 8192
 CONNECTION_TIMEOUT = 20.0
 default_family = "AF_UNIX"
 families = ["AF_INET", "AF_UNIX"]
+
+# The handshake's messages, under the names the stdlib 3.11 has them (3.12
+# made them private): code that speaks or fakes the handshake uses them.
+CHALLENGE = b"#CHALLENGE#"
+WELCOME = b"#WELCOME#"
+FAILURE = b"#FAILURE#"

@@ -12,6 +12,11 @@ import multiprocessing.pool as _std_pool
 import multiprocessing.queues as _std_queues
 from multiprocessing.pool import (  # noqa: F401
     ExceptionWithTraceback, MaybeEncodingError, RemoteTraceback)
+# The pool states (Pool._state is one of them), and the function the
+# stdlib's ExceptionWithTraceback pickles itself as: a worker's exception is
+# rebuilt by looking up multiprocessing.pool.rebuild_exc, which is this
+# module under `python3 -m cmultiprocessing`.
+from multiprocessing.pool import CLOSE, INIT, RUN, TERMINATE, rebuild_exc  # noqa: F401
 
 from ._cmp import (  # noqa: F401
     ApplyResult, AsyncResult, IMapIterator, IMapUnorderedIterator, InitializerError,
@@ -40,6 +45,7 @@ class ThreadPool(_std_pool.ThreadPool, Pool):
     # attributes of the same names must not shadow them
     _processes = None
     _pool = None
+    _state = None
 
     def __init__(self, processes=None, initializer=None, initargs=()):
         _std_pool.Pool.__init__(self, processes, initializer, initargs,

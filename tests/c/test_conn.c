@@ -68,6 +68,24 @@ Test(conn, one_way_directions, .timeout = 5)
     cr_assert_eq(cmp_conn_send(&w, "x", 1, NULL, NULL), -EBADF);
 }
 
+Test(conn, detach_keeps_the_fd, .timeout = 5)
+{
+    cmp_conn_t a, b;
+    cr_assert_eq(cmp_conn_pair(&a, &b, 1), 0);
+    int fd = a.fd;
+    cr_assert_eq(cmp_conn_detach(&a), fd);
+    cr_assert_eq(cmp_conn_detach(&a), -EBADF);
+    cr_assert_eq(cmp_conn_send(&a, "x", 1, NULL, NULL), -EBADF);
+    cmp_conn_close(&a); /* closed already: the fd stays open */
+    cr_assert_eq(write(fd, "\0\0\0\1y", 5), 5);
+    cmp_conn_rx_t rx = {0};
+    cr_assert_eq(recv_alloc(&b, &rx), 0);
+    cr_assert_eq(rx.len, 1);
+    free(rx.buf);
+    close(fd);
+    cmp_conn_close(&b);
+}
+
 Test(conn, open_validates, .timeout = 5)
 {
     cmp_conn_t c;

@@ -253,6 +253,30 @@ Test(pool, worker_killed_from_outside, .timeout = 30)
     finish(p);
 }
 
+/* cmp_pool_pids lists running workers only: not one killed (before the
+ * pool handles its death), none once the pool is terminated. */
+Test(pool, pids_are_running_workers, .timeout = 30)
+{
+    cmp_pool_t *p = new_pool(2, 0, NULL);
+    pid_t pids[2];
+    cr_assert_eq(cmp_pool_pids(p, pids, 2), 2);
+    cr_assert_eq(kill(pids[0], SIGKILL), 0);
+    double end = sync_now() + 10;
+    pid_t now[2];
+    for (;;) {
+        unsigned n = cmp_pool_pids(p, now, 2), listed = 0;
+        for (unsigned i = 0; i < n; i++)
+            listed |= now[i] == pids[0];
+        if (!listed)
+            break;
+        cr_assert_lt(sync_now(), end, "the killed worker stays listed");
+        sync_sleep(0.005);
+    }
+    cr_assert_eq(cmp_pool_terminate(p), 0);
+    cr_assert_eq(cmp_pool_pids(p, now, 2), 0);
+    cmp_pool_destroy(p);
+}
+
 struct killer {
     cmp_pool_t *pool;
     int kills;

@@ -185,6 +185,24 @@ def test_connection_from_handle(mp, conn):
         conn.Connection(0, readable=False, writable=False)
 
 
+def test_private_handle(mp, conn):
+    """conn._handle is the fd (None once closed); set to None, the
+    Connection forgets the fd without closing it (someone else owns it)."""
+    s1, s2 = socket.socketpair()
+    c1 = conn.Connection(s1.detach())
+    fd = c1.fileno()
+    assert c1._handle == fd
+    c1._handle = None
+    assert c1.closed
+    del c1
+    c2 = conn.Connection(s2.detach())
+    os.write(fd, b"\0\0\0\2hi")  # the fd stayed open: a message gets through
+    assert c2.poll(5) and c2.recv_bytes() == b"hi"
+    os.close(fd)
+    c2.close()
+    assert c2._handle is None
+
+
 def test_poll_timeouts(mp):
     a, b = mp.Pipe()
     assert b.poll() is False

@@ -201,3 +201,28 @@ def test_listener_in_parent_client_in_child(mp, conn):
             assert c.recv() == pid
             c.send("thanks")
         assert join(pid) == 0
+
+
+class _ScriptedConnection:
+    """Answers recv_bytes() from a script; what is sent is kept."""
+
+    def __init__(self, *replies):
+        self.replies, self.sent = list(replies), []
+
+    def recv_bytes(self, maxlength=None):
+        return self.replies.pop(0) if self.replies else b""
+
+    def send_bytes(self, data):
+        self.sent.append(bytes(data))
+
+
+def test_handshake_message_names(mp, conn):
+    """The handshake's messages by their 3.11 names: a peer whose challenge
+    starts with CHALLENGE and that then replies neither WELCOME nor
+    FAILURE fails the handshake with AuthenticationError."""
+    assert (conn.CHALLENGE, conn.WELCOME, conn.FAILURE) == (
+        b"#CHALLENGE#", b"#WELCOME#", b"#FAILURE#")
+    fake = _ScriptedConnection(conn.CHALLENGE + b"x" * 20, b"something bogus")
+    with pytest.raises(mp.AuthenticationError):
+        conn.answer_challenge(fake, b"abc")
+    assert len(fake.sent) == 1  # the answer went out before the bogus reply

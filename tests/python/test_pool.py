@@ -55,6 +55,41 @@ def test_worker_pids_from_private_pool_list(pmp):
         assert seen <= set(pids)
 
 
+def test_private_pool_list_is_alive(pmp):
+    """pool._pool's workers answer is_alive() (programs poll it to notice a
+    worker that died): True while the pool runs, False once it is
+    terminated and joined; _repopulate_pool() on a full pool changes
+    nothing."""
+    p = pmp.Pool(2)
+    try:
+        workers = list(p._pool)
+        assert len(workers) == 2 and all(w.is_alive() for w in workers)
+        p._repopulate_pool()
+        assert sorted(w.pid for w in p._pool) == sorted(w.pid for w in workers)
+        assert p.apply_async(h.sq, (3,)).get(T) == 9
+    finally:
+        p.terminate()
+        join_pool(p)
+    assert not any(w.is_alive() for w in workers)
+
+
+def test_state_names_from_private_state(pmp, ppool):
+    """pool._state is the pool module's RUN, CLOSE or TERMINATE (code checks
+    `pool._state == multiprocessing.pool.RUN` before submitting)."""
+    p = pmp.Pool(1)
+    try:
+        assert p._state == ppool.RUN
+        p.close()
+        assert p._state == ppool.CLOSE
+        p.terminate()
+        assert p._state == ppool.TERMINATE
+    finally:
+        p.terminate()
+        join_pool(p)
+    with started(ppool.ThreadPool, 1) as tp:
+        assert tp._state == ppool.RUN
+
+
 def test_pool_class_with_context_argument(pmp, ppool):
     """<module>.pool.Pool(processes, context=ctx) works like ctx.Pool (the
     top-level <module>.Pool is the default context's method: no context=)."""

@@ -672,3 +672,32 @@ def test_profiler_sees_threading_fork_hook(mp):
     finally:
         os.close(r)
         os.close(w)
+
+
+# --- the child's main thread -----------------------------------------------
+
+def _main_native_id():
+    import threading
+    return threading.main_thread().native_id, threading.get_native_id()
+
+
+def _report_main_native_id(q):
+    q.put(_main_native_id())
+
+
+def test_main_thread_native_id_is_the_childs(mp):
+    """threading.main_thread().native_id in a Process child and in a pool
+    worker is the child's own thread id, not the parent's (threading's
+    at-fork hook leaves it stale; the stdlib renews it in the child)."""
+    parent = _main_native_id()[0]
+    q = mp.Queue()
+    p = mp.Process(target=_report_main_native_id, args=(q,))
+    p.start()
+    try:
+        main_id, own_id = q.get(timeout=10)
+    finally:
+        p.join(10)
+    assert main_id == own_id != parent
+    with mp.Pool(1) as pool:
+        main_id, own_id = pool.apply_async(_main_native_id).get(10)
+    assert main_id == own_id != parent

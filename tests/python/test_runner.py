@@ -3,10 +3,14 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import PKG_DIR
 
 SCRIPT = '''
 import sys
+
+import pytest
 import multiprocessing
 import multiprocessing.process
 
@@ -61,3 +65,39 @@ def test_script_exit_code_propagates(tmp_path):
     script.write_text("import sys\nsys.exit(7)\n")
     r = run([str(script)], tmp_path)
     assert r.returncode == 7
+
+
+POOL_ERROR_SCRIPT = '''
+import multiprocessing
+import multiprocessing.pool
+
+def fail(x):
+    raise ValueError(x)
+
+if __name__ == "__main__":
+    with multiprocessing.Pool(1) as pool:
+        try:
+            pool.apply(fail, (7,))
+        except Exception as e:
+            cause = e.__cause__
+            print(type(e).__name__, e.args, type(cause).__name__,
+                  isinstance(cause, multiprocessing.pool.RemoteTraceback), "raise ValueError(x)" in cause.tb)
+        print(pool._state == multiprocessing.pool.RUN)
+'''
+
+
+@pytest.mark.parametrize("runner", ["stdlib", "cmultiprocessing"])
+def test_pool_task_exception_under_the_runner(runner, tmp_path):
+    """A worker's exception arrives as itself, its remote traceback as the
+    __cause__: the stdlib's ExceptionWithTraceback pickles as a reference
+    to multiprocessing.pool.rebuild_exc, which under the runner is our
+    pool module (it was missing: MaybeEncodingError instead)."""
+    script = tmp_path / "poolerr.py"
+    script.write_text(POOL_ERROR_SCRIPT)
+    if runner == "stdlib":
+        r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                           timeout=30, cwd=str(tmp_path))
+    else:
+        r = run([str(script)], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "ValueError (7,) RemoteTraceback True True\nTrue\n"

@@ -185,10 +185,13 @@ void cmp_py_fast_cache_clear(cmp_py_fast_cache *cache);
 
 /* The head of an object whose state is one block of the shared heap
  * (Lock, RLock, Semaphore, Event, Condition, Barrier): the object keeps
- * the block alive. */
+ * the block alive. Weak references to it work, as to the stdlib's (util.
+ * Finalize, weakref.finalize and WeakValueDictionary take them): each type
+ * lists cmp_py_shared_members (shared_object.h). */
 #define CMP_PY_SHARED_HEAD                                                                         \
     PyObject_HEAD                                                                                  \
-    cmp_shared_t *block;
+    cmp_shared_t *block;                                                                           \
+    PyObject *weakreflist;
 
 /* tp_new's part for such an object: a new instance of type (starting with
  * CMP_PY_SHARED_HEAD) that owns a fresh block of size bytes, at *mem for the
@@ -196,7 +199,7 @@ void cmp_py_fast_cache_clear(cmp_py_fast_cache *cache);
 PyObject *cmp_py_shared_new(PyTypeObject *type, size_t size, void **mem);
 /* tp_dealloc's part: clears the instance's cmp_py_fast_cache (cache, or
  * NULL when it has none; returns early when a bound method it handed out
- * resurrected op), releases the block and frees op. GC types untrack and
+ * resurrected op), its weak references, releases the block and frees op. GC types untrack and
  * clear their references first. */
 void cmp_py_shared_dealloc(PyObject *op, cmp_py_fast_cache *cache);
 /* __reduce__: raises RuntimeError("<what> objects should only be shared

@@ -8,7 +8,7 @@
  * exception in it breaks the barrier and propagates in that process; the
  * others get BrokenBarrierError.
  */
-#include "_cmp.h"
+#include "shared_object.h"
 
 #include <errno.h>
 
@@ -309,11 +309,17 @@ static PyGetSetDef Barrier_getset[] = {
 };
 
 static PyType_Slot Barrier_slots[] = {
-    {Py_tp_doc, (void *)BARRIER_DOC},   {Py_tp_new, Barrier_new},
-    {Py_tp_init, Barrier_init},         {Py_tp_dealloc, Barrier_dealloc},
-    {Py_tp_traverse, Barrier_traverse}, {Py_tp_clear, Barrier_clear},
-    {Py_tp_repr, Barrier_repr},         {Py_tp_methods, Barrier_methods},
-    {Py_tp_getset, Barrier_getset},     {0, NULL},
+    {Py_tp_doc, (void *)BARRIER_DOC},
+    {Py_tp_new, Barrier_new},
+    {Py_tp_init, Barrier_init},
+    {Py_tp_dealloc, Barrier_dealloc},
+    {Py_tp_traverse, Barrier_traverse},
+    {Py_tp_clear, Barrier_clear},
+    {Py_tp_repr, Barrier_repr},
+    {Py_tp_methods, Barrier_methods},
+    {Py_tp_getset, Barrier_getset},
+    {Py_tp_members, cmp_py_shared_members},
+    {0, NULL},
 };
 
 static PyType_Spec Barrier_spec = {

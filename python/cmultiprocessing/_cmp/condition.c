@@ -8,7 +8,7 @@
  * one raises (KeyboardInterrupt), the waiter withdraws, takes the lock back
  * and the exception propagates.
  */
-#include "_cmp.h"
+#include "shared_object.h"
 
 #include <errno.h>
 #include <math.h>
@@ -406,15 +406,11 @@ static PyMethodDef Condition_with_methods[] = {
 };
 
 static PyType_Slot Condition_slots[] = {
-    {Py_tp_doc, (void *)CONDITION_DOC},
-    {Py_tp_new, Condition_new},
-    {Py_tp_init, Condition_init},
-    {Py_tp_dealloc, Condition_dealloc},
-    {Py_tp_traverse, Condition_traverse},
-    {Py_tp_clear, Condition_clear},
-    {Py_tp_repr, Condition_repr},
-    {Py_tp_methods, Condition_methods},
-    {0, NULL},
+    {Py_tp_doc, (void *)CONDITION_DOC},     {Py_tp_new, Condition_new},
+    {Py_tp_init, Condition_init},           {Py_tp_dealloc, Condition_dealloc},
+    {Py_tp_traverse, Condition_traverse},   {Py_tp_clear, Condition_clear},
+    {Py_tp_repr, Condition_repr},           {Py_tp_methods, Condition_methods},
+    {Py_tp_members, cmp_py_shared_members}, {0, NULL},
 };
 
 static PyType_Spec Condition_spec = {

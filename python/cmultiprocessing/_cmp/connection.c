@@ -10,6 +10,8 @@
  */
 #include "_cmp.h"
 
+#include <structmember.h>
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <limits.h>
@@ -22,6 +24,7 @@
 typedef struct {
     PyObject_HEAD
     cmp_conn_t conn; /* conn.fd == -1 once closed */
+    PyObject *weakreflist;
 } ConnObject;
 
 typedef struct {
@@ -29,6 +32,7 @@ typedef struct {
     cmp_listener_t l;  /* l.fd == -1 once closed */
     PyObject *authkey; /* bytes or NULL */
     PyObject *last_accepted;
+    PyObject *weakreflist;
 } ListenerObject;
 
 /* ---- argument parsing for the METH_FASTCALL methods ---------------------- */
@@ -303,6 +307,8 @@ static void Conn_dealloc(PyObject *op)
 {
     ConnObject *self = (ConnObject *)op;
     PyTypeObject *tp = Py_TYPE(op);
+    if (self->weakreflist)
+        PyObject_ClearWeakRefs(op);
     cmp_conn_close(&self->conn);
     tp->tp_free(op);
     Py_DECREF(tp);
@@ -733,14 +739,45 @@ static PyMethodDef Conn_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+/* The stdlib's Connection keeps its fd in _handle, and code reads it there
+ * or sets it to None to forget the fd without closing it (it belongs to
+ * someone else); None once closed. */
+static PyObject *Conn_get_handle(PyObject *op, void *c)
+{
+    (void)c;
+    int fd = ((ConnObject *)op)->conn.fd;
+    return fd < 0 ? Py_NewRef(Py_None) : PyLong_FromLong(fd);
+}
+
+static int Conn_set_handle(PyObject *op, PyObject *value, void *c)
+{
+    (void)c;
+    if (value != Py_None) {
+        PyErr_SetString(PyExc_TypeError, "_handle can only be set to None (forget the fd)");
+        return -1;
+    }
+    (void)cmp_conn_detach(&((ConnObject *)op)->conn);
+    return 0;
+}
+
 static PyGetSetDef Conn_getset[] = {
     {"closed", Conn_get_closed, NULL, "True if the connection is closed", NULL},
+    {"_handle", Conn_get_handle, Conn_set_handle,
+     "The fd, None once closed; set to None, the fd is forgotten, not closed", NULL},
     {"readable", Conn_get_readable, NULL, "True if the connection is readable", NULL},
     {"writable", Conn_get_writable, NULL, "True if the connection is writable", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
+/* Weak references to connections and listeners work, as to the stdlib's
+ * (util.Finalize and weakref.finalize take one). */
+static PyMemberDef Conn_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(ConnObject, weakreflist), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
 static PyType_Slot Conn_slots[] = {
+    {Py_tp_members, Conn_members},
     {Py_tp_new, Conn_new},
     {Py_tp_dealloc, Conn_dealloc},
     {Py_tp_methods, Conn_methods},
@@ -1307,6 +1344,8 @@ static void Listener_dealloc(PyObject *op)
 {
     ListenerObject *self = (ListenerObject *)op;
     PyTypeObject *tp = Py_TYPE(op);
+    if (self->weakreflist)
+        PyObject_ClearWeakRefs(op);
     cmp_listener_close(&self->l);
     Py_CLEAR(self->authkey);
     Py_CLEAR(self->last_accepted);
@@ -1499,7 +1538,13 @@ static PyGetSetDef Listener_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
+static PyMemberDef Listener_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(ListenerObject, weakreflist), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
 static PyType_Slot Listener_slots[] = {
+    {Py_tp_members, Listener_members},
     {Py_tp_new, Listener_new},
     {Py_tp_dealloc, Listener_dealloc},
     {Py_tp_methods, Listener_methods},

@@ -4,7 +4,7 @@
  * sleepers to wake; wait() on a set event returns with the GIL held, and
  * otherwise spins briefly and sleeps with the GIL released.
  */
-#include "_cmp.h"
+#include "shared_object.h"
 
 #include <errno.h>
 
@@ -136,6 +136,7 @@ static PyType_Slot Event_slots[] = {
     {Py_tp_dealloc, Event_dealloc},
     {Py_tp_repr, Event_repr},
     {Py_tp_methods, Event_methods},
+    {Py_tp_members, cmp_py_shared_members},
     {0, NULL},
 };
 

@@ -425,9 +425,32 @@ void cmp_py_fork_threading_arm(void)
 
 #endif
 
+/* threading.main_thread()._set_native_id(): threading's hook (and our
+ * stand-in, which does what it does) leaves the main Thread's native_id
+ * the parent's; the stdlib's Process bootstrap renews it in every child,
+ * and so do we, for Process children, pool workers and managers alike. */
+static void renew_native_id(void)
+{
+    PyObject *name = PyUnicode_InternFromString("threading");
+    PyObject *threading = name ? PyImport_GetModule(name) : NULL; /* not imported: none */
+    Py_XDECREF(name);
+    PyObject *main = threading ? PyObject_CallMethod(threading, "main_thread", NULL) : NULL;
+    PyObject *r = NULL;
+    if (main && PyObject_HasAttrString(main, "_set_native_id"))
+        r = PyObject_CallMethod(main, "_set_native_id", NULL);
+    else if (main)
+        r = Py_NewRef(Py_None); /* a platform without native ids */
+    if (!r && PyErr_Occurred())
+        PyErr_WriteUnraisable(main);
+    Py_XDECREF(r);
+    Py_XDECREF(main);
+    Py_XDECREF(threading);
+}
+
 /* Child, after PyOS_AfterFork_Child(): the stand-in has had its turn; a
  * later fork from this child runs threading's own hook. */
 void cmp_py_fork_threading_disarm(void)
 {
     g_fresh_child = 0;
+    renew_native_id();
 }

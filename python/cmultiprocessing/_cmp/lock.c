@@ -7,7 +7,7 @@
  * start time, see cmp_lock_abandoned); the thread of this process that last
  * acquired it is kept locally, for is-mine checks (Condition) and the repr.
  */
-#include "_cmp.h"
+#include "shared_object.h"
 
 #include <errno.h>
 #include <pythread.h>
@@ -278,10 +278,15 @@ static PyMethodDef Lock_with_methods[] = {
 };
 
 static PyType_Slot Lock_slots[] = {
-    {Py_tp_doc, (void *)LOCK_DOC},   {Py_tp_new, Lock_new},
-    {Py_tp_init, Lock_init},         {Py_tp_dealloc, Lock_dealloc},
-    {Py_tp_finalize, Lock_finalize}, {Py_tp_repr, Lock_repr},
-    {Py_tp_methods, Lock_methods},   {0, NULL},
+    {Py_tp_doc, (void *)LOCK_DOC},
+    {Py_tp_new, Lock_new},
+    {Py_tp_init, Lock_init},
+    {Py_tp_dealloc, Lock_dealloc},
+    {Py_tp_finalize, Lock_finalize},
+    {Py_tp_repr, Lock_repr},
+    {Py_tp_methods, Lock_methods},
+    {Py_tp_members, cmp_py_shared_members},
+    {0, NULL},
 };
 
 static PyType_Spec Lock_spec = {

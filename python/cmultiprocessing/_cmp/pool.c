@@ -2063,9 +2063,8 @@ static PyObject *Pool_get_processes(PyObject *op, void *closure)
     return PyLong_FromUnsignedLong(c ? c->processes : 0);
 }
 
-static PyObject *Pool_get_pids(PyObject *op, void *closure)
+PyObject *cmp_py_pool_pids(PyObject *op)
 {
-    (void)closure;
     PoolCore *c = ((PoolObject *)op)->core;
     if (!c)
         return PyList_New(0);
@@ -2086,38 +2085,46 @@ static PyObject *Pool_get_pids(PyObject *op, void *closure)
     return list;
 }
 
-/* The stdlib's Pool._pool lists its worker Process objects, and programs
- * read their pids from it ([w.pid for w in pool._pool]); here, one object
- * with a pid per running worker. */
+static PyObject *Pool_get_pids(PyObject *op, void *closure)
+{
+    (void)closure;
+    return cmp_py_pool_pids(op);
+}
+
 static PyObject *Pool_get_pool(PyObject *op, void *closure)
 {
-    PyObject *pids = Pool_get_pids(op, closure);
-    PyObject *types = pids ? PyImport_ImportModule("types") : NULL;
-    PyObject *ns = types ? PyObject_GetAttrString(types, "SimpleNamespace") : NULL;
-    Py_XDECREF(types);
-    PyObject *none = ns ? PyTuple_New(0) : NULL;
-    Py_ssize_t n = none ? PyList_GET_SIZE(pids) : 0;
-    for (Py_ssize_t i = 0; ns && i < n; i++) {
-        PyObject *kw = Py_BuildValue("{sO}", "pid", PyList_GET_ITEM(pids, i));
-        PyObject *w = kw ? PyObject_Call(ns, none, kw) : NULL;
-        Py_XDECREF(kw);
-        if (!w)
-            Py_CLEAR(ns);
-        else
-            PyList_SetItem(pids, i, w);
-    }
-    Py_XDECREF(none);
-    if (!ns || !none) {
-        Py_XDECREF(ns);
-        Py_XDECREF(pids);
-        return NULL;
-    }
-    Py_DECREF(ns);
-    return pids;
+    (void)closure;
+    return cmp_py_pool_views(op);
+}
+
+/* The stdlib's Pool refills itself here after reaping workers that exited
+ * (its worker-handler thread calls it; a few programs and CPython's tests
+ * too). Ours starts a worker's replacement as soon as it exits: nothing is
+ * left to do. */
+static PyObject *Pool_repopulate(PyObject *op, PyObject *unused)
+{
+    (void)op;
+    (void)unused;
+    Py_RETURN_NONE;
+}
+
+/* The stdlib's state names (multiprocessing.pool.RUN...): code that checks
+ * `pool._state == multiprocessing.pool.RUN` before submitting works on
+ * ours. Read-only: our state follows close() and terminate() alone. */
+static PyObject *Pool_get_state(PyObject *op, void *closure)
+{
+    (void)closure;
+    PoolCore *c = ((PoolObject *)op)->core;
+    if (!c)
+        return PyUnicode_FromString("INIT");
+    return PyUnicode_FromString(c->state == POOL_RUN     ? "RUN"
+                                : c->state == POOL_CLOSE ? "CLOSE"
+                                                         : "TERMINATE");
 }
 
 static PyGetSetDef Pool_getset[] = {
     {"_processes", Pool_get_processes, NULL, "Number of worker processes.", NULL},
+    {"_state", Pool_get_state, NULL, "'RUN', 'CLOSE' or 'TERMINATE', as the stdlib's.", NULL},
     {"_pids", Pool_get_pids, NULL, "Pids of the running workers (cmultiprocessing).", NULL},
     {"_pool", Pool_get_pool, NULL, "The running workers, as objects with a pid.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
@@ -2126,6 +2133,8 @@ static PyGetSetDef Pool_getset[] = {
 #define KW (METH_VARARGS | METH_KEYWORDS)
 #define FN(f) (PyCFunction)(void (*)(void))(f)
 static PyMethodDef Pool_methods[] = {
+    {"_repopulate_pool", Pool_repopulate, METH_NOARGS,
+     "Nothing to do: a worker that exits is replaced at once (the stdlib's refill)."},
     {"apply", FN(Pool_apply), METH_FASTCALL | METH_KEYWORDS,
      "apply($self, /, func, args=(), kwds={})\n--\n\nCall func(*args, **kwds) in a worker and "
      "return its result."},
@@ -2270,6 +2279,16 @@ int cmp_py_pool_init(PyObject *module, cmp_py_state *st)
                                             "A pool's initializer raised (the exception is the "
                                             "__cause__): the pool runs no task.");
     if (!WorkerLostError || !InitializerError)
+        return -1;
+    /* Pool errors, at home in cmultiprocessing.pool (which exports them):
+     * the package's own names stay exactly the stdlib's __all__. */
+    PyObject *home = PyUnicode_FromString("cmultiprocessing.pool");
+    int err = !home || PyObject_SetAttrString(WorkerLostError, "__module__", home) < 0 ||
+              PyObject_SetAttrString(InitializerError, "__module__", home) < 0;
+    Py_XDECREF(home);
+    if (err)
+        return -1;
+    if (cmp_py_pool_view_init(module) < 0)
         return -1;
     Core_type = (PyTypeObject *)cmp_py_type_from_spec(module, &Core_spec, NULL);
     if (!Core_type)

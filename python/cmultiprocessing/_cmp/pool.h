@@ -1,8 +1,8 @@
 /*
  * The Pool binding's parts, internal to the extension: pool.c (the Pool,
  * its results and iterators, who reads the outcomes), pool_worker.c (what
- * runs in a forked worker), pool_jobs.c (the tasks in flight) and
- * pool_progress.c (progress=).
+ * runs in a forked worker), pool_jobs.c (the tasks in flight),
+ * pool_view.c (pool._pool) and pool_progress.c (progress=).
  */
 #ifndef CMP_PY_POOL_H
 #define CMP_PY_POOL_H
@@ -86,6 +86,16 @@ typedef struct {
     cmp_py_pool_work *(*work_new)(PyObject *initializer, PyObject *initargs);
     int (*set_where)(const char *where);
 } cmp_py_pool_api;
+
+/* ---- pool._pool (pool_view.c) ---- */
+
+/* The pids of pool's running workers (pool.c), a new list, or NULL with an
+ * exception. */
+PyObject *cmp_py_pool_pids(PyObject *pool);
+/* pool._pool: a new list of one view per running worker, or NULL with an
+ * exception. init: once, with the module; 0, or -1 with an exception. */
+PyObject *cmp_py_pool_views(PyObject *pool);
+int cmp_py_pool_view_init(PyObject *module);
 
 /* ---- progress= (pool_progress.c) ---- */
 

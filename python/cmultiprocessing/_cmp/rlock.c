@@ -3,7 +3,7 @@
  * one thread of one process. Re-entry and the uncontended acquire are a few
  * loads and one compare-and-swap with the GIL held.
  */
-#include "_cmp.h"
+#include "shared_object.h"
 
 #include <errno.h>
 
@@ -206,10 +206,15 @@ static PyMethodDef RLock_with_methods[] = {
 };
 
 static PyType_Slot RLock_slots[] = {
-    {Py_tp_doc, (void *)RLOCK_DOC},   {Py_tp_new, RLock_new},
-    {Py_tp_init, RLock_init},         {Py_tp_dealloc, RLock_dealloc},
-    {Py_tp_finalize, RLock_finalize}, {Py_tp_repr, RLock_repr},
-    {Py_tp_methods, RLock_methods},   {0, NULL},
+    {Py_tp_doc, (void *)RLOCK_DOC},
+    {Py_tp_new, RLock_new},
+    {Py_tp_init, RLock_init},
+    {Py_tp_dealloc, RLock_dealloc},
+    {Py_tp_finalize, RLock_finalize},
+    {Py_tp_repr, RLock_repr},
+    {Py_tp_methods, RLock_methods},
+    {Py_tp_members, cmp_py_shared_members},
+    {0, NULL},
 };
 
 static PyType_Spec RLock_spec = {

@@ -4,7 +4,7 @@
  * with the GIL held; only a contended acquire releases the GIL and sleeps.
  * BoundedSemaphore is a subclass whose bound is its initial value.
  */
-#include "_cmp.h"
+#include "shared_object.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -262,9 +262,16 @@ static PyMethodDef Sem_with_methods[] = {
 };
 
 static PyType_Slot Sem_slots[] = {
-    {Py_tp_doc, (void *)SEMAPHORE_DOC}, {Py_tp_new, Sem_new},           {Py_tp_init, Sem_init},
-    {Py_tp_dealloc, Sem_dealloc},       {Py_tp_finalize, Sem_finalize}, {Py_tp_repr, Sem_repr},
-    {Py_tp_methods, Sem_methods},       {Py_tp_getset, Sem_getset},     {0, NULL},
+    {Py_tp_doc, (void *)SEMAPHORE_DOC},
+    {Py_tp_new, Sem_new},
+    {Py_tp_init, Sem_init},
+    {Py_tp_dealloc, Sem_dealloc},
+    {Py_tp_finalize, Sem_finalize},
+    {Py_tp_repr, Sem_repr},
+    {Py_tp_methods, Sem_methods},
+    {Py_tp_getset, Sem_getset},
+    {Py_tp_members, cmp_py_shared_members},
+    {0, NULL},
 };
 
 static PyType_Spec Sem_spec = {

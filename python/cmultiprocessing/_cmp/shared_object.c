@@ -3,7 +3,7 @@
  * condition.c, barrier.c) share: their state in one block of the shared
  * heap, their refusal to be pickled, and the blocking-wait loop.
  */
-#include "_cmp.h"
+#include "shared_object.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -13,6 +13,12 @@
 typedef struct {
     CMP_PY_SHARED_HEAD
 } cmp_py_shared_object;
+
+/* At the same offset in every type that starts with CMP_PY_SHARED_HEAD. */
+PyMemberDef cmp_py_shared_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(cmp_py_shared_object, weakreflist), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
 
 PyObject *cmp_py_shared_new(PyTypeObject *type, size_t size, void **mem)
 {
@@ -40,6 +46,8 @@ void cmp_py_shared_dealloc(PyObject *op, cmp_py_fast_cache *cache)
             return;
         cmp_py_fast_cache_clear(cache);
     }
+    if (self->weakreflist)
+        PyObject_ClearWeakRefs(op);
     if (self->block)
         cmp_shared_release(self->block);
     tp->tp_free(op);
