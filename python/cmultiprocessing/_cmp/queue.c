@@ -658,6 +658,17 @@ static PyObject *Queue_maxsize(PyObject *op, void *closure)
 static PyObject *Queue_reduce(PyObject *op, PyObject *unused)
 {
     (void)unused;
+    QueueObject *self = (QueueObject *)op;
+    if (cmp_py_spawning()) {
+        /* the spill file is named by its number in the ring's header: the
+         * child must have it at the same one, and owns that copy */
+        if (self->spill_fd >= 0 && cmp_py_spawn_pass_fd(self->spill_fd, 0) < 0)
+            return NULL;
+        PyObject *extra = Py_BuildValue("(iLi)", self->spill_fd, self->maxsize, (int)self->simple);
+        PyObject *r = extra ? cmp_py_shared_reduce(op, NULL, extra) : NULL;
+        Py_XDECREF(extra);
+        return r;
+    }
     PyObject *name = PyObject_GetAttrString((PyObject *)Py_TYPE(op), "__name__");
     if (!name)
         return NULL;
@@ -665,6 +676,26 @@ static PyObject *Queue_reduce(PyObject *op, PyObject *unused)
                  "%U objects should only be shared between processes through inheritance", name);
     Py_DECREF(name);
     return NULL;
+}
+
+int cmp_py_queue_adopt(PyObject *op, void *mem, PyObject *extra)
+{
+    QueueObject *self = (QueueObject *)op;
+    int spill_fd, simple;
+    long long maxsize;
+    self->spill_fd = -1;
+    if (!PyArg_ParseTuple(extra, "iLi:_rebuild_shared", &spill_fd, &maxsize, &simple))
+        return -1;
+    self->q = mem;
+    self->st = cmp_py_state_of_type(Py_TYPE(op));
+    self->maxsize = maxsize;
+    self->simple = (char)simple;
+    if (spill_fd != cmp_ring_spill_fd(cmp_queue_ring(self->q))) {
+        PyErr_SetString(PyExc_ValueError, "queue's spill file did not arrive at its number");
+        return -1;
+    }
+    self->spill_fd = spill_fd;
+    return 0;
 }
 
 /* ---- construction --------------------------------------------------------- */
