@@ -140,6 +140,20 @@ def _interpreter_flags():
     return subprocess._args_from_interpreter_flags()
 
 
+# Where this package was imported from: the child must find it before it
+# gets the parent's sys.path (the stdlib's multiprocessing is always there;
+# we may have come from PYTHONPATH, a source tree, a virtualenv...).
+_HOME = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _command(call):
+    """argv that runs `call` (a function of this module, with its
+    arguments) in a new interpreter."""
+    return [_executable(), *_interpreter_flags(), "-c",
+            "import sys; sys.path.insert(0, %r); "
+            "from cmultiprocessing._spawn import %s" % (_HOME, call.split("(")[0]) + "; " + call]
+
+
 def _launch(process, method):
     """Starts process (spawn: 1, forkserver: 2): (pid, pidfd, status fd or
     -1) for the Process object to follow it by."""
@@ -150,9 +164,7 @@ def _launch(process, method):
             return _forkserver.start(payload, fds)
         r, w = os.pipe()
         try:
-            argv = [_executable(), *_interpreter_flags(), "-c",
-                    "from cmultiprocessing._spawn import spawn_main; spawn_main(%d)" % r,
-                    "--multiprocessing-fork"]
+            argv = _command("spawn_main(%d)" % r) + ["--multiprocessing-fork"]
             pid, pidfd = _cmp._spawn_exec(argv, fds + [r])
         finally:
             os.close(r)
@@ -280,11 +292,8 @@ class _ForkServer:
             if "__main__" not in preload:
                 keep.pop("init_main_from_path", None)
                 keep.pop("init_main_from_name", None)
-            argv = [_executable(), *_interpreter_flags(), "-c",
-                    "from cmultiprocessing._spawn import forkserver_main; "
-                    "forkserver_main(%d, %d, %r, %r)" % (listen_fd, alive_r,
-                                                          [m for m in preload if m != "__main__"],
-                                                          keep)]
+            argv = _command("forkserver_main(%d, %d, %r, %r)" % (
+                listen_fd, alive_r, [m for m in preload if m != "__main__"], keep))
             pid, pidfd = _cmp._spawn_exec(argv, [listen_fd, alive_r])
             os.close(pidfd)  # it outlives every child it forks: never joined
         except BaseException:
