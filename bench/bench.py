@@ -178,6 +178,27 @@ def process_start_join(mp, n):
 scenario("  (floor: bare os.fork+waitpid)", "ms", None)(_bare_fork)
 
 
+
+def _method_start_join(method):
+    def run(mp, n):
+        ctx = mp.get_context(method)
+        warm = ctx.Process(target=_nothing)
+        warm.start()
+        warm.join()
+        n = max(5, n // (200000 if method == "spawn" else 20000))
+        t = time.perf_counter()
+        for _ in range(n):
+            p = ctx.Process(target=_nothing)
+            p.start()
+            p.join()
+        return (time.perf_counter() - t) / n
+    return run
+
+
+scenario("Process start+join, spawn", "ms", None)(_method_start_join("spawn"))
+scenario("Process start+join, forkserver", "ms", 0.5)(_method_start_join("forkserver"))
+
+
 def _echo(ping, pong, n):
     for _ in range(n):
         ping.wait()
