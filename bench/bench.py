@@ -162,15 +162,18 @@ def _bare_fork(mp, n):
     return (time.perf_counter() - t) / n
 
 
-@scenario("Process start+join", "ms", 0.5)
-def process_start_join(mp, n):
-    n = max(20, n // 2000)
+def _start_joins(ctx, n):
     t = time.perf_counter()
     for _ in range(n):
-        p = mp.Process(target=_nothing)
+        p = ctx.Process(target=_nothing)
         p.start()
         p.join()
     return (time.perf_counter() - t) / n
+
+
+@scenario("Process start+join", "ms", 0.5)
+def process_start_join(mp, n):
+    return _start_joins(mp, max(20, n // 2000))
 
 
 # Reference row: the same code on both sides, so its ratio is ~1; it shows
@@ -185,13 +188,7 @@ def _method_start_join(method):
         warm = ctx.Process(target=_nothing)
         warm.start()
         warm.join()
-        n = max(5, n // (200000 if method == "spawn" else 20000))
-        t = time.perf_counter()
-        for _ in range(n):
-            p = ctx.Process(target=_nothing)
-            p.start()
-            p.join()
-        return (time.perf_counter() - t) / n
+        return _start_joins(ctx, max(5, n // (200000 if method == "spawn" else 20000)))
     return run
 
 
