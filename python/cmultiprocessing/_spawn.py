@@ -111,12 +111,22 @@ def _rebuild_socket(fd, family, type_, proto):
     return socket.socket(family, type_, proto, fileno=fd)
 
 
+# One pickle for a child at a time: which fds a reduction passes is
+# process-wide state (_cmp/spawn.c) while it runs.
+_pickling = threading.Lock()
+
+
 def _payload(process, method, parent_fd):
     """The bytes a child reads: the preparation data, the Process, and the
     segment fds it closes once done; and the fds it must find."""
     buf = io.BytesIO()
     prep = get_preparation_data(process.name, method)
     prep["parent_fd"] = parent_fd
+    with _pickling:
+        return _pickle_for_child(buf, prep, process, parent_fd)
+
+
+def _pickle_for_child(buf, prep, process, parent_fd):
     _cmp._spawning_begin()
     try:
         pickler = _ChildPickler(buf, pickle.HIGHEST_PROTOCOL)

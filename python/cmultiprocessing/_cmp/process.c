@@ -18,6 +18,8 @@
 #include <sched.h>
 #include <signal.h>
 #include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <structmember.h>
 #include <sys/syscall.h>
@@ -687,6 +689,41 @@ static PyObject *proc_run(ProcObject *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+#if PY_VERSION_HEX >= 0x030C0000
+/* Python 3.12+ warns when a process with threads forks (os.fork() does,
+ * so the stdlib's fork start method does): ours forks in C, so it says it
+ * the same way. Threads are the kernel's count, as CPython counts them. */
+static int warn_fork_with_threads(void)
+{
+    long threads = 0;
+    FILE *f = fopen("/proc/self/stat", "re");
+    if (f) {
+        char buf[1024];
+        size_t n = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        buf[n] = '\0';
+        char *p = strrchr(buf, ')'); /* the name may hold spaces */
+        for (int field = 2; p && field < 20; field++)
+            p = strchr(p + 1, ' ');
+        if (p)
+            threads = strtol(p + 1, NULL, 10);
+    }
+    if (threads <= 0) {
+        PyObject *fn = PyDict_GetItemString(g_threading_dict, "active_count");
+        PyObject *r = fn ? PyObject_CallNoArgs(fn) : NULL;
+        threads = r ? PyLong_AsLong(r) : 0;
+        Py_XDECREF(r);
+        PyErr_Clear();
+    }
+    if (threads > 1)
+        return PyErr_WarnFormat(PyExc_DeprecationWarning, 1,
+                                "This process (pid=%d) is multi-threaded, use of fork() may lead "
+                                "to deadlocks in the child.",
+                                (int)getpid());
+    return 0;
+}
+#endif
+
 /* Whether the child can call Process.run directly (not overridden). */
 static int find_run(ProcObject *self)
 {
@@ -769,6 +806,10 @@ static PyObject *proc_start(ProcObject *self, PyObject *unused)
                                                                        : cmp_py_context_method();
     if (method != CMP_PY_FORK)
         return start_spawned(self, method);
+#if PY_VERSION_HEX >= 0x030C0000
+    if (warn_fork_with_threads() < 0)
+        return NULL;
+#endif
 
     cmp_py_fork_threading_prepare();
     PyOS_BeforeFork();

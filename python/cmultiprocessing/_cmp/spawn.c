@@ -26,6 +26,9 @@
  * that are shared-heap segments, which the child closes once it has
  * unpickled (their mappings keep what they need). NULL otherwise. */
 static PyObject *g_pass, *g_segments;
+/* The thread pickling for the child (_spawn.py lets one at a time): other
+ * threads pickle as usual meanwhile. */
+static unsigned long g_pass_thread;
 static PyObject *g_module; /* borrowed: outlives every pickle */
 
 typedef struct {
@@ -34,7 +37,7 @@ typedef struct {
 
 int cmp_py_spawning(void)
 {
-    return g_pass != NULL;
+    return g_pass != NULL && PyThread_get_thread_ident() == g_pass_thread;
 }
 
 static int add_unique(PyObject *list, int fd)
@@ -50,7 +53,7 @@ static int add_unique(PyObject *list, int fd)
 
 int cmp_py_spawn_pass_fd(int fd, int segment)
 {
-    if (!g_pass) {
+    if (!cmp_py_spawning()) {
         PyErr_SetString(PyExc_RuntimeError, "not pickling for a spawned child");
         return -1;
     }
@@ -61,7 +64,7 @@ int cmp_py_spawn_pass_fd(int fd, int segment)
 
 PyObject *cmp_py_shared_reduce(PyObject *op, const char *what, PyObject *extra)
 {
-    if (!g_pass)
+    if (!cmp_py_spawning())
         return cmp_py_refuse_pickle(op, what);
     int fd;
     uint64_t off;
@@ -138,6 +141,7 @@ static PyObject *spawning_begin(PyObject *module, PyObject *unused)
     }
     g_pass = PyList_New(0);
     g_segments = g_pass ? PyList_New(0) : NULL;
+    g_pass_thread = PyThread_get_thread_ident();
     if (!g_segments) {
         Py_CLEAR(g_pass);
         return NULL;
@@ -150,7 +154,7 @@ static PyObject *spawning_end(PyObject *module, PyObject *unused)
 {
     (void)module;
     (void)unused;
-    if (!g_pass)
+    if (!cmp_py_spawning())
         return Py_BuildValue("([][])");
     PyObject *r = PyTuple_Pack(2, g_pass, g_segments);
     Py_CLEAR(g_pass);
@@ -162,7 +166,7 @@ static PyObject *spawning(PyObject *module, PyObject *unused)
 {
     (void)module;
     (void)unused;
-    return PyBool_FromLong(g_pass != NULL);
+    return PyBool_FromLong(cmp_py_spawning());
 }
 
 /* _spawn_pass_fd(fd): an fd (a socket's) that the child finds at the same
