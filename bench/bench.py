@@ -768,8 +768,8 @@ def main():
     if not args.only:
         idle_waiters(impls)
     print(f"\n(ratio = cmultiprocessing / stdlib, median of {args.repeats}; {cores} cores; "
-          f"fork start method; load = CPU hogs running; ! = target missed ({missed}); "
-          f"busy target where load >= cores)")
+          f"fork start method unless the row names another; load = CPU hogs running; "
+          f"! = target missed ({missed}); busy target where load >= cores)")
     return 0
 
 
