@@ -725,6 +725,12 @@ def main():
     min_seconds = 0.05 if args.quick else 0.25
     cores = os.cpu_count()
 
+    # A spawned child imports our package afresh: byte-compile it first, as
+    # the stdlib's is (Debian ships its .pyc), or each child would compile
+    # it again wherever PYTHONDONTWRITEBYTECODE is set.
+    import compileall
+    compileall.compile_dir(os.path.join(HERE, "..", "python", "cmultiprocessing"), quiet=1)
+
     impls = [("stdlib", importlib.import_module("multiprocessing").get_context("fork")),
              ("cmp", importlib.import_module("cmultiprocessing").get_context("fork"))]
 
