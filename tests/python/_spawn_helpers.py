@@ -34,8 +34,8 @@ def report(out, parent_pid):
 
 def use_objects(objs, out):
     """Uses each object the parent passed; the parent checks the effects."""
-    (lock, rlock, sem, bsem, event, cond, barrier, value, array, raw, queue, squeue, jqueue,
-     conn, proxy) = objs
+    (lock, rlock, sem, bsem, event, cond, barrier, value, array, raw, rawvalue, queue, squeue,
+     jqueue, conn, sock, proxy) = objs
     r = {"lock_taken": lock.acquire(timeout=0.05)}  # the parent holds it
     with rlock:
         with rlock:
@@ -56,9 +56,12 @@ def use_objects(objs, out):
         value.value += 5
     array[0] = 42
     raw[1] = 7
+    rawvalue.value = 2.5
     queue.put("q")
+    queue.put(b"x" * (4 << 20))  # more than the ring holds
     squeue.put("sq")
     jqueue.put("jq")
     conn.send(("conn", conn.recv()))
+    sock.sendall(b"sock")
     proxy["child"] = os.getpid()
     out.put(r)

@@ -7,6 +7,7 @@ import importlib
 import os
 import pickle
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -35,6 +36,8 @@ def test_start_join_exitcode_signals(ctx):
     for p in (done, sleeper, victim):
         p.start()
     assert isinstance(done.sentinel, int)
+    mp = importlib.import_module(type(ctx).__module__.split(".")[0])
+    assert importlib.import_module(mp.__name__ + ".connection").wait([done.sentinel], 30)
     done.join(30)
     assert done.exitcode == 7
     assert not done.is_alive()
@@ -69,12 +72,13 @@ def test_objects_as_arguments_arrive_usable(ctx):
     mp = importlib.import_module(type(ctx).__module__.split(".")[0])
     with mp.get_context("fork").Manager() as manager:
         mine, theirs = ctx.Pipe()
+        s_mine, s_theirs = socket.socketpair()
         objs = (ctx.Lock(), ctx.RLock(), ctx.Semaphore(0), ctx.BoundedSemaphore(1), ctx.Event(),
                 ctx.Condition(), ctx.Barrier(2), ctx.Value("i", 1), ctx.Array("i", 3),
-                ctx.RawArray("i", 3), ctx.Queue(), ctx.SimpleQueue(), ctx.JoinableQueue(),
-                theirs, manager.dict())
-        (lock, rlock, sem, bsem, event, cond, barrier, value, array, raw, queue, squeue, jqueue,
-         conn, proxy) = objs
+                ctx.RawArray("i", 3), ctx.RawValue("d", 0.5), ctx.Queue(), ctx.SimpleQueue(),
+                ctx.JoinableQueue(), theirs, s_theirs, manager.dict())
+        (lock, rlock, sem, bsem, event, cond, barrier, value, array, raw, rawvalue, queue,
+         squeue, jqueue, conn, sock, proxy) = objs
         out = ctx.Queue()
         lock.acquire()
         p = ctx.Process(target=h.use_objects, args=(objs, out))
@@ -88,15 +92,23 @@ def test_objects_as_arguments_arrive_usable(ctx):
         assert barrier.wait(30) in (0, 1)
         mine.send("ping")
         r = out.get(timeout=30)
+        # what the child put, before it is joined: the stdlib's child waits
+        # until its queues are read
+        assert queue.get(timeout=10) == "q" and queue.get(timeout=10) == b"x" * (4 << 20)
+        assert squeue.get() == "sq"
+        assert jqueue.get(timeout=10) == "jq"
         p.join(30)
         assert p.exitcode == 0
         assert r == {"lock_taken": False, "rlock": True, "bsem": "ValueError", "notified": True,
                      "barrier": True}
         assert value.value == 6 and array[:] == [42, 0, 0] and raw[:] == [0, 7, 0]
-        assert queue.get(timeout=10) == "q" and squeue.get() == "sq"
-        assert jqueue.get(timeout=10) == "jq"
+        assert rawvalue.value == 2.5
         assert mine.recv() == ("conn", "ping")
+        s_mine.settimeout(10)
+        assert s_mine.recv(4) == b"sock"
         assert proxy["child"] == p.pid
+        s_mine.close()
+        s_theirs.close()
 
 
 def test_unpicklable_target_or_argument(ctx):
