@@ -1058,6 +1058,13 @@ typedef struct cmp_pool_options {
     unsigned depth;             /* tasks queued at a worker beyond the one it runs;
                                    0: the default, 2. Short tasks (a few µs) are
                                    queued deeper, up to 16 or ~50 µs of work */
+    /* NULL: workers are forks of the pool's process. Else it starts worker
+     * index of pool as a process of its own making (a new program, a fork
+     * server's child) into *out (0, or a negative errno); that process
+     * runs cmp_pool_worker_serve() with the pool's cmp_pool_shared_fd().
+     * Called where a fork would be (within cmp_pool_create too): fork_hook
+     * is not called. */
+    int (*start_worker)(void *arg, cmp_pool_t *pool, unsigned index, cmp_process_t *out);
 } cmp_pool_options_t;
 
 /* How a task ended (cmp_pool_outcome_t.status). */
@@ -1082,6 +1089,18 @@ typedef struct cmp_pool_outcome {
 /* Starts a pool: forks the workers (each runs opt->init first). Returns 0,
  * -EINVAL (no task function), or a negative errno (memory, fork). */
 int cmp_pool_create(cmp_pool_t **out, const cmp_pool_options_t *opt);
+
+/* The memfd holding the pool's queues (the pool's: do not close it) and
+ * its size, for a worker started by opt.start_worker. */
+int cmp_pool_shared_fd(const cmp_pool_t *p, size_t *len);
+
+/* In a worker that opt.start_worker started: maps the pool's region from
+ * fd (len bytes, of a pool of `workers` workers) and serves as worker
+ * index with opt (task, init, wait_hook, arg, and max_tasks, which must
+ * be the pool's) until the pool tells it to exit. Returns the exit status for the worker (0 when
+ * told to exit or after max_tasks), or a negative errno (-EINVAL: fd is not such a region). */
+int cmp_pool_worker_serve(int fd, size_t len, unsigned workers, unsigned index,
+                          const cmp_pool_options_t *opt);
 
 /* Queues a copy of the task; *id (may be NULL) gets its id, never 0, in
  * submission order. Never waits for a worker. Returns 0, -EPIPE once the

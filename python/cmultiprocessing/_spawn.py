@@ -188,6 +188,37 @@ def _launch(process, method):
         os.close(parent_fd)
 
 
+class _PassedFd:
+    """An fd pickled for a spawned child: it crosses at its number, and
+    arrives as that int."""
+
+    def __init__(self, fd):
+        self.fd = fd
+
+    def __reduce__(self):
+        _cmp._spawn_pass_fd(self.fd)
+        return int, (self.fd,)
+
+
+def _launch_pool_worker(method, fd, length, workers, index, max_tasks, initializer, initargs):
+    """Starts a Pool's worker as a new interpreter (spawn: 1, forkserver:
+    2) that serves from the pool's shared region fd: (pid, pidfd, status
+    fd or -1). The worker is a daemonic Process object to the child (as the
+    stdlib's, named SpawnPoolWorker-N), but the pool follows it, not the
+    parent's active_children()."""
+    ctx = _cmp.get_context(METHODS[method])
+    process = ctx.Process(target=_pool_worker, daemon=True,
+                          args=(_PassedFd(fd), length, workers, index, max_tasks,
+                                initializer, tuple(initargs)))
+    process.name = process.name.replace("Process-", "PoolWorker-", 1)
+    return _launch(process, method)
+
+
+def _pool_worker(fd, length, workers, index, max_tasks, initializer, initargs):
+    sys.exit(_cmp._pool_worker_serve(fd, length, workers, index, max_tasks,
+                                     initializer, initargs))
+
+
 # ---- the child ------------------------------------------------------------
 
 def _import_main_from_path(path):

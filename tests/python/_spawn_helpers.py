@@ -19,6 +19,23 @@ def square(x):
     return x * x
 
 
+STATE = "as imported"
+
+
+def set_state(value):
+    global STATE
+    STATE = value
+
+
+def worker_info(_):
+    """What a pool worker sees: this module's state and its own name."""
+    for name in ("cmultiprocessing", "multiprocessing"):
+        mp = sys.modules.get(name)
+        if mp is not None and mp.current_process().name != "MainProcess":
+            break
+    return STATE, mp.current_process().name.split("-")[0], os.getpid()
+
+
 def report(out, parent_pid):
     """What the child knows of itself and its parent."""
     import importlib

@@ -122,8 +122,23 @@ def test_unpicklable_target_or_argument(ctx):
 
 
 def test_pool_and_manager_of_the_context(ctx):
-    with ctx.Pool(2) as pool:
-        assert pool.map(h.square, range(5)) == [0, 1, 4, 9, 16]
+    h.set_state("changed in the parent")
+    try:
+        with ctx.Pool(2, initializer=h.set_state, initargs=("initialized",),
+                      maxtasksperchild=2) as pool:
+            assert pool.map(h.square, range(5)) == [0, 1, 4, 9, 16]
+            info = pool.map(h.worker_info, range(6), chunksize=1)
+        with ctx.Pool(1) as pool:
+            fresh = pool.apply(h.worker_info, (0,))
+    finally:
+        h.set_state("as imported")
+    # workers are new interpreters (nothing inherited), named for the method,
+    # replaced after maxtasksperchild
+    prefix = {"spawn": "SpawnPoolWorker", "forkserver": "ForkServerPoolWorker"}
+    assert {(state, name) for state, name, _ in info} == {
+        ("initialized", prefix[ctx.get_start_method()])}
+    assert len({pid for _, _, pid in info}) >= 3
+    assert fresh[0] == "as imported"
     with ctx.Manager() as manager:
         d = manager.dict(a=1)
         d["b"] = 2

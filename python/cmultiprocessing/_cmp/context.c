@@ -238,6 +238,17 @@ static PyObject *ctx_factory(CtxObject *ctx, PyObject *name)
             return NULL;
         return PyObject_GetAttr(ctx->module, *attr);
     }
+    if (ctx->method > CMP_PY_FORK && PyUnicode_CompareWithASCIIString(name, "Pool") == 0) {
+        /* its workers are started with this context's method */
+        PyObject *pool = PyObject_GetAttrString(ctx->module, "_context_pool");
+        PyObject *functools = pool ? PyImport_ImportModule("functools") : NULL;
+        PyObject *r = functools
+                          ? PyObject_CallMethod(functools, "partial", "OO", pool, (PyObject *)ctx)
+                          : NULL;
+        Py_XDECREF(pool);
+        Py_XDECREF(functools);
+        return r;
+    }
     return PyObject_GetAttr(ctx->module, name);
 }
 
