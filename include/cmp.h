@@ -1097,8 +1097,11 @@ int cmp_pool_shared_fd(const cmp_pool_t *p, size_t *len);
 /* In a worker that opt.start_worker started: maps the pool's region from
  * fd (len bytes, of a pool of `workers` workers) and serves as worker
  * index with opt (task, init, wait_hook, arg, and max_tasks, which must
- * be the pool's) until the pool tells it to exit. Returns the exit status for the worker (0 when
- * told to exit or after max_tasks), or a negative errno (-EINVAL: fd is not such a region). */
+ * be the pool's) until the pool tells it to exit. Like a forked worker
+ * it gets SIGKILL when the process that started it dies. Returns the
+ * exit status for the worker (0 when told to exit or after max_tasks),
+ * or a negative errno (-EINVAL: fd is not such a region; -ESRCH: the
+ * starter is gone already). */
 int cmp_pool_worker_serve(int fd, size_t len, unsigned workers, unsigned index,
                           const cmp_pool_options_t *opt);
 

@@ -41,6 +41,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -441,6 +442,13 @@ int cmp_pool_worker_serve(int fd, size_t len, unsigned workers, unsigned index,
 {
     if (!opt || !opt->task || index >= workers || workers > MAX_WORKERS)
         return -EINVAL;
+    /* Like a forked worker (CMP_PROCESS_DIE_WITH_PARENT): gone with the
+     * process that started it (the pool's, or a fork server that lives
+     * as long as the pool's process), never left waiting for tasks that
+     * cannot come. If it is gone already, we have been reparented. */
+    pid_t parent = getppid();
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent || parent == 1)
+        return -ESRCH;
     cmp_pool_t p;
     memset(&p, 0, sizeof p);
     p.opt = *opt;
