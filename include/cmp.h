@@ -152,6 +152,10 @@ typedef struct cmp_process {
     int pidfd;  /* -1 once closed */
     int status; /* raw wait status, valid when reaped != 0 */
     int reaped;
+    /* Not our child (a fork server's): its status arrives on status_fd,
+     * which is then its sentinel too. 0 for a child of ours. */
+    int remote;
+    int status_fd;
 } cmp_process_t;
 
 /* ------------------------------------------------------------------------
@@ -294,6 +298,21 @@ int cmp_tracker_adopt(int fd);
 
 /* The watcher's pid, in the process that started it (0 elsewhere). */
 pid_t cmp_tracker_watcher_pid(void);
+
+/* For a process that was not forked from this one (spawned, or forked by
+ * a fork server): export gives the fd of the block's segment (still ours:
+ * send a dup of it or pass it across exec) and the block's offset in it,
+ * and takes a reference to the block for the receiver. The receiver's
+ * import (fd borrowed: the segment is mapped from a dup, once per process)
+ * makes a handle that owns that reference; a process that imported blocks
+ * drops all its references at exit(). 0 or a negative errno (-EINVAL:
+ * not a block of ours at that offset). */
+int cmp_shared_export(cmp_shared_t *ref, int *fd, uint64_t *offset);
+int cmp_shared_import(int fd, uint64_t offset, cmp_shared_t **out);
+
+/* The block this process holds that contains addr, with a new local
+ * reference (release it), and addr's offset in it. 0 or -ENOENT. */
+int cmp_shared_find(const void *addr, cmp_shared_t **out, size_t *offset);
 
 /* ------------------------------------------------------------------------
  * Synchronization
@@ -671,6 +690,19 @@ typedef int (*cmp_process_fn)(void *arg);
  * from fork/pidfd_open. */
 int cmp_process_start(cmp_process_t *proc, cmp_process_fn fn, void *arg, unsigned flags);
 
+/* Starts path (execv, argv NULL-terminated) in a child (posix_spawn: no
+ * fork handlers run, nothing is copied). Only the nkeep fds in keep are
+ * inherited, at the same numbers; every other fd of ours is close-on-exec.
+ * The child starts with an empty signal mask. Returns 0, or a negative
+ * errno (the exec's own error when path cannot be run). */
+int cmp_process_spawn(cmp_process_t *proc, const char *path, char *const argv[], const int *keep,
+                      int nkeep);
+
+/* Adopts a child that another process (a fork server) forked and reports:
+ * pidfd refers to it (taken over), its raw wait status will arrive as 4
+ * bytes on status_fd (taken over; EOF before them: status unknown, 255). */
+void cmp_process_adopt(cmp_process_t *proc, pid_t pid, int pidfd, int status_fd);
+
 /* Waits for the child to exit and reaps it. 0, -ETIMEDOUT, -EINTR,
  * -ECHILD if it was reaped elsewhere. */
 int cmp_process_join(cmp_process_t *proc, const struct timespec *deadline);
@@ -691,7 +723,8 @@ int cmp_process_kill(cmp_process_t *proc);
  * killed by a signal. Returns 0 and sets *code, or -EAGAIN while running. */
 int cmp_process_exitcode(cmp_process_t *proc, int *code);
 
-/* An fd that polls readable once the child has exited (a pidfd). */
+/* An fd that polls readable once the child has exited (a pidfd; the
+ * status fd for an adopted child). */
 int cmp_process_sentinel(const cmp_process_t *proc);
 
 /* Releases the handle's fd. The child keeps running if it still is. */
@@ -699,6 +732,42 @@ void cmp_process_close(cmp_process_t *proc);
 
 /* Pid of the calling process, cached (valid after fork). */
 pid_t cmp_self_pid(void);
+
+/* ------------------------------------------------------------------------
+ * Fork server: forks children on request (see src/forkserver.c)
+ * ------------------------------------------------------------------------ */
+
+/* At most this many fds travel with one request. */
+#define CMP_FORKSERVER_MAX_FDS 250
+/* Room for a server's address, NUL included. */
+#define CMP_FORKSERVER_ADDR_MAX 40
+
+typedef struct cmp_forkserver_ops {
+    /* In the server around each fork (may be NULL). */
+    void (*before_fork)(void *arg);
+    void (*after_fork_parent)(void *arg);
+    /* In the new child, with the request's fds at their numbers: runs the
+     * payload; its return value is the exit status (the child _exit()s). */
+    int (*child)(void *arg, const void *payload, size_t len);
+    void *arg;
+} cmp_forkserver_ops;
+
+/* Binds and listens on a fresh abstract AF_UNIX name (written to addr,
+ * NUL-terminated). Returns 0 and the socket (close-on-exec) in
+ * *listen_fd, or a negative errno. */
+int cmp_forkserver_listen(char addr[CMP_FORKSERVER_ADDR_MAX], int *listen_fd);
+
+/* Serves requests on listen_fd until alive_fd polls readable (its writer
+ * closed it). Returns 0 then, or a negative errno. */
+int cmp_forkserver_serve(int listen_fd, int alive_fd, const cmp_forkserver_ops *ops);
+
+/* Asks the server at addr for a child that runs payload with the nfds fds
+ * at the same numbers as here, and adopts it into *proc (its sentinel is
+ * the connection, which the status arrives on). Returns 0, -E2BIG (too
+ * many fds), -ECONNREFUSED (no server there) or another negative errno
+ * (the server's fork error among them). */
+int cmp_forkserver_request(const char *addr, const void *payload, size_t len, const int *fds,
+                           int nfds, cmp_process_t *proc);
 
 /* 1 if a process with this pid exists and is not a zombie, 0 otherwise.
  * It may be a newer process that was given the pid: locks check their
@@ -1070,6 +1139,13 @@ typedef struct cmp_pool_options {
                                    0: the default, 2. Short tasks (a few µs) are
                                    queued deeper, up to 16 or ~50 µs of work */
     cmp_ring_alloc_fn task_alloc; /* NULL: none. See CMP_POOL_OWN_TASK_MIN */
+    /* NULL: workers are forks of the pool's process. Else it starts worker
+     * index of pool as a process of its own making (a new program, a fork
+     * server's child) into *out (0, or a negative errno); that process
+     * runs cmp_pool_worker_serve() with the pool's cmp_pool_shared_fd().
+     * Called where a fork would be (within cmp_pool_create too): fork_hook
+     * is not called. */
+    int (*start_worker)(void *arg, cmp_pool_t *pool, unsigned index, cmp_process_t *out);
 } cmp_pool_options_t;
 
 /* A worker receives a task of at least this many bytes into memory that
@@ -1105,6 +1181,21 @@ typedef struct cmp_pool_outcome {
 /* Starts a pool: forks the workers (each runs opt->init first). Returns 0,
  * -EINVAL (no task function), or a negative errno (memory, fork). */
 int cmp_pool_create(cmp_pool_t **out, const cmp_pool_options_t *opt);
+
+/* The memfd holding the pool's queues (the pool's: do not close it) and
+ * its size, for a worker started by opt.start_worker. */
+int cmp_pool_shared_fd(const cmp_pool_t *p, size_t *len);
+
+/* In a worker that opt.start_worker started: maps the pool's region from
+ * fd (len bytes, of a pool of `workers` workers) and serves as worker
+ * index with opt (task, init, wait_hook, arg, and max_tasks, which must
+ * be the pool's) until the pool tells it to exit. Like a forked worker
+ * it gets SIGKILL when the process that started it dies. Returns the
+ * exit status for the worker (0 when told to exit or after max_tasks),
+ * or a negative errno (-EINVAL: fd is not such a region; -ESRCH: the
+ * starter is gone already). */
+int cmp_pool_worker_serve(int fd, size_t len, unsigned workers, unsigned index,
+                          const cmp_pool_options_t *opt);
 
 /* Queues a copy of the task; *id (may be NULL) gets its id, never 0, in
  * submission order. Never waits for a worker. Returns 0, -EPIPE once the

@@ -26,4 +26,12 @@ struct cmp__conn_ops {
  * 0 ready, -ETIMEDOUT, -EINTR. */
 int cmp__fd_wait(int fd, short events, const struct timespec *deadline);
 
+/* The abstract AF_UNIX address of name (at most max bytes with its NUL):
+ * 0, or -EINVAL for an empty or too long name (fdshare.c). */
+struct sockaddr_un;
+int cmp__abstract_addr(const char *name, size_t max, struct sockaddr_un *sa, socklen_t *len);
+/* 0 when the peer of a connected AF_UNIX socket runs as our uid, -EACCES
+ * when not, or a negative errno (fdshare.c). */
+int cmp__peer_is_us(int sock);
+
 #endif /* CMP_CONN_INTERNAL_H */

@@ -97,10 +97,10 @@ static void install_atfork(void)
     pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
 }
 
-static int fill_addr(const char *name, struct sockaddr_un *sa, socklen_t *len)
+int cmp__abstract_addr(const char *name, size_t max, struct sockaddr_un *sa, socklen_t *len)
 {
-    size_t n = strnlen(name, CMP_FDSHARE_ADDR_MAX);
-    if (n == 0 || n == CMP_FDSHARE_ADDR_MAX)
+    size_t n = strnlen(name, max);
+    if (n == 0 || n == max || n >= sizeof sa->sun_path)
         return -EINVAL;
     memset(sa, 0, sizeof *sa);
     sa->sun_family = AF_UNIX;
@@ -109,7 +109,12 @@ static int fill_addr(const char *name, struct sockaddr_un *sa, socklen_t *len)
     return 0;
 }
 
-static int same_user(int sock)
+static int fill_addr(const char *name, struct sockaddr_un *sa, socklen_t *len)
+{
+    return cmp__abstract_addr(name, CMP_FDSHARE_ADDR_MAX, sa, len);
+}
+
+int cmp__peer_is_us(int sock)
 {
     struct ucred cred;
     socklen_t len = sizeof cred;
@@ -179,7 +184,7 @@ static void serve_one(int sock)
     struct timeval tv = {SERVE_IO_TIMEOUT_S, 0};
     setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     setsockopt(sock, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    if (same_user(sock) < 0) {
+    if (cmp__peer_is_us(sock) < 0) {
         reply(sock, EACCES, -1);
         return;
     }
@@ -405,7 +410,7 @@ int cmp_fdshare_redeem(const cmp_fd_token_t *token, const struct timespec *deadl
     }
     /* Whoever listens there must be us too: the fd is not handed to, nor
      * the key to, another user's socket that took the name. */
-    if ((rc = same_user(sock)) < 0)
+    if ((rc = cmp__peer_is_us(sock)) < 0)
         goto out;
     uint64_t key = token->key;
     if (send(sock, &key, sizeof key, MSG_NOSIGNAL) != (ssize_t)sizeof key) {

@@ -41,6 +41,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -129,6 +130,7 @@ struct cmp_pool {
     unsigned n;
     char *shared;
     size_t shared_len;
+    int shared_fd; /* the memfd of shared */
     cmp_queue_t *results;
     struct worker *w;
     pthread_mutex_t mu; /* everything below, and dispatching */
@@ -370,17 +372,10 @@ struct worker_start {
     unsigned index;
 };
 
-static int worker_main(void *arg)
+/* The worker's life: its initializer, then tasks until told to exit or
+ * max_tasks are done. The return value is its exit status. */
+static int worker_loop(cmp_pool_t *p, unsigned index)
 {
-    const struct worker_start *ws = arg;
-    cmp_pool_t *p = ws->pool;
-    unsigned index = ws->index;
-    if (p->opt.fork_hook)
-        p->opt.fork_hook(p->opt.arg, CMP_POOL_FORK_CHILD);
-    /* The other workers' descriptors are not ours to hold. */
-    for (unsigned i = 0; i < p->n; i++)
-        if (i != index && p->w[i].proc.pidfd >= 0)
-            cmp_process_close(&p->w[i].proc);
     struct worker *w = &p->w[index];
     cmp_pool_result_t r = {NULL, 0, 0};
     if (p->opt.init && p->opt.init(p->opt.arg, &r) != 0) {
@@ -418,6 +413,73 @@ static int worker_main(void *arg)
     return 0;
 }
 
+static int worker_main(void *arg)
+{
+    const struct worker_start *ws = arg;
+    cmp_pool_t *p = ws->pool;
+    unsigned index = ws->index;
+    if (p->opt.fork_hook)
+        p->opt.fork_hook(p->opt.arg, CMP_POOL_FORK_CHILD);
+    /* The other workers' descriptors are not ours to hold. */
+    for (unsigned i = 0; i < p->n; i++)
+        if (i != index && p->w[i].proc.pidfd >= 0)
+            cmp_process_close(&p->w[i].proc);
+    return worker_loop(p, index);
+}
+
+/* Where the shared parts are in the region at base: the results queue,
+ * then each worker's slot and inbox. */
+static void lay_out(cmp_pool_t *p, char *base)
+{
+    size_t results_bytes = round_up(cmp_queue_footprint(RESULT_RING));
+    p->results = (cmp_queue_t *)(void *)base;
+    for (unsigned i = 0; i < p->n; i++) {
+        char *at = base + results_bytes + (size_t)i * slot_bytes();
+        p->w[i].slot = (struct slot_shared *)(void *)at;
+        p->w[i].inbox = (cmp_queue_t *)(void *)(at + round_up(sizeof(struct slot_shared)));
+    }
+}
+
+int cmp_pool_shared_fd(const cmp_pool_t *p, size_t *len)
+{
+    *len = p->shared_len;
+    return p->shared_fd;
+}
+
+int cmp_pool_worker_serve(int fd, size_t len, unsigned workers, unsigned index,
+                          const cmp_pool_options_t *opt)
+{
+    if (!opt || !opt->task || index >= workers || workers > MAX_WORKERS)
+        return -EINVAL;
+    /* Like a forked worker (CMP_PROCESS_DIE_WITH_PARENT): gone with the
+     * process that started it (the pool's, or a fork server that lives
+     * as long as the pool's process), never left waiting for tasks that
+     * cannot come. If it is gone already, we have been reparented. */
+    pid_t parent = getppid();
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent || parent == 1)
+        return -ESRCH;
+    cmp_pool_t p;
+    memset(&p, 0, sizeof p);
+    p.opt = *opt;
+    p.n = workers;
+    size_t results_bytes = round_up(cmp_queue_footprint(RESULT_RING));
+    if (len != results_bytes + (size_t)workers * slot_bytes())
+        return -EINVAL; /* not a pool of this build, or not of that size */
+    p.w = calloc(workers, sizeof *p.w);
+    if (!p.w)
+        return -ENOMEM;
+    char *base = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (base == MAP_FAILED) {
+        free(p.w);
+        return -errno;
+    }
+    lay_out(&p, base);
+    int code = worker_loop(&p, index);
+    munmap(base, len);
+    free(p.w);
+    return code;
+}
+
 /* ---- starting and stopping workers (pool process, mutex held) ---------- */
 
 /* Forks the worker of slot index. Called without the mutex once the pool
@@ -436,13 +498,18 @@ static int spawn(cmp_pool_t *p, unsigned index)
     w->fifo_head = 0;
     w->dead_pending = 0;
     cmp__store64_release(&w->slot->running, 0);
-    struct worker_start ws = {p, index};
-    if (p->opt.fork_hook)
-        p->opt.fork_hook(p->opt.arg, CMP_POOL_FORK_BEFORE);
     cmp_process_t proc;
-    int rc = cmp_process_start(&proc, worker_main, &ws, CMP_PROCESS_DIE_WITH_PARENT);
-    if (p->opt.fork_hook)
-        p->opt.fork_hook(p->opt.arg, CMP_POOL_FORK_PARENT);
+    int rc;
+    if (p->opt.start_worker) {
+        rc = p->opt.start_worker(p->opt.arg, p, index, &proc);
+    } else {
+        struct worker_start ws = {p, index};
+        if (p->opt.fork_hook)
+            p->opt.fork_hook(p->opt.arg, CMP_POOL_FORK_BEFORE);
+        rc = cmp_process_start(&proc, worker_main, &ws, CMP_PROCESS_DIE_WITH_PARENT);
+        if (p->opt.fork_hook)
+            p->opt.fork_hook(p->opt.arg, CMP_POOL_FORK_PARENT);
+    }
     if (rc < 0)
         return rc;
     pthread_mutex_lock(&p->mu);
@@ -718,22 +785,21 @@ int cmp_pool_create(cmp_pool_t **out, const cmp_pool_options_t *opt)
         goto fail_free;
     size_t results_bytes = round_up(cmp_queue_footprint(RESULT_RING));
     p->shared_len = results_bytes + (size_t)p->n * slot_bytes();
-    p->shared =
-        mmap(NULL, p->shared_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (p->shared == MAP_FAILED) {
-        rc = -errno;
+    /* a memfd, not anonymous memory: a worker that is a new program
+     * (opt.start_worker) maps it from its fd */
+    cmp_shm_t shm;
+    if ((rc = cmp_shm_create(&shm, p->shared_len, "cmp-pool")) < 0) {
         p->shared = NULL;
         goto fail_free;
     }
-    p->results = (cmp_queue_t *)(void *)p->shared;
+    p->shared = shm.addr;
+    p->shared_fd = shm.fd;
+    lay_out(p, p->shared);
     if ((rc = cmp_queue_init(p->results, RESULT_RING, 0)) < 0)
         goto fail_unmap;
     unsigned inited = 0;
     for (; inited < p->n; inited++) {
         struct worker *w = &p->w[inited];
-        char *base = p->shared + results_bytes + (size_t)inited * slot_bytes();
-        w->slot = (struct slot_shared *)(void *)base;
-        w->inbox = (cmp_queue_t *)(void *)(base + round_up(sizeof(struct slot_shared)));
         w->proc.pidfd = -1;
         w->fifo = calloc(fifo_cap(p), sizeof *w->fifo);
         if (!w->fifo || (rc = cmp_queue_init(w->inbox, INBOX_RING, 0)) < 0) {
@@ -766,6 +832,7 @@ fail_queues:
     cmp_queue_detach(p->results);
 fail_unmap:
     munmap(p->shared, p->shared_len);
+    close(p->shared_fd);
 fail_free:
     free(p->w);
     free(p);
@@ -1213,6 +1280,7 @@ void cmp_pool_destroy(cmp_pool_t *p)
     }
     cmp_queue_detach(p->results);
     munmap(p->shared, p->shared_len);
+    close(p->shared_fd);
     struct item *it;
     while ((it = list_pop(&p->pending)))
         item_free(p, it);

@@ -13,6 +13,8 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <spawn.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -49,20 +51,10 @@ static _Noreturn void child_run(cmp_process_fn fn, void *arg, unsigned flags, pi
     _exit(ret & 0xff);
 }
 
-int cmp_process_start(cmp_process_t *proc, cmp_process_fn fn, void *arg, unsigned flags)
+/* Fills proc for our new child pid; if no pidfd can be had, the child is
+ * killed and reaped and the error returned. */
+static int follow(cmp_process_t *proc, pid_t pid)
 {
-    if (flags & ~KNOWN_FLAGS)
-        return -EINVAL;
-    pid_t parent = (flags & CMP_PROCESS_DIE_WITH_PARENT) ? getpid() : 0;
-    /* The child flushes stdio when it ends; output still buffered here
-     * would then be written twice, once by each process. */
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid < 0)
-        return -errno;
-    if (pid == 0)
-        child_run(fn, arg, flags, parent);
-
     /* An unreaped child's pid cannot be reused, so opening it now is safe.
      * pidfds are always close-on-exec. */
     int fd = (int)syscall(SYS_pidfd_open, pid, 0);
@@ -77,7 +69,106 @@ int cmp_process_start(cmp_process_t *proc, cmp_process_fn fn, void *arg, unsigne
     proc->pidfd = fd;
     proc->status = 0;
     proc->reaped = 0;
+    proc->remote = 0;
+    proc->status_fd = -1;
     return 0;
+}
+
+int cmp_process_start(cmp_process_t *proc, cmp_process_fn fn, void *arg, unsigned flags)
+{
+    if (flags & ~KNOWN_FLAGS)
+        return -EINVAL;
+    pid_t parent = (flags & CMP_PROCESS_DIE_WITH_PARENT) ? getpid() : 0;
+    /* The child flushes stdio when it ends; output still buffered here
+     * would then be written twice, once by each process. */
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0)
+        return -errno;
+    if (pid == 0)
+        child_run(fn, arg, flags, parent);
+    return follow(proc, pid);
+}
+
+int cmp_process_spawn(cmp_process_t *proc, const char *path, char *const argv[], const int *keep,
+                      int nkeep)
+{
+    /* posix_spawn, not fork: a Python parent can be large, and fork would
+     * run the pthread_atfork handlers (the shared heap's would give the new
+     * program references it never drops). A dup2 of an fd onto itself
+     * clears its close-on-exec flag (glibc >= 2.29), which is how the kept
+     * fds cross the exec at their own numbers. */
+    posix_spawn_file_actions_t fa;
+    posix_spawnattr_t attr;
+    int rc = posix_spawn_file_actions_init(&fa);
+    if (rc)
+        return -rc;
+    if ((rc = posix_spawnattr_init(&attr))) {
+        posix_spawn_file_actions_destroy(&fa);
+        return -rc;
+    }
+    for (int i = 0; i < nkeep && !rc; i++)
+        rc = posix_spawn_file_actions_adddup2(&fa, keep[i], keep[i]);
+    sigset_t none;
+    sigemptyset(&none);
+    if (!rc)
+        rc = posix_spawnattr_setsigmask(&attr, &none);
+    if (!rc)
+        rc = posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK);
+    pid_t pid = 0;
+    extern char **environ;
+    if (!rc)
+        rc = posix_spawn(&pid, path, &fa, &attr, argv, environ);
+    posix_spawn_file_actions_destroy(&fa);
+    posix_spawnattr_destroy(&attr);
+    if (rc)
+        return -rc;
+    return follow(proc, pid);
+}
+
+void cmp_process_adopt(cmp_process_t *proc, pid_t pid, int pidfd, int status_fd)
+{
+    proc->pid = pid;
+    proc->pidfd = pidfd;
+    proc->status = 0;
+    proc->reaped = 0;
+    proc->remote = 1;
+    proc->status_fd = status_fd;
+}
+
+/* The fd that polls readable once the exit status can be had. */
+static int wait_fd(const cmp_process_t *proc)
+{
+    return proc->remote ? proc->status_fd : proc->pidfd;
+}
+
+/* An adopted child's status from its fork server: 1 read (or the server
+ * is gone: 255), 0 not there yet (only with WNOHANG), or a negative errno. */
+static int reap_remote(cmp_process_t *proc, int options)
+{
+    if (proc->status_fd < 0)
+        return -ECHILD;
+    struct pollfd pfd = {.fd = proc->status_fd, .events = POLLIN};
+    int n = poll(&pfd, 1, (options & WNOHANG) ? 0 : -1);
+    if (n < 0)
+        return -errno;
+    if (n == 0)
+        return 0;
+    int32_t st = 0;
+    size_t got = 0;
+    while (got < sizeof st) {
+        ssize_t r = read(proc->status_fd, (char *)&st + got, sizeof st - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0) {
+            st = 0xff00; /* the server went away: exit status unknown */
+            break;
+        }
+        got += (size_t)r;
+    }
+    proc->status = st;
+    __atomic_store_n(&proc->reaped, 1, __ATOMIC_RELEASE);
+    return 1;
 }
 
 /* Turns waitid's report into a wait status (as waitpid would give). */
@@ -97,6 +188,8 @@ static int status_of(const siginfo_t *info)
  * or a negative errno. */
 static int reap(cmp_process_t *proc, int options)
 {
+    if (proc->remote)
+        return reap_remote(proc, options);
     siginfo_t info;
     info.si_pid = 0;
     int rc;
@@ -127,7 +220,7 @@ int cmp_process_join(cmp_process_t *proc, const struct timespec *deadline)
 {
     if (is_reaped(proc))
         return 0;
-    if (deadline && proc->pidfd >= 0) {
+    if (deadline && wait_fd(proc) >= 0) {
         /* Wait for readability with the time left, then reap (no block). */
         for (;;) {
             struct timespec now, left;
@@ -140,7 +233,7 @@ int cmp_process_join(cmp_process_t *proc, const struct timespec *deadline)
             }
             if (left.tv_sec < 0)
                 left.tv_sec = left.tv_nsec = 0;
-            struct pollfd pfd = {.fd = proc->pidfd, .events = POLLIN};
+            struct pollfd pfd = {.fd = wait_fd(proc), .events = POLLIN};
             int n = ppoll(&pfd, 1, &left, NULL);
             if (n < 0)
                 return -errno;
@@ -227,7 +320,7 @@ int cmp_process_exitcode(cmp_process_t *proc, int *code)
 
 int cmp_process_sentinel(const cmp_process_t *proc)
 {
-    return proc->pidfd;
+    return wait_fd(proc);
 }
 
 void cmp_process_close(cmp_process_t *proc)
@@ -235,5 +328,9 @@ void cmp_process_close(cmp_process_t *proc)
     if (proc->pidfd >= 0) {
         close(proc->pidfd);
         proc->pidfd = -1;
+    }
+    if (proc->remote && proc->status_fd >= 0) {
+        close(proc->status_fd);
+        proc->status_fd = -1;
     }
 }

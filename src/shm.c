@@ -95,6 +95,7 @@ _Static_assert(sizeof(struct blk_hdr) == ALIGN, "block header is one line");
 struct seg {
     cmp_shm_t shm;
     struct seg *next; /* heap segments only */
+    ino_t ino;        /* the memfd's: how an imported segment is recognized */
 };
 
 struct cmp_shared {
@@ -401,6 +402,8 @@ static int seg_new(struct seg **out)
         free(s);
         return rc;
     }
+    struct stat stb;
+    s->ino = fstat(s->shm.fd, &stb) == 0 ? stb.st_ino : 0;
     struct seg_hdr *sh = s->shm.addr;
     sh->magic = SEG_MAGIC;
     cmp_lock_init(&sh->lock);
@@ -504,6 +507,7 @@ static int alloc_dedicated(size_t size, struct cmp_shared *ref)
     struct seg_hdr *sh = s->shm.addr;
     sh->magic = SEG_MAGIC;
     sh->dedicated = 1;
+    s->ino = 0; /* never looked up: imports map a dedicated segment anew */
     struct blk_hdr *b = blk_at(sh, ALIGN);
     b->state = BLK_USED;
     b->refs = 1;
@@ -615,6 +619,130 @@ void cmp_shared_release_all(void)
         ref->dropped = 1;
     }
     pthread_mutex_unlock(&heap_mutex);
+}
+
+/* ------------------------------------------------------------------------
+ * Handing blocks to processes that were not forked from us
+ * ------------------------------------------------------------------------ */
+
+int cmp_shared_export(cmp_shared_t *ref, int *fd, uint64_t *offset)
+{
+    pthread_mutex_lock(&heap_mutex);
+    if (ref->dropped) {
+        pthread_mutex_unlock(&heap_mutex);
+        return -EINVAL;
+    }
+    /* The receiver's reference, taken now: the block must not be freed
+     * while it travels (a dedicated segment needs none: the mapping is). */
+    if (!ref->dedicated)
+        cmp__fetch_add(&ref->blk->refs, 1);
+    *fd = ref->seg->shm.fd;
+    *offset = (uint64_t)((char *)ref->blk - (char *)ref->seg->shm.addr);
+    pthread_mutex_unlock(&heap_mutex);
+    return 0;
+}
+
+/* A process that imported blocks was started afresh, not forked by us:
+ * nothing else drops its references when it exits. */
+static void release_at_exit(void)
+{
+    cmp_shared_release_all();
+}
+
+int cmp_shared_import(int fd, uint64_t offset, cmp_shared_t **out)
+{
+    pthread_once(&heap_once, heap_init);
+    static int exit_hook;
+    struct stat stb;
+    if (fstat(fd, &stb) < 0)
+        return -errno;
+    size_t size = (size_t)stb.st_size;
+    if (size < 2 * ALIGN || offset % ALIGN || offset < ALIGN || offset > size - ALIGN)
+        return -EINVAL;
+    struct cmp_shared *ref = calloc(1, sizeof *ref);
+    if (!ref)
+        return -ENOMEM;
+    pthread_mutex_lock(&heap_mutex);
+    struct seg *s = NULL;
+    for (struct seg *h = heap_segs; h; h = h->next)
+        if (h->ino == stb.st_ino && h->shm.size == size)
+            s = h;
+    int rc = 0, fresh = !s;
+    if (fresh) {
+        s = calloc(1, sizeof *s);
+        int dup = s ? fcntl(fd, F_DUPFD_CLOEXEC, 3) : -1;
+        if (!s)
+            rc = -ENOMEM;
+        else if (dup < 0)
+            rc = -errno;
+        else if ((rc = cmp_shm_attach(&s->shm, dup, size)) < 0)
+            close(dup);
+        if (rc == 0) {
+            struct seg_hdr *sh = s->shm.addr;
+            if (sh->magic != SEG_MAGIC || (!sh->dedicated && sh->size != size)) {
+                cmp_shm_detach(&s->shm);
+                rc = -EINVAL;
+            }
+        }
+        if (rc < 0) {
+            pthread_mutex_unlock(&heap_mutex);
+            free(s);
+            free(ref);
+            return rc;
+        }
+        s->ino = stb.st_ino;
+    }
+    struct seg_hdr *sh = s->shm.addr;
+    struct blk_hdr *b = blk_at(sh, (uint32_t)offset);
+    /* a dedicated segment's block records only what was asked for */
+    int bad = sh->dedicated ? b->req_size > size - offset - ALIGN
+                            : b->size < ALIGN || b->size > size - offset;
+    if (b->state != BLK_USED || bad) {
+        pthread_mutex_unlock(&heap_mutex);
+        if (fresh) {
+            cmp_shm_detach(&s->shm);
+            free(s);
+        }
+        free(ref);
+        return -EINVAL;
+    }
+    ref->dedicated = (int)sh->dedicated;
+    if (fresh && !ref->dedicated) {
+        /* a heap segment like our own: we allocate in it too */
+        s->next = heap_segs;
+        heap_segs = s;
+    }
+    ref->seg = s;
+    ref->blk = b;
+    ref->ptr = b + 1;
+    ref->size = (size_t)b->req_size;
+    UNPOISON(ref->ptr, ref->size);
+    ref->local_refs = 1;
+    reg_insert(ref);
+    if (!exit_hook && atexit(release_at_exit) == 0)
+        exit_hook = 1;
+    pthread_mutex_unlock(&heap_mutex);
+    *out = ref;
+    return 0;
+}
+
+int cmp_shared_find(const void *addr, cmp_shared_t **out, size_t *offset)
+{
+    const char *a = addr;
+    int rc = -ENOENT;
+    pthread_mutex_lock(&heap_mutex);
+    for (struct cmp_shared *r = registry.next; r != &registry; r = r->next) {
+        const char *p = r->ptr;
+        if (a >= p && a < p + (r->size ? r->size : 1)) {
+            __atomic_fetch_add(&r->local_refs, 1, __ATOMIC_RELAXED);
+            *out = r;
+            *offset = (size_t)(a - p);
+            rc = 0;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&heap_mutex);
+    return rc;
 }
 
 /* ------------------------------------------------------------------------

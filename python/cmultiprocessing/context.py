@@ -1,15 +1,17 @@
 """multiprocessing.context: the context classes, get_context() and the
 package's exceptions (re-exports of the C extension).
 
-SpawnContext and ForkServerContext, with their Process classes, are the
-extension's once it builds those start methods; until then the names are
-importable (isinstance checks and subclassing work) and get_context()
-tells which methods it has (get_all_start_methods()).
+The context classes of the three start methods (fork, spawn, forkserver)
+and their Process classes are the extension's.
 """
+import threading
+
 from . import _cmp
 from ._cmp import (AuthenticationError, BaseContext, BufferTooShort,  # noqa: F401
-                   DefaultContext, ForkContext, ProcessError, TimeoutError,
-                   _ForkProcess as ForkProcess, Process)
+                   DefaultContext, ForkContext, ForkServerContext, ProcessError,
+                   SpawnContext, TimeoutError, _ForkProcess as ForkProcess,
+                   _ForkServerProcess as ForkServerProcess, _SpawnProcess as SpawnProcess,
+                   Process)
 from . import process, reduction  # noqa: F401  (the stdlib's module has both)
 
 __all__ = ["BaseContext", "DefaultContext", "ForkContext", "ForkProcess",
@@ -21,33 +23,6 @@ __all__ = ["BaseContext", "DefaultContext", "ForkContext", "ForkProcess",
 _default_context = _cmp.get_context.__self__
 
 
-def _named(name, fallback):
-    return getattr(_cmp, name, None) or fallback
-
-
-class _UnbuiltContext(BaseContext):
-    """A start method this build does not have yet: never instantiated
-    (get_context(name) raises ValueError for it)."""
-
-
-class _UnbuiltProcess(Process):
-    _start_method = None
-
-    def start(self):
-        raise ValueError(f"start method {self._start_method!r} is not available "
-                         f"(get_all_start_methods(): {_cmp.get_all_start_methods()})")
-
-
-SpawnContext = _named("SpawnContext", type("SpawnContext", (_UnbuiltContext,), {"_name": "spawn"}))
-ForkServerContext = _named("ForkServerContext",
-                           type("ForkServerContext", (_UnbuiltContext,), {"_name": "forkserver"}))
-SpawnProcess = _named("_SpawnProcess",
-                      type("SpawnProcess", (_UnbuiltProcess,), {"_start_method": "spawn"}))
-ForkServerProcess = _named("_ForkServerProcess",
-                           type("ForkServerProcess", (_UnbuiltProcess,),
-                                {"_start_method": "forkserver"}))
-
-
 # name -> context, as the stdlib's module has it (libraries such as loky add
 # theirs here; get_context() of the package knows the built-in ones)
 _concrete_contexts = {m: _cmp.get_context(m) for m in _cmp.get_all_start_methods()}
@@ -57,21 +32,28 @@ def get_context(method=None):
     return _default_context.get_context(method)
 
 
+# The process being spawned while its pickle is made, per thread, here and
+# in the stdlib's module: the stdlib's own objects (a stdlib Queue built on
+# our context, as concurrent.futures' _SafeQueue is) ask that one.
+_tls = threading.local()
+_stdlib_context = _cmp._stdlib_context
+
+
 def get_spawning_popen():
-    """The process being spawned, while its arguments are pickled: None
-    with fork (the stdlib's, for its spawn and forkserver)."""
-    return getattr(_cmp, "_get_spawning_popen", lambda: None)()
+    """The process being spawned, while its arguments are pickled (an object
+    with duplicate_for_child(fd) and DupFd(fd), as the stdlib's); None
+    otherwise, and always with fork."""
+    return getattr(_tls, "spawning_popen", None)
 
 
 def set_spawning_popen(popen):
-    setter = getattr(_cmp, "_set_spawning_popen", None)
-    if setter is not None:
-        setter(popen)
+    _tls.spawning_popen = popen
+    _stdlib_context.set_spawning_popen(popen)
 
 
 def assert_spawning(obj):
     """Raises RuntimeError unless a process is being spawned, as the
     stdlib's: for objects that travel only to new processes."""
-    if get_spawning_popen() is None:
+    if get_spawning_popen() is None and not _cmp._spawning():
         raise RuntimeError(f"{type(obj).__name__} objects should only be shared between "
                            "processes through inheritance")

@@ -406,6 +406,8 @@ class BaseProxy(_cmp.ProxyBase):
 
     def __reduce__(self):
         kwds = {}
+        if _cmp._spawning():  # a spawned child has not the manager's key otherwise
+            kwds['authkey'] = bytes(self._authkey)
         if getattr(self, '_isauto', False):
             kwds['exposed'] = self._exposed_
             return (RebuildProxy, (AutoProxy, self._token, self._serializer, kwds))

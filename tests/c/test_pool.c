@@ -693,3 +693,60 @@ Test(pool, workers_die_with_the_pool_process, .timeout = 30)
     close(fds[0]);
     close(fds[1]);
 }
+
+/* Workers started by start_worker: each maps the pool's region anew (at
+ * another address than the pool's) and serves from there, as a worker
+ * that is a new program would. */
+struct own_start {
+    int fd;
+    size_t len;
+    unsigned workers, index;
+};
+
+static int serve_own(void *arg)
+{
+    const struct own_start *s = arg;
+    /* max_tasks as the pool's: it replaces a worker that has done them */
+    cmp_pool_options_t opt = {.task = run_task, .init = count_init, .max_tasks = 50};
+    return cmp_pool_worker_serve(s->fd, s->len, s->workers, s->index, &opt);
+}
+
+static int started_own;
+
+static int start_own(void *arg, cmp_pool_t *pool, unsigned index, cmp_process_t *out)
+{
+    (void)arg;
+    struct own_start s = {-1, 0, cmp_pool_size(pool), index};
+    s.fd = cmp_pool_shared_fd(pool, &s.len);
+    started_own++;
+    return cmp_process_start(out, serve_own, &s, CMP_PROCESS_DIE_WITH_PARENT);
+}
+
+Test(pool, workers_of_its_own_making, .timeout = 30)
+{
+    cmp_pool_options_t opt = {
+        .workers = 2, .task = run_task, .start_worker = start_own, .max_tasks = 50};
+    cmp_pool_t *p = NULL;
+    started_own = 0;
+    cr_assert_eq(cmp_pool_create(&p, &opt), 0);
+    cr_assert_eq(started_own, 2);
+    enum { N = 300 };
+    uint64_t first = submit(p, SQUARE, 0);
+    for (int64_t i = 1; i < N; i++)
+        submit(p, SQUARE, i);
+    for (int k = 0; k < N; k++) {
+        cmp_pool_outcome_t o = next(p, 10);
+        cr_assert_eq(o.status, CMP_POOL_DONE);
+        int64_t i = (int64_t)(o.id - first);
+        cr_assert_eq(value_of(&o), i * i);
+        free(o.data);
+    }
+    /* max_tasks: the pool replaced its workers through the hook too */
+    cr_assert_geq(started_own, N / 50);
+    uint64_t id = submit(p, EXIT3, 0);
+    cmp_pool_outcome_t o = next(p, 10);
+    cr_assert_eq(o.id, id);
+    cr_assert_eq(o.status, CMP_POOL_LOST);
+    free(o.data);
+    finish(p);
+}

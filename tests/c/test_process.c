@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -290,4 +291,56 @@ Test(process, closed_handle_still_joins, .timeout = 10)
     int code = -1;
     cr_assert_eq(cmp_process_exitcode(&p, &code), 0);
     cr_assert_eq(code, 0);
+}
+
+Test(process, spawn_keeps_only_the_fds_asked_for, .timeout = 10)
+{
+    int keep[2], other[2];
+    cr_assert_eq(pipe2(keep, O_CLOEXEC), 0);
+    cr_assert_eq(pipe2(other, O_CLOEXEC), 0);
+    char script[128];
+    /* exit 0 only when the kept fd is open and the other is not */
+    snprintf(script, sizeof script, "test -e /proc/self/fd/%d && ! test -e /proc/self/fd/%d",
+             keep[1], other[1]);
+    char *argv[] = {"/bin/sh", "-c", script, NULL};
+    cmp_process_t p;
+    cr_assert_eq(cmp_process_spawn(&p, "/bin/sh", argv, &keep[1], 1), 0);
+    cr_assert_eq(cmp_process_join(&p, NULL), 0);
+    int code = -1;
+    cr_assert_eq(cmp_process_exitcode(&p, &code), 0);
+    cr_assert_eq(code, 0);
+    /* still close-on-exec here: only the child's copy was changed */
+    cr_assert(fcntl(keep[1], F_GETFD) & FD_CLOEXEC);
+    cmp_process_close(&p);
+    close(keep[0]);
+    close(keep[1]);
+    close(other[0]);
+    close(other[1]);
+}
+
+Test(process, spawn_reports_exec_failure, .timeout = 10)
+{
+    char *argv[] = {"/nonexistent/program", NULL};
+    cmp_process_t p;
+    cr_assert_eq(cmp_process_spawn(&p, argv[0], argv, NULL, 0), -ENOENT);
+}
+
+Test(process, adopted_child_status_from_its_fd, .timeout = 10)
+{
+    int sv[2];
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    cmp_process_t p;
+    cmp_process_adopt(&p, getpid(), -1, sv[0]);
+    cr_assert_eq(cmp_process_sentinel(&p), sv[0]);
+    cr_assert_eq(cmp_process_poll(&p), 0);
+    int32_t status = 3 << 8; /* exited with 3 */
+    cr_assert_eq(write(sv[1], &status, sizeof status), (ssize_t)sizeof status);
+    struct timespec deadline;
+    cmp_deadline_after(5.0, &deadline);
+    cr_assert_eq(cmp_process_join(&p, &deadline), 0);
+    int code = -1;
+    cr_assert_eq(cmp_process_exitcode(&p, &code), 0);
+    cr_assert_eq(code, 3);
+    cmp_process_close(&p);
+    close(sv[1]);
 }

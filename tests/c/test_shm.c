@@ -604,3 +604,30 @@ Test(shared, killed_mid_churn_leaves_heap_usable, .timeout = 20)
     }
     cmp_shared_release(warm);
 }
+
+Test(shm, export_import_is_the_same_memory, .timeout = 10)
+{
+    cmp_shared_t *small, *big;
+    cr_assert_eq(cmp_shared_alloc(100, &small), 0);
+    cr_assert_eq(cmp_shared_alloc(1 << 20, &big), 0); /* a dedicated segment */
+    cmp_shared_t *refs[] = {small, big};
+    for (int i = 0; i < 2; i++) {
+        int fd;
+        uint64_t off;
+        cr_assert_eq(cmp_shared_export(refs[i], &fd, &off), 0);
+        cmp_shared_t *again;
+        cr_assert_eq(cmp_shared_import(fd, off, &again), 0);
+        cr_assert_eq(cmp_shared_size(again), cmp_shared_size(refs[i]));
+        ((char *)cmp_shared_ptr(refs[i]))[7] = 'x';
+        cr_assert_eq(((char *)cmp_shared_ptr(again))[7], 'x');
+        cmp_shared_t *found;
+        size_t at;
+        cr_assert_eq(cmp_shared_find((char *)cmp_shared_ptr(again) + 5, &found, &at), 0);
+        cr_assert_eq(at, 5);
+        cmp_shared_release(found);
+        cmp_shared_release(again);
+        cr_assert_eq(cmp_shared_import(fd, off + 64, &again), -EINVAL);
+    }
+    cmp_shared_release(small);
+    cmp_shared_release(big);
+}

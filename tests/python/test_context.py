@@ -1,4 +1,5 @@
 """Contexts and start methods."""
+import importlib
 import os
 import subprocess
 import sys
@@ -97,11 +98,18 @@ def test_starting_a_default_process_fixes_the_start_method(impl):
         "None", "fork", "RuntimeError context has already been set", "0 0", ""]
 
 
-def test_unsupported_methods_say_so(cmp):
-    for method in ("spawn", "forkserver"):
-        with pytest.raises(ValueError, match="not supported"):
-            cmp.get_context(method)
-    assert cmp.get_all_start_methods() == ["fork"]
+@pytest.mark.parametrize("impl", IMPLS)
+def test_every_start_method_has_a_context(impl):
+    module = importlib.import_module(impl)
+    assert module.get_all_start_methods() == ["fork", "spawn", "forkserver"]
+    for method in module.get_all_start_methods():
+        ctx = module.get_context(method)
+        assert ctx.get_start_method() == method
+        assert type(ctx).__name__ == {"fork": "ForkContext", "spawn": "SpawnContext",
+                                      "forkserver": "ForkServerContext"}[method]
+        assert ctx.Process.__name__ == type(ctx).__name__.replace("Context", "Process")
+    with pytest.raises(ValueError):
+        module.get_context("vfork")
 
 
 def test_context_resolves_module_factories(cmp):

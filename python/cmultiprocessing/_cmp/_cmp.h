@@ -380,6 +380,29 @@ PyObject *cmp_py_share_fd(int fd);
 #define CMP_PY_REDEEM_TIMEOUT 30.0
 int cmp_py_redeem_fd(PyObject *addr, PyObject *key, const char *what);
 
+/* Pickling for a spawned or fork-server child (spawn.c). While it runs
+ * (cmp_py_spawning()), the objects that refuse pickling otherwise reduce
+ * to what the child attaches to: shared_reduce, for an object that starts
+ * with CMP_PY_SHARED_HEAD (or the same two fields), exports its block and
+ * returns (_rebuild_shared, (type, fd, offset, extra)), extra (borrowed,
+ * NULL: None) going to the type's adopt function in the child; outside
+ * spawning it refuses as cmp_py_refuse_pickle(op, what). pass_fd adds an
+ * fd that the child finds at the same number (segment: the child closes
+ * it once unpickled; else the child's rebuilt object owns it). */
+int cmp_py_spawning(void);
+int cmp_py_spawn_pass_fd(int fd, int segment);
+PyObject *cmp_py_shared_reduce(PyObject *op, const char *what, PyObject *extra);
+/* In the child: op (allocated, its block imported) made usable over mem,
+ * from the extra its reduce gave. 0, or -1 with an exception. */
+int cmp_py_lock_adopt(PyObject *op, void *mem, PyObject *extra);
+int cmp_py_rlock_adopt(PyObject *op, void *mem, PyObject *extra);
+int cmp_py_semaphore_adopt(PyObject *op, void *mem, PyObject *extra);
+int cmp_py_event_adopt(PyObject *op, void *mem, PyObject *extra);
+int cmp_py_condition_adopt(PyObject *op, void *mem, PyObject *extra);
+int cmp_py_barrier_adopt(PyObject *op, void *mem, PyObject *extra);
+int cmp_py_queue_adopt(PyObject *op, void *mem, PyObject *extra);
+int cmp_py_spawn_init(PyObject *module, cmp_py_state *st);
+
 /* Per-concept module initialization, called from module.c's exec slot. */
 int cmp_py_fastmethod_init(PyObject *module, cmp_py_state *st);
 int cmp_py_errors_init(PyObject *module, cmp_py_state *st);
@@ -405,6 +428,10 @@ int cmp_py_context_init(PyObject *module, cmp_py_state *st);
  * default context is used (here: a default Process starts), so that a
  * later set_start_method() without force raises RuntimeError. (context.c) */
 void cmp_py_context_pin_default(void);
+/* The start methods, as context.c's table orders them. */
+enum { CMP_PY_FORK = 0, CMP_PY_SPAWN = 1, CMP_PY_FORKSERVER = 2 };
+/* The default context's method (pinning it, as cmp_py_context_pin_default). */
+int cmp_py_context_method(void);
 int cmp_py_sharedctypes_init(PyObject *module, cmp_py_state *st);
 int cmp_py_shared_memory_init(PyObject *module, cmp_py_state *st);
 int cmp_py_shareable_list_init(PyObject *module, cmp_py_state *st);

@@ -139,7 +139,26 @@ static PyObject *Barrier_reduce(PyObject *op, PyObject *unused)
 {
     (void)unused;
     /* the stdlib's Barrier pickles its Condition first, which refuses */
-    return cmp_py_refuse_pickle(op, "Condition");
+    BarrierObject *self = (BarrierObject *)op;
+    if (!cmp_py_spawning())
+        return cmp_py_refuse_pickle(op, "Condition");
+    PyObject *extra = PyTuple_Pack(3, self->parties, self->action, self->timeout);
+    PyObject *r = extra ? cmp_py_shared_reduce(op, "Condition", extra) : NULL;
+    Py_XDECREF(extra);
+    return r;
+}
+
+int cmp_py_barrier_adopt(PyObject *op, void *mem, PyObject *extra)
+{
+    BarrierObject *self = (BarrierObject *)op;
+    PyObject *parties, *action, *timeout;
+    if (!PyArg_ParseTuple(extra, "OOO:_rebuild_shared", &parties, &action, &timeout))
+        return -1;
+    self->barrier = mem;
+    self->parties = Py_NewRef(parties);
+    self->action = Py_NewRef(action);
+    self->timeout = Py_NewRef(timeout);
+    return 0;
 }
 
 static PyObject *Barrier_repr(PyObject *op)

@@ -267,7 +267,26 @@ static PyObject *Condition_exit(PyObject *op, PyObject *const *args, Py_ssize_t 
 static PyObject *Condition_reduce(PyObject *op, PyObject *unused)
 {
     (void)unused;
-    return cmp_py_refuse_pickle(op, "Condition");
+    cmp_py_condition *self = (cmp_py_condition *)op;
+    if (!cmp_py_spawning())
+        return cmp_py_refuse_pickle(op, "Condition");
+    PyObject *extra = Py_BuildValue("(Oi)", self->lock, self->is_rlock);
+    PyObject *r = extra ? cmp_py_shared_reduce(op, "Condition", extra) : NULL;
+    Py_XDECREF(extra);
+    return r;
+}
+
+int cmp_py_condition_adopt(PyObject *op, void *mem, PyObject *extra)
+{
+    cmp_py_condition *self = (cmp_py_condition *)op;
+    PyObject *lock;
+    int is_rlock;
+    if (!PyArg_ParseTuple(extra, "Oi:_rebuild_shared", &lock, &is_rlock))
+        return -1;
+    self->cond = mem;
+    self->lock = Py_NewRef(lock);
+    self->is_rlock = is_rlock;
+    return 0;
 }
 
 static PyObject *Condition_repr(PyObject *op)

@@ -649,7 +649,41 @@ static PyObject *Conn_exit(PyObject *op, PyObject *args)
 static PyObject *Conn_reduce(PyObject *op, PyObject *unused)
 {
     (void)unused;
-    return cmp_py_refuse_pickle(op, "Connection");
+    ConnObject *self = (ConnObject *)op;
+    if (!cmp_py_spawning() || self->conn.fd < 0)
+        return cmp_py_refuse_pickle(op, "Connection");
+    /* for a spawned child: the fd itself crosses, at its number */
+    if (cmp_py_spawn_pass_fd(self->conn.fd, 0) < 0)
+        return NULL;
+    cmp_py_state *st = cmp_py_state_of_type(Py_TYPE(op));
+    PyObject *module = st ? PyType_GetModule(st->Connection_type) : NULL;
+    PyObject *rebuild =
+        module ? PyObject_GetAttrString(module, "_rebuild_spawned_connection") : NULL;
+    if (!rebuild)
+        return NULL;
+    return Py_BuildValue("(N(iOO))", rebuild, self->conn.fd,
+                         (self->conn.flags & CMP_CONN_READABLE) ? Py_True : Py_False,
+                         (self->conn.flags & CMP_CONN_WRITABLE) ? Py_True : Py_False);
+}
+
+/* _rebuild_spawned_connection(fd, readable, writable): the Connection a
+ * spawned child gets over the fd its parent passed (the child owns it). */
+static PyObject *cmp_rebuild_spawned_connection(PyObject *module, PyObject *const *args,
+                                                Py_ssize_t nargs)
+{
+    int fd = nargs == 3 ? PyLong_AsLong(args[0]) : -1;
+    if (fd < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "_rebuild_spawned_connection(fd, readable, writable)");
+        return NULL;
+    }
+    int readable = PyObject_IsTrue(args[1]), writable = PyObject_IsTrue(args[2]);
+    if (readable < 0 || writable < 0)
+        return NULL;
+    cmp_conn_t conn;
+    cmp_conn_open(&conn, fd,
+                  (readable ? CMP_CONN_READABLE : 0) | (writable ? CMP_CONN_WRITABLE : 0));
+    return (PyObject *)conn_wrap(cmp_py_state_of_module(module)->Connection_type, &conn);
 }
 
 /* How our transports pickle a Connection (see reduction.c): a token for a
@@ -1648,6 +1682,9 @@ static PyMethodDef connection_functions[] = {
      "token for a dup of its fd, redeemed by _rebuild_connection in the receiver."},
     {"_rebuild_connection", (PyCFunction)(void (*)(void))cmp_rebuild_connection, METH_FASTCALL,
      "_rebuild_connection(addr, key, readable, writable)\n--\n\nThe Connection of a token."},
+    {"_rebuild_spawned_connection", (PyCFunction)(void (*)(void))cmp_rebuild_spawned_connection,
+     METH_FASTCALL,
+     "_rebuild_spawned_connection(fd, readable, writable)\n--\n\nA spawned child's Connection."},
     {"_arbitrary_address", cmp_arbitrary_address, METH_O,
      "arbitrary_address(family)\n--\n\nAn unused address for the family."},
     {"_address_type", cmp_address_type, METH_O,

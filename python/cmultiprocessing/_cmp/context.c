@@ -5,8 +5,9 @@
  *
  * A context resolves its public factories (Process, Lock, Queue, ...) from
  * the module when they are looked up, so whatever the module offers, every
- * context offers too. Start methods are a table: adding spawn or forkserver
- * means filling in their entry.
+ * context offers too. Start methods are a table (the order is the stdlib's
+ * and CMP_PY_FORK... in _cmp.h); the default is the interpreter's own:
+ * fork up to 3.13, forkserver from 3.14 on.
  */
 #include "_cmp.h"
 
@@ -27,11 +28,15 @@ struct start_method {
 /* Order as the stdlib lists them; the first supported one is the default. */
 static struct start_method methods[] = {
     {"fork", "_ForkProcess", 1, NULL},
-    {"spawn", "_SpawnProcess", 0, NULL},
-    {"forkserver", "_ForkServerProcess", 0, NULL},
+    {"spawn", "_SpawnProcess", 1, NULL},
+    {"forkserver", "_ForkServerProcess", 1, NULL},
 };
 #define N_METHODS ((int)(sizeof methods / sizeof *methods))
-#define DEFAULT_METHOD 0
+#if PY_VERSION_HEX >= 0x030E0000
+#define DEFAULT_METHOD CMP_PY_FORKSERVER
+#else
+#define DEFAULT_METHOD CMP_PY_FORK
+#endif
 
 static PyObject *g_default; /* the default context (module-level functions) */
 
@@ -70,6 +75,13 @@ void cmp_py_context_pin_default(void)
 {
     if (g_default)
         actual_of((CtxObject *)g_default);
+}
+
+int cmp_py_context_method(void)
+{
+    if (!g_default)
+        return DEFAULT_METHOD;
+    return ((CtxObject *)actual_of((CtxObject *)g_default))->method;
 }
 
 /* Parses (first=None, second=False)-style arguments by name. */
@@ -226,6 +238,17 @@ static PyObject *ctx_factory(CtxObject *ctx, PyObject *name)
             return NULL;
         return PyObject_GetAttr(ctx->module, *attr);
     }
+    if (ctx->method > CMP_PY_FORK && PyUnicode_CompareWithASCIIString(name, "Pool") == 0) {
+        /* its workers are started with this context's method */
+        PyObject *pool = PyObject_GetAttrString(ctx->module, "_context_pool");
+        PyObject *functools = pool ? PyImport_ImportModule("functools") : NULL;
+        PyObject *r = functools
+                          ? PyObject_CallMethod(functools, "partial", "OO", pool, (PyObject *)ctx)
+                          : NULL;
+        Py_XDECREF(pool);
+        Py_XDECREF(functools);
+        return r;
+    }
     return PyObject_GetAttr(ctx->module, name);
 }
 
@@ -369,6 +392,20 @@ static PyType_Spec fork_spec = {
     .slots = sub_slots,
 };
 
+static PyType_Spec spawn_spec = {
+    .name = "cmultiprocessing.context.SpawnContext",
+    .basicsize = sizeof(CtxObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .slots = sub_slots,
+};
+
+static PyType_Spec forkserver_spec = {
+    .name = "cmultiprocessing.context.ForkServerContext",
+    .basicsize = sizeof(CtxObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .slots = sub_slots,
+};
+
 static PyType_Spec default_spec = {
     .name = "cmultiprocessing.context.DefaultContext",
     .basicsize = sizeof(CtxObject),
@@ -396,6 +433,21 @@ int cmp_py_context_init(PyObject *module, cmp_py_state *st)
     PyTypeObject *fork_type = cmp_py_add_type(module, &fork_spec, (PyObject *)st->Context_type);
     if (!fork_type)
         return -1;
+    PyType_Spec *others[] = {NULL, &spawn_spec, &forkserver_spec};
+    for (int i = 1; i < N_METHODS; i++) {
+        PyTypeObject *t = cmp_py_add_type(module, others[i], (PyObject *)st->Context_type);
+        if (!t) {
+            Py_DECREF(fork_type);
+            return -1;
+        }
+        if (!methods[i].context)
+            methods[i].context = new_ctx(t, module, i);
+        Py_DECREF(t);
+        if (!methods[i].context) {
+            Py_DECREF(fork_type);
+            return -1;
+        }
+    }
     PyTypeObject *default_type =
         cmp_py_add_type(module, &default_spec, (PyObject *)st->Context_type);
     if (!default_type) {

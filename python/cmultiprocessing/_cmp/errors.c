@@ -38,7 +38,12 @@ int cmp_py_errors_init(PyObject *module, cmp_py_state *st)
     st->BufferTooShort = stdlib_exception(module, stdlib, "BufferTooShort");
     st->TimeoutError = stdlib_exception(module, stdlib, "TimeoutError");
     st->AuthenticationError = stdlib_exception(module, stdlib, "AuthenticationError");
+    /* kept for context.py: the stdlib's objects ask that module whether a
+     * child is being spawned (its get_spawning_popen), also under -m */
+    int kept = PyModule_AddObjectRef(module, "_stdlib_context", stdlib);
     Py_DECREF(stdlib);
+    if (kept < 0)
+        return -1;
     if (!st->ProcessError || !st->BufferTooShort || !st->TimeoutError || !st->AuthenticationError)
         return -1;
     st->AbandonedLockWarning = cmp_py_add_exception(

@@ -71,7 +71,14 @@ static PyObject *Event_reduce(PyObject *op, PyObject *unused)
 {
     (void)unused;
     /* the stdlib's Event pickles its Condition first, which refuses */
-    return cmp_py_refuse_pickle(op, "Condition");
+    return cmp_py_shared_reduce(op, "Condition", NULL);
+}
+
+int cmp_py_event_adopt(PyObject *op, void *mem, PyObject *extra)
+{
+    (void)extra;
+    ((EventObject *)op)->event = mem;
+    return 0;
 }
 
 static PyObject *Event_repr(PyObject *op)

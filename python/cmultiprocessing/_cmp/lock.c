@@ -189,7 +189,14 @@ static PyObject *Lock_exit(PyObject *op, PyObject *const *args, Py_ssize_t nargs
 static PyObject *Lock_reduce(PyObject *op, PyObject *unused)
 {
     (void)unused;
-    return cmp_py_refuse_pickle(op, "Lock");
+    return cmp_py_shared_reduce(op, "Lock", NULL);
+}
+
+int cmp_py_lock_adopt(PyObject *op, void *mem, PyObject *extra)
+{
+    (void)extra;
+    ((cmp_py_lock *)op)->lock = mem;
+    return 0;
 }
 
 static PyObject *type_name(PyObject *op)

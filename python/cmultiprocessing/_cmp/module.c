@@ -183,7 +183,7 @@ static int module_exec(PyObject *module)
         cmp_py_context_init(module, st) < 0 || cmp_py_connection_init(module, st) < 0 ||
         cmp_py_reduction_init(module, st) < 0 || cmp_py_pool_init(module, st) < 0 ||
         cmp_py_manager_init(module, st) < 0 || cmp_py_proxy_init(module, st) < 0 ||
-        cmp_py_main_thread_init() < 0)
+        cmp_py_spawn_init(module, st) < 0 || cmp_py_main_thread_init() < 0)
         return -1;
     return 0;
 }

@@ -1897,6 +1897,20 @@ static int Pool_init(PyObject *op, PyObject *args, PyObject *kwds)
     cmp_py_state *st = cmp_py_state_of_type(Py_TYPE(op));
     if (cmp_py_pool_worker_setup() < 0)
         return -1;
+    /* the start method: the context's (ctx.Pool() passes it), else the
+     * default context's; spawn and forkserver workers are new interpreters */
+    int method = CMP_PY_FORK;
+    if (context != Py_None) {
+        PyObject *name = PyObject_CallMethod(context, "get_start_method", NULL);
+        if (!name)
+            return -1;
+        method = PyUnicode_CompareWithASCIIString(name, "spawn") == 0        ? CMP_PY_SPAWN
+                 : PyUnicode_CompareWithASCIIString(name, "forkserver") == 0 ? CMP_PY_FORKSERVER
+                                                                             : CMP_PY_FORK;
+        Py_DECREF(name);
+    } else {
+        method = cmp_py_context_method();
+    }
     long n = 0;
     if (processes != Py_None) {
         n = PyLong_AsLong(processes);
@@ -1971,16 +1985,25 @@ static int Pool_init(PyObject *op, PyObject *args, PyObject *kwds)
         .arg = &c->work,
         .max_tasks = maxt,
     };
+    c->work.method = method;
+    c->work.max_tasks = maxt;
+    /* spawn and forkserver workers are new programs that map libcmp's
+     * pool themselves; another backend starts its workers its own way */
+    if (method != CMP_PY_FORK && be->ops == &libcmp_ops)
+        opt.start_worker = cmp_py_pool_worker_start;
     void *pool;
     int rc;
     /* the GIL stays held: the fork hook's PyGILState_Ensure nests */
+    c->work.creating = 1;
     rc = be->ops->create(be->ctx, &pool, &opt);
+    c->work.creating = 0;
     if (rc < 0) {
         pthread_mutex_destroy(&c->mu);
         pthread_cond_destroy(&c->cv);
         pthread_cond_destroy(&c->rt_cv);
         Py_DECREF(c);
-        cmp_py_raise(rc);
+        if (!PyErr_Occurred()) /* a worker's start failed with its own */
+            cmp_py_raise(rc);
         return -1;
     }
     c->pool = pool;
@@ -2210,18 +2233,42 @@ static PyType_Spec Pool_spec = {
 
 /* ---- module --------------------------------------------------------------- */
 
-static PyObject *pool_factory(PyObject *module, PyObject *args, PyObject *kwds)
+/* Pool(processes, initializer, initargs, maxtasksperchild) for context
+ * (None: the default context's), as a context's Pool() takes them: no
+ * context= of the caller's. */
+static PyObject *make_pool(PyObject *args, PyObject *kwds, PyObject *context)
 {
-    (void)module;
     static char *kwlist[] = {"processes", "initializer", "initargs", "maxtasksperchild", NULL};
     PyObject *processes = Py_None, *initializer = Py_None, *initargs = NULL, *maxtasks = Py_None;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "|OOOO:Pool", kwlist, &processes, &initializer,
                                      &initargs, &maxtasks))
         return NULL;
     PyObject *empty = initargs ? NULL : PyTuple_New(0);
-    PyObject *r = PyObject_CallFunctionObjArgs((PyObject *)Pool_type, processes, initializer,
-                                               initargs ? initargs : empty, maxtasks, NULL);
+    PyObject *r =
+        PyObject_CallFunctionObjArgs((PyObject *)Pool_type, processes, initializer,
+                                     initargs ? initargs : empty, maxtasks, context, NULL);
     Py_XDECREF(empty);
+    return r;
+}
+
+static PyObject *pool_factory(PyObject *module, PyObject *args, PyObject *kwds)
+{
+    (void)module;
+    return make_pool(args, kwds, Py_None);
+}
+
+/* _context_pool(context, *args, **kwds): a spawn or forkserver context's
+ * Pool (context.c binds its first argument). */
+static PyObject *context_pool(PyObject *module, PyObject *args, PyObject *kwds)
+{
+    (void)module;
+    if (PyTuple_GET_SIZE(args) < 1) {
+        PyErr_SetString(PyExc_TypeError, "_context_pool() needs a context");
+        return NULL;
+    }
+    PyObject *rest = PyTuple_GetSlice(args, 1, PyTuple_GET_SIZE(args));
+    PyObject *r = rest ? make_pool(rest, kwds, PyTuple_GET_ITEM(args, 0)) : NULL;
+    Py_XDECREF(rest);
     return r;
 }
 
@@ -2229,6 +2276,9 @@ static PyMethodDef pool_functions[] = {
     {"Pool", (PyCFunction)(void (*)(void))pool_factory, METH_VARARGS | METH_KEYWORDS,
      "Pool(processes=None, initializer=None, initargs=(), maxtasksperchild=None)\n--\n\n"
      "A process pool object (see cmultiprocessing.pool.Pool)."},
+    {"_context_pool", (PyCFunction)(void (*)(void))context_pool, METH_VARARGS | METH_KEYWORDS,
+     "_context_pool(context, processes=None, initializer=None, initargs=(), "
+     "maxtasksperchild=None)\n--\n\nThe Pool of a spawn or forkserver context."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -2312,6 +2362,8 @@ int cmp_py_pool_init(PyObject *module, cmp_py_state *st)
      * factory that modules and contexts offer, without context= */
     Pool_type = (PyTypeObject *)cmp_py_type_from_spec(module, &Pool_spec, NULL);
     if (!Pool_type || PyModule_AddObjectRef(module, "_Pool", (PyObject *)Pool_type) < 0)
+        return -1;
+    if (cmp_py_pool_worker_init_module(module) < 0)
         return -1;
     return PyModule_AddFunctions(module, pool_functions);
 }

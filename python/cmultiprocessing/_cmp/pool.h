@@ -22,6 +22,12 @@ enum { KIND_APPLY, KIND_MAP, KIND_STARMAP, KIND_CLOUD };
 typedef struct {
     cmp_py_state *st;
     PyObject *initializer, *initargs;
+    /* spawn and forkserver (CMP_PY_SPAWN...): the workers are started by
+     * cmp_py_pool_worker_start, with the pool's max_tasks; CMP_PY_FORK:
+     * forked. creating: inside cmp_pool_create, where a failed start
+     * leaves its exception set for Pool() to raise. */
+    int method, creating;
+    unsigned long long max_tasks;
 } cmp_py_pool_work;
 
 /* Loads the stdlib's ExceptionWithTraceback and MaybeEncodingError, which
@@ -96,6 +102,11 @@ PyObject *cmp_py_pool_pids(PyObject *pool);
  * exception. init: once, with the module; 0, or -1 with an exception. */
 PyObject *cmp_py_pool_views(PyObject *pool);
 int cmp_py_pool_view_init(PyObject *module);
+/* cmp_pool_options_t.start_worker for spawn and forkserver: a new
+ * interpreter (cmultiprocessing._spawn) that serves as worker index. */
+int cmp_py_pool_worker_start(void *arg, cmp_pool_t *pool, unsigned index, cmp_process_t *out);
+/* The worker's module functions (_pool_worker_serve). */
+int cmp_py_pool_worker_init_module(PyObject *module);
 
 /* ---- progress= (pool_progress.c) ---- */
 

@@ -8,7 +8,9 @@
  */
 #include "pool.h"
 
+#include <errno.h>
 #include <signal.h>
+#include <unistd.h>
 
 static PyObject *ExceptionWithTraceback, *MaybeEncodingError; /* the stdlib's */
 
@@ -312,6 +314,78 @@ int cmp_py_pool_worker_init(void *arg, cmp_pool_result_t *out)
     }
     write_exception(w->st, out);
     return 1;
+}
+
+int cmp_py_pool_worker_start(void *arg, cmp_pool_t *pool, unsigned index, cmp_process_t *out)
+{
+    cmp_py_pool_work *w = arg;
+    /* a replacement is started in the result thread, without the GIL */
+    PyGILState_STATE g = PyGILState_Ensure();
+    size_t len;
+    int fd = cmp_pool_shared_fd(pool, &len);
+    PyObject *mod = PyImport_ImportModule("cmultiprocessing._spawn");
+    PyObject *r =
+        mod ? PyObject_CallMethod(mod, "_launch_pool_worker", "iinIIKOO", w->method, fd,
+                                  (Py_ssize_t)len, cmp_pool_size(pool), index, w->max_tasks,
+                                  w->initializer ? w->initializer : Py_None, w->initargs)
+            : NULL;
+    Py_XDECREF(mod);
+    int pid, pidfd, status_fd, rc = 0;
+    if (!r || !PyArg_ParseTuple(r, "iii", &pid, &pidfd, &status_fd)) {
+        rc = -ECHILD;
+        if (!w->creating) /* nobody to raise it to: say it */
+            PyErr_WriteUnraisable(NULL);
+    } else if (status_fd >= 0) {
+        cmp_process_adopt(out, (pid_t)pid, pidfd, status_fd);
+    } else {
+        *out = (cmp_process_t){.pid = (pid_t)pid, .pidfd = pidfd, .status_fd = -1};
+    }
+    Py_XDECREF(r);
+    PyGILState_Release(g);
+    return rc;
+}
+
+/* _pool_worker_serve(fd, len, workers, index, max_tasks, initializer,
+ * initargs) -> exit code: a spawned worker's life. */
+static PyObject *pool_worker_serve(PyObject *module, PyObject *args)
+{
+    int fd;
+    Py_ssize_t len;
+    unsigned workers, index;
+    unsigned long long max_tasks;
+    PyObject *initializer, *initargs;
+    if (!PyArg_ParseTuple(args, "inIIKOO!:_pool_worker_serve", &fd, &len, &workers, &index,
+                          &max_tasks, &initializer, &PyTuple_Type, &initargs))
+        return NULL;
+    if (cmp_py_pool_worker_setup() < 0)
+        return NULL;
+    static cmp_py_pool_work work; /* for the life of this process */
+    work.st = cmp_py_state_of_module(module);
+    work.initializer = initializer == Py_None ? NULL : Py_NewRef(initializer);
+    work.initargs = Py_NewRef(initargs);
+    cmp_pool_options_t opt = {
+        .task = cmp_py_pool_worker_task,
+        .init = cmp_py_pool_worker_init,
+        .wait_hook = cmp_py_pool_worker_wait_hook,
+        .arg = &work,
+        .max_tasks = max_tasks,
+    };
+    int rc = cmp_pool_worker_serve(fd, (size_t)len, workers, index, &opt);
+    close(fd);
+    if (rc < 0)
+        return cmp_py_raise(rc);
+    return PyLong_FromLong(rc);
+}
+
+int cmp_py_pool_worker_init_module(PyObject *module)
+{
+    static PyMethodDef functions[] = {
+        {"_pool_worker_serve", pool_worker_serve, METH_VARARGS,
+         "_pool_worker_serve(fd, len, workers, index, max_tasks, initializer, initargs)\n--\n\n"
+         "Serve as a worker of the pool whose region fd is (a spawned worker)."},
+        {NULL, NULL, 0, NULL},
+    };
+    return PyModule_AddFunctions(module, functions);
 }
 
 /* Around each fork of a worker, which may happen in the result thread with

@@ -18,6 +18,8 @@
 #include <sched.h>
 #include <signal.h>
 #include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <structmember.h>
 #include <sys/syscall.h>
@@ -61,6 +63,8 @@ static PyObject *g_threading_dict; /* threading's namespace, for the child's exi
 static long g_counter = 1;         /* next child number */
 static PyTypeObject *g_main_type;
 static PyTypeObject *g_fork_process_type; /* _ForkProcess: a concrete context's */
+static PyTypeObject *g_spawn_process_type, *g_forkserver_process_type; /* the same */
+static int g_parent_fd_given = -1; /* a spawned child: its parent's pidfd, from it */
 static PyTypeObject *g_parent_type;
 static PyObject *g_authstr_type;
 static PyObject *g_logger;    /* the 'multiprocessing' logger once get_logger() ran */
@@ -69,6 +73,7 @@ void (*cmp_py_child_exit_hook)(void);
 static PyObject *g_exitcode_names;
 static PyObject *g_executable;
 static PyObject *g_forkserver_preload;
+static PyObject *g_module_ref; /* borrowed: the module, for rebuild functions */
 
 static PyObject *s_daemon, *s_authkey, *s_semprefix, *s_run, *s_flush, *s_name;
 static PyObject *s_shutdown, *s_shutdown_locks;
@@ -728,6 +733,100 @@ static PyObject *proc_run(ProcObject *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+#if PY_VERSION_HEX >= 0x030C0000
+/* Python 3.12+ warns when a process with threads forks (os.fork() does,
+ * so the stdlib's fork start method does): ours forks in C, so it says it
+ * the same way. Threads are the kernel's count, as CPython counts them. */
+static int warn_fork_with_threads(void)
+{
+    long threads = 0;
+    FILE *f = fopen("/proc/self/stat", "re");
+    if (f) {
+        char buf[1024];
+        size_t n = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        buf[n] = '\0';
+        char *p = strrchr(buf, ')'); /* the name may hold spaces */
+        for (int field = 2; p && field < 20; field++)
+            p = strchr(p + 1, ' ');
+        if (p)
+            threads = strtol(p + 1, NULL, 10);
+    }
+    if (threads <= 0) {
+        PyObject *fn = PyDict_GetItemString(g_threading_dict, "active_count");
+        PyObject *r = fn ? PyObject_CallNoArgs(fn) : NULL;
+        threads = r ? PyLong_AsLong(r) : 0;
+        Py_XDECREF(r);
+        PyErr_Clear();
+    }
+    if (threads > 1)
+        return PyErr_WarnFormat(PyExc_DeprecationWarning, 1,
+                                "This process (pid=%d) is multi-threaded, use of fork() may lead "
+                                "to deadlocks in the child.",
+                                (int)getpid());
+    return 0;
+}
+#endif
+
+/* Whether the child can call Process.run directly (not overridden). */
+static int find_run(ProcObject *self)
+{
+    self->run_is_ours = 0;
+    PyObject *boot = PyObject_GetAttr((PyObject *)Py_TYPE(self), s_bootstrap);
+    if (!boot)
+        return -1;
+    self->bootstrap_is_ours = boot == g_bootstrap_descr;
+    Py_DECREF(boot);
+    if (!self->dict || !PyDict_GetItemWithError(self->dict, s_run)) {
+        if (PyErr_Occurred())
+            return -1;
+        PyObject *run = PyObject_GetAttr((PyObject *)Py_TYPE(self), s_run);
+        if (!run)
+            return -1;
+        self->run_is_ours = run == g_run_descr;
+        Py_DECREF(run);
+    }
+    return 0;
+}
+
+/* What start() does after the child exists, whatever the method. */
+static PyObject *started(ProcObject *self)
+{
+    self->started = 1;
+    /* Drop what the child needed: a target that refers back to this object
+     * would otherwise keep it alive in a cycle. */
+    Py_CLEAR(self->target);
+    Py_CLEAR(self->args);
+    Py_CLEAR(self->kwargs);
+    PyObject *kids = children();
+    if (!kids || PyDict_SetItem(kids, (PyObject *)self, Py_None) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* spawn and forkserver: cmultiprocessing._spawn pickles the process for a
+ * new interpreter and starts it, and hands back what we follow it by. */
+static PyObject *start_spawned(ProcObject *self, int method)
+{
+    PyObject *mod = PyImport_ImportModule("cmultiprocessing._spawn");
+    PyObject *r = mod ? PyObject_CallMethod(mod, "_launch", "Oi", (PyObject *)self, method) : NULL;
+    Py_XDECREF(mod);
+    if (!r)
+        return NULL;
+    int pid, pidfd, status_fd;
+    if (!PyArg_ParseTuple(r, "iii", &pid, &pidfd, &status_fd)) {
+        Py_DECREF(r);
+        return NULL;
+    }
+    Py_DECREF(r);
+    if (status_fd >= 0) {
+        cmp_process_adopt(&self->proc, (pid_t)pid, pidfd, status_fd);
+    } else {
+        self->proc = (cmp_process_t){.pid = (pid_t)pid, .pidfd = pidfd, .status_fd = -1};
+    }
+    return started(self);
+}
+
 static PyObject *proc_start(ProcObject *self, PyObject *unused)
 {
     (void)unused;
@@ -746,25 +845,20 @@ static PyObject *proc_start(ProcObject *self, PyObject *unused)
         return NULL;
     /* Buffered output would otherwise be written twice, once by each. */
     flush_std_streams();
-    self->run_is_ours = 0;
-    PyObject *boot = PyObject_GetAttr((PyObject *)Py_TYPE(self), s_bootstrap);
-    if (!boot)
+    if (find_run(self) < 0)
         return NULL;
-    self->bootstrap_is_ours = boot == g_bootstrap_descr;
-    Py_DECREF(boot);
-    if (!self->dict || !PyDict_GetItemWithError(self->dict, s_run)) {
-        if (PyErr_Occurred())
-            return NULL;
-        PyObject *run = PyObject_GetAttr((PyObject *)Py_TYPE(self), s_run);
-        if (!run)
-            return NULL;
-        self->run_is_ours = run == g_run_descr;
-        Py_DECREF(run);
-    }
 
     /* a plain Process runs with the default context's method, fixing it */
-    if (!PyObject_TypeCheck(self, g_fork_process_type))
-        cmp_py_context_pin_default();
+    int method = PyObject_TypeCheck(self, g_fork_process_type)         ? CMP_PY_FORK
+                 : PyObject_TypeCheck(self, g_spawn_process_type)      ? CMP_PY_SPAWN
+                 : PyObject_TypeCheck(self, g_forkserver_process_type) ? CMP_PY_FORKSERVER
+                                                                       : cmp_py_context_method();
+    if (method != CMP_PY_FORK)
+        return start_spawned(self, method);
+#if PY_VERSION_HEX >= 0x030C0000
+    if (warn_fork_with_threads() < 0)
+        return NULL;
+#endif
 
     cmp_py_fork_threading_prepare();
     PyOS_BeforeFork();
@@ -773,16 +867,7 @@ static PyObject *proc_start(ProcObject *self, PyObject *unused)
     PyOS_AfterFork_Parent();
     if (rc < 0)
         return cmp_py_raise(rc);
-    self->started = 1;
-    /* Drop what the child needed: a target that refers back to this object
-     * would otherwise keep it alive in a cycle. */
-    Py_CLEAR(self->target);
-    Py_CLEAR(self->args);
-    Py_CLEAR(self->kwargs);
-    PyObject *kids = children();
-    if (!kids || PyDict_SetItem(kids, (PyObject *)self, Py_None) < 0)
-        return NULL;
-    Py_RETURN_NONE;
+    return started(self);
 }
 
 static int parent_sentinel_fd(ProcObject *self)
@@ -888,7 +973,8 @@ static PyObject *proc_is_alive(ProcObject *self, PyObject *unused)
     if ((PyObject *)self == g_current)
         Py_RETURN_TRUE;
     if (self->kind == KIND_PARENT) {
-        if (getppid() != (pid_t)self->pid)
+        /* a fork server's child has that server for its OS parent */
+        if (g_parent_fd_given < 0 && getppid() != (pid_t)self->pid)
             Py_RETURN_FALSE;
         int fd = parent_sentinel_fd(self);
         if (fd < 0)
@@ -966,6 +1052,18 @@ static PyObject *proc_close(ProcObject *self, PyObject *unused)
 static PyObject *proc_reduce(ProcObject *self, PyObject *unused)
 {
     (void)unused;
+    if (cmp_py_spawning() && self->kind == KIND_CHILD && self->config) {
+        /* for the child it is being started in: everything but the handle */
+        PyObject *rebuild = PyObject_GetAttrString(g_module_ref, "_rebuild_process");
+        if (!rebuild)
+            return NULL;
+#define OR_NONE(x) ((x) ? (x) : Py_None)
+        return Py_BuildValue("(N(O(OOOOOOlOO)))", rebuild, (PyObject *)Py_TYPE(self),
+                             OR_NONE(self->target), OR_NONE(self->args), OR_NONE(self->kwargs),
+                             OR_NONE(self->name), self->identity, self->config, self->parent_pid,
+                             OR_NONE(self->parent_name), OR_NONE(self->dict));
+#undef OR_NONE
+    }
     /* TypeError: what the stdlib raises here (its authkey refuses) */
     return PyErr_Format(PyExc_TypeError,
                         "%s objects should only be shared between processes through "
@@ -1294,6 +1392,20 @@ static PyType_Spec fork_process_spec = {
     .slots = special_slots,
 };
 
+static PyType_Spec spawn_process_spec = {
+    .name = "cmultiprocessing.context.SpawnProcess",
+    .basicsize = sizeof(ProcObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .slots = special_slots,
+};
+
+static PyType_Spec forkserver_process_spec = {
+    .name = "cmultiprocessing.context.ForkServerProcess",
+    .basicsize = sizeof(ProcObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .slots = special_slots,
+};
+
 static PyType_Spec main_spec = {
     .name = "cmultiprocessing.process._MainProcess",
     .basicsize = sizeof(ProcObject),
@@ -1314,8 +1426,10 @@ static PyType_Spec parent_spec = {
 
 static PyObject *authstr_reduce(PyObject *self, PyObject *unused)
 {
-    (void)self;
     (void)unused;
+    if (cmp_py_spawning()) /* the child needs its key, as the stdlib's does */
+        return Py_BuildValue("(O(y#))", (PyObject *)Py_TYPE(self), PyBytes_AS_STRING(self),
+                             PyBytes_GET_SIZE(self));
     PyErr_SetString(PyExc_TypeError,
                     "Pickling an AuthenticationString object is disallowed for security "
                     "reasons");
@@ -1361,6 +1475,7 @@ static PyObject *fn_parent_process(PyObject *m, PyObject *unused)
             return NULL;
         parent->pid = cur->parent_pid;
         parent->name = Py_NewRef(cur->parent_name);
+        parent->parent_fd = g_parent_fd_given;
         Py_XSETREF(g_parent, (PyObject *)parent);
         g_parent_pending = 0;
     }
@@ -1510,6 +1625,71 @@ static PyObject *fn_set_forkserver_preload(PyObject *m, PyObject *names)
     Py_RETURN_NONE;
 }
 
+/* _rebuild_process(type, state): the Process object a spawned child
+ * unpickles (see proc_reduce), not started. */
+static PyObject *fn_rebuild_process(PyObject *m, PyObject *args)
+{
+    (void)m;
+    PyTypeObject *tp;
+    PyObject *target, *pargs, *kwargs, *name, *identity, *config, *parent_name, *dict;
+    long parent_pid;
+    if (!PyArg_ParseTuple(args, "O!(OOOOO!O!lOO):_rebuild_process", &PyType_Type, &tp, &target,
+                          &pargs, &kwargs, &name, &PyTuple_Type, &identity, &PyDict_Type, &config,
+                          &parent_pid, &parent_name, &dict))
+        return NULL;
+    if (!PyType_IsSubtype(tp, g_main_type->tp_base)) {
+        PyErr_SetString(PyExc_TypeError, "_rebuild_process() needs a Process type");
+        return NULL;
+    }
+    ProcObject *self = (ProcObject *)tp->tp_new(tp, NULL, NULL);
+    if (!self)
+        return NULL;
+    self->kind = KIND_CHILD;
+    self->target = Py_NewRef(target);
+    self->args = Py_NewRef(pargs);
+    self->kwargs = Py_NewRef(kwargs);
+    self->name = name == Py_None ? NULL : Py_NewRef(name);
+    self->identity = Py_NewRef(identity);
+    self->config = Py_NewRef(config);
+    self->parent_pid = parent_pid;
+    self->parent_name = Py_NewRef(parent_name);
+    if (dict != Py_None) {
+        if (!PyDict_Check(dict)) {
+            Py_DECREF(self);
+            PyErr_SetString(PyExc_TypeError, "_rebuild_process(): bad state");
+            return NULL;
+        }
+        self->dict = Py_NewRef(dict);
+    }
+    return (PyObject *)self;
+}
+
+/* _bootstrap_spawned(process, parent_pidfd) -> exit code: runs a process
+ * a spawned child unpickled, as a forked child runs its own. */
+static PyObject *fn_bootstrap_spawned(PyObject *m, PyObject *args)
+{
+    (void)m;
+    ProcObject *self;
+    int parent_fd;
+    if (!PyArg_ParseTuple(args, "O!i:_bootstrap_spawned", g_main_type->tp_base, &self, &parent_fd))
+        return NULL;
+    if (self->kind != KIND_CHILD || !self->config)
+        return PyErr_Format(PyExc_ValueError, "not a process to run");
+    if (find_run(self) < 0)
+        return NULL;
+    g_parent_fd_given = parent_fd;
+    Py_CLEAR(g_parent);
+    return PyLong_FromLong(self->bootstrap_is_ours ? bootstrap(self) : foreign_bootstrap(self));
+}
+
+static PyObject *fn_spawn_settings(PyObject *m, PyObject *unused)
+{
+    (void)m;
+    (void)unused;
+    return Py_BuildValue("(OO)", g_executable ? g_executable : Py_None,
+                         g_forkserver_preload ? g_forkserver_preload : Py_None);
+}
+
 /* At exit (and at the end of every child): daemonic children are
  * terminated, then every child is joined. */
 static int exit_children(void)
@@ -1578,6 +1758,13 @@ static PyMethodDef process_functions[] = {
      "Set the interpreter the spawn start method runs."},
     {"set_forkserver_preload", fn_set_forkserver_preload, METH_O,
      "Set the modules the forkserver start method preloads."},
+    {"_rebuild_process", fn_rebuild_process, METH_VARARGS,
+     "_rebuild_process(type, state)\n--\n\nA Process object for a spawned child."},
+    {"_bootstrap_spawned", fn_bootstrap_spawned, METH_VARARGS,
+     "_bootstrap_spawned(process, parent_pidfd)\n--\n\nRun the process in this spawned child; "
+     "return its exit code."},
+    {"_spawn_settings", fn_spawn_settings, METH_NOARGS,
+     "(executable or None, forkserver preload list or None)."},
     {"_exit_function", fn_exit_function, METH_NOARGS,
      "Terminate daemonic children and join the others (run at exit)."},
     {NULL, NULL, 0, NULL},
@@ -1656,6 +1843,30 @@ int cmp_py_process_init(PyObject *module, cmp_py_state *st)
     }
     /* keeps this reference, for is-a checks in start() */
     Py_XSETREF(g_fork_process_type, (PyTypeObject *)fork_process);
+    PyObject *sp = cmp_py_type_from_spec(module, &spawn_process_spec, (PyObject *)st->Process_type);
+    if (!sp || PyModule_AddObjectRef(module, "_SpawnProcess", sp) < 0) {
+        Py_XDECREF(sp);
+        return -1;
+    }
+    Py_XSETREF(g_spawn_process_type, (PyTypeObject *)sp);
+    PyObject *fs =
+        cmp_py_type_from_spec(module, &forkserver_process_spec, (PyObject *)st->Process_type);
+    if (!fs || PyModule_AddObjectRef(module, "_ForkServerProcess", fs) < 0) {
+        Py_XDECREF(fs);
+        return -1;
+    }
+    Py_XSETREF(g_forkserver_process_type, (PyTypeObject *)fs);
+    g_module_ref = module;
+    PyObject *os_mod = PyImport_ImportModule("os");
+    PyObject *cwd = os_mod ? PyObject_CallMethod(os_mod, "getcwd", NULL) : NULL;
+    Py_XDECREF(os_mod);
+    if (!cwd)
+        PyErr_Clear(); /* the stdlib's ORIGINAL_DIR is None then too */
+    if (PyModule_AddObjectRef(module, "_original_dir", cwd ? cwd : Py_None) < 0) {
+        Py_XDECREF(cwd);
+        return -1;
+    }
+    Py_XDECREF(cwd);
     if (PyModule_AddObjectRef(module, "_AuthenticationString", g_authstr_type) < 0)
         return -1;
     if (!children() || make_main_process() < 0)

@@ -24,10 +24,24 @@ typedef struct {
 } ProxyObject;
 
 static PyObject *s_address, *s_id, *s_authkey, *s__authkey, *s_rebuild, *s_incref, *s_decref;
+
 static PyObject *k_return, *k_error, *k_traceback, *k_unserializable, *k_proxy;
 static PyObject *empty_tuple, *empty_dict;
 static PyObject *RemoteError;     /* multiprocessing.managers.RemoteError (the stdlib's) */
 static PyObject *current_process; /* cmultiprocessing.current_process */
+
+/* The stdlib's RemoteError (borrowed), imported when first raised: the
+ * stdlib's managers module costs every process that imports us ~3 ms
+ * (spawned children included) and most never use a manager. */
+static PyObject *remote_error(void)
+{
+    if (!RemoteError) {
+        PyObject *m = PyImport_ImportModule("multiprocessing.managers");
+        RemoteError = m ? PyObject_GetAttrString(m, "RemoteError") : NULL;
+        Py_XDECREF(m);
+    }
+    return RemoteError;
+}
 
 /* A call of one of the server's own functions (id None). */
 static PyObject *call_server(ProxyObject *self, PyObject *name, PyObject *args);
@@ -163,10 +177,10 @@ static PyObject *convert_reply(ProxyObject *self, PyObject *reply)
             PyObject *text = PyUnicode_Compare(kind, k_traceback) == 0
                                  ? Py_NewRef(result)
                                  : PyUnicode_FromFormat("Unserializable message: %U\n", result);
-            if (text) {
-                PyErr_SetObject(RemoteError, text);
-                Py_DECREF(text);
-            }
+            PyObject *cls = text ? remote_error() : NULL;
+            if (cls)
+                PyErr_SetObject(cls, text);
+            Py_XDECREF(text);
         }
     } else if (!PyErr_Occurred()) {
         PyErr_Format(PyExc_ValueError, "Unrecognized message type %R", kind);
@@ -581,13 +595,6 @@ int cmp_py_proxy_init(PyObject *module, cmp_py_state *st)
         return -1;
     if (!empty_dict && !(empty_dict = PyDict_New()))
         return -1;
-    if (!RemoteError) {
-        PyObject *m = PyImport_ImportModule("multiprocessing.managers");
-        RemoteError = m ? PyObject_GetAttrString(m, "RemoteError") : NULL;
-        Py_XDECREF(m);
-        if (!RemoteError)
-            return -1;
-    }
     if (!current_process && !(current_process = PyObject_GetAttrString(module, "current_process")))
         return -1;
     static PyMethodDef functions[] = {

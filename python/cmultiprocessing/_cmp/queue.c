@@ -723,6 +723,24 @@ static PyObject *Queue_reader(PyObject *op, void *closure)
 static PyObject *Queue_reduce(PyObject *op, PyObject *unused)
 {
     (void)unused;
+    QueueObject *self = (QueueObject *)op;
+    if (cmp_py_spawning()) {
+        /* the spill file is named by its number in the ring's header: the
+         * child must have it at the same one, and owns that copy */
+        if (self->spill_fd >= 0 && cmp_py_spawn_pass_fd(self->spill_fd, 0) < 0)
+            return NULL;
+        /* a SimpleQueue's eventfd too, at its number, so that the child's
+         * puts keep it readable for the parent's connection.wait() */
+        if (self->notify_fd >= 0 && cmp_py_spawn_pass_fd(self->notify_fd, 0) < 0)
+            return NULL;
+        long long notify_off =
+            self->notify_armed ? (long long)((char *)self->notify_armed - (char *)self->q) : -1;
+        PyObject *extra = Py_BuildValue("(iLiiL)", self->spill_fd, self->maxsize, (int)self->simple,
+                                        self->notify_fd, notify_off);
+        PyObject *r = extra ? cmp_py_shared_reduce(op, NULL, extra) : NULL;
+        Py_XDECREF(extra);
+        return r;
+    }
     PyObject *name = PyObject_GetAttrString((PyObject *)Py_TYPE(op), "__name__");
     if (!name)
         return NULL;
@@ -730,6 +748,32 @@ static PyObject *Queue_reduce(PyObject *op, PyObject *unused)
                  "%U objects should only be shared between processes through inheritance", name);
     Py_DECREF(name);
     return NULL;
+}
+
+int cmp_py_queue_adopt(PyObject *op, void *mem, PyObject *extra)
+{
+    QueueObject *self = (QueueObject *)op;
+    int spill_fd, simple, notify_fd;
+    long long maxsize, notify_off;
+    self->spill_fd = self->notify_fd = -1;
+    self->notify_armed = NULL;
+    if (!PyArg_ParseTuple(extra, "iLiiL:_rebuild_shared", &spill_fd, &maxsize, &simple, &notify_fd,
+                          &notify_off))
+        return -1;
+    self->q = mem;
+    self->st = cmp_py_state_of_type(Py_TYPE(op));
+    self->maxsize = maxsize;
+    self->simple = (char)simple;
+    if (spill_fd != cmp_ring_spill_fd(cmp_queue_ring(self->q))) {
+        PyErr_SetString(PyExc_ValueError, "queue's spill file did not arrive at its number");
+        return -1;
+    }
+    self->spill_fd = spill_fd;
+    if (notify_fd >= 0 && notify_off > 0) {
+        self->notify_fd = notify_fd;
+        self->notify_armed = (uint32_t *)((char *)self->q + notify_off);
+    }
+    return 0;
 }
 
 /* ---- construction --------------------------------------------------------- */

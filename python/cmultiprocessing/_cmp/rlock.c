@@ -118,7 +118,14 @@ static PyObject *RLock_exit(PyObject *op, PyObject *const *args, Py_ssize_t narg
 static PyObject *RLock_reduce(PyObject *op, PyObject *unused)
 {
     (void)unused;
-    return cmp_py_refuse_pickle(op, "RLock");
+    return cmp_py_shared_reduce(op, "RLock", NULL);
+}
+
+int cmp_py_rlock_adopt(PyObject *op, void *mem, PyObject *extra)
+{
+    (void)extra;
+    ((cmp_py_rlock *)op)->rlock = mem;
+    return 0;
 }
 
 static PyObject *RLock_repr(PyObject *op)

@@ -112,7 +112,14 @@ static PyObject *Sem_get_value(PyObject *op, PyObject *unused)
 static PyObject *Sem_reduce(PyObject *op, PyObject *unused)
 {
     (void)unused;
-    return cmp_py_refuse_pickle(op, NULL);
+    return cmp_py_shared_reduce(op, NULL, NULL);
+}
+
+int cmp_py_semaphore_adopt(PyObject *op, void *mem, PyObject *extra)
+{
+    (void)extra;
+    ((SemObject *)op)->sem = mem;
+    return 0;
 }
 
 static int is_bounded(PyObject *op)

@@ -80,7 +80,33 @@ static Py_ssize_t block_length(block_object *self)
 
 static PyObject *block_reduce(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
-    return cmp_py_refuse_pickle(self, NULL);
+    return cmp_py_shared_reduce(self, NULL, NULL);
+}
+
+/* _shared_block_of(ctypes_object) -> (SharedBlock, offset), or None when
+ * its memory is not in a block of ours: how a spawned child gets a
+ * RawValue/RawArray over the same memory. */
+static PyObject *shared_block_of(PyObject *module, PyObject *obj)
+{
+    cmp_py_state *st = cmp_py_state_of_module(module);
+    Py_buffer view;
+    if (PyObject_GetBuffer(obj, &view, PyBUF_SIMPLE) < 0) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    cmp_shared_t *ref;
+    size_t off;
+    int rc = cmp_shared_find(view.buf, &ref, &off);
+    PyBuffer_Release(&view);
+    if (rc < 0)
+        Py_RETURN_NONE;
+    block_object *b = PyObject_New(block_object, st->SharedBlock_type);
+    if (!b) {
+        cmp_shared_release(ref);
+        return NULL;
+    }
+    b->block = ref;
+    return Py_BuildValue("(Nn)", (PyObject *)b, (Py_ssize_t)off);
 }
 
 static PyMethodDef block_methods[] = {
@@ -839,7 +865,11 @@ static PyObject *sync_exit(sync_object *self, PyObject *const *args, Py_ssize_t 
 
 static PyObject *sync_reduce(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
-    return cmp_py_refuse_pickle(self, NULL);
+    sync_object *s = (sync_object *)self;
+    if (!cmp_py_spawning() || !s->obj)
+        return cmp_py_refuse_pickle(self, NULL);
+    /* the ctypes object and the lock travel as theirs (spawning) */
+    return Py_BuildValue("(O(OO))", (PyObject *)Py_TYPE(self), s->obj, s->lock);
 }
 
 static PyObject *sync_repr(sync_object *self)
@@ -1647,6 +1677,9 @@ static PyMethodDef module_functions[] = {
     {"synchronized", (PyCFunction)(void (*)(void))mod_synchronized, FASTCALL_KW,
      "synchronized(obj, lock=None, ctx=None)\n--\n\n"
      "Wraps a ctypes object in a synchronized wrapper."},
+    {"_shared_block_of", shared_block_of, METH_O,
+     "_shared_block_of(obj)\n--\n\n(SharedBlock, offset) of a ctypes object in the shared heap, "
+     "or None."},
     {"copy", mod_copy, METH_O,
      "copy(obj)\n--\n\nA copy of the ctypes object obj, in shared memory."},
     {NULL, NULL, 0, NULL},
