@@ -753,3 +753,19 @@ def test_dummy_pool(pimpl):
         assert p.map(h.sq, range(4)) == [0, 1, 4, 9]
         assert p.apply(os.getpid) == os.getpid()
         assert drain(p.imap(h.sq, [3])) == [9]
+
+
+def test_pool_with_a_stand_in_context():
+    """pool.Pool(context=<an object whose get_start_method() is not a
+    method name>, e.g. a mock in a test) forks its workers, as the default
+    context does, instead of crashing the interpreter. Ours only: the
+    stdlib's would ask the mock for its Process objects and never start a
+    worker."""
+    import unittest.mock
+    pool_module = importlib.import_module("cmultiprocessing.pool")
+    p = pool_module.Pool(2, context=unittest.mock.MagicMock())
+    try:
+        assert p.map_async(abs, [-1, -2]).get(T) == [1, 2]
+    finally:
+        p.terminate()
+        p.join()

@@ -1904,9 +1904,13 @@ static int Pool_init(PyObject *op, PyObject *args, PyObject *kwds)
         PyObject *name = PyObject_CallMethod(context, "get_start_method", NULL);
         if (!name)
             return -1;
-        method = PyUnicode_CompareWithASCIIString(name, "spawn") == 0        ? CMP_PY_SPAWN
-                 : PyUnicode_CompareWithASCIIString(name, "forkserver") == 0 ? CMP_PY_FORKSERVER
-                                                                             : CMP_PY_FORK;
+        /* anything but a method's name (a stand-in context of a test, a
+         * mock) forks, as the default does */
+        int is_str = PyUnicode_Check(name);
+        method = is_str && PyUnicode_CompareWithASCIIString(name, "spawn") == 0 ? CMP_PY_SPAWN
+                 : is_str && PyUnicode_CompareWithASCIIString(name, "forkserver") == 0
+                     ? CMP_PY_FORKSERVER
+                     : CMP_PY_FORK;
         Py_DECREF(name);
     } else {
         method = cmp_py_context_method();
