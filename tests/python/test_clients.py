@@ -65,8 +65,17 @@ def run_program(tmp_path, source, *args, timeout=60, module_args=None):
 # ---- concurrent.futures.ProcessPoolExecutor ------------------------------
 
 
-def test_executor_submit_map_exception(mp):
-    with cf.ProcessPoolExecutor(2, mp_context=mp) as ex:
+@pytest.fixture(params=["fork", "spawn", "forkserver"])
+def ctx(request, mp):
+    """mp's context of each start method (the executor's mp_context)."""
+    module = importlib.import_module(type(mp).__module__.split(".")[0])
+    if request.param not in module.get_all_start_methods():
+        pytest.skip(f"no {request.param} start method")
+    return module.get_context(request.param)
+
+
+def test_executor_submit_map_exception(ctx):
+    with cf.ProcessPoolExecutor(2, mp_context=ctx) as ex:
         assert ex.submit(square, 7).result(timeout=30) == 49
         assert list(ex.map(square, range(20), timeout=30)) == [i * i for i in range(20)]
         assert list(ex.map(square, range(20), chunksize=6, timeout=30)) == \
@@ -75,23 +84,23 @@ def test_executor_submit_map_exception(mp):
             ex.submit(fail, 3).result(timeout=30)
 
 
-def test_executor_unpicklable_argument_fails_its_future(mp):
+def test_executor_unpicklable_argument_fails_its_future(ctx):
     # the stdlib's feeder thread calls _SafeQueue._on_queue_feeder_error;
     # ours calls it from put(): the future fails, the executor goes on
-    with cf.ProcessPoolExecutor(1, mp_context=mp) as ex:
+    with cf.ProcessPoolExecutor(1, mp_context=ctx) as ex:
         with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
             ex.submit(square, lambda: 1).result(timeout=30)
         assert ex.submit(square, 3).result(timeout=30) == 9
 
 
-def test_executor_initializer(mp):
-    with cf.ProcessPoolExecutor(2, mp_context=mp, initializer=set_global,
+def test_executor_initializer(ctx):
+    with cf.ProcessPoolExecutor(2, mp_context=ctx, initializer=set_global,
                                 initargs=(41,)) as ex:
         assert ex.submit(get_global).result(timeout=30) == 41
 
 
-def test_executor_killed_worker_breaks_the_pool(mp):
-    ex = cf.ProcessPoolExecutor(2, mp_context=mp)
+def test_executor_killed_worker_breaks_the_pool(ctx):
+    ex = cf.ProcessPoolExecutor(2, mp_context=ctx)
     try:
         with pytest.raises(cf.process.BrokenProcessPool):
             ex.submit(die, 0).result(timeout=30)
@@ -101,8 +110,8 @@ def test_executor_killed_worker_breaks_the_pool(mp):
         ex.shutdown(wait=True)
 
 
-def test_executor_shutdown_cancel_futures(mp):
-    ex = cf.ProcessPoolExecutor(1, mp_context=mp)
+def test_executor_shutdown_cancel_futures(ctx):
+    ex = cf.ProcessPoolExecutor(1, mp_context=ctx)
     futures = [ex.submit(pid_after, 0.2) for _ in range(12)]
     ex.shutdown(wait=True, cancel_futures=True)
     cancelled = sum(f.cancelled() for f in futures)
@@ -376,6 +385,35 @@ def test_finalize_with_exitpriority_runs_at_a_childs_end(mp, tmp_path):
     p.join(30)
     assert p.exitcode == 0
     assert open(path).read() == "done"
+
+
+class _Token:
+    pass
+
+
+def append_pid(path):
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()}\n")
+
+
+def test_parents_finalizers_do_not_run_in_a_child(mp, tmp_path):
+    """A Finalize the parent registered (the stdlib's queues and managers
+    use them to close and shut down) is the parent's: a child does not run
+    it when it ends; the parent does, at its own exit."""
+    pkg = type(mp).__module__.split(".")[0]
+    util = importlib.import_module(pkg + ".util")
+    path = str(tmp_path / "ran")
+    token = _Token()
+    fin = util.Finalize(token, append_pid, args=(path,), exitpriority=5)
+    try:
+        p = mp.Process(target=square, args=(2,))
+        p.start()
+        p.join(30)
+        assert p.exitcode == 0
+        assert not os.path.exists(path)
+    finally:
+        fin()
+    assert open(path).read().split() == [str(os.getpid())]
 
 
 class Point:

@@ -39,8 +39,41 @@ static void call_printing(PyObject *fn, PyObject *arg)
     PyErr_Restore(et, ev, tb);
 }
 
+/* 1 unless util.<name> is a dict (or a WeakValueDictionary, whose dict
+ * is .data) known to be empty. A forked child calls into util only when
+ * there is something to run: running its Python code there writes to
+ * pages shared with the parent, and the copies cost a Process start+join
+ * about a third of its time. */
+static int may_hold_entries(const char *name)
+{
+    PyObject *registry = util_function(name);
+    if (!registry)
+        return 0;
+    PyObject *data =
+        PyDict_Check(registry) ? Py_NewRef(registry) : PyObject_GetAttrString(registry, "data");
+    Py_DECREF(registry);
+    if (!data) {
+        PyErr_Clear();
+        return 1;
+    }
+    int may = !PyDict_Check(data) || PyDict_GET_SIZE(data) > 0;
+    Py_DECREF(data);
+    return may;
+}
+
 void cmp_py_util_after_fork(void)
 {
+    /* The parent's finalizers are the parent's: a child that ran them at
+     * its exit would close the parent's queues or shut its managers down
+     * (the stdlib's child clears the registry first thing, too). */
+    if (may_hold_entries("_finalizer_registry")) {
+        PyObject *registry = util_function("_finalizer_registry");
+        if (registry && PyDict_Check(registry))
+            PyDict_Clear(registry);
+        Py_XDECREF(registry);
+    }
+    if (!may_hold_entries("_afterfork_registry"))
+        return;
     PyObject *fn = util_function("_run_after_forkers");
     if (fn)
         call_printing(fn, NULL);
@@ -48,6 +81,8 @@ void cmp_py_util_after_fork(void)
 
 void cmp_py_util_run_finalizers(int minpriority)
 {
+    if (!may_hold_entries("_finalizer_registry"))
+        return;
     PyObject *fn = util_function("_run_finalizers");
     if (!fn)
         return;
