@@ -87,3 +87,16 @@ def use_objects(objs, out):
 def put_after(q, seconds, value):
     time.sleep(seconds)
     q.put(value)
+
+
+import ctypes  # noqa: E402
+
+
+class Pair(ctypes.Structure):
+    _fields_ = [("x", ctypes.c_int), ("y", ctypes.c_double)]
+
+
+def bump_pair(pair):
+    with pair.get_lock():
+        pair.x += 1
+        pair.y *= 2

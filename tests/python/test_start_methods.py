@@ -234,3 +234,17 @@ def test_process_pool_executor_on_the_context(ctx):
     import concurrent.futures as cf
     with cf.ProcessPoolExecutor(1, mp_context=ctx) as ex:
         assert list(ex.map(h.square, range(5), timeout=60)) == [0, 1, 4, 9, 16]
+
+
+def test_synchronized_structure_as_an_argument(ctx):
+    """sharedctypes.synchronized() over a Structure (whose wrapper class,
+    Synchronized<Name>, is made per type) arrives usable, as the same
+    shared memory."""
+    impl = type(ctx).__module__.split(".")[0]
+    sharedctypes = importlib.import_module(impl + ".sharedctypes")
+    pair = sharedctypes.synchronized(sharedctypes.RawValue(h.Pair, 1, 1.5), ctx.RLock())
+    p = ctx.Process(target=h.bump_pair, args=(pair,))
+    p.start()
+    p.join(30)
+    assert p.exitcode == 0
+    assert (pair.x, pair.y) == (2, 3.0)

@@ -868,8 +868,15 @@ static PyObject *sync_reduce(PyObject *self, PyObject *Py_UNUSED(ignored))
     sync_object *s = (sync_object *)self;
     if (!cmp_py_spawning() || !s->obj)
         return cmp_py_refuse_pickle(self, NULL);
-    /* the ctypes object and the lock travel as theirs (spawning) */
-    return Py_BuildValue("(O(OO))", (PyObject *)Py_TYPE(self), s->obj, s->lock);
+    /* the ctypes object and the lock travel as theirs (spawning), and the
+     * child wraps them again as synchronized() does: the per-ctype classes
+     * (Synchronized_Foo for a Structure) cannot be found by name */
+    PyObject *mod = PyImport_ImportModule("cmultiprocessing.sharedctypes");
+    PyObject *fn = mod ? PyObject_GetAttrString(mod, "synchronized") : NULL;
+    Py_XDECREF(mod);
+    if (!fn)
+        return NULL;
+    return Py_BuildValue("(N(OO))", fn, s->obj, s->lock);
 }
 
 static PyObject *sync_repr(sync_object *self)
