@@ -63,15 +63,13 @@ static int may_hold_entries(const char *name)
 
 void cmp_py_util_after_fork(void)
 {
-    /* The parent's finalizers are the parent's: a child that ran them at
-     * its exit would close the parent's queues or shut its managers down
-     * (the stdlib's child clears the registry first thing, too). */
-    if (may_hold_entries("_finalizer_registry")) {
-        PyObject *registry = util_function("_finalizer_registry");
-        if (registry && PyDict_Check(registry))
-            PyDict_Clear(registry);
-        Py_XDECREF(registry);
-    }
+    /* The parent's finalizers are the parent's (each would ignore a call
+     * from another process anyway): the child forgets them first thing,
+     * as the stdlib's does, so that its exit does not look at them. */
+    PyObject *finalizers = util_function("_finalizer_registry");
+    if (finalizers && PyDict_Check(finalizers) && PyDict_GET_SIZE(finalizers) > 0)
+        PyDict_Clear(finalizers);
+    Py_XDECREF(finalizers);
     if (!may_hold_entries("_afterfork_registry"))
         return;
     PyObject *fn = util_function("_run_after_forkers");
