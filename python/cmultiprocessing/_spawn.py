@@ -161,6 +161,13 @@ def _pickle_for_child(buf, prep, process, parent_fd):
     _cmp._spawning_begin()
     context.set_spawning_popen(_SpawningPopen(prep.get("start_method")))
     try:
+        # the child joins this program's resource tracker (if it runs), as
+        # a forked child does: a segment it attaches is the program's, not
+        # a program of its own's, which would warn it leaked at the end
+        tracker_fd = _cmp._tracker_fd()
+        if tracker_fd >= 0:
+            _cmp._spawn_pass_fd(tracker_fd)
+            prep["tracker_fd"] = tracker_fd
         pickler = _ChildPickler(buf, pickle.HIGHEST_PROTOCOL)
         pickler.dump(prep)
         pickler.clear_memo()  # the child loads each with a fresh memo
@@ -287,6 +294,8 @@ def prepare(data):
     if data.get("alias"):
         from .__main__ import alias_multiprocessing
         alias_multiprocessing()
+    if "tracker_fd" in data:
+        _cmp._tracker_adopt(data["tracker_fd"])
     cur = _cmp.current_process()
     if "name" in data:
         cur.name = data["name"]

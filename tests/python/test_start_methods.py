@@ -248,3 +248,38 @@ def test_synchronized_structure_as_an_argument(ctx):
     p.join(30)
     assert p.exitcode == 0
     assert (pair.x, pair.y) == (2, 3.0)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("method", METHODS)
+def test_segment_attached_in_a_child_is_not_reported_leaked(impl, method, tmp_path):
+    """A spawned child that attaches to its parent's segment joins the
+    parent's resource tracker: once the parent unlinks it, nobody warns
+    that it leaked."""
+    script = tmp_path / "prog.py"
+    script.write_text(textwrap.dedent(f"""
+        from concurrent.futures import ProcessPoolExecutor
+        import {impl} as mp
+        from {impl} import shared_memory
+
+        def attach(name):
+            s = shared_memory.SharedMemory(name=name)
+            s.buf[0] = 7
+            s.close()
+
+        if __name__ == "__main__":
+            ctx = mp.get_context({method!r})
+            shm = shared_memory.SharedMemory(create=True, size=64)
+            with ProcessPoolExecutor(2, mp_context=ctx) as ex:
+                list(ex.map(attach, [shm.name] * 4))
+            assert shm.buf[0] == 7
+            shm.close()
+            shm.unlink()
+            print("done")
+        """))
+    env = dict(os.environ, PYTHONPATH=os.path.abspath(PKG_DIR))
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                       timeout=60, env=env, cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "done"
+    assert "leaked" not in r.stderr, r.stderr
