@@ -114,27 +114,34 @@ typedef struct cmp_ring {
     int32_t spill_fd;   /* overflow file, -1 = none (see "Message ring") */
     uint32_t pad0[10];
     /* producer side (own cache line) */
-    uint64_t tail;          /* published write position | message count */
-    cmp_lock_t plock;       /* held by the producer putting a message */
-    uint64_t spill_tail;    /* published spill write position | count */
-    uint32_t pstream;       /* 1 while a streamed message is half written */
-    uint32_t space_seq;     /* futex word: bumped when space was freed */
-    uint32_t space_waiters; /* the producer sleeping for space (0 or 1) */
-    uint32_t sgate;         /* a queue's stream in flight: open/taken/aborted */
-    uint32_t prod_cpu;      /* the last publishing producer's CPU + 1 (a hint) */
-    uint32_t space_spin_ns; /* adaptive spin budget of a wait for space (a hint) */
-    uint32_t pad1[4];
+    uint64_t tail;            /* published write position | message count */
+    cmp_lock_t plock;         /* held by the producer putting a message */
+    uint64_t spill_tail;      /* published spill write position | count */
+    uint64_t head_seen;       /* head as a producer last loaded it (a hint) */
+    uint64_t spill_head_seen; /* spill_head as a producer last loaded it */
+    uint32_t pstream;         /* 1 while a streamed message is half written */
+    uint32_t sgate;           /* a queue's stream in flight: open/taken/aborted */
+    uint32_t prod_cpu;        /* the last publishing producer's CPU + 1 (a hint) */
+    uint32_t space_spin_ns;   /* adaptive spin budget of a wait for space (a hint) */
+    uint32_t pad1[2];
     /* consumer side (own cache line) */
     uint64_t head;         /* consumed position | message count */
     cmp_lock_t clock;      /* held by the consumer getting a message */
     uint64_t spill_head;   /* consumed spill position | count */
     uint64_t spill_freed;  /* spill pages below this are given back */
-    uint32_t data_seq;     /* futex word: bumped when data was published */
-    uint32_t data_waiters; /* the consumer sleeping for data (0 or 1) */
+    uint64_t tail_seen;    /* tail as a consumer last loaded it (a hint) */
     uint32_t data_wanted;  /* a consumer is waiting for a message (0 or 1) */
     uint32_t cons_cpu;     /* the last consuming consumer's CPU + 1 (a hint) */
     uint32_t data_spin_ns; /* adaptive spin budget of a wait for data (a hint) */
     uint32_t pad2[3];
+    /* sleepers (own cache line, written only by a side going to sleep and
+     * by its waker, so that checking for a sleeper after every put and get
+     * reads a line that stays in the checker's cache) */
+    uint32_t data_seq;      /* futex word: bumped when data was published */
+    uint32_t data_waiters;  /* the consumer sleeping for data (0 or 1) */
+    uint32_t space_seq;     /* futex word: bumped when space was freed */
+    uint32_t space_waiters; /* the producer sleeping for space (0 or 1) */
+    uint32_t pad3[12];
 } cmp_ring_t;
 
 /* Queue: a ring plus the counters of a joinable queue. Followed directly by
@@ -1128,16 +1135,16 @@ typedef void (*cmp_pool_fork_fn)(void *arg, int phase);
 enum { CMP_POOL_FORK_BEFORE, CMP_POOL_FORK_PARENT, CMP_POOL_FORK_CHILD };
 
 typedef struct cmp_pool_options {
-    unsigned workers;           /* 0: the CPUs this process may run on */
-    cmp_pool_task_fn task;      /* required */
-    cmp_pool_init_fn init;      /* NULL: none */
-    cmp_pool_wait_fn wait_hook; /* NULL: none */
-    cmp_pool_fork_fn fork_hook; /* NULL: none */
-    void *arg;                  /* given to the functions above */
-    uint64_t max_tasks;         /* a worker is replaced after this many; 0: never */
-    unsigned depth;             /* tasks queued at a worker beyond the one it runs;
-                                   0: the default, 2. Short tasks (a few µs) are
-                                   queued deeper, up to 16 or ~50 µs of work */
+    unsigned workers;             /* 0: the CPUs this process may run on */
+    cmp_pool_task_fn task;        /* required */
+    cmp_pool_init_fn init;        /* NULL: none */
+    cmp_pool_wait_fn wait_hook;   /* NULL: none */
+    cmp_pool_fork_fn fork_hook;   /* NULL: none */
+    void *arg;                    /* given to the functions above */
+    uint64_t max_tasks;           /* a worker is replaced after this many; 0: never */
+    unsigned depth;               /* tasks queued at a worker beyond the one it runs;
+                                     0: the default, 2. Short tasks (a few µs) are
+                                     queued deeper, up to 16 or ~50 µs of work */
     cmp_ring_alloc_fn task_alloc; /* NULL: none. See CMP_POOL_OWN_TASK_MIN */
     /* NULL: workers are forks of the pool's process. Else it starts worker
      * index of pool as a process of its own making (a new program, a fork

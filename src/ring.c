@@ -122,9 +122,10 @@ const struct timespec cmp_nowait = {0, 0};
 
 /* The data area follows the header; producer and consumer fields sit on
  * cache lines of their own. */
-_Static_assert(sizeof(cmp_ring_t) == 192, "cmp_ring_t layout");
+_Static_assert(sizeof(cmp_ring_t) == 256, "cmp_ring_t layout");
 _Static_assert(offsetof(cmp_ring_t, tail) == 64, "cmp_ring_t layout");
 _Static_assert(offsetof(cmp_ring_t, head) == 128, "cmp_ring_t layout");
+_Static_assert(offsetof(cmp_ring_t, data_seq) == 192, "cmp_ring_t layout");
 _Static_assert(offsetof(cmp_queue_t, ring) == 64, "cmp_queue_t layout");
 
 #define POS_BITS 36
@@ -577,11 +578,10 @@ enum { NOWHERE = 0, TO_RING = 1, TO_SPILL = 2, RING_FULL = 3 };
 /* Where a record can go now. need: its bytes in the ring, 0 when it may not
  * go there; slot: it starts a message (counts against max_count); sneed: its
  * bytes in the spill, 0 when it may not go there. */
-static int place(struct prod *p, uint64_t need, int slot, uint64_t sneed)
+static int place_at(struct prod *p, uint64_t h, uint64_t sh, uint64_t need, int slot,
+                    uint64_t sneed)
 {
     cmp_ring_t *r = p->r;
-    uint64_t h = cmp__load64_acquire(&r->head);
-    uint64_t sh = cmp__load64_acquire(&r->spill_head);
     uint64_t scount = (CNT(p->st) - CNT(sh)) & CNT_MASK;
     if (slot && r->max_count && ((CNT(p->t) - CNT(h)) & CNT_MASK) + scount >= r->max_count)
         return NOWHERE;
@@ -598,6 +598,32 @@ static int place(struct prod *p, uint64_t need, int slot, uint64_t sneed)
             return ring_ok ? RING_FULL : TO_SPILL;
     }
     return NOWHERE;
+}
+
+/* place_at() with the consumer's positions as a producer last loaded them
+ * (head_seen, spill_head_seen: in the producer's own cache line), and only
+ * if they do not show room in the ring, with the positions themselves: a
+ * put into a ring with room then reads no line the consumer writes. The
+ * hints are older than the positions, which only grow, so they
+ * underestimate the room and overestimate the count: never a wrong
+ * TO_RING. A stale spill_head_seen equal to our spill tail means empty:
+ * only producers (under the lock we hold) add to the spill. They are
+ * written under the producer lock, and were loaded with acquire by the
+ * producer that wrote them, which released that lock after: a consumer's
+ * reads before the head it published happen before our writes. */
+static int place(struct prod *p, uint64_t need, int slot, uint64_t sneed)
+{
+    cmp_ring_t *r = p->r;
+    uint64_t h = cmp__load64_relaxed(&r->head_seen);
+    uint64_t sh = cmp__load64_relaxed(&r->spill_head_seen);
+    int w = place_at(p, h, sh, need, slot, sneed);
+    if (w == TO_RING)
+        return w;
+    h = cmp__load64_acquire(&r->head);
+    sh = cmp__load64_acquire(&r->spill_head);
+    cmp__store64_relaxed(&r->head_seen, h);
+    cmp__store64_relaxed(&r->spill_head_seen, sh);
+    return place_at(p, h, sh, need, slot, sneed);
 }
 
 /* Holding the producer lock, waits until place() finds room; returns where,
@@ -1078,8 +1104,19 @@ struct cons {
  * then the ring's: see "Order". */
 static int avail(const struct cons *c)
 {
-    uint64_t st = cmp__load64_acquire(&c->r->spill_tail);
-    if (POS(cmp__load64_acquire(&c->r->tail)) != POS(c->h))
+    cmp_ring_t *r = c->r;
+    /* The tail as a consumer last loaded it (in the consumer's own cache
+     * line): while it is ahead of us there is a ring record to take (ring
+     * records come before spill records), and the producer's line is not
+     * read. Only a position at most a ring's capacity ahead counts: one a
+     * consumer that did not store the hint has passed is behind us. */
+    uint64_t ahead = (POS(cmp__load64_relaxed(&r->tail_seen)) - POS(c->h)) & POS_MASK;
+    if (ahead != 0 && ahead <= r->capacity)
+        return 1;
+    uint64_t st = cmp__load64_acquire(&r->spill_tail);
+    uint64_t t = cmp__load64_acquire(&r->tail);
+    cmp__store64_relaxed(&r->tail_seen, t);
+    if (POS(t) != POS(c->h))
         return 1;
     return POS(st) != POS(c->sh) ? 2 : 0;
 }
