@@ -390,6 +390,32 @@ def test_map_big_numpy_arrays_arrive_writable_and_whole(pmp):
     assert (again[0] == arrays[0] * 2.0).all()
 
 
+def test_big_arrays_a_worker_keeps_stay_intact(pmp):
+    """A worker that keeps the arrays of its earlier tasks (in a global)
+    still sees each of them whole after later big tasks arrive, of the
+    same size, smaller and larger: a new task is never received into
+    memory an earlier one's arrays still use."""
+    numpy = pytest.importorskip("numpy")
+    sizes = [1 << 17, 1 << 17, 1 << 16, 1 << 18, 1 << 17]
+    arrays = [numpy.full(n, float(i + 1)) for i, n in enumerate(sizes)]
+    with started(pmp.Pool, 1) as p:
+        got = p.map(h.keep_and_sum_kept, arrays, 1)
+    expected = [float(a.sum()) for a in arrays]
+    for i, sums in enumerate(got):
+        assert sums == expected[: i + 1]
+
+
+def test_big_arrays_of_changing_sizes_arrive_whole(pmp):
+    """Big tasks one after the other in one worker, growing and shrinking,
+    each dropped after its task: every one arrives with its own values."""
+    numpy = pytest.importorskip("numpy")
+    sizes = [1 << 18, 1 << 18, 1 << 16, 1 << 19, 1 << 17, 1 << 18, 1 << 18]
+    arrays = [numpy.arange(n, dtype=numpy.float64) * (i + 1) for i, n in enumerate(sizes)]
+    with started(pmp.Pool, 1) as p:
+        got = p.map(h.np_sum, arrays, 1)
+    assert got == [float(a.sum()) for a in arrays]
+
+
 # -- imap, imap_unordered ---------------------------------------------------
 
 @pytest.mark.parametrize("chunksize", [1, 3])
