@@ -614,6 +614,12 @@ def manager_start(mp, n):
     return _per_cycle(n, lambda: mp.Manager().shutdown())
 
 
+# A manager's server is one fork of this process, which has grown by now
+# (every earlier row ran in it): the same bare fork+exit+wait as the
+# Process row's floor, measured here.
+scenario("  (floor: one bare fork, here)", "ms", None)(_bare_fork)
+
+
 def _mgr_updater(d, base, k):
     for i in range(k):
         d[base + i % 64] = i
