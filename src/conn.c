@@ -52,6 +52,33 @@ int cmp__fd_wait(int fd, short events, const struct timespec *deadline)
 
 /* ---- fd transport ---------------------------------------------------- */
 
+/* Waits for events on a socket as cmp__fd_wait does, polling it without
+ * blocking for a while first (spin.h) when the wait is not a non-blocking
+ * attempt. A message larger than the socket's buffer moves in steps, each
+ * a wait for the peer to make room or send more: the peer usually does
+ * within microseconds, and a sleep there costs a wake-up each step (on an
+ * idle machine the CPU's way back from idle, tens of microseconds). budget:
+ * the calling thread's, per direction. */
+static int sock_wait(int fd, short events, const struct timespec *deadline, uint32_t *budget)
+{
+    struct cmp__spin spin;
+    if ((!deadline || deadline->tv_sec || deadline->tv_nsec) &&
+        cmp__spin_begin(&spin, budget, NULL, deadline)) {
+        int got = 0;
+        do {
+            struct pollfd p = {.fd = fd, .events = events};
+            if (poll(&p, 1, 0) != 0) {
+                got = 1; /* ready, or an error the real call will see */
+                break;
+            }
+        } while (cmp__spin_check(&spin));
+        cmp__spin_end(&spin, budget, got);
+        if (got)
+            return 0;
+    }
+    return cmp__fd_wait(fd, events, deadline);
+}
+
 static int fd_send(cmp_conn_t *c, const void *buf, size_t len, uint64_t *progress,
                    const struct timespec *deadline)
 {
@@ -84,7 +111,7 @@ static int fd_send(cmp_conn_t *c, const void *buf, size_t len, uint64_t *progres
             /* MSG_NOSIGNAL: a gone reader is -EPIPE, not a process-killing
              * SIGPIPE in a C program that did not ignore it. */
             struct msghdr msg = {.msg_iov = iov, .msg_iovlen = (size_t)n};
-            w = sendmsg(c->fd, &msg, MSG_NOSIGNAL | (deadline ? MSG_DONTWAIT : 0));
+            w = sendmsg(c->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
         } else {
             if (deadline && (err = cmp__fd_wait(c->fd, POLLOUT, deadline)) < 0)
                 break;
@@ -93,7 +120,12 @@ static int fd_send(cmp_conn_t *c, const void *buf, size_t len, uint64_t *progres
         if (w < 0) {
             err = -errno;
             if (err == -EAGAIN || err == -EWOULDBLOCK) {
-                if ((err = cmp__fd_wait(c->fd, POLLOUT, deadline)) < 0)
+                static __thread uint32_t room_budget = CMP__SPIN_MAX_NS;
+                err = sock ? sock_wait(c->fd, POLLOUT, deadline, &room_budget)
+                           : cmp__fd_wait(c->fd, POLLOUT, deadline);
+                if (err == -EINTR && !deadline && !progress && done > 0)
+                    continue; /* as a blocking send would: finish the message */
+                if (err < 0)
                     break;
                 continue;
             }
@@ -105,8 +137,10 @@ static int fd_send(cmp_conn_t *c, const void *buf, size_t len, uint64_t *progres
         done += (uint64_t)w;
         /* A blocking fd writes everything unless a signal cuts the write
          * short: report it, so that a caller waiting on a stuck reader gets
-         * to run its handlers (Ctrl-C) instead of blocking again. */
-        if (progress && !deadline && done < total &&
+         * to run its handlers (Ctrl-C) instead of blocking again. (A socket
+         * is written without blocking: a short write is a full buffer, and
+         * a signal interrupts the wait for room above.) */
+        if (!sock && progress && !deadline && done < total &&
             (size_t)w < iov[0].iov_len + (n > 1 ? iov[1].iov_len : 0)) {
             err = -EINTR;
             break;
@@ -124,8 +158,9 @@ static int fd_send(cmp_conn_t *c, const void *buf, size_t len, uint64_t *progres
  * peer consumes what this side sent (unix_write_space) the reader is woken
  * for nothing, a context switch per message in a request/reply exchange;
  * poll() waiters are woken only for the events they asked for. */
-static ssize_t fd_read(cmp_conn_t *c, void *p, size_t n, const struct timespec *deadline)
+static ssize_t fd_read(cmp_conn_t *c, void *p, size_t n, int mid, const struct timespec *deadline)
 {
+    static __thread uint32_t rest_budget = CMP__SPIN_MAX_NS;
     int sock = (c->flags & CMP__CONN_SOCKET) != 0;
     for (;;) {
         ssize_t k;
@@ -142,7 +177,10 @@ static ssize_t fd_read(cmp_conn_t *c, void *p, size_t n, const struct timespec *
         int err = -errno;
         if (err != -EAGAIN && err != -EWOULDBLOCK)
             return err;
-        int r = cmp__fd_wait(c->fd, POLLIN, deadline);
+        /* mid-message, the rest is usually on its way (see sock_wait); at
+         * a message's start fd_recv has spun already */
+        int r = sock && mid ? sock_wait(c->fd, POLLIN, deadline, &rest_budget)
+                            : cmp__fd_wait(c->fd, POLLIN, deadline);
         if (r < 0)
             return r;
     }
@@ -185,7 +223,7 @@ static int fd_recv(cmp_conn_t *c, cmp_conn_rx_t *rx, uint64_t maxlen, cmp_conn_a
             hlen = LARGE_HDR;
         if (rx->done >= hlen)
             break;
-        ssize_t k = fd_read(c, rx->hdr + rx->done, hlen - rx->done, deadline);
+        ssize_t k = fd_read(c, rx->hdr + rx->done, hlen - rx->done, rx->done > 0, deadline);
         if (k < 0)
             return (int)k;
         if (k == 0)
@@ -239,7 +277,7 @@ static int fd_recv(cmp_conn_t *c, cmp_conn_rx_t *rx, uint64_t maxlen, cmp_conn_a
             rx->buf = p;
             rx->room = want;
         }
-        ssize_t k = fd_read(c, (char *)rx->buf + got, (size_t)(rx->room - got), deadline);
+        ssize_t k = fd_read(c, (char *)rx->buf + got, (size_t)(rx->room - got), 1, deadline);
         if (k < 0)
             return (int)k;
         if (k == 0)
