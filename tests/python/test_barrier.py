@@ -235,7 +235,7 @@ def test_sigint_interrupts_wait(mp):
     wait_until(lambda: b.n_waiting == 1)
     code, took = sigint_and_join(p)
     assert code == 7
-    assert took < 0.5
+    assert took < 5.0  # interrupted, not run to its 20 s timeout (loose: CI may be loaded)
 
 
 # --- beyond the stdlib ------------------------------------------------------

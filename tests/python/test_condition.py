@@ -165,7 +165,7 @@ def test_sigint_interrupts_wait(mp):
     time.sleep(0.05)
     code, took = sigint_and_join(pid)
     assert code == 7
-    assert took < 0.5
+    assert took < 5.0  # interrupted, not run to its 20 s timeout (loose: CI may be loaded)
     os.close(r)
     os.close(w)
 

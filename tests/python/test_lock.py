@@ -159,7 +159,7 @@ def test_sigint_interrupts_blocked_acquire(mp):
     time.sleep(0.1)  # let it block
     code, took = sigint_and_join(pid)
     assert code == 7
-    assert took < 0.5
+    assert took < 5.0  # interrupted, not run to its 20 s timeout (loose: CI may be loaded)
     lock.release()
     os.close(r)
     os.close(w)

@@ -113,7 +113,7 @@ def test_sigint_interrupts_blocked_acquire(mp):
     time.sleep(0.1)
     code, took = sigint_and_join(pid)
     assert code == 7
-    assert took < 0.5
+    assert took < 5.0  # interrupted, not run to its 20 s timeout (loose: CI may be loaded)
     rlock.release()
     os.close(r)
     os.close(w)
