@@ -422,7 +422,11 @@ int cmp_event_wait(cmp_event_t *event, const struct timespec *deadline);
  * the waiters re-acquire (as a notifier usually does; -EPERM otherwise):
  * the granted sleepers are moved to that lock's queue instead of being
  * woken ("wait morphing"), so each runs once the lock is free rather than
- * waking only to find it still held and sleeping again on the lock. */
+ * waking only to find it still held and sleeping again on the lock. With
+ * notify_rlock, a few sleepers are woken instead by the RLock's next full
+ * release in the calling thread (cmp_rlock_release to count 0,
+ * cmp_rlock_release_all, a wait on it), which costs the notify no system
+ * call; the condition must then stay valid until that release. */
 void cmp_cond_init(cmp_cond_t *cond);
 int cmp_cond_wait_lock(cmp_cond_t *cond, cmp_lock_t *lock, const struct timespec *deadline);
 int cmp_cond_wait_rlock(cmp_cond_t *cond, cmp_rlock_t *rlock, const struct timespec *deadline);

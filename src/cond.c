@@ -40,6 +40,19 @@
  * waiters go to sleep; ten wake-ups a second cost an idle waiter ~0.01 %
  * of a core).
  *
+ * Deferred wake. Morphing still costs the notifier a system call (the
+ * requeue) on top of the release's wake. When the lock is an RLock, which
+ * only its owner releases, a notify granting one wake-up to a sleeping
+ * waiter makes no system call at all: the grant and seq are published as
+ * always (a waiter still spinning sees them), and the notifying thread
+ * notes (thread-locally) that the RLock's next full release is to wake the
+ * waiter on seq. The waiter could not have run before that release anyway:
+ * it must take the lock back. One hand-off is then one wake and one sleep,
+ * as through a semaphore. If the owner dies holding the RLock, the waiter's
+ * own recheck (CMP__OWNER_CHECK_NS) finds its grant, as for a moved one.
+ * One note per thread; a notify that finds it taken for another condition
+ * or lock morphs as before.
+ *
  * `sleepers` counts the waiters inside the futex wait, so that a notify
  * whose waiters are all still spinning makes no system call (Dekker pair
  * with seq: the sleeper counts itself, fences, and the kernel rechecks seq;
@@ -153,9 +166,50 @@ int cmp_cond_sleep(cmp_cond_t *cond, uint32_t ticket, const struct timespec *dea
     }
 }
 
+/* The deferred wake-up this thread owes (see "Deferred wake"). */
+__thread const cmp_rlock_t *cmp__cond_deferred_rlock;
+static __thread cmp_cond_t *deferred_cond;
+static __thread int deferred_n;
+
+/* At most this many wake-ups wait for one release: more waiters are moved
+ * to the lock, which wakes them one by one, not all at once. */
+#define DEFERRED_MAX 4
+
+void cmp__cond_flush_deferred(void)
+{
+    cmp_cond_t *cond = deferred_cond;
+    int n = deferred_n;
+    cmp__cond_deferred_rlock = NULL;
+    deferred_cond = NULL;
+    deferred_n = 0;
+    /* seq moved at the notify: a waiter not yet asleep sees it in its futex
+     * wait and does not sleep, so only counted sleepers need the call */
+    cmp__fence_seq_cst();
+    if (cmp__load_relaxed(&cond->sleepers))
+        cmp__futex_wake(&cond->seq, n);
+}
+
+/* Notes a wake-up of cond for rlock's release; 0 when the note is taken. */
+static int defer(cmp_cond_t *cond, const cmp_rlock_t *rlock, int granted)
+{
+    if (cmp__cond_deferred_rlock == NULL && granted <= DEFERRED_MAX) {
+        deferred_cond = cond;
+        deferred_n = granted;
+        cmp__cond_deferred_rlock = rlock;
+        return 1;
+    }
+    if (cmp__cond_deferred_rlock == rlock && deferred_cond == cond &&
+        deferred_n + granted <= DEFERRED_MAX) {
+        deferred_n += granted;
+        return 1;
+    }
+    return 0;
+}
+
 /* Grants up to n wake-ups; lock (may be NULL) is one the caller holds,
- * to move the sleepers to. */
-static int notify(cmp_cond_t *cond, uint32_t n, cmp_lock_t *lock)
+ * to move the sleepers to; rlock (may be NULL) the RLock it is the base of,
+ * whose release may then wake them. */
+static int notify(cmp_cond_t *cond, uint32_t n, cmp_lock_t *lock, const cmp_rlock_t *rlock)
 {
     if (n == 0)
         return 0;
@@ -176,6 +230,8 @@ static int notify(cmp_cond_t *cond, uint32_t n, cmp_lock_t *lock)
     cmp__fence_seq_cst();
     if (cmp__load_relaxed(&cond->sleepers) == 0)
         return granted; /* every waiter is still spinning or on its way */
+    if (rlock && defer(cond, rlock, granted))
+        return granted;
     if (lock) {
         /* published before any sleeper can be moved, so the one that wakes
          * on the lock marks it for the others */
@@ -192,26 +248,26 @@ static int notify(cmp_cond_t *cond, uint32_t n, cmp_lock_t *lock)
 
 int cmp_cond_notify(cmp_cond_t *cond, uint32_t n)
 {
-    return notify(cond, n, NULL);
+    return notify(cond, n, NULL, NULL);
 }
 
 int cmp_cond_notify_all(cmp_cond_t *cond)
 {
-    return notify(cond, UINT32_MAX, NULL);
+    return notify(cond, UINT32_MAX, NULL, NULL);
 }
 
 int cmp_cond_notify_lock(cmp_cond_t *cond, cmp_lock_t *lock, uint32_t n)
 {
     if (!cmp_lock_is_mine(lock))
         return -EPERM;
-    return notify(cond, n, lock);
+    return notify(cond, n, lock, NULL);
 }
 
 int cmp_cond_notify_rlock(cmp_cond_t *cond, cmp_rlock_t *rlock, uint32_t n)
 {
     if (!cmp_rlock_is_mine(rlock))
         return -EPERM;
-    return notify(cond, n, &rlock->lock);
+    return notify(cond, n, &rlock->lock, rlock);
 }
 
 void cmp_cond_relocked(cmp_cond_t *cond, cmp_lock_t *lock)

@@ -38,6 +38,18 @@ uint32_t *cmp__lock_futex_word(cmp_lock_t *lock);
  * wakes one. */
 void cmp__lock_mark_waiters(cmp_lock_t *lock);
 
+/* The condition variable's deferred wake-up (cond.c): a notify made while
+ * holding an RLock wakes its waiter when that RLock is released, from the
+ * release itself. An RLock's full release calls this; inline, since it is
+ * on every release and nearly always one thread-local load. */
+extern __thread const cmp_rlock_t *cmp__cond_deferred_rlock;
+void cmp__cond_flush_deferred(void);
+static inline void cmp__cond_released(const cmp_rlock_t *rlock)
+{
+    if (cmp__cond_deferred_rlock == rlock)
+        cmp__cond_flush_deferred();
+}
+
 /* Earlier of two deadlines (NULL = infinity). */
 const struct timespec *cmp__deadline_min(const struct timespec *a, const struct timespec *b);
 /* 1 if deadline is non-NULL and has passed. */

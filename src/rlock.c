@@ -107,7 +107,9 @@ int cmp_rlock_release(cmp_rlock_t *rlock)
     cmp__store_relaxed(&rlock->owner, 0);
     /* the release in cmp_lock_release publishes the two stores above (and
      * everything done under the lock) to the next owner */
-    return cmp_lock_release(&rlock->lock);
+    int rc = cmp_lock_release(&rlock->lock);
+    cmp__cond_released(rlock);
+    return rc;
 }
 
 int cmp_rlock_release_all(cmp_rlock_t *rlock)
@@ -118,6 +120,7 @@ int cmp_rlock_release_all(cmp_rlock_t *rlock)
     cmp__store_relaxed(&rlock->count, 0);
     cmp__store_relaxed(&rlock->owner, 0);
     int rc = cmp_lock_release(&rlock->lock);
+    cmp__cond_released(rlock);
     if (rc < 0)
         return rc;
     return c > INT32_MAX ? INT32_MAX : (int)c;

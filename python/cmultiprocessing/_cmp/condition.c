@@ -47,7 +47,10 @@ static cmp_lock_t *base_lock(cmp_py_condition *self)
  * granted a wake-up run once it is released (cmp_cond_notify_lock). */
 static void notify_held(cmp_py_condition *self, uint32_t n)
 {
-    if (cmp_cond_notify_lock(self->cond, base_lock(self), n) < 0)
+    int rc = self->is_rlock
+                 ? cmp_cond_notify_rlock(self->cond, ((cmp_py_rlock *)self->lock)->rlock, n)
+                 : cmp_cond_notify_lock(self->cond, base_lock(self), n);
+    if (rc < 0)
         cmp_cond_notify(self->cond, n); /* another thread of ours holds it */
 }
 
