@@ -149,4 +149,48 @@ static inline pid_t sync_spawn_cond_waiter(const struct sync_cond_objects *o, in
     _exit(rc == 0 ? 0 : rc == -ETIMEDOUT ? 3 : 5);
 }
 
+/* A waiter with no deadline, and a notifier that grants it its wake-up
+ * holding the lock (notify_lock) or the rlock (notify_rlock) and is then
+ * SIGKILLed holding it: the waiter must still return, taking the lock over
+ * (it rechecks every CMP__OWNER_CHECK_NS while moved or owed a deferred
+ * wake-up). */
+static inline void sync_check_dead_notifier(const struct sync_cond_objects *o, int use_rlock)
+{
+    pid_t waiter = test_fork();
+    cr_assert(waiter >= 0);
+    if (waiter == 0) {
+        int rc;
+        if (use_rlock) {
+            cmp_rlock_acquire(o->rlock, NULL);
+            __atomic_fetch_add(o->ready, 1, __ATOMIC_ACQ_REL);
+            rc = cmp_cond_wait_rlock(o->cond, o->rlock, NULL);
+        } else {
+            cmp_lock_acquire(o->lock, NULL);
+            __atomic_fetch_add(o->ready, 1, __ATOMIC_ACQ_REL);
+            rc = cmp_cond_wait_lock(o->cond, o->lock, NULL);
+        }
+        _exit(rc == CMP_OWNER_DIED ? 0 : 10 + (rc < 0 ? -rc : rc));
+    }
+    sync_wait_registered(o->cond, 1, 10);
+    sync_sleep(0.1); /* into its futex sleep */
+    pid_t notifier = test_fork();
+    cr_assert(notifier >= 0);
+    if (notifier == 0) {
+        int n =
+            use_rlock
+                ? (cmp_rlock_acquire(o->rlock, NULL), cmp_cond_notify_rlock(o->cond, o->rlock, 1))
+                : (cmp_lock_acquire(o->lock, NULL), cmp_cond_notify_lock(o->cond, o->lock, 1));
+        if (n != 1)
+            _exit(2);
+        kill(getpid(), SIGKILL);
+        _exit(3);
+    }
+    int status;
+    cr_assert_eq(waitpid(notifier, &status, 0), notifier);
+    cr_assert(WIFSIGNALED(status));
+    double t0 = sync_now();
+    sync_reap_ok(waiter);
+    cr_assert(sync_now() - t0 < 5.0);
+}
+
 #endif

@@ -5,8 +5,6 @@
  * dies holding the RLock still lets its waiter return. */
 #include "sync_helpers.h"
 
-#include <signal.h>
-#include <sys/wait.h>
 
 struct deferred_shared {
     cmp_lock_t lock; /* unused: sync_cond_objects wants one */
@@ -103,29 +101,6 @@ Test(cond_deferred, notify_then_wait_hands_off, .timeout = 30)
 Test(cond_deferred, waiter_survives_a_dead_notifier, .timeout = 20)
 {
     struct deferred_shared *s = new_shared();
-    pid_t waiter = test_fork();
-    cr_assert(waiter >= 0);
-    if (waiter == 0) {
-        cmp_rlock_acquire(&s->rlock, NULL);
-        __atomic_fetch_add(&s->ready, 1, __ATOMIC_ACQ_REL);
-        int rc = cmp_cond_wait_rlock(&s->cond, &s->rlock, NULL);
-        _exit(rc == CMP_OWNER_DIED ? 0 : 10 + (rc < 0 ? -rc : rc));
-    }
-    sync_wait_registered(&s->cond, 1, 10);
-    let_them_sleep();
-    pid_t notifier = test_fork();
-    cr_assert(notifier >= 0);
-    if (notifier == 0) {
-        cmp_rlock_acquire(&s->rlock, NULL);
-        if (cmp_cond_notify_rlock(&s->cond, &s->rlock, 1) != 1)
-            _exit(2);
-        kill(getpid(), SIGKILL);
-        _exit(3);
-    }
-    int status;
-    cr_assert_eq(waitpid(notifier, &status, 0), notifier);
-    cr_assert(WIFSIGNALED(status));
-    double t0 = sync_now();
-    sync_reap_ok(waiter);
-    cr_assert(sync_now() - t0 < 5.0);
+    struct sync_cond_objects o = {&s->cond, &s->lock, &s->rlock, &s->ready, &s->woken};
+    sync_check_dead_notifier(&o, 1);
 }

@@ -193,31 +193,8 @@ Test(cond_morph, herd_with_lock_contenders, .timeout = 90)
 Test(cond_morph, moved_waiter_survives_a_dead_notifier, .timeout = 20)
 {
     struct morph_shared *s = new_shared();
-    pid_t waiter = test_fork();
-    cr_assert(waiter >= 0);
-    if (waiter == 0) {
-        cmp_lock_acquire(&s->lock, NULL);
-        __atomic_fetch_add(&s->ready, 1, __ATOMIC_ACQ_REL);
-        int rc = cmp_cond_wait_lock(&s->cond, &s->lock, NULL);
-        _exit(rc == CMP_OWNER_DIED ? 0 : 10 + (rc < 0 ? -rc : rc));
-    }
-    sync_wait_registered(&s->cond, 1, 10);
-    let_them_sleep();
-    pid_t notifier = test_fork();
-    cr_assert(notifier >= 0);
-    if (notifier == 0) {
-        cmp_lock_acquire(&s->lock, NULL);
-        if (cmp_cond_notify_lock(&s->cond, &s->lock, 1) != 1)
-            _exit(2);
-        kill(getpid(), SIGKILL);
-        _exit(3);
-    }
-    int status;
-    cr_assert_eq(waitpid(notifier, &status, 0), notifier);
-    cr_assert(WIFSIGNALED(status));
-    double t0 = sync_now();
-    sync_reap_ok(waiter);
-    cr_assert(sync_now() - t0 < 5.0);
+    struct sync_cond_objects o = {&s->cond, &s->lock, &s->rlock, &s->ready, &s->woken};
+    sync_check_dead_notifier(&o, 0);
 }
 
 /* A split-form waiter that re-acquires the lock itself and never calls
