@@ -58,7 +58,7 @@ $(MPI_EXT): $(BUILD)/ext/mpi/_mpi.o $(BUILD)/libcmp_mpi.a $(BUILD)/libcmp.a
 # runs it too (with every other Python test file), skipping it cleanly
 # where Open MPI is not installed.
 test-mpi: mpi
-	cd tests/python && BUILD=$(BUILD) $(PYTHON) -m pytest -q -p no:cacheprovider test_mpi.py
+	cd tests/python && BUILD=$(BUILD) $(PYTHON) -m pytest -q -p no:cacheprovider test_mpi.py test_mpi_hosts.py
 
 bench-mpi: mpi
 	$(PYTHON) bench/mpi_bench.py -n 3
