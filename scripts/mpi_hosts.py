@@ -14,7 +14,8 @@ runs side by side never meet:
     namespace has lo and eth0, a veth whose peer is a port of the bridge, an
     address 10.77.0.1 (head), 10.77.0.2.. of its own (the same addresses in
     every run: each run's namespaces see only their own bridge);
-  - a hostfile of those addresses (one slot each, so rank k runs on host k);
+  - a hostfile of those addresses: the head one slot (rank 0), each host
+    `slots` (default 1: rank k runs on host k; more: ranks fill host1 first);
   - Open MPI's rsh launcher with scripts/mpi-netns-agent as its agent: instead
     of ssh it enters the host's namespace (and a UTS namespace, so that each
     host has its own name: MPI_Get_processor_name, our error notes);
@@ -104,10 +105,11 @@ class SimHosts:
 
     _seq = 0
 
-    def __init__(self, hosts=2):
+    def __init__(self, hosts=2, slots=1):
         SimHosts._seq += 1
         self.tag = f"{os.getpid()}x{SimHosts._seq}"
         self.hosts = hosts
+        self.slots = slots  # ranks a host takes (the head: one, rank 0)
         self.hub = f"{PREFIX}{self.tag}-hub"
         # (namespace, host name, address): index 0 is the head
         self.nodes = [(f"{PREFIX}{self.tag}-{i}", "head" if i == 0 else f"host{i}",
@@ -158,8 +160,8 @@ class SimHosts:
             _ip("-n", ns, "link", "set", "eth0", "up")
         self.dir = tempfile.mkdtemp(prefix=f"{PREFIX}{self.tag}-")
         with open(self.hostfile, "w") as f:
-            for _ns, _name, addr in self.nodes:
-                f.write(f"{addr} slots=1\n")
+            for i, (_ns, _name, addr) in enumerate(self.nodes):
+                f.write(f"{addr} slots={1 if i == 0 else self.slots}\n")
 
     def close(self):
         for ns in reversed(self._made):
