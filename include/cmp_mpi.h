@@ -62,6 +62,19 @@ typedef struct cmp_mpi_serve_options {
     void *arg;                      /* given to configure */
 } cmp_mpi_serve_options_t;
 
+/* A task of CMP_MPI_BIG bytes or more is received from MPI straight into
+ * memory the serving rank shares with its workers, and the task function
+ * reads it there: the pointer it gets is valid until it returns, after
+ * which the serving rank reuses that memory. A task function that needs
+ * the bytes longer (its arrays decoded in place) calls cmp_mpi_task_keep()
+ * while it runs: the memory is then its worker's until
+ * cmp_mpi_task_release(handle), which may come after later tasks.
+ * keep returns NULL for a task whose bytes are the worker's own copy
+ * (smaller tasks, and big ones when the shared memory is full): copy what
+ * you keep then. release(NULL) does nothing. */
+void *cmp_mpi_task_keep(void);
+void cmp_mpi_task_release(void *handle);
+
 /* Serves rank 0 until it calls cmp_mpi_finalize (or destroys the job).
  * Returns 0 then, -EINVAL on rank 0, or -EPROTO when MPI fails. */
 int cmp_mpi_serve(const cmp_mpi_serve_options_t *opt);

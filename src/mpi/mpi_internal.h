@@ -111,4 +111,21 @@ unsigned cmp__mpi_npieces(const struct iovec *iov, int iovcnt);
 int cmp__mpi_send_pieces(int dest, const struct iovec *iov, int iovcnt, void (*release)(void *),
                          void *rarg);
 
+/* ---- the arena (mpi_arena.c): big tasks in memory the workers share ---- */
+
+/* Maps the arena (once; before the first local pool forks). 0, or a
+ * negative errno (then tasks travel through the pools' rings). */
+int cmp__mpi_arena_open(void);
+/* A block of at least len bytes for a task: *data gets where to write it.
+ * Returns the block (>= 0), -ENOMEM (no room: the ring then), -ENODEV. */
+int cmp__mpi_arena_get(size_t len, char **data);
+/* Where the block is, for the worker (cmp__mpi_arena_enter). */
+uint64_t cmp__mpi_arena_offset(int block);
+/* The block's task has come out: it is free unless a worker keeps it. */
+void cmp__mpi_arena_done(int block);
+/* In a worker: the bytes at off, held by this worker until the task
+ * function returns (leave), or longer with cmp_mpi_task_keep. */
+char *cmp__mpi_arena_enter(uint64_t off);
+void cmp__mpi_arena_leave(void);
+
 #endif

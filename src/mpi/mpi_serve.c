@@ -15,9 +15,15 @@
 typedef struct spool {
     uint64_t id; /* rank 0's */
     cmp_pool_t *pool;
-    cmp__mpi_map ids; /* local task id -> rank 0's */
-    int ending;       /* rank 0 closed or terminated it: end it once drained */
-    int finished;     /* every task is out (a broken pool): only rank 0 ends it */
+    cmp__mpi_map ids;    /* local task id -> rank 0's */
+    cmp__mpi_map blocks; /* local task id -> its arena block + 1 */
+    /* framed: the pool's workers are forks of ours and run the functions
+     * below, which take the frame off each task and find a big one's bytes
+     * in the arena, then call inner's (what configure made) */
+    int framed;
+    cmp_pool_options_t inner;
+    int ending;   /* rank 0 closed or terminated it: end it once drained */
+    int finished; /* every task is out (a broken pool): only rank 0 ends it */
     struct spool *next;
 } spool;
 
@@ -106,6 +112,73 @@ static void add(server *s, const cmp__mpi_rec *rec, const void *data)
         s->failed = -ENOMEM;
 }
 
+/* ---- what a framed pool's workers run ---------------------------------- */
+
+/* Each task of a framed pool starts with this; a FRAME_ARENA one is only
+ * that (its bytes are in the arena), a FRAME_INLINE one has them after. */
+enum { FRAME_INLINE = 1, FRAME_ARENA };
+typedef struct {
+    uint32_t kind, pad;
+    uint64_t off, len; /* FRAME_ARENA only */
+} frame;
+#define FRAME_INLINE_LEN 8 /* kind and pad: the bytes stay 8-aligned */
+
+static int framed_task(void *arg, const void *task, size_t len, cmp_pool_result_t *out)
+{
+    spool *p = arg;
+    frame f = {0};
+    if (len < FRAME_INLINE_LEN)
+        abort(); /* only our serve loop submits to this pool */
+    memcpy(&f, task, len < sizeof f ? FRAME_INLINE_LEN : sizeof f);
+    if (f.kind == FRAME_INLINE)
+        return p->inner.task(p->inner.arg, (const char *)task + FRAME_INLINE_LEN,
+                             len - FRAME_INLINE_LEN, out);
+    const char *data = cmp__mpi_arena_enter(f.off);
+    int rc = p->inner.task(p->inner.arg, data, f.len, out);
+    cmp__mpi_arena_leave();
+    return rc;
+}
+
+static int framed_init(void *arg, cmp_pool_result_t *out)
+{
+    spool *p = arg;
+    return p->inner.init(p->inner.arg, out);
+}
+
+static void framed_wait(void *arg, int waiting)
+{
+    spool *p = arg;
+    p->inner.wait_hook(p->inner.arg, waiting);
+}
+
+static void framed_fork(void *arg, int phase)
+{
+    spool *p = arg;
+    p->inner.fork_hook(p->inner.arg, phase);
+}
+
+static void *framed_alloc(void *arg, size_t len)
+{
+    spool *p = arg;
+    return p->inner.task_alloc(p->inner.arg, len);
+}
+
+/* Workers forked by us (not started by a hook of the caller's) see the
+ * arena: their pool's tasks are framed. */
+static void frame_pool(spool *p, cmp_pool_options_t *opt)
+{
+    if (opt->start_worker || cmp__mpi_arena_open() < 0)
+        return;
+    p->inner = *opt;
+    p->framed = 1;
+    opt->task = framed_task;
+    opt->init = opt->init ? framed_init : NULL;
+    opt->wait_hook = opt->wait_hook ? framed_wait : NULL;
+    opt->fork_hook = opt->fork_hook ? framed_fork : NULL;
+    opt->task_alloc = opt->task_alloc ? framed_alloc : NULL;
+    opt->arg = p;
+}
+
 static void create_pool(server *s, const cmp__mpi_rec *rec, const char *data)
 {
     cmp_pool_options_t opt = {0};
@@ -118,6 +191,8 @@ static void create_pool(server *s, const cmp__mpi_rec *rec, const char *data)
     spool *p = rc ? NULL : calloc(1, sizeof *p);
     if (!rc && !p)
         rc = -ENOMEM;
+    if (p)
+        frame_pool(p, &opt);
     if (!rc && (rc = cmp_pool_create(&p->pool, &opt)) < 0) {
         free(p);
         p = NULL;
@@ -143,21 +218,55 @@ static void reply(server *s, uint64_t pool, uint64_t id, int status, const void 
     add(s, &r, data);
 }
 
+/* Submits a task to p's pool: framed when the pool is. big (a buffer of
+ * big_buffer's, holding the bytes) is released once they are in the ring. */
+static int submit_local(spool *p, const char *data, size_t len, char *big, uint64_t *lid)
+{
+    frame f = {.kind = FRAME_INLINE};
+    if (big) {
+        /* big_buffer's second word holds the frame: the piece is one */
+        char *at = p->framed ? big - FRAME_INLINE_LEN : big;
+        if (p->framed)
+            memcpy(at, &f, FRAME_INLINE_LEN);
+        struct iovec iov = {at, len + (size_t)(big - at)};
+        int rc = cmp_pool_submitv_ref(p->pool, &iov, 1, lid, big_release, big);
+        if (rc < 0)
+            big_release(big);
+        return rc;
+    }
+    if (!p->framed)
+        return cmp_pool_submit(p->pool, data, len, lid);
+    struct iovec iov[2] = {{&f, FRAME_INLINE_LEN}, {(void *)data, len}};
+    return cmp_pool_submitv(p->pool, iov, 2, lid);
+}
+
+/* A big task's pieces, received into the arena when p's workers see it
+ * (*block), else into a buffer of big_buffer's (*big). 0 or -EPROTO. */
+static int receive_big(spool *p, const cmp__mpi_rec *rec, int from, int *block, char **big)
+{
+    char *into = NULL;
+    *block = p && p->framed ? cmp__mpi_arena_get(rec->len, &into) : -1;
+    *big = NULL;
+    if (*block < 0)
+        into = *big = big_buffer(rec->len);
+    /* the pieces must be taken off the wire even for a pool that is gone */
+    if (into && cmp__mpi_recv_pieces(from, into, rec->len, rec->npieces) == 0)
+        return 0;
+    if (*block >= 0)
+        cmp__mpi_arena_done(*block);
+    if (*big)
+        big_release(*big);
+    return -EPROTO;
+}
+
 static void take_task(server *s, const cmp__mpi_rec *rec, const char *data, int from)
 {
     spool *p = find(s, rec->pool);
     char *big = NULL;
-    if (rec->npieces) {
-        big = big_buffer(rec->len);
-        /* the pieces must be taken off the wire even for a pool that is gone */
-        char *into = big ? big : NULL;
-        if (!into || cmp__mpi_recv_pieces(from, into, rec->len, rec->npieces) < 0) {
-            if (big)
-                big_release(big);
-            s->failed = -EPROTO;
-            return;
-        }
-        data = big;
+    int block = -1;
+    if (rec->npieces && receive_big(p, rec, from, &block, &big) < 0) {
+        s->failed = -EPROTO;
+        return;
     }
     if (!p) {
         if (big)
@@ -166,13 +275,16 @@ static void take_task(server *s, const cmp__mpi_rec *rec, const char *data, int 
     }
     uint64_t lid = 0;
     int rc;
-    if (big) {
-        struct iovec iov = {big, rec->len};
-        rc = cmp_pool_submitv_ref(p->pool, &iov, 1, &lid, big_release, big);
+    if (block >= 0) {
+        frame f = {FRAME_ARENA, 0, cmp__mpi_arena_offset(block), rec->len};
+        rc = cmp_pool_submit(p->pool, &f, sizeof f, &lid);
+        /* out of memory for the map: the block stays out of use, the task runs */
         if (rc < 0)
-            big_release(big);
+            cmp__mpi_arena_done(block);
+        else
+            (void)cmp__mpi_map_put(&p->blocks, lid, (uint64_t)block + 1);
     } else {
-        rc = cmp_pool_submit(p->pool, data, rec->len, &lid);
+        rc = submit_local(p, data, rec->len, big, &lid);
     }
     if (rc == 0 && cmp__mpi_map_put(&p->ids, lid, rec->id) < 0)
         rc = -ENOMEM; /* the task runs, but its outcome could not be routed */
@@ -199,13 +311,16 @@ static void end_pool(server *s, spool *p)
             break;
         }
     cmp__mpi_map_free(&p->ids);
+    cmp__mpi_map_free(&p->blocks);
     free(p);
 }
 
 /* Sends one local outcome back (a big result as its own message). */
 static void forward(server *s, spool *p, cmp_pool_outcome_t *o)
 {
-    uint64_t rid;
+    uint64_t rid, block;
+    if (cmp__mpi_map_take(&p->blocks, o->id, &block))
+        cmp__mpi_arena_done((int)block - 1);
     int known = cmp__mpi_map_take(&p->ids, o->id, &rid);
     int big = o->len >= CMP__MPI_INLINE_MAX;
     if (known) {
@@ -369,6 +484,7 @@ int cmp_mpi_serve(const cmp_mpi_serve_options_t *opt)
         cmp_pool_destroy(p->pool);
         s.pools = p->next;
         cmp__mpi_map_free(&p->ids);
+        cmp__mpi_map_free(&p->blocks);
         free(p);
     }
     free(s.out.buf);

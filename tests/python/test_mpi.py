@@ -123,6 +123,8 @@ def test_big_arguments_and_results(api):
     if r["big_arrays"] is None:
         pytest.skip("numpy not installed")
     assert r["big_arrays"] is True
+    # arrays a task keeps (decoded in place on a serving rank) stay its own
+    assert r["kept_arrays"] is True
 
 
 def test_initializer_and_maxtasksperchild(api):

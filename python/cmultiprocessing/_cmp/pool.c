@@ -2317,6 +2317,7 @@ static const cmp_py_pool_api pool_api = {
     cmp_py_pool_worker_task_alloc,
     api_work_new,
     cmp_py_pool_worker_set_where,
+    cmp_py_pool_worker_task_owned,
 };
 
 int cmp_py_pool_init(PyObject *module, cmp_py_state *st)
