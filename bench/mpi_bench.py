@@ -8,6 +8,9 @@ prints one table:
   - mpi4py.futures:        mpiexec -n N python3 -m mpi4py.futures this --role mpi4py
   - bare MPI:              mpiexec -n N python3 this --role raw  (the same bytes through
                            comm.Send/comm.Recv to the same ranks: the array map's floor)
+The array map runs twice on ours: as it is (big tasks received into the
+serving ranks' shared arena) and with CMP_MPI_NO_ARENA (through the local
+pools' rings, a copy in and one out: the path before the arena).
 Scenarios: map of 20,000 tiny tasks at chunksize=1 and at each library's
 default chunksize; map over 64 numpy arrays of 8 MiB returning their sums.
 Both pools get one worker per serving rank (processes=N-1), so that they run
@@ -99,6 +102,17 @@ def role_cmp(workers):
     return out
 
 
+def role_cmp_arrays(workers):
+    """The array map alone (run with CMP_MPI_NO_ARENA: the serving ranks copy
+    each task into their pool's ring, and the worker out of it)."""
+    import cmultiprocessing.mpi as mpi
+    arrays = _arrays()
+    with mpi.Pool(workers) as p:
+        p.map(array_sum, arrays[:2], chunksize=1)
+        return {"arrays": ARRAYS * ARRAY_BYTES / _timed(
+            lambda: p.map(array_sum, arrays, chunksize=1)) / 1e6}
+
+
 def role_cmp_hosts(workers):
     import cmultiprocessing.mpi as mpi
     with mpi.Pool(workers) as p:
@@ -177,7 +191,7 @@ def _env():
     return env
 
 
-def _job(n, launcher, role, workers, sim=None, mpiexec_args=()):
+def _job(n, launcher, role, workers, sim=None, mpiexec_args=(), env_extra=None):
     argv = [sys.executable] + (["-m", launcher] if launcher else [])
     argv += [HERE, "--role", role, "--workers", str(workers)]
     if sim is None:
@@ -186,6 +200,7 @@ def _job(n, launcher, role, workers, sim=None, mpiexec_args=()):
     else:
         cmd = sim.mpiexec(["-n", str(n), *mpiexec_args, *argv])
         env = sim.env(_env())
+    env.update(env_extra or {})
     proc = subprocess.run(["timeout", "600", *cmd], env=env, capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -197,13 +212,15 @@ def _job(n, launcher, role, workers, sim=None, mpiexec_args=()):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("-n", type=int, default=3, help="ranks (rank 0 + n-1 serving)")
-    ap.add_argument("--role", choices=["cmp", "mpi4py", "raw", "cmp_hosts", "mpi4py_hosts"])
+    ap.add_argument("--role", choices=["cmp", "mpi4py", "raw", "cmp_hosts", "mpi4py_hosts",
+                                           "cmp_arrays"])
     ap.add_argument("--workers", type=int, default=0)
     a = ap.parse_args()
     if a.role:
         r = {"cmp": lambda: role_cmp(a.workers), "mpi4py": lambda: role_mpi4py(a.workers),
              "raw": role_raw, "cmp_hosts": lambda: role_cmp_hosts(a.workers),
-             "mpi4py_hosts": lambda: role_mpi4py_hosts(a.workers)}[a.role]()
+             "mpi4py_hosts": lambda: role_mpi4py_hosts(a.workers),
+             "cmp_arrays": lambda: role_cmp_arrays(a.workers)}[a.role]()
         if r is not None:
             print("RESULT " + json.dumps(r), flush=True)
         return
@@ -214,6 +231,8 @@ def main():
     ours = _job(a.n, "cmultiprocessing.mpi", "cmp", workers)
     peer = _job(a.n, "mpi4py.futures", "mpi4py", workers)
     raw = _job(a.n, None, "raw", 0)
+    ringed = _job(a.n, "cmultiprocessing.mpi", "cmp_arrays", workers,
+                  env_extra={"CMP_MPI_NO_ARENA": "1"}) if ours.get("arrays") else {}
     print(f"MPI Pool benchmark: {a.n} ranks (rank 0 + {a.n - 1} serving), "
           f"{workers} workers, {os.cpu_count()} cores")
     print(f"{'scenario':<44}{'cmp.mpi':>12}{'mpi4py':>12}{'cmp/mpi4py':>12}")
@@ -231,6 +250,9 @@ def main():
     if raw.get("arrays") and ours.get("arrays"):
         print(f"{'bare MPI Send/Recv, same arrays (MB/s)':<44}{raw['arrays']:>12.0f}"
               f"{'':>12}{ours['arrays'] / raw['arrays']:>12.2f}  (cmp.mpi / bare)")
+    if raw.get("arrays") and ringed.get("arrays"):
+        print(f"{'  arrays via the rings (CMP_MPI_NO_ARENA)':<44}{ringed['arrays']:>12.0f}"
+              f"{'':>12}{ringed['arrays'] / raw['arrays']:>12.2f}  (before the arena / bare)")
     _hosts_table(hosts)
 
 
