@@ -192,7 +192,10 @@ class SimHosts:
     def env(self, base=None):
         env = dict(os.environ if base is None else base)
         env["CMP_SIM_HOSTS"] = " ".join(f"{addr}={ns}={name}" for ns, name, addr in self.nodes)
-        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+        # sigkill_timeout: mpiexec ends a failed job at once (see test_mpi.py);
+        # the agent passes the environment on to each host's orted
+        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+                   OMPI_MCA_odls_base_sigkill_timeout="0")
         return env
 
     def mpiexec(self, args, mpiexec="mpiexec"):

@@ -104,6 +104,32 @@ def test_nothing_is_left_behind(job):
     assert not any(ns in listed for ns in job["namespaces"])
 
 
+def test_ctrl_c_ends_the_job_on_every_host_within_a_second(tmp_path):
+    """SIGINT to mpiexec (a terminal's Ctrl-C) while a map runs on both
+    hosts: every process in every host's namespace is gone within a second."""
+    script = tmp_path / "long_script.py"
+    script.write_bytes(open(os.path.join(DATA, "long_script.py"), "rb").read())
+    with mpi_hosts.SimHosts(2) as sim:
+        cmd = sim.mpiexec(["-n", "3", sys.executable, "-m", "cmultiprocessing.mpi", str(script)])
+        proc = subprocess.Popen(cmd, env=_env(sim), stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True)
+        try:
+            assert proc.stdout.readline().startswith("STARTED")
+            time.sleep(0.3)
+            assert len(sim.pids()) >= 5  # mpiexec, rank 0, 2 orteds, 2 ranks (+workers)
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGINT)  # ip netns exec ... execs mpiexec itself
+            proc.wait(timeout=20)
+            while sim.pids() and time.monotonic() - t0 < 5:
+                time.sleep(0.02)
+            took = time.monotonic() - t0
+            assert not sim.pids() and took < 1.0, (sim.pids(), took)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+
+
 def test_namespaces_go_even_when_the_body_fails():
     made = None
     with pytest.raises(RuntimeError):
