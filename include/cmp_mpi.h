@@ -107,7 +107,22 @@ typedef struct cmp_mpi_outcome {
     cmp_pool_outcome_t o; /* data is from opt->alloc (NULL when len is 0) */
     int rank;             /* the serving rank (0: run locally, or none) */
     const char *host;     /* its host, valid while the job runs */
+    /* o.status CMP_POOL_LOST because the whole rank was lost (o.pid 0):
+     * nothing came from it for CMP_MPI_RANK_TIMEOUT seconds while it held
+     * tasks (see below) */
+    int rank_lost;
 } cmp_mpi_outcome_t;
+
+/* A whole rank lost (its host gone): Open MPI 4.1 ends the job, unless
+ * mpiexec runs with --enable-recovery. Then the job goes on: rank 0, having
+ * heard nothing from a rank that holds tasks for CMP_MPI_RANK_TIMEOUT
+ * seconds (the environment's, else 10; a serving rank with tasks says
+ * something every 0.25 s), fails the tasks it held (LOST, rank_lost 1),
+ * sends it no more and goes on with the others; tasks of a pool whose every
+ * rank is lost fail too. MPI cannot be finalized then (it would wait for
+ * the lost rank): cmp_mpi_finalize skips it, and mpiexec ends the job as
+ * failed once rank 0 has finished. */
+#define CMP_MPI_RANK_TIMEOUT_ENV "CMP_MPI_RANK_TIMEOUT"
 
 /* Creates the pool on every serving rank and waits for them to report
  * their workers. Returns 0, -EINVAL (not rank 0, or no job), -ENODEV

@@ -29,7 +29,8 @@ enum {
     CMP__MPI_CLOSE,      /* 0 -> k: no more tasks for that pool */
     CMP__MPI_TERMINATE,  /* 0 -> k: end that pool now */
     CMP__MPI_ENDED,      /* k -> 0: that pool's workers are gone */
-    CMP__MPI_STOP,       /* 0 -> k: the job ends */
+    CMP__MPI_STOP,       /* 0 -> k: the job ends; status 1: a rank was lost */
+    CMP__MPI_ALIVE,      /* k -> 0: nothing else to say, while tasks run */
 };
 
 typedef struct cmp__mpi_rec {
@@ -68,6 +69,9 @@ typedef struct {
 int cmp__mpi_sends_test(cmp__mpi_release *rel, int max, int *nrel);
 /* Sends still in flight. */
 int cmp__mpi_sends_pending(void);
+/* Gives up the sends to dest (a lost rank): their buffers are not freed
+ * nor released (MPI may still hold them). */
+void cmp__mpi_sends_forget(int dest);
 
 /* Receives one batch if one is there (from src, or MPI_ANY_SOURCE):
  * *buf (free() it), *len, *from. 1, 0 (nothing), or -EPROTO/-ENOMEM. */
@@ -80,8 +84,14 @@ int cmp__mpi_batch_next(const char *buf, size_t len, size_t *off, cmp__mpi_rec *
  * bytes in all). 0 or -EPROTO. */
 int cmp__mpi_recv_pieces(int src, char *buf, size_t len, unsigned npieces);
 
-/* The job's state (mpi_job.c). */
-extern int cmp__mpi_rank, cmp__mpi_size;
+/* The job's state (mpi_job.c): our communicator (errors return), and
+ * lost: a rank is gone, so MPI is not finalized (it would wait for it). */
+extern int cmp__mpi_rank, cmp__mpi_size, cmp__mpi_lost;
+extern MPI_Comm cmp__mpi_comm;
+
+/* A serving rank with tasks says ALIVE when it has sent nothing for this
+ * long, so that rank 0 can tell a rank that is gone from a busy one. */
+#define CMP__MPI_HEARTBEAT_NS 250000000L
 
 /* Idle backoff: the sleep after `idle` empty turns in a row, in ns (0: yield
  * only). Both sides poll MPI, which has no descriptor to wait on. */

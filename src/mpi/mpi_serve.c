@@ -387,6 +387,28 @@ static int drain(server *s, long wait_ns)
     return got;
 }
 
+/* While our pools hold tasks, rank 0 hears from us at least every
+ * CMP__MPI_HEARTBEAT_NS (a result, or ALIVE), so that silence means we
+ * are gone. */
+static void heartbeat(server *s, struct timespec *said)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    if (!s->out.len) {
+        long ns = (now.tv_sec - said->tv_sec) * 1000000000L + (now.tv_nsec - said->tv_nsec);
+        if (ns < CMP__MPI_HEARTBEAT_NS)
+            return;
+        int busy = 0;
+        for (spool *p = s->pools; p; p = p->next)
+            busy |= cmp_pool_outstanding(p->pool) != 0;
+        if (!busy)
+            return;
+        cmp__mpi_rec r = {.kind = CMP__MPI_ALIVE};
+        add(s, &r, NULL);
+    }
+    *said = now;
+}
+
 static int handle(server *s, const char *buf, size_t len, int from, int *stop)
 {
     size_t off = 0;
@@ -416,6 +438,8 @@ static int handle(server *s, const char *buf, size_t len, int from, int *stop)
             break;
         case CMP__MPI_STOP:
             *stop = 1;
+            if (rec.status == 1)
+                cmp__mpi_lost = 1; /* MPI cannot finalize: rank 0 says why */
             break;
         default:
             return -EPROTO;
@@ -431,6 +455,8 @@ int cmp_mpi_serve(const cmp_mpi_serve_options_t *opt)
     server s = {.opt = opt};
     unsigned idle = 0;
     int stop = 0;
+    struct timespec said; /* when we last sent rank 0 something */
+    clock_gettime(CLOCK_MONOTONIC, &said);
     while (!stop && !s.failed) {
         int did = 0;
         char *buf;
@@ -447,6 +473,7 @@ int cmp_mpi_serve(const cmp_mpi_serve_options_t *opt)
         if (stop)
             break;
         did += drain(&s, 0);
+        heartbeat(&s, &said);
         if (cmp__mpi_batch_flush(&s.out, 0) < 0)
             s.failed = -ENOMEM;
         cmp__mpi_release rel[32];

@@ -330,6 +330,57 @@ def test_a_lost_rank_ends_the_whole_job(tmp_path):
         assert took < 3.0, took
 
 
+def lose_a_rank(cmd, env, find_server):
+    """Runs lost_script.py (cmd: its mpiexec command, with --enable-recovery)
+    and kills a serving rank (find_server(rank 0's pid) -> its pid) during
+    its map. Returns (its result, the killed rank's pid, mpiexec's status)."""
+    import signal
+    env = dict(env, CMP_MPI_RANK_TIMEOUT="1")
+    proc = subprocess.Popen(["timeout", "--kill-after=5", str(RUN_TIMEOUT)] + cmd, cwd=DATA,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        started = proc.stdout.readline().split()
+        assert started[:1] == ["STARTED"], proc.communicate()
+        time.sleep(0.5)  # tasks run on both serving ranks
+        victim = find_server(proc, int(started[1]))
+        os.kill(victim, signal.SIGKILL)
+        out, err = proc.communicate(timeout=RUN_TIMEOUT)
+        lines = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
+        assert lines, (proc.returncode, out, err)
+        return json.loads(lines[-1][7:]), victim, proc.returncode
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def check_lost_rank(r, victim):
+    """The lost rank's tasks failed naming it; every other task ran; the
+    pool went on with the rank left."""
+    ranks = {rank for rank, ppid in r["done"] if ppid == victim}
+    assert len(ranks) == 1, (ranks, victim)  # it ran tasks before it died
+    (lost,) = ranks
+    assert r["lost"] and len(r["done"]) + len(r["lost"]) == 160
+    assert all(f"MPI rank {lost} on host" in e and "was lost" in e for e in r["lost"]), r["lost"]
+    assert {rank for rank, _ in r["after"]} == {3 - lost}  # the other serving rank alone
+
+
+def test_a_lost_rank_under_enable_recovery_fails_its_tasks_and_the_job_goes_on():
+    script = os.path.join(DATA, "lost_script.py")
+
+    def server(proc, rank0):
+        running = _processes_running(script)
+        mpiexec = [p for p in running if _ppid(p) == proc.pid]
+        ranks = {p for p in running if mpiexec and _ppid(p) == mpiexec[0]}
+        return max(ranks - {rank0})
+
+    cmd = [MPIEXEC, "--enable-recovery", "--oversubscribe", "-n", "3", sys.executable, "-m",
+           "cmultiprocessing.mpi", script]
+    r, victim, _ = lose_a_rank(cmd, _env(), server)
+    check_lost_rank(r, victim)
+    assert _gone_within(script, 5), _processes_running(script)
+
+
 def test_a_pool_left_open_does_not_keep_the_job_alive(tmp_path):
     import time
     script = tmp_path / "open_pool_script.py"

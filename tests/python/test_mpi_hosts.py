@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 import mpi_hosts  # noqa: E402
 
+from test_mpi import _ppid, check_lost_rank, lose_a_rank  # noqa: E402
 from test_mpi import pytestmark as _mpi_marks  # noqa: E402  (Open MPI and the binding)
 
 _ok, _why = mpi_hosts.available()
@@ -128,6 +129,32 @@ def test_ctrl_c_ends_the_job_on_every_host_within_a_second(tmp_path):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(10)
+
+
+def test_a_host_lost_under_enable_recovery_fails_its_tasks_and_the_job_goes_on():
+    """host2's rank killed mid-map (its host gone), over TCP between hosts."""
+    with mpi_hosts.SimHosts(2) as sim:
+
+        def server(proc, rank0):
+            # the rank in host2's namespace: the Python whose parent is its orted
+            for pid in mpi_hosts._ns_pids(sim.nodes[2][0]):
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if b"cmultiprocessing.mpi" not in f.read():
+                        continue
+                with open(f"/proc/{_ppid(pid)}/cmdline", "rb") as f:
+                    if b"orted" in f.read():
+                        return pid
+            raise AssertionError("no rank on host2")
+
+        cmd = sim.mpiexec(["--enable-recovery", "-n", "3", sys.executable, "-m",
+                           "cmultiprocessing.mpi", "lost_script.py"])
+        r, victim, _ = lose_a_rank(cmd, _env(sim), server)
+        check_lost_rank(r, victim)
+        deadline = time.monotonic() + 5
+        while sim.pids() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not sim.pids()
+        assert any(sim.names()[2] in e for e in r["lost"])
 
 
 def test_namespaces_go_even_when_the_body_fails():

@@ -13,6 +13,7 @@
 #include "cmp_mpi.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static const cmp_py_pool_api *api;
@@ -97,9 +98,20 @@ static int be_next(void *p, cmp_pool_outcome_t *out, cmp_ring_alloc_fn alloc, vo
     if (rc < 0)
         return rc;
     *out = o.o;
-    if (o.o.status == CMP_POOL_LOST && o.rank > 0) {
-        char where[300];
-        int n = snprintf(where, sizeof where, "on host %s (MPI rank %d)", o.host, o.rank);
+    if (o.o.status == CMP_POOL_LOST && (o.rank > 0 || o.rank_lost)) {
+        /* a worker's death: where; a whole rank's (pid 0): the message */
+        char where[400];
+        int n = !o.rank_lost
+                    ? snprintf(where, sizeof where, "on host %s (MPI rank %d)", o.host, o.rank)
+                : o.rank > 0
+                    ? snprintf(where, sizeof where,
+                               "MPI rank %d on host %s was lost while it ran the task (nothing "
+                               "came from it for %s s; the job goes on without it)",
+                               o.rank, o.host,
+                               getenv(CMP_MPI_RANK_TIMEOUT_ENV) ? getenv(CMP_MPI_RANK_TIMEOUT_ENV)
+                                                                : "10")
+                    : snprintf(where, sizeof where,
+                               "every serving MPI rank was lost: the task cannot run");
         PyMem_RawFree(out->data);
         out->data = PyMem_RawMalloc((size_t)n + 1);
         out->len = out->data ? (size_t)n : 0;
