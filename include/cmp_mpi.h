@@ -147,6 +147,10 @@ int cmp_mpi_pool_next(cmp_mpi_pool_t *pool, cmp_mpi_outcome_t *out,
 uint64_t cmp_mpi_pool_outstanding(cmp_mpi_pool_t *pool);
 /* Workers across the serving ranks (as they reported them). */
 unsigned cmp_mpi_pool_size(const cmp_mpi_pool_t *pool);
+/* Up to max pids of the workers running on the serving ranks (each in its
+ * host's pid space), as they last reported them (within ~20 ms of a
+ * change). Returns how many. */
+unsigned cmp_mpi_pool_pids(cmp_mpi_pool_t *pool, pid_t *pids, unsigned max);
 /* Cancels those of the tasks not yet sent to a rank: each comes out as
  * CMP_POOL_CANCELLED. Returns how many. */
 long cmp_mpi_pool_cancel(cmp_mpi_pool_t *pool, const uint64_t *ids, size_t n);

@@ -31,7 +31,13 @@ enum {
     CMP__MPI_ENDED,      /* k -> 0: that pool's workers are gone */
     CMP__MPI_STOP,       /* 0 -> k: the job ends; status 1: a rank was lost */
     CMP__MPI_ALIVE,      /* k -> 0: nothing else to say, while tasks run */
+    CMP__MPI_PIDS,       /* k -> 0: bytes its pool's worker pids (int32), when they change */
 };
+
+/* A serving rank looks at its pools' worker pids this often (a worker
+ * replaced: rank 0's pool._pool lists the new one). */
+#define CMP__MPI_PIDS_NS 20000000L
+#define CMP__MPI_PIDS_MAX 1024
 
 typedef struct cmp__mpi_rec {
     uint32_t kind;

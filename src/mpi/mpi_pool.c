@@ -55,6 +55,8 @@ struct cmp_mpi_pool {
     int broken; /* a rank's initializer failed */
     unsigned created, ended;
     unsigned char *answered; /* per rank: ANSWERED_* (a lost rank: both) */
+    int32_t **pids;          /* per rank: its workers' pids, as it reported them */
+    unsigned *npids;
 };
 
 enum { ANSWERED_CREATED = 1, ANSWERED_ENDED = 2 };
@@ -228,6 +230,16 @@ static void on_batch(const char *buf, size_t len, int from)
             break;
         case CMP__MPI_ALIVE:
             break;
+        case CMP__MPI_PIDS:
+            if ((p = find(rec.pool)) && rec.len % sizeof(int32_t) == 0) {
+                int32_t *v = realloc(p->pids[from], rec.len ? rec.len : 1);
+                if (!v)
+                    break; /* the list stays as it was: only pool._pool is late */
+                memcpy(v, data, rec.len);
+                p->pids[from] = v;
+                p->npids[from] = (unsigned)(rec.len / sizeof(int32_t));
+            }
+            break;
         case CMP__MPI_ENDED:
             if ((p = find(rec.pool)) && !(p->answered[from] & ANSWERED_ENDED)) {
                 p->answered[from] |= ANSWERED_ENDED;
@@ -287,6 +299,7 @@ static void lose_rank(int k)
         }
         free(ids);
         p->held[k] = 0;
+        p->npids[k] = 0;
         p->total -= p->workers[k];
         p->workers[k] = 0;
         if (!(p->answered[k] & ANSWERED_CREATED))
@@ -615,8 +628,10 @@ int cmp_mpi_pool_create(cmp_mpi_pool_t **out, const cmp_mpi_pool_options_t *opt)
     p->workers = calloc((size_t)cmp__mpi_size, sizeof *p->workers);
     p->held = calloc((size_t)cmp__mpi_size, sizeof *p->held);
     p->answered = calloc((size_t)cmp__mpi_size, 1);
+    p->pids = calloc((size_t)cmp__mpi_size, sizeof *p->pids);
+    p->npids = calloc((size_t)cmp__mpi_size, sizeof *p->npids);
     rc = -ENOMEM;
-    if (!p->workers || !p->held || !p->answered)
+    if (!p->workers || !p->held || !p->answered || !p->pids || !p->npids)
         goto fail;
     pthread_mutex_lock(&G.mu);
     if ((rc = start_thread()) < 0) {
@@ -662,6 +677,8 @@ fail:
     free(p->workers);
     free(p->held);
     free(p->answered);
+    free(p->pids);
+    free(p->npids);
     pthread_cond_destroy(&p->cv);
     free(p);
     return rc;
@@ -813,6 +830,19 @@ uint64_t cmp_mpi_pool_outstanding(cmp_mpi_pool_t *p)
 unsigned cmp_mpi_pool_size(const cmp_mpi_pool_t *p)
 {
     return p->total;
+}
+
+unsigned cmp_mpi_pool_pids(cmp_mpi_pool_t *p, pid_t *pids, unsigned max)
+{
+    if (p->local)
+        return cmp_pool_pids(p->local, pids, max);
+    unsigned n = 0;
+    pthread_mutex_lock(&G.mu);
+    for (int k = 1; k < cmp__mpi_size; k++)
+        for (unsigned i = 0; i < p->npids[k] && n < max; i++)
+            pids[n++] = (pid_t)p->pids[k][i];
+    pthread_mutex_unlock(&G.mu);
+    return n;
 }
 
 /* Frees a list of tasks no rank will see (their releases run: no lock held). */
@@ -967,6 +997,10 @@ void cmp_mpi_pool_destroy(cmp_mpi_pool_t *p)
     free(p->workers);
     free(p->held);
     free(p->answered);
+    for (int k = 0; p->pids && k < cmp__mpi_size; k++)
+        free(p->pids[k]);
+    free(p->pids);
+    free(p->npids);
     pthread_cond_destroy(&p->cv);
     free(p);
 }

@@ -22,6 +22,9 @@ typedef struct spool {
      * in the arena, then call inner's (what configure made) */
     int framed;
     cmp_pool_options_t inner;
+    int32_t pids[CMP__MPI_PIDS_MAX]; /* as rank 0 last heard them */
+    unsigned npids;
+    int pids_due; /* a worker died: its successor's pid goes out at once */
     int ending;   /* rank 0 closed or terminated it: end it once drained */
     int finished; /* every task is out (a broken pool): only rank 0 ends it */
     struct spool *next;
@@ -110,6 +113,24 @@ static void add(server *s, const cmp__mpi_rec *rec, const void *data)
 {
     if (cmp__mpi_batch_add(&s->out, rec, data) < 0)
         s->failed = -ENOMEM;
+}
+
+/* Tells rank 0 the pool's worker pids when they changed (pool._pool). */
+static void report_pids(server *s, spool *p)
+{
+    pid_t now[CMP__MPI_PIDS_MAX];
+    int32_t wire[CMP__MPI_PIDS_MAX];
+    unsigned n = cmp_pool_pids(p->pool, now, CMP__MPI_PIDS_MAX);
+    for (unsigned i = 0; i < n; i++)
+        wire[i] = (int32_t)now[i];
+    if (n >= cmp_pool_size(p->pool))
+        p->pids_due = 0;
+    if (n == p->npids && !memcmp(wire, p->pids, n * sizeof *wire))
+        return;
+    memcpy(p->pids, wire, n * sizeof *wire);
+    p->npids = n;
+    cmp__mpi_rec r = {.kind = CMP__MPI_PIDS, .pool = p->id, .len = n * sizeof *wire};
+    add(s, &r, wire);
 }
 
 /* ---- what a framed pool's workers run ---------------------------------- */
@@ -209,6 +230,8 @@ static void create_pool(server *s, const cmp__mpi_rec *rec, const char *data)
                       .status = rc,
                       .workers = p ? (int32_t)cmp_pool_size(p->pool) : 0};
     add(s, &r, host);
+    if (p)
+        report_pids(s, p);
 }
 
 static void reply(server *s, uint64_t pool, uint64_t id, int status, const void *data, size_t len)
@@ -319,6 +342,8 @@ static void end_pool(server *s, spool *p)
 static void forward(server *s, spool *p, cmp_pool_outcome_t *o)
 {
     uint64_t rid, block;
+    if (o->status == CMP_POOL_LOST)
+        p->pids_due = 1; /* before the result that tells rank 0 of the death */
     if (cmp__mpi_map_take(&p->blocks, o->id, &block))
         cmp__mpi_arena_done((int)block - 1);
     int known = cmp__mpi_map_take(&p->ids, o->id, &rid);
@@ -455,8 +480,9 @@ int cmp_mpi_serve(const cmp_mpi_serve_options_t *opt)
     server s = {.opt = opt};
     unsigned idle = 0;
     int stop = 0;
-    struct timespec said; /* when we last sent rank 0 something */
+    struct timespec said, looked, now; /* when we last sent rank 0 something, read pids */
     clock_gettime(CLOCK_MONOTONIC, &said);
+    looked = said;
     while (!stop && !s.failed) {
         int did = 0;
         char *buf;
@@ -473,6 +499,17 @@ int cmp_mpi_serve(const cmp_mpi_serve_options_t *opt)
         if (stop)
             break;
         did += drain(&s, 0);
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if ((now.tv_sec - looked.tv_sec) * 1000000000L + (now.tv_nsec - looked.tv_nsec) >=
+            CMP__MPI_PIDS_NS) {
+            for (spool *p = s.pools; p; p = p->next)
+                report_pids(&s, p);
+            looked = now;
+        } else {
+            for (spool *p = s.pools; p; p = p->next)
+                if (p->pids_due)
+                    report_pids(&s, p);
+        }
         heartbeat(&s, &said);
         if (cmp__mpi_batch_flush(&s.out, 0) < 0)
             s.failed = -ENOMEM;

@@ -139,6 +139,11 @@ def test_initializer_and_maxtasksperchild(api):
     assert r["maxtasks_pids"] >= 10  # 30 tasks, a worker replaced after 3
 
 
+def test_pool_view_lists_the_workers_of_every_rank(api):
+    _, r = api
+    assert r["pool_view"] == [True, True, True]
+
+
 def test_closed_pool_and_executor(api):
     _, r = api
     assert r["closed"] == "ValueError"
@@ -159,6 +164,7 @@ def test_killed_worker_fails_its_task_and_the_pool_goes_on(fail):
     assert "killed by signal 9" in r["lost"] and "MPI rank" in r["lost"]
     assert r["lost_imap"] == [0, 1, 2, "lost", 4, 5]
     assert r["after"] == [x * x for x in range(10)]
+    assert r["replaced"] is True
 
 
 def test_failing_initializer_and_unpicklable_result_as_in_the_local_pool(fail):

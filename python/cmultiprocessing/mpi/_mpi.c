@@ -145,10 +145,14 @@ static unsigned be_size(const void *p)
 {
     return cmp_mpi_pool_size(p);
 }
+static unsigned be_pids(void *p, pid_t *pids, unsigned max)
+{
+    return cmp_mpi_pool_pids(p, pids, max);
+}
 
 static const cmp_py_pool_ops mpi_ops = {
     be_create,    be_submitv, be_submitv_ref, be_next, be_cancel, be_close,
-    be_terminate, be_join,    be_destroy,     be_size, NULL,
+    be_terminate, be_join,    be_destroy,     be_size, be_pids,
 };
 
 static void backend_free(PyObject *capsule)

@@ -113,6 +113,12 @@ def main():
             out["big_arrays"] = all((g == a * 2).all() for g, a in zip(got, arrays))
             out["kept_arrays"] = all(p.map(keep, [np.full(1 << 17, float(i)) for i in range(40)],
                                            chunksize=1))
+    with mpi.Pool() as p:
+        # pool._pool: the workers of every serving rank, as on a local Pool
+        used = set(p.map(worker_pid, range(40), chunksize=1))
+        views = p._pool
+        out["pool_view"] = [len(views) == p._processes, all(v.is_alive() for v in views),
+                            used <= {v.pid for v in views}]
     with mpi.Pool(2, initializer=init, initargs=(41,), maxtasksperchild=3) as p:
         out["initializer"] = sorted(set(p.map(get_value, range(20), chunksize=1)))
         out["maxtasks_pids"] = len(set(p.map(worker_pid, range(30), chunksize=1)))
