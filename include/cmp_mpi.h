@@ -152,7 +152,9 @@ unsigned cmp_mpi_pool_size(const cmp_mpi_pool_t *pool);
  * change). Returns how many. */
 unsigned cmp_mpi_pool_pids(cmp_mpi_pool_t *pool, pid_t *pids, unsigned max);
 /* Cancels those of the tasks not yet sent to a rank: each comes out as
- * CMP_POOL_CANCELLED. Returns how many. */
+ * CMP_POOL_CANCELLED. Returns how many. The ranks holding the others drop
+ * those no worker has taken yet: they come out CANCELLED later, as the
+ * ranks answer (not counted). */
 long cmp_mpi_pool_cancel(cmp_mpi_pool_t *pool, const uint64_t *ids, size_t n);
 /* close: no more tasks; each rank closes its pool once every task is
  * done. terminate: the ranks terminate their pools; every task not yet

@@ -32,6 +32,7 @@ enum {
     CMP__MPI_STOP,       /* 0 -> k: the job ends; status 1: a rank was lost */
     CMP__MPI_ALIVE,      /* k -> 0: nothing else to say, while tasks run */
     CMP__MPI_PIDS,       /* k -> 0: bytes its pool's worker pids (int32), when they change */
+    CMP__MPI_CANCEL,     /* 0 -> k: drop task id if no worker has taken it */
 };
 
 /* A serving rank looks at its pools' worker pids this often (a worker
@@ -113,6 +114,8 @@ typedef struct {
 } cmp__mpi_map;
 /* 0, or -ENOMEM. */
 int cmp__mpi_map_put(cmp__mpi_map *m, uint64_t key, uint64_t val);
+/* 1 with *val, or 0 when absent. */
+int cmp__mpi_map_get(const cmp__mpi_map *m, uint64_t key, uint64_t *val);
 /* 1 with *val (may be NULL) and the key removed, or 0 when absent. */
 int cmp__mpi_map_take(cmp__mpi_map *m, uint64_t key, uint64_t *val);
 void cmp__mpi_map_free(cmp__mpi_map *m);

@@ -326,6 +326,18 @@ int cmp__mpi_map_put(cmp__mpi_map *m, uint64_t key, uint64_t val)
     return 0;
 }
 
+int cmp__mpi_map_get(const cmp__mpi_map *m, uint64_t key, uint64_t *val)
+{
+    if (!m->cap)
+        return 0;
+    for (size_t j = slot_of(key, m->cap); m->keys[j]; j = (j + 1) & (m->cap - 1))
+        if (m->keys[j] == key) {
+            *val = m->vals[j];
+            return 1;
+        }
+    return 0;
+}
+
 int cmp__mpi_map_take(cmp__mpi_map *m, uint64_t key, uint64_t *val)
 {
     if (!m->cap)

@@ -887,6 +887,16 @@ long cmp_mpi_pool_cancel(cmp_mpi_pool_t *p, const uint64_t *ids, size_t n)
             tp = &t->next;
         }
     }
+    /* the others, sent already: their ranks drop those no worker has
+     * taken (they come out CANCELLED later, as the ranks answer) */
+    for (size_t i = 0; i < want.cap; i++) {
+        uint64_t rank;
+        if (want.keys[i] && cmp__mpi_map_get(&p->inflight, want.keys[i], &rank) && !G.lost[rank]) {
+            cmp__mpi_rec r = {.kind = CMP__MPI_CANCEL, .pool = p->pool_id, .id = want.keys[i]};
+            add((int)rank, &r, NULL);
+        }
+    }
+    wake_thread();
     pthread_mutex_unlock(&G.mu);
     cmp__mpi_map_free(&want);
     free_tasks(gone);

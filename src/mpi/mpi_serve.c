@@ -16,6 +16,7 @@ typedef struct spool {
     uint64_t id; /* rank 0's */
     cmp_pool_t *pool;
     cmp__mpi_map ids;    /* local task id -> rank 0's */
+    cmp__mpi_map rids;   /* rank 0's task id -> local (for CANCEL) */
     cmp__mpi_map blocks; /* local task id -> its arena block + 1 */
     /* framed: the pool's workers are forks of ours and run the functions
      * below, which take the frame off each task and find a big one's bytes
@@ -311,6 +312,8 @@ static void take_task(server *s, const cmp__mpi_rec *rec, const char *data, int 
     }
     if (rc == 0 && cmp__mpi_map_put(&p->ids, lid, rec->id) < 0)
         rc = -ENOMEM; /* the task runs, but its outcome could not be routed */
+    if (rc == 0)
+        (void)cmp__mpi_map_put(&p->rids, rec->id, lid); /* no memory: not cancellable */
     if (rc < 0) {
         /* a broken pool refuses tasks: they fail as those it took did */
         const void *why;
@@ -334,6 +337,7 @@ static void end_pool(server *s, spool *p)
             break;
         }
     cmp__mpi_map_free(&p->ids);
+    cmp__mpi_map_free(&p->rids);
     cmp__mpi_map_free(&p->blocks);
     free(p);
 }
@@ -347,6 +351,8 @@ static void forward(server *s, spool *p, cmp_pool_outcome_t *o)
     if (cmp__mpi_map_take(&p->blocks, o->id, &block))
         cmp__mpi_arena_done((int)block - 1);
     int known = cmp__mpi_map_take(&p->ids, o->id, &rid);
+    if (known)
+        cmp__mpi_map_take(&p->rids, rid, NULL);
     int big = o->len >= CMP__MPI_INLINE_MAX;
     if (known) {
         cmp__mpi_rec r = {.kind = CMP__MPI_RESULT,
@@ -461,6 +467,14 @@ static int handle(server *s, const char *buf, size_t len, int from, int *stop)
             if (p->finished)
                 end_pool(s, p);
             break;
+        case CMP__MPI_CANCEL: {
+            uint64_t lid;
+            /* the local pool drops it if no worker has it yet: it then comes
+             * out CANCELLED, and goes back as any outcome does */
+            if ((p = find(s, rec.pool)) && cmp__mpi_map_get(&p->rids, rec.id, &lid))
+                cmp_pool_cancel(p->pool, &lid, 1);
+            break;
+        }
         case CMP__MPI_STOP:
             *stop = 1;
             if (rec.status == 1)
@@ -548,6 +562,7 @@ int cmp_mpi_serve(const cmp_mpi_serve_options_t *opt)
         cmp_pool_destroy(p->pool);
         s.pools = p->next;
         cmp__mpi_map_free(&p->ids);
+        cmp__mpi_map_free(&p->rids);
         cmp__mpi_map_free(&p->blocks);
         free(p);
     }

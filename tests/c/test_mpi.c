@@ -242,7 +242,8 @@ static void test_slow_rank(void)
     finish(p);
 }
 
-/* Cancel takes back what no rank holds; terminate ends the rest. */
+/* Cancel takes back what no rank holds (and asks the ranks for the rest);
+ * terminate ends the rest. */
 static void test_cancel_terminate(void)
 {
     cmp_mpi_pool_t *p = make(0, 0);
@@ -261,7 +262,9 @@ static void test_cancel_terminate(void)
         cancelled += o.o.status == CMP_POOL_CANCELLED;
         free(o.o.data);
     }
-    CHECK(cancelled == c && done == N - c, "done %d cancelled %d", done, cancelled);
+    /* c, and maybe some the ranks held but no worker had taken */
+    CHECK(cancelled >= c && done + cancelled == N, "done %d cancelled %d of %ld", done, cancelled,
+          c);
     for (int k = 0; k < N; k++)
         CHECK(submit_op(p, OP_SLOW_ON_1, k, NULL) == 0, "submit");
     CHECK(cmp_mpi_pool_terminate(p) == 0, "terminate");
