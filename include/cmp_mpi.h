@@ -32,8 +32,10 @@ typedef struct cmp_mpi_pool cmp_mpi_pool_t;
 /* ---- the job ----------------------------------------------------------- */
 
 /* Initializes MPI (MPI_Init_thread, at least MPI_THREAD_SERIALIZED) unless
- * it is already initialized; argc/argv may be NULL. Returns this process's
- * rank (>= 0), or -EPROTO when MPI fails or offers too little threading. */
+ * it is already initialized; argc/argv may be NULL. Collective: every rank
+ * calls it (it makes libcmp_mpi's own communicator, a duplicate of
+ * MPI_COMM_WORLD whose errors return). Returns this process's rank (>= 0),
+ * or -EPROTO when MPI fails or offers too little threading. */
 int cmp_mpi_init(int *argc, char ***argv);
 /* The number of ranks, this one's rank, and this host's name (MPI's
  * processor name), after cmp_mpi_init. */

@@ -211,7 +211,7 @@ def test_c_suite(n):
     proc = subprocess.run(_mpiexec(n, exe), env=_env(), capture_output=True, text=True,
                           timeout=RUN_TIMEOUT + 15)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "mpi: 6 passed, 0 failed" in proc.stdout, proc.stdout
+    assert "mpi: 7 passed, 0 failed" in proc.stdout, proc.stdout
 
 
 def _processes_running(path):
