@@ -22,7 +22,8 @@ Across 2 simulated hosts (scripts/mpi_hosts.py: network namespaces, Open
 MPI over TCP between them; as root only, else the rows say why they are
 missing): 400 tasks of 10 ms on 2 workers a host against the ideal, ours
 (a rank a host, its local pool of 2 workers: 3 ranks) next to mpi4py.futures
-(2 worker ranks a host: 5 ranks). Not part of the tests.
+(2 worker ranks a host: 5 ranks); and the array map across them (TCP)
+against bare Send/Recv between the same hosts. Not part of the tests.
 """
 import argparse
 import json
@@ -272,6 +273,10 @@ def _hosts_jobs():
         ours = _job(3, "cmultiprocessing.mpi", "cmp_hosts", workers, sim, ["--map-by", "node"])
         # mpi4py: a rank a worker, 2 a host (the hostfile's slots, filled in turn)
         peer = _job(1 + workers, "mpi4py.futures", "mpi4py_hosts", workers, sim)
+        # the array map over TCP, ours (a worker a host) and bare Send/Recv
+        ours.update(_job(3, "cmultiprocessing.mpi", "cmp_arrays", 2, sim, ["--map-by", "node"]))
+        raw = _job(3, None, "raw", 0, sim, ["--map-by", "node"])
+    ours["raw_arrays"] = raw.get("arrays")
     return (ours, peer, sim.names()[1:]), ""
 
 
@@ -291,6 +296,10 @@ def _hosts_table(hosts):
     print(f"{label:<44}{o or 0:>12.0f}{p or 0:>12.0f}{ratio:>12}")
     print(f"{f'  of ideal {ideal}/s ({HOST_WORKERS} workers a host)':<44}"
           f"{(o or 0) / ideal:>12.2f}{(p or 0) / ideal:>12.2f}")
+    a, b = ours.get("arrays"), ours.get("raw_arrays")
+    if a and b:
+        print(f"{'64 x 8 MiB arrays, 2 sim. hosts, TCP (MB/s)':<44}{a:>12.0f}{'':>12}"
+              f"{a / b:>12.2f}  (of bare Send/Recv: {b:.0f})")
 
 
 if __name__ == "__main__":
