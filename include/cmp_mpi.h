@@ -32,8 +32,10 @@ typedef struct cmp_mpi_pool cmp_mpi_pool_t;
 /* ---- the job ----------------------------------------------------------- */
 
 /* Initializes MPI (MPI_Init_thread, at least MPI_THREAD_SERIALIZED) unless
- * it is already initialized; argc/argv may be NULL. Returns this process's
- * rank (>= 0), or -EPROTO when MPI fails or offers too little threading. */
+ * it is already initialized; argc/argv may be NULL. Collective: every rank
+ * calls it (it makes libcmp_mpi's own communicator, a duplicate of
+ * MPI_COMM_WORLD whose errors return). Returns this process's rank (>= 0),
+ * or -EPROTO when MPI fails or offers too little threading. */
 int cmp_mpi_init(int *argc, char ***argv);
 /* The number of ranks, this one's rank, and this host's name (MPI's
  * processor name), after cmp_mpi_init. */
@@ -61,6 +63,19 @@ typedef struct cmp_mpi_serve_options {
     const cmp_pool_options_t *pool; /* without configure: required */
     void *arg;                      /* given to configure */
 } cmp_mpi_serve_options_t;
+
+/* A task of CMP_MPI_BIG bytes or more is received from MPI straight into
+ * memory the serving rank shares with its workers, and the task function
+ * reads it there: the pointer it gets is valid until it returns, after
+ * which the serving rank reuses that memory. A task function that needs
+ * the bytes longer (its arrays decoded in place) calls cmp_mpi_task_keep()
+ * while it runs: the memory is then its worker's until
+ * cmp_mpi_task_release(handle), which may come after later tasks.
+ * keep returns NULL for a task whose bytes are the worker's own copy
+ * (smaller tasks, and big ones when the shared memory is full): copy what
+ * you keep then. release(NULL) does nothing. */
+void *cmp_mpi_task_keep(void);
+void cmp_mpi_task_release(void *handle);
 
 /* Serves rank 0 until it calls cmp_mpi_finalize (or destroys the job).
  * Returns 0 then, -EINVAL on rank 0, or -EPROTO when MPI fails. */
@@ -94,7 +109,22 @@ typedef struct cmp_mpi_outcome {
     cmp_pool_outcome_t o; /* data is from opt->alloc (NULL when len is 0) */
     int rank;             /* the serving rank (0: run locally, or none) */
     const char *host;     /* its host, valid while the job runs */
+    /* o.status CMP_POOL_LOST because the whole rank was lost (o.pid 0):
+     * nothing came from it for CMP_MPI_RANK_TIMEOUT seconds while it held
+     * tasks (see below) */
+    int rank_lost;
 } cmp_mpi_outcome_t;
+
+/* A whole rank lost (its host gone): Open MPI 4.1 ends the job, unless
+ * mpiexec runs with --enable-recovery. Then the job goes on: rank 0, having
+ * heard nothing from a rank that holds tasks for CMP_MPI_RANK_TIMEOUT
+ * seconds (the environment's, else 10; a serving rank with tasks says
+ * something every 0.25 s), fails the tasks it held (LOST, rank_lost 1),
+ * sends it no more and goes on with the others; tasks of a pool whose every
+ * rank is lost fail too. MPI cannot be finalized then (it would wait for
+ * the lost rank): cmp_mpi_finalize skips it, and mpiexec ends the job as
+ * failed once rank 0 has finished. */
+#define CMP_MPI_RANK_TIMEOUT_ENV "CMP_MPI_RANK_TIMEOUT"
 
 /* Creates the pool on every serving rank and waits for them to report
  * their workers. Returns 0, -EINVAL (not rank 0, or no job), -ENODEV
@@ -119,8 +149,14 @@ int cmp_mpi_pool_next(cmp_mpi_pool_t *pool, cmp_mpi_outcome_t *out,
 uint64_t cmp_mpi_pool_outstanding(cmp_mpi_pool_t *pool);
 /* Workers across the serving ranks (as they reported them). */
 unsigned cmp_mpi_pool_size(const cmp_mpi_pool_t *pool);
+/* Up to max pids of the workers running on the serving ranks (each in its
+ * host's pid space), as they last reported them (within ~20 ms of a
+ * change). Returns how many. */
+unsigned cmp_mpi_pool_pids(cmp_mpi_pool_t *pool, pid_t *pids, unsigned max);
 /* Cancels those of the tasks not yet sent to a rank: each comes out as
- * CMP_POOL_CANCELLED. Returns how many. */
+ * CMP_POOL_CANCELLED. Returns how many. The ranks holding the others drop
+ * those no worker has taken yet: they come out CANCELLED later, as the
+ * ranks answer (not counted). */
 long cmp_mpi_pool_cancel(cmp_mpi_pool_t *pool, const uint64_t *ids, size_t n);
 /* close: no more tasks; each rank closes its pool once every task is
  * done. terminate: the ranks terminate their pools; every task not yet

@@ -29,8 +29,16 @@ enum {
     CMP__MPI_CLOSE,      /* 0 -> k: no more tasks for that pool */
     CMP__MPI_TERMINATE,  /* 0 -> k: end that pool now */
     CMP__MPI_ENDED,      /* k -> 0: that pool's workers are gone */
-    CMP__MPI_STOP,       /* 0 -> k: the job ends */
+    CMP__MPI_STOP,       /* 0 -> k: the job ends; status 1: a rank was lost */
+    CMP__MPI_ALIVE,      /* k -> 0: nothing else to say, while tasks run */
+    CMP__MPI_PIDS,       /* k -> 0: bytes its pool's worker pids (int32), when they change */
+    CMP__MPI_CANCEL,     /* 0 -> k: drop task id if no worker has taken it */
 };
+
+/* A serving rank looks at its pools' worker pids this often (a worker
+ * replaced: rank 0's pool._pool lists the new one). */
+#define CMP__MPI_PIDS_NS 20000000L
+#define CMP__MPI_PIDS_MAX 1024
 
 typedef struct cmp__mpi_rec {
     uint32_t kind;
@@ -68,6 +76,9 @@ typedef struct {
 int cmp__mpi_sends_test(cmp__mpi_release *rel, int max, int *nrel);
 /* Sends still in flight. */
 int cmp__mpi_sends_pending(void);
+/* Gives up the sends to dest (a lost rank): their buffers are not freed
+ * nor released (MPI may still hold them). */
+void cmp__mpi_sends_forget(int dest);
 
 /* Receives one batch if one is there (from src, or MPI_ANY_SOURCE):
  * *buf (free() it), *len, *from. 1, 0 (nothing), or -EPROTO/-ENOMEM. */
@@ -80,8 +91,14 @@ int cmp__mpi_batch_next(const char *buf, size_t len, size_t *off, cmp__mpi_rec *
  * bytes in all). 0 or -EPROTO. */
 int cmp__mpi_recv_pieces(int src, char *buf, size_t len, unsigned npieces);
 
-/* The job's state (mpi_job.c). */
-extern int cmp__mpi_rank, cmp__mpi_size;
+/* The job's state (mpi_job.c): our communicator (errors return), and
+ * lost: a rank is gone, so MPI is not finalized (it would wait for it). */
+extern int cmp__mpi_rank, cmp__mpi_size, cmp__mpi_lost;
+extern MPI_Comm cmp__mpi_comm;
+
+/* A serving rank with tasks says ALIVE when it has sent nothing for this
+ * long, so that rank 0 can tell a rank that is gone from a busy one. */
+#define CMP__MPI_HEARTBEAT_NS 250000000L
 
 /* Idle backoff: the sleep after `idle` empty turns in a row, in ns (0: yield
  * only). Both sides poll MPI, which has no descriptor to wait on. */
@@ -97,6 +114,8 @@ typedef struct {
 } cmp__mpi_map;
 /* 0, or -ENOMEM. */
 int cmp__mpi_map_put(cmp__mpi_map *m, uint64_t key, uint64_t val);
+/* 1 with *val, or 0 when absent. */
+int cmp__mpi_map_get(const cmp__mpi_map *m, uint64_t key, uint64_t *val);
 /* 1 with *val (may be NULL) and the key removed, or 0 when absent. */
 int cmp__mpi_map_take(cmp__mpi_map *m, uint64_t key, uint64_t *val);
 void cmp__mpi_map_free(cmp__mpi_map *m);
@@ -110,5 +129,22 @@ unsigned cmp__mpi_npieces(const struct iovec *iov, int iovcnt);
  * (then release is not called, and what went out is still in flight). */
 int cmp__mpi_send_pieces(int dest, const struct iovec *iov, int iovcnt, void (*release)(void *),
                          void *rarg);
+
+/* ---- the arena (mpi_arena.c): big tasks in memory the workers share ---- */
+
+/* Maps the arena (once; before the first local pool forks). 0, or a
+ * negative errno (then tasks travel through the pools' rings). */
+int cmp__mpi_arena_open(void);
+/* A block of at least len bytes for a task: *data gets where to write it.
+ * Returns the block (>= 0), -ENOMEM (no room: the ring then), -ENODEV. */
+int cmp__mpi_arena_get(size_t len, char **data);
+/* Where the block is, for the worker (cmp__mpi_arena_enter). */
+uint64_t cmp__mpi_arena_offset(int block);
+/* The block's task has come out: it is free unless a worker keeps it. */
+void cmp__mpi_arena_done(int block);
+/* In a worker: the bytes at off, held by this worker until the task
+ * function returns (leave), or longer with cmp_mpi_task_keep. */
+char *cmp__mpi_arena_enter(uint64_t off);
+void cmp__mpi_arena_leave(void);
 
 #endif

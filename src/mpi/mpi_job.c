@@ -10,6 +10,8 @@
 #include <string.h>
 
 int cmp__mpi_rank = -1, cmp__mpi_size = 0;
+int cmp__mpi_lost;
+MPI_Comm cmp__mpi_comm = MPI_COMM_NULL;
 static int we_initialized;
 static char host[MPI_MAX_PROCESSOR_NAME + 1];
 
@@ -30,8 +32,14 @@ int cmp_mpi_init(int *argc, char ***argv)
     }
     if (provided < MPI_THREAD_SERIALIZED)
         return -EPROTO;
-    MPI_Comm_rank(MPI_COMM_WORLD, &cmp__mpi_rank);
-    MPI_Comm_size(MPI_COMM_WORLD, &cmp__mpi_size);
+    /* a communicator of ours: the caller's MPI traffic never meets ours,
+     * and an error (a rank gone, under mpiexec --enable-recovery) comes
+     * back to us instead of aborting the job */
+    if (MPI_Comm_dup(MPI_COMM_WORLD, &cmp__mpi_comm) != MPI_SUCCESS ||
+        MPI_Comm_set_errhandler(cmp__mpi_comm, MPI_ERRORS_RETURN) != MPI_SUCCESS)
+        return -EPROTO;
+    MPI_Comm_rank(cmp__mpi_comm, &cmp__mpi_rank);
+    MPI_Comm_size(cmp__mpi_comm, &cmp__mpi_size);
     int n = 0;
     MPI_Get_processor_name(host, &n);
     host[n < 0 ? 0 : n] = '\0';
@@ -68,8 +76,13 @@ int cmp_mpi_finalize(void)
             rel[i].fn(rel[i].arg);
         sched_yield();
     }
-    if (we_initialized)
+    /* With a rank gone, Open MPI 4.1 (no ULFM) cannot finalize: its
+     * MPI_Finalize waits for every rank. The job then ends without it, and
+     * mpiexec ends it as failed (with the ranks still there). */
+    if (we_initialized && !cmp__mpi_lost) {
+        MPI_Comm_free(&cmp__mpi_comm);
         MPI_Finalize();
+    }
     cmp__mpi_rank = -1;
     cmp__mpi_size = 0;
     return 0;
@@ -144,7 +157,7 @@ int cmp__mpi_batch_next(const char *buf, size_t len, size_t *off, cmp__mpi_rec *
 
 typedef struct {
     void *buf;
-    int own;
+    int own, dest;
     void (*release)(void *);
     void *rarg;
 } send_slot;
@@ -169,9 +182,9 @@ int cmp__mpi_send(int dest, int tag, void *buf, size_t len, int own, void (*rele
         capsends = cap;
     }
     /* counts are int: a piece is at most INT_MAX bytes (the sender splits) */
-    if (MPI_Isend(buf, (int)len, MPI_BYTE, dest, tag, MPI_COMM_WORLD, &reqs[nsends]) != MPI_SUCCESS)
+    if (MPI_Isend(buf, (int)len, MPI_BYTE, dest, tag, cmp__mpi_comm, &reqs[nsends]) != MPI_SUCCESS)
         return -EPROTO;
-    slots[nsends] = (send_slot){buf, own, release, rarg};
+    slots[nsends] = (send_slot){buf, own, dest, release, rarg};
     nsends++;
     return 0;
 }
@@ -210,13 +223,29 @@ int cmp__mpi_sends_pending(void)
     return nsends;
 }
 
+void cmp__mpi_sends_forget(int dest)
+{
+    for (int i = 0; i < nsends;) {
+        if (slots[i].dest != dest) {
+            i++;
+            continue;
+        }
+        /* MPI may still read the buffer (the send never completes): it and
+         * its release are given up, not reused */
+        MPI_Request_free(&reqs[i]);
+        nsends--;
+        reqs[i] = reqs[nsends];
+        slots[i] = slots[nsends];
+    }
+}
+
 /* ---- receives ------------------------------------------------------------ */
 
 int cmp__mpi_recv_batch(int src, char **buf, size_t *len, int *from)
 {
     int flag = 0, count = 0;
     MPI_Status st;
-    if (MPI_Iprobe(src, CMP__MPI_TAG_BATCH, MPI_COMM_WORLD, &flag, &st) != MPI_SUCCESS)
+    if (MPI_Iprobe(src, CMP__MPI_TAG_BATCH, cmp__mpi_comm, &flag, &st) != MPI_SUCCESS)
         return -EPROTO;
     if (!flag)
         return 0;
@@ -224,7 +253,7 @@ int cmp__mpi_recv_batch(int src, char **buf, size_t *len, int *from)
     char *b = malloc(count ? (size_t)count : 1);
     if (!b)
         return -ENOMEM;
-    if (MPI_Recv(b, count, MPI_BYTE, st.MPI_SOURCE, CMP__MPI_TAG_BATCH, MPI_COMM_WORLD,
+    if (MPI_Recv(b, count, MPI_BYTE, st.MPI_SOURCE, CMP__MPI_TAG_BATCH, cmp__mpi_comm,
                  MPI_STATUS_IGNORE) != MPI_SUCCESS) {
         free(b);
         return -EPROTO;
@@ -241,12 +270,12 @@ int cmp__mpi_recv_pieces(int src, char *buf, size_t len, unsigned npieces)
     for (unsigned i = 0; i < npieces; i++) {
         MPI_Status st;
         int count = 0;
-        if (MPI_Probe(src, CMP__MPI_TAG_PIECE, MPI_COMM_WORLD, &st) != MPI_SUCCESS)
+        if (MPI_Probe(src, CMP__MPI_TAG_PIECE, cmp__mpi_comm, &st) != MPI_SUCCESS)
             return -EPROTO;
         MPI_Get_count(&st, MPI_BYTE, &count);
         if ((size_t)count > len - off)
             return -EPROTO;
-        if (MPI_Recv(buf + off, count, MPI_BYTE, src, CMP__MPI_TAG_PIECE, MPI_COMM_WORLD,
+        if (MPI_Recv(buf + off, count, MPI_BYTE, src, CMP__MPI_TAG_PIECE, cmp__mpi_comm,
                      MPI_STATUS_IGNORE) != MPI_SUCCESS)
             return -EPROTO;
         off += (size_t)count;
@@ -294,6 +323,18 @@ int cmp__mpi_map_put(cmp__mpi_map *m, uint64_t key, uint64_t val)
         m->len++;
     m->keys[j] = key;
     m->vals[j] = val;
+    return 0;
+}
+
+int cmp__mpi_map_get(const cmp__mpi_map *m, uint64_t key, uint64_t *val)
+{
+    if (!m->cap)
+        return 0;
+    for (size_t j = slot_of(key, m->cap); m->keys[j]; j = (j + 1) & (m->cap - 1))
+        if (m->keys[j] == key) {
+            *val = m->vals[j];
+            return 1;
+        }
     return 0;
 }
 

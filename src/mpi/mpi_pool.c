@@ -54,7 +54,12 @@ struct cmp_mpi_pool {
     int state, close_sent, term_sent, create_rc;
     int broken; /* a rank's initializer failed */
     unsigned created, ended;
+    unsigned char *answered; /* per rank: ANSWERED_* (a lost rank: both) */
+    int32_t **pids;          /* per rank: its workers' pids, as it reported them */
+    unsigned *npids;
 };
+
+enum { ANSWERED_CREATED = 1, ANSWERED_ENDED = 2 };
 
 static struct {
     pthread_mutex_t mu;
@@ -65,10 +70,24 @@ static struct {
     struct cmp_mpi_pool *pools;
     cmp__mpi_batch *out; /* per rank */
     char **hosts;        /* per rank, as they reported */
+    /* per rank: when we last heard from it (or began to expect to), whether
+     * we expect to, whether it is lost */
+    int64_t *heard;
+    unsigned char *expected, *lost;
+    int nlost;
+    int64_t lost_after_ns;
 } G = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
 
 static task *terminate_locked(struct cmp_mpi_pool *p);
 static void free_tasks(task *gone);
+static void free_task_later(task *t, cmp__mpi_release *rel, int *nrel);
 
 static void *default_alloc(void *arg, size_t len)
 {
@@ -183,6 +202,9 @@ static void on_result(int from, const cmp__mpi_rec *rec, const char *data)
 
 static void on_batch(const char *buf, size_t len, int from)
 {
+    if (G.lost[from])
+        return; /* what it sent before we gave up on it (its pieces may never come) */
+    G.heard[from] = now_ns();
     size_t off = 0;
     cmp__mpi_rec rec;
     const char *data;
@@ -193,7 +215,8 @@ static void on_batch(const char *buf, size_t len, int from)
         case CMP__MPI_CREATED:
             if (!G.hosts[from] && rec.len && data[rec.len - 1] == '\0')
                 G.hosts[from] = strdup(data);
-            if ((p = find(rec.pool))) {
+            if ((p = find(rec.pool)) && !(p->answered[from] & ANSWERED_CREATED)) {
+                p->answered[from] |= ANSWERED_CREATED;
                 p->workers[from] = rec.workers > 0 ? (unsigned)rec.workers : 0;
                 p->total += p->workers[from];
                 if (rec.status < 0)
@@ -205,8 +228,21 @@ static void on_batch(const char *buf, size_t len, int from)
         case CMP__MPI_RESULT:
             on_result(from, &rec, data);
             break;
+        case CMP__MPI_ALIVE:
+            break;
+        case CMP__MPI_PIDS:
+            if ((p = find(rec.pool)) && rec.len % sizeof(int32_t) == 0) {
+                int32_t *v = realloc(p->pids[from], rec.len ? rec.len : 1);
+                if (!v)
+                    break; /* the list stays as it was: only pool._pool is late */
+                memcpy(v, data, rec.len);
+                p->pids[from] = v;
+                p->npids[from] = (unsigned)(rec.len / sizeof(int32_t));
+            }
+            break;
         case CMP__MPI_ENDED:
-            if ((p = find(rec.pool))) {
+            if ((p = find(rec.pool)) && !(p->answered[from] & ANSWERED_ENDED)) {
+                p->answered[from] |= ANSWERED_ENDED;
                 p->ended++;
                 pthread_cond_broadcast(&p->cv);
             }
@@ -230,8 +266,88 @@ static void add(int rank, const cmp__mpi_rec *rec, const void *data)
 static void add_all(uint64_t pool, int kind)
 {
     for (int k = 1; k < cmp__mpi_size; k++) {
-        cmp__mpi_rec r = {.kind = (uint32_t)kind, .pool = pool};
-        add(k, &r, NULL);
+        cmp__mpi_rec r = {.kind = (uint32_t)kind, .pool = pool, .status = G.nlost ? 1 : 0};
+        if (!G.lost[k])
+            add(k, &r, NULL);
+    }
+}
+
+/* ---- a rank lost ----------------------------------------------------------- */
+
+/* Nothing from rank k for too long while it held tasks (or owed us an
+ * answer): its tasks fail, it gets no more, the pools go on without it. */
+static void lose_rank(int k)
+{
+    G.lost[k] = 1;
+    G.nlost++;
+    cmp__mpi_lost = 1;
+    G.out[k].len = 0;
+    cmp__mpi_sends_forget(k);
+    for (struct cmp_mpi_pool *p = G.pools; p; p = p->next_pool) {
+        uint64_t *ids = malloc((p->inflight.len + 1) * sizeof *ids);
+        size_t nids = 0;
+        if (!ids)
+            abort(); /* out of memory failing tasks: nothing sane to do */
+        for (size_t i = 0; i < p->inflight.cap; i++)
+            if (p->inflight.keys[i] && p->inflight.vals[i] == (uint64_t)k)
+                ids[nids++] = p->inflight.keys[i];
+        for (size_t i = 0; i < nids; i++) {
+            cmp__mpi_map_take(&p->inflight, ids[i], NULL);
+            onode *n = new_outcome(ids[i], CMP_POOL_LOST, k);
+            n->out.rank_lost = 1;
+            push_outcome(p, n);
+        }
+        free(ids);
+        p->held[k] = 0;
+        p->npids[k] = 0;
+        p->total -= p->workers[k];
+        p->workers[k] = 0;
+        if (!(p->answered[k] & ANSWERED_CREATED))
+            p->created++;
+        if (!(p->answered[k] & ANSWERED_ENDED))
+            p->ended++;
+        p->answered[k] = ANSWERED_CREATED | ANSWERED_ENDED;
+        pthread_cond_broadcast(&p->cv);
+    }
+}
+
+static int expecting_from(int k)
+{
+    for (struct cmp_mpi_pool *p = G.pools; p; p = p->next_pool) {
+        if (p->held[k] || !(p->answered[k] & ANSWERED_CREATED))
+            return 1;
+        if ((p->close_sent || p->term_sent) && !(p->answered[k] & ANSWERED_ENDED))
+            return 1;
+    }
+    return 0;
+}
+
+static void check_ranks(void)
+{
+    int64_t now = now_ns();
+    for (int k = 1; k < cmp__mpi_size; k++) {
+        if (G.lost[k])
+            continue;
+        int e = expecting_from(k);
+        if (e && !G.expected[k])
+            G.heard[k] = now; /* silence counts from when we began to wait */
+        G.expected[k] = (unsigned char)e;
+        if (e && now - G.heard[k] > G.lost_after_ns)
+            lose_rank(k);
+    }
+}
+
+/* Every serving rank is lost: the pool's pending tasks can run nowhere. */
+static void fail_pending(struct cmp_mpi_pool *p, cmp__mpi_release *rel, int *nrel, int maxrel)
+{
+    while (p->ph && *nrel < maxrel) {
+        task *t = p->ph;
+        if (!(p->ph = t->next))
+            p->pt = NULL;
+        onode *n = new_outcome(t->id, CMP_POOL_LOST, 0);
+        n->out.rank_lost = 1;
+        push_outcome(p, n);
+        free_task_later(t, rel, nrel);
     }
 }
 
@@ -266,6 +382,8 @@ static int dispatch(struct cmp_mpi_pool *p, cmp__mpi_release *rel, int *nrel, in
     int did = 0, k;
     if (p->created < (unsigned)cmp__mpi_size - 1)
         return 0;
+    if (G.nlost == cmp__mpi_size - 1)
+        fail_pending(p, rel, nrel, maxrel);
     while (p->state != TERMINATED && p->ph && *nrel < maxrel && (k = pick_rank(p))) {
         task *t = p->ph;
         if (!(p->ph = t->next))
@@ -281,7 +399,7 @@ static int dispatch(struct cmp_mpi_pool *p, cmp__mpi_release *rel, int *nrel, in
             r.npieces = cmp__mpi_npieces(iov, n);
             add(k, &r, NULL);
             if (cmp__mpi_batch_flush(&G.out[k], k) < 0)
-                abort();
+                lose_rank(k);
             /* the bytes go straight from their memory; freed once sent */
             if (t->bytes) {
                 if (r.npieces && cmp__mpi_send_pieces(k, iov, n, free, t->bytes) < 0)
@@ -344,8 +462,9 @@ static void *comm_main(void *unused)
             stop_sent = 1;
         }
         for (int k = 1; k < cmp__mpi_size; k++)
-            if (cmp__mpi_batch_flush(&G.out[k], k) < 0)
-                abort();
+            if (!G.lost[k] && cmp__mpi_batch_flush(&G.out[k], k) < 0)
+                lose_rank(k); /* our communicator returns errors: a rank gone */
+        check_ranks();
         int n2 = 0;
         did += cmp__mpi_sends_test(rel + nrel, MAXREL - nrel, &n2);
         nrel += n2;
@@ -398,10 +517,17 @@ static int start_thread(void)
 {
     if (G.started)
         return 0;
-    G.out = calloc((size_t)cmp__mpi_size, sizeof *G.out);
-    G.hosts = calloc((size_t)cmp__mpi_size, sizeof *G.hosts);
-    if (!G.out || !G.hosts)
+    size_t n = (size_t)cmp__mpi_size;
+    G.out = calloc(n, sizeof *G.out);
+    G.hosts = calloc(n, sizeof *G.hosts);
+    G.heard = calloc(n, sizeof *G.heard);
+    G.expected = calloc(n, 1);
+    G.lost = calloc(n, 1);
+    if (!G.out || !G.hosts || !G.heard || !G.expected || !G.lost)
         return -ENOMEM;
+    const char *env = getenv(CMP_MPI_RANK_TIMEOUT_ENV);
+    double secs = env ? atof(env) : 0;
+    G.lost_after_ns = (int64_t)((secs > 0 ? secs : 10.0) * 1e9);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -447,8 +573,14 @@ void cmp__mpi_pool_shutdown(void)
     }
     free(G.out);
     free(G.hosts);
+    free(G.heard);
+    free(G.expected);
+    free(G.lost);
     G.out = NULL;
     G.hosts = NULL;
+    G.heard = NULL;
+    G.expected = G.lost = NULL;
+    G.nlost = 0;
     pthread_mutex_unlock(&G.mu);
 }
 
@@ -495,8 +627,11 @@ int cmp_mpi_pool_create(cmp_mpi_pool_t **out, const cmp_mpi_pool_options_t *opt)
     }
     p->workers = calloc((size_t)cmp__mpi_size, sizeof *p->workers);
     p->held = calloc((size_t)cmp__mpi_size, sizeof *p->held);
+    p->answered = calloc((size_t)cmp__mpi_size, 1);
+    p->pids = calloc((size_t)cmp__mpi_size, sizeof *p->pids);
+    p->npids = calloc((size_t)cmp__mpi_size, sizeof *p->npids);
     rc = -ENOMEM;
-    if (!p->workers || !p->held)
+    if (!p->workers || !p->held || !p->answered || !p->pids || !p->npids)
         goto fail;
     pthread_mutex_lock(&G.mu);
     if ((rc = start_thread()) < 0) {
@@ -541,6 +676,9 @@ int cmp_mpi_pool_create(cmp_mpi_pool_t **out, const cmp_mpi_pool_options_t *opt)
 fail:
     free(p->workers);
     free(p->held);
+    free(p->answered);
+    free(p->pids);
+    free(p->npids);
     pthread_cond_destroy(&p->cv);
     free(p);
     return rc;
@@ -694,6 +832,19 @@ unsigned cmp_mpi_pool_size(const cmp_mpi_pool_t *p)
     return p->total;
 }
 
+unsigned cmp_mpi_pool_pids(cmp_mpi_pool_t *p, pid_t *pids, unsigned max)
+{
+    if (p->local)
+        return cmp_pool_pids(p->local, pids, max);
+    unsigned n = 0;
+    pthread_mutex_lock(&G.mu);
+    for (int k = 1; k < cmp__mpi_size; k++)
+        for (unsigned i = 0; i < p->npids[k] && n < max; i++)
+            pids[n++] = (pid_t)p->pids[k][i];
+    pthread_mutex_unlock(&G.mu);
+    return n;
+}
+
 /* Frees a list of tasks no rank will see (their releases run: no lock held). */
 static void free_tasks(task *gone)
 {
@@ -736,6 +887,16 @@ long cmp_mpi_pool_cancel(cmp_mpi_pool_t *p, const uint64_t *ids, size_t n)
             tp = &t->next;
         }
     }
+    /* the others, sent already: their ranks drop those no worker has
+     * taken (they come out CANCELLED later, as the ranks answer) */
+    for (size_t i = 0; i < want.cap; i++) {
+        uint64_t rank;
+        if (want.keys[i] && cmp__mpi_map_get(&p->inflight, want.keys[i], &rank) && !G.lost[rank]) {
+            cmp__mpi_rec r = {.kind = CMP__MPI_CANCEL, .pool = p->pool_id, .id = want.keys[i]};
+            add((int)rank, &r, NULL);
+        }
+    }
+    wake_thread();
     pthread_mutex_unlock(&G.mu);
     cmp__mpi_map_free(&want);
     free_tasks(gone);
@@ -845,6 +1006,11 @@ void cmp_mpi_pool_destroy(cmp_mpi_pool_t *p)
     cmp__mpi_map_free(&p->inflight);
     free(p->workers);
     free(p->held);
+    free(p->answered);
+    for (int k = 0; p->pids && k < cmp__mpi_size; k++)
+        free(p->pids[k]);
+    free(p->pids);
+    free(p->npids);
     pthread_cond_destroy(&p->cv);
     free(p);
 }

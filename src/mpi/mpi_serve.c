@@ -15,9 +15,19 @@
 typedef struct spool {
     uint64_t id; /* rank 0's */
     cmp_pool_t *pool;
-    cmp__mpi_map ids; /* local task id -> rank 0's */
-    int ending;       /* rank 0 closed or terminated it: end it once drained */
-    int finished;     /* every task is out (a broken pool): only rank 0 ends it */
+    cmp__mpi_map ids;    /* local task id -> rank 0's */
+    cmp__mpi_map rids;   /* rank 0's task id -> local (for CANCEL) */
+    cmp__mpi_map blocks; /* local task id -> its arena block + 1 */
+    /* framed: the pool's workers are forks of ours and run the functions
+     * below, which take the frame off each task and find a big one's bytes
+     * in the arena, then call inner's (what configure made) */
+    int framed;
+    cmp_pool_options_t inner;
+    int32_t pids[CMP__MPI_PIDS_MAX]; /* as rank 0 last heard them */
+    unsigned npids;
+    int pids_due; /* a worker died: its successor's pid goes out at once */
+    int ending;   /* rank 0 closed or terminated it: end it once drained */
+    int finished; /* every task is out (a broken pool): only rank 0 ends it */
     struct spool *next;
 } spool;
 
@@ -106,6 +116,91 @@ static void add(server *s, const cmp__mpi_rec *rec, const void *data)
         s->failed = -ENOMEM;
 }
 
+/* Tells rank 0 the pool's worker pids when they changed (pool._pool). */
+static void report_pids(server *s, spool *p)
+{
+    pid_t now[CMP__MPI_PIDS_MAX];
+    int32_t wire[CMP__MPI_PIDS_MAX];
+    unsigned n = cmp_pool_pids(p->pool, now, CMP__MPI_PIDS_MAX);
+    for (unsigned i = 0; i < n; i++)
+        wire[i] = (int32_t)now[i];
+    if (n >= cmp_pool_size(p->pool))
+        p->pids_due = 0;
+    if (n == p->npids && !memcmp(wire, p->pids, n * sizeof *wire))
+        return;
+    memcpy(p->pids, wire, n * sizeof *wire);
+    p->npids = n;
+    cmp__mpi_rec r = {.kind = CMP__MPI_PIDS, .pool = p->id, .len = n * sizeof *wire};
+    add(s, &r, wire);
+}
+
+/* ---- what a framed pool's workers run ---------------------------------- */
+
+/* Each task of a framed pool starts with this; a FRAME_ARENA one is only
+ * that (its bytes are in the arena), a FRAME_INLINE one has them after. */
+enum { FRAME_INLINE = 1, FRAME_ARENA };
+typedef struct {
+    uint32_t kind, pad;
+    uint64_t off, len; /* FRAME_ARENA only */
+} frame;
+#define FRAME_INLINE_LEN 8 /* kind and pad: the bytes stay 8-aligned */
+
+static int framed_task(void *arg, const void *task, size_t len, cmp_pool_result_t *out)
+{
+    spool *p = arg;
+    frame f = {0};
+    if (len < FRAME_INLINE_LEN)
+        abort(); /* only our serve loop submits to this pool */
+    memcpy(&f, task, len < sizeof f ? FRAME_INLINE_LEN : sizeof f);
+    if (f.kind == FRAME_INLINE)
+        return p->inner.task(p->inner.arg, (const char *)task + FRAME_INLINE_LEN,
+                             len - FRAME_INLINE_LEN, out);
+    const char *data = cmp__mpi_arena_enter(f.off);
+    int rc = p->inner.task(p->inner.arg, data, f.len, out);
+    cmp__mpi_arena_leave();
+    return rc;
+}
+
+static int framed_init(void *arg, cmp_pool_result_t *out)
+{
+    spool *p = arg;
+    return p->inner.init(p->inner.arg, out);
+}
+
+static void framed_wait(void *arg, int waiting)
+{
+    spool *p = arg;
+    p->inner.wait_hook(p->inner.arg, waiting);
+}
+
+static void framed_fork(void *arg, int phase)
+{
+    spool *p = arg;
+    p->inner.fork_hook(p->inner.arg, phase);
+}
+
+static void *framed_alloc(void *arg, size_t len)
+{
+    spool *p = arg;
+    return p->inner.task_alloc(p->inner.arg, len);
+}
+
+/* Workers forked by us (not started by a hook of the caller's) see the
+ * arena: their pool's tasks are framed. */
+static void frame_pool(spool *p, cmp_pool_options_t *opt)
+{
+    if (opt->start_worker || cmp__mpi_arena_open() < 0)
+        return;
+    p->inner = *opt;
+    p->framed = 1;
+    opt->task = framed_task;
+    opt->init = opt->init ? framed_init : NULL;
+    opt->wait_hook = opt->wait_hook ? framed_wait : NULL;
+    opt->fork_hook = opt->fork_hook ? framed_fork : NULL;
+    opt->task_alloc = opt->task_alloc ? framed_alloc : NULL;
+    opt->arg = p;
+}
+
 static void create_pool(server *s, const cmp__mpi_rec *rec, const char *data)
 {
     cmp_pool_options_t opt = {0};
@@ -118,6 +213,8 @@ static void create_pool(server *s, const cmp__mpi_rec *rec, const char *data)
     spool *p = rc ? NULL : calloc(1, sizeof *p);
     if (!rc && !p)
         rc = -ENOMEM;
+    if (p)
+        frame_pool(p, &opt);
     if (!rc && (rc = cmp_pool_create(&p->pool, &opt)) < 0) {
         free(p);
         p = NULL;
@@ -134,6 +231,8 @@ static void create_pool(server *s, const cmp__mpi_rec *rec, const char *data)
                       .status = rc,
                       .workers = p ? (int32_t)cmp_pool_size(p->pool) : 0};
     add(s, &r, host);
+    if (p)
+        report_pids(s, p);
 }
 
 static void reply(server *s, uint64_t pool, uint64_t id, int status, const void *data, size_t len)
@@ -143,21 +242,55 @@ static void reply(server *s, uint64_t pool, uint64_t id, int status, const void 
     add(s, &r, data);
 }
 
+/* Submits a task to p's pool: framed when the pool is. big (a buffer of
+ * big_buffer's, holding the bytes) is released once they are in the ring. */
+static int submit_local(spool *p, const char *data, size_t len, char *big, uint64_t *lid)
+{
+    frame f = {.kind = FRAME_INLINE};
+    if (big) {
+        /* big_buffer's second word holds the frame: the piece is one */
+        char *at = p->framed ? big - FRAME_INLINE_LEN : big;
+        if (p->framed)
+            memcpy(at, &f, FRAME_INLINE_LEN);
+        struct iovec iov = {at, len + (size_t)(big - at)};
+        int rc = cmp_pool_submitv_ref(p->pool, &iov, 1, lid, big_release, big);
+        if (rc < 0)
+            big_release(big);
+        return rc;
+    }
+    if (!p->framed)
+        return cmp_pool_submit(p->pool, data, len, lid);
+    struct iovec iov[2] = {{&f, FRAME_INLINE_LEN}, {(void *)data, len}};
+    return cmp_pool_submitv(p->pool, iov, 2, lid);
+}
+
+/* A big task's pieces, received into the arena when p's workers see it
+ * (*block), else into a buffer of big_buffer's (*big). 0 or -EPROTO. */
+static int receive_big(spool *p, const cmp__mpi_rec *rec, int from, int *block, char **big)
+{
+    char *into = NULL;
+    *block = p && p->framed ? cmp__mpi_arena_get(rec->len, &into) : -1;
+    *big = NULL;
+    if (*block < 0)
+        into = *big = big_buffer(rec->len);
+    /* the pieces must be taken off the wire even for a pool that is gone */
+    if (into && cmp__mpi_recv_pieces(from, into, rec->len, rec->npieces) == 0)
+        return 0;
+    if (*block >= 0)
+        cmp__mpi_arena_done(*block);
+    if (*big)
+        big_release(*big);
+    return -EPROTO;
+}
+
 static void take_task(server *s, const cmp__mpi_rec *rec, const char *data, int from)
 {
     spool *p = find(s, rec->pool);
     char *big = NULL;
-    if (rec->npieces) {
-        big = big_buffer(rec->len);
-        /* the pieces must be taken off the wire even for a pool that is gone */
-        char *into = big ? big : NULL;
-        if (!into || cmp__mpi_recv_pieces(from, into, rec->len, rec->npieces) < 0) {
-            if (big)
-                big_release(big);
-            s->failed = -EPROTO;
-            return;
-        }
-        data = big;
+    int block = -1;
+    if (rec->npieces && receive_big(p, rec, from, &block, &big) < 0) {
+        s->failed = -EPROTO;
+        return;
     }
     if (!p) {
         if (big)
@@ -166,16 +299,21 @@ static void take_task(server *s, const cmp__mpi_rec *rec, const char *data, int 
     }
     uint64_t lid = 0;
     int rc;
-    if (big) {
-        struct iovec iov = {big, rec->len};
-        rc = cmp_pool_submitv_ref(p->pool, &iov, 1, &lid, big_release, big);
+    if (block >= 0) {
+        frame f = {FRAME_ARENA, 0, cmp__mpi_arena_offset(block), rec->len};
+        rc = cmp_pool_submit(p->pool, &f, sizeof f, &lid);
+        /* out of memory for the map: the block stays out of use, the task runs */
         if (rc < 0)
-            big_release(big);
+            cmp__mpi_arena_done(block);
+        else
+            (void)cmp__mpi_map_put(&p->blocks, lid, (uint64_t)block + 1);
     } else {
-        rc = cmp_pool_submit(p->pool, data, rec->len, &lid);
+        rc = submit_local(p, data, rec->len, big, &lid);
     }
     if (rc == 0 && cmp__mpi_map_put(&p->ids, lid, rec->id) < 0)
         rc = -ENOMEM; /* the task runs, but its outcome could not be routed */
+    if (rc == 0)
+        (void)cmp__mpi_map_put(&p->rids, rec->id, lid); /* no memory: not cancellable */
     if (rc < 0) {
         /* a broken pool refuses tasks: they fail as those it took did */
         const void *why;
@@ -199,14 +337,22 @@ static void end_pool(server *s, spool *p)
             break;
         }
     cmp__mpi_map_free(&p->ids);
+    cmp__mpi_map_free(&p->rids);
+    cmp__mpi_map_free(&p->blocks);
     free(p);
 }
 
 /* Sends one local outcome back (a big result as its own message). */
 static void forward(server *s, spool *p, cmp_pool_outcome_t *o)
 {
-    uint64_t rid;
+    uint64_t rid, block;
+    if (o->status == CMP_POOL_LOST)
+        p->pids_due = 1; /* before the result that tells rank 0 of the death */
+    if (cmp__mpi_map_take(&p->blocks, o->id, &block))
+        cmp__mpi_arena_done((int)block - 1);
     int known = cmp__mpi_map_take(&p->ids, o->id, &rid);
+    if (known)
+        cmp__mpi_map_take(&p->rids, rid, NULL);
     int big = o->len >= CMP__MPI_INLINE_MAX;
     if (known) {
         cmp__mpi_rec r = {.kind = CMP__MPI_RESULT,
@@ -272,6 +418,28 @@ static int drain(server *s, long wait_ns)
     return got;
 }
 
+/* While our pools hold tasks, rank 0 hears from us at least every
+ * CMP__MPI_HEARTBEAT_NS (a result, or ALIVE), so that silence means we
+ * are gone. */
+static void heartbeat(server *s, struct timespec *said)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    if (!s->out.len) {
+        long ns = (now.tv_sec - said->tv_sec) * 1000000000L + (now.tv_nsec - said->tv_nsec);
+        if (ns < CMP__MPI_HEARTBEAT_NS)
+            return;
+        int busy = 0;
+        for (spool *p = s->pools; p; p = p->next)
+            busy |= cmp_pool_outstanding(p->pool) != 0;
+        if (!busy)
+            return;
+        cmp__mpi_rec r = {.kind = CMP__MPI_ALIVE};
+        add(s, &r, NULL);
+    }
+    *said = now;
+}
+
 static int handle(server *s, const char *buf, size_t len, int from, int *stop)
 {
     size_t off = 0;
@@ -299,8 +467,18 @@ static int handle(server *s, const char *buf, size_t len, int from, int *stop)
             if (p->finished)
                 end_pool(s, p);
             break;
+        case CMP__MPI_CANCEL: {
+            uint64_t lid;
+            /* the local pool drops it if no worker has it yet: it then comes
+             * out CANCELLED, and goes back as any outcome does */
+            if ((p = find(s, rec.pool)) && cmp__mpi_map_get(&p->rids, rec.id, &lid))
+                cmp_pool_cancel(p->pool, &lid, 1);
+            break;
+        }
         case CMP__MPI_STOP:
             *stop = 1;
+            if (rec.status == 1)
+                cmp__mpi_lost = 1; /* MPI cannot finalize: rank 0 says why */
             break;
         default:
             return -EPROTO;
@@ -316,6 +494,9 @@ int cmp_mpi_serve(const cmp_mpi_serve_options_t *opt)
     server s = {.opt = opt};
     unsigned idle = 0;
     int stop = 0;
+    struct timespec said, looked, now; /* when we last sent rank 0 something, read pids */
+    clock_gettime(CLOCK_MONOTONIC, &said);
+    looked = said;
     while (!stop && !s.failed) {
         int did = 0;
         char *buf;
@@ -332,6 +513,18 @@ int cmp_mpi_serve(const cmp_mpi_serve_options_t *opt)
         if (stop)
             break;
         did += drain(&s, 0);
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if ((now.tv_sec - looked.tv_sec) * 1000000000L + (now.tv_nsec - looked.tv_nsec) >=
+            CMP__MPI_PIDS_NS) {
+            for (spool *p = s.pools; p; p = p->next)
+                report_pids(&s, p);
+            looked = now;
+        } else {
+            for (spool *p = s.pools; p; p = p->next)
+                if (p->pids_due)
+                    report_pids(&s, p);
+        }
+        heartbeat(&s, &said);
         if (cmp__mpi_batch_flush(&s.out, 0) < 0)
             s.failed = -ENOMEM;
         cmp__mpi_release rel[32];
@@ -369,6 +562,8 @@ int cmp_mpi_serve(const cmp_mpi_serve_options_t *opt)
         cmp_pool_destroy(p->pool);
         s.pools = p->next;
         cmp__mpi_map_free(&p->ids);
+        cmp__mpi_map_free(&p->rids);
+        cmp__mpi_map_free(&p->blocks);
         free(p);
     }
     free(s.out.buf);

@@ -5,15 +5,20 @@ JSON line it prints; the same scripts run without mpiexec show the local
 fallback. Beyond the standard library (no stdlib twin): not differential.
 
 Open MPI's switches set here: OMPI_ALLOW_RUN_AS_ROOT(+_CONFIRM) (the
-tests run as root), --oversubscribe (3 ranks on 2 cores) and
-OMPI_MCA_btl_vader_single_copy_mechanism=none (containers refuse CMA).
+tests run as root), --oversubscribe (3 ranks on 2 cores),
+OMPI_MCA_btl_vader_single_copy_mechanism=none (containers refuse CMA) and
+OMPI_MCA_odls_base_sigkill_timeout=0 (mpiexec ending a job, on Ctrl-C or a
+failed rank, otherwise sleeps a second or two before it returns, even when
+every rank is gone; see test_sigint_*).
 Skipped when mpiexec or the binding (built only where mpicc is) is absent.
 """
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -46,6 +51,7 @@ def _env():
     env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                OMPI_MCA_btl_vader_single_copy_mechanism="none",
+               OMPI_MCA_odls_base_sigkill_timeout="0",
                PYTHONPATH=PKG_DIR + os.pathsep + env.get("PYTHONPATH", ""))
     return env
 
@@ -123,12 +129,19 @@ def test_big_arguments_and_results(api):
     if r["big_arrays"] is None:
         pytest.skip("numpy not installed")
     assert r["big_arrays"] is True
+    # arrays a task keeps (decoded in place on a serving rank) stay its own
+    assert r["kept_arrays"] is True
 
 
 def test_initializer_and_maxtasksperchild(api):
     _, r = api
     assert r["initializer"] == [41]
     assert r["maxtasks_pids"] >= 10  # 30 tasks, a worker replaced after 3
+
+
+def test_pool_view_lists_the_workers_of_every_rank(api):
+    _, r = api
+    assert r["pool_view"] == [True, True, True]
 
 
 def test_closed_pool_and_executor(api):
@@ -151,6 +164,7 @@ def test_killed_worker_fails_its_task_and_the_pool_goes_on(fail):
     assert "killed by signal 9" in r["lost"] and "MPI rank" in r["lost"]
     assert r["lost_imap"] == [0, 1, 2, "lost", 4, 5]
     assert r["after"] == [x * x for x in range(10)]
+    assert r["replaced"] is True
 
 
 def test_failing_initializer_and_unpicklable_result_as_in_the_local_pool(fail):
@@ -197,7 +211,7 @@ def test_c_suite(n):
     proc = subprocess.run(_mpiexec(n, exe), env=_env(), capture_output=True, text=True,
                           timeout=RUN_TIMEOUT + 15)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "mpi: 6 passed, 0 failed" in proc.stdout, proc.stdout
+    assert "mpi: 7 passed, 0 failed" in proc.stdout, proc.stdout
 
 
 def _processes_running(path):
@@ -241,31 +255,136 @@ def test_an_error_in_the_script_ends_the_whole_job(tmp_path):
     assert _gone_within(script, 5), _processes_running(script)
 
 
-def test_sigint_to_mpiexec_stops_every_rank_and_worker(tmp_path):
+@contextlib.contextmanager
+def _long_job(tmp_path):
+    """A job of 3 ranks running a long map: (mpiexec's process under
+    timeout, the script's path, rank 0's pid); whatever is left of it is
+    killed at the end."""
     import signal
-    import time
     script = _copy_script(tmp_path)
-    proc = subprocess.Popen([MPIEXEC, "--oversubscribe", "-n", "3", sys.executable, "-m",
-                             "cmultiprocessing.mpi", script],
-                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    proc = subprocess.Popen(_mpiexec(3, sys.executable, "-m", "cmultiprocessing.mpi", script),
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:
-        assert proc.stdout.readline().strip() == "STARTED"
+        started = proc.stdout.readline().split()
+        assert started[:1] == ["STARTED"]
         time.sleep(0.3)  # the map is running on every rank
-        assert len(_processes_running(script)) >= 3
-        t0 = time.monotonic()
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=20)
-        assert _gone_within(script, 5), _processes_running(script)
-        # Open MPI's mpiexec ends the job on SIGINT (SIGTERM, then SIGKILL);
-        # our workers die with their rank (PR_SET_PDEATHSIG)
-        assert time.monotonic() - t0 < 3.0
+        assert len(_processes_running(script)) >= 5  # 3 ranks, their workers
+        yield proc, script, int(started[1])
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
         for pid in _processes_running(script):
             os.kill(pid, signal.SIGKILL)
+
+
+def _interrupted(tmp_path, at_rank0):
+    """Ctrl-C during a long map: SIGINT to mpiexec (a terminal's Ctrl-C:
+    the ranks are in process groups of their own) or to rank 0 alone.
+    Returns (mpiexec's status, seconds until every process of the job is gone)."""
+    import signal
+    with _long_job(tmp_path) as (proc, script, rank0):
+        t0 = time.monotonic()
+        if at_rank0:
+            os.kill(rank0, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=20)
+        assert _gone_within(script, 5), _processes_running(script)
+        return proc.returncode, time.monotonic() - t0
+
+
+def test_sigint_to_mpiexec_stops_every_rank_and_worker(tmp_path):
+    # mpiexec kills the ranks (SIGCONT, SIGTERM, SIGKILL: at once with
+    # odls_base_sigkill_timeout=0); our workers die with their rank
+    # (PR_SET_PDEATHSIG)
+    rc, took = _interrupted(tmp_path, at_rank0=False)
+    assert rc != 0 and took < 1.0, (rc, took)
+
+
+def test_sigint_at_rank0_stops_every_rank_and_worker(tmp_path):
+    # KeyboardInterrupt on rank 0: it stops the servers (their pools
+    # terminated), which leave at once; rank 0 dies of the SIGINT
+    rc, took = _interrupted(tmp_path, at_rank0=True)
+    assert rc != 0 and took < 1.0, (rc, took)
+
+
+def _ppid(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def test_a_lost_rank_ends_the_whole_job(tmp_path):
+    """A serving rank killed (its host gone): Open MPI 4.1 without
+    --enable-recovery ends the job (mpiexec names the rank); no process of
+    it is left, its workers included."""
+    import signal
+    with _long_job(tmp_path) as (proc, script, rank0):
+        running = _processes_running(script)
+        mpiexec = [p for p in running if _ppid(p) == proc.pid]  # under timeout
+        ranks = {p for p in running if mpiexec and _ppid(p) == mpiexec[0]}
+        servers = sorted(ranks - {rank0})
+        assert len(servers) == 2, (running, ranks, rank0)
+        t0 = time.monotonic()
+        os.kill(servers[-1], signal.SIGKILL)
+        _, err = proc.communicate(timeout=20)
+        took = time.monotonic() - t0
+        assert proc.returncode != 0
+        assert "exited on signal 9" in err and "rank" in err, err
+        assert _gone_within(script, 5), _processes_running(script)
+        assert took < 3.0, took
+
+
+def lose_a_rank(cmd, env, find_server):
+    """Runs lost_script.py (cmd: its mpiexec command, with --enable-recovery)
+    and kills a serving rank (find_server(rank 0's pid) -> its pid) during
+    its map. Returns (its result, the killed rank's pid, mpiexec's status)."""
+    import signal
+    env = dict(env, CMP_MPI_RANK_TIMEOUT="1")
+    proc = subprocess.Popen(["timeout", "--kill-after=5", str(RUN_TIMEOUT)] + cmd, cwd=DATA,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        started = proc.stdout.readline().split()
+        assert started[:1] == ["STARTED"], proc.communicate()
+        time.sleep(0.5)  # tasks run on both serving ranks
+        victim = find_server(proc, int(started[1]))
+        os.kill(victim, signal.SIGKILL)
+        out, err = proc.communicate(timeout=RUN_TIMEOUT)
+        lines = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
+        assert lines, (proc.returncode, out, err)
+        return json.loads(lines[-1][7:]), victim, proc.returncode
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def check_lost_rank(r, victim):
+    """The lost rank's tasks failed naming it; every other task ran; the
+    pool went on with the rank left."""
+    ranks = {rank for rank, ppid in r["done"] if ppid == victim}
+    assert len(ranks) == 1, (ranks, victim)  # it ran tasks before it died
+    (lost,) = ranks
+    assert r["lost"] and len(r["done"]) + len(r["lost"]) == 160
+    assert all(f"MPI rank {lost} on host" in e and "was lost" in e for e in r["lost"]), r["lost"]
+    assert {rank for rank, _ in r["after"]} == {3 - lost}  # the other serving rank alone
+
+
+def test_a_lost_rank_under_enable_recovery_fails_its_tasks_and_the_job_goes_on():
+    script = os.path.join(DATA, "lost_script.py")
+
+    def server(proc, rank0):
+        running = _processes_running(script)
+        mpiexec = [p for p in running if _ppid(p) == proc.pid]
+        ranks = {p for p in running if mpiexec and _ppid(p) == mpiexec[0]}
+        return max(ranks - {rank0})
+
+    cmd = [MPIEXEC, "--enable-recovery", "--oversubscribe", "-n", "3", sys.executable, "-m",
+           "cmultiprocessing.mpi", script]
+    r, victim, _ = lose_a_rank(cmd, _env(), server)
+    check_lost_rank(r, victim)
+    assert _gone_within(script, 5), _processes_running(script)
 
 
 def test_a_pool_left_open_does_not_keep_the_job_alive(tmp_path):

@@ -352,9 +352,10 @@ Py_ssize_t cmp_py_decode_list_into(const char *data, size_t len, PyObject *dst, 
 PyObject *cmp_py_msg_new(size_t len, char **data);
 /* The object of the message in owner (from cmp_py_msg_new; stolen). */
 PyObject *cmp_py_decode_owned(cmp_py_state *st, PyObject *owner, size_t len);
-/* The message at offset in a bytearray from cmp_py_msg_new (not stolen):
- * like cmp_py_decode, but a pickle's out-of-band buffers are views of
- * owner (which they keep alive), not copies. */
+/* The message at offset in a bytearray from cmp_py_msg_new, or in another
+ * object whose buffer stays put while it lives (not stolen): like
+ * cmp_py_decode, but a pickle's out-of-band buffers are views of owner
+ * (which they keep alive), not copies. */
 PyObject *cmp_py_decode_at(cmp_py_state *st, PyObject *owner, size_t offset, size_t len);
 
 /* Pickling for our transports (reduction.c): with a dispatch table that

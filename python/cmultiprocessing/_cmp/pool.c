@@ -919,6 +919,10 @@ static PyObject *lost_error(const cmp_pool_outcome_t *o)
     PyObject *msg;
     if (o->status == CMP_POOL_CANCELLED) {
         msg = PyUnicode_FromString("the pool was terminated before the task ended");
+    } else if (o->pid == 0 && o->len) {
+        /* no worker we know of: the backend says what was lost (an MPI rank) */
+        msg = PyUnicode_DecodeUTF8(o->data, (Py_ssize_t)o->len, "replace");
+        o = NULL;
     } else if (o->cause < 0) {
 #if defined(__GLIBC__) && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 32)
         const char *abbrev = sigabbrev_np(-o->cause);
@@ -932,7 +936,7 @@ static PyObject *lost_error(const cmp_pool_outcome_t *o)
         msg = PyUnicode_FromFormat("worker process %d died running the task: exit code %d",
                                    (int)o->pid, o->cause);
     }
-    if (msg && o->status == CMP_POOL_LOST && o->len) {
+    if (msg && o && o->status == CMP_POOL_LOST && o->len) {
         PyObject *where = PyUnicode_DecodeUTF8(o->data, (Py_ssize_t)o->len, "replace");
         Py_SETREF(msg, where ? PyUnicode_FromFormat("%U %U", msg, where) : NULL);
         Py_XDECREF(where);
@@ -2317,6 +2321,7 @@ static const cmp_py_pool_api pool_api = {
     cmp_py_pool_worker_task_alloc,
     api_work_new,
     cmp_py_pool_worker_set_where,
+    cmp_py_pool_worker_task_owned,
 };
 
 int cmp_py_pool_init(PyObject *module, cmp_py_state *st)

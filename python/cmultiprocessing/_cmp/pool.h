@@ -39,6 +39,8 @@ int cmp_py_pool_worker_task(void *arg, const void *data, size_t len, cmp_pool_re
 int cmp_py_pool_worker_init(void *arg, cmp_pool_result_t *out);
 void cmp_py_pool_worker_wait_hook(void *arg, int waiting);
 void *cmp_py_pool_worker_task_alloc(void *arg, size_t len);
+int cmp_py_pool_worker_task_owned(void *arg, PyObject *owner, const void *data, size_t len,
+                                  cmp_pool_result_t *out);
 void cmp_py_pool_worker_fork_hook(void *arg, int phase);
 /* The note a task's exception gets (NULL: none); 0, or -1 (memory). */
 int cmp_py_pool_worker_set_where(const char *where);
@@ -81,7 +83,7 @@ typedef struct {
  * exception. set_where: text the workers add as a note to a task's
  * exception (where it ran), or NULL. GIL held for both. */
 #define CMP_PY_POOL_API "cmultiprocessing._cmp._pool_api"
-#define CMP_PY_POOL_API_VERSION 1
+#define CMP_PY_POOL_API_VERSION 2
 typedef struct {
     unsigned version;
     cmp_pool_task_fn task;
@@ -91,6 +93,11 @@ typedef struct {
     void *(*task_alloc)(void *arg, size_t len);
     cmp_py_pool_work *(*work_new)(PyObject *initializer, PyObject *initargs);
     int (*set_where)(const char *where);
+    /* task, when the task's bytes (data, len) are memory of owner (an
+     * object with a writable buffer, from which data is the start): its
+     * arrays are decoded as views of owner's memory, no copy. GIL held. */
+    int (*task_owned)(void *arg, PyObject *owner, const void *data, size_t len,
+                      cmp_pool_result_t *out);
 } cmp_py_pool_api;
 
 /* ---- pool._pool (pool_view.c) ---- */

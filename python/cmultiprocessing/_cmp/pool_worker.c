@@ -98,6 +98,15 @@ void *cmp_py_pool_worker_task_alloc(void *arg, size_t len)
     return big_task ? (void *)PyByteArray_AS_STRING(big_task) : NULL;
 }
 
+int cmp_py_pool_worker_task_owned(void *arg, PyObject *owner, const void *data, size_t len,
+                                  cmp_pool_result_t *out)
+{
+    Py_XSETREF(big_task, Py_NewRef(owner));
+    big_data = data;
+    big_len = len;
+    return cmp_py_pool_worker_task(arg, data, len, out);
+}
+
 /* The task at data: decoded in place when it is in big_task. */
 static PyObject *decode_task(cmp_py_state *st, const char *data, size_t len)
 {

@@ -806,7 +806,13 @@ PyObject *cmp_py_decode_owned(cmp_py_state *st, PyObject *owner, size_t len)
 
 PyObject *cmp_py_decode_at(cmp_py_state *st, PyObject *owner, size_t offset, size_t len)
 {
-    const char *data = PyByteArray_AS_STRING(owner) + offset;
+    /* a bytearray, or memory of another owner's (a serving MPI rank's
+     * shared arena): its buffer's address stays while owner lives */
+    Py_buffer b;
+    if (PyObject_GetBuffer(owner, &b, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const char *data = (const char *)b.buf + offset;
+    PyBuffer_Release(&b);
     if (len == 0 || (unsigned char)data[0] != T_PICKLE)
         return cmp_py_decode(st, data, len);
     /* out-of-band buffers are slices of the message: no second copy */

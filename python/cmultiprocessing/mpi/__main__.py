@@ -33,6 +33,8 @@ def main():
         try:
             runpy.run_path(script, run_name="__main__")
         finally:
+            # the servers stop (their pools terminated) and pass MPI's
+            # finalize with us, on an exception or Ctrl-C too
             _mpi.finalize()
         return
     # a server: the script's definitions, as spawn's children import them
@@ -47,6 +49,13 @@ def main():
         _mpi.serve()
     finally:
         _mpi.finalize()
+    # Gone at once, as multiprocessing's children leave: a rank 0 that
+    # fails (an exception, Ctrl-C) makes Open MPI kill every rank still
+    # there, and none should be (the workers are gone already; the script
+    # here only defined things, so the interpreter's teardown is not needed).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

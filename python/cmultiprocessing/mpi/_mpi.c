@@ -13,6 +13,7 @@
 #include "cmp_mpi.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static const cmp_py_pool_api *api;
@@ -97,9 +98,20 @@ static int be_next(void *p, cmp_pool_outcome_t *out, cmp_ring_alloc_fn alloc, vo
     if (rc < 0)
         return rc;
     *out = o.o;
-    if (o.o.status == CMP_POOL_LOST && o.rank > 0) {
-        char where[300];
-        int n = snprintf(where, sizeof where, "on host %s (MPI rank %d)", o.host, o.rank);
+    if (o.o.status == CMP_POOL_LOST && (o.rank > 0 || o.rank_lost)) {
+        /* a worker's death: where; a whole rank's (pid 0): the message */
+        char where[400];
+        int n = !o.rank_lost
+                    ? snprintf(where, sizeof where, "on host %s (MPI rank %d)", o.host, o.rank)
+                : o.rank > 0
+                    ? snprintf(where, sizeof where,
+                               "MPI rank %d on host %s was lost while it ran the task (nothing "
+                               "came from it for %s s; the job goes on without it)",
+                               o.rank, o.host,
+                               getenv(CMP_MPI_RANK_TIMEOUT_ENV) ? getenv(CMP_MPI_RANK_TIMEOUT_ENV)
+                                                                : "10")
+                    : snprintf(where, sizeof where,
+                               "every serving MPI rank was lost: the task cannot run");
         PyMem_RawFree(out->data);
         out->data = PyMem_RawMalloc((size_t)n + 1);
         out->len = out->data ? (size_t)n : 0;
@@ -133,10 +145,14 @@ static unsigned be_size(const void *p)
 {
     return cmp_mpi_pool_size(p);
 }
+static unsigned be_pids(void *p, pid_t *pids, unsigned max)
+{
+    return cmp_mpi_pool_pids(p, pids, max);
+}
 
 static const cmp_py_pool_ops mpi_ops = {
     be_create,    be_submitv, be_submitv_ref, be_next, be_cancel, be_close,
-    be_terminate, be_join,    be_destroy,     be_size, NULL,
+    be_terminate, be_join,    be_destroy,     be_size, be_pids,
 };
 
 static void backend_free(PyObject *capsule)
@@ -183,6 +199,70 @@ static PyObject *mpi_backend(PyObject *m, PyObject *arg)
 
 /* ---- serving (other ranks) ------------------------------------------------ */
 
+/* A big task's bytes where libcmp_mpi received them (its arena, shared
+ * with the serving rank): the owner of the arrays decoded from them, which
+ * gives the memory back when the last of them goes. In a worker only. */
+typedef struct {
+    PyObject_HEAD
+    void *handle; /* cmp_mpi_task_keep's */
+    char *data;
+    Py_ssize_t len;
+} task_memory;
+
+static PyTypeObject *task_memory_type;
+
+static int task_memory_getbuffer(PyObject *self, Py_buffer *view, int flags)
+{
+    task_memory *m = (task_memory *)self;
+    /* writable, as a bytearray's: the memory is this worker's until freed */
+    return PyBuffer_FillInfo(view, self, m->data, m->len, 0, flags);
+}
+
+static void task_memory_dealloc(PyObject *self)
+{
+    task_memory *m = (task_memory *)self;
+    cmp_mpi_task_release(m->handle);
+    PyTypeObject *tp = Py_TYPE(self);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyType_Slot task_memory_slots[] = {
+    {Py_bf_getbuffer, task_memory_getbuffer},
+    {Py_tp_dealloc, task_memory_dealloc},
+    {0, NULL},
+};
+
+static PyType_Spec task_memory_spec = {
+    "cmultiprocessing.mpi._mpi.TaskMemory",
+    sizeof(task_memory),
+    0,
+    Py_TPFLAGS_DEFAULT,
+    task_memory_slots,
+};
+
+/* The pool's task function on a serving rank: _cmp's, with a big task
+ * decoded where it lies (the arena) instead of copied out of it. */
+static int serve_task(void *arg, const void *data, size_t len, cmp_pool_result_t *out)
+{
+    void *handle = cmp_mpi_task_keep();
+    if (!handle)
+        return api->task(arg, data, len, out);
+    task_memory *m = PyObject_New(task_memory, task_memory_type);
+    if (!m) {
+        PyErr_Clear();
+        cmp_mpi_task_release(handle); /* decoded with a copy, as a small one */
+        return api->task(arg, data, len, out);
+    }
+    Py_INCREF(task_memory_type); /* a heap type's instances hold it */
+    m->handle = handle;
+    m->data = (char *)data;
+    m->len = (Py_ssize_t)len;
+    int rc = api->task_owned(arg, (PyObject *)m, data, len, out);
+    Py_DECREF(m);
+    return rc;
+}
+
 /* A pool's config is the pickle of (initializer, initargs, maxtasksperchild)
  * that cmultiprocessing.mpi made on rank 0. */
 static int configure(void *arg, const void *config, size_t len, cmp_pool_options_t *opt)
@@ -198,7 +278,7 @@ static int configure(void *arg, const void *config, size_t len, cmp_pool_options
     if (cfg && PyArg_ParseTuple(cfg, "OOO", &init, &initargs, &maxtasks)) {
         cmp_py_pool_work *w = api->work_new(init, initargs);
         if (w) {
-            opt->task = api->task;
+            opt->task = serve_task;
             opt->init = api->init;
             opt->wait_hook = api->wait_hook;
             opt->fork_hook = api->fork_hook;
@@ -310,6 +390,10 @@ static struct PyModuleDef mpi_module = {
 PyMODINIT_FUNC PyInit__mpi(void)
 {
     if (load_api() < 0)
+        return NULL;
+    /* one per process: the workers that use it are of this interpreter */
+    if (!task_memory_type &&
+        !(task_memory_type = (PyTypeObject *)PyType_FromSpec(&task_memory_spec)))
         return NULL;
     return PyModuleDef_Init(&mpi_module);
 }

@@ -46,6 +46,18 @@ def double(a):
     return a * 2
 
 
+_kept = []
+
+
+def keep(a):
+    """Keeps its argument (a big task's array, decoded where the serving
+    rank received it) past the task, writes to it, and checks that every
+    array kept so far still holds its own values (no later task's)."""
+    a *= 1  # writable, as a copy would be
+    _kept.append((float(a[0]), a))
+    return all((k == v).all() for v, k in _kept)
+
+
 def blob(n):
     return bytes(range(256)) * (n // 256)
 
@@ -99,6 +111,14 @@ def main():
             arrays = [np.arange(1 << 20, dtype=np.float64) + i for i in range(6)]
             got = p.map(double, arrays, chunksize=1)
             out["big_arrays"] = all((g == a * 2).all() for g, a in zip(got, arrays))
+            out["kept_arrays"] = all(p.map(keep, [np.full(1 << 17, float(i)) for i in range(40)],
+                                           chunksize=1))
+    with mpi.Pool() as p:
+        # pool._pool: the workers of every serving rank, as on a local Pool
+        used = set(p.map(worker_pid, range(40), chunksize=1))
+        views = p._pool
+        out["pool_view"] = [len(views) == p._processes, all(v.is_alive() for v in views),
+                            used <= {v.pid for v in views}]
     with mpi.Pool(2, initializer=init, initargs=(41,), maxtasksperchild=3) as p:
         out["initializer"] = sorted(set(p.map(get_value, range(20), chunksize=1)))
         out["maxtasks_pids"] = len(set(p.map(worker_pid, range(30), chunksize=1)))

@@ -65,6 +65,7 @@ def main():
             except mpi.WorkerLostError:
                 out["lost_imap"].append("lost")
         out["after"] = p.map(square, range(10))
+        out["replaced"] = len(p._pool) == p._processes  # the killed worker's successor
         out["bad_result"] = _outcome(lambda: p.apply(bad_result, (1,)))
     with mpi.Pool(initializer=bad_init) as p:
         out["init_map"] = _outcome(lambda: p.map(square, range(10)))
