@@ -115,7 +115,10 @@ static PyObject *decode_task(cmp_py_state *st, const char *data, size_t len)
     PyObject *owner = big_task;
     big_task = NULL;
     PyObject *task = cmp_py_decode_at(st, owner, (size_t)(data - big_data), len);
-    Py_XSETREF(spare, owner); /* reused once the task's views are gone */
+    if (PyByteArray_CheckExact(owner))
+        Py_XSETREF(spare, owner); /* reused once the task's views are gone */
+    else
+        Py_DECREF(owner); /* memory the pool lent (an MPI rank's arena) */
     return task;
 }
 
