@@ -96,6 +96,7 @@ typedef struct {
     PyTypeObject *SimpleQueue_type;
     PyTypeObject *JoinableQueue_type;
     PyTypeObject *QueueReader_type; /* queue_reader.c */
+    PyTypeObject *QueueWriter_type; /* queue_reader.c */
     PyObject *Empty;                /* queue.Empty */
     PyObject *Full;                 /* queue.Full */
     /* managers (manager.c, proxy.c) */
