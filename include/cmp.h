@@ -1128,16 +1128,16 @@ typedef void (*cmp_pool_fork_fn)(void *arg, int phase);
 enum { CMP_POOL_FORK_BEFORE, CMP_POOL_FORK_PARENT, CMP_POOL_FORK_CHILD };
 
 typedef struct cmp_pool_options {
-    unsigned workers;           /* 0: the CPUs this process may run on */
-    cmp_pool_task_fn task;      /* required */
-    cmp_pool_init_fn init;      /* NULL: none */
-    cmp_pool_wait_fn wait_hook; /* NULL: none */
-    cmp_pool_fork_fn fork_hook; /* NULL: none */
-    void *arg;                  /* given to the functions above */
-    uint64_t max_tasks;         /* a worker is replaced after this many; 0: never */
-    unsigned depth;             /* tasks queued at a worker beyond the one it runs;
-                                   0: the default, 2. Short tasks (a few µs) are
-                                   queued deeper, up to 16 or ~50 µs of work */
+    unsigned workers;             /* 0: the CPUs this process may run on */
+    cmp_pool_task_fn task;        /* required */
+    cmp_pool_init_fn init;        /* NULL: none */
+    cmp_pool_wait_fn wait_hook;   /* NULL: none */
+    cmp_pool_fork_fn fork_hook;   /* NULL: none */
+    void *arg;                    /* given to the functions above */
+    uint64_t max_tasks;           /* a worker is replaced after this many; 0: never */
+    unsigned depth;               /* tasks queued at a worker beyond the one it runs;
+                                     0: the default, 2. Short tasks (a few µs) are
+                                     queued deeper, up to 16 or ~50 µs of work */
     cmp_ring_alloc_fn task_alloc; /* NULL: none. See CMP_POOL_OWN_TASK_MIN */
     /* NULL: workers are forks of the pool's process. Else it starts worker
      * index of pool as a process of its own making (a new program, a fork
@@ -1146,6 +1146,11 @@ typedef struct cmp_pool_options {
      * Called where a fork would be (within cmp_pool_create too): fork_hook
      * is not called. */
     int (*start_worker)(void *arg, cmp_pool_t *pool, unsigned index, cmp_process_t *out);
+    /* NULL: none. Called in a worker that leaves on its own (told to exit,
+     * max_tasks done, its initializer failed), after its last result is
+     * sent and before it exits: where a binding runs its exit handlers.
+     * A killed worker does not call it. */
+    void (*exit_hook)(void *arg);
 } cmp_pool_options_t;
 
 /* A worker receives a task of at least this many bytes into memory that

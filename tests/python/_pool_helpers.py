@@ -379,3 +379,29 @@ def scale_in_place(args):
     before = float(a.sum())
     a *= k
     return a, before, bool(a.flags.writeable)
+
+
+# ---- finalizers at a worker's exit -------------------------------------------
+
+_keep = []
+
+
+def _note_exit(path, what):
+    with open(path, "a") as f:
+        f.write("%d %s\n" % (os.getpid(), what))
+
+
+def init_exit_finalizers(util_name, path):
+    """A worker initializer that registers util.Finalize callbacks: two with
+    an exit priority (run when the worker leaves, highest first) and one
+    without (run only when its object is collected)."""
+    util = importlib.import_module(util_name)
+    util.Finalize(None, _note_exit, args=(path, "prio10"), exitpriority=10)
+    util.Finalize(None, _note_exit, args=(path, "prio0"), exitpriority=0)
+    obj = type("Kept", (), {})()
+    _keep.append(obj)
+    util.Finalize(obj, _note_exit, args=(path, "no-priority"))
+
+
+def getpid_task(_):
+    return os.getpid()

@@ -32,6 +32,29 @@ def test_pool_keywords_processes_initializer_initargs(pmp, tmp_path):
     assert {str(pid) for pid, _, _ in got} <= set(pids)
 
 
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_worker_runs_exit_finalizers_when_it_leaves(pimpl, method, tmp_path):
+    """A worker that leaves on its own (maxtasksperchild reached, or the
+    pool closed and joined) runs its util.Finalize callbacks that have an
+    exit priority, highest first, as the stdlib's worker Process does
+    after run(); the one without a priority is not run."""
+    ctx = importlib.import_module(pimpl).get_context(method)
+    path = str(tmp_path / "exits")
+    with ctx.Pool(2, initializer=h.init_exit_finalizers, initargs=(pimpl + ".util", path),
+                  maxtasksperchild=2) as pool:
+        pids = set(pool.map(h.getpid_task, range(8), chunksize=1))
+        pool.close()
+        pool.join()
+    by_pid = {}
+    with open(path) as f:
+        for line in f:
+            pid, what = line.split()
+            by_pid.setdefault(int(pid), []).append(what)
+    assert len(pids) >= 4  # each worker ran at most 2 tasks
+    assert pids <= set(by_pid)
+    assert all(notes == ["prio10", "prio0"] for notes in by_pid.values()), by_pid
+
+
 def test_worker_current_process(pmp):
     """In a worker, current_process() is a daemonic ForkPoolWorker-N whose
     identity is (N,), and parent_process() is the pool's creator."""

@@ -424,6 +424,9 @@ int cmp_py_process_init(PyObject *module, cmp_py_state *st);
 void cmp_py_process_pool_worker_prepare(void);
 void cmp_py_process_pool_worker_parent(void);
 void cmp_py_process_pool_worker_child(void);
+/* In a worker that leaves on its own (GIL held): what a Process child runs
+ * after run() (util's exit finalizers, its children, its threads). */
+void cmp_py_process_pool_worker_exit(void);
 int cmp_py_context_init(PyObject *module, cmp_py_state *st);
 /* Fixes the default context's start method, as the stdlib does once the
  * default context is used (here: a default Process starts), so that a

@@ -1984,6 +1984,7 @@ static int Pool_init(PyObject *op, PyObject *args, PyObject *kwds)
         .task = cmp_py_pool_worker_task,
         .init = cmp_py_pool_worker_init,
         .wait_hook = cmp_py_pool_worker_wait_hook,
+        .exit_hook = cmp_py_pool_worker_exit_hook,
         .task_alloc = cmp_py_pool_worker_task_alloc,
         .fork_hook = cmp_py_pool_worker_fork_hook,
         .arg = &c->work,

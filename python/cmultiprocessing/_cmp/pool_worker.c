@@ -47,6 +47,12 @@ void cmp_py_pool_worker_wait_hook(void *arg, int waiting)
         PyEval_RestoreThread(worker_tstate);
 }
 
+void cmp_py_pool_worker_exit_hook(void *arg)
+{
+    (void)arg;
+    cmp_py_process_pool_worker_exit();
+}
+
 /* A big task is received straight into a bytearray of ours (the pool's
  * task_alloc), so that its arrays are decoded as views of it rather than
  * copied a second time. Called in the wait for a task, without the GIL.
@@ -367,6 +373,7 @@ static PyObject *pool_worker_serve(PyObject *module, PyObject *args)
         .task = cmp_py_pool_worker_task,
         .init = cmp_py_pool_worker_init,
         .wait_hook = cmp_py_pool_worker_wait_hook,
+        .exit_hook = cmp_py_pool_worker_exit_hook,
         .arg = &work,
         .max_tasks = max_tasks,
     };

@@ -565,6 +565,23 @@ void cmp_py_process_pool_worker_child(void)
 static int exit_children(void);
 static PyObject *proc_run(ProcObject *self, PyObject *unused);
 
+/* A pool worker leaving on its own (max tasks done, the pool closed): the
+ * stdlib's worker is a Process whose run() returns, so what follows run()
+ * in a child follows here too: util's exit finalizers around the worker's
+ * own children, its non-daemon threads, the standard streams. */
+void cmp_py_process_pool_worker_exit(void)
+{
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    cmp_py_util_run_finalizers(0);
+    if (exit_children() < 0)
+        PyErr_Print();
+    cmp_py_util_run_finalizers(-1);
+    join_threads();
+    flush_std_streams();
+    PyErr_Restore(et, ev, tb);
+}
+
 /* Runs self.run() and turns its outcome into an exit code, as the stdlib's
  * BaseProcess._bootstrap does. */
 static int bootstrap(ProcObject *self)
