@@ -100,3 +100,33 @@ def bump_pair(pair):
     with pair.get_lock():
         pair.x += 1
         pair.y *= 2
+
+
+class StateBox:
+    """Held by a manager's server: what that process sees of STATE."""
+
+    def state(self):
+        return STATE, os.getpid()
+
+
+import multiprocessing.managers as _std_managers  # noqa: E402
+import cmultiprocessing.managers as _our_managers  # noqa: E402
+
+
+class StdStateManager(_std_managers.BaseManager):
+    pass
+
+
+class OurStateManager(_our_managers.BaseManager):
+    pass
+
+
+for _cls in (StdStateManager, OurStateManager):
+    _cls.register("StateBox", StateBox)
+STATE_MANAGERS = {"multiprocessing": StdStateManager, "cmultiprocessing": OurStateManager}
+
+
+def fill_proxies(d, lst, key):
+    """A child's use of manager proxies passed to it."""
+    d[key] = os.getpid()
+    lst.append(key)

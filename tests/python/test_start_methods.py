@@ -145,6 +145,31 @@ def test_pool_and_manager_of_the_context(ctx):
         assert dict(d) == {"a": 1, "b": 2}
 
 
+def test_manager_server_started_the_contexts_way(ctx):
+    """A manager of a spawn or forkserver context runs its server in a
+    process started that way (a new interpreter: the parent's changes to a
+    module are not there), and its proxies work in that context's
+    children; Manager() of the context and a BaseManager(ctx=) alike."""
+    impl = type(ctx).__module__.split(".")[0]
+    h.set_state("changed in the parent")
+    try:
+        with h.STATE_MANAGERS[impl](ctx=ctx) as manager:
+            state, server_pid = manager.StateBox().state()
+        assert state == "as imported" and server_pid != os.getpid()
+        with ctx.Manager() as manager:
+            d, lst = manager.dict(), manager.list()
+            children = [ctx.Process(target=h.fill_proxies, args=(d, lst, k)) for k in "ab"]
+            for p in children:
+                p.start()
+            for p in children:
+                p.join(30)
+            assert [p.exitcode for p in children] == [0, 0]
+            assert sorted(lst) == ["a", "b"] and set(d.keys()) == {"a", "b"}
+            assert os.getpid() not in d.values()
+    finally:
+        h.set_state("as imported")
+
+
 SCRIPT = """
     import os, sys
     import {impl} as mp

@@ -238,14 +238,17 @@ static PyObject *ctx_factory(CtxObject *ctx, PyObject *name)
             return NULL;
         return PyObject_GetAttr(ctx->module, *attr);
     }
-    if (ctx->method > CMP_PY_FORK && PyUnicode_CompareWithASCIIString(name, "Pool") == 0) {
-        /* its workers are started with this context's method */
-        PyObject *pool = PyObject_GetAttrString(ctx->module, "_context_pool");
-        PyObject *functools = pool ? PyImport_ImportModule("functools") : NULL;
-        PyObject *r = functools
-                          ? PyObject_CallMethod(functools, "partial", "OO", pool, (PyObject *)ctx)
-                          : NULL;
-        Py_XDECREF(pool);
+    const char *bound = NULL; /* a factory given this context first */
+    if (ctx->method > CMP_PY_FORK && PyUnicode_CompareWithASCIIString(name, "Pool") == 0)
+        bound = "_context_pool"; /* its workers are started with this context's method */
+    else if (ctx->method > CMP_PY_FORK && PyUnicode_CompareWithASCIIString(name, "Manager") == 0)
+        bound = "Manager"; /* and so is its server process */
+    if (bound) {
+        PyObject *fn = PyObject_GetAttrString(ctx->module, bound);
+        PyObject *functools = fn ? PyImport_ImportModule("functools") : NULL;
+        PyObject *r =
+            functools ? PyObject_CallMethod(functools, "partial", "OO", fn, (PyObject *)ctx) : NULL;
+        Py_XDECREF(fn);
         Py_XDECREF(functools);
         return r;
     }
