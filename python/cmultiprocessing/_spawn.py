@@ -56,11 +56,14 @@ def get_preparation_data(name, method):
         start_method=METHODS[method],
         alias=_aliased(),
     )
-    logger = sys.modules.get("logging")
-    if logger is not None:
-        lg = logger.getLogger("multiprocessing")
+    logging = sys.modules.get("logging")
+    # once the package's logger exists (get_logger(), log_to_stderr()), its
+    # effective level goes to the child, as the stdlib's spawn sends it;
+    # not made here for the asking
+    lg = logging and logging.Logger.manager.loggerDict.get("multiprocessing")
+    if lg is not None and isinstance(lg, logging.Logger):
+        d["log_level"] = lg.getEffectiveLevel()
         if lg.handlers:
-            d["log_level"] = lg.getEffectiveLevel()
             d["log_to_stderr"] = True
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)

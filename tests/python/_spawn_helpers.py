@@ -130,3 +130,12 @@ def fill_proxies(d, lst, key):
     """A child's use of manager proxies passed to it."""
     d[key] = os.getpid()
     lst.append(key)
+
+
+def send_start_method_and_log_level(conn, impl):
+    """What a child sees as its default start method and its package
+    logger's effective level."""
+    import importlib
+    mp = importlib.import_module(impl)
+    conn.send((mp.get_start_method(), mp.get_logger().getEffectiveLevel()))
+    conn.close()

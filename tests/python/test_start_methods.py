@@ -170,6 +170,42 @@ def test_manager_server_started_the_contexts_way(ctx):
         h.set_state("as imported")
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+def test_child_default_method_and_log_level(impl):
+    """A child of a context's Process has that context's method as its
+    default (CPython's TestStartMethod.test_context), and a spawned child
+    gets the package logger's effective level once the parent made the
+    logger (WithProcessesTestLogging.test_level), also when that level
+    comes from the root logger."""
+    import logging
+    mp = importlib.import_module(impl)
+    logger = mp.get_logger()
+    root = logging.getLogger()
+    old = logger.level, root.level
+    old_method = mp.get_start_method(allow_none=True)
+    mp.set_start_method("spawn", force=True)  # a default that is not fork's
+    seen = {}
+    try:
+        for level, root_level in ((32, old[1]), (logging.NOTSET, 37)):
+            logger.setLevel(level)
+            root.setLevel(root_level)
+            for method in ("fork", "spawn", "forkserver"):
+                ctx = mp.get_context(method)
+                r, w = ctx.Pipe(duplex=False)
+                p = ctx.Process(target=h.send_start_method_and_log_level, args=(w, impl))
+                p.start()
+                w.close()
+                assert r.poll(30)
+                seen[method, level] = r.recv()
+                p.join(30)
+    finally:
+        mp.set_start_method(old_method, force=True)
+        logger.setLevel(old[0])
+        root.setLevel(old[1])
+    assert seen == {(m, lv): (m, 32 if lv == 32 else 37)
+                    for m in ("fork", "spawn", "forkserver") for lv in (32, logging.NOTSET)}
+
+
 SCRIPT = """
     import os, sys
     import {impl} as mp

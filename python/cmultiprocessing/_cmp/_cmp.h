@@ -434,6 +434,9 @@ int cmp_py_context_init(PyObject *module, cmp_py_state *st);
 void cmp_py_context_pin_default(void);
 /* The start methods, as context.c's table orders them. */
 enum { CMP_PY_FORK = 0, CMP_PY_SPAWN = 1, CMP_PY_FORKSERVER = 2 };
+/* Makes method the default context's, as the stdlib's child does with the
+ * method of the context its Process came from. */
+void cmp_py_context_force(int method);
 /* The default context's method (pinning it, as cmp_py_context_pin_default). */
 int cmp_py_context_method(void);
 int cmp_py_sharedctypes_init(PyObject *module, cmp_py_state *st);

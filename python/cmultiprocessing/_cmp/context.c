@@ -77,6 +77,15 @@ void cmp_py_context_pin_default(void)
         actual_of((CtxObject *)g_default);
 }
 
+void cmp_py_context_force(int method)
+{
+    if (!g_default || method < 0 || method >= N_METHODS)
+        return;
+    CtxObject *d = (CtxObject *)g_default;
+    if (d->actual != methods[method].context)
+        Py_XSETREF(d->actual, Py_NewRef(methods[method].context));
+}
+
 int cmp_py_context_method(void)
 {
     if (!g_default)
