@@ -78,6 +78,41 @@ def test_worker_pids_from_private_pool_list(pmp):
         assert seen <= set(pids)
 
 
+def test_state_written_run_warns_at_collection(pmp):
+    """CPython's test_resource_warning: RUN written into a terminated
+    pool's _state makes its collection warn as a running pool's does."""
+    import warnings
+    import multiprocessing.pool
+    p = pmp.Pool(1)
+    p.terminate()
+    p.join()
+    p._state = multiprocessing.pool.RUN
+    assert p._state == "RUN"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        p = None
+        gc.collect()
+    assert any(issubclass(w.category, ResourceWarning)
+               and "unclosed running multiprocessing pool" in str(w.message) for w in caught)
+
+
+def test_state_written_does_not_revive_the_pool_cmp(cmp):
+    """What _state says is all that writing it changes: a terminated pool
+    still refuses tasks (the stdlib's would queue them for nobody), and
+    close() or terminate() make _state follow the pool again."""
+    import multiprocessing.pool
+    p = cmp.Pool(1)
+    p.terminate()
+    p.join()
+    p._state = multiprocessing.pool.RUN
+    with pytest.raises(ValueError, match="Pool not running"):
+        p.apply(h.sq, (2,))
+    p.terminate()
+    assert p._state == "TERMINATE"
+    with pytest.raises(ValueError):
+        p._state = "RUNNING"
+
+
 def test_private_pool_list_is_alive(pmp):
     """pool._pool's workers answer is_alive() (programs poll it to notice a
     worker that died): True while the pool runs, False once it is

@@ -104,6 +104,7 @@ typedef struct {
     PyObject_HEAD
     PoolCore *core;
     PyObject *weakreflist;
+    int shown_state; /* POOL_* written to _state, or -1: the core's (Pool_set_state) */
 } PoolObject;
 
 static PyTypeObject *Core_type, *Pool_type, *ApplyResult_type, *MapResult_type;
@@ -1790,6 +1791,7 @@ static void set_state(PoolCore *c, int state)
 static PyObject *Pool_close(PyObject *op, PyObject *unused)
 {
     (void)unused;
+    ((PoolObject *)op)->shown_state = -1;
     PoolCore *c = ((PoolObject *)op)->core;
     if (c && c->state == POOL_RUN) {
         if (feed_all(c) < 0)
@@ -1813,6 +1815,7 @@ static void core_terminate(PoolCore *c)
 static PyObject *Pool_terminate(PyObject *op, PyObject *unused)
 {
     (void)unused;
+    ((PoolObject *)op)->shown_state = -1;
     PoolCore *c = ((PoolObject *)op)->core;
     if (c)
         core_terminate(c);
@@ -2040,6 +2043,7 @@ static PyObject *Pool_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (self) {
         self->core = NULL;
         self->weakreflist = NULL;
+        self->shown_state = -1;
     }
     return (PyObject *)self;
 }
@@ -2048,7 +2052,8 @@ static void Pool_finalize(PyObject *op)
 {
     PoolObject *self = (PoolObject *)op;
     PoolCore *c = self->core;
-    if (!c || c->state != POOL_RUN || getpid() != c->owner)
+    int state = !c ? -1 : self->shown_state >= 0 ? self->shown_state : c->state;
+    if (state != POOL_RUN || getpid() != c->owner)
         return;
     PyObject *type, *value, *tb;
     PyErr_Fetch(&type, &value, &tb);
@@ -2136,23 +2141,44 @@ static PyObject *Pool_repopulate(PyObject *op, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+static const char *const state_names[] = {"RUN", "CLOSE", "TERMINATE"};
+
 /* The stdlib's state names (multiprocessing.pool.RUN...): code that checks
  * `pool._state == multiprocessing.pool.RUN` before submitting works on
- * ours. Read-only: our state follows close() and terminate() alone. */
+ * ours. */
 static PyObject *Pool_get_state(PyObject *op, void *closure)
 {
     (void)closure;
-    PoolCore *c = ((PoolObject *)op)->core;
-    if (!c)
+    PoolObject *self = (PoolObject *)op;
+    if (!self->core)
         return PyUnicode_FromString("INIT");
-    return PyUnicode_FromString(c->state == POOL_RUN     ? "RUN"
-                                : c->state == POOL_CLOSE ? "CLOSE"
-                                                         : "TERMINATE");
+    return PyUnicode_FromString(
+        state_names[self->shown_state >= 0 ? self->shown_state : self->core->state]);
+}
+
+/* Writing one of the names changes what _state says and what the
+ * collection of the pool does (a pool said to be running warns with a
+ * ResourceWarning, as CPython's suite checks by writing RUN into a
+ * terminated pool), not what the pool does: whether it takes tasks and
+ * how it ends follow close() and terminate() alone, each of which makes
+ * _state follow them again. */
+static int Pool_set_state(PyObject *op, PyObject *value, void *closure)
+{
+    (void)closure;
+    for (int i = 0; value && PyUnicode_Check(value) && i < 3; i++) {
+        if (PyUnicode_CompareWithASCIIString(value, state_names[i]) == 0) {
+            ((PoolObject *)op)->shown_state = i;
+            return 0;
+        }
+    }
+    PyErr_SetString(PyExc_ValueError, "_state must be 'RUN', 'CLOSE' or 'TERMINATE'");
+    return -1;
 }
 
 static PyGetSetDef Pool_getset[] = {
     {"_processes", Pool_get_processes, NULL, "Number of worker processes.", NULL},
-    {"_state", Pool_get_state, NULL, "'RUN', 'CLOSE' or 'TERMINATE', as the stdlib's.", NULL},
+    {"_state", Pool_get_state, Pool_set_state, "'RUN', 'CLOSE' or 'TERMINATE', as the stdlib's.",
+     NULL},
     {"_pids", Pool_get_pids, NULL, "Pids of the running workers (cmultiprocessing).", NULL},
     {"_pool", Pool_get_pool, NULL, "The running workers, as objects with a pid.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
