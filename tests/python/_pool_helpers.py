@@ -405,3 +405,24 @@ def init_exit_finalizers(util_name, path):
 
 def getpid_task(_):
     return os.getpid()
+
+
+# ---- a context whose Process is a library's own -------------------------------
+
+import multiprocessing.context as _std_context  # noqa: E402
+
+
+class MarkingProcess(_std_context.ForkProcess):
+    """A library's Process class: its workers carry a mark."""
+
+    def run(self):
+        os.environ["POOL_HELPERS_MARK"] = "marked"
+        super().run()
+
+
+class MarkingContext(_std_context.ForkContext):
+    Process = MarkingProcess
+
+
+def read_mark(_):
+    return os.environ.get("POOL_HELPERS_MARK")

@@ -113,6 +113,52 @@ def test_state_written_does_not_revive_the_pool_cmp(cmp):
         p._state = "RUNNING"
 
 
+def test_context_with_its_own_process_class(pimpl):
+    """Pool(context=ctx) starts its workers with ctx.Process when that is
+    a library's own class, and the result is still a Pool."""
+    pool_mod = importlib.import_module(pimpl + ".pool")
+    with pool_mod.Pool(2, context=h.MarkingContext()) as p:
+        assert isinstance(p, pool_mod.Pool)
+        assert p.map(h.read_mark, range(4)) == ["marked"] * 4
+        p.close()
+        p.join()
+
+
+def test_failing_process_start_releases_the_started_ones(pimpl):
+    """CPython's TestPoolNotLeakOnFailure: a context whose Process fails
+    to start its fourth worker: Pool() raises that error, having terminated
+    and joined the three that started."""
+    import unittest.mock
+    pool_mod = importlib.import_module(pimpl + ".pool")
+    made = []
+    budget = [3]
+
+    class FailingProcess:
+        def __init__(self, **kwds):
+            self.name, self.exitcode, self.state = "fake", None, None
+            made.append(self)
+
+        def start(self):
+            if budget[0] <= 0:
+                raise OSError("induced start failure")
+            budget[0] -= 1
+            self.state = "started"
+
+        def terminate(self):
+            self.state = "stopping"
+
+        def join(self):
+            if self.state == "stopping":
+                self.state = "stopped"
+
+        def is_alive(self):
+            return self.state in ("started", "stopping")
+
+    with pytest.raises(OSError, match="induced start failure"):
+        pool_mod.Pool(5, context=unittest.mock.MagicMock(Process=FailingProcess))
+    assert [p.state for p in made] == ["stopped"] * 3 + [None]
+
+
 def test_private_pool_list_is_alive(pmp):
     """pool._pool's workers answer is_alive() (programs poll it to notice a
     worker that died): True while the pool runs, False once it is

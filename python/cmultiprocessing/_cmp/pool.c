@@ -2035,10 +2035,45 @@ static int Pool_init(PyObject *op, PyObject *args, PyObject *kwds)
     return 0;
 }
 
+/* The class Pool(..., context=context) makes instead of ours (a new
+ * reference), or NULL: ours, or an exception. Only a context that is not
+ * one of ours is looked at (pool.py's _foreign_pool_class decides). */
+static PyTypeObject *foreign_pool_class(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    if (type != Pool_type)
+        return NULL; /* a subclass of ours stays one */
+    PyObject *context = kwds ? PyDict_GetItemString(kwds, "context") : NULL;
+    if (!context && PyTuple_GET_SIZE(args) > 4)
+        context = PyTuple_GET_ITEM(args, 4);
+    cmp_py_state *st = cmp_py_state_of_type(type);
+    if (!context || context == Py_None || PyObject_TypeCheck(context, st->Context_type))
+        return NULL;
+    PyObject *mod = PyImport_ImportModule("cmultiprocessing.pool");
+    PyObject *cls = mod ? PyObject_CallMethod(mod, "_foreign_pool_class", "O", context) : NULL;
+    Py_XDECREF(mod);
+    if (cls == Py_None)
+        Py_CLEAR(cls);
+    if (cls && !PyType_Check(cls)) {
+        Py_DECREF(cls);
+        PyErr_SetString(PyExc_TypeError, "_foreign_pool_class() must return a class or None");
+        return NULL;
+    }
+    return (PyTypeObject *)cls;
+}
+
 static PyObject *Pool_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    (void)args;
-    (void)kwds;
+    PyTypeObject *foreign = foreign_pool_class(type, args, kwds);
+    if (foreign) {
+        /* Python then calls its __init__ (the stdlib's) with our arguments */
+        PyObject *r = foreign->tp_alloc(foreign, 0);
+        if (r)
+            ((PoolObject *)r)->shown_state = -1;
+        Py_DECREF(foreign);
+        return r;
+    }
+    if (PyErr_Occurred())
+        return NULL;
     PoolObject *self = (PoolObject *)type->tp_alloc(type, 0);
     if (self) {
         self->core = NULL;
