@@ -272,10 +272,33 @@ def _import_main_from_path(path):
     if name == "ipython":
         return
     _old_main_modules.append(main)
-    import runpy
     module = types.ModuleType("__mp_main__")
-    module.__dict__.update(runpy.run_path(path, run_name="__mp_main__"))
+    if path.endswith(".py") and os.path.isfile(path):
+        _run_script(path, module)
+    else:  # a directory, a zip file, compiled code: what runpy knows
+        import runpy
+        module.__dict__.update(runpy.run_path(path, run_name="__mp_main__"))
     sys.modules["__main__"] = sys.modules["__mp_main__"] = module
+
+
+def _run_script(path, module):
+    """Runs the script at path in module, as runpy.run_path(path,
+    run_name='__mp_main__') does for a source file (its globals, argv[0]
+    set to the path meanwhile) without importing runpy and pkgutil, a few
+    milliseconds of every spawned child's start."""
+    with open(path, "rb") as f:
+        code = compile(f.read(), path, "exec", dont_inherit=True)
+    module.__dict__.update(__file__=path, __cached__=None, __loader__=None,
+                           __package__="", __spec__=None)
+    sys.modules["__mp_main__"] = module  # what the script imports as such
+    argv0 = sys.argv[0] if sys.argv else None
+    if sys.argv:
+        sys.argv[0] = path
+    try:
+        exec(code, module.__dict__)
+    finally:
+        if sys.argv:
+            sys.argv[0] = argv0
 
 
 def _import_main_from_name(name):

@@ -209,7 +209,8 @@ def test_child_default_method_and_log_level(impl):
 SCRIPT = """
     import os, sys
     import {impl} as mp
-    print("top", __name__, flush=True)
+    print("top", __name__, os.path.basename(__file__), os.path.basename(sys.argv[0]),
+          __spec__ is None, flush=True)
 
     class Worker(mp.Process):
         def __init__(self, q, *, tag):
@@ -251,7 +252,8 @@ def test_main_module_is_mp_main(tmp_path, method, runner):
     lines = r.stdout.splitlines()
     # the parent's top level, then the child's (or the fork server's) as
     # __mp_main__: the __main__ block does not run there
-    assert lines[0] == "top __main__" and lines[1] == "top __mp_main__"
+    assert lines[0] == "top __main__ prog.py prog.py True"
+    assert lines[1] == "top __mp_main__ prog.py prog.py True"
     assert lines[2] == repr(("__mp_main__", "t", "Worker-1", module, ["a", "b"],
                              method == "forkserver"))
     assert lines[3:] == ["0 " + method]
