@@ -1191,6 +1191,12 @@ int cmp_pool_create(cmp_pool_t **out, const cmp_pool_options_t *opt);
  * its size, for a worker started by opt.start_worker. */
 int cmp_pool_shared_fd(const cmp_pool_t *p, size_t *len);
 
+/* The other fds worker index of p uses (its queues' spill files, named by
+ * number in the shared region): a worker started by opt.start_worker must
+ * have each at the same number. Writes up to max of them to fds; returns
+ * how many there are. */
+int cmp_pool_worker_fds(const cmp_pool_t *p, unsigned index, int *fds, int max);
+
 /* In a worker that opt.start_worker started: maps the pool's region from
  * fd (len bytes, of a pool of `workers` workers) and serves as worker
  * index with opt (task, init, wait_hook, arg, and max_tasks, which must

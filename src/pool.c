@@ -454,6 +454,21 @@ int cmp_pool_shared_fd(const cmp_pool_t *p, size_t *len)
     return p->shared_fd;
 }
 
+int cmp_pool_worker_fds(const cmp_pool_t *p, unsigned index, int *fds, int max)
+{
+    int all[2] = {cmp_ring_spill_fd(&p->results->ring),
+                  index < p->n ? cmp_ring_spill_fd(&p->w[index].inbox->ring) : -1};
+    int n = 0;
+    for (int i = 0; i < 2; i++) {
+        if (all[i] < 0)
+            continue;
+        if (n < max)
+            fds[n] = all[i];
+        n++;
+    }
+    return n;
+}
+
 int cmp_pool_worker_serve(int fd, size_t len, unsigned workers, unsigned index,
                           const cmp_pool_options_t *opt)
 {

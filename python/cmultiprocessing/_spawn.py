@@ -243,21 +243,25 @@ class _PassedFd:
         return int, (self.fd,)
 
 
-def _launch_pool_worker(method, fd, length, workers, index, max_tasks, initializer, initargs):
+def _launch_pool_worker(method, fd, length, workers, index, max_tasks, initializer, initargs,
+                        spill_fds=()):
     """Starts a Pool's worker as a new interpreter (spawn: 1, forkserver:
     2) that serves from the pool's shared region fd: (pid, pidfd, status
-    fd or -1). The worker is a daemonic Process object to the child (as the
-    stdlib's, named SpawnPoolWorker-N), but the pool follows it, not the
-    parent's active_children()."""
+    fd or -1). spill_fds (its queues' spill files) cross at their numbers,
+    which the region names: without them a result too big for the ring's
+    free room could not be put. The worker is a daemonic Process object to
+    the child (as the stdlib's, named SpawnPoolWorker-N), but the pool
+    follows it, not the parent's active_children()."""
     ctx = _cmp.get_context(METHODS[method])
     process = ctx.Process(target=_pool_worker, daemon=True,
                           args=(_PassedFd(fd), length, workers, index, max_tasks,
-                                initializer, tuple(initargs)))
+                                initializer, tuple(initargs),
+                                tuple(_PassedFd(f) for f in spill_fds)))
     process.name = process.name.replace("Process-", "PoolWorker-", 1)
     return _launch(process, method)
 
 
-def _pool_worker(fd, length, workers, index, max_tasks, initializer, initargs):
+def _pool_worker(fd, length, workers, index, max_tasks, initializer, initargs, spill_fds=()):
     sys.exit(_cmp._pool_worker_serve(fd, length, workers, index, max_tasks,
                                      initializer, initargs))
 

@@ -139,3 +139,10 @@ def send_start_method_and_log_level(conn, impl):
     mp = importlib.import_module(impl)
     conn.send((mp.get_start_method(), mp.get_logger().getEffectiveLevel()))
     conn.close()
+
+
+def big_result(i):
+    """A result of 1 MiB: two of them at once overflow a pool's result ring
+    into its spill file."""
+    time.sleep(0.05)
+    return b"x" * (1 << 20) + bytes([i])

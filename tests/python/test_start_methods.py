@@ -145,6 +145,16 @@ def test_pool_and_manager_of_the_context(ctx):
         assert dict(d) == {"a": 1, "b": 2}
 
 
+def test_pool_results_bigger_than_the_ring(ctx):
+    """Results that do not fit the room left in the pool's result ring go
+    to its spill file, which a spawned or fork-server worker must have as
+    the forked one does (it died with exit code 3 before)."""
+    with ctx.Pool(2) as pool:
+        out = pool.map(h.big_result, range(8), chunksize=1)
+    assert [len(o) for o in out] == [(1 << 20) + 1] * 8
+    assert [o[-1] for o in out] == list(range(8))
+
+
 def test_manager_server_started_the_contexts_way(ctx):
     """A manager of a spawn or forkserver context runs its server in a
     process started that way (a new interpreter: the parent's changes to a

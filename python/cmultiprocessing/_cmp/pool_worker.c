@@ -329,12 +329,25 @@ int cmp_py_pool_worker_start(void *arg, cmp_pool_t *pool, unsigned index, cmp_pr
     PyGILState_STATE g = PyGILState_Ensure();
     size_t len;
     int fd = cmp_pool_shared_fd(pool, &len);
-    PyObject *mod = PyImport_ImportModule("cmultiprocessing._spawn");
+    /* the spill files of its queues, which it finds by number */
+    int spill[2];
+    int nspill = cmp_pool_worker_fds(pool, index, spill, 2);
+    PyObject *fds = PyTuple_New(nspill < 2 ? nspill : 2);
+    for (Py_ssize_t i = 0; fds && i < PyTuple_GET_SIZE(fds); i++) {
+        PyObject *v = PyLong_FromLong(spill[i]);
+        if (!v) {
+            Py_CLEAR(fds);
+            break;
+        }
+        PyTuple_SET_ITEM(fds, i, v);
+    }
+    PyObject *mod = fds ? PyImport_ImportModule("cmultiprocessing._spawn") : NULL;
     PyObject *r =
-        mod ? PyObject_CallMethod(mod, "_launch_pool_worker", "iinIIKOO", w->method, fd,
+        mod ? PyObject_CallMethod(mod, "_launch_pool_worker", "iinIIKOOO", w->method, fd,
                                   (Py_ssize_t)len, cmp_pool_size(pool), index, w->max_tasks,
-                                  w->initializer ? w->initializer : Py_None, w->initargs)
+                                  w->initializer ? w->initializer : Py_None, w->initargs, fds)
             : NULL;
+    Py_XDECREF(fds);
     Py_XDECREF(mod);
     int pid, pidfd, status_fd, rc = 0;
     if (!r || !PyArg_ParseTuple(r, "iii", &pid, &pidfd, &status_fd)) {
