@@ -1157,6 +1157,11 @@ typedef struct cmp_pool_options {
      * Called where a fork would be (within cmp_pool_create too): fork_hook
      * is not called. */
     int (*start_worker)(void *arg, cmp_pool_t *pool, unsigned index, cmp_process_t *out);
+    /* NULL: none. Called in a worker that leaves on its own (told to exit,
+     * max_tasks done, its initializer failed), after its last result is
+     * sent and before it exits: where a binding runs its exit handlers.
+     * A killed worker does not call it. */
+    void (*exit_hook)(void *arg);
 } cmp_pool_options_t;
 
 /* A worker receives a task of at least this many bytes into memory that
@@ -1196,6 +1201,12 @@ int cmp_pool_create(cmp_pool_t **out, const cmp_pool_options_t *opt);
 /* The memfd holding the pool's queues (the pool's: do not close it) and
  * its size, for a worker started by opt.start_worker. */
 int cmp_pool_shared_fd(const cmp_pool_t *p, size_t *len);
+
+/* The other fds worker index of p uses (its queues' spill files, named by
+ * number in the shared region): a worker started by opt.start_worker must
+ * have each at the same number. Writes up to max of them to fds; returns
+ * how many there are. */
+int cmp_pool_worker_fds(const cmp_pool_t *p, unsigned index, int *fds, int max);
 
 /* In a worker that opt.start_worker started: maps the pool's region from
  * fd (len bytes, of a pool of `workers` workers) and serves as worker

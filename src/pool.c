@@ -413,6 +413,14 @@ static int worker_loop(cmp_pool_t *p, unsigned index)
     return 0;
 }
 
+/* The worker's end, forked or started on its own: its exit status. */
+static int worker_exit(const cmp_pool_t *p, int status)
+{
+    if (p->opt.exit_hook)
+        p->opt.exit_hook(p->opt.arg);
+    return status;
+}
+
 static int worker_main(void *arg)
 {
     const struct worker_start *ws = arg;
@@ -424,7 +432,7 @@ static int worker_main(void *arg)
     for (unsigned i = 0; i < p->n; i++)
         if (i != index && p->w[i].proc.pidfd >= 0)
             cmp_process_close(&p->w[i].proc);
-    return worker_loop(p, index);
+    return worker_exit(p, worker_loop(p, index));
 }
 
 /* Where the shared parts are in the region at base: the results queue,
@@ -444,6 +452,21 @@ int cmp_pool_shared_fd(const cmp_pool_t *p, size_t *len)
 {
     *len = p->shared_len;
     return p->shared_fd;
+}
+
+int cmp_pool_worker_fds(const cmp_pool_t *p, unsigned index, int *fds, int max)
+{
+    int all[2] = {cmp_ring_spill_fd(&p->results->ring),
+                  index < p->n ? cmp_ring_spill_fd(&p->w[index].inbox->ring) : -1};
+    int n = 0;
+    for (int i = 0; i < 2; i++) {
+        if (all[i] < 0)
+            continue;
+        if (n < max)
+            fds[n] = all[i];
+        n++;
+    }
+    return n;
 }
 
 int cmp_pool_worker_serve(int fd, size_t len, unsigned workers, unsigned index,
@@ -474,7 +497,7 @@ int cmp_pool_worker_serve(int fd, size_t len, unsigned workers, unsigned index,
         return -errno;
     }
     lay_out(&p, base);
-    int code = worker_loop(&p, index);
+    int code = worker_exit(&p, worker_loop(&p, index));
     munmap(base, len);
     free(p.w);
     return code;

@@ -56,11 +56,14 @@ def get_preparation_data(name, method):
         start_method=METHODS[method],
         alias=_aliased(),
     )
-    logger = sys.modules.get("logging")
-    if logger is not None:
-        lg = logger.getLogger("multiprocessing")
+    logging = sys.modules.get("logging")
+    # once the package's logger exists (get_logger(), log_to_stderr()), its
+    # effective level goes to the child, as the stdlib's spawn sends it;
+    # not made here for the asking
+    lg = logging and logging.Logger.manager.loggerDict.get("multiprocessing")
+    if lg is not None and isinstance(lg, logging.Logger):
+        d["log_level"] = lg.getEffectiveLevel()
         if lg.handlers:
-            d["log_level"] = lg.getEffectiveLevel()
             d["log_to_stderr"] = True
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
@@ -240,21 +243,25 @@ class _PassedFd:
         return int, (self.fd,)
 
 
-def _launch_pool_worker(method, fd, length, workers, index, max_tasks, initializer, initargs):
+def _launch_pool_worker(method, fd, length, workers, index, max_tasks, initializer, initargs,
+                        spill_fds=()):
     """Starts a Pool's worker as a new interpreter (spawn: 1, forkserver:
     2) that serves from the pool's shared region fd: (pid, pidfd, status
-    fd or -1). The worker is a daemonic Process object to the child (as the
-    stdlib's, named SpawnPoolWorker-N), but the pool follows it, not the
-    parent's active_children()."""
+    fd or -1). spill_fds (its queues' spill files) cross at their numbers,
+    which the region names: without them a result too big for the ring's
+    free room could not be put. The worker is a daemonic Process object to
+    the child (as the stdlib's, named SpawnPoolWorker-N), but the pool
+    follows it, not the parent's active_children()."""
     ctx = _cmp.get_context(METHODS[method])
     process = ctx.Process(target=_pool_worker, daemon=True,
                           args=(_PassedFd(fd), length, workers, index, max_tasks,
-                                initializer, tuple(initargs)))
+                                initializer, tuple(initargs),
+                                tuple(_PassedFd(f) for f in spill_fds)))
     process.name = process.name.replace("Process-", "PoolWorker-", 1)
     return _launch(process, method)
 
 
-def _pool_worker(fd, length, workers, index, max_tasks, initializer, initargs):
+def _pool_worker(fd, length, workers, index, max_tasks, initializer, initargs, spill_fds=()):
     sys.exit(_cmp._pool_worker_serve(fd, length, workers, index, max_tasks,
                                      initializer, initargs))
 
@@ -269,10 +276,33 @@ def _import_main_from_path(path):
     if name == "ipython":
         return
     _old_main_modules.append(main)
-    import runpy
     module = types.ModuleType("__mp_main__")
-    module.__dict__.update(runpy.run_path(path, run_name="__mp_main__"))
+    if path.endswith(".py") and os.path.isfile(path):
+        _run_script(path, module)
+    else:  # a directory, a zip file, compiled code: what runpy knows
+        import runpy
+        module.__dict__.update(runpy.run_path(path, run_name="__mp_main__"))
     sys.modules["__main__"] = sys.modules["__mp_main__"] = module
+
+
+def _run_script(path, module):
+    """Runs the script at path in module, as runpy.run_path(path,
+    run_name='__mp_main__') does for a source file (its globals, argv[0]
+    set to the path meanwhile) without importing runpy and pkgutil, a few
+    milliseconds of every spawned child's start."""
+    with open(path, "rb") as f:
+        code = compile(f.read(), path, "exec", dont_inherit=True)
+    module.__dict__.update(__file__=path, __cached__=None, __loader__=None,
+                           __package__="", __spec__=None)
+    sys.modules["__mp_main__"] = module  # what the script imports as such
+    argv0 = sys.argv[0] if sys.argv else None
+    if sys.argv:
+        sys.argv[0] = path
+    try:
+        exec(code, module.__dict__)
+    finally:
+        if sys.argv:
+            sys.argv[0] = argv0
 
 
 def _import_main_from_name(name):

@@ -12,6 +12,9 @@ from multiprocessing.connection import ConnectionWrapper  # noqa: F401
 
 __all__ = ["Client", "Listener", "Pipe", "wait"]
 
+# The length of the handshake's random challenge (3.11's name).
+MESSAGE_LENGTH = 20
+
 _ConnectionBase = Connection
 
 BUFSIZE = 8192
@@ -28,3 +31,36 @@ families = ["AF_INET", "AF_UNIX"]
 CHALLENGE = b"#CHALLENGE#"
 WELCOME = b"#WELCOME#"
 FAILURE = b"#FAILURE#"
+
+
+def SocketClient(address):
+    """A Connection to the listener at address, with no handshake (the
+    stdlib's helper of the same name)."""
+    return Client(address)
+
+
+# ---- connections that carry XML-RPC marshalled values -----------------------
+# (for peers that must not unpickle; the stdlib's XmlListener/XmlClient)
+
+def _xml_dumps(obj):
+    import xmlrpc.client
+    return xmlrpc.client.dumps((obj,), None, None, None, 1).encode("utf-8")
+
+
+def _xml_loads(data):
+    import xmlrpc.client
+    (obj,), _method = xmlrpc.client.loads(data.decode("utf-8"))
+    return obj
+
+
+class XmlListener(Listener):
+    """A Listener whose accepted connections send and receive XML-RPC
+    values instead of pickles."""
+
+    def accept(self):
+        return ConnectionWrapper(Listener.accept(self), _xml_dumps, _xml_loads)
+
+
+def XmlClient(*args, **kwds):
+    """Client() for an XmlListener."""
+    return ConnectionWrapper(Client(*args, **kwds), _xml_dumps, _xml_loads)

@@ -42,8 +42,12 @@ _stdlib_context = _cmp._stdlib_context
 def get_spawning_popen():
     """The process being spawned, while its arguments are pickled (an object
     with duplicate_for_child(fd) and DupFd(fd), as the stdlib's); None
-    otherwise, and always with fork."""
-    return getattr(_tls, "spawning_popen", None)
+    otherwise, and always with fork. One the stdlib's set_spawning_popen()
+    set counts too (a library on the stdlib's spawn machinery, loky, pickles
+    the stdlib's objects, whose reductions may find this module under
+    `python3 -m cmultiprocessing`)."""
+    popen = getattr(_tls, "spawning_popen", None)
+    return popen if popen is not None else _stdlib_context.get_spawning_popen()
 
 
 def set_spawning_popen(popen):

@@ -262,6 +262,92 @@ def _finalize_manager(process, address, state, shutdown_timeout):
     _cmp._manager_forget(address)
 
 
+def _serve_in_child(server_class, registry, address, authkey, serializer, writer,
+                    initializer, initargs):
+    """The life of a manager's server started by a spawn or forkserver
+    context: the same server as a forked one, in a new interpreter."""
+    import signal
+    # Ctrl-C goes to the whole process group: the starter shuts us down
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with_parent()
+    if initializer is not None:
+        initializer(*initargs)
+    server = server_class(registry, address, authkey, serializer, listen=True)
+    writer.send(server.address)
+    writer.close()
+    server.serve_forever()
+
+
+def _exit_with_parent():
+    """A spawned server goes when the process that started it goes, as a
+    forked one does (PR_SET_PDEATHSIG there): nothing else would stop it
+    once its owner is killed."""
+    from . import parent_process
+    parent = parent_process()
+    sentinel = getattr(parent, 'sentinel', None)
+    if sentinel is None:
+        return
+
+    def watch():
+        import os
+        from .connection import wait
+        wait([sentinel])
+        os._exit(0)
+    threading.Thread(target=watch, name='manager-parent-watch', daemon=True).start()
+
+
+class _ContextServer(object):
+    """A manager's server process started the context's way (spawn or
+    forkserver), as the stdlib's start() does, with the interface of the
+    forked one's handle (_cmp's ManagerProcess) that the manager uses."""
+
+    def __init__(self, manager, address, initializer, initargs):
+        from .connection import Pipe
+        reader, writer = Pipe(duplex=False)
+        self._authkey = bytes(manager._authkey)
+        self._serializer = manager._serializer
+        self._proc = manager._ctx.Process(
+            target=_serve_in_child,
+            args=(manager._Server, manager._registry, address, self._authkey,
+                  manager._serializer, writer, initializer, initargs),
+            name=type(manager).__name__ + '-server')
+        self._proc.start()
+        writer.close()
+        try:
+            self.address = reader.recv()
+        except EOFError:
+            self._proc.join()
+            raise RuntimeError("the manager's server process failed to start (exit code %r; "
+                               "see its traceback above)" % (self._proc.exitcode,)) from None
+        finally:
+            reader.close()
+
+    pid = property(lambda self: self._proc.pid)
+    exitcode = property(lambda self: self._proc.exitcode)
+
+    def join(self, timeout=None):
+        self._proc.join(timeout)
+        return self._proc.exitcode is not None
+
+    def shutdown(self, timeout=None):
+        """Asks the server to stop, then stops it harder if it does not
+        within timeout seconds. True if it stopped when asked."""
+        try:
+            _channel(self.address, self._authkey, self._serializer).request(
+                None, 'shutdown', (), {})
+        except Exception:
+            pass  # gone already, or unable to answer: the join below tells
+        self._proc.join(timeout)
+        if self._proc.is_alive():
+            self._proc.terminate()
+            self._proc.join(1.0)
+            if self._proc.is_alive():
+                self._proc.kill()
+                self._proc.join()
+            return False
+        return True
+
+
 class BaseManager(object):
     """A manager: start() runs its server in a process of its own (which
     dies with the thread that started it), connect() uses one that runs."""
@@ -313,11 +399,14 @@ class BaseManager(object):
         address = self._address
         if address is None:
             address = arbitrary_address('AF_UNIX')
-        server = self._Server(self._registry, address, bytes(self._authkey), self._serializer)
-        if isinstance(address, tuple) and address[1] == 0:
-            server.address = None  # the port is known once it listens
-        self._process = _cmp._start_manager(server, address, bytes(self._authkey),
-                                            initializer, tuple(initargs))
+        if getattr(self._ctx, '_name', 'fork') != 'fork':
+            self._process = _ContextServer(self, address, initializer, tuple(initargs))
+        else:
+            server = self._Server(self._registry, address, bytes(self._authkey), self._serializer)
+            if isinstance(address, tuple) and address[1] == 0:
+                server.address = None  # the port is known once it listens
+            self._process = _cmp._start_manager(server, address, bytes(self._authkey),
+                                                initializer, tuple(initargs))
         self._address = self._process.address
         self._state.value = State.STARTED
         self.shutdown = util.Finalize(

@@ -50,3 +50,36 @@ class ThreadPool(_std_pool.ThreadPool, Pool):
     def __init__(self, processes=None, initializer=None, initargs=()):
         _std_pool.Pool.__init__(self, processes, initializer, initargs,
                                 context=_ThreadPoolContext())
+
+
+class _ContextProcessPool(_std_pool.Pool, Pool):
+    """Pool(context=ctx) for a context whose Process is neither ours nor
+    the stdlib's (a library's own context, a test's stand-in): the stdlib's
+    Pool, which starts every worker with ctx.Process and talks to it
+    through ctx's queues, so that whatever that Process does is honoured.
+    An instance of Pool, as ThreadPool is; the contexts ours or the
+    stdlib's name keep our pool (_foreign_pool_class says which)."""
+
+    _processes = None
+    _pool = None
+    _state = None
+
+
+def _foreign_pool_class(context):
+    """The class Pool(context=context) makes, or None for ours (called by
+    Pool() only for a context that is not one of ours)."""
+    process = getattr(context, "Process", None)
+    if not isinstance(process, type) or process in _STDLIB_PROCESSES:
+        # ours starts its workers as that method does (a stand-in context
+        # without a Process class forks, as the default does)
+        return None
+    return _ContextProcessPool
+
+
+def _stdlib_processes():
+    import multiprocessing.process as _std_process
+    return (_std_process.BaseProcess, _std_context.Process, _std_context.ForkProcess,
+            _std_context.SpawnProcess, _std_context.ForkServerProcess)
+
+
+_STDLIB_PROCESSES = _stdlib_processes()

@@ -393,3 +393,50 @@ def keep_and_sum_kept(a):
 
 def np_sum(a):
     return float(a.sum())
+
+
+# ---- finalizers at a worker's exit -------------------------------------------
+
+_keep = []
+
+
+def _note_exit(path, what):
+    with open(path, "a") as f:
+        f.write("%d %s\n" % (os.getpid(), what))
+
+
+def init_exit_finalizers(util_name, path):
+    """A worker initializer that registers util.Finalize callbacks: two with
+    an exit priority (run when the worker leaves, highest first) and one
+    without (run only when its object is collected)."""
+    util = importlib.import_module(util_name)
+    util.Finalize(None, _note_exit, args=(path, "prio10"), exitpriority=10)
+    util.Finalize(None, _note_exit, args=(path, "prio0"), exitpriority=0)
+    obj = type("Kept", (), {})()
+    _keep.append(obj)
+    util.Finalize(obj, _note_exit, args=(path, "no-priority"))
+
+
+def getpid_task(_):
+    return os.getpid()
+
+
+# ---- a context whose Process is a library's own -------------------------------
+
+import multiprocessing.context as _std_context  # noqa: E402
+
+
+class MarkingProcess(_std_context.ForkProcess):
+    """A library's Process class: its workers carry a mark."""
+
+    def run(self):
+        os.environ["POOL_HELPERS_MARK"] = "marked"
+        super().run()
+
+
+class MarkingContext(_std_context.ForkContext):
+    Process = MarkingProcess
+
+
+def read_mark(_):
+    return os.environ.get("POOL_HELPERS_MARK")

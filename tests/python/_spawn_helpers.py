@@ -100,3 +100,49 @@ def bump_pair(pair):
     with pair.get_lock():
         pair.x += 1
         pair.y *= 2
+
+
+class StateBox:
+    """Held by a manager's server: what that process sees of STATE."""
+
+    def state(self):
+        return STATE, os.getpid()
+
+
+import multiprocessing.managers as _std_managers  # noqa: E402
+import cmultiprocessing.managers as _our_managers  # noqa: E402
+
+
+class StdStateManager(_std_managers.BaseManager):
+    pass
+
+
+class OurStateManager(_our_managers.BaseManager):
+    pass
+
+
+for _cls in (StdStateManager, OurStateManager):
+    _cls.register("StateBox", StateBox)
+STATE_MANAGERS = {"multiprocessing": StdStateManager, "cmultiprocessing": OurStateManager}
+
+
+def fill_proxies(d, lst, key):
+    """A child's use of manager proxies passed to it."""
+    d[key] = os.getpid()
+    lst.append(key)
+
+
+def send_start_method_and_log_level(conn, impl):
+    """What a child sees as its default start method and its package
+    logger's effective level."""
+    import importlib
+    mp = importlib.import_module(impl)
+    conn.send((mp.get_start_method(), mp.get_logger().getEffectiveLevel()))
+    conn.close()
+
+
+def big_result(i):
+    """A result of 1 MiB: two of them at once overflow a pool's result ring
+    into its spill file."""
+    time.sleep(0.05)
+    return b"x" * (1 << 20) + bytes([i])

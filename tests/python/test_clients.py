@@ -234,6 +234,38 @@ def test_joblib_multiprocessing_backend_under_the_runner(tmp_path):
     assert r.stdout.strip() == str([i * i for i in range(10)])
 
 
+def test_joblib_loky_backend_under_the_runner(tmp_path):
+    """joblib's default backend, loky, under the runner: loky is built on
+    the stdlib's queue internals, so the runner imports it on the stdlib's
+    modules; the program's own multiprocessing stays ours."""
+    pytest.importorskip("joblib")
+    r = run_program(tmp_path, """
+        import joblib, multiprocessing
+        def sq(x): return x * x
+        if __name__ == "__main__":
+            assert multiprocessing.__name__ == "cmultiprocessing"
+            out = joblib.Parallel(n_jobs=2, backend="loky")(
+                joblib.delayed(sq)(i) for i in range(10))
+            with multiprocessing.Pool(2) as pool:
+                assert pool.map(sq, range(3)) == [0, 1, 4]
+            print(out)
+    """)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str([i * i for i in range(10)])
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_loky_executor_on_our_context(method):
+    """loky's ProcessPoolExecutor accepts a context: ours starts its
+    workers and makes the locks of loky's queues."""
+    loky = pytest.importorskip("joblib.externals.loky")
+    cmp = importlib.import_module("cmultiprocessing")
+    with loky.ProcessPoolExecutor(2, context=cmp.get_context(method)) as ex:
+        assert list(ex.map(square, range(10))) == [i * i for i in range(10)]
+        with pytest.raises(ValueError, match="bad 3"):
+            ex.submit(fail, 3).result(timeout=60)
+
+
 def test_tqdm_process_map_under_the_runner(tmp_path):
     pytest.importorskip("tqdm")
     r = run_program(tmp_path, """

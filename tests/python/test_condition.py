@@ -317,3 +317,30 @@ def test_notified_waiter_survives_a_notifier_that_dies_holding_the_lock(cmp, kin
             assert cond.wait(20) is True
         assert time.monotonic() - t0 < 5
     assert join(pid) == -signal.SIGKILL
+
+
+def test_sleeper_counts_as_the_stdlib_reads_them(mp):
+    """CPython's check_invariant reads _sleeping_count, _woken_count and
+    _wait_semaphore (get_value()): the waiters not yet notified are the
+    first minus the second; at rest both differences are 0."""
+    cond = mp.Condition()
+
+    def sleepers():
+        return cond._sleeping_count.get_value() - cond._woken_count.get_value()
+
+    def waiter():
+        with cond:
+            cond.wait(10)
+
+    threads = [threading.Thread(target=waiter) for _ in range(3)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 10
+    while sleepers() != 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sleepers() == 3
+    with cond:
+        cond.notify_all()
+    for t in threads:
+        t.join(10)
+    assert sleepers() == 0 and cond._wait_semaphore.get_value() == 0

@@ -185,6 +185,51 @@ def test_connection_from_handle(mp, conn):
         conn.Connection(0, readable=False, writable=False)
 
 
+def test_subclass_with_its_own_init(mp, conn):
+    """A Connection subclass whose __init__ takes other arguments and calls
+    the base's with the handle, as code written against the stdlib's
+    class does."""
+    class Tagged(conn.Connection):
+        def __init__(self, handle, tag, **kwds):
+            super().__init__(handle, **kwds)
+            self.tag = tag
+
+    s1, s2 = socket.socketpair()
+    c1 = Tagged(s1.detach(), "left")
+    c2 = Tagged(s2.detach(), tag="right", readable=False)
+    assert (c1.tag, c2.tag) == ("left", "right")
+    assert isinstance(c1, conn.Connection) and not c2.readable
+    c2.send({"x": 1})
+    assert c1.poll(5) and c1.recv() == {"x": 1}
+    c1.close()
+    c2.close()
+    assert c1.closed and c2.closed
+
+
+def test_xml_listener_and_client(mp, conn):
+    """XmlListener/XmlClient: the same handshake, XML-RPC values instead
+    of pickles."""
+    import threading
+    listener = conn.XmlListener(authkey=b"key")
+    got = []
+
+    def serve():
+        c = listener.accept()
+        got.append(c.recv())
+        c.send(got[0] + [3])
+        c.close()
+
+    t = threading.Thread(target=serve)
+    t.start()
+    client = conn.XmlClient(listener.address, authkey=b"key")
+    client.send([1, "two"])
+    assert client.recv() == [1, "two", 3]
+    client.close()
+    t.join(10)
+    listener.close()
+    assert got == [[1, "two"]] and conn.MESSAGE_LENGTH == 20
+
+
 def test_private_handle(mp, conn):
     """conn._handle is the fd (None once closed); set to None, the
     Connection forgets the fd without closing it (someone else owns it)."""

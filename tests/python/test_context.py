@@ -121,3 +121,24 @@ def test_context_resolves_module_factories(cmp):
     with pytest.raises(RuntimeError):
         import pickle
         pickle.dumps(ctx)
+
+
+@pytest.mark.parametrize("impl", ["multiprocessing", "cmultiprocessing"])
+def test_context_registered_by_a_library(impl):
+    """A library adds its context to context._concrete_contexts (loky
+    does): get_context(name) finds it; unknown names stay a ValueError."""
+    mp = importlib.import_module(impl)
+    context = importlib.import_module(impl + ".context")
+
+    class LibraryContext(context.BaseContext):
+        _name = "library-test"
+
+    ctx = LibraryContext()
+    context._concrete_contexts["library-test"] = ctx
+    try:
+        assert mp.get_context("library-test") is ctx
+        assert mp.get_context().get_context("library-test") is ctx
+    finally:
+        del context._concrete_contexts["library-test"]
+    with pytest.raises(ValueError):
+        mp.get_context("library-test")

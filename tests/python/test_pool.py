@@ -32,6 +32,29 @@ def test_pool_keywords_processes_initializer_initargs(pmp, tmp_path):
     assert {str(pid) for pid, _, _ in got} <= set(pids)
 
 
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_worker_runs_exit_finalizers_when_it_leaves(pimpl, method, tmp_path):
+    """A worker that leaves on its own (maxtasksperchild reached, or the
+    pool closed and joined) runs its util.Finalize callbacks that have an
+    exit priority, highest first, as the stdlib's worker Process does
+    after run(); the one without a priority is not run."""
+    ctx = importlib.import_module(pimpl).get_context(method)
+    path = str(tmp_path / "exits")
+    with ctx.Pool(2, initializer=h.init_exit_finalizers, initargs=(pimpl + ".util", path),
+                  maxtasksperchild=2) as pool:
+        pids = set(pool.map(h.getpid_task, range(8), chunksize=1))
+        pool.close()
+        pool.join()
+    by_pid = {}
+    with open(path) as f:
+        for line in f:
+            pid, what = line.split()
+            by_pid.setdefault(int(pid), []).append(what)
+    assert len(pids) >= 4  # each worker ran at most 2 tasks
+    assert pids <= set(by_pid)
+    assert all(notes == ["prio10", "prio0"] for notes in by_pid.values()), by_pid
+
+
 def test_worker_current_process(pmp):
     """In a worker, current_process() is a daemonic ForkPoolWorker-N whose
     identity is (N,), and parent_process() is the pool's creator."""
@@ -53,6 +76,87 @@ def test_worker_pids_from_private_pool_list(pmp):
         assert len(pids) == 3 and os.getpid() not in pids
         seen = {pid for pid, _ in p.map(h.pid_and_square, range(60), 1)}
         assert seen <= set(pids)
+
+
+def test_state_written_run_warns_at_collection(pmp):
+    """CPython's test_resource_warning: RUN written into a terminated
+    pool's _state makes its collection warn as a running pool's does."""
+    import warnings
+    import multiprocessing.pool
+    p = pmp.Pool(1)
+    p.terminate()
+    p.join()
+    p._state = multiprocessing.pool.RUN
+    assert p._state == "RUN"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        p = None
+        gc.collect()
+    assert any(issubclass(w.category, ResourceWarning)
+               and "unclosed running multiprocessing pool" in str(w.message) for w in caught)
+
+
+def test_state_written_does_not_revive_the_pool_cmp(cmp):
+    """What _state says is all that writing it changes: a terminated pool
+    still refuses tasks (the stdlib's would queue them for nobody), and
+    close() or terminate() make _state follow the pool again."""
+    import multiprocessing.pool
+    p = cmp.Pool(1)
+    p.terminate()
+    p.join()
+    p._state = multiprocessing.pool.RUN
+    with pytest.raises(ValueError, match="Pool not running"):
+        p.apply(h.sq, (2,))
+    p.terminate()
+    assert p._state == "TERMINATE"
+    with pytest.raises(ValueError):
+        p._state = "RUNNING"
+
+
+def test_context_with_its_own_process_class(pimpl):
+    """Pool(context=ctx) starts its workers with ctx.Process when that is
+    a library's own class, and the result is still a Pool."""
+    pool_mod = importlib.import_module(pimpl + ".pool")
+    with pool_mod.Pool(2, context=h.MarkingContext()) as p:
+        assert isinstance(p, pool_mod.Pool)
+        assert p.map(h.read_mark, range(4)) == ["marked"] * 4
+        p.close()
+        p.join()
+
+
+def test_failing_process_start_releases_the_started_ones(pimpl):
+    """CPython's TestPoolNotLeakOnFailure: a context whose Process fails
+    to start its fourth worker: Pool() raises that error, having terminated
+    and joined the three that started."""
+    import unittest.mock
+    pool_mod = importlib.import_module(pimpl + ".pool")
+    made = []
+    budget = [3]
+
+    class FailingProcess:
+        def __init__(self, **kwds):
+            self.name, self.exitcode, self.state = "fake", None, None
+            made.append(self)
+
+        def start(self):
+            if budget[0] <= 0:
+                raise OSError("induced start failure")
+            budget[0] -= 1
+            self.state = "started"
+
+        def terminate(self):
+            self.state = "stopping"
+
+        def join(self):
+            if self.state == "stopping":
+                self.state = "stopped"
+
+        def is_alive(self):
+            return self.state in ("started", "stopping")
+
+    with pytest.raises(OSError, match="induced start failure"):
+        pool_mod.Pool(5, context=unittest.mock.MagicMock(Process=FailingProcess))
+    assert [p.state for p in made] == ["stopped"] * 3 + [None]
 
 
 def test_private_pool_list_is_alive(pmp):

@@ -137,6 +137,28 @@ def test_simple_queue(mp):
         q.put(1)
 
 
+def test_simple_queue_ends_closed_after_close(mp):
+    """CPython's TestSimpleQueue.test_closed: both pipe ends of the stdlib's
+    SimpleQueue report closed once it is closed; ours are views of the
+    queue that say the same, and the writer end sends as put() does."""
+    q = mp.SimpleQueue()
+    assert not q._reader.closed and not q._writer.closed
+    q._writer.send("x")
+    assert q.get() == "x"
+    q.close()
+    assert q._reader.closed and q._writer.closed
+    with pytest.raises(OSError):
+        q._writer.send("y")
+    q.close()  # a second close() is fine
+
+
+def test_queue_has_both_ends(mp):
+    q = mp.Queue()
+    assert not q._reader.closed and not q._writer.closed
+    q.close()
+    q.join_thread()
+
+
 def test_joinable_queue(mp):
     q = mp.JoinableQueue()
     for i in range(5):

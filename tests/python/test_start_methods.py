@@ -145,10 +145,82 @@ def test_pool_and_manager_of_the_context(ctx):
         assert dict(d) == {"a": 1, "b": 2}
 
 
+def test_pool_results_bigger_than_the_ring(ctx):
+    """Results that do not fit the room left in the pool's result ring go
+    to its spill file, which a spawned or fork-server worker must have as
+    the forked one does (it died with exit code 3 before)."""
+    with ctx.Pool(2) as pool:
+        out = pool.map(h.big_result, range(8), chunksize=1)
+    assert [len(o) for o in out] == [(1 << 20) + 1] * 8
+    assert [o[-1] for o in out] == list(range(8))
+
+
+def test_manager_server_started_the_contexts_way(ctx):
+    """A manager of a spawn or forkserver context runs its server in a
+    process started that way (a new interpreter: the parent's changes to a
+    module are not there), and its proxies work in that context's
+    children; Manager() of the context and a BaseManager(ctx=) alike."""
+    impl = type(ctx).__module__.split(".")[0]
+    h.set_state("changed in the parent")
+    try:
+        with h.STATE_MANAGERS[impl](ctx=ctx) as manager:
+            state, server_pid = manager.StateBox().state()
+        assert state == "as imported" and server_pid != os.getpid()
+        with ctx.Manager() as manager:
+            d, lst = manager.dict(), manager.list()
+            children = [ctx.Process(target=h.fill_proxies, args=(d, lst, k)) for k in "ab"]
+            for p in children:
+                p.start()
+            for p in children:
+                p.join(30)
+            assert [p.exitcode for p in children] == [0, 0]
+            assert sorted(lst) == ["a", "b"] and set(d.keys()) == {"a", "b"}
+            assert os.getpid() not in d.values()
+    finally:
+        h.set_state("as imported")
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_child_default_method_and_log_level(impl):
+    """A child of a context's Process has that context's method as its
+    default (CPython's TestStartMethod.test_context), and a spawned child
+    gets the package logger's effective level once the parent made the
+    logger (WithProcessesTestLogging.test_level), also when that level
+    comes from the root logger."""
+    import logging
+    mp = importlib.import_module(impl)
+    logger = mp.get_logger()
+    root = logging.getLogger()
+    old = logger.level, root.level
+    old_method = mp.get_start_method(allow_none=True)
+    mp.set_start_method("spawn", force=True)  # a default that is not fork's
+    seen = {}
+    try:
+        for level, root_level in ((32, old[1]), (logging.NOTSET, 37)):
+            logger.setLevel(level)
+            root.setLevel(root_level)
+            for method in ("fork", "spawn", "forkserver"):
+                ctx = mp.get_context(method)
+                r, w = ctx.Pipe(duplex=False)
+                p = ctx.Process(target=h.send_start_method_and_log_level, args=(w, impl))
+                p.start()
+                w.close()
+                assert r.poll(30)
+                seen[method, level] = r.recv()
+                p.join(30)
+    finally:
+        mp.set_start_method(old_method, force=True)
+        logger.setLevel(old[0])
+        root.setLevel(old[1])
+    assert seen == {(m, lv): (m, 32 if lv == 32 else 37)
+                    for m in ("fork", "spawn", "forkserver") for lv in (32, logging.NOTSET)}
+
+
 SCRIPT = """
     import os, sys
     import {impl} as mp
-    print("top", __name__, flush=True)
+    print("top", __name__, os.path.basename(__file__), os.path.basename(sys.argv[0]),
+          __spec__ is None, flush=True)
 
     class Worker(mp.Process):
         def __init__(self, q, *, tag):
@@ -190,7 +262,8 @@ def test_main_module_is_mp_main(tmp_path, method, runner):
     lines = r.stdout.splitlines()
     # the parent's top level, then the child's (or the fork server's) as
     # __mp_main__: the __main__ block does not run there
-    assert lines[0] == "top __main__" and lines[1] == "top __mp_main__"
+    assert lines[0] == "top __main__ prog.py prog.py True"
+    assert lines[1] == "top __mp_main__ prog.py prog.py True"
     assert lines[2] == repr(("__mp_main__", "t", "Worker-1", module, ["a", "b"],
                              method == "forkserver"))
     assert lines[3:] == ["0 " + method]

@@ -96,6 +96,7 @@ typedef struct {
     PyTypeObject *SimpleQueue_type;
     PyTypeObject *JoinableQueue_type;
     PyTypeObject *QueueReader_type; /* queue_reader.c */
+    PyTypeObject *QueueWriter_type; /* queue_reader.c */
     PyObject *Empty;                /* queue.Empty */
     PyObject *Full;                 /* queue.Full */
     /* managers (manager.c, proxy.c) */
@@ -424,6 +425,9 @@ int cmp_py_process_init(PyObject *module, cmp_py_state *st);
 void cmp_py_process_pool_worker_prepare(void);
 void cmp_py_process_pool_worker_parent(void);
 void cmp_py_process_pool_worker_child(void);
+/* In a worker that leaves on its own (GIL held): what a Process child runs
+ * after run() (util's exit finalizers, its children, its threads). */
+void cmp_py_process_pool_worker_exit(void);
 int cmp_py_context_init(PyObject *module, cmp_py_state *st);
 /* Fixes the default context's start method, as the stdlib does once the
  * default context is used (here: a default Process starts), so that a
@@ -431,6 +435,9 @@ int cmp_py_context_init(PyObject *module, cmp_py_state *st);
 void cmp_py_context_pin_default(void);
 /* The start methods, as context.c's table orders them. */
 enum { CMP_PY_FORK = 0, CMP_PY_SPAWN = 1, CMP_PY_FORKSERVER = 2 };
+/* Makes method the default context's, as the stdlib's child does with the
+ * method of the context its Process came from. */
+void cmp_py_context_force(int method);
 /* The default context's method (pinning it, as cmp_py_context_pin_default). */
 int cmp_py_context_method(void);
 int cmp_py_sharedctypes_init(PyObject *module, cmp_py_state *st);

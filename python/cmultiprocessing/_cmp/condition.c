@@ -398,6 +398,73 @@ static void Condition_dealloc(PyObject *op)
     cmp_py_shared_dealloc(op, NULL);
 }
 
+/* ---- the stdlib's counters, as views ------------------------------------ */
+
+/* The stdlib's Condition is three semaphores, whose values CPython's suite
+ * reads to check that nobody is left waiting (cond._sleeping_count,
+ * _woken_count, _wait_semaphore; each .get_value()). Ours has the numbers
+ * they stand for: the waiters registered in wait() (sleeping, from the
+ * stdlib's side: entered and not yet left) and the wake-ups granted but
+ * not yet taken (woken and not yet returned, the wait semaphore's value),
+ * so that sleeping - woken is the waiters nobody notified, as there. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *owner; /* the Condition */
+    const uint32_t *count;
+} CountObject;
+
+static PyTypeObject *Count_type;
+
+static PyObject *Count_get_value(PyObject *op, PyObject *unused)
+{
+    (void)unused;
+    return PyLong_FromUnsignedLong(__atomic_load_n(((CountObject *)op)->count, __ATOMIC_RELAXED));
+}
+
+static void Count_dealloc(PyObject *op)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+    Py_CLEAR(((CountObject *)op)->owner);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef Count_methods[] = {
+    {"get_value", Count_get_value, METH_NOARGS, "get_value()\n--\n\nThe count, now."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot Count_slots[] = {
+    {Py_tp_dealloc, Count_dealloc},
+    {Py_tp_methods, Count_methods},
+    {0, NULL},
+};
+
+static PyType_Spec Count_spec = {
+    .name = "cmultiprocessing._cmp._ConditionCount",
+    .basicsize = sizeof(CountObject),
+    .flags = Py_TPFLAGS_DEFAULT,
+    .slots = Count_slots,
+};
+
+static PyObject *Condition_count(PyObject *op, void *which)
+{
+    cmp_py_condition *self = (cmp_py_condition *)op;
+    CountObject *c = (CountObject *)Count_type->tp_alloc(Count_type, 0);
+    if (!c)
+        return NULL;
+    c->owner = Py_NewRef(op);
+    c->count = which ? &self->cond->nsignals : &self->cond->nwaiters;
+    return (PyObject *)c;
+}
+
+static PyGetSetDef Condition_getset[] = {
+    {"_sleeping_count", Condition_count, NULL, "Waiters in wait() (a view, get_value()).", NULL},
+    {"_woken_count", Condition_count, NULL, "Wake-ups granted, not yet taken.", (void *)1},
+    {"_wait_semaphore", Condition_count, NULL, "Wake-ups granted, not yet taken.", (void *)1},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
 static PyMethodDef Condition_methods[] = {
     {"acquire", (PyCFunction)(void (*)(void))Condition_acquire, METH_FASTCALL | METH_KEYWORDS,
      "acquire(block=True, timeout=None)\n--\n\nAcquire the underlying lock."},
@@ -428,11 +495,17 @@ static PyMethodDef Condition_with_methods[] = {
 };
 
 static PyType_Slot Condition_slots[] = {
-    {Py_tp_doc, (void *)CONDITION_DOC},     {Py_tp_new, Condition_new},
-    {Py_tp_init, Condition_init},           {Py_tp_dealloc, Condition_dealloc},
-    {Py_tp_traverse, Condition_traverse},   {Py_tp_clear, Condition_clear},
-    {Py_tp_repr, Condition_repr},           {Py_tp_methods, Condition_methods},
-    {Py_tp_members, cmp_py_shared_members}, {0, NULL},
+    {Py_tp_doc, (void *)CONDITION_DOC},
+    {Py_tp_new, Condition_new},
+    {Py_tp_init, Condition_init},
+    {Py_tp_dealloc, Condition_dealloc},
+    {Py_tp_traverse, Condition_traverse},
+    {Py_tp_clear, Condition_clear},
+    {Py_tp_repr, Condition_repr},
+    {Py_tp_methods, Condition_methods},
+    {Py_tp_members, cmp_py_shared_members},
+    {Py_tp_getset, Condition_getset},
+    {0, NULL},
 };
 
 static PyType_Spec Condition_spec = {
@@ -446,6 +519,9 @@ int cmp_py_condition_init(PyObject *module, cmp_py_state *st)
 {
     st->Condition_type = cmp_py_add_type(module, &Condition_spec, NULL);
     if (!st->Condition_type)
+        return -1;
+    Count_type = (PyTypeObject *)cmp_py_type_from_spec(module, &Count_spec, NULL);
+    if (!Count_type)
         return -1;
     return cmp_py_add_fast_methods(st, st->Condition_type, Condition_with_methods, 0);
 }

@@ -257,39 +257,53 @@ static PyObject *rx_bytes(rx_ctx *ctx, cmp_conn_rx_t *rx)
     return PyBytes_FromStringAndSize(ctx->small, (Py_ssize_t)rx->len);
 }
 
+/* The arguments are read in __init__, not here, so that a subclass with an
+ * __init__ of its own (other parameters, a super().__init__(handle) call)
+ * works as with the stdlib's class; until then the connection is closed. */
 static PyObject *Conn_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    (void)args;
+    (void)kwds;
+    ConnObject *self = (ConnObject *)type->tp_alloc(type, 0);
+    if (self)
+        self->conn.fd = -1;
+    return (PyObject *)self;
+}
+
+static int Conn_init(PyObject *op, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"handle", "readable", "writable", NULL};
     PyObject *handle;
     int readable = 1, writable = 1;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|pp:Connection", kwlist, &handle, &readable,
                                      &writable))
-        return NULL;
+        return -1;
     /* The stdlib calls handle.__index__(): AttributeError for a str. */
-    if (!PyIndex_Check(handle))
-        return PyErr_Format(PyExc_AttributeError, "'%.100s' object has no attribute '__index__'",
-                            Py_TYPE(handle)->tp_name);
+    if (!PyIndex_Check(handle)) {
+        PyErr_Format(PyExc_AttributeError, "'%.100s' object has no attribute '__index__'",
+                     Py_TYPE(handle)->tp_name);
+        return -1;
+    }
     PyObject *index = PyNumber_Index(handle);
     if (!index)
-        return NULL;
+        return -1;
     long fd = PyLong_AsLong(index);
     Py_DECREF(index);
     if (fd == -1 && PyErr_Occurred())
-        return NULL;
+        return -1;
     if (fd < 0 || fd > INT_MAX) {
         PyErr_SetString(PyExc_ValueError, "invalid handle");
-        return NULL;
+        return -1;
     }
     if (!readable && !writable) {
         PyErr_SetString(PyExc_ValueError, "at least one of `readable` and `writable` must be True");
-        return NULL;
+        return -1;
     }
-    ConnObject *self = (ConnObject *)type->tp_alloc(type, 0);
-    if (!self)
-        return NULL;
+    ConnObject *self = (ConnObject *)op;
+    cmp_conn_close(&self->conn); /* __init__ called again: the new fd replaces the old */
     cmp_conn_open(&self->conn, (int)fd,
                   (readable ? CMP_CONN_READABLE : 0) | (writable ? CMP_CONN_WRITABLE : 0));
-    return (PyObject *)self;
+    return 0;
 }
 
 static ConnObject *conn_wrap(PyTypeObject *type, cmp_conn_t *conn)
@@ -813,6 +827,7 @@ static PyMemberDef Conn_members[] = {
 static PyType_Slot Conn_slots[] = {
     {Py_tp_members, Conn_members},
     {Py_tp_new, Conn_new},
+    {Py_tp_init, Conn_init},
     {Py_tp_dealloc, Conn_dealloc},
     {Py_tp_methods, Conn_methods},
     {Py_tp_getset, Conn_getset},

@@ -50,12 +50,28 @@ static int method_index(PyObject *name)
     return -1;
 }
 
+/* A context a library registered under name in context.py's
+ * _concrete_contexts, as the stdlib's module lets it (loky adds 'loky'),
+ * or NULL with ValueError. */
+static PyObject *registered(PyObject *name)
+{
+    PyObject *mod = PyImport_ImportModule("cmultiprocessing.context");
+    PyObject *table = mod ? PyObject_GetAttrString(mod, "_concrete_contexts") : NULL;
+    Py_XDECREF(mod);
+    PyObject *ctx = table && PyDict_Check(table) ? PyDict_GetItemWithError(table, name) : NULL;
+    Py_XINCREF(ctx);
+    Py_XDECREF(table);
+    if (!ctx && !PyErr_Occurred())
+        PyErr_Format(PyExc_ValueError, "cannot find context for %R", name);
+    return ctx;
+}
+
 /* The concrete context for a method name, or NULL with ValueError. */
 static PyObject *concrete(PyObject *name)
 {
     int i = method_index(name);
     if (i < 0)
-        return PyErr_Format(PyExc_ValueError, "cannot find context for %R", name);
+        return registered(name);
     if (!methods[i].supported || !methods[i].context)
         return PyErr_Format(PyExc_ValueError,
                             "start method %R is not supported by cmultiprocessing yet; "
@@ -75,6 +91,15 @@ void cmp_py_context_pin_default(void)
 {
     if (g_default)
         actual_of((CtxObject *)g_default);
+}
+
+void cmp_py_context_force(int method)
+{
+    if (!g_default || method < 0 || method >= N_METHODS)
+        return;
+    CtxObject *d = (CtxObject *)g_default;
+    if (d->actual != methods[method].context)
+        Py_XSETREF(d->actual, Py_NewRef(methods[method].context));
 }
 
 int cmp_py_context_method(void)
@@ -169,9 +194,19 @@ static PyObject *ctx_set_start_method(CtxObject *self, PyObject *const *args, Py
         Py_CLEAR(self->actual);
         Py_RETURN_NONE;
     }
+    int i = method_index(method);
     PyObject *ctx = concrete(method);
     if (!ctx)
         return NULL;
+    if (i < 0) {
+        /* the default context is one of ours, whose method the rest of
+         * the package reads */
+        Py_DECREF(ctx);
+        return PyErr_Format(PyExc_ValueError,
+                            "cmultiprocessing's default start method can only be one of its "
+                            "own; use get_context(%R) where the library needs that one",
+                            method);
+    }
     Py_XSETREF(self->actual, ctx);
     Py_RETURN_NONE;
 }
@@ -238,14 +273,17 @@ static PyObject *ctx_factory(CtxObject *ctx, PyObject *name)
             return NULL;
         return PyObject_GetAttr(ctx->module, *attr);
     }
-    if (ctx->method > CMP_PY_FORK && PyUnicode_CompareWithASCIIString(name, "Pool") == 0) {
-        /* its workers are started with this context's method */
-        PyObject *pool = PyObject_GetAttrString(ctx->module, "_context_pool");
-        PyObject *functools = pool ? PyImport_ImportModule("functools") : NULL;
-        PyObject *r = functools
-                          ? PyObject_CallMethod(functools, "partial", "OO", pool, (PyObject *)ctx)
-                          : NULL;
-        Py_XDECREF(pool);
+    const char *bound = NULL; /* a factory given this context first */
+    if (ctx->method > CMP_PY_FORK && PyUnicode_CompareWithASCIIString(name, "Pool") == 0)
+        bound = "_context_pool"; /* its workers are started with this context's method */
+    else if (ctx->method > CMP_PY_FORK && PyUnicode_CompareWithASCIIString(name, "Manager") == 0)
+        bound = "Manager"; /* and so is its server process */
+    if (bound) {
+        PyObject *fn = PyObject_GetAttrString(ctx->module, bound);
+        PyObject *functools = fn ? PyImport_ImportModule("functools") : NULL;
+        PyObject *r =
+            functools ? PyObject_CallMethod(functools, "partial", "OO", fn, (PyObject *)ctx) : NULL;
+        Py_XDECREF(fn);
         Py_XDECREF(functools);
         return r;
     }

@@ -637,26 +637,34 @@ static PyType_Spec Listener_spec = {
     .slots = Listener_slots,
 };
 
-/* Manager(): a started SyncManager. Its classes live in managers.py,
- * imported on first use (a program without managers does not pay it). */
-static PyObject *manager_new(PyObject *module, PyObject *unused)
+/* Manager(ctx=None): a started SyncManager (ctx: the context whose way
+ * its server process is started; a spawn or forkserver context's Manager
+ * passes itself). Its classes live in managers.py, imported on first use
+ * (a program without managers does not pay it). */
+static PyObject *manager_new(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    (void)unused;
+    if (nargs > 1)
+        return PyErr_Format(PyExc_TypeError, "Manager() takes at most 1 argument (%zd given)",
+                            nargs);
     PyObject *m = PyImport_ImportModule("cmultiprocessing.managers");
     if (!m)
         return NULL;
-    PyObject *r = PyObject_CallMethod(m, "Manager", NULL);
+    PyObject *fn = PyObject_GetAttrString(m, "Manager");
     Py_DECREF(m);
+    if (!fn)
+        return NULL;
+    PyObject *r = PyObject_Vectorcall(fn, args, (size_t)nargs, NULL);
+    Py_DECREF(fn);
     return r;
 }
 
 static PyMethodDef manager_functions[] = {
     {"_manager_listen", manager_listen, METH_VARARGS,
      "_manager_listen(server, address, authkey): a ManagerListener bound here."},
-    {"Manager", manager_new, METH_NOARGS,
-     "Manager()\n--\n\nReturn a started SyncManager: shared objects served by a process "
-     "of their own."},
+    {"Manager", (PyCFunction)(void (*)(void))manager_new, METH_FASTCALL,
+     "Manager(ctx=None)\n--\n\nReturn a started SyncManager: shared objects served by a "
+     "process of their own."},
     {"_start_manager", start_manager, METH_VARARGS,
      "_start_manager(server, address, authkey, initializer, initargs): a ManagerProcess."},
     {NULL, NULL, 0, NULL},

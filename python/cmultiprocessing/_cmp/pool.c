@@ -104,6 +104,7 @@ typedef struct {
     PyObject_HEAD
     PoolCore *core;
     PyObject *weakreflist;
+    int shown_state; /* POOL_* written to _state, or -1: the core's (Pool_set_state) */
 } PoolObject;
 
 static PyTypeObject *Core_type, *Pool_type, *ApplyResult_type, *MapResult_type;
@@ -1794,6 +1795,7 @@ static void set_state(PoolCore *c, int state)
 static PyObject *Pool_close(PyObject *op, PyObject *unused)
 {
     (void)unused;
+    ((PoolObject *)op)->shown_state = -1;
     PoolCore *c = ((PoolObject *)op)->core;
     if (c && c->state == POOL_RUN) {
         if (feed_all(c) < 0)
@@ -1817,6 +1819,7 @@ static void core_terminate(PoolCore *c)
 static PyObject *Pool_terminate(PyObject *op, PyObject *unused)
 {
     (void)unused;
+    ((PoolObject *)op)->shown_state = -1;
     PoolCore *c = ((PoolObject *)op)->core;
     if (c)
         core_terminate(c);
@@ -1988,6 +1991,7 @@ static int Pool_init(PyObject *op, PyObject *args, PyObject *kwds)
         .task = cmp_py_pool_worker_task,
         .init = cmp_py_pool_worker_init,
         .wait_hook = cmp_py_pool_worker_wait_hook,
+        .exit_hook = cmp_py_pool_worker_exit_hook,
         .task_alloc = cmp_py_pool_worker_task_alloc,
         .fork_hook = cmp_py_pool_worker_fork_hook,
         .arg = &c->work,
@@ -2035,14 +2039,50 @@ static int Pool_init(PyObject *op, PyObject *args, PyObject *kwds)
     return 0;
 }
 
+/* The class Pool(..., context=context) makes instead of ours (a new
+ * reference), or NULL: ours, or an exception. Only a context that is not
+ * one of ours is looked at (pool.py's _foreign_pool_class decides). */
+static PyTypeObject *foreign_pool_class(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    if (type != Pool_type)
+        return NULL; /* a subclass of ours stays one */
+    PyObject *context = kwds ? PyDict_GetItemString(kwds, "context") : NULL;
+    if (!context && PyTuple_GET_SIZE(args) > 4)
+        context = PyTuple_GET_ITEM(args, 4);
+    cmp_py_state *st = cmp_py_state_of_type(type);
+    if (!context || context == Py_None || PyObject_TypeCheck(context, st->Context_type))
+        return NULL;
+    PyObject *mod = PyImport_ImportModule("cmultiprocessing.pool");
+    PyObject *cls = mod ? PyObject_CallMethod(mod, "_foreign_pool_class", "O", context) : NULL;
+    Py_XDECREF(mod);
+    if (cls == Py_None)
+        Py_CLEAR(cls);
+    if (cls && !PyType_Check(cls)) {
+        Py_DECREF(cls);
+        PyErr_SetString(PyExc_TypeError, "_foreign_pool_class() must return a class or None");
+        return NULL;
+    }
+    return (PyTypeObject *)cls;
+}
+
 static PyObject *Pool_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    (void)args;
-    (void)kwds;
+    PyTypeObject *foreign = foreign_pool_class(type, args, kwds);
+    if (foreign) {
+        /* Python then calls its __init__ (the stdlib's) with our arguments */
+        PyObject *r = foreign->tp_alloc(foreign, 0);
+        if (r)
+            ((PoolObject *)r)->shown_state = -1;
+        Py_DECREF(foreign);
+        return r;
+    }
+    if (PyErr_Occurred())
+        return NULL;
     PoolObject *self = (PoolObject *)type->tp_alloc(type, 0);
     if (self) {
         self->core = NULL;
         self->weakreflist = NULL;
+        self->shown_state = -1;
     }
     return (PyObject *)self;
 }
@@ -2051,7 +2091,8 @@ static void Pool_finalize(PyObject *op)
 {
     PoolObject *self = (PoolObject *)op;
     PoolCore *c = self->core;
-    if (!c || c->state != POOL_RUN || getpid() != c->owner)
+    int state = !c ? -1 : self->shown_state >= 0 ? self->shown_state : c->state;
+    if (state != POOL_RUN || getpid() != c->owner)
         return;
     PyObject *type, *value, *tb;
     PyErr_Fetch(&type, &value, &tb);
@@ -2139,23 +2180,44 @@ static PyObject *Pool_repopulate(PyObject *op, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+static const char *const state_names[] = {"RUN", "CLOSE", "TERMINATE"};
+
 /* The stdlib's state names (multiprocessing.pool.RUN...): code that checks
  * `pool._state == multiprocessing.pool.RUN` before submitting works on
- * ours. Read-only: our state follows close() and terminate() alone. */
+ * ours. */
 static PyObject *Pool_get_state(PyObject *op, void *closure)
 {
     (void)closure;
-    PoolCore *c = ((PoolObject *)op)->core;
-    if (!c)
+    PoolObject *self = (PoolObject *)op;
+    if (!self->core)
         return PyUnicode_FromString("INIT");
-    return PyUnicode_FromString(c->state == POOL_RUN     ? "RUN"
-                                : c->state == POOL_CLOSE ? "CLOSE"
-                                                         : "TERMINATE");
+    return PyUnicode_FromString(
+        state_names[self->shown_state >= 0 ? self->shown_state : self->core->state]);
+}
+
+/* Writing one of the names changes what _state says and what the
+ * collection of the pool does (a pool said to be running warns with a
+ * ResourceWarning, as CPython's suite checks by writing RUN into a
+ * terminated pool), not what the pool does: whether it takes tasks and
+ * how it ends follow close() and terminate() alone, each of which makes
+ * _state follow them again. */
+static int Pool_set_state(PyObject *op, PyObject *value, void *closure)
+{
+    (void)closure;
+    for (int i = 0; value && PyUnicode_Check(value) && i < 3; i++) {
+        if (PyUnicode_CompareWithASCIIString(value, state_names[i]) == 0) {
+            ((PoolObject *)op)->shown_state = i;
+            return 0;
+        }
+    }
+    PyErr_SetString(PyExc_ValueError, "_state must be 'RUN', 'CLOSE' or 'TERMINATE'");
+    return -1;
 }
 
 static PyGetSetDef Pool_getset[] = {
     {"_processes", Pool_get_processes, NULL, "Number of worker processes.", NULL},
-    {"_state", Pool_get_state, NULL, "'RUN', 'CLOSE' or 'TERMINATE', as the stdlib's.", NULL},
+    {"_state", Pool_get_state, Pool_set_state, "'RUN', 'CLOSE' or 'TERMINATE', as the stdlib's.",
+     NULL},
     {"_pids", Pool_get_pids, NULL, "Pids of the running workers (cmultiprocessing).", NULL},
     {"_pool", Pool_get_pool, NULL, "The running workers, as objects with a pid.", NULL},
     {NULL, NULL, NULL, NULL, NULL},

@@ -38,6 +38,7 @@ int cmp_py_pool_worker_setup(void);
 int cmp_py_pool_worker_task(void *arg, const void *data, size_t len, cmp_pool_result_t *out);
 int cmp_py_pool_worker_init(void *arg, cmp_pool_result_t *out);
 void cmp_py_pool_worker_wait_hook(void *arg, int waiting);
+void cmp_py_pool_worker_exit_hook(void *arg);
 void *cmp_py_pool_worker_task_alloc(void *arg, size_t len);
 int cmp_py_pool_worker_task_owned(void *arg, PyObject *owner, const void *data, size_t len,
                                   cmp_pool_result_t *out);

@@ -47,6 +47,12 @@ void cmp_py_pool_worker_wait_hook(void *arg, int waiting)
         PyEval_RestoreThread(worker_tstate);
 }
 
+void cmp_py_pool_worker_exit_hook(void *arg)
+{
+    (void)arg;
+    cmp_py_process_pool_worker_exit();
+}
+
 /* A big task is received straight into a bytearray of ours (the pool's
  * task_alloc), so that its arrays are decoded as views of it rather than
  * copied a second time. Called in the wait for a task, without the GIL.
@@ -362,12 +368,25 @@ int cmp_py_pool_worker_start(void *arg, cmp_pool_t *pool, unsigned index, cmp_pr
     PyGILState_STATE g = PyGILState_Ensure();
     size_t len;
     int fd = cmp_pool_shared_fd(pool, &len);
-    PyObject *mod = PyImport_ImportModule("cmultiprocessing._spawn");
+    /* the spill files of its queues, which it finds by number */
+    int spill[2];
+    int nspill = cmp_pool_worker_fds(pool, index, spill, 2);
+    PyObject *fds = PyTuple_New(nspill < 2 ? nspill : 2);
+    for (Py_ssize_t i = 0; fds && i < PyTuple_GET_SIZE(fds); i++) {
+        PyObject *v = PyLong_FromLong(spill[i]);
+        if (!v) {
+            Py_CLEAR(fds);
+            break;
+        }
+        PyTuple_SET_ITEM(fds, i, v);
+    }
+    PyObject *mod = fds ? PyImport_ImportModule("cmultiprocessing._spawn") : NULL;
     PyObject *r =
-        mod ? PyObject_CallMethod(mod, "_launch_pool_worker", "iinIIKOO", w->method, fd,
+        mod ? PyObject_CallMethod(mod, "_launch_pool_worker", "iinIIKOOO", w->method, fd,
                                   (Py_ssize_t)len, cmp_pool_size(pool), index, w->max_tasks,
-                                  w->initializer ? w->initializer : Py_None, w->initargs)
+                                  w->initializer ? w->initializer : Py_None, w->initargs, fds)
             : NULL;
+    Py_XDECREF(fds);
     Py_XDECREF(mod);
     int pid, pidfd, status_fd, rc = 0;
     if (!r || !PyArg_ParseTuple(r, "iii", &pid, &pidfd, &status_fd)) {
@@ -406,6 +425,7 @@ static PyObject *pool_worker_serve(PyObject *module, PyObject *args)
         .task = cmp_py_pool_worker_task,
         .init = cmp_py_pool_worker_init,
         .wait_hook = cmp_py_pool_worker_wait_hook,
+        .exit_hook = cmp_py_pool_worker_exit_hook,
         .arg = &work,
         .max_tasks = max_tasks,
     };

@@ -565,6 +565,33 @@ void cmp_py_process_pool_worker_child(void)
 static int exit_children(void);
 static PyObject *proc_run(ProcObject *self, PyObject *unused);
 
+/* The start method of a context's Process class (ForkProcess...), or -1
+ * for the plain Process, which follows the default context. */
+static int context_method_of(ProcObject *self)
+{
+    return PyObject_TypeCheck(self, g_fork_process_type)         ? CMP_PY_FORK
+           : PyObject_TypeCheck(self, g_spawn_process_type)      ? CMP_PY_SPAWN
+           : PyObject_TypeCheck(self, g_forkserver_process_type) ? CMP_PY_FORKSERVER
+                                                                 : -1;
+}
+
+/* A pool worker leaving on its own (max tasks done, the pool closed): the
+ * stdlib's worker is a Process whose run() returns, so what follows run()
+ * in a child follows here too: util's exit finalizers around the worker's
+ * own children, its non-daemon threads, the standard streams. */
+void cmp_py_process_pool_worker_exit(void)
+{
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    cmp_py_util_run_finalizers(0);
+    if (exit_children() < 0)
+        PyErr_Print();
+    cmp_py_util_run_finalizers(-1);
+    join_threads();
+    flush_std_streams();
+    PyErr_Restore(et, ev, tb);
+}
+
 /* Runs self.run() and turns its outcome into an exit code, as the stdlib's
  * BaseProcess._bootstrap does. */
 static int bootstrap(ProcObject *self)
@@ -577,6 +604,11 @@ static int bootstrap(ProcObject *self)
     g_current = Py_NewRef((PyObject *)self);
     g_parent_pending = 1;
     close_stdin();
+    /* A child of a context's Process (not the plain one) runs with that
+     * context's method as its default: get_start_method() there says so. */
+    int method = context_method_of(self);
+    if (method >= 0)
+        cmp_py_context_force(method);
     cmp_py_util_after_fork();
     log_msg(LOG_INFO, "child process calling self.run()");
 
@@ -849,10 +881,9 @@ static PyObject *proc_start(ProcObject *self, PyObject *unused)
         return NULL;
 
     /* a plain Process runs with the default context's method, fixing it */
-    int method = PyObject_TypeCheck(self, g_fork_process_type)         ? CMP_PY_FORK
-                 : PyObject_TypeCheck(self, g_spawn_process_type)      ? CMP_PY_SPAWN
-                 : PyObject_TypeCheck(self, g_forkserver_process_type) ? CMP_PY_FORKSERVER
-                                                                       : cmp_py_context_method();
+    int method = context_method_of(self);
+    if (method < 0)
+        method = cmp_py_context_method();
     if (method != CMP_PY_FORK)
         return start_spawned(self, method);
 #if PY_VERSION_HEX >= 0x030C0000

@@ -720,6 +720,12 @@ static PyObject *Queue_reader(PyObject *op, void *closure)
     return cmp_py_queue_reader((QueueObject *)op);
 }
 
+static PyObject *Queue_writer(PyObject *op, void *closure)
+{
+    (void)closure;
+    return cmp_py_queue_writer((QueueObject *)op);
+}
+
 static PyObject *Queue_reduce(PyObject *op, PyObject *unused)
 {
     (void)unused;
@@ -955,6 +961,11 @@ static PyObject *SimpleQueue_get(PyObject *op, PyObject *unused)
     return cmp_py_queue_get((QueueObject *)op, NULL, NULL);
 }
 
+PyObject *cmp_py_queue_put(QueueObject *self, PyObject *obj)
+{
+    return do_put(self, obj, NULL, NULL);
+}
+
 static PyObject *SimpleQueue_put(PyObject *op, PyObject *obj)
 {
     return do_put((QueueObject *)op, obj, NULL, NULL);
@@ -1044,6 +1055,7 @@ static PyMethodDef Queue_methods[] = {
 static PyGetSetDef Queue_getset[] = {
     {"_maxsize", Queue_maxsize, NULL, NULL, NULL},
     {"_reader", Queue_reader, NULL, NULL, NULL},
+    {"_writer", Queue_writer, NULL, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -1106,6 +1118,7 @@ static PyMethodDef Simple_methods[] = {
 
 static PyGetSetDef Simple_getset[] = {
     {"_reader", Queue_reader, NULL, NULL, NULL},
+    {"_writer", Queue_writer, NULL, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

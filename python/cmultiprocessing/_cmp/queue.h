@@ -32,9 +32,15 @@ PyObject *cmp_py_queue_get(QueueObject *self, PyObject *block, PyObject *timeout
 void cmp_py_queue_notify_put(QueueObject *self);
 void cmp_py_queue_notify_get(QueueObject *self);
 
+/* put(obj) as Queue.put with the defaults. */
+PyObject *cmp_py_queue_put(QueueObject *self, PyObject *obj);
+
 /* The _reader attribute: what concurrent.futures waits on (fileno) and
- * reads from (recv). */
+ * reads from (recv). The _writer attribute: the other end, which code
+ * written against the stdlib's pipe-backed queues sends on or checks
+ * (closed); both are views of the queue, made at each access. */
 PyObject *cmp_py_queue_reader(QueueObject *self);
+PyObject *cmp_py_queue_writer(QueueObject *self);
 int cmp_py_queue_reader_init(PyObject *module, cmp_py_state *st);
 
 #endif

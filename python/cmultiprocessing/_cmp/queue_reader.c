@@ -19,6 +19,9 @@
  *
  * Queue's _reader (concurrent.futures closes its call queue's in
  * terminate_broken) has no fd: close() and closed only.
+ *
+ * The _writer end is there for code that checks the stdlib's pipe ends
+ * (`_writer.closed` after close()) or sends on one: send() is put().
  */
 #include "queue.h"
 
@@ -77,7 +80,7 @@ static int arm(QueueObject *q)
     return 0;
 }
 
-static int check_reader(ReaderObject *self)
+static int check_end(ReaderObject *self)
 {
     if (self->closed || self->queue->closed) {
         PyErr_SetString(PyExc_OSError, "handle is closed");
@@ -90,7 +93,7 @@ static PyObject *Reader_fileno(PyObject *op, PyObject *unused)
 {
     (void)unused;
     ReaderObject *self = (ReaderObject *)op;
-    if (check_reader(self) < 0 || arm(self->queue) < 0)
+    if (check_end(self) < 0 || arm(self->queue) < 0)
         return NULL;
     return PyLong_FromLong(self->queue->notify_fd);
 }
@@ -99,7 +102,7 @@ static PyObject *Reader_recv(PyObject *op, PyObject *unused)
 {
     (void)unused;
     ReaderObject *self = (ReaderObject *)op;
-    if (check_reader(self) < 0)
+    if (check_end(self) < 0)
         return NULL;
     return cmp_py_queue_get(self->queue, NULL, NULL);
 }
@@ -111,7 +114,7 @@ static PyObject *Reader_poll(PyObject *op, PyObject *const *args, Py_ssize_t nar
     ReaderObject *self = (ReaderObject *)op;
     if (nargs > 1)
         return PyErr_Format(PyExc_TypeError, "poll() takes at most 1 argument (%zd given)", nargs);
-    if (check_reader(self) < 0)
+    if (check_end(self) < 0)
         return NULL;
     QueueObject *q = self->queue;
     if (!cmp_queue_empty(q->q))
@@ -201,9 +204,38 @@ static PyType_Spec Reader_spec = {
     .slots = Reader_slots,
 };
 
-PyObject *cmp_py_queue_reader(QueueObject *q)
+/* ---- the writer end ------------------------------------------------------ */
+
+static PyObject *Writer_send(PyObject *op, PyObject *obj)
 {
-    PyTypeObject *tp = q->st->QueueReader_type;
+    ReaderObject *self = (ReaderObject *)op;
+    if (check_end(self) < 0)
+        return NULL;
+    return cmp_py_queue_put(self->queue, obj);
+}
+
+static PyMethodDef Writer_methods[] = {
+    {"send", Writer_send, METH_O, "send(obj)\n--\n\nThe queue's put(obj)."},
+    {"close", Reader_close, METH_NOARGS, "close()\n--\n\nClose this writer."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot Writer_slots[] = {
+    {Py_tp_dealloc, Reader_dealloc},
+    {Py_tp_methods, Writer_methods},
+    {Py_tp_getset, Reader_getset},
+    {0, NULL},
+};
+
+static PyType_Spec Writer_spec = {
+    .name = "cmultiprocessing._cmp._QueueWriter",
+    .basicsize = sizeof(ReaderObject),
+    .flags = Py_TPFLAGS_DEFAULT,
+    .slots = Writer_slots,
+};
+
+static PyObject *queue_end(PyTypeObject *tp, QueueObject *q)
+{
     ReaderObject *self = (ReaderObject *)tp->tp_alloc(tp, 0);
     if (!self)
         return NULL;
@@ -211,8 +243,19 @@ PyObject *cmp_py_queue_reader(QueueObject *q)
     return (PyObject *)self;
 }
 
+PyObject *cmp_py_queue_reader(QueueObject *q)
+{
+    return queue_end(q->st->QueueReader_type, q);
+}
+
+PyObject *cmp_py_queue_writer(QueueObject *q)
+{
+    return queue_end(q->st->QueueWriter_type, q);
+}
+
 int cmp_py_queue_reader_init(PyObject *module, cmp_py_state *st)
 {
     st->QueueReader_type = (PyTypeObject *)cmp_py_type_from_spec(module, &Reader_spec, NULL);
-    return st->QueueReader_type ? 0 : -1;
+    st->QueueWriter_type = (PyTypeObject *)cmp_py_type_from_spec(module, &Writer_spec, NULL);
+    return st->QueueReader_type && st->QueueWriter_type ? 0 : -1;
 }
