@@ -144,6 +144,19 @@ def test_pool_view_lists_the_workers_of_every_rank(api):
     assert r["pool_view"] == [True, True, True]
 
 
+def test_a_slow_rank_gets_fewer_tasks():
+    """Tasks take 10x longer on rank 1 than on rank 2 (one worker each):
+    the map goes mostly to the fast rank, with chunksize 1 and with the
+    default chunks, instead of a half each decided up front."""
+    r = _script("slow_rank_script.py", 3)
+    for chunksize, counts in r.items():
+        slow, fast = counts.get("1", 0), counts.get("2", 0)
+        assert slow + fast == 120, (chunksize, counts)
+        # chunksize 1: ~110 against ~10 here; the default's 8 chunks of 15:
+        # the slow rank keeps what it was given first (2 chunks)
+        assert fast >= (2 * slow if chunksize == "1" else slow + 15), (chunksize, counts)
+
+
 def test_closed_pool_and_executor(api):
     _, r = api
     assert r["closed"] == "ValueError"
