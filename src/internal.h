@@ -116,4 +116,9 @@ struct cmp__file_id {
 };
 void cmp__files_in_use(const struct cmp__file_id *files, int *used, size_t n);
 
+/* The bytes a worker's task wrote to r so far (pool.c): for a layer that
+ * moves a big result elsewhere (libcmp_mpi's arena) before it reaches the
+ * ring. NULL when none. */
+const char *cmp__pool_result_bytes(const cmp_pool_result_t *r, size_t *len);
+
 #endif /* CMP_INTERNAL_H */

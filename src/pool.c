@@ -257,6 +257,12 @@ void cmp_pool_result_clear(cmp_pool_result_t *r)
     r->len = 0;
 }
 
+const char *cmp__pool_result_bytes(const cmp_pool_result_t *r, size_t *len)
+{
+    *len = r->len;
+    return r->buf;
+}
+
 static size_t round_up(size_t n)
 {
     return (n + ALIGN - 1) & ~(size_t)(ALIGN - 1);

@@ -14,9 +14,21 @@
  * or its worker died first), and takes back the blocks of workers that
  * died keeping them.
  *
+ * Big results go the other way through result slots, after the blocks:
+ * a worker whose task wrote a big result claims a free slot (one CAS on
+ * the slot's word: its task's token and its pid), copies the result there
+ * and hands the pool only a frame naming the slot; the serving rank sends
+ * the slot's bytes to rank 0 straight from there (MPI_Isend) and frees it
+ * when the send completes. No copy into the pool's ring and none out of it
+ * on the serving rank, and no hand-off streamed through the 1 MiB ring.
+ * A worker that dies with a slot (killed while it copied) never sent its
+ * frame: its task comes out LOST, and the serving rank frees the slot that
+ * task's token claimed once the worker is gone. No free slot, or a result
+ * too big for one: the result goes through the ring, as before.
+ *
  * CMP_MPI_NO_ARENA in a serving rank's environment turns it off (tasks
- * then travel through the pools' rings, a copy in and one out): to
- * measure what it saves.
+ * and results then travel through the pools' rings, a copy in and one
+ * out): to measure what it saves.
  */
 #include "mpi_internal.h"
 
@@ -27,6 +39,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <unistd.h>
 
 /* Address space only: a block's pages are allocated when MPI writes them. */
@@ -37,6 +50,12 @@
 #define BLOCKS_MAX 4096
 #define HDR 64 /* the header's room: the bytes start cache-line aligned */
 #define PAGE 4096
+/* The result slots: a page of slot words, then the slots, after the task
+ * blocks (address space only, as theirs). */
+#define RES_SLOTS 64
+#define RES_CAP ((size_t)512 << 20)
+#define RES_BASE ARENA_CAP
+#define MAP_LEN (ARENA_CAP + PAGE + RES_SLOTS * RES_CAP)
 
 enum { FREE, USED };
 
@@ -59,6 +78,20 @@ static unsigned nblocks;
 static blk_hdr *current;
 static int kept;
 
+/* A result frame starts with this, chosen when the arena is mapped (the
+ * workers inherit it): a task's own result of the frame's size is not
+ * taken for one (the token and the slot's word must match too). */
+static uint64_t magic;
+/* Serving rank: slots whose task came out without its frame, to free
+ * once their writer is gone. */
+static unsigned char doomed[RES_SLOTS];
+
+typedef struct {
+    uint64_t magic;
+    uint32_t slot, tok;
+    uint64_t len;
+} res_frame;
+
 static blk_hdr *hdr(uint64_t off)
 {
     return (blk_hdr *)(void *)(base + off);
@@ -73,17 +106,20 @@ int cmp__mpi_arena_open(void)
     int fd = memfd_create("cmp-mpi-arena", MFD_CLOEXEC);
     if (fd < 0)
         return open_rc = -errno;
-    if (ftruncate(fd, (off_t)ARENA_CAP) < 0) {
+    if (ftruncate(fd, (off_t)MAP_LEN) < 0) {
         open_rc = -errno;
         close(fd);
         return open_rc;
     }
-    void *m = mmap(NULL, ARENA_CAP, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
+    void *m = mmap(NULL, MAP_LEN, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
     int err = errno;
     close(fd); /* the mapping keeps the memory; forked workers inherit it */
     if (m == MAP_FAILED)
         return open_rc = -err;
     base = m;
+    if (getrandom(&magic, sizeof magic, 0) != sizeof magic)
+        magic = (uint64_t)getpid() << 32 ^ (uint64_t)(uintptr_t)m;
+    magic |= 1;
     return open_rc = 0;
 }
 
@@ -187,4 +223,96 @@ void cmp_mpi_task_release(void *handle)
     cmp__store_relaxed(&h->holder, 0);
     /* release: our reads of the bytes are done before the rank reuses them */
     cmp__store_release(&h->state, FREE);
+}
+
+/* ---- big results ---------------------------------------------------------- */
+
+/* A slot's word: its claimer's token << 32 | pid; pid 0 once the serving
+ * rank has the slot (sending it); 0: free. */
+static uint64_t *slot_word(unsigned i)
+{
+    return (uint64_t *)(void *)(base + RES_BASE) + i;
+}
+
+static char *slot_data(unsigned i)
+{
+    return base + RES_BASE + PAGE + i * RES_CAP;
+}
+
+int cmp__mpi_result_move(uint32_t tok, cmp_pool_result_t *out)
+{
+    size_t len;
+    const char *bytes = cmp__pool_result_bytes(out, &len);
+    if (!base || !tok)
+        return -ENODEV;
+    if (len < CMP__MPI_INLINE_MAX || len > RES_CAP)
+        return -E2BIG;
+    uint64_t mine = (uint64_t)tok << 32 | (uint32_t)getpid();
+    unsigned i;
+    for (i = 0; i < RES_SLOTS; i++) {
+        uint64_t expected = 0;
+        /* the lowest free slot: the pages of the first few stay warm */
+        if (cmp__load64_relaxed(slot_word(i)) == 0 &&
+            cmp__cas64_acquire(slot_word(i), &expected, mine))
+            break;
+    }
+    if (i == RES_SLOTS)
+        return -ENOSPC;
+    memcpy(slot_data(i), bytes, len);
+    res_frame f = {magic, i, tok, len};
+    cmp_pool_result_clear(out);
+    /* out has room for far more already: this cannot fail */
+    memcpy(cmp_pool_result_extend(out, sizeof f), &f, sizeof f);
+    return 0;
+}
+
+int cmp__mpi_result_take(uint32_t tok, const void *data, size_t len, char **bytes, size_t *blen)
+{
+    res_frame f;
+    if (!base || !tok || len != sizeof f)
+        return -1;
+    memcpy(&f, data, sizeof f);
+    if (f.magic != magic || f.tok != tok || f.slot >= RES_SLOTS || f.len > RES_CAP)
+        return -1;
+    /* acquire: the worker's copy came before its frame, which we hold */
+    uint64_t w = cmp__load64_acquire(slot_word(f.slot));
+    if (w >> 32 != tok || (uint32_t)w == 0)
+        return -1;
+    cmp__store64_relaxed(slot_word(f.slot), (uint64_t)tok << 32);
+    *bytes = slot_data(f.slot);
+    *blen = (size_t)f.len;
+    return (int)f.slot;
+}
+
+void cmp__mpi_result_free(int slot)
+{
+    /* release: MPI has read the bytes before a worker writes the slot again */
+    cmp__store64_release(slot_word((unsigned)slot), 0);
+}
+
+void cmp__mpi_result_drop(uint32_t tok)
+{
+    if (!base || !tok)
+        return;
+    for (unsigned i = 0; i < RES_SLOTS; i++) {
+        uint64_t w = cmp__load64_acquire(slot_word(i));
+        if (w >> 32 == tok && (uint32_t)w != 0)
+            doomed[i] = 1;
+    }
+    cmp__mpi_results_sweep();
+}
+
+void cmp__mpi_results_sweep(void)
+{
+    for (unsigned i = 0; i < RES_SLOTS; i++) {
+        if (!doomed[i])
+            continue;
+        /* a writer still alive (terminate is killing it) may still copy */
+        uint32_t pid = (uint32_t)cmp__load64_acquire(slot_word(i));
+        if (pid && alive(pid))
+            continue;
+        doomed[i] = 0;
+        if (pid)
+            cmp__store64_release(slot_word(i), 0);
+    }
 }
