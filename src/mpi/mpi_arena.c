@@ -28,7 +28,11 @@
  *
  * CMP_MPI_NO_ARENA in a serving rank's environment turns it off (tasks
  * and results then travel through the pools' rings, a copy in and one
- * out): to measure what it saves.
+ * out): to measure what it saves. For the tests: CMP_MPI_RESULT_SLOTS=n
+ * uses only n slots (0: the arena is full for results, so they fall back
+ * to the ring), and CMP_MPI_TEST_KILL_RESULT=L makes a worker kill itself
+ * (SIGKILL) halfway through copying a result of L to L + 255 bytes into
+ * its slot.
  */
 #include "mpi_internal.h"
 
@@ -85,6 +89,8 @@ static uint64_t magic;
 /* Serving rank: slots whose task came out without its frame, to free
  * once their writer is gone. */
 static unsigned char doomed[RES_SLOTS];
+static unsigned nslots = RES_SLOTS;
+static size_t kill_len; /* CMP_MPI_TEST_KILL_RESULT; 0: none */
 
 typedef struct {
     uint64_t magic;
@@ -120,6 +126,11 @@ int cmp__mpi_arena_open(void)
     if (getrandom(&magic, sizeof magic, 0) != sizeof magic)
         magic = (uint64_t)getpid() << 32 ^ (uint64_t)(uintptr_t)m;
     magic |= 1;
+    const char *env = getenv("CMP_MPI_RESULT_SLOTS");
+    if (env && strtoul(env, NULL, 10) < RES_SLOTS)
+        nslots = (unsigned)strtoul(env, NULL, 10);
+    if ((env = getenv("CMP_MPI_TEST_KILL_RESULT")))
+        kill_len = (size_t)strtoull(env, NULL, 10);
     return open_rc = 0;
 }
 
@@ -239,30 +250,97 @@ static char *slot_data(unsigned i)
     return base + RES_BASE + PAGE + i * RES_CAP;
 }
 
-int cmp__mpi_result_move(uint32_t tok, cmp_pool_result_t *out)
+/* Claims a free slot for tok's result of len bytes: its index, or -1. */
+static int claim(uint32_t tok, size_t len)
 {
-    size_t len;
-    const char *bytes = cmp__pool_result_bytes(out, &len);
-    if (!base || !tok)
-        return -ENODEV;
-    if (len < CMP__MPI_INLINE_MAX || len > RES_CAP)
-        return -E2BIG;
+    if (!base || !tok || len < CMP__MPI_INLINE_MAX || len > RES_CAP)
+        return -1;
     uint64_t mine = (uint64_t)tok << 32 | (uint32_t)getpid();
-    unsigned i;
-    for (i = 0; i < RES_SLOTS; i++) {
+    for (unsigned i = 0; i < nslots; i++) {
         uint64_t expected = 0;
         /* the lowest free slot: the pages of the first few stay warm */
         if (cmp__load64_relaxed(slot_word(i)) == 0 &&
             cmp__cas64_acquire(slot_word(i), &expected, mine))
-            break;
+            return (int)i;
     }
-    if (i == RES_SLOTS)
-        return -ENOSPC;
-    memcpy(slot_data(i), bytes, len);
+    return -1;
+}
+
+static int test_kill(size_t len)
+{
+    return kill_len && len >= kill_len && len - kill_len < 256;
+}
+
+/* In a worker: the task being run (its token), and the slot its result
+ * was written to straight (by the pool's room, below). */
+static uint32_t room_tok;
+static int room_slot = -1;
+
+static void *room_get(size_t len)
+{
+    int i = room_slot < 0 ? claim(room_tok, len) : -1;
+    if (i < 0)
+        return NULL;
+    if (test_kill(len))
+        raise(SIGKILL); /* the tests' worker killed as it returns */
+    room_slot = i;
+    return slot_data((unsigned)i);
+}
+
+static void room_put(void *room)
+{
+    (void)room;
+    cmp__store64_release(slot_word((unsigned)room_slot), 0);
+    room_slot = -1;
+}
+
+static const cmp__pool_room_t room = {room_get, room_put};
+
+void cmp__mpi_result_begin(uint32_t tok, cmp_pool_result_t *out)
+{
+    if (!base || !tok || !nslots)
+        return;
+    room_tok = tok;
+    room_slot = -1;
+    cmp__pool_result_room(out, &room);
+}
+
+/* The frame naming slot i, for a result of len bytes, as out's only bytes. */
+static void put_frame(cmp_pool_result_t *out, unsigned i, uint32_t tok, size_t len)
+{
     res_frame f = {magic, i, tok, len};
+    /* out has room for far more already (or none is in use): 24 bytes */
+    char *at = cmp_pool_result_extend(out, sizeof f);
+    if (at)
+        memcpy(at, &f, sizeof f);
+}
+
+int cmp__mpi_result_move(uint32_t tok, cmp_pool_result_t *out)
+{
+    size_t len;
+    const char *bytes = cmp__pool_result_bytes(out, &len);
+    if (room_slot >= 0 && bytes == slot_data((unsigned)room_slot)) {
+        /* written there straight: only the frame goes by the ring */
+        unsigned i = (unsigned)room_slot;
+        room_slot = -1;
+        cmp__pool_result_detach(out);
+        cmp__pool_result_room(out, NULL);
+        put_frame(out, i, tok, len);
+        return 0;
+    }
+    cmp__pool_result_room(out, NULL); /* the result is in its own buffer */
+    int i = claim(tok, len);
+    if (i < 0 && test_kill(len))
+        raise(SIGKILL); /* on its way to the ring, then */
+    if (i < 0)
+        return -ENOSPC;
+    if (test_kill(len)) {
+        memcpy(slot_data((unsigned)i), bytes, len / 2);
+        raise(SIGKILL); /* the tests' worker killed while it returns */
+    }
+    memcpy(slot_data((unsigned)i), bytes, len);
     cmp_pool_result_clear(out);
-    /* out has room for far more already: this cannot fail */
-    memcpy(cmp_pool_result_extend(out, sizeof f), &f, sizeof f);
+    put_frame(out, (unsigned)i, tok, len);
     return 0;
 }
 
@@ -315,4 +393,12 @@ void cmp__mpi_results_sweep(void)
         if (pid)
             cmp__store64_release(slot_word(i), 0);
     }
+}
+
+unsigned cmp__mpi_results_held(void)
+{
+    unsigned n = 0;
+    for (unsigned i = 0; base && i < RES_SLOTS; i++)
+        n += (uint32_t)cmp__load64_acquire(slot_word(i)) != 0;
+    return n;
 }

@@ -150,9 +150,12 @@ void cmp__mpi_arena_leave(void);
 
 /* Big results (the arena's result slots). tok: the serving rank's token
  * for the task (never 0), travelling in its frame.
- * In a worker: moves the big result in out to a free slot and leaves in
- * out only the frame naming it. 0, or a negative errno with out as it was
- * (-E2BIG: small or too big, -ENOSPC: no free slot, -ENODEV: no arena). */
+ * In a worker, begin before the task function: a big result written whole
+ * at once (as _cmp's workers write theirs) goes straight into a free slot.
+ * move after it: the big result in out goes to a slot (copied there if it
+ * was not written there), and out keeps only the frame naming it. 0, or
+ * -ENOSPC with out as it was (small, too big, no free slot, no arena). */
+void cmp__mpi_result_begin(uint32_t tok, cmp_pool_result_t *out);
 int cmp__mpi_result_move(uint32_t tok, cmp_pool_result_t *out);
 /* Serving rank: when (data, len) is the frame of tok's task, the slot it
  * names (>= 0, the rank's now: free it) and its bytes; else -1. */
@@ -163,5 +166,8 @@ void cmp__mpi_result_free(int slot);
  * sweep, which the serving rank runs every few ms). */
 void cmp__mpi_result_drop(uint32_t tok);
 void cmp__mpi_results_sweep(void);
+/* Slots a worker holds (not the rank's own, being sent): at the end of a
+ * job, slots leaked. */
+unsigned cmp__mpi_results_held(void);
 
 #endif
