@@ -393,3 +393,9 @@ def keep_and_sum_kept(a):
 
 def np_sum(a):
     return float(a.sum())
+
+
+def np_block(n):
+    """An array of n float64 (n a count), its values n, 2n, 3n, ..."""
+    import numpy
+    return numpy.arange(1, n + 1, dtype=numpy.float64) * n
