@@ -308,7 +308,7 @@ def main():
               f"{'':>12}{ratio:>12}  (cmp.mpi / bare)")
     if raw.get("results") and ringed.get("results"):
         print(f"{'  results via the rings (CMP_MPI_NO_ARENA)':<44}{ringed['results']:>12.0f}"
-              f"{'':>12}{ringed['results'] / raw['results']:>12.2f}  (before the slots / bare)")
+              f"{'':>12}{ringed['results'] / raw['results']:>12.2f}  (no slots: the ring / bare)")
     _hosts_table(hosts)
 
 
