@@ -61,6 +61,33 @@ def array_sum(a):
     return float(a.sum())
 
 
+_out_array = None
+
+
+def make_array(i):
+    """An 8 MiB array, the worker's own (made once: what is measured is
+    the way back, not numpy's fill), stamped with i."""
+    global _out_array
+    import numpy as np
+    if _out_array is None:
+        _out_array = np.zeros(ARRAY_BYTES // 8)
+    _out_array[0] = i
+    return _out_array
+
+
+def _results_map(p):
+    """The map returning 64 x 8 MiB arrays, in MB/s (each checked)."""
+    p.map(make_array, range(2), chunksize=1)
+    got = []
+
+    def run():
+        got[:] = p.map(make_array, range(ARRAYS), chunksize=1)
+    mbs = ARRAYS * ARRAY_BYTES / _timed(run) / 1e6
+    assert [int(a[0]) for a in got] == list(range(ARRAYS))
+    assert all(a.nbytes == ARRAY_BYTES for a in got)
+    return mbs
+
+
 def _arrays():
     import numpy as np
     return [np.full(ARRAY_BYTES // 8, i, dtype=np.float64) for i in range(ARRAYS)]
@@ -100,6 +127,7 @@ def role_cmp(workers):
             p.map(array_sum, arrays[:2], chunksize=1)
             out["arrays"] = ARRAYS * ARRAY_BYTES / _timed(
                 lambda: p.map(array_sum, arrays, chunksize=1)) / 1e6
+            out["results"] = _results_map(p)
     return out
 
 
@@ -111,7 +139,8 @@ def role_cmp_arrays(workers):
     with mpi.Pool(workers) as p:
         p.map(array_sum, arrays[:2], chunksize=1)
         return {"arrays": ARRAYS * ARRAY_BYTES / _timed(
-            lambda: p.map(array_sum, arrays, chunksize=1)) / 1e6}
+            lambda: p.map(array_sum, arrays, chunksize=1)) / 1e6,
+            "results": _results_map(p)}
 
 
 def role_cmp_hosts(workers):
@@ -153,7 +182,9 @@ def role_mpi4py(workers):
 def role_raw():
     """The same array bytes through bare Send/Recv pairs, rank 0 -> each
     serving rank in turn (one array in flight a rank, as the pools keep at
-    least), a sum back: what the network path costs with nothing else."""
+    least), a sum back: what the network path costs with nothing else.
+    Then the way back: each serving rank sends rank 0 an array (into
+    buffers rank 0 made once) for a small request, as many in all."""
     import numpy as np
     from mpi4py import MPI
     comm = MPI.COMM_WORLD
@@ -170,15 +201,30 @@ def role_raw():
                 for k in range(len(reqs)):
                     comm.recv(source=k + 1)
         dt = _timed(run)
+        into = [np.empty(ARRAY_BYTES // 8) for _ in range(servers)]
+
+        def back():
+            for i in range(0, ARRAYS, servers):
+                n = min(servers, ARRAYS - i)
+                for k in range(n):
+                    comm.send(i + k, dest=k + 1, tag=8)
+                reqs = [comm.Irecv(into[k], source=k + 1, tag=8) for k in range(n)]
+                MPI.Request.Waitall(reqs)
+        dt_back = _timed(back)
         for k in range(servers):
             comm.Send(np.empty(0), dest=k + 1, tag=9)
-        return {"arrays": ARRAYS * ARRAY_BYTES / dt / 1e6}
+        return {"arrays": ARRAYS * ARRAY_BYTES / dt / 1e6,
+                "results": ARRAYS * ARRAY_BYTES / dt_back / 1e6}
     while True:
         st = MPI.Status()
         comm.Probe(source=0, status=st)
         if st.tag == 9:
             comm.Recv(np.empty(0), source=0, tag=9)
             return None
+        if st.tag == 8:
+            buf[0] = comm.recv(source=0, tag=8)
+            comm.Send(buf, dest=0, tag=8)
+            continue
         comm.Recv(buf, source=0)
         comm.send(float(buf.sum()), dest=0)
 
@@ -254,6 +300,15 @@ def main():
     if raw.get("arrays") and ringed.get("arrays"):
         print(f"{'  arrays via the rings (CMP_MPI_NO_ARENA)':<44}{ringed['arrays']:>12.0f}"
               f"{'':>12}{ringed['arrays'] / raw['arrays']:>12.2f}  (before the arena / bare)")
+    if ours.get("results"):
+        print(f"{'map returning 64 x 8 MiB arrays (MB/s)':<44}{ours['results']:>12.0f}")
+    if raw.get("results"):
+        ratio = f"{ours['results'] / raw['results']:.2f}" if ours.get("results") else "-"
+        print(f"{'bare MPI Send/Recv, the way back (MB/s)':<44}{raw['results']:>12.0f}"
+              f"{'':>12}{ratio:>12}  (cmp.mpi / bare)")
+    if raw.get("results") and ringed.get("results"):
+        print(f"{'  results via the rings (CMP_MPI_NO_ARENA)':<44}{ringed['results']:>12.0f}"
+              f"{'':>12}{ringed['results'] / raw['results']:>12.2f}  (no slots: the ring / bare)")
     _hosts_table(hosts)
 
 
@@ -277,6 +332,7 @@ def _hosts_jobs():
         ours.update(_job(3, "cmultiprocessing.mpi", "cmp_arrays", 2, sim, ["--map-by", "node"]))
         raw = _job(3, None, "raw", 0, sim, ["--map-by", "node"])
     ours["raw_arrays"] = raw.get("arrays")
+    ours["raw_results"] = raw.get("results")
     return (ours, peer, sim.names()[1:]), ""
 
 
@@ -299,6 +355,10 @@ def _hosts_table(hosts):
     a, b = ours.get("arrays"), ours.get("raw_arrays")
     if a and b:
         print(f"{'64 x 8 MiB arrays, 2 sim. hosts, TCP (MB/s)':<44}{a:>12.0f}{'':>12}"
+              f"{a / b:>12.2f}  (of bare Send/Recv: {b:.0f})")
+    a, b = ours.get("results"), ours.get("raw_results")
+    if a and b:
+        print(f"{'map returning 64 x 8 MiB, 2 sim. hosts (MB/s)':<44}{a:>12.0f}{'':>12}"
               f"{a / b:>12.2f}  (of bare Send/Recv: {b:.0f})")
 
 

@@ -116,4 +116,21 @@ struct cmp__file_id {
 };
 void cmp__files_in_use(const struct cmp__file_id *files, int *used, size_t n);
 
+/* The bytes a worker's task wrote to r so far (pool.c): for a layer that
+ * moves a big result elsewhere (libcmp_mpi's arena) before it reaches the
+ * ring. NULL when none. */
+const char *cmp__pool_result_bytes(const cmp_pool_result_t *r, size_t *len);
+/* Where a worker's result goes when it is written whole at once (the
+ * first extend of an empty result): get(len) memory for it, or NULL for
+ * the result's own buffer; put gives back memory the result no longer
+ * uses (it grew, or was cleared). Set on r in a worker by such a layer
+ * around its task function; NULL: none. */
+typedef struct {
+    void *(*get)(size_t len);
+    void (*put)(void *room);
+} cmp__pool_room_t;
+void cmp__pool_result_room(cmp_pool_result_t *r, const cmp__pool_room_t *room);
+/* The result's memory (from room) is the caller's now; r is empty. */
+void cmp__pool_result_detach(cmp_pool_result_t *r);
+
 #endif /* CMP_INTERNAL_H */

@@ -72,7 +72,33 @@ _Static_assert(sizeof(struct trailer) == CMP_POOL_TRAILER, "trailer size");
 struct cmp_pool_result {
     char *buf;
     size_t len, cap;
+    /* the result is ext_len bytes at ext, memory of cmp__pool_room's (one
+     * extend of an empty result; len is 0 then), until it grows or clears */
+    char *ext;
+    size_t ext_len;
+    /* in the result, not a global: a binding may hold its own copy of
+     * libcmp, whose extend is then not the copy whose worker set it */
+    const cmp__pool_room_t *room;
 };
+
+void cmp__pool_result_room(cmp_pool_result_t *r, const cmp__pool_room_t *room)
+{
+    r->room = room;
+}
+
+/* The result back in buf (it grows beyond what room gave). 0 or -ENOMEM. */
+static int settle(cmp_pool_result_t *r)
+{
+    char *b = cmp__grow(r->buf, &r->cap, r->ext_len);
+    if (!b)
+        return -ENOMEM;
+    memcpy(b, r->ext, r->ext_len);
+    r->buf = b;
+    r->len = r->ext_len;
+    r->room->put(r->ext);
+    r->ext = NULL;
+    return 0;
+}
 
 /* Shared, per worker slot. */
 struct slot_shared {
@@ -242,6 +268,16 @@ static void flush_releases(cmp_pool_t *p)
 
 void *cmp_pool_result_extend(cmp_pool_result_t *r, size_t len)
 {
+    if (r->ext && settle(r) < 0)
+        return NULL;
+    if (!r->len && len && r->room) {
+        char *room = r->room->get(len);
+        if (room) {
+            r->ext = room;
+            r->ext_len = len;
+            return room;
+        }
+    }
     if (len > SIZE_MAX - r->len)
         return NULL;
     char *b = cmp__grow(r->buf, &r->cap, r->len + len);
@@ -254,6 +290,21 @@ void *cmp_pool_result_extend(cmp_pool_result_t *r, size_t len)
 
 void cmp_pool_result_clear(cmp_pool_result_t *r)
 {
+    if (r->ext)
+        r->room->put(r->ext);
+    r->ext = NULL;
+    r->len = 0;
+}
+
+const char *cmp__pool_result_bytes(const cmp_pool_result_t *r, size_t *len)
+{
+    *len = r->ext ? r->ext_len : r->len;
+    return r->ext ? r->ext : r->buf;
+}
+
+void cmp__pool_result_detach(cmp_pool_result_t *r)
+{
+    r->ext = NULL;
     r->len = 0;
 }
 
@@ -360,7 +411,9 @@ static int send_result(cmp_pool_t *p, unsigned index, uint64_t id, int kind, int
                        const cmp_pool_result_t *r)
 {
     struct trailer t = {id, index, (uint16_t)kind, (uint16_t)(failed != 0)};
-    struct iovec iov[2] = {{r->buf, r->len}, {&t, sizeof t}};
+    size_t len;
+    const char *bytes = cmp__pool_result_bytes(r, &len);
+    struct iovec iov[2] = {{(void *)bytes, len}, {&t, sizeof t}};
     int rc;
     while ((rc = cmp_queue_putv(p->results, iov, 2, NULL)) == -EINTR)
         ;
@@ -377,7 +430,7 @@ struct worker_start {
 static int worker_loop(cmp_pool_t *p, unsigned index)
 {
     struct worker *w = &p->w[index];
-    cmp_pool_result_t r = {NULL, 0, 0};
+    cmp_pool_result_t r = {0};
     if (p->opt.init && p->opt.init(p->opt.arg, &r) != 0) {
         send_result(p, index, 0, KIND_INIT_FAILED, 1, &r);
         return 1;
@@ -403,7 +456,7 @@ static int worker_loop(cmp_pool_t *p, unsigned index)
         cmp__store64_release(&w->slot->running, id);
         size_t len;
         memcpy(&len, in.data + sizeof id, sizeof len);
-        r.len = 0;
+        cmp_pool_result_clear(&r);
         int failed = p->opt.task(p->opt.arg, in.data + 2 * sizeof id, len, &r);
         if (send_result(p, index, id, KIND_RESULT, failed, &r) < 0)
             return 3;
@@ -1216,7 +1269,7 @@ long cmp_pool_cancel(cmp_pool_t *p, const uint64_t *ids, size_t n)
 
 static void wake_next(cmp_pool_t *p)
 {
-    cmp_pool_result_t none = {NULL, 0, 0};
+    cmp_pool_result_t none = {0};
     send_result(p, UINT32_MAX, 0, KIND_WAKE, 0, &none);
 }
 

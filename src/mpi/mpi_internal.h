@@ -14,6 +14,7 @@
 #define CMP_MPI_INTERNAL_H
 
 #include "cmp_mpi.h"
+#include "internal.h"
 
 #include <mpi.h>
 #include <stddef.h>
@@ -146,5 +147,27 @@ void cmp__mpi_arena_done(int block);
  * function returns (leave), or longer with cmp_mpi_task_keep. */
 char *cmp__mpi_arena_enter(uint64_t off);
 void cmp__mpi_arena_leave(void);
+
+/* Big results (the arena's result slots). tok: the serving rank's token
+ * for the task (never 0), travelling in its frame.
+ * In a worker, begin before the task function: a big result written whole
+ * at once (as _cmp's workers write theirs) goes straight into a free slot.
+ * move after it: the big result in out goes to a slot (copied there if it
+ * was not written there), and out keeps only the frame naming it. 0, or
+ * -ENOSPC with out as it was (small, too big, no free slot, no arena). */
+void cmp__mpi_result_begin(uint32_t tok, cmp_pool_result_t *out);
+int cmp__mpi_result_move(uint32_t tok, cmp_pool_result_t *out);
+/* Serving rank: when (data, len) is the frame of tok's task, the slot it
+ * names (>= 0, the rank's now: free it) and its bytes; else -1. */
+int cmp__mpi_result_take(uint32_t tok, const void *data, size_t len, char **bytes, size_t *blen);
+void cmp__mpi_result_free(int slot);
+/* tok's task came out without its frame (lost, cancelled): the slot it
+ * may have claimed is freed once its writer is gone (now, or by a later
+ * sweep, which the serving rank runs every few ms). */
+void cmp__mpi_result_drop(uint32_t tok);
+void cmp__mpi_results_sweep(void);
+/* Slots a worker holds (not the rank's own, being sent): at the end of a
+ * job, slots leaked. */
+unsigned cmp__mpi_results_held(void);
 
 #endif

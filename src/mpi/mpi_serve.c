@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <sched.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -18,6 +19,7 @@ typedef struct spool {
     cmp__mpi_map ids;    /* local task id -> rank 0's */
     cmp__mpi_map rids;   /* rank 0's task id -> local (for CANCEL) */
     cmp__mpi_map blocks; /* local task id -> its arena block + 1 */
+    cmp__mpi_map toks;   /* local task id -> its token (framed pools) */
     /* framed: the pool's workers are forks of ours and run the functions
      * below, which take the frame off each task and find a big one's bytes
      * in the arena, then call inner's (what configure made) */
@@ -37,7 +39,9 @@ typedef struct {
     cmp__mpi_batch out;
     char *scratch; /* small results land here; big ones get their own buffer */
     size_t scratch_cap;
-    int failed; /* an MPI or memory error: the serve loop ends */
+    uint32_t tok;                        /* the last task's token: its big result's slot names it */
+    unsigned long from_slots, from_ring; /* big results sent (CMP_MPI_STATS) */
+    int failed;                          /* an MPI or memory error: the serve loop ends */
 } server;
 
 /* Big tasks' buffers, kept for the next ones: a fresh one of 8 MiB costs
@@ -137,13 +141,14 @@ static void report_pids(server *s, spool *p)
 /* ---- what a framed pool's workers run ---------------------------------- */
 
 /* Each task of a framed pool starts with this; a FRAME_ARENA one is only
- * that (its bytes are in the arena), a FRAME_INLINE one has them after. */
+ * that (its bytes are in the arena), a FRAME_INLINE one has them after.
+ * tok: the task's token, which names it in a big result's slot. */
 enum { FRAME_INLINE = 1, FRAME_ARENA };
 typedef struct {
-    uint32_t kind, pad;
+    uint32_t kind, tok;
     uint64_t off, len; /* FRAME_ARENA only */
 } frame;
-#define FRAME_INLINE_LEN 8 /* kind and pad: the bytes stay 8-aligned */
+#define FRAME_INLINE_LEN 8 /* kind and tok: the bytes stay 8-aligned */
 
 static int framed_task(void *arg, const void *task, size_t len, cmp_pool_result_t *out)
 {
@@ -152,12 +157,18 @@ static int framed_task(void *arg, const void *task, size_t len, cmp_pool_result_
     if (len < FRAME_INLINE_LEN)
         abort(); /* only our serve loop submits to this pool */
     memcpy(&f, task, len < sizeof f ? FRAME_INLINE_LEN : sizeof f);
-    if (f.kind == FRAME_INLINE)
-        return p->inner.task(p->inner.arg, (const char *)task + FRAME_INLINE_LEN,
-                             len - FRAME_INLINE_LEN, out);
-    const char *data = cmp__mpi_arena_enter(f.off);
-    int rc = p->inner.task(p->inner.arg, data, f.len, out);
-    cmp__mpi_arena_leave();
+    int rc;
+    cmp__mpi_result_begin(f.tok, out);
+    if (f.kind == FRAME_INLINE) {
+        rc = p->inner.task(p->inner.arg, (const char *)task + FRAME_INLINE_LEN,
+                           len - FRAME_INLINE_LEN, out);
+    } else {
+        const char *data = cmp__mpi_arena_enter(f.off);
+        rc = p->inner.task(p->inner.arg, data, f.len, out);
+        cmp__mpi_arena_leave();
+    }
+    /* a big result to a slot of the arena (else it goes by the ring) */
+    (void)cmp__mpi_result_move(f.tok, out);
     return rc;
 }
 
@@ -244,9 +255,10 @@ static void reply(server *s, uint64_t pool, uint64_t id, int status, const void 
 
 /* Submits a task to p's pool: framed when the pool is. big (a buffer of
  * big_buffer's, holding the bytes) is released once they are in the ring. */
-static int submit_local(spool *p, const char *data, size_t len, char *big, uint64_t *lid)
+static int submit_local(spool *p, const char *data, size_t len, char *big, uint32_t tok,
+                        uint64_t *lid)
 {
-    frame f = {.kind = FRAME_INLINE};
+    frame f = {.kind = FRAME_INLINE, .tok = tok};
     if (big) {
         /* big_buffer's second word holds the frame: the piece is one */
         char *at = p->framed ? big - FRAME_INLINE_LEN : big;
@@ -299,8 +311,10 @@ static void take_task(server *s, const cmp__mpi_rec *rec, const char *data, int 
     }
     uint64_t lid = 0;
     int rc;
+    if (!++s->tok)
+        s->tok = 1; /* never 0: a free slot's */
     if (block >= 0) {
-        frame f = {FRAME_ARENA, 0, cmp__mpi_arena_offset(block), rec->len};
+        frame f = {FRAME_ARENA, s->tok, cmp__mpi_arena_offset(block), rec->len};
         rc = cmp_pool_submit(p->pool, &f, sizeof f, &lid);
         /* out of memory for the map: the block stays out of use, the task runs */
         if (rc < 0)
@@ -308,8 +322,12 @@ static void take_task(server *s, const cmp__mpi_rec *rec, const char *data, int 
         else
             (void)cmp__mpi_map_put(&p->blocks, lid, (uint64_t)block + 1);
     } else {
-        rc = submit_local(p, data, rec->len, big, &lid);
+        rc = submit_local(p, data, rec->len, big, s->tok, &lid);
     }
+    /* no memory for it: the task's big result, if any, goes unclaimed (its
+     * slot is never taken, and stays out of use) */
+    if (rc == 0 && p->framed)
+        (void)cmp__mpi_map_put(&p->toks, lid, s->tok);
     if (rc == 0 && cmp__mpi_map_put(&p->ids, lid, rec->id) < 0)
         rc = -ENOMEM; /* the task runs, but its outcome could not be routed */
     if (rc == 0)
@@ -339,13 +357,31 @@ static void end_pool(server *s, spool *p)
     cmp__mpi_map_free(&p->ids);
     cmp__mpi_map_free(&p->rids);
     cmp__mpi_map_free(&p->blocks);
+    cmp__mpi_map_free(&p->toks);
     free(p);
+}
+
+static void slot_release(void *arg)
+{
+    cmp__mpi_result_free((int)(intptr_t)arg);
+}
+
+/* A big result a worker left in a result slot: sent from there (after the
+ * batch that announces it, so that one is flushed first), the slot freed
+ * once MPI is done with it. */
+static void forward_slot(server *s, const cmp__mpi_rec *rec, int slot, char *bytes)
+{
+    add(s, rec, NULL);
+    if (cmp__mpi_batch_flush(&s->out, 0) < 0 ||
+        cmp__mpi_send(0, CMP__MPI_TAG_PIECE, bytes, rec->len, 0, slot_release,
+                      (void *)(intptr_t)slot) < 0)
+        s->failed = -ENOMEM;
 }
 
 /* Sends one local outcome back (a big result as its own message). */
 static void forward(server *s, spool *p, cmp_pool_outcome_t *o)
 {
-    uint64_t rid, block;
+    uint64_t rid, block, tok = 0;
     if (o->status == CMP_POOL_LOST)
         p->pids_due = 1; /* before the result that tells rank 0 of the death */
     if (cmp__mpi_map_take(&p->blocks, o->id, &block))
@@ -353,6 +389,30 @@ static void forward(server *s, spool *p, cmp_pool_outcome_t *o)
     int known = cmp__mpi_map_take(&p->ids, o->id, &rid);
     if (known)
         cmp__mpi_map_take(&p->rids, rid, NULL);
+    if (cmp__mpi_map_take(&p->toks, o->id, &tok)) {
+        char *bytes;
+        size_t blen;
+        int slot = o->status == CMP_POOL_DONE || o->status == CMP_POOL_FAILED
+                       ? cmp__mpi_result_take((uint32_t)tok, o->data, o->len, &bytes, &blen)
+                       : -1;
+        if (slot >= 0 && known) {
+            cmp__mpi_rec r = {.kind = CMP__MPI_RESULT,
+                              .npieces = 1,
+                              .pool = p->id,
+                              .id = rid,
+                              .len = blen,
+                              .status = o->status,
+                              .cause = o->cause,
+                              .pid = o->pid};
+            forward_slot(s, &r, slot, bytes);
+            s->from_slots++;
+            return;
+        }
+        if (slot >= 0)
+            cmp__mpi_result_free(slot);
+        else if (o->status != CMP_POOL_DONE && o->status != CMP_POOL_FAILED)
+            cmp__mpi_result_drop((uint32_t)tok); /* its worker may have claimed one */
+    }
     int big = o->len >= CMP__MPI_INLINE_MAX;
     if (known) {
         cmp__mpi_rec r = {.kind = CMP__MPI_RESULT,
@@ -365,6 +425,7 @@ static void forward(server *s, spool *p, cmp_pool_outcome_t *o)
                           .pid = o->pid};
         add(s, &r, o->data);
         if (big) {
+            s->from_ring++;
             /* after the batch that announces it: flush that first */
             if (cmp__mpi_batch_flush(&s->out, 0) < 0 ||
                 cmp__mpi_send(0, CMP__MPI_TAG_PIECE, o->data, o->len, 1, NULL, NULL) < 0)
@@ -518,6 +579,7 @@ int cmp_mpi_serve(const cmp_mpi_serve_options_t *opt)
             CMP__MPI_PIDS_NS) {
             for (spool *p = s.pools; p; p = p->next)
                 report_pids(&s, p);
+            cmp__mpi_results_sweep();
             looked = now;
         } else {
             for (spool *p = s.pools; p; p = p->next)
@@ -532,7 +594,10 @@ int cmp_mpi_serve(const cmp_mpi_serve_options_t *opt)
         did += cmp__mpi_sends_test(rel, 32, &nrel);
         for (int i = 0; i < nrel; i++)
             rel[i].fn(rel[i].arg);
-        if (did) {
+        /* A big send moves only while we call MPI (shared memory without
+         * single copy: fragment by fragment), so it is polled, not slept
+         * on: a sleep of 200 µs a fragment made 8 MiB take 40 ms. */
+        if (did || cmp__mpi_sends_pending()) {
             idle = 0;
             continue;
         }
@@ -564,8 +629,15 @@ int cmp_mpi_serve(const cmp_mpi_serve_options_t *opt)
         cmp__mpi_map_free(&p->ids);
         cmp__mpi_map_free(&p->rids);
         cmp__mpi_map_free(&p->blocks);
+        cmp__mpi_map_free(&p->toks);
         free(p);
     }
+    /* for the tests (and whoever measures): the way big results went */
+    if (getenv("CMP_MPI_STATS"))
+        fprintf(stderr,
+                "cmp.mpi stats: rank %d: %lu big results from slots, %lu by the ring, %u "
+                "slots held at the end\n",
+                cmp__mpi_rank, s.from_slots, s.from_ring, cmp__mpi_results_held());
     free(s.out.buf);
     free(s.scratch);
     spares_free();

@@ -16,7 +16,7 @@
 #include "cmp_mpi.h"
 
 /* A task: op, then its argument. */
-enum { OP_SQUARE = 1, OP_FAIL, OP_KILL, OP_ECHO, OP_SLOW_ON_1, OP_KEEP };
+enum { OP_SQUARE = 1, OP_FAIL, OP_KILL, OP_ECHO, OP_SLOW_ON_1, OP_KEEP, OP_ECHO_PARTS };
 
 /* OP_KEEP: a big task whose bytes the worker keeps past the task (the last
  * KEPT of them), checking that those it kept still hold their own bytes.
@@ -91,6 +91,20 @@ static int task_fn(void *arg, const void *task, size_t len, cmp_pool_result_t *o
         if (!room)
             return 1;
         memcpy(room, task, len);
+        return 0;
+    }
+    case OP_ECHO_PARTS: {
+        /* written in 3 parts, the first big: a result that outgrows the
+         * serving rank's result slot it was first written to */
+        size_t parts[3] = {len / 2, len / 4, len - len / 2 - len / 4};
+        const unsigned char *from = task;
+        for (int i = 0; i < 3; i++) {
+            void *room = cmp_pool_result_extend(out, parts[i]);
+            if (!room)
+                return 1;
+            memcpy(room, from, parts[i]);
+            from += parts[i];
+        }
         return 0;
     }
     }
@@ -231,14 +245,18 @@ static void count_release(void *arg)
 static void test_big(void)
 {
     cmp_mpi_pool_t *p = make(CMP_MPI_ORDERED, 0);
-    enum { LEN = 3 << 20, N = 4 };
-    unsigned char *big = malloc(LEN);
-    for (size_t i = 0; i < LEN; i++)
-        big[i] = (unsigned char)(i * 7 + 3);
-    big[0] = OP_ECHO;
+    enum { LEN = 3 << 20, N = 6 };
+    unsigned char *big[2];
+    for (int b = 0; b < 2; b++) {
+        big[b] = malloc(LEN);
+        for (size_t i = 0; i < LEN; i++)
+            big[b][i] = (unsigned char)(i * 7 + 3 + b);
+        big[b][0] = b ? OP_ECHO_PARTS : OP_ECHO;
+    }
     released = 0;
     for (int k = 0; k < N; k++) {
-        struct iovec iov[2] = {{big, 1000}, {big + 1000, LEN - 1000}};
+        unsigned char *t = big[k % 2];
+        struct iovec iov[2] = {{t, 1000}, {t + 1000, LEN - 1000}};
         CHECK(cmp_mpi_pool_submitv_ref(p, iov, 2, NULL, count_release, NULL) == 0, "submit");
     }
     for (int k = 0; k < N; k++) {
@@ -247,11 +265,12 @@ static void test_big(void)
         CHECK(cmp_mpi_pool_next(p, &o, &dl) == 0, "next");
         CHECK(o.o.status == CMP_POOL_DONE && o.o.len == LEN, "status %d len %zu", o.o.status,
               o.o.len);
-        CHECK(!memcmp(o.o.data, big, LEN), "bytes differ");
+        CHECK(!memcmp(o.o.data, big[k % 2], LEN), "bytes differ (task %d)", k);
         free(o.o.data);
     }
     finish(p);
-    free(big);
+    free(big[0]);
+    free(big[1]);
     CHECK(released == N, "released %d of %d", released, N);
 }
 

@@ -440,3 +440,9 @@ class MarkingContext(_std_context.ForkContext):
 
 def read_mark(_):
     return os.environ.get("POOL_HELPERS_MARK")
+
+
+def np_block(n):
+    """An array of n float64 (n a count), its values n, 2n, 3n, ..."""
+    import numpy
+    return numpy.arange(1, n + 1, dtype=numpy.float64) * n

@@ -15,6 +15,7 @@ Skipped when mpiexec or the binding (built only where mpicc is) is absent.
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -131,6 +132,68 @@ def test_big_arguments_and_results(api):
     assert r["big_arrays"] is True
     # arrays a task keeps (decoded in place on a serving rank) stay its own
     assert r["kept_arrays"] is True
+
+
+KILL_AT = 2000000  # results_script.py's task whose worker dies returning it
+
+
+def _results_job(n, env_extra, *args):
+    """results_script.py under mpiexec with CMP_MPI_STATS: its JSON and, per
+    serving rank, (big results from slots, by the ring, slots held at the end)."""
+    env = _env()
+    env.update(CMP_MPI_STATS="1", **env_extra)
+    proc = subprocess.run(_mpiexec(n, sys.executable, "-m", "cmultiprocessing.mpi",
+                                   "results_script.py", *map(str, args)),
+                          cwd=DATA, env=env, capture_output=True, text=True,
+                          timeout=RUN_TIMEOUT + 15)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, (proc.returncode, proc.stdout, proc.stderr)
+    stats = {}
+    for m in re.finditer(r"cmp.mpi stats: rank (\d+): (\d+) big results from slots, (\d+) by "
+                         r"the ring, (\d+) slots held", proc.stderr):
+        stats[int(m[1])] = tuple(int(x) for x in m.groups()[1:])
+    assert sorted(stats) == list(range(1, n)), proc.stderr
+    return json.loads(lines[-1][len("RESULT "):]), stats
+
+
+def _results_right(r):
+    assert r["bytes"] is True and r["unordered"] is True
+    if r["arrays"] is not None:
+        assert r["arrays"] is True and r["writable"] is True
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_big_results_come_whole_from_the_result_slots(n):
+    r, stats = _results_job(n, {})
+    _results_right(r)
+    # every big result (>= 64 KiB encoded) left its serving rank from a slot
+    assert sum(s[0] for s in stats.values()) >= 2 * 3 * 5
+    assert all(s[1] == 0 and s[2] == 0 for s in stats.values()), stats
+
+
+@pytest.mark.parametrize("env", [{"CMP_MPI_RESULT_SLOTS": "0"}, {"CMP_MPI_RESULT_SLOTS": "1"},
+                                 {"CMP_MPI_NO_ARENA": "1"}], ids=["full", "one_slot", "no_arena"])
+def test_big_results_fall_back_to_the_ring_when_the_slots_are_full_or_off(env):
+    r, stats = _results_job(3, env)
+    _results_right(r)
+    ring = sum(s[1] for s in stats.values())
+    slots = sum(s[0] for s in stats.values())
+    if env.get("CMP_MPI_RESULT_SLOTS") == "1":
+        assert slots > 0 and slots + ring >= 2 * 3 * 5
+    else:
+        assert slots == 0 and ring >= 2 * 3 * 5
+    assert all(s[2] == 0 for s in stats.values()), stats
+
+
+@pytest.mark.parametrize("slots", ["1", "64"])
+def test_a_worker_killed_returning_a_big_result_fails_only_that_task(slots):
+    r, stats = _results_job(2, {"CMP_MPI_TEST_KILL_RESULT": str(KILL_AT),
+                                "CMP_MPI_RESULT_SLOTS": slots}, KILL_AT)
+    _results_right(r)
+    assert r["killed"] == [True, "lost", True, True]
+    assert r["after_kill"] is True
+    held = [s[2] for s in stats.values()]
+    assert held == [0], stats  # the killed worker's slot was freed, not leaked
 
 
 def test_initializer_and_maxtasksperchild(api):

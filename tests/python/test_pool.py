@@ -494,6 +494,24 @@ def test_map_big_numpy_arrays_arrive_writable_and_whole(pmp):
     assert (again[0] == arrays[0] * 2.0).all()
 
 
+@pytest.mark.parametrize("chunksize", [1, 3])
+def test_big_array_results_are_each_their_own(pmp, chunksize):
+    """Big array results (one a task, or several in one chunk's message)
+    come back right and writable, each its own: writing one changes no
+    other, and they stay right after later results arrive."""
+    numpy = pytest.importorskip("numpy")
+    counts = [1 << 17, 8190, 1 << 18, 1 << 17, 9000, 1 << 16]
+    with started(pmp.Pool, 2) as p:
+        got = p.map(h.np_block, counts, chunksize)
+        for a in got:
+            a[0] = -1.0
+        later = p.map(h.np_block, counts, chunksize)
+    for a, b, n in zip(got, later, counts):
+        want = numpy.arange(1, n + 1, dtype=numpy.float64) * n
+        assert a[0] == -1.0 and (a[1:] == want[1:]).all()
+        assert (b == want).all()
+
+
 def test_big_arrays_a_worker_keeps_stay_intact(pmp):
     """A worker that keeps the arrays of its earlier tasks (in a global)
     still sees each of them whole after later big tasks arrive, of the

@@ -358,6 +358,11 @@ PyObject *cmp_py_decode_owned(cmp_py_state *st, PyObject *owner, size_t len);
  * cmp_py_decode, but a pickle's out-of-band buffers are views of owner
  * (which they keep alive), not copies. */
 PyObject *cmp_py_decode_at(cmp_py_state *st, PyObject *owner, size_t offset, size_t len);
+/* The message at *data, PyMem_RawMalloc'd memory: a big pickle's
+ * out-of-band buffers (numpy arrays) become views of that memory, which
+ * then goes to an object of ours (*data set to NULL: not the caller's to
+ * free any more); else decoded as cmp_py_decode does, *data left as is. */
+PyObject *cmp_py_decode_raw(cmp_py_state *st, void **data, size_t len);
 
 /* Pickling for our transports (reduction.c): with a dispatch table that
  * sends Connections and sockets as fd sharer tokens, on a Pickler reused

@@ -992,9 +992,11 @@ enum { DELIVERED, DELIVERED_SYNC, DEFERRED };
 
 /* Completes the job of outcome o (GIL held). Outside the result thread, an
  * outcome whose job has callbacks is not delivered but handed to it (the
- * outcome's data with it). Returns DELIVERED, DELIVERED_SYNC (it was a
- * task a sync waiter awaited) or DEFERRED. */
-static int deliver(PoolCore *c, const cmp_pool_outcome_t *o, int in_result_thread)
+ * outcome's data with it). A big pickled value's arrays are views of the
+ * outcome's data, which then goes with them (o->data NULL: no copy out of
+ * it). Returns DELIVERED, DELIVERED_SYNC (it was a task a sync waiter
+ * awaited) or DEFERRED. */
+static int deliver(PoolCore *c, cmp_pool_outcome_t *o, int in_result_thread)
 {
     PyObject *job = cmp_py_jobs_peek(&c->jobs, o->id);
     if (!job)
@@ -1038,7 +1040,7 @@ static int deliver(PoolCore *c, const cmp_pool_outcome_t *o, int in_result_threa
         }
     }
     PyObject *value = stored == -1 ? NULL /* its exception is the outcome */
-                      : success    ? cmp_py_decode(c->st, o->data, o->len)
+                      : success    ? cmp_py_decode_raw(c->st, &o->data, o->len)
                                    : outcome_exception(c, o);
     if (!value) {
         success = 0;

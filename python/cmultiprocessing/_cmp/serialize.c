@@ -825,6 +825,61 @@ PyObject *cmp_py_decode_at(cmp_py_state *st, PyObject *owner, size_t offset, siz
     return r;
 }
 
+/* A message in PyMem_RawMalloc'd memory (a pool's outcome), owned by an
+ * object that frees it when the last view of it goes. */
+typedef struct {
+    PyObject_HEAD
+    void *data;
+    Py_ssize_t len;
+} raw_message;
+
+static PyTypeObject *raw_message_type; /* one per process, as the memory's allocator */
+
+static int raw_message_getbuffer(PyObject *self, Py_buffer *view, int flags)
+{
+    raw_message *m = (raw_message *)self;
+    /* writable: the arrays decoded from it are the caller's, as copies were */
+    return PyBuffer_FillInfo(view, self, m->data, m->len, 0, flags);
+}
+
+static void raw_message_dealloc(PyObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyMem_RawFree(((raw_message *)self)->data);
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+static PyType_Slot raw_message_slots[] = {
+    {Py_bf_getbuffer, raw_message_getbuffer},
+    {Py_tp_dealloc, raw_message_dealloc},
+    {0, NULL},
+};
+
+static PyType_Spec raw_message_spec = {
+    "cmultiprocessing._cmp.RawMessage",
+    sizeof(raw_message),
+    0,
+    Py_TPFLAGS_DEFAULT,
+    raw_message_slots,
+};
+
+PyObject *cmp_py_decode_raw(cmp_py_state *st, void **data, size_t len)
+{
+    if (len < CMP_PY_BIG || (unsigned char)((char *)*data)[0] != T_PICKLE)
+        return cmp_py_decode(st, *data, len);
+    raw_message *m = PyObject_New(raw_message, raw_message_type);
+    if (!m)
+        return NULL;
+    Py_INCREF(raw_message_type); /* a heap type's instances hold it */
+    m->data = *data;
+    m->len = (Py_ssize_t)len;
+    *data = NULL; /* the object's now, whatever comes of the decoding */
+    PyObject *r = cmp_py_decode_at(st, (PyObject *)m, 0, len);
+    Py_DECREF(m);
+    return r;
+}
+
 /* ---- Python-level helpers (for tests) ---------------------------------- */
 
 void cmp_py_frame_copy(const cmp_py_frame *f, char *dst)
@@ -891,6 +946,9 @@ int cmp_py_serialize_init(PyObject *module, cmp_py_state *st)
     st->pickle_loads = PyObject_GetAttrString(pickle, "loads");
     Py_DECREF(pickle);
     if (!st->pickle_loads)
+        return -1;
+    if (!raw_message_type &&
+        !(raw_message_type = (PyTypeObject *)PyType_FromSpec(&raw_message_spec)))
         return -1;
     st->pickle_protocol = PyLong_FromLong(5);
     st->kw_buffers = Py_BuildValue("(s)", "buffers");
