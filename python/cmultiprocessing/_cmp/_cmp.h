@@ -509,6 +509,9 @@ void cmp_py_util_after_fork(void);
  * super().__init__(...), parses and applies ours. Otherwise __new__ took
  * them and __init__ does nothing. */
 #define CMP_PY_FOREIGN_INIT(type, ours) ((type)->tp_init != (ours))
+/* Parses the (*, ctx=None) that Lock, RLock and Event take (fmt: "|$O:Name"),
+ * in their __new__ or __init__ as above. 0, or -1 with an exception. */
+int cmp_py_parse_ctx_only(PyObject *args, PyObject *kwds, const char *fmt);
 extern PyObject *cmp_py_empty_tuple; /* () for the default arguments */
 void cmp_py_util_run_finalizers(int minpriority);
 void cmp_py_proxy_child_exit(void);

@@ -95,20 +95,16 @@ static PyObject *Event_repr(PyObject *op)
 
 static int Event_init(PyObject *op, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"ctx", NULL};
-    PyObject *ctx = NULL;
     if (!CMP_PY_FOREIGN_INIT(Py_TYPE(op), Event_init))
         return 0;
-    return PyArg_ParseTupleAndKeywords(args, kwds, "|$O:Event", kwlist, &ctx) ? 0 : -1;
+    return cmp_py_parse_ctx_only(args, kwds, "|$O:Event");
 }
 
 static PyObject *Event_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     /* Event(*, ctx=None), as multiprocessing.synchronize.Event */
-    static char *kwlist[] = {"ctx", NULL};
-    PyObject *ctx = NULL;
     if (!CMP_PY_FOREIGN_INIT(type, Event_init) &&
-        !PyArg_ParseTupleAndKeywords(args, kwds, "|$O:Event", kwlist, &ctx))
+        cmp_py_parse_ctx_only(args, kwds, "|$O:Event") < 0)
         return NULL;
     void *mem;
     EventObject *self = (EventObject *)cmp_py_shared_new(type, sizeof(cmp_event_t), &mem);

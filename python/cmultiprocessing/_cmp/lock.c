@@ -228,20 +228,15 @@ static PyObject *Lock_repr(PyObject *op)
 
 static int Lock_init(PyObject *op, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"ctx", NULL};
-    PyObject *ctx = NULL;
     if (!CMP_PY_FOREIGN_INIT(Py_TYPE(op), Lock_init))
         return 0;
-    return PyArg_ParseTupleAndKeywords(args, kwds, "|$O:Lock", kwlist, &ctx) ? 0 : -1;
+    return cmp_py_parse_ctx_only(args, kwds, "|$O:Lock");
 }
 
 static PyObject *Lock_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     /* Lock(*, ctx=None), as multiprocessing.synchronize.Lock(ctx=...) */
-    static char *kwlist[] = {"ctx", NULL};
-    PyObject *ctx = NULL;
-    if (!CMP_PY_FOREIGN_INIT(type, Lock_init) &&
-        !PyArg_ParseTupleAndKeywords(args, kwds, "|$O:Lock", kwlist, &ctx))
+    if (!CMP_PY_FOREIGN_INIT(type, Lock_init) && cmp_py_parse_ctx_only(args, kwds, "|$O:Lock") < 0)
         return NULL;
     void *mem;
     cmp_py_lock *self = (cmp_py_lock *)cmp_py_shared_new(type, sizeof(cmp_lock_t), &mem);

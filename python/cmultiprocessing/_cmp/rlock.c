@@ -156,19 +156,15 @@ static PyObject *RLock_repr(PyObject *op)
 
 static int RLock_init(PyObject *op, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"ctx", NULL};
-    PyObject *ctx = NULL;
     if (!CMP_PY_FOREIGN_INIT(Py_TYPE(op), RLock_init))
         return 0;
-    return PyArg_ParseTupleAndKeywords(args, kwds, "|$O:RLock", kwlist, &ctx) ? 0 : -1;
+    return cmp_py_parse_ctx_only(args, kwds, "|$O:RLock");
 }
 
 static PyObject *RLock_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"ctx", NULL};
-    PyObject *ctx = NULL;
     if (!CMP_PY_FOREIGN_INIT(type, RLock_init) &&
-        !PyArg_ParseTupleAndKeywords(args, kwds, "|$O:RLock", kwlist, &ctx))
+        cmp_py_parse_ctx_only(args, kwds, "|$O:RLock") < 0)
         return NULL;
     void *mem;
     cmp_py_rlock *self = (cmp_py_rlock *)cmp_py_shared_new(type, sizeof(cmp_rlock_t), &mem);

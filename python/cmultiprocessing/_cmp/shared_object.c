@@ -20,6 +20,13 @@ PyMemberDef cmp_py_shared_members[] = {
     {NULL, 0, 0, 0, NULL},
 };
 
+int cmp_py_parse_ctx_only(PyObject *args, PyObject *kwds, const char *fmt)
+{
+    static char *kwlist[] = {"ctx", NULL};
+    PyObject *ctx = NULL;
+    return PyArg_ParseTupleAndKeywords(args, kwds, fmt, kwlist, &ctx) ? 0 : -1;
+}
+
 PyObject *cmp_py_shared_new(PyTypeObject *type, size_t size, void **mem)
 {
     cmp_shared_t *block;
