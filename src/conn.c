@@ -52,31 +52,38 @@ int cmp__fd_wait(int fd, short events, const struct timespec *deadline)
 
 /* ---- fd transport ---------------------------------------------------- */
 
-/* Waits for events on a socket as cmp__fd_wait does, polling it without
- * blocking for a while first (spin.h) when the wait is not a non-blocking
- * attempt. A message larger than the socket's buffer moves in steps, each
- * a wait for the peer to make room or send more: the peer usually does
- * within microseconds, and a sleep there costs a wake-up each step (on an
- * idle machine the CPU's way back from idle, tens of microseconds). budget:
- * the calling thread's, per direction. */
-static int sock_wait(int fd, short events, const struct timespec *deadline, uint32_t *budget)
+/* Polls a socket for events without blocking, for as long as the spin
+ * policy (spin.h) lets it: 1 once they came (or an error the real call will
+ * see), 0 when the spin gave up or may not run (a non-blocking attempt).
+ * The peer's CPU is unknown on a socket, so the budget (the calling
+ * thread's, per kind of wait: it follows how this thread's exchanges go)
+ * and the preemption check decide alone. */
+static int sock_spin(int fd, short events, const struct timespec *deadline, uint32_t *budget)
 {
     struct cmp__spin spin;
-    if ((!deadline || deadline->tv_sec || deadline->tv_nsec) &&
-        cmp__spin_begin(&spin, budget, NULL, deadline)) {
-        int got = 0;
-        do {
-            struct pollfd p = {.fd = fd, .events = events};
-            if (poll(&p, 1, 0) != 0) {
-                got = 1; /* ready, or an error the real call will see */
-                break;
-            }
-        } while (cmp__spin_check(&spin));
-        cmp__spin_end(&spin, budget, got);
-        if (got)
-            return 0;
-    }
-    return cmp__fd_wait(fd, events, deadline);
+    if ((deadline && !deadline->tv_sec && !deadline->tv_nsec) ||
+        !cmp__spin_begin(&spin, budget, NULL, deadline))
+        return 0;
+    int got = 0;
+    do {
+        struct pollfd p = {.fd = fd, .events = events};
+        if (poll(&p, 1, 0) != 0) {
+            got = 1;
+            break;
+        }
+    } while (cmp__spin_check(&spin));
+    cmp__spin_end(&spin, budget, got);
+    return got;
+}
+
+/* Waits for events on a socket as cmp__fd_wait does, spinning first. A
+ * message larger than the socket's buffer moves in steps, each a wait for
+ * the peer to make room or send more: the peer usually does within
+ * microseconds, and a sleep there costs a wake-up each step (on an idle
+ * machine the CPU's way back from idle, tens of microseconds). */
+static int sock_wait(int fd, short events, const struct timespec *deadline, uint32_t *budget)
+{
+    return sock_spin(fd, events, deadline, budget) ? 0 : cmp__fd_wait(fd, events, deadline);
 }
 
 static int fd_send(cmp_conn_t *c, const void *buf, size_t len, uint64_t *progress,
@@ -186,29 +193,14 @@ static ssize_t fd_read(cmp_conn_t *c, void *p, size_t n, int mid, const struct t
     }
 }
 
-/* Before sleeping in read() for the start of a message, poll a socket
- * without blocking for a while (spin.h): in a request/reply exchange the
- * answer usually arrives within microseconds, and a blocking read would pay
- * a sleep and a wake-up on top. The peer's CPU is unknown here, so the
- * budget (per thread: it follows how this thread's exchanges go) and the
- * preemption check decide alone. */
+/* Before sleeping in read() for the start of a message, spin on the socket
+ * (sock_spin): in a request/reply exchange the answer usually arrives
+ * within microseconds, and a blocking read would pay a sleep and a wake-up
+ * on top. */
 static void spin_for_data(cmp_conn_t *c)
 {
     static __thread uint32_t budget = CMP__SPIN_MAX_NS;
-    struct cmp__spin spin;
-    if (!cmp__spin_begin(&spin, &budget, NULL, NULL))
-        return;
-
-    int got = 0;
-    do {
-        char probe;
-        ssize_t k = recv(c->fd, &probe, 1, MSG_PEEK | MSG_DONTWAIT);
-        if (k >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) {
-            got = 1; /* data, EOF or an error: the real read will see it */
-            break;
-        }
-    } while (cmp__spin_check(&spin));
-    cmp__spin_end(&spin, &budget, got);
+    (void)sock_spin(c->fd, POLLIN, NULL, &budget);
 }
 
 static int fd_recv(cmp_conn_t *c, cmp_conn_rx_t *rx, uint64_t maxlen, cmp_conn_alloc_fn alloc,
