@@ -299,20 +299,15 @@ def test_shared_memory_manager(impl):
 # ---- beyond the standard library: ours only -------------------------------
 
 def test_interop_both_directions(osm, ssm):
-    ours = osm.SharedMemory(create=True, size=32)
-    theirs = ssm.SharedMemory(ours.name)
-    theirs.buf[0] = 7
-    assert ours.buf[0] == 7 and theirs.size == 32
-    theirs.close()
-    ours.close()
-    ours.unlink()
-    theirs = ssm.SharedMemory(create=True, size=16)
-    ours = osm.SharedMemory(theirs.name)
-    ours.buf[1] = 9
-    assert theirs.buf[1] == 9 and ours.size == 16
-    ours.close()
-    theirs.close()
-    theirs.unlink()
+    # ours creates and the stdlib attaches, then the other way round
+    for creator, attacher, size, i, v in ((osm, ssm, 32, 0, 7), (ssm, osm, 16, 1, 9)):
+        made = creator.SharedMemory(create=True, size=size)
+        attached = attacher.SharedMemory(made.name)
+        attached.buf[i] = v
+        assert made.buf[i] == v and attached.size == size
+        attached.close()
+        made.close()
+        made.unlink()
 
 
 def test_shareable_list_interop_both_directions(osm, ssm):
