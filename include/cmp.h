@@ -112,7 +112,8 @@ typedef struct cmp_ring {
     uint64_t max_count; /* messages the ring may hold, 0 = no limit */
     uint32_t closed;    /* futex-free flag, set by cmp_ring_close() */
     int32_t spill_fd;   /* overflow file, -1 = none (see "Message ring") */
-    uint32_t pad0[10];
+    uint64_t spill_id;  /* random, set with the spill: names it to read-aheads */
+    uint32_t pad0[8];
     /* producer side (own cache line) */
     uint64_t tail;            /* published write position | message count */
     cmp_lock_t plock;         /* held by the producer putting a message */

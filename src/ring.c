@@ -41,7 +41,9 @@
  * ring when it has a message, else from the spill (one preadv into the
  * buffer alloc returned), and gives whole consumed pages back with
  * FALLOC_FL_PUNCH_HOLE (`spill_freed` records how far, so a consumer killed
- * before punching leaves nothing behind for good). Crashes: a producer
+ * before punching leaves nothing behind for good; pages go back SPILL_FREE_BATCH
+ * bytes at a time, or all once the spill is drained). A consumer reads
+ * small records ahead (see "Read-ahead" at cons_spill). Crashes: a producer
  * killed mid-write has published nothing and the next one writes over its
  * bytes; a consumer killed mid-read has not moved `spill_head`, so the
  * record is delivered to the next.
@@ -111,8 +113,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <sched.h>
 #include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/uio.h>
@@ -162,9 +166,15 @@ _Static_assert(offsetof(cmp_queue_t, ring) == 64, "cmp_queue_t layout");
 #define SPILL_MAX_BYTES (SPILL_SPAN - (UINT64_C(1) << 30))
 #define SPILL_MAX_COUNT ((UINT64_C(1) << 27) - 1)
 #define SPILL_PAGE UINT64_C(4096)
-/* A consumer reads a record's header together with this many bytes after
- * it: one pread for a small message. */
-#define SPILL_PEEK 504u
+/* A consumer reads this much of the spill at once into its read-ahead
+ * (SPILL_PEEK where that buffer could not be allocated). */
+#define SPILL_AHEAD (64u << 10)
+#define SPILL_PEEK 512u
+/* Read ahead only where the pending records average at most this size. */
+#define SPILL_AHEAD_RECORD 4096u
+/* Consumed pages go back to the system this many bytes at a time (one
+ * fallocate each), and all at once when the spill runs empty. */
+#define SPILL_FREE_BATCH (UINT64_C(64) << 10)
 
 struct rec_hdr {
     uint32_t len;
@@ -229,6 +239,11 @@ int cmp_ring_set_spill(cmp_ring_t *ring, int fd)
         return -EINVAL;
     if (ring->spill_fd >= 0 || cmp__load64_acquire(&ring->tail) != 0)
         return -EBUSY;
+    uint64_t id = 0;
+    while (id == 0) /* 0 is a read-ahead's "holds nothing" */
+        if (cmp__random_bytes(&id, sizeof id) < 0)
+            return -EIO;
+    ring->spill_id = id;
     ring->spill_fd = fd;
     return 0;
 }
@@ -326,7 +341,7 @@ static void spill_free(cmp_ring_t *r, uint64_t to)
     uint64_t from = cmp__load64_relaxed(&r->spill_freed) & ~(SPILL_PAGE - 1);
     uint64_t end = POS(to) & ~(SPILL_PAGE - 1);
     uint64_t n = (end - from) & POS_MASK;
-    if (n == 0)
+    if (n == 0 || (n < SPILL_FREE_BATCH && POS(cmp__load64_relaxed(&r->spill_tail)) != POS(to)))
         return;
     if (n > SPILL_SPAN - SPILL_MAX_BYTES) {
         /* further back, producers may be writing again (the file is a
@@ -1220,35 +1235,137 @@ static void cons_store(struct cons *c)
         spill_free(c->r, c->sh);
 }
 
-/* Takes the spill record at c->sh: its header and the start of the payload
- * in one pread, the rest straight into the buffer alloc returns. */
+/* Read-ahead. Spilled records are small when the consumer fell behind a
+ * busy producer (spilling starts when the ring is full), and a pread each
+ * would make it fall further behind: a thread taking from a spill reads up
+ * to SPILL_AHEAD bytes of published records at once into a buffer of its
+ * own and takes the next records from there. Published records do not
+ * change until consumed (producers write only past spill_tail, and reuse
+ * an offset only a whole circle later), so the copy is right for as long
+ * as the offset is not reused, that is within a circle of the file (64 GiB)
+ * of consumption. It is used only for the spill it was read from (the
+ * ring's random spill_id: rings come and go at the same addresses) and only
+ * while the spill's head word (position and count) is the one this thread
+ * left: after other consumers' takes (another thread, a fork child that
+ * started with a copy of it) it is read again. */
+struct spill_ahead {
+    uint64_t spill_id; /* the spill the bytes are from; 0: none */
+    uint64_t next;     /* that spill's head word just past what was taken */
+    uint64_t pos;      /* stream position of buf[0] */
+    size_t len;        /* bytes in buf */
+    size_t cap;        /* buf's size, 0 until allocated */
+    uint8_t *buf;
+};
+
+static __thread struct spill_ahead ahead;
+static __thread uint8_t ahead_small[SPILL_PEEK];
+static pthread_key_t ahead_key;
+static pthread_once_t ahead_once = PTHREAD_ONCE_INIT;
+static int ahead_key_made;
+
+static void ahead_free(void *buf)
+{
+    free(buf);
+}
+
+static void ahead_make_key(void)
+{
+    ahead_key_made = pthread_key_create(&ahead_key, ahead_free) == 0;
+}
+
+/* The calling thread's read-ahead, its buffer allocated at first use (freed
+ * when the thread exits); the small one if that fails. */
+static struct spill_ahead *ahead_get(void)
+{
+    if (ahead.cap == 0) {
+        pthread_once(&ahead_once, ahead_make_key);
+        uint8_t *buf = ahead_key_made ? malloc(SPILL_AHEAD) : NULL;
+        if (buf && pthread_setspecific(ahead_key, buf) == 0) {
+            ahead.buf = buf;
+            ahead.cap = SPILL_AHEAD;
+        } else {
+            free(buf);
+            ahead.buf = ahead_small;
+            ahead.cap = sizeof ahead_small;
+        }
+    }
+    return &ahead;
+}
+
+/* Fills the read-ahead with the published bytes from the spill record at
+ * c->sh on. */
+static int ahead_fill(struct spill_ahead *a, const struct cons *c)
+{
+    cmp_ring_t *r = c->r;
+    uint64_t pos = POS(c->sh);
+    uint64_t st = cmp__load64_acquire(&r->spill_tail);
+    uint64_t there = (POS(st) - pos) & POS_MASK;
+    uint64_t count = (CNT(st) - CNT(c->sh)) & CNT_MASK;
+    /* ahead only over small records: a big one's payload is read straight
+     * into its buffer, not copied twice */
+    size_t n = count > 1 && there / count <= SPILL_AHEAD_RECORD ? a->cap : SPILL_PEEK;
+    if (n > a->cap)
+        n = a->cap;
+    if (n > there)
+        n = (size_t)there;
+    a->spill_id = 0;
+    int rc = spill_read(r->spill_fd, a->buf, n, pos);
+    if (rc < 0)
+        return rc;
+    a->spill_id = r->spill_id;
+    a->next = c->sh;
+    a->pos = pos;
+    a->len = n;
+    return 0;
+}
+
+/* Takes the spill record at c->sh: from the read-ahead, refilled where it
+ * does not hold the record's header; a payload longer than what it holds
+ * gets the rest straight into the buffer alloc returns. */
 static int cons_spill(struct cons *c, cmp_ring_alloc_fn alloc, void *arg)
 {
     cmp_ring_t *r = c->r;
     uint64_t pos = POS(c->sh);
-    uint64_t there = (POS(cmp__load64_acquire(&r->spill_tail)) - pos) & POS_MASK;
-    uint8_t buf[SPILL_HDR + SPILL_PEEK];
-    size_t n = there < sizeof buf ? (size_t)there : sizeof buf;
-    int rc = spill_read(r->spill_fd, buf, n, pos);
-    if (rc < 0)
-        return rc;
-    uint64_t len;
-    memcpy(&len, buf, sizeof len);
-    if (n < SPILL_HDR || len > there - SPILL_HDR) /* impossible: never deliver it */
+    struct spill_ahead *a = ahead_get();
+    size_t off = (size_t)((pos - a->pos) & POS_MASK);
+    int rc;
+    if (a->spill_id != r->spill_id || a->next != c->sh || a->len < SPILL_HDR ||
+        off > a->len - SPILL_HDR) {
+        if ((rc = ahead_fill(a, c)) < 0)
+            return rc;
+        off = 0;
+    }
+    if (a->len - off < SPILL_HDR) /* impossible: avail() saw a record */
         return -EIO;
+    uint64_t len;
+    memcpy(&len, a->buf + off, sizeof len);
+    size_t have = a->len - off - SPILL_HDR;
+    if (len > have) {
+        if (off > 0 && SPILL_HDR + len <= a->cap) {
+            /* cut at the end of the read-ahead: read again from it on */
+            if ((rc = ahead_fill(a, c)) < 0)
+                return rc;
+            off = 0;
+            have = a->len - SPILL_HDR;
+        }
+        /* what the read-ahead holds was published; the rest must be too */
+        uint64_t there = (POS(cmp__load64_acquire(&r->spill_tail)) - pos) & POS_MASK;
+        if (there < SPILL_HDR || len > there - SPILL_HDR) /* impossible: never deliver it */
+            return -EIO;
+    }
     uint8_t *dst = alloc(arg, (size_t)len);
     if (!dst)
         return -ENOBUFS;
-    size_t have = n - SPILL_HDR;
     if (have > len)
         have = (size_t)len;
-    memcpy(dst, buf + SPILL_HDR, have);
+    memcpy(dst, a->buf + off + SPILL_HDR, have);
     if (have < len) {
         rc = spill_read(r->spill_fd, dst + have, (size_t)len - have, pos + SPILL_HDR + have);
         if (rc < 0)
             return rc;
     }
     c->sh = MAKE(pos + SPILL_HDR + len, CNT(c->sh) + 1);
+    a->next = c->sh;
     return 0;
 }
 

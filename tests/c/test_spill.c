@@ -505,3 +505,110 @@ Test(spill, producer_killed_mid_stream_drops_the_message, .timeout = 30)
     sink_free(&s);
     cmp_queue_detach(q);
 }
+
+/* Takes n messages, expecting numbers *next on: 0 when all came whole and
+ * in order. */
+static int take_in_order(cmp_queue_t *q, struct sink *s, uint32_t *next, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        struct timespec d = test_deadline(10);
+        uint32_t p, seq;
+        if (cmp_queue_get(q, sink_alloc, s, &d) != 0 || !parse_msg(s->buf, s->len, &p, &seq) ||
+            seq != *next)
+            return -1;
+        (*next)++;
+    }
+    return 0;
+}
+
+struct take_args {
+    cmp_queue_t *q;
+    uint32_t next, n;
+    int rc;
+};
+
+static void *take_thread(void *arg)
+{
+    struct take_args *a = arg;
+    struct sink s = {0};
+    a->rc = take_in_order(a->q, &s, &a->next, a->n);
+    sink_free(&s);
+    return NULL;
+}
+
+/* A consumer reads small spilled messages ahead, into a buffer of its own.
+ * Other consumers taking messages in between (a fork child, which starts
+ * with a copy of that buffer, and another thread) must make it read again:
+ * every message arrives once, in order, whole, big ones among the small
+ * included. */
+Test(spill, read_ahead_follows_other_consumers, .timeout = 60)
+{
+    cmp_queue_t *q = spill_queue(4096, 0);
+    const uint32_t total = 20000;
+    static uint8_t buf[100000];
+    for (uint32_t i = 0; i < total; i++) {
+        size_t len = i % 997 == 500 ? sizeof buf : MSG_HDR + i % 300;
+        make_msg(buf, len, 0, i);
+        cr_assert_eq(cmp_queue_put(q, buf, len, CMP_NOWAIT), 0);
+    }
+    cr_assert(cmp_ring_spilled(cmp_queue_ring(q)) > (uint64_t)total / 2);
+    struct sink s = {0};
+    uint64_t rng = 7;
+    uint32_t next = 0;
+    for (int round = 0; next < total; round++) {
+        uint32_t left = total - next;
+        uint32_t mine = (uint32_t)(rng_next(&rng) % 40) + 1;
+        mine = mine < left ? mine : left;
+        cr_assert_eq(take_in_order(q, &s, &next, mine), 0, "round %d at %u", round, next);
+        left -= mine;
+        uint32_t theirs = (uint32_t)(rng_next(&rng) % 40) + 1;
+        theirs = theirs < left ? theirs : left;
+        if (theirs == 0)
+            break;
+        if (round % 2 == 0) {
+            pid_t pid = fork_or_fail();
+            if (pid == 0)
+                _exit(take_in_order(q, &s, &next, theirs) == 0 ? 0 : 1);
+            sync_reap_ok(pid);
+            next += theirs;
+        } else {
+            struct take_args a = {q, next, theirs, -1};
+            pthread_t t;
+            cr_assert_eq(pthread_create(&t, NULL, take_thread, &a), 0);
+            cr_assert_eq(pthread_join(t, NULL), 0);
+            cr_assert_eq(a.rc, 0, "thread at %u", next);
+            next = a.next;
+        }
+    }
+    cr_assert_eq(next, total);
+    cr_assert_eq(cmp_queue_get(q, sink_alloc, &s, CMP_NOWAIT), -EAGAIN);
+    cr_assert_eq(cmp_ring_spilled(cmp_queue_ring(q)), 0);
+    cr_assert(spill_blocks(q) * 512 <= 64 * 1024, "spill pages kept: %ld", spill_blocks(q));
+    sink_free(&s);
+    cmp_queue_detach(q);
+}
+
+/* Two spills with the same sizes at the same positions, taken from in
+ * turn by one thread: each message comes from its own queue. */
+Test(spill, read_ahead_is_per_spill, .timeout = 30)
+{
+    cmp_queue_t *q[2] = {spill_queue(4096, 0), spill_queue(4096, 0)};
+    const uint32_t total = 3000;
+    uint8_t buf[MSG_HDR + 64];
+    for (uint32_t k = 0; k < 2; k++)
+        for (uint32_t i = 0; i < total; i++) {
+            make_msg(buf, sizeof buf, k, i);
+            cr_assert_eq(cmp_queue_put(q[k], buf, sizeof buf, CMP_NOWAIT), 0);
+        }
+    struct sink s = {0};
+    for (uint32_t i = 0; i < total; i++)
+        for (uint32_t k = 0; k < 2; k++) {
+            uint32_t p, n;
+            cr_assert_eq(cmp_queue_get(q[k], sink_alloc, &s, CMP_NOWAIT), 0);
+            cr_assert(parse_msg(s.buf, s.len, &p, &n));
+            cr_assert(p == k && n == i, "queue %u message %u: got %u/%u", k, i, p, n);
+        }
+    sink_free(&s);
+    cmp_queue_detach(q[0]);
+    cmp_queue_detach(q[1]);
+}
