@@ -18,6 +18,7 @@ import argparse
 import functools
 import importlib
 import os
+import queue
 import signal
 import statistics
 import subprocess
@@ -307,6 +308,67 @@ def semaphore_ping_pong(mp, n):
     n = max(500, n // 100)
     ping, pong = mp.Semaphore(0), mp.Semaphore(0)
     return _round_trips(mp, n, _semaphore_echo, (ping, pong, n), ping.release, pong.acquire)
+
+
+def _bare_pipe_echo(r, w, n):
+    for _ in range(n):
+        os.read(r, 1)
+        os.write(w, b"x")
+
+
+def _bare_pipe_round_trips(mp, n):
+    """A byte each way through two os.pipe()s, with os.read/os.write: each
+    side sleeps in read() for every message, so at a load that leaves no
+    CPU to spin on this is what a sleeping hand-off costs from Python."""
+    n = max(500, n // 100)
+    ping_r, ping_w = os.pipe()
+    pong_r, pong_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _bare_pipe_echo(ping_r, pong_w, n)
+        finally:
+            os._exit(0)
+    try:
+        os.write(ping_w, b"x")  # the first exchange off the clock
+        os.read(pong_r, 1)
+        t = time.perf_counter()
+        for _ in range(n - 1):
+            os.write(ping_w, b"x")
+            os.read(pong_r, 1)
+        return (time.perf_counter() - t) / (n - 1)
+    finally:
+        os.waitpid(pid, 0)
+        for fd in (ping_r, ping_w, pong_r, pong_w):
+            os.close(fd)
+
+
+# Reference row: the same code on both sides.
+scenario("  (floor: os.pipe ping-pong, both sleep)", "us", None)(_bare_pipe_round_trips)
+
+
+# A poll of an empty queue or an unset event (timeout=0) returns at once.
+@scenario("Queue.get(timeout=0), empty (per call)", "us", 1.0)
+def queue_get_poll(mp, n):
+    q = mp.Queue()
+    k = max(200, n // 100)
+    t = time.perf_counter()
+    for _ in range(k):
+        try:
+            q.get(timeout=0)
+        except queue.Empty:
+            pass
+    return (time.perf_counter() - t) / k
+
+
+@scenario("Event.wait(0), not set (per call)", "us", 1.0)
+def event_wait_poll(mp, n):
+    ev = mp.Event()
+    k = max(200, n // 100)
+    t = time.perf_counter()
+    for _ in range(k):
+        ev.wait(0)
+    return (time.perf_counter() - t) / k
 
 
 def _drain(c, n):
