@@ -348,27 +348,29 @@ scenario("  (floor: os.pipe ping-pong, both sleep)", "us", None)(_bare_pipe_roun
 
 
 # A poll of an empty queue or an unset event (timeout=0) returns at once.
-@scenario("Queue.get(timeout=0), empty (per call)", "us", 1.0)
-def queue_get_poll(mp, n):
-    q = mp.Queue()
+def _per_poll(n, poll):
     k = max(200, n // 100)
     t = time.perf_counter()
     for _ in range(k):
-        try:
-            q.get(timeout=0)
-        except queue.Empty:
-            pass
+        poll()
     return (time.perf_counter() - t) / k
+
+
+def _get_or_empty(q):
+    try:
+        q.get(timeout=0)
+    except queue.Empty:
+        pass
+
+
+@scenario("Queue.get(timeout=0), empty (per call)", "us", 1.0)
+def queue_get_poll(mp, n):
+    return _per_poll(n, functools.partial(_get_or_empty, mp.Queue()))
 
 
 @scenario("Event.wait(0), not set (per call)", "us", 1.0)
 def event_wait_poll(mp, n):
-    ev = mp.Event()
-    k = max(200, n // 100)
-    t = time.perf_counter()
-    for _ in range(k):
-        ev.wait(0)
-    return (time.perf_counter() - t) / k
+    return _per_poll(n, functools.partial(mp.Event().wait, 0))
 
 
 def _drain(c, n):
