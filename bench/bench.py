@@ -584,11 +584,24 @@ def pool_start(mp, n):
 
 
 def _pool_forks(mp, n):
-    """One bare os.fork()+_exit+waitpid per worker, one after the other:
-    what a pool start pays before any of its own work (the forks copy the
-    parent's page tables, so they grow with its memory: this process has
-    run every row before)."""
-    return _bare_fork(mp, n) * os.cpu_count()
+    """What any pool of forked workers pays before its own work: one bare
+    os.fork() per worker, one after the other (a process forks one child
+    at a time), the children leaving at once with _exit and waited for
+    together, so that their exits overlap as a pool's workers' do. The
+    forks copy the parent's page tables, so they grow with its memory:
+    this process has run every row before."""
+    reps = max(20, n // 2000)
+    t = time.perf_counter()
+    for _ in range(reps):
+        pids = []
+        for _ in range(os.cpu_count()):
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0)
+            pids.append(pid)
+        for pid in pids:
+            os.waitpid(pid, 0)
+    return (time.perf_counter() - t) / reps
 
 
 scenario("  (floor: a bare fork per worker)", "ms", None)(_pool_forks)
