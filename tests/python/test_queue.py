@@ -244,6 +244,35 @@ def test_many_producers_many_consumers(mp):
     assert len(seen) == total
 
 
+def _drain_some(q, out, count):
+    got = [q.get(timeout=30) for _ in range(count)]
+    assert all(pad == b"x" * 200 for _, pad in got)
+    out.put([i for i, _ in got])
+
+
+@pytest.mark.timeout(120)
+def test_backlog_drained_by_many_consumers(mp):
+    """A backlog put before any consumer runs (ours keeps most of it in the
+    spill file behind the ring, read ahead by each consumer), then taken by
+    three processes and this one at once: every item exactly once, and each
+    consumer's in increasing order."""
+    q, out = mp.Queue(), mp.Queue()
+    total, counts = 40_000, [9_000, 9_000, 9_000]  # 9 MB, more than a ring
+    for i in range(total):
+        q.put((i, b"x" * 200))
+    cons = [mp.Process(target=_drain_some, args=(q, out, c)) for c in counts]
+    for p in cons:
+        p.start()
+    mine = [q.get(timeout=30)[0] for _ in range(total - sum(counts))]
+    results = [out.get(timeout=60) for _ in cons] + [mine]
+    for p in cons:
+        p.join(30)
+        assert p.exitcode == 0
+    assert sorted(x for r in results for x in r) == list(range(total))
+    for r in results:
+        assert r == sorted(r)
+
+
 def _echo(inq, outq):
     while True:
         item = inq.get(timeout=30)
