@@ -1292,6 +1292,12 @@ static struct spill_ahead *ahead_get(void)
     return &ahead;
 }
 
+/* Bytes published in the spill from stream position pos on. */
+static uint64_t spill_published(cmp_ring_t *r, uint64_t pos)
+{
+    return (POS(cmp__load64_acquire(&r->spill_tail)) - pos) & POS_MASK;
+}
+
 /* Fills the read-ahead with the published bytes from the spill record at
  * c->sh on. */
 static int ahead_fill(struct spill_ahead *a, const struct cons *c)
@@ -1349,7 +1355,7 @@ static int cons_spill(struct cons *c, cmp_ring_alloc_fn alloc, void *arg)
             have = a->len - SPILL_HDR;
         }
         /* what the read-ahead holds was published; the rest must be too */
-        uint64_t there = (POS(cmp__load64_acquire(&r->spill_tail)) - pos) & POS_MASK;
+        uint64_t there = spill_published(r, pos);
         if (there < SPILL_HDR || len > there - SPILL_HDR) /* impossible: never deliver it */
             return -EIO;
     }
