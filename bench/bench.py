@@ -323,27 +323,16 @@ def _bare_pipe_round_trips(mp, n):
     n = max(500, n // 100)
     ping_r, ping_w = os.pipe()
     pong_r, pong_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            _bare_pipe_echo(ping_r, pong_w, n)
-        finally:
-            os._exit(0)
     try:
-        os.write(ping_w, b"x")  # the first exchange off the clock
-        os.read(pong_r, 1)
-        t = time.perf_counter()
-        for _ in range(n - 1):
-            os.write(ping_w, b"x")
-            os.read(pong_r, 1)
-        return (time.perf_counter() - t) / (n - 1)
+        return _round_trips(mp, n, _bare_pipe_echo, (ping_r, pong_w, n),
+                            functools.partial(os.write, ping_w, b"x"),
+                            functools.partial(os.read, pong_r, 1))
     finally:
-        os.waitpid(pid, 0)
         for fd in (ping_r, ping_w, pong_r, pong_w):
             os.close(fd)
 
 
-# Reference row: the same code on both sides.
+# Reference row: the same timed code on both sides.
 scenario("  (floor: os.pipe ping-pong, both sleep)", "us", None)(_bare_pipe_round_trips)
 
 
