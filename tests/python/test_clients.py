@@ -219,39 +219,35 @@ def test_logging_queue_handler_and_listener(mp):
 # ---- joblib, tqdm, coverage, dask -----------------------------------------
 
 
-def test_joblib_multiprocessing_backend_under_the_runner(tmp_path):
+def _run_joblib(tmp_path, backend, more=""):
+    """joblib.Parallel over sq(0..9) with backend, then the lines in more,
+    in a program run under the runner; checks the printed squares."""
     pytest.importorskip("joblib")
-    r = run_program(tmp_path, """
+    r = run_program(tmp_path, f"""
         import joblib, multiprocessing
         def sq(x): return x * x
         if __name__ == "__main__":
             assert multiprocessing.__name__ == "cmultiprocessing"
-            out = joblib.Parallel(n_jobs=2, backend="multiprocessing")(
+            out = joblib.Parallel(n_jobs=2, backend="{backend}")(
                 joblib.delayed(sq)(i) for i in range(10))
-            print(out)
+{more}            print(out)
     """)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == str([i * i for i in range(10)])
+
+
+def test_joblib_multiprocessing_backend_under_the_runner(tmp_path):
+    _run_joblib(tmp_path, "multiprocessing")
 
 
 def test_joblib_loky_backend_under_the_runner(tmp_path):
     """joblib's default backend, loky, under the runner: loky is built on
     the stdlib's queue internals, so the runner imports it on the stdlib's
     modules; the program's own multiprocessing stays ours."""
-    pytest.importorskip("joblib")
-    r = run_program(tmp_path, """
-        import joblib, multiprocessing
-        def sq(x): return x * x
-        if __name__ == "__main__":
-            assert multiprocessing.__name__ == "cmultiprocessing"
-            out = joblib.Parallel(n_jobs=2, backend="loky")(
-                joblib.delayed(sq)(i) for i in range(10))
+    _run_joblib(tmp_path, "loky", """\
             with multiprocessing.Pool(2) as pool:
                 assert pool.map(sq, range(3)) == [0, 1, 4]
-            print(out)
-    """)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == str([i * i for i in range(10)])
+""")
 
 
 @pytest.mark.parametrize("method", ["spawn", "forkserver"])
