@@ -61,8 +61,7 @@ int cmp__fd_wait(int fd, short events, const struct timespec *deadline)
 static int sock_spin(int fd, short events, const struct timespec *deadline, uint32_t *budget)
 {
     struct cmp__spin spin;
-    if ((deadline && !deadline->tv_sec && !deadline->tv_nsec) ||
-        !cmp__spin_begin(&spin, budget, NULL, deadline))
+    if (cmp__is_nowait(deadline) || !cmp__spin_begin(&spin, budget, NULL, deadline))
         return 0;
     int got = 0;
     do {

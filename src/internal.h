@@ -50,6 +50,11 @@ static inline void cmp__cond_released(const cmp_rlock_t *rlock)
         cmp__cond_flush_deferred();
 }
 
+/* 1 for a zero deadline (CMP_NOWAIT, {0, 0}): a non-blocking attempt. */
+static inline int cmp__is_nowait(const struct timespec *d)
+{
+    return d && d->tv_sec == 0 && d->tv_nsec == 0;
+}
 /* Earlier of two deadlines (NULL = infinity). */
 const struct timespec *cmp__deadline_min(const struct timespec *a, const struct timespec *b);
 /* 1 if deadline is non-NULL and has passed. */

@@ -189,11 +189,6 @@ struct cursor {
     size_t off;
 };
 
-static inline int is_nowait(const struct timespec *d)
-{
-    return d && d->tv_sec == 0 && d->tv_nsec == 0;
-}
-
 static inline uint8_t *ring_data(cmp_ring_t *r)
 {
     return (uint8_t *)(r + 1);
@@ -542,8 +537,8 @@ static void producer_recover(cmp_ring_t *r)
 
 static int plock_acquire(cmp_ring_t *r, const struct timespec *deadline)
 {
-    int rc = is_nowait(deadline) ? lock_nowait(&r->plock, &r->space_waiters)
-                                 : cmp_lock_acquire(&r->plock, deadline);
+    int rc = cmp__is_nowait(deadline) ? lock_nowait(&r->plock, &r->space_waiters)
+                                      : cmp_lock_acquire(&r->plock, deadline);
     if (rc == CMP_OWNER_DIED) {
         producer_recover(r);
         rc = 0;
@@ -553,8 +548,8 @@ static int plock_acquire(cmp_ring_t *r, const struct timespec *deadline)
 
 static int clock_acquire(cmp_ring_t *r, const struct timespec *deadline)
 {
-    int rc = is_nowait(deadline) ? lock_nowait(&r->clock, &r->data_waiters)
-                                 : cmp_lock_acquire(&r->clock, deadline);
+    int rc = cmp__is_nowait(deadline) ? lock_nowait(&r->clock, &r->data_waiters)
+                                      : cmp_lock_acquire(&r->clock, deadline);
     if (rc == CMP_OWNER_DIED) {
         cmp__store_relaxed(&r->data_waiters, 0);
         cmp__store_relaxed(&r->data_wanted, 0);
@@ -652,7 +647,7 @@ static int wait_space(struct prod *p, uint64_t need, int slot, uint64_t sneed,
         return w;
     if (cmp_ring_is_closed(r))
         return -EPIPE;
-    if (is_nowait(deadline))
+    if (cmp__is_nowait(deadline))
         return -EAGAIN;
     struct cmp__spin spin;
     if (cmp__spin_begin(&spin, &r->space_spin_ns, &r->cons_cpu, deadline)) {
@@ -1059,7 +1054,7 @@ long cmp_ring_put_many(cmp_ring_t *ring, const struct iovec *iov, const unsigned
         return -EPIPE;
     int rc = plock_acquire(ring, deadline);
     if (rc < 0)
-        return rc == -ETIMEDOUT && is_nowait(deadline) ? -EAGAIN : rc;
+        return rc == -ETIMEDOUT && cmp__is_nowait(deadline) ? -EAGAIN : rc;
     struct prod p = {ring, cmp__load64_relaxed(&ring->tail), 0,
                      cmp__load64_relaxed(&ring->spill_tail), 0};
     p.published = p.t;
@@ -1155,7 +1150,7 @@ static int wait_data(const struct cons *c, int in_stream, const struct timespec 
     if (!in_stream) {
         if (cmp_ring_is_closed(r))
             return -EPIPE;
-        if (is_nowait(deadline))
+        if (cmp__is_nowait(deadline))
             return -EAGAIN;
     }
     /* A few bare rounds first, where spinning may pay at all: most
@@ -1477,7 +1472,7 @@ long cmp_ring_get_many(cmp_ring_t *ring, cmp_ring_alloc_fn alloc, void *arg, siz
         return 0;
     int rc = clock_acquire(ring, deadline);
     if (rc < 0) {
-        if (rc == -ETIMEDOUT && is_nowait(deadline))
+        if (rc == -ETIMEDOUT && cmp__is_nowait(deadline))
             rc = -EAGAIN;
         if (rc == -EAGAIN && cmp_ring_is_closed(ring) && cmp_ring_count(ring) == 0)
             rc = -EPIPE;
@@ -1511,7 +1506,7 @@ int cmp_ring_wait(cmp_ring_t *ring, const struct timespec *deadline)
 {
     int rc = clock_acquire(ring, deadline);
     if (rc < 0)
-        return rc == -ETIMEDOUT && is_nowait(deadline) ? -EAGAIN : rc;
+        return rc == -ETIMEDOUT && cmp__is_nowait(deadline) ? -EAGAIN : rc;
     struct cons c = {ring, cmp__load64_relaxed(&ring->head), 0,
                      cmp__load64_relaxed(&ring->spill_head), 0};
     c.stored = c.h;
