@@ -12,7 +12,7 @@ int cmp__futex_wait(uint32_t *word, uint32_t expected, const struct timespec *de
      * a timer and sleep for up to the timer slack (50 us by default, 75 us
      * measured here) before saying so, which made every wait(0) and
      * get(timeout=0) on an empty object cost that. */
-    if (deadline && cmp__deadline_passed(deadline))
+    if (cmp__deadline_passed(deadline))
         return -ETIMEDOUT;
     /* FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline, so a
      * retry after EINTR never stretches the total wait. */
