@@ -376,14 +376,14 @@ def test_sigint_to_mpiexec_stops_every_rank_and_worker(tmp_path):
     # odls_base_sigkill_timeout=0); our workers die with their rank
     # (PR_SET_PDEATHSIG)
     rc, took = _interrupted(tmp_path, at_rank0=False)
-    assert rc != 0 and took < 1.0, (rc, took)
+    assert rc != 0 and took < 5.0, (rc, took)  # not run to its end (loose: CI may be loaded)
 
 
 def test_sigint_at_rank0_stops_every_rank_and_worker(tmp_path):
     # KeyboardInterrupt on rank 0: it stops the servers (their pools
     # terminated), which leave at once; rank 0 dies of the SIGINT
     rc, took = _interrupted(tmp_path, at_rank0=True)
-    assert rc != 0 and took < 1.0, (rc, took)
+    assert rc != 0 and took < 5.0, (rc, took)  # not run to its end (loose: CI may be loaded)
 
 
 def _ppid(pid):
@@ -409,7 +409,7 @@ def test_a_lost_rank_ends_the_whole_job(tmp_path):
         assert proc.returncode != 0
         assert "exited on signal 9" in err and "rank" in err, err
         assert _gone_within(script, 5), _processes_running(script)
-        assert took < 3.0, took
+        assert took < 10.0, took  # the job, not a rank's timeout (loose: CI may be loaded)
 
 
 def lose_a_rank(cmd, env, find_server):
