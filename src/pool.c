@@ -35,6 +35,8 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -1311,29 +1313,68 @@ int cmp_pool_terminate(cmp_pool_t *p)
     return 0;
 }
 
+/* The longest one round of cmp_pool_join sleeps: a worker started after
+ * the round began (a replacement) is waited for from the next round, and
+ * a worker without a sentinel is polled for at this interval. */
+#define JOIN_ROUND_NS 10000000L
+#define JOIN_BLIND_NS 200000L
+
 int cmp_pool_join(cmp_pool_t *p, const struct timespec *deadline)
 {
-    /* Polls rather than blocking on one worker's pidfd: cmp_pool_next may
-     * meanwhile reap a worker, close its descriptor and start another. */
+    /* Sleeps on duplicates of the workers' sentinels, not on the workers'
+     * own descriptors: cmp_pool_next may meanwhile reap a worker, close
+     * its descriptor and start another. A duplicate still turns readable
+     * when its process exits, which ends the round. */
+    struct pollfd *fds = malloc(p->n * sizeof *fds);
+    if (!fds)
+        return -ENOMEM;
+    int rc;
     for (;;) {
+        unsigned nfds = 0;
+        int running = 0, blind = 0;
         pthread_mutex_lock(&p->mu);
         if (p->state == RUNNING) {
             pthread_mutex_unlock(&p->mu);
-            return -EINVAL;
+            rc = -EINVAL;
+            break;
         }
-        int running = 0;
-        for (unsigned i = 0; i < p->n; i++)
-            running |= p->w[i].live && cmp_process_poll(&p->w[i].proc) == 0;
+        for (unsigned i = 0; i < p->n; i++) {
+            struct worker *w = &p->w[i];
+            if (!w->live || cmp_process_poll(&w->proc) != 0)
+                continue;
+            running = 1;
+            int fd = cmp_process_sentinel(&w->proc);
+            fd = fd < 0 ? -1 : fcntl(fd, F_DUPFD_CLOEXEC, 0);
+            if (fd < 0)
+                blind = 1;
+            else
+                fds[nfds++] = (struct pollfd){.fd = fd, .events = POLLIN};
+        }
         pthread_mutex_unlock(&p->mu);
-        if (!running)
-            return 0;
-        if (cmp__deadline_passed(deadline))
-            return -ETIMEDOUT;
-        /* a worker's exit takes well under a millisecond once told */
-        struct timespec nap = {0, 200000L};
-        if (nanosleep(&nap, NULL) < 0 && errno == EINTR)
-            return -EINTR;
+        if (!running) {
+            rc = 0;
+            break;
+        }
+        struct timespec round;
+        cmp__deadline_in_ns(&round, blind ? JOIN_BLIND_NS : JOIN_ROUND_NS);
+        const struct timespec *until = cmp__deadline_min(deadline, &round);
+        double left = cmp_deadline_remaining(until);
+        struct timespec rel = {(time_t)left, (long)((left - (double)(time_t)left) * 1e9)};
+        int n = ppoll(fds, nfds, &rel, NULL);
+        int err = errno;
+        for (unsigned i = 0; i < nfds; i++)
+            close(fds[i].fd);
+        if (n < 0 && err == EINTR) {
+            rc = -EINTR;
+            break;
+        }
+        if (n == 0 && until == deadline) {
+            rc = -ETIMEDOUT;
+            break;
+        }
     }
+    free(fds);
+    return rc;
 }
 
 void cmp_pool_destroy(cmp_pool_t *p)

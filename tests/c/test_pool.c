@@ -585,6 +585,26 @@ Test(pool, join_while_running_is_einval, .timeout = 10)
     finish(p);
 }
 
+/* join sleeps on the workers' exits: a deadline that passes while a worker
+ * still runs its task is -ETIMEDOUT, and a join without one returns once
+ * that worker has finished and left. */
+Test(pool, join_deadline_then_join, .timeout = 20)
+{
+    cmp_pool_t *p = new_pool(2, 0, NULL);
+    submit(p, SLEEP_MS, 400);
+    cr_assert_eq(cmp_pool_close(p), 0);
+    struct timespec d = test_deadline(0.05);
+    cr_assert_eq(cmp_pool_join(p, &d), -ETIMEDOUT);
+    cr_assert_eq(cmp_pool_join(p, CMP_NOWAIT), -ETIMEDOUT);
+    cmp_pool_outcome_t o = next(p, 10);
+    cr_assert_eq(value_of(&o), 400);
+    free(o.data);
+    cr_assert_eq(cmp_pool_join(p, NULL), 0);
+    pid_t pids[2];
+    cr_assert_eq(cmp_pool_pids(p, pids, 2), 0, "every worker has exited");
+    cmp_pool_destroy(p);
+}
+
 Test(pool, big_tasks_and_results, .timeout = 60)
 {
     cmp_pool_t *p = new_pool(2, 0, NULL);

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/time.h>
@@ -343,4 +344,85 @@ Test(process, adopted_child_status_from_its_fd, .timeout = 10)
     cr_assert_eq(code, 3);
     cmp_process_close(&p);
     close(sv[1]);
+}
+
+/* ---- a child with much memory exits before its address space goes ---- */
+
+#define BIG_CHILD_BYTES (64u << 20) /* above the size at which it lends */
+
+static char *volatile big_memory; /* volatile: the writes are not elided */
+
+static int touch_much_memory(void *arg)
+{
+    big_memory = malloc(BIG_CHILD_BYTES);
+    if (!big_memory)
+        return 100;
+    memset(big_memory, 1, BIG_CHILD_BYTES);
+    return (int)(intptr_t)arg;
+}
+
+/* What the parent sees is a plain exit: the code, and every descriptor the
+ * child held already closed when the join returns. */
+Test(process, big_child_exits_with_its_descriptors_closed, .timeout = 20)
+{
+    for (int round = 0; round < 3; round++) {
+        int fds[2];
+        cr_assert_eq(pipe(fds), 0);
+        cmp_process_t p;
+        cr_assert_eq(cmp_process_start(&p, touch_much_memory, (void *)9, 0), 0);
+        close(fds[1]);
+        struct timespec d = test_deadline(10);
+        cr_assert_eq(cmp_process_join(&p, &d), 0);
+        int code = -1;
+        cr_assert_eq(cmp_process_exitcode(&p, &code), 0);
+        cr_assert_eq(code, 9);
+        struct pollfd pfd = {.fd = fds[0], .events = POLLIN};
+        cr_assert_eq(poll(&pfd, 1, 0), 1, "the child's end of the pipe is closed at join");
+        char c;
+        cr_assert_eq(read(fds[0], &c, 1), 0);
+        cmp_process_close(&p);
+        close(fds[0]);
+    }
+}
+
+static int start_big_grandchild(void *arg)
+{
+    (void)arg;
+    cmp_process_t g;
+    if (cmp_process_start(&g, touch_much_memory, (void *)5, 0) != 0 ||
+        cmp_process_join(&g, NULL) != 0)
+        return 1;
+    int code = -1;
+    cmp_process_exitcode(&g, &code);
+    return code;
+}
+
+/* The helper that holds an exited child's address space ends by itself:
+ * this test adopts orphans (a subreaper), so the helper of its grandchild
+ * comes to it, and must be reaped here, alone (its own child, whose exit
+ * would leave a helper to this process, exits plainly). */
+Test(process, address_space_helper_ends_by_itself, .timeout = 20)
+{
+    cr_assert_eq(prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), 0);
+    cmp_process_t p;
+    cr_assert_eq(cmp_process_start(&p, start_big_grandchild, NULL, 0), 0);
+    cr_assert_eq(cmp_process_join(&p, NULL), 0);
+    int code = -1;
+    cr_assert_eq(cmp_process_exitcode(&p, &code), 0);
+    cr_assert_eq(code, 5);
+    cmp_process_close(&p);
+    int reaped = 0;
+    struct timespec d = test_deadline(10);
+    for (;;) {
+        pid_t pid = waitpid(-1, NULL, WNOHANG);
+        if (pid > 0) {
+            reaped++;
+            continue;
+        }
+        cr_assert(pid == 0 || errno == ECHILD);
+        if (pid < 0 || cmp_deadline_remaining(&d) <= 0)
+            break;
+        usleep(2000);
+    }
+    cr_assert_eq(reaped, 1, "one helper came here and ended (%d)", reaped);
 }

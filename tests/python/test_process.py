@@ -134,6 +134,38 @@ def test_signal_exit_codes(mp):
     p.kill()
 
 
+def hold_memory_and_exit(code, keep_fd):
+    """Child: fills 64 MiB (a child this big lends its address space to a
+    helper in ours, and exits before the teardown), then exits with code;
+    keep_fd, one end of a pipe, is held open until the exit."""
+    ballast = bytearray(64 << 20)
+    for i in range(0, len(ballast), 4096):
+        ballast[i] = 1
+    if code == 99:
+        os._exit(code)
+    sys.exit(code)
+
+
+@pytest.mark.parametrize("code", [0, 7, 99])
+def test_big_child_exit_code_and_descriptors(mp, code):
+    """A child with much memory: join returns its exit code, and its end of a
+    pipe is closed by then (read sees the end at once)."""
+    r, w = os.pipe()
+    try:
+        p = mp.Process(target=hold_memory_and_exit, args=(code, w))
+        p.start()
+        os.close(w)
+        w = None
+        p.join(30)
+        assert p.exitcode == code
+        assert select.select([r], [], [], 0)[0] == [r]
+        assert os.read(r, 1) == b""
+    finally:
+        os.close(r)
+        if w is not None:
+            os.close(w)
+
+
 # --- names, repr, identity --------------------------------------------------
 
 def test_names_and_repr(mp):
