@@ -76,10 +76,10 @@ struct cmp_manager {
      * word. Entries are linked and unlinked under mu. */
     struct robust_list_head robust;
     pthread_t watch;
+    int watch_started;   /* the thread was started (join it); under mu */
     uint32_t watch_tid;  /* 0: no watch (mailbox clients then poll) */
     unsigned watched;    /* mailboxes on the list (under mu) */
     uint32_t watch_stop; /* futex word: the watch thread returns */
-    pthread_cond_t watch_cv;
     cmp_manager_options_t opt;
     unsigned char *key;
     cmp_listener_t listener;
@@ -137,14 +137,10 @@ int cmp_manager_create(cmp_manager_t **out, const cmp_manager_options_t *opt)
         memcpy(m->key, opt->authkey, opt->authkey_len);
         m->opt.authkey = m->key;
     }
-    m->opt.addr = NULL; /* the caller's memory: only the bound address is kept */
+    m->opt.addr = NULL;                    /* the caller's memory: only the bound address is kept */
+    m->robust.list.next = &m->robust.list; /* empty until the watch starts */
     if ((rc = pthread_mutex_init(&m->mu, NULL)) != 0) {
         rc = -rc;
-        goto fail;
-    }
-    if ((rc = pthread_cond_init(&m->watch_cv, NULL)) != 0) {
-        rc = -rc;
-        pthread_mutex_destroy(&m->mu);
         goto fail;
     }
     m->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -175,7 +171,6 @@ int cmp_manager_create(cmp_manager_t **out, const cmp_manager_options_t *opt)
 fail_wake:
     close(m->wake_fd);
 fail_mu:
-    pthread_cond_destroy(&m->watch_cv);
     pthread_mutex_destroy(&m->mu);
 fail:
     free(m->key);
@@ -204,7 +199,6 @@ void cmp_manager_destroy(cmp_manager_t *m)
     close(m->wake_fd);
     if (m->ctl_fd >= 0)
         close(m->ctl_fd);
-    pthread_cond_destroy(&m->watch_cv);
     pthread_mutex_destroy(&m->mu);
     free(m->key);
     free(m);
@@ -225,10 +219,9 @@ static void *watch_main(void *arg)
     uint32_t tid = 0;
     if (syscall(SYS_set_robust_list, &m->robust, sizeof m->robust) == 0)
         tid = cmp__self_tid();
-    pthread_mutex_lock(&m->mu);
-    m->watch_tid = tid ? tid : UINT32_MAX; /* UINT32_MAX: started, no watch */
-    pthread_cond_signal(&m->watch_cv);
-    pthread_mutex_unlock(&m->mu);
+    /* published without mu: its starter holds it (watch_link) */
+    cmp__store_release(&m->watch_tid, tid ? tid : UINT32_MAX); /* MAX: no watch */
+    cmp__futex_wake(&m->watch_tid, 1);
     if (!tid)
         return NULL;
     while (cmp__load_acquire(&m->watch_stop) == 0)
@@ -240,7 +233,11 @@ static void *watch_main(void *arg)
     return NULL;
 }
 
-static int watch_start(cmp_manager_t *m)
+/* Started with the first mailbox, under mu, not with the server: a new
+ * thread can wait a whole time slice for a CPU when none is idle, and a
+ * manager that only ever has socket clients needs none. Without a thread
+ * (it could not start) the mailboxes go unwatched. */
+static void watch_start(cmp_manager_t *m)
 {
     m->watch_tid = 0;
     m->watch_stop = 0;
@@ -249,19 +246,24 @@ static int watch_start(cmp_manager_t *m)
     pthread_sigmask(SIG_SETMASK, &all, &old);
     int rc = pthread_create(&m->watch, NULL, watch_main, m);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
+    m->watch_started = rc == 0;
     if (rc != 0)
-        return -rc;
-    pthread_mutex_lock(&m->mu);
-    while (m->watch_tid == 0)
-        pthread_cond_wait(&m->watch_cv, &m->mu);
-    if (m->watch_tid == UINT32_MAX)
+        return;
+    uint32_t tid;
+    while ((tid = cmp__load_acquire(&m->watch_tid)) == 0)
+        cmp__futex_wait(&m->watch_tid, 0, NULL);
+    if (tid == UINT32_MAX)
         m->watch_tid = 0;
-    pthread_mutex_unlock(&m->mu);
-    return 0;
 }
 
 static void watch_stop(cmp_manager_t *m)
 {
+    pthread_mutex_lock(&m->mu);
+    int started = m->watch_started;
+    m->watch_started = 0;
+    pthread_mutex_unlock(&m->mu);
+    if (!started)
+        return;
     cmp__store_release(&m->watch_stop, 1);
     cmp__futex_wake(&m->watch_stop, 1);
     pthread_join(m->watch, NULL);
@@ -276,6 +278,8 @@ static void watch_stop(cmp_manager_t *m)
  * when the list is full. Under mu, before any client waits on mb. */
 static void watch_link(cmp_manager_t *m, struct cmp__mbox *mb, size_t size)
 {
+    if (!m->watch_started)
+        watch_start(m);
     int on = m->watch_tid && m->watched < WATCH_MAX;
     cmp__mbox_init(mb, size, on ? m->watch_tid : 0);
     if (!on)
@@ -545,9 +549,7 @@ static void reap_clients(cmp_manager_t *m)
 
 int cmp_manager_serve(cmp_manager_t *m)
 {
-    int rc = watch_start(m);
-    if (rc < 0)
-        return rc;
+    int rc = 0;
     m->serving = 1;
     struct pollfd *pfd = NULL;
     struct client **who = NULL;

@@ -1030,3 +1030,38 @@ Test(manager, bad_arguments, .timeout = 10)
     cr_assert(rc == -ENOENT || rc == -ECONNREFUSED, "%s", cmp_strerror(rc));
     cr_assert_eq(cmp_manager_connect(&c, (struct sockaddr *)&ss, sl, NULL, 0, 0x80, &dl), -EINVAL);
 }
+
+static int threads_of(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+    DIR *d = opendir(path);
+    cr_assert(d);
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+/* The thread that watches the mailboxes starts with the first of them: a
+ * server with no client, or with socket clients only, has none (a new
+ * thread can wait a whole time slice for a CPU on a busy machine, and
+ * Manager() start + shutdown would wait with it). */
+Test(manager, the_watch_starts_with_the_first_mailbox, .timeout = 30)
+{
+    cmp_manager_process_t p;
+    start(&p);
+    int alone = threads_of(p.proc.pid);
+    cr_assert_eq(alone, 1, "a server without clients runs one thread (%d)", alone);
+    cmp_manager_client_t *s = connect_to(&p.addr, p.addrlen, CMP_MANAGER_SOCKET);
+    cr_assert_eq(must(s, OP_ADD, 1), 1);
+    cr_assert_eq(threads_of(p.proc.pid), 2, "the socket client's thread, no watch");
+    cmp_manager_client_t *m = client_of(&p);
+    cr_assert_eq(must(m, OP_ADD, 1), 2);
+    cr_assert_eq(threads_of(p.proc.pid), 4, "the mailbox client's thread and the watch");
+    cmp_manager_disconnect(s);
+    cmp_manager_disconnect(m);
+    finish(&p);
+}
