@@ -712,20 +712,27 @@ Test(manager, a_blocked_call_costs_no_wakeups, .timeout = 30)
     finish(&p);
 }
 
-/* Times any thread of process pid has been put on a CPU, summed. */
-static long runs_of_process(pid_t pid)
+/* /proc/PID/task, the threads of process pid. */
+static DIR *open_tasks(pid_t pid)
 {
     char path[64];
     snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
     DIR *d = opendir(path);
     cr_assert(d);
+    return d;
+}
+
+/* Times any thread of process pid has been put on a CPU, summed. */
+static long runs_of_process(pid_t pid)
+{
+    DIR *d = open_tasks(pid);
     long total = 0;
     struct dirent *e;
     while ((e = readdir(d))) {
         if (e->d_name[0] == '.')
             continue;
-        char f[sizeof path + sizeof e->d_name + 16];
-        snprintf(f, sizeof f, "%s/%s/schedstat", path, e->d_name);
+        char f[64 + sizeof e->d_name];
+        snprintf(f, sizeof f, "/proc/%d/task/%s/schedstat", (int)pid, e->d_name);
         FILE *fp = fopen(f, "r");
         unsigned long long run, wait, count;
         if (fp && fscanf(fp, "%llu %llu %llu", &run, &wait, &count) == 3)
@@ -1033,10 +1040,7 @@ Test(manager, bad_arguments, .timeout = 10)
 
 static int threads_of(pid_t pid)
 {
-    char path[64];
-    snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
-    DIR *d = opendir(path);
-    cr_assert(d);
+    DIR *d = open_tasks(pid);
     int n = 0;
     struct dirent *e;
     while ((e = readdir(d)))
