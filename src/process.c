@@ -29,6 +29,9 @@
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434
 #endif
+#ifndef SYS_close_range
+#define SYS_close_range 436
+#endif
 #ifndef SYS_pidfd_send_signal
 #define SYS_pidfd_send_signal 424
 #endif
@@ -94,10 +97,12 @@ static _Noreturn void child_exit(int status)
         sigfillset(&all);
         /* the helper starts with this mask: no inherited handler runs */
         pthread_sigmask(SIG_SETMASK, &all, NULL);
-        syscall(SYS_close_range, 0u, ~0u, 0u);
-        clone(hold_address_space, holder_stack + sizeof holder_stack,
-              CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | SIGCHLD,
-              (void *)(intptr_t)getpid());
+        /* no helper where the descriptors cannot all be closed first
+         * (a kernel before 5.9, a filter): it would hold them open */
+        if (syscall(SYS_close_range, 0u, ~0u, 0u) == 0)
+            clone(hold_address_space, holder_stack + sizeof holder_stack,
+                  CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | SIGCHLD,
+                  (void *)(intptr_t)getpid());
     }
     _exit(status);
 }
