@@ -29,16 +29,7 @@ int cmp__fd_wait(int fd, short events, const struct timespec *deadline)
 {
     struct timespec rel, *relp = NULL;
     if (deadline) {
-        struct timespec now;
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        rel.tv_sec = deadline->tv_sec - now.tv_sec;
-        rel.tv_nsec = deadline->tv_nsec - now.tv_nsec;
-        if (rel.tv_nsec < 0) {
-            rel.tv_sec -= 1;
-            rel.tv_nsec += 1000000000L;
-        }
-        if (rel.tv_sec < 0)
-            rel.tv_sec = rel.tv_nsec = 0;
+        cmp__deadline_left(deadline, &rel);
         relp = &rel;
     }
     struct pollfd p = {.fd = fd, .events = events};

@@ -57,6 +57,9 @@ static inline int cmp__is_nowait(const struct timespec *d)
 }
 /* Earlier of two deadlines (NULL = infinity). */
 const struct timespec *cmp__deadline_min(const struct timespec *a, const struct timespec *b);
+/* The time left until deadline (non-NULL), 0 once it has passed: a
+ * relative timeout for ppoll. */
+void cmp__deadline_left(const struct timespec *deadline, struct timespec *left);
 /* 1 if deadline is non-NULL and has passed. */
 int cmp__deadline_passed(const struct timespec *deadline);
 /* now + ns on CLOCK_MONOTONIC. */

@@ -137,8 +137,10 @@ int cmp_manager_create(cmp_manager_t **out, const cmp_manager_options_t *opt)
         memcpy(m->key, opt->authkey, opt->authkey_len);
         m->opt.authkey = m->key;
     }
-    m->opt.addr = NULL;                    /* the caller's memory: only the bound address is kept */
-    m->robust.list.next = &m->robust.list; /* empty until the watch starts */
+    /* the caller's memory: only the bound address is kept */
+    m->opt.addr = NULL;
+    /* empty until the watch starts */
+    m->robust.list.next = &m->robust.list;
     if ((rc = pthread_mutex_init(&m->mu, NULL)) != 0) {
         rc = -rc;
         goto fail;

@@ -1358,9 +1358,9 @@ int cmp_pool_join(cmp_pool_t *p, const struct timespec *deadline)
         struct timespec round;
         cmp__deadline_in_ns(&round, blind ? JOIN_BLIND_NS : JOIN_ROUND_NS);
         const struct timespec *until = cmp__deadline_min(deadline, &round);
-        double left = cmp_deadline_remaining(until);
-        struct timespec rel = {(time_t)left, (long)((left - (double)(time_t)left) * 1e9)};
-        int n = ppoll(fds, nfds, &rel, NULL);
+        struct timespec left;
+        cmp__deadline_left(until, &left);
+        int n = ppoll(fds, nfds, &left, NULL);
         int err = errno;
         for (unsigned i = 0; i < nfds; i++)
             close(fds[i].fd);

@@ -63,6 +63,8 @@ static char holder_stack[16384] __attribute__((aligned(16)));
 static int hold_address_space(void *arg)
 {
     long child = (long)(intptr_t)arg;
+    /* the table is shared: what another thread of the child opened after
+     * the child's own close_range goes too */
     syscall(SYS_close_range, 0u, ~0u, 0u);
     /* armed after the child died, it never fires: getppid() says so */
     if (syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) == 0 &&
@@ -300,16 +302,8 @@ int cmp_process_join(cmp_process_t *proc, const struct timespec *deadline)
     if (deadline && wait_fd(proc) >= 0) {
         /* Wait for readability with the time left, then reap (no block). */
         for (;;) {
-            struct timespec now, left;
-            clock_gettime(CLOCK_MONOTONIC, &now);
-            left.tv_sec = deadline->tv_sec - now.tv_sec;
-            left.tv_nsec = deadline->tv_nsec - now.tv_nsec;
-            if (left.tv_nsec < 0) {
-                left.tv_sec -= 1;
-                left.tv_nsec += 1000000000L;
-            }
-            if (left.tv_sec < 0)
-                left.tv_sec = left.tv_nsec = 0;
+            struct timespec left;
+            cmp__deadline_left(deadline, &left);
             struct pollfd pfd = {.fd = wait_fd(proc), .events = POLLIN};
             int n = ppoll(&pfd, 1, &left, NULL);
             if (n < 0)

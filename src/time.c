@@ -59,6 +59,20 @@ int cmp__deadline_passed(const struct timespec *deadline)
     return now.tv_nsec >= deadline->tv_nsec;
 }
 
+void cmp__deadline_left(const struct timespec *deadline, struct timespec *left)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    left->tv_sec = deadline->tv_sec - now.tv_sec;
+    left->tv_nsec = deadline->tv_nsec - now.tv_nsec;
+    if (left->tv_nsec < 0) {
+        left->tv_sec -= 1;
+        left->tv_nsec += NS_PER_S;
+    }
+    if (left->tv_sec < 0)
+        left->tv_sec = left->tv_nsec = 0;
+}
+
 void cmp__deadline_in_ns(struct timespec *out, long ns)
 {
     clock_gettime(CLOCK_MONOTONIC, out);
